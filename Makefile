@@ -1,0 +1,36 @@
+# Every target sets itself up: a fresh machine needs only python3 (3.11+) and make.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+# CPU build on these machines; on a GPU machine `make TORCH=torch==2.13.0 ...` takes the CUDA build from PyPI.
+TORCH     ?= torch==2.13.0
+CONFIG    ?= config.toml
+TINY      ?= tiny-models
+PYTEST_ARGS ?=
+
+.PHONY: install run demo test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: installed later as a dependency, pip would pull a multi-GB CUDA build
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Runs claybot. Until the chat front ends land this is the offline demo: tiny models, one photo stylized.
+run: demo
+
+demo: $(STAMP)
+	test -f $(TINY)/config.toml || $(VENV)/bin/claybot tiny-models $(TINY)
+	$(VENV)/bin/claybot stylize examples/photo.jpg -o out/clay.png --config $(TINY)/config.toml --seed 1
+
+# The test suite. pytest exits 5 when it collected no test: that is a failure here, never a pass.
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) $(TINY) out

@@ -1,0 +1,156 @@
+"""config.toml → typed, validated settings; every mistake stops start-up with one message naming the key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from pipeline import models
+from pipeline.errors import ClaybotError, ModelError
+from pipeline.settings import GpuSettings, Settings, UrlModel
+
+
+class ConfigError(ClaybotError):
+    """config.toml is unreadable or holds a value claybot cannot use."""
+
+
+class TelegramSettings(Settings):
+    """The Telegram front end (the token itself comes from the environment)."""
+
+    enabled: bool = True
+    token_env: str = "CLAYBOT_TELEGRAM_TOKEN"
+
+
+class DiscordSettings(Settings):
+    """The Discord front end (the token itself comes from the environment)."""
+
+    enabled: bool = True
+    token_env: str = "CLAYBOT_DISCORD_TOKEN"
+
+
+class Config(GpuSettings):
+    """The whole of config.toml."""
+
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+
+    def gpu(self) -> GpuSettings:
+        """The part the pipeline worker needs, as pipeline's own type (the worker never imports bot/)."""
+        return GpuSettings(pipeline=self.pipeline, tagger=self.tagger, styles=self.styles)
+
+    def model_specs(self) -> dict[str, models.ModelSpec]:
+        """Every model the config names, by its key."""
+        specs = {
+            "pipeline.base_model": self.pipeline.base_model,
+            "pipeline.vae": self.pipeline.vae,
+            "tagger.model": self.tagger.model,
+        }
+        if models.parse(self.pipeline.base_model).kind == "local" and self.pipeline.base_model.endswith(".safetensors"):
+            specs["pipeline.base_config"] = self.pipeline.base_config
+        for name, style in self.styles.items():
+            specs[f"styles.{name}.lora"] = style.lora
+        return {key: spec for key, spec in specs.items() if spec}
+
+
+def token(env_name: str) -> str | None:
+    """A bot token from the environment variable the config names (never from a file)."""
+    value = os.environ.get(env_name, "").strip()
+    return value or None
+
+
+def load_config(path: str | Path, *, check_models: bool = True) -> Config:
+    """Read and check config.toml; local model paths are taken relative to the file's folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file (copy config.toml from the repository and edit it)") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(raw, base_dir=path.resolve().parent, source=str(path), check_models=check_models)
+
+
+def parse_config(
+    raw: dict[str, Any], *, base_dir: Path, source: str = "config.toml", check_models: bool = True
+) -> Config:
+    """Validate a parsed TOML document into a Config (and that its local model files exist)."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_explain(_most_relevant(err.errors()))}") from None
+    config = _with_absolute_models(config, base_dir)
+    for key, spec in config.model_specs().items() if check_models else ():
+        try:
+            models.check_local(spec, key)
+        except ModelError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    return config
+
+
+def _with_absolute_models(config: Config, base_dir: Path) -> Config:
+    p = config.pipeline
+    pipeline = p.model_copy(update={
+        "base_model": models.absolutize(p.base_model, base_dir),
+        "base_config": models.absolutize(p.base_config, base_dir),
+        "vae": models.absolutize(p.vae, base_dir),
+    })
+    tagger = config.tagger.model_copy(update={"model": models.absolutize(config.tagger.model, base_dir)})
+    styles = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
+              for name, s in config.styles.items()}
+    return config.model_copy(update={"pipeline": pipeline, "tagger": tagger, "styles": styles})
+
+
+def _most_relevant(errors: list[dict]) -> dict:
+    """For a model given as a table, the error of the {url, sha256} branch rather than 'not a string'."""
+    first = errors[0]
+    if first["loc"][-1:] == ("str",) and isinstance(first.get("input"), dict) and len(errors) > 1:
+        return errors[1]
+    return first
+
+
+def _explain(error: dict) -> str:
+    """One pydantic error → 'key: what is wrong and what is allowed'."""
+    loc = [str(part) for part in error["loc"] if not str(part).startswith(("str", "UrlModel", "function"))]
+    key = ".".join(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _section_model(loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else ""
+        return f"unknown key '{key}'" + (f" (allowed here: {allowed})" if allowed else "")
+    value = error.get("input")
+    got = "" if isinstance(value, dict) else f" (got {value!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind in ("float_type", "int_type", "bool_type", "string_type", "list_type", "dict_type"):
+        message = {"float_type": "must be a number", "int_type": "must be a whole number",
+                   "bool_type": "must be true or false", "string_type": "must be a string in quotes",
+                   "list_type": "must be a list, e.g. [\"a\", \"b\"]", "dict_type": "must be a table"}[kind]
+    if error["loc"][-1:] in (("str",), ("UrlModel",)):
+        message = 'must be a path, a Hugging Face repo id, or { url = "https://…", sha256 = "…" }'
+    return f"{key}: {message}{got}" if loc else message
+
+
+def _section_model(loc: list[str]) -> type[Settings] | None:
+    """The settings class of a config section (to list its allowed keys); tables of tables skip their names."""
+    model: type[Settings] = Config
+    parts = iter(loc)
+    for part in parts:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if getattr(annotation, "__origin__", None) is dict:
+            model = annotation.__args__[1]
+            if next(parts, None) is None:  # the table's own name, e.g. the style's
+                return None
+        elif isinstance(annotation, type) and issubclass(annotation, Settings):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+__all__ = ["Config", "ConfigError", "UrlModel", "load_config", "parse_config", "token"]

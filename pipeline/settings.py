@@ -1,0 +1,106 @@
+"""Typed settings of the GPU side: pipeline, tagger and styles.
+
+They are parsed from ``config.toml`` by ``bot.config`` and handed to the worker as plain picklable objects,
+so this module imports nothing heavier than pydantic.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class Settings(BaseModel):
+    """Base of every config section: unknown keys and loose types are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class UrlModel(Settings):
+    """A model file fetched once from an https URL and checked against its sha256."""
+
+    url: str
+    sha256: str
+    filename: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _https_only(cls, url: str) -> str:
+        loopback = url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
+        if not (url.startswith("https://") or loopback):
+            raise ValueError("must be an https:// URL (plain http only for a mirror on this machine)")
+        return url
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, digest: str) -> str:
+        if not _HEX64.match(digest):
+            raise ValueError("must be the file's sha256 as 64 hexadecimal digits")
+        return digest.lower()
+
+
+# A model is a local path, a Hugging Face repo id ("owner/name", or "owner/name:file/in/repo.safetensors"),
+# or an https URL with its sha256. See pipeline.models for how each is resolved.
+ModelSpec = str | UrlModel
+
+Strength = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class PipelineSettings(Settings):
+    """How the SDXL img2img pipeline is loaded and run."""
+
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    base_model: ModelSpec = "stabilityai/stable-diffusion-xl-base-1.0"
+    base_config: ModelSpec = "stabilityai/stable-diffusion-xl-base-1.0"
+    vae: ModelSpec = ""
+    steps: Annotated[int, Field(ge=1, le=150)] = 30
+    guidance_scale: Annotated[float, Field(ge=0.0, le=30.0)] = 7.0
+    megapixels: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    max_batch: Annotated[int, Field(ge=1, le=16)] = 4
+    max_input_megapixels: Annotated[float, Field(gt=0.0, le=200.0)] = 40.0
+    default_style: str = "clay"
+    cache_dir: str = "~/.cache/claybot"
+
+
+class TaggerSettings(Settings):
+    """The WD14 tagger and how its scores become prompt tags."""
+
+    model: ModelSpec = "SmilingWolf/wd-vit-tagger-v3"
+    general_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.35
+    character_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
+    max_tags: Annotated[int, Field(ge=0, le=200)] = 30
+    drop_tags: list[str] = Field(default_factory=list)
+
+
+class StyleSettings(Settings):
+    """One style: a LoRA, its trigger words and weight, and how it treats the photo's tags."""
+
+    lora: ModelSpec = ""
+    lora_scale: Annotated[float, Field(ge=0.0, le=4.0)] = 1.0
+    trigger_words: str = ""
+    trigger_weight: Annotated[float, Field(ge=0.0, le=4.0)] = 2.0
+    default_strength: Strength = 0.5
+    negative_prompt: str = ""
+    clashing_tags: list[str] = Field(default_factory=list)
+
+
+class GpuSettings(Settings):
+    """Everything the pipeline worker needs, and nothing of the chat side."""
+
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    tagger: TaggerSettings = Field(default_factory=TaggerSettings)
+    styles: dict[str, StyleSettings] = Field(default_factory=lambda: {"clay": StyleSettings()})
+
+    @model_validator(mode="after")
+    def _default_style_exists(self) -> GpuSettings:
+        if not self.styles:
+            raise ValueError("styles: at least one style table is needed, e.g. [styles.clay]")
+        if self.pipeline.default_style not in self.styles:
+            names = ", ".join(sorted(self.styles))
+            raise ValueError(f"pipeline.default_style = {self.pipeline.default_style!r} names no style (have: {names})")
+        return self

@@ -1,0 +1,286 @@
+"""The GPU side of claybot: photo → WD14 tags → weighted prompt → SDXL img2img with the style's LoRA.
+
+Loads every model once; ``Stylizer.run`` then serves a batch of photos that share a style, a strength and a
+working size. Torch, diffusers and onnxruntime are imported here and nowhere on the chat side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# transformers warns at import about optional image processors claybot never uses.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline import models  # noqa: E402
+from pipeline.conditioning import Conditioning, PromptEncoder  # noqa: E402
+from pipeline.errors import ModelError  # noqa: E402
+from pipeline.images import output_size, working_size  # noqa: E402
+from pipeline.prompt import build_prompt, prompt_tags  # noqa: E402
+from pipeline.settings import GpuSettings  # noqa: E402
+from pipeline.tagger import Tagger  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# What to fetch of a Hugging Face repo for each role (never the repo's pickled or duplicate single-file weights).
+DIFFUSERS_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors",
+                   "*/model.safetensors", "*/model-*.safetensors", "*/*.safetensors.index.json"]
+CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt"]
+VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
+TAGGER_FILES = ["model.onnx", "selected_tags.csv"]
+LORA_FILES = ["*.safetensors"]
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One decoded photo to stylize, with the seed that makes its result reproducible."""
+
+    image: Image.Image
+    seed: int
+
+
+@dataclass
+class Stylized:
+    """One result and what was done to get it."""
+
+    image: Image.Image
+    tags: list[str]
+    ratings: dict[str, float]
+    prompt: str
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """How many UNet steps img2img runs: diffusers skips the first ``(1 - strength)`` of the schedule."""
+    return min(int(steps * strength), steps)
+
+
+def pick_device(setting: str) -> torch.device:
+    """``auto`` → CUDA when a GPU is visible, else the CPU."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelError("pipeline.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'.")
+    return torch.device(setting)
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """``auto`` → float16 on CUDA, float32 on the CPU (half precision on the CPU is slow or unsupported)."""
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if setting == "float16" and device.type != "cuda":
+        raise ModelError("pipeline.dtype = 'float16' needs a CUDA device; use 'float32' or 'bfloat16' on the CPU.")
+    return getattr(torch, setting)
+
+
+class Stylizer:
+    """Every model loaded once: the tagger, SDXL img2img, the styles' LoRAs and the prompt encoder."""
+
+    def __init__(self, settings: GpuSettings) -> None:
+        _quiet_libraries()
+        self.settings = settings
+        self.device = pick_device(settings.pipeline.device)
+        self.dtype = pick_dtype(settings.pipeline.dtype, self.device)
+        cache = settings.pipeline.cache_dir
+        logger.info("loading models on %s (%s)", self.device, str(self.dtype).removeprefix("torch."))
+        tagger_dir = models.resolve(settings.tagger.model, "tagger.model", cache, allow_patterns=TAGGER_FILES)
+        self.tagger = Tagger(tagger_dir, settings.tagger, use_cuda=self.device.type == "cuda")
+        self.pipe = self._load_pipeline()
+        self._fused_all = self._load_loras()
+        # One encoder per style: compel caches the empty prompt's embedding on first use, and a LoRA that trains
+        # the text encoders changes it, so an encoder must only ever see its own style's LoRA.
+        self._encoders = {name: PromptEncoder(self.pipe, self.device) for name in settings.styles}
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    def _load_pipeline(self):
+        from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
+
+        p = self.settings.pipeline
+        cache = p.cache_dir
+        kwargs: dict = {"torch_dtype": self.dtype, "use_safetensors": True}
+        base = models.resolve(p.base_model, "pipeline.base_model", cache, allow_patterns=DIFFUSERS_FILES)
+        config_dir: Path | None = None
+        if base.is_file():
+            config_dir = models.resolve(p.base_config, "pipeline.base_config", cache, allow_patterns=CONFIG_FILES)
+        if p.vae:
+            vae_path = models.resolve(p.vae, "pipeline.vae", cache, allow_patterns=VAE_FILES)
+            try:
+                if vae_path.is_file():
+                    if config_dir is None:
+                        config_dir = models.resolve(p.base_config, "pipeline.base_config", cache,
+                                                    allow_patterns=CONFIG_FILES)
+                    vae = AutoencoderKL.from_single_file(str(vae_path), config=str(config_dir), subfolder="vae",
+                                                         local_files_only=True, torch_dtype=self.dtype)
+                else:
+                    vae = AutoencoderKL.from_pretrained(vae_path, torch_dtype=self.dtype, use_safetensors=True)
+            except Exception as err:
+                raise ModelError(f"pipeline.vae: cannot load {models.describe(p.vae)} as an SDXL VAE ({err})") from None
+            kwargs["vae"] = vae
+        try:
+            if base.is_file():
+                if base.suffix.lower() != ".safetensors":
+                    raise ModelError(f"pipeline.base_model: {base.name} is not a .safetensors checkpoint")
+                pipe = StableDiffusionXLImg2ImgPipeline.from_single_file(
+                    str(base), config=str(config_dir), local_files_only=True, **kwargs
+                )
+            else:
+                pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(base, **kwargs)
+        except ModelError:
+            raise
+        except Exception as err:
+            raise ModelError(
+                f"pipeline.base_model: cannot load {models.describe(p.base_model)} as an SDXL model ({err})"
+            ) from None
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _load_loras(self) -> bool:
+        """Load each style's LoRA; with a single LoRA it is fused into the weights once (no per-step cost)."""
+        cache = self.settings.pipeline.cache_dir
+        loaded: list[str] = []
+        for name, style in self.settings.styles.items():
+            if not style.lora:
+                continue
+            key = f"styles.{name}.lora"
+            path = models.resolve(style.lora, key, cache, allow_patterns=LORA_FILES)
+            path = _single_safetensors(path, key)
+            try:
+                self.pipe.load_lora_weights(str(path), adapter_name=name)
+            except Exception as err:
+                raise ModelError(f"{key}: {models.describe(style.lora)} is not an SDXL LoRA claybot can load ({err})") from None
+            loaded.append(name)
+        if len(loaded) == 1 and len(self.settings.styles) == 1:
+            name = loaded[0]
+            self.pipe.fuse_lora(lora_scale=self.settings.styles[name].lora_scale, adapter_names=[name])
+            self.pipe.unload_lora_weights()
+            logger.info("LoRA of style %r fused at scale %s", name, self.settings.styles[name].lora_scale)
+            return True
+        self._adapters = loaded
+        if loaded:
+            logger.info("LoRAs of styles %s kept as switchable adapters", ", ".join(loaded))
+        return not loaded
+
+    def _activate(self, style_name: str) -> None:
+        """Make only this style's LoRA (if any) act on the next call."""
+        if self._fused_all:
+            return
+        # Weights rather than enable/disable_lora: PEFT's disable flag did not reliably reach the text encoders'
+        # LoRA layers after a switch, and a zero weight is exactly "no LoRA".
+        names = list(self._adapters)
+        weights = [self.settings.styles[n].lora_scale if n == style_name else 0.0 for n in names]
+        self.pipe.set_adapters(names, adapter_weights=weights)
+
+    # -- running -------------------------------------------------------------------------------------------------
+
+    def encode(self, prompts: list[str], negative_prompt: str, *, style: str) -> Conditioning:
+        """SDXL conditioning for prompts, with the style's LoRA acting on the text encoders."""
+        self._activate(style)
+        return self._encoders[style](prompts, negative_prompt)
+
+    @torch.inference_mode()
+    def run(
+        self,
+        photos: list[Photo],
+        *,
+        style: str,
+        strength: float,
+        on_step: StepCallback | None = None,
+        trigger_weight: float | None = None,
+    ) -> list[Stylized]:
+        """Stylize a batch of photos that share style, strength and working size; one result per photo."""
+        settings, p = self.settings, self.settings.pipeline
+        style_settings = settings.styles[style]
+        timings: dict[str, float] = {}
+
+        # 1. sizes: one working size for the whole batch
+        sizes = {working_size(*photo.image.size, p.megapixels) for photo in photos}
+        if len(sizes) != 1:
+            raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
+        work = sizes.pop()
+
+        # 2. tag
+        started = time.perf_counter()
+        tags = self.tagger([photo.image for photo in photos])
+        timings["tag"] = time.perf_counter() - started
+
+        # 3. prompt
+        started = time.perf_counter()
+        tag_lists = [prompt_tags(t, settings.tagger, style_settings) for t in tags]
+        prompts = [build_prompt(style_settings, tl, trigger_weight=trigger_weight) for tl in tag_lists]
+        n_steps = denoising_steps(p.steps, strength)
+        conditioning = self.encode(prompts, style_settings.negative_prompt, style=style) if n_steps else None
+        timings["prompt"] = time.perf_counter() - started
+
+        # 4. denoise (VAE encode → noise to `strength` → n_steps UNet steps → VAE decode)
+        started = time.perf_counter()
+        inputs = [photo.image.resize(work, Image.Resampling.LANCZOS) for photo in photos]
+        if conditioning is None:
+            # Strength so low that no step runs: the answer is the photo itself (diffusers would crash decoding
+            # an empty latent batch).
+            images = [photo.image for photo in photos]
+        else:
+            self._activate(style)
+            generators = [torch.Generator(device="cpu").manual_seed(photo.seed) for photo in photos]
+
+            def step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+                if on_step is not None:
+                    on_step(step + 1, n_steps)
+                return callback_kwargs
+
+            images = self.pipe(
+                image=inputs,
+                strength=strength,
+                num_inference_steps=p.steps,
+                guidance_scale=p.guidance_scale,
+                generator=generators,
+                prompt_embeds=conditioning.prompt_embeds.to(self.dtype),
+                pooled_prompt_embeds=conditioning.pooled_prompt_embeds.to(self.dtype),
+                negative_prompt_embeds=conditioning.negative_prompt_embeds.to(self.dtype),
+                negative_pooled_prompt_embeds=conditioning.negative_pooled_prompt_embeds.to(self.dtype),
+                callback_on_step_end=step_end,
+                output_type="pil",
+            ).images
+        timings["denoise"] = time.perf_counter() - started
+
+        # 5. back to the photo's exact aspect ratio
+        results = []
+        for photo, image, tl, t, prompt in zip(photos, images, tag_lists, tags, prompts, strict=True):
+            size = output_size(*photo.image.size, p.megapixels)
+            results.append(Stylized(image.resize(size, Image.Resampling.LANCZOS), tl, t.ratings, prompt, photo.seed,
+                                    dict(timings)))
+        return results
+
+
+def _quiet_libraries() -> None:
+    """Per-component progress bars and dtype notices of diffusers/transformers are noise in a service log."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _single_safetensors(path: Path, key: str) -> Path:
+    """A LoRA given as a folder (e.g. a downloaded repo) must hold exactly one .safetensors file."""
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise ModelError(f"{key}: {path.name} is not a .safetensors file")
+        return path
+    files = sorted(path.glob("*.safetensors"))
+    if len(files) != 1:
+        raise ModelError(f"{key}: {path} holds {len(files)} .safetensors files; name one (repo:file or a path)")
+    return files[0]

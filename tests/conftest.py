@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random-weight models of the real architectures, built once per test session."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.cli import ROOT_CONFIG, tiny_config_text
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny SDXL (folder and single file), clay LoRA (kohya and diffusers formats) and WD14 tagger on disk."""
+    from pipeline.tiny import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config_path(tiny_models) -> Path:
+    """config.toml equal to the repository's, with every model pointed at the tiny ones (as `claybot tiny-models`)."""
+    path = tiny_models.sdxl_folder.parent / "config.toml"
+    path.write_text(tiny_config_text(ROOT_CONFIG.read_text(encoding="utf-8"), tiny_models), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_config_path):
+    """The tiny config, loaded."""
+    from bot.config import load_config
+
+    return load_config(tiny_config_path)
+
+
+def photo_bytes(size=(128, 96), color=(200, 120, 40), fmt="JPEG", **save_kwargs) -> bytes:
+    """A small synthetic photo: a colour field with a darker square, so orientation and crops are visible."""
+    image = Image.new("RGB", size, color)
+    w, h = size
+    image.paste((30, 60, 160), (w // 8, h // 8, w // 2, h // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_kwargs)
+    return buffer.getvalue()
