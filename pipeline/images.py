@@ -43,7 +43,9 @@ def decode_photo(data: bytes, *, max_pixels: int) -> Image.Image:
                     f"That image is {width}×{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels."
                 )
             if image.format not in ACCEPTED_FORMATS:
-                raise BadImage(f"{image.format or 'That'} files are not supported: send a JPEG, PNG, WebP, GIF or HEIC.")
+                raise BadImage(
+                    f"{image.format or 'That'} files are not supported: send a JPEG, PNG, WebP, GIF or HEIC."
+                )
             image.seek(0)  # GIF/WebP animations: the first frame
             image.load()
     except (TooLarge, BadImage):

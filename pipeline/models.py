@@ -107,7 +107,9 @@ def _from_hub(ref: ModelRef, key: str, cache: Path, allow_patterns: list[str] | 
         return Path(snapshot_download(ref.value, cache_dir=cache, allow_patterns=allow_patterns))
     except Exception as err:  # huggingface_hub raises many kinds: offline, 404, gated, timeout
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
-        raise ModelError(f"{key}: could not fetch {describe_ref(ref)} from the Hugging Face Hub ({reason}). {how_to}") from None
+        raise ModelError(
+            f"{key}: could not fetch {describe_ref(ref)} from the Hugging Face Hub ({reason}). {how_to}"
+        ) from None
 
 
 def _from_url(ref: ModelRef, key: str, cache: Path, how_to: str) -> Path:

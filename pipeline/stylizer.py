@@ -159,7 +159,9 @@ class Stylizer:
             try:
                 self.pipe.load_lora_weights(str(path), adapter_name=name)
             except Exception as err:
-                raise ModelError(f"{key}: {models.describe(style.lora)} is not an SDXL LoRA claybot can load ({err})") from None
+                raise ModelError(
+                    f"{key}: {models.describe(style.lora)} is not an SDXL LoRA claybot can load ({err})"
+                ) from None
             loaded.append(name)
         if len(loaded) == 1 and len(self.settings.styles) == 1:
             name = loaded[0]
