@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import secrets
 import sys
-import time
 from pathlib import Path
 
-from bot.config import ConfigError, load_config
+from bot.config import Config, ConfigError, load_config, token
 from pipeline.errors import ClaybotError
+from pipeline.images import probe_photo
+from pipeline.jobs import Done, Failed, Progress, StyleRequest
+from pipeline.local import LocalQueue
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--seed", type=int, default=None, help="makes the result reproducible; default: random")
     stylize.add_argument("--config", type=Path, default=Path("config.toml"))
 
+    worker = sub.add_parser("worker", help="run a pipeline worker in the foreground (see queue.worker_address)")
+    worker.add_argument("--config", type=Path, default=Path("config.toml"))
+    worker.add_argument("--listen", default="", help="HOST:PORT or a Unix socket path; default: queue.worker_address")
+
     check = sub.add_parser("check", help="validate the config and load every model")
     check.add_argument("--config", type=Path, default=Path("config.toml"))
 
@@ -54,23 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claybot`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    quiet = args.command in ("stylize", "check")  # their output is the answer; logs only when asked for
+    level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Libraries' own chatter (diffusers, httpx) is noise at INFO.
     for noisy in ("httpx", "diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return {"stylize": cmd_stylize, "check": cmd_check, "tiny-models": cmd_tiny_models}[args.command](args)
+        commands = {"stylize": cmd_stylize, "worker": cmd_worker, "check": cmd_check, "tiny-models": cmd_tiny_models}
+        return commands[args.command](args)
     except ClaybotError as err:
         print(f"claybot: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
-    """Stylize one photo and print what was done."""
-    from pipeline.images import decode_photo, encode_png
-    from pipeline.stylizer import Photo, Stylizer
-
+    """Stylize one photo through the same queue and worker as the chat front ends, and print what was done."""
     config = load_config(args.config)
     style = args.style or config.pipeline.default_style
     if style not in config.styles:
@@ -81,33 +88,67 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         data = args.photo.read_bytes()
     except OSError as err:
         raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
+    probe_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))  # refuse before loading models
+    request = StyleRequest(data, style=style, strength=strength, seed=seed)
+    result = asyncio.run(_stylize(config, request, args.verbose))
 
-    stylizer = Stylizer(config.gpu())
-    started = time.perf_counter()
-    image = decode_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))
-    decode_s = time.perf_counter() - started
-    result = stylizer.run([Photo(image, seed)], style=style, strength=strength)[0]
-    started = time.perf_counter()
-    png = encode_png(result.image)
-    result.timings = {"decode": decode_s, **result.timings, "encode": time.perf_counter() - started}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(png)
-
+    args.output.write_bytes(result.image)
     print(f"tags:     {', '.join(result.tags) or '(none)'}")
     print(f"prompt:   {result.prompt}")
     print(f"seed:     {result.seed}")
-    print(f"style:    {style}, strength {strength:g}")
+    print(f"style:    {result.style}, strength {result.strength:g}")
     print("timings:  " + " · ".join(f"{stage} {secs:.2f}s" for stage, secs in result.timings.items())
           + f" · total {sum(result.timings.values()):.2f}s")
-    print(f"wrote {args.output} ({result.image.width}×{result.image.height})")
+    print(f"wrote {args.output} ({result.width}×{result.height})")
+    return 0
+
+
+async def _stylize(config: Config, request: StyleRequest, verbose: bool) -> Done:
+    from tqdm import tqdm
+
+    queue = LocalQueue(config.gpu(), config.queue, log_level=logging.DEBUG if verbose else logging.WARNING)
+    await queue.start()
+    try:
+        await queue.wait_ready()
+        handle = await queue.submit(request)
+        with tqdm(desc="stylizing", unit="step", file=sys.stderr, leave=False) as bar:
+            async for event in handle.events():
+                if isinstance(event, Progress):
+                    bar.total = event.total
+                    bar.update(event.step - bar.n)
+                elif isinstance(event, Failed):
+                    raise ClaybotError(event.reason)
+                elif isinstance(event, Done):
+                    return event
+        raise AssertionError("a job always ends with Done or Failed")
+    finally:
+        await queue.close(grace=0)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a pipeline worker in the foreground, serving the queue that connects to queue.worker_address."""
+    from pipeline.worker import listen, serve
+
+    config = load_config(args.config)
+    address = args.listen or config.queue.worker_address
+    if not address:
+        raise ConfigError("claybot worker needs an address: set queue.worker_address or pass --listen HOST:PORT")
+    key = token(config.queue.worker_key_env)
+    if not key:
+        raise ConfigError(f"set the environment variable {config.queue.worker_key_env} to a shared secret first")
+    try:
+        serve(config.gpu(), listen(address, key.encode()))
+    except KeyboardInterrupt:
+        print("claybot worker: stopped", file=sys.stderr)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config, then load every model the way the worker would."""
-    from pipeline.stylizer import Stylizer
-
     config = load_config(args.config)
+    from pipeline.stylizer import Stylizer  # after the config: a typo is reported without loading torch
+
     print(f"{args.config}: settings are valid")
     for key, spec in config.model_specs().items():
         print(f"  {key} = {spec if isinstance(spec, str) else spec.url}")

@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError
 
 from pipeline import models
 from pipeline.errors import ClaybotError, ModelError
-from pipeline.settings import GpuSettings, Settings, UrlModel
+from pipeline.settings import GpuSettings, QueueSettings, Settings, UrlModel
 
 
 class ConfigError(ClaybotError):
@@ -35,6 +35,7 @@ class DiscordSettings(Settings):
 class Config(GpuSettings):
     """The whole of config.toml."""
 
+    queue: QueueSettings = Field(default_factory=QueueSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
 

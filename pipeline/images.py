@@ -5,6 +5,7 @@ Only Pillow and numpy here: the chat side may use it to check a photo before que
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -28,34 +29,52 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO", "HEIF"
 SIZE_MULTIPLE = 64  # SDXL's UNet and VAE need sides divisible by 8 · 2^(down blocks); 64 is safe for all
 
 
-def decode_photo(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode uploaded bytes into an upright RGB image, refusing what is not a photo or is too large."""
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open from the header alone: refuse non-images, unsupported formats and decompression bombs early."""
     if not data:
         raise BadImage("That file is empty.")
+    with _read_errors():
+        image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise TooLarge(f"That image is {width}×{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.")
+    if image.format not in ACCEPTED_FORMATS:
+        raise BadImage(f"{image.format or 'That'} files are not supported: send a JPEG, PNG, WebP, GIF or HEIC.")
+    return image
+
+
+@contextlib.contextmanager
+def _read_errors():
+    """Pillow's many read errors → BadImage/TooLarge with a message for the user."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            # The header alone gives the size: refuse decompression bombs before decoding any pixel.
-            width, height = image.size
-            if width * height > max_pixels:
-                raise TooLarge(
-                    f"That image is {width}×{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels."
-                )
-            if image.format not in ACCEPTED_FORMATS:
-                raise BadImage(
-                    f"{image.format or 'That'} files are not supported: send a JPEG, PNG, WebP, GIF or HEIC."
-                )
-            image.seek(0)  # GIF/WebP animations: the first frame
-            image.load()
-    except (TooLarge, BadImage):
-        raise
+            yield
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise TooLarge("That image has too many pixels to work on.") from err
     except UnidentifiedImageError as err:
         raise BadImage("That file is not an image I can read.") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise BadImage("That image is damaged or cut off; please send it again.") from err
+
+
+def probe_photo(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """The upright size of a photo from its header alone, no pixel decoded; raises as decode_photo does."""
+    image = _open(data, max_pixels)
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is ignored here as in decode_photo
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def decode_photo(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode uploaded bytes into an upright RGB image, refusing what is not a photo or is too large."""
+    image = _open(data, max_pixels)
+    with _read_errors():
+        image.seek(0)  # GIF/WebP animations: the first frame
+        image.load()
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not cost the user their photo

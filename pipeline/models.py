@@ -42,7 +42,7 @@ def parse(spec: ModelSpec) -> ModelRef:
         return ModelRef("none", "")
     looks_local = (
         spec.startswith(("/", "./", "../", "~"))
-        or spec.lower().endswith(MODEL_SUFFIXES)
+        or (":" not in spec and spec.lower().endswith(MODEL_SUFFIXES))  # "owner/name:file.safetensors" is a repo
         or os.path.exists(os.path.expanduser(spec))
     )
     if not looks_local and _REPO_ID.match(spec):

@@ -89,6 +89,20 @@ class StyleSettings(Settings):
     clashing_tags: list[str] = Field(default_factory=list)
 
 
+class QueueSettings(Settings):
+    """The job queue between the chat side and the pipeline worker."""
+
+    backend: Literal["local"] = "local"
+    max_queue: Annotated[int, Field(ge=1, le=100_000)] = 100
+    batch_window: Annotated[float, Field(ge=0.0, le=10.0)] = 0.25
+    job_timeout: Annotated[float, Field(gt=0.0, le=3600.0)] = 120.0
+    kill_after: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    max_retries: Annotated[int, Field(ge=0, le=5)] = 1
+    shutdown_grace: Annotated[float, Field(ge=0.0, le=600.0)] = 30.0
+    worker_address: str = ""
+    worker_key_env: str = "CLAYBOT_WORKER_KEY"
+
+
 class GpuSettings(Settings):
     """Everything the pipeline worker needs, and nothing of the chat side."""
 

@@ -186,6 +186,13 @@ class Stylizer:
 
     # -- running -------------------------------------------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """One throw-away run, so the first user does not pay for lazy initialisation."""
+        style = self.settings.pipeline.default_style
+        side = working_size(1, 1, self.settings.pipeline.megapixels)[0]
+        photo = Photo(Image.new("RGB", (side, side), (128, 128, 128)), seed=0)
+        self.run([photo], style=style, strength=self.settings.styles[style].default_strength)
+
     def encode(self, prompts: list[str], negative_prompt: str, *, style: str) -> Conditioning:
         """SDXL conditioning for prompts, with the style's LoRA acting on the text encoders."""
         self._activate(style)

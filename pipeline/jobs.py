@@ -1,0 +1,192 @@
+"""Job types and the queue interface shared by the chat side and the GPU side.
+
+Importing this module never imports torch, diffusers or onnxruntime: the chat process uses it to submit jobs and
+await their events while the GPU work happens in another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from pipeline.errors import ClaybotError
+
+
+class ErrorKind(StrEnum):
+    """Why a job failed, for front ends that answer differently per kind."""
+
+    BAD_IMAGE = "bad_image"
+    TOO_LARGE = "too_large"
+    BUSY = "busy"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class StyleRequest:
+    """What a user asked for. ``None`` means the configured default; ``reply_to`` belongs to the front end."""
+
+    image: bytes
+    style: str | None = None
+    strength: float | None = None
+    seed: int | None = None
+    reply_to: Any = None
+    trigger_weight: float | None = None  # operators' sweeps only; users get the style's weight
+
+    def __repr__(self) -> str:  # never put image bytes in a log line
+        return (f"StyleRequest(<{len(self.image)} bytes>, style={self.style!r}, strength={self.strength!r}, "
+                f"seed={self.seed!r}, reply_to={self.reply_to!r})")
+
+
+# -- events, in the order a handle yields them ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Waiting; ``position`` counts the jobs ahead (running ones too) plus one. Sent again when it changes."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """The worker took the job (``batch_size`` jobs run together)."""
+
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Denoising step ``step`` of ``total`` finished."""
+
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """The result: a PNG and what was done to get it."""
+
+    image: bytes
+    width: int
+    height: int
+    tags: list[str]
+    prompt: str
+    seed: int
+    style: str
+    strength: float
+    ratings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Done(<{len(self.image)} bytes {self.width}×{self.height}>, seed={self.seed}, style={self.style!r})"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job ended without an image; ``reason`` is written for the user."""
+
+    reason: str
+    kind: ErrorKind
+
+
+Event = Queued | Started | Progress | Done | Failed
+
+
+class JobFailed(ClaybotError):
+    """Raised by ``JobHandle.result`` when the job failed."""
+
+    def __init__(self, failed: Failed) -> None:
+        super().__init__(failed.reason)
+        self.kind = failed.kind
+
+
+class BadRequest(ClaybotError):
+    """A style or strength the config does not allow; the message is for the user."""
+
+
+class QueueBusy(ClaybotError):
+    """The queue is full: the submit is refused at once."""
+
+    kind = ErrorKind.BUSY
+
+
+class QueueClosed(ClaybotError):
+    """The queue is shutting down and takes no new jobs."""
+
+    kind = ErrorKind.SHUTTING_DOWN
+
+
+def new_job_id() -> str:
+    """A short random id for logs and replies."""
+    return secrets.token_hex(6)
+
+
+class JobHandle:
+    """What a submitter holds: the job's events in order, its result, and cancel-before-start."""
+
+    def __init__(self, job_id: str, request: StyleRequest, canceller=None) -> None:
+        self.id = job_id
+        self.request = request
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._final: Done | Failed | None = None
+        self._canceller = canceller
+
+    # called by the queue backend (on the event loop)
+    def push(self, event: Event) -> None:
+        """Deliver one event; nothing after the final Done/Failed."""
+        if self._final is not None:
+            return
+        if isinstance(event, Done | Failed):
+            self._final = event
+        self._events.put_nowait(event)
+
+    @property
+    def finished(self) -> bool:
+        """Whether Done or Failed was delivered."""
+        return self._final is not None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event in order, ending with Done or Failed."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, Done | Failed):
+                return
+
+    async def result(self, timeout: float | None = None) -> Done:
+        """Wait for the end; the Done event, or JobFailed."""
+        async def last() -> Done | Failed:
+            final: Done | Failed | None = None
+            async for event in self.events():
+                final = event if isinstance(event, Done | Failed) else final
+            assert final is not None
+            return final
+
+        final = self._final if self._final is not None else await asyncio.wait_for(last(), timeout)
+        if isinstance(final, Failed):
+            raise JobFailed(final)
+        return final
+
+    def cancel(self) -> bool:
+        """Cancel if the job has not started; True when it was cancelled."""
+        return bool(self._canceller and self._canceller(self))
+
+
+class JobQueue(Protocol):
+    """The only bridge between the chat side and the GPU side; local and Redis backends implement it."""
+
+    async def start(self) -> None:
+        """Start serving (spawn or connect to workers)."""
+
+    async def submit(self, request: StyleRequest) -> JobHandle:
+        """Queue a job; raises QueueBusy when full and QueueClosed when shutting down."""
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop taking jobs, let running ones finish within ``grace`` seconds, fail the rest."""

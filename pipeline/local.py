@@ -1,0 +1,448 @@
+"""The default queue backend: jobs wait in the chat process and feed ONE pipeline worker child process.
+
+The parent never imports torch: it reads photo headers (Pillow) to group compatible jobs, sends one batch at a
+time over a pipe to a spawned child that owns the GPU, and turns the child's messages into job events. A child
+that dies is restarted and its jobs retried; a job that runs too long is stopped; shutdown answers every job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import BadImage, ClaybotError, ModelError, TooLarge
+from pipeline.images import probe_photo, working_size
+from pipeline.jobs import (
+    BadRequest,
+    Done,
+    ErrorKind,
+    Failed,
+    JobHandle,
+    Progress,
+    QueueBusy,
+    QueueClosed,
+    Queued,
+    Started,
+    StyleRequest,
+    new_job_id,
+)
+from pipeline.settings import GpuSettings, QueueSettings
+
+logger = logging.getLogger(__name__)
+
+CRASH_REASON = "The picture engine crashed on this photo; please try another one."
+SHUTDOWN_REASON = "claybot is restarting; please send your photo again in a minute."
+UNAVAILABLE_REASON = "The picture engine is not available right now; please try again later."
+
+
+@dataclass(eq=False)
+class _Job:
+    id: str
+    handle: JobHandle
+    image: bytes
+    style: str
+    strength: float
+    seed: int
+    trigger_weight: float | None
+    work_size: tuple[int, int]
+    submitted: float
+    attempts: int = 0
+    position: int = 0
+    answered: bool = False
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with equal keys can share one pipeline call."""
+        return (self.style, self.strength, self.trigger_weight, self.work_size)
+
+
+@dataclass
+class QueueStats:
+    """Counters for status and benchmarks."""
+
+    done: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
+    worker_starts: int = 0
+    batches: list[int] = field(default_factory=list)
+
+
+class LocalQueue:
+    """Bounded in-process queue in front of one spawned pipeline worker."""
+
+    def __init__(self, gpu: GpuSettings, settings: QueueSettings, *, log_level: int = logging.INFO) -> None:
+        self.gpu = gpu
+        self.settings = settings
+        self.stats = QueueStats()
+        self.worker_info: dict[str, Any] = {}
+        self._log_level = log_level
+        self._pending: list[_Job] = []
+        self._in_flight: dict[str, _Job] = {}
+        self._batch_started = 0.0
+        self._closing = False
+        self._fatal: str | None = None
+        self._ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process: multiprocessing.Process | None = None
+        self._conn = None
+        self._generation = 0
+        self._startup_failures = 0
+        self._tasks: list[asyncio.Task] = []
+        self._authkey = b""
+        if settings.worker_address:
+            key = os.environ.get(settings.worker_key_env, "")
+            if not key:
+                raise ClaybotError(f"queue.worker_address is set, so the environment variable "
+                                   f"{settings.worker_key_env} must hold the secret shared with `claybot worker`.")
+            self._authkey = key.encode()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the worker and start scheduling."""
+        self._loop = asyncio.get_running_loop()
+        self._start_worker()
+        self._tasks = [asyncio.create_task(self._schedule(), name="claybot-scheduler"),
+                       asyncio.create_task(self._watchdog(), name="claybot-watchdog")]
+
+    async def wait_ready(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the worker has loaded its models; ModelError if it cannot."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+        if self._fatal:
+            raise ModelError(self._fatal)
+        return self.worker_info
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop taking jobs; waiting ones are told so at once, running ones get ``grace`` seconds to finish."""
+        if self._closing:
+            return
+        self._closing = True
+        grace = self.settings.shutdown_grace if grace is None else grace
+        for job in list(self._pending):
+            self._fail(job, SHUTDOWN_REASON, ErrorKind.SHUTTING_DOWN)
+        self._pending.clear()
+        if self._in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                logger.warning("%d running job(s) did not finish within %.0fs", len(self._in_flight), grace)
+        for job in list(self._in_flight.values()):
+            self._fail(job, SHUTDOWN_REASON, ErrorKind.SHUTTING_DOWN)
+        self._in_flight.clear()
+        for task in self._tasks:
+            task.cancel()
+        await self._stop_worker()
+
+    # -- submitting ------------------------------------------------------------------------------------------------
+
+    async def submit(self, request: StyleRequest) -> JobHandle:
+        """Queue a job and return its handle; QueueBusy/QueueClosed at once, bad photos fail on the handle."""
+        if self._closing:
+            raise QueueClosed(SHUTDOWN_REASON)
+        style, strength = self._resolve(request)
+        job_id = new_job_id()
+        handle = JobHandle(job_id, request, canceller=self._cancel)
+        max_pixels = int(self.gpu.pipeline.max_input_megapixels * 1e6)
+        try:
+            size = await asyncio.to_thread(probe_photo, request.image, max_pixels=max_pixels)
+        except (BadImage, TooLarge) as err:
+            kind = ErrorKind.TOO_LARGE if isinstance(err, TooLarge) else ErrorKind.BAD_IMAGE
+            handle.push(Failed(str(err), kind))
+            self._count_failure(kind)
+            return handle
+        if self._closing:
+            raise QueueClosed(SHUTDOWN_REASON)
+        if len(self._pending) >= self.settings.max_queue:
+            self._count_failure(ErrorKind.BUSY)
+            raise QueueBusy(f"I'm busy: {len(self._pending)} photos are already waiting (the limit is "
+                            f"{self.settings.max_queue}). Please try again in a few minutes.")
+        if self._fatal:
+            handle.push(Failed(UNAVAILABLE_REASON, ErrorKind.INTERNAL))
+            return handle
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        job = _Job(job_id, handle, request.image, style, strength, seed, request.trigger_weight,
+                   working_size(*size, self.gpu.pipeline.megapixels), time.monotonic())
+        self._pending.append(job)
+        job.position = len(self._in_flight) + len(self._pending)
+        handle.push(Queued(job.position))
+        logger.info("job %s queued at #%d (style %s, strength %g, seed %d)", job_id, job.position, style,
+                    strength, seed)
+        self._wake.set()
+        return handle
+
+    def _resolve(self, request: StyleRequest) -> tuple[str, float]:
+        style = request.style or self.gpu.pipeline.default_style
+        if style not in self.gpu.styles:
+            raise BadRequest(f"There is no style called {style!r}; try: {', '.join(sorted(self.gpu.styles))}.")
+        strength = self.gpu.styles[style].default_strength if request.strength is None else request.strength
+        if not 0.0 <= strength <= 1.0:
+            raise BadRequest(f"Strength must be between 0 and 1, not {strength:g}.")
+        return style, round(float(strength), 4)
+
+    def _cancel(self, handle: JobHandle) -> bool:
+        for job in self._pending:
+            if job.handle is handle:
+                self._pending.remove(job)
+                self._fail(job, "Cancelled.", ErrorKind.CANCELLED)
+                self._announce_positions()
+                return True
+        return False
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting (not running)."""
+        return len(self._pending)
+
+    # -- scheduling ------------------------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._closing or self._in_flight or not self._ready.is_set() or self._fatal or not self._pending:
+                continue
+            batch, wait = self._next_batch()
+            if batch:
+                await self._dispatch(batch)
+            elif wait > 0:
+                self._loop.call_later(wait, self._wake.set)
+
+    def _next_batch(self) -> tuple[list[_Job], float]:
+        """The oldest job with up to max_batch compatible companions; or how long to wait for more."""
+        first = self._pending[0]
+        batch = [job for job in self._pending if job.key == first.key][: self.gpu.pipeline.max_batch]
+        waited = time.monotonic() - first.submitted
+        if len(batch) < self.gpu.pipeline.max_batch and waited < self.settings.batch_window:
+            return [], self.settings.batch_window - waited
+        return batch, 0.0
+
+    async def _dispatch(self, batch: list[_Job]) -> None:
+        for job in batch:
+            self._pending.remove(job)
+            self._in_flight[job.id] = job
+        self._idle.clear()
+        self._batch_started = time.monotonic()
+        self.stats.batches.append(len(batch))
+        first = batch[0]
+        message = {"op": "batch", "style": first.style, "strength": first.strength,
+                   "trigger_weight": first.trigger_weight, "timeout": self.settings.job_timeout,
+                   "jobs": [{"id": job.id, "image": job.image, "seed": job.seed} for job in batch]}
+        self._announce_positions()
+        conn = self._conn
+        try:
+            await asyncio.to_thread(conn.send, message)
+        except (OSError, ValueError):  # the worker died between ready and now: its exit handler retries the batch
+            logger.warning("could not hand batch %s to the worker", [job.id for job in batch])
+
+    def _announce_positions(self) -> None:
+        """Positions count the running jobs too: "#2" means one photo is ahead of yours."""
+        for index, job in enumerate(self._pending, start=len(self._in_flight) + 1):
+            if job.position != index:
+                job.position = index
+                job.handle.push(Queued(index))
+
+    async def _watchdog(self) -> None:
+        """Kill a worker stuck past the time limit (the step callback stops ordinary slow jobs itself)."""
+        limit = self.settings.job_timeout + self.settings.kill_after
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            if self._in_flight and time.monotonic() - self._batch_started > limit:
+                logger.error("worker stuck for %.0fs on %s: killing it", limit, list(self._in_flight))
+                for job in list(self._in_flight.values()):  # answered now, so not retried on the exit
+                    self._fail(job, f"This took longer than {limit:g} seconds and was stopped.", ErrorKind.TIMEOUT)
+                if self._process is not None:
+                    self._process.kill()
+                elif self._conn is not None:  # an external worker: drop it; it serves the next connection
+                    self._conn.close()
+
+    # -- the worker process ----------------------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        if self.settings.worker_address:
+            self._generation += 1
+            self.stats.worker_starts += 1
+            threading.Thread(target=self._connect, args=(self._generation,), name="claybot-worker-connect",
+                             daemon=True).start()
+        else:
+            self._spawn()
+
+    def _connect(self, generation: int) -> None:
+        """External worker (`claybot worker`): connect, retrying while it (re)starts, then read from it."""
+        from multiprocessing.connection import Client
+
+        from pipeline.worker import parse_address
+
+        address = parse_address(self.settings.worker_address)
+        while not self._closing and generation == self._generation:
+            try:
+                conn = Client(address, authkey=self._authkey)
+            except (OSError, multiprocessing.AuthenticationError) as err:
+                logger.warning("cannot reach the worker at %s (%s); retrying", self.settings.worker_address, err)
+                time.sleep(2.0)
+                continue
+            self._process, self._conn = None, conn
+            self._read(generation, conn, None)
+            return
+
+    def _spawn(self) -> None:
+        from pipeline.worker import child_main
+
+        self._generation += 1
+        context = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = context.Pipe()
+        process = context.Process(target=child_main, args=(self.gpu, child_conn, self._log_level),
+                                  name=f"claybot-worker-{self._generation}", daemon=True)
+        process.start()
+        child_conn.close()  # so the parent sees EOF when the child dies
+        self._process, self._conn = process, parent_conn
+        self.stats.worker_starts += 1
+        logger.info("started pipeline worker pid %d", process.pid)
+        threading.Thread(target=self._read, args=(self._generation, parent_conn, process),
+                         name=f"claybot-worker-reader-{self._generation}", daemon=True).start()
+
+    def _read(self, generation: int, conn, process) -> None:
+        """Reader thread: worker messages → the event loop, then the worker's exit."""
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            self._call(self._on_message, generation, message)
+        if process is None:
+            self._call(self._on_exit, generation, None)
+            return
+        process.join()
+        self._call(self._on_exit, generation, process.exitcode)
+
+    def _call(self, callback: Callable, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            pass
+
+    def _on_message(self, generation: int, message: dict[str, Any]) -> None:
+        if generation != self._generation:
+            return
+        op = message["op"]
+        if op == "ready":
+            pid = self._process.pid if self._process else None
+            self.worker_info = {k: v for k, v in message.items() if k != "op"} | {"pid": pid}
+            self._startup_failures = 0
+            logger.info("worker ready on %s (%s)", message["device"], message["dtype"])
+            self._ready.set()
+            self._wake.set()
+        elif op == "fatal":
+            self._fatal = message["message"]
+            logger.error("the pipeline worker cannot start: %s", self._fatal)
+            for job in [*self._pending, *self._in_flight.values()]:
+                self._fail(job, UNAVAILABLE_REASON, ErrorKind.INTERNAL)
+            self._pending.clear()
+            self._ready.set()
+        elif op == "started":
+            for job in self._jobs(message["ids"]):
+                job.handle.push(Started(len(message["ids"])))
+        elif op == "progress":
+            for job in self._jobs(message["ids"]):
+                job.handle.push(Progress(message["step"], message["total"]))
+        elif op == "done":
+            job = self._in_flight.pop(message["id"], None)
+            if job is not None and not job.answered:
+                job.answered = True
+                done = Done(**message["result"])
+                job.handle.push(done)
+                self.stats.done += 1
+                logger.info("job %s done: %s", job.id,
+                            " ".join(f"{k}={v:.2f}s" for k, v in done.timings.items()))
+        elif op == "failed":
+            job = self._in_flight.pop(message["id"], None)
+            if job is not None:
+                self._fail(job, message["reason"], ErrorKind(message["kind"]))
+        elif op == "idle":
+            for job in list(self._in_flight.values()):  # never leave a job without an answer
+                self._fail(job, CRASH_REASON, ErrorKind.INTERNAL)
+            self._in_flight.clear()
+            self._idle.set()
+            self._announce_positions()
+            self._wake.set()
+
+    def _on_exit(self, generation: int, exitcode: int | None) -> None:
+        if generation != self._generation:
+            return
+        was_ready = self._ready.is_set() and not self._fatal
+        self._ready.clear()
+        lost = [job for job in self._in_flight.values() if not job.answered]
+        self._in_flight.clear()
+        self._idle.set()
+        if self._closing:
+            return
+        if self._fatal:
+            self._ready.set()  # wait_ready() reports the fatal error
+            return
+        logger.error("pipeline worker exited with code %s while running %d job(s)", exitcode, len(lost))
+        retry = []
+        for job in lost:
+            job.attempts += 1
+            if job.attempts > self.settings.max_retries:
+                self._fail(job, CRASH_REASON, ErrorKind.INTERNAL)
+            else:
+                retry.append(job)
+                self.stats.retried += 1
+        self._pending[:0] = retry
+        self._announce_positions()
+        if not was_ready:
+            self._startup_failures += 1
+        delay = min(30.0, 2.0 ** self._startup_failures - 1)
+        if self._startup_failures >= 3:
+            for job in list(self._pending):  # do not let users wait on a worker that cannot start
+                self._fail(job, UNAVAILABLE_REASON, ErrorKind.INTERNAL)
+            self._pending.clear()
+        self._loop.call_later(delay, self._respawn)
+
+    def _respawn(self) -> None:
+        if not self._closing:
+            self._start_worker()
+
+    async def _stop_worker(self) -> None:
+        process, conn = self._process, self._conn
+        self._generation += 1  # ignore whatever the old worker still says
+        if process is None:  # an external worker keeps running for the next queue
+            if conn is not None:
+                conn.close()
+            return
+        try:
+            conn.send({"op": "stop"})
+        except (OSError, ValueError):
+            pass
+        await asyncio.to_thread(process.join, 5.0)
+        if process.is_alive():
+            process.kill()
+            await asyncio.to_thread(process.join, 5.0)
+        conn.close()
+
+    # -- answers ---------------------------------------------------------------------------------------------------
+
+    def _jobs(self, ids: list[str]) -> list[_Job]:
+        return [self._in_flight[i] for i in ids if i in self._in_flight]
+
+    def _fail(self, job: _Job, reason: str, kind: ErrorKind) -> None:
+        if job.answered:
+            return
+        job.answered = True
+        self._in_flight.pop(job.id, None)
+        job.handle.push(Failed(reason, kind))
+        self._count_failure(kind)
+        logger.info("job %s failed (%s): %s", job.id, kind.value, reason)
+
+    def _count_failure(self, kind: ErrorKind) -> None:
+        self.stats.failed[kind.value] = self.stats.failed.get(kind.value, 0) + 1

@@ -1,0 +1,190 @@
+"""The pipeline worker loop: load every model once, warm up, then serve batches of jobs over a connection.
+
+The same loop runs as the local queue's spawned child and as ``claybot worker`` in the foreground. Torch and
+the models are imported inside the functions, so importing this module (as the parent must, to name the child's
+entry point) stays light.
+
+Messages are dicts. In: ``{"op": "batch", "jobs": [{"id", "image", "seed"}], "style", "strength",
+"trigger_weight", "timeout"}`` and ``{"op": "stop"}``. Out: ``ready`` (device, dtype, max_batch), ``fatal``
+(message), then per batch ``started``, ``progress`` (step, total), ``done`` (result) or ``failed`` (reason,
+kind) for every job, and ``idle`` when the batch is over.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from pipeline.errors import BadImage, ClaybotError, TooLarge
+from pipeline.jobs import ErrorKind
+from pipeline.settings import GpuSettings
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], None]
+
+INTERNAL_REASON = "Something went wrong while making your clay picture; please try again."
+OOM_REASON = "The GPU ran out of memory on this photo; please try a smaller one."
+
+
+class JobTimeout(Exception):
+    """Raised from the step callback when a batch runs past its time limit."""
+
+
+def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True) -> None:
+    """Load the models once, then for each connection: announce readiness and answer batches until it closes."""
+    from pipeline.stylizer import Stylizer
+
+    connections = iter(connections)
+    try:
+        stylizer = Stylizer(settings)
+        if warm_up:
+            started = time.perf_counter()
+            stylizer.warm_up()
+            logger.info("warm-up done in %.2fs", time.perf_counter() - started)
+    except ClaybotError as err:
+        logger.error("%s", err)
+        conn = next(connections, None)
+        if conn is not None:
+            conn.send({"op": "fatal", "message": str(err)})
+        raise
+    ready = {"op": "ready", "device": str(stylizer.device), "dtype": str(stylizer.dtype).removeprefix("torch."),
+             "max_batch": settings.pipeline.max_batch}
+    for conn in connections:
+        try:
+            conn.send(ready)
+            while True:
+                message = conn.recv()
+                if message.get("op") == "stop":
+                    return
+                if message.get("op") == "batch":
+                    run_batch(stylizer, message, conn.send)
+                    conn.send({"op": "idle"})
+        except (EOFError, OSError):
+            logger.info("queue connection closed")
+        finally:
+            conn.close()
+
+
+def listen(address: str, authkey: bytes) -> Iterator:
+    """Connections from queues to a foreground worker (``claybot worker``), one after another."""
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Listener
+
+    with Listener(parse_address(address), authkey=authkey) as listener:
+        logger.info("worker listening on %s", address)
+        while True:
+            try:
+                conn = listener.accept()
+            except (OSError, EOFError, AuthenticationError) as err:  # a wrong key, or a client that went away
+                logger.warning("refused a connection: %s", err)
+                continue
+            logger.info("queue connected from %s", listener.last_accepted)
+            yield conn
+
+
+def parse_address(address: str) -> str | tuple[str, int]:
+    """"host:port" → a TCP address; anything else is a Unix socket path."""
+    host, sep, port = address.rpartition(":")
+    return (host, int(port)) if sep and port.isdigit() else address
+
+
+def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
+    """Decode, stylize and answer every job of one batch; a bad photo fails alone, never its companions."""
+    from pipeline.images import decode_photo, working_size
+    from pipeline.stylizer import Photo
+
+    p = stylizer.settings.pipeline
+    max_pixels = int(p.max_input_megapixels * 1e6)
+    groups: dict[tuple[int, int], list[tuple[str, Any, float]]] = {}
+    for job in message["jobs"]:
+        started = time.perf_counter()
+        try:
+            image = decode_photo(job["image"], max_pixels=max_pixels)
+        except TooLarge as err:
+            send({"op": "failed", "id": job["id"], "reason": str(err), "kind": ErrorKind.TOO_LARGE.value})
+            continue
+        except BadImage as err:
+            send({"op": "failed", "id": job["id"], "reason": str(err), "kind": ErrorKind.BAD_IMAGE.value})
+            continue
+        size = working_size(*image.size, p.megapixels)
+        groups.setdefault(size, []).append((job["id"], Photo(image, job["seed"]), time.perf_counter() - started))
+    deadline = time.monotonic() + message["timeout"]
+    for group in groups.values():
+        _run_group(stylizer, group, message, deadline, send)
+
+
+def _run_group(stylizer, group: list[tuple[str, Any, float]], message: dict[str, Any], deadline: float,
+               send: Send) -> None:
+    from pipeline.images import encode_png
+
+    ids = [job_id for job_id, _, _ in group]
+    send({"op": "started", "ids": ids})
+
+    def on_step(step: int, total: int) -> None:
+        send({"op": "progress", "ids": ids, "step": step, "total": total})
+        if time.monotonic() > deadline:
+            raise JobTimeout
+
+    def fail_all(reason: str, kind: ErrorKind) -> None:
+        for job_id in ids:
+            send({"op": "failed", "id": job_id, "reason": reason, "kind": kind.value})
+
+    try:
+        results = stylizer.run([photo for _, photo, _ in group], style=message["style"],
+                               strength=message["strength"], on_step=on_step,
+                               trigger_weight=message.get("trigger_weight"))
+    except JobTimeout:
+        minutes = message["timeout"] / 60
+        limit = f"{message['timeout']:g} seconds" if message["timeout"] < 120 else f"{minutes:g} minutes"
+        fail_all(f"This took longer than the {limit} limit and was stopped; please try again later.",
+                 ErrorKind.TIMEOUT)
+        return
+    except Exception as err:
+        if not _is_out_of_memory(err):
+            logger.exception("batch %s failed", ids)
+            fail_all(INTERNAL_REASON, ErrorKind.INTERNAL)
+            return
+        _free_gpu_memory()
+        if len(group) == 1:
+            logger.warning("job %s ran out of GPU memory alone", ids[0])
+            fail_all(OOM_REASON, ErrorKind.TOO_LARGE)
+            return
+        logger.warning("batch of %d ran out of GPU memory; retrying one job at a time", len(group))
+        for job in group:
+            _run_group(stylizer, [job], message, deadline, send)
+        return
+
+    for (job_id, _, decode_s), result in zip(group, results, strict=True):
+        started = time.perf_counter()
+        png = encode_png(result.image)
+        timings = {"decode": decode_s, **result.timings, "encode": time.perf_counter() - started}
+        send({"op": "done", "id": job_id, "result": {
+            "image": png, "width": result.image.width, "height": result.image.height, "tags": result.tags,
+            "prompt": result.prompt, "seed": result.seed, "style": message["style"],
+            "strength": message["strength"], "ratings": result.ratings, "timings": timings,
+        }})
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    return type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
+
+
+def _free_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def child_main(settings: GpuSettings, conn, log_level: int = logging.INFO) -> None:
+    """Entry point of the spawned worker process."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
+    try:
+        serve(settings, [conn])
+    except (KeyboardInterrupt, ClaybotError):  # the parent handles Ctrl-C; a fatal error was already sent
+        pass
+    finally:
+        conn.close()

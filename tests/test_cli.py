@@ -1,0 +1,185 @@
+"""The ``claybot`` command line, run as real processes on tiny models (each process imports torch: ~5 s)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomlkit
+from PIL import Image
+
+from bot.cli import ROOT_CONFIG
+from tests.conftest import photo_bytes
+
+CLAYBOT = Path(sys.executable).parent / "claybot"
+PHOTO_SIZE = (160, 120)
+
+
+# One torch thread per process: on a small shared CPU, torch's spinning OpenMP threads slow a tiny img2img run
+# 15-20x whenever another process competes for the cores (seen: warm-up 1.4 s alone, 20-30 s beside a test run).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def claybot(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CLAYBOT), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """`claybot tiny-models DIR`, run once for the module."""
+    assert CLAYBOT.is_file(), f"{CLAYBOT} missing: pip install -e . in the venv"
+    directory = tmp_path_factory.mktemp("cli") / "tiny"
+    run = claybot("tiny-models", directory)
+    assert run.returncode == 0, run.stderr
+    assert f"wrote tiny models and {directory / 'config.toml'}" in run.stdout
+    return directory
+
+
+@pytest.fixture(scope="module")
+def config_path(tiny_dir) -> Path:
+    return tiny_dir / "config.toml"
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    path.write_bytes(photo_bytes(PHOTO_SIZE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stylized(tiny_dir, config_path, photo) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """The photo stylized three times: seed 1 twice, seed 2 once."""
+    runs = {}
+    for name, seed in [("first", 1), ("again", 1), ("other", 2)]:
+        out = tiny_dir.parent / f"{name}.png"
+        runs[name] = (claybot("stylize", photo, "-o", out, "--config", config_path, "--seed", seed), out)
+    return runs
+
+
+def _variant(config_path: Path, tmp_path: Path, change) -> Path:
+    """A copy of the tiny config with one change made by `change(doc)`."""
+    doc = tomlkit.parse(config_path.read_text(encoding="utf-8"))
+    change(doc)
+    path = tmp_path / "config.toml"
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return path
+
+
+def test_tiny_models_writes_models_and_a_config_that_keeps_the_repository_styles_and_comments(tiny_dir, config_path):
+    for name in ("sdxl", "sdxl.safetensors", "clay_lora_kohya.safetensors", "wd14/model.onnx",
+                 "wd14/selected_tags.csv"):
+        assert (tiny_dir / name).exists(), name
+    root_text = ROOT_CONFIG.read_text(encoding="utf-8")
+    tiny_text = config_path.read_text(encoding="utf-8")
+    root, tiny = tomllib.loads(root_text), tomllib.loads(tiny_text)
+
+    assert set(tiny["styles"]) == set(root["styles"])
+    for name, style in root["styles"].items():
+        for key in ("trigger_words", "trigger_weight", "default_strength", "negative_prompt", "clashing_tags",
+                    "lora_scale"):
+            assert tiny["styles"][name].get(key) == style.get(key), f"styles.{name}.{key}"
+    assert tiny["styles"]["clay"]["trigger_words"] == "claymation style"
+    assert tiny["styles"]["clay"]["lora"] == str(tiny_dir / "clay_lora_kohya.safetensors")
+    assert tiny["tagger"]["model"] == str(tiny_dir / "wd14")
+    assert tiny["pipeline"]["default_style"] == root["pipeline"]["default_style"]
+
+    comments = [line.strip() for line in root_text.splitlines() if line.strip().startswith("#")]
+    assert len(comments) > 20
+    missing = [c for c in comments if c not in tiny_text]
+    assert not missing, f"comments lost: {missing[:3]}"
+
+
+def test_stylize_writes_a_png_of_the_photo_aspect_ratio_and_reports_tags_prompt_seed_timings(stylized):
+    run, out = stylized["first"]
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+
+    image = Image.open(io.BytesIO(out.read_bytes()))
+    assert image.format == "PNG"
+    assert image.width / image.height == pytest.approx(PHOTO_SIZE[0] / PHOTO_SIZE[1], rel=0.02)
+
+    lines = run.stdout.splitlines()
+
+    def line(prefix: str) -> str:
+        found = [ln for ln in lines if ln.startswith(prefix)]
+        assert found, f"no line starting {prefix!r} in:\n{run.stdout}"
+        return found[0]
+
+    tags = line("tags:").removeprefix("tags:").strip()
+    assert tags and tags != "(none)"
+    prompt = line("prompt:")
+    assert "(claymation style:2)" in prompt
+    assert line("seed:").rstrip() == "seed:     1"
+    timings = line("timings:")
+    for stage in ("decode", "tag", "prompt", "denoise", "encode"):
+        assert f" {stage} " in timings, f"{stage} missing from {timings!r}"
+
+
+def test_stylize_with_the_same_seed_is_byte_identical_and_another_seed_differs(stylized):
+    for name in ("first", "again", "other"):
+        assert stylized[name][0].returncode == 0, stylized[name][0].stderr
+    first, again, other = (stylized[name][1].read_bytes() for name in ("first", "again", "other"))
+    assert first == again
+    assert first != other
+    assert "seed:     2" in stylized["other"][0].stdout
+
+
+def test_stylize_refuses_a_strength_above_1_before_doing_anything(photo, tmp_path):
+    run = claybot("stylize", photo, "-o", tmp_path / "out.png", "--strength", "1.5")
+    assert run.returncode == 2
+    assert "between 0 and 1" in run.stderr
+    assert "--strength" in run.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_stylize_of_a_file_that_is_not_an_image_fails_with_a_message_and_no_traceback(config_path, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("these are my holiday notes, not a photo\n", encoding="utf-8")
+    run = claybot("stylize", text, "-o", tmp_path / "out.png", "--config", config_path, "--seed", "1")
+    assert run.returncode != 0
+    assert "not an image" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_check_loads_every_model_of_the_tiny_config(config_path):
+    run = claybot("check", "--config", config_path)
+    assert run.returncode == 0, run.stderr
+    assert "every model loads" in run.stdout
+    assert "styles.clay.lora" in run.stdout  # it lists what it loads
+
+
+def test_check_names_the_key_of_a_model_path_that_does_not_exist(config_path, tmp_path):
+    missing = tmp_path / "nowhere" / "clay.safetensors"
+    path = _variant(config_path, tmp_path, lambda doc: doc["styles"]["clay"].__setitem__("lora", str(missing)))
+    run = claybot("check", "--config", path)
+    assert run.returncode != 0
+    assert "styles.clay.lora" in run.stderr
+    assert "every model loads" not in run.stdout
+    assert "Traceback" not in run.stderr
+
+
+def test_check_names_the_key_of_a_lora_file_that_is_not_a_lora(config_path, tmp_path):
+    garbage = tmp_path / "x.safetensors"
+    garbage.write_bytes(b"not a lora")
+    path = _variant(config_path, tmp_path, lambda doc: doc["styles"]["clay"].__setitem__("lora", str(garbage)))
+    run = claybot("check", "--config", path)
+    assert run.returncode != 0
+    assert "styles.clay.lora" in run.stderr
+    assert "every model loads" not in run.stdout
+    assert "Traceback" not in run.stderr
+
+
+def test_check_refuses_an_unknown_key_with_exit_status_2_naming_it(config_path, tmp_path):
+    path = _variant(config_path, tmp_path, lambda doc: doc["pipeline"].__setitem__("colour_boost", 3))
+    run = claybot("check", "--config", path)
+    assert run.returncode == 2
+    assert "pipeline.colour_boost" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -1,0 +1,208 @@
+"""The local queue and its pipeline worker child process, with the tiny models running for real."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.jobs import (
+    Done,
+    ErrorKind,
+    Failed,
+    JobFailed,
+    Progress,
+    QueueBusy,
+    QueueClosed,
+    Queued,
+    Started,
+    StyleRequest,
+)
+from pipeline.local import CRASH_REASON, LocalQueue
+from tests.conftest import photo_bytes
+
+PHOTO = photo_bytes((128, 96))
+
+
+@contextlib.asynccontextmanager
+async def running_queue(tiny_config, *, wait=True, pipeline=None, **queue_changes):
+    gpu = tiny_config.gpu()
+    if pipeline:
+        gpu = gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update=pipeline)})
+    queue = LocalQueue(gpu, tiny_config.queue.model_copy(update=queue_changes))
+    await queue.start()
+    try:
+        if wait:
+            await queue.wait_ready(timeout=120)
+        yield queue
+    finally:
+        await queue.close(grace=5)
+
+
+async def collect(handle, timeout=120.0) -> list:
+    async def run():
+        return [event async for event in handle.events()]
+    return await asyncio.wait_for(run(), timeout)
+
+
+def pixels(done: Done) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(done.image)), dtype=np.float64)
+
+
+def test_the_chat_side_never_imports_torch(tiny_config_path):
+    # A fresh interpreter: submit a job through the queue and await it; the GPU libraries stay in the child.
+    script = textwrap.dedent(f"""
+        import asyncio, json, sys
+        from bot.config import load_config
+        from pipeline.jobs import StyleRequest
+        from pipeline.local import LocalQueue
+        from tests.conftest import photo_bytes
+
+        async def main():
+            config = load_config({str(tiny_config_path)!r})
+            queue = LocalQueue(config.gpu(), config.queue)
+            await queue.start()
+            handle = await queue.submit(StyleRequest(photo_bytes(), seed=1))
+            done = await handle.result(timeout=120)
+            await queue.close()
+            return len(done.image)
+
+        size = asyncio.run(main())
+        print(json.dumps({{"size": size, "loaded": [m for m in ("torch", "diffusers", "onnxruntime", "compel")
+                                                      if m in sys.modules]}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["size"] > 0
+    assert report["loaded"] == []
+
+
+async def test_events_arrive_in_order_with_positions_and_step_progress(tiny_config):
+    async with running_queue(tiny_config, batch_window=0.0) as queue:
+        # Different strengths never share a batch, so the second waits behind the first.
+        first = await queue.submit(StyleRequest(PHOTO, strength=0.5, seed=1))
+        second = await queue.submit(StyleRequest(PHOTO, strength=0.6, seed=2))
+        first_events, second_events = await asyncio.gather(collect(first), collect(second))
+
+    assert first_events[0] == Queued(1)
+    assert second_events[0] == Queued(2)
+    assert Queued(1) in second_events  # moved up when the first started
+    for events, strength in ((first_events, 0.5), (second_events, 0.6)):
+        kinds = [type(e) for e in events]
+        assert kinds.index(Started) > max(i for i, k in enumerate(kinds) if k is Queued)
+        steps = [e for e in events if isinstance(e, Progress)]
+        total = int(tiny_config.pipeline.steps * strength)
+        assert steps == [Progress(i, total) for i in range(1, total + 1)]
+        assert kinds.index(Progress) > kinds.index(Started)
+        assert isinstance(events[-1], Done) and kinds.count(Done) == 1
+        done = events[-1]
+        assert done.strength == strength and done.tags and done.prompt.startswith("(claymation style:2)")
+        assert set(done.timings) == {"decode", "tag", "prompt", "denoise", "encode"}
+
+
+async def test_compatible_jobs_share_one_batch_and_match_their_solo_images(tiny_config):
+    async with running_queue(tiny_config, batch_window=1.0) as queue:
+        together = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in (11, 12)]
+        together_events = await asyncio.gather(*(collect(h) for h in together))
+        alone = []
+        for seed in (11, 12):
+            alone.append(await (await queue.submit(StyleRequest(PHOTO, seed=seed))).result(timeout=120))
+        assert queue.stats.batches == [2, 1, 1]
+
+    for events, solo in zip(together_events, alone, strict=True):
+        assert Started(batch_size=2) in events
+        batched = events[-1]
+        assert isinstance(batched, Done) and batched.seed == solo.seed
+        # Same seed, same image, batched or not (up to float rounding in batched matrix products).
+        assert np.abs(pixels(batched) - pixels(solo)).mean() < 0.5
+    assert np.abs(pixels(together_events[0][-1]) - pixels(together_events[1][-1])).mean() > 1.0
+
+
+async def test_a_worker_killed_mid_job_is_restarted_and_the_job_answered(tiny_config):
+    async with running_queue(tiny_config, pipeline={"steps": 24}) as queue:
+        handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=5))
+        pid = queue.worker_info["pid"]
+        events = []
+        async for event in handle.events():
+            events.append(event)
+            if isinstance(event, Progress) and event.step == 2 and pid == queue.worker_info["pid"]:
+                os.kill(pid, signal.SIGKILL)
+            if isinstance(event, Done | Failed):
+                break
+        assert isinstance(events[-1], Done)
+        assert queue.stats.worker_starts == 2 and queue.stats.retried == 1
+        assert queue.worker_info["pid"] != pid
+        # The restarted worker serves new jobs as usual.
+        assert (await (await queue.submit(StyleRequest(PHOTO, seed=6))).result(timeout=120)).image
+
+
+async def test_a_job_whose_worker_dies_twice_fails_with_a_reason(tiny_config):
+    async with running_queue(tiny_config, max_retries=0, pipeline={"steps": 24}) as queue:
+        handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=5))
+        async for event in handle.events():
+            if isinstance(event, Progress):
+                os.kill(queue.worker_info["pid"], signal.SIGKILL)
+                break
+        with pytest.raises(JobFailed) as failed:
+            await handle.result(timeout=60)
+        assert failed.value.kind is ErrorKind.INTERNAL and str(failed.value) == CRASH_REASON
+
+
+async def test_a_full_queue_answers_busy_at_once(tiny_config):
+    async with running_queue(tiny_config, wait=False, max_queue=2) as queue:
+        first = await queue.submit(StyleRequest(PHOTO, seed=1))
+        await queue.submit(StyleRequest(PHOTO, seed=2))
+        with pytest.raises(QueueBusy, match=r"2 photos are already waiting \(the limit is 2\)"):
+            await asyncio.wait_for(queue.submit(StyleRequest(PHOTO, seed=3)), 1.0)
+        assert first.cancel()  # not started yet: cancelled, and its place is freed
+        assert (await collect(first))[-1] == Failed("Cancelled.", ErrorKind.CANCELLED)
+        await queue.submit(StyleRequest(PHOTO, seed=4))
+
+
+async def test_a_job_over_its_time_limit_fails_with_its_reason(tiny_config):
+    async with running_queue(tiny_config, job_timeout=0.3, pipeline={"steps": 60}) as queue:
+        handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=1))
+        events = await collect(handle)
+        assert isinstance(events[-1], Failed)
+        assert events[-1].kind is ErrorKind.TIMEOUT
+        assert "longer than the 0.3 seconds limit" in events[-1].reason
+        # The worker was not killed for it and serves the next job.
+        assert queue.stats.worker_starts == 1
+
+
+async def test_shutdown_answers_waiting_jobs_with_shutting_down(tiny_config):
+    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
+    await queue.start()
+    await queue.wait_ready(timeout=120)
+    running = await queue.submit(StyleRequest(PHOTO, strength=0.5, seed=1))
+    waiting = [await queue.submit(StyleRequest(PHOTO, strength=0.7 + i / 10, seed=i)) for i in range(2)]
+    async for event in running.events():
+        if isinstance(event, Started):
+            break
+    await queue.close(grace=60)
+    assert isinstance(await running.result(timeout=1), Done)  # the running job finished within the grace
+    for handle in waiting:
+        events = await collect(handle, timeout=1)
+        assert events[-1].kind is ErrorKind.SHUTTING_DOWN and "restarting" in events[-1].reason
+    with pytest.raises(QueueClosed):
+        await queue.submit(StyleRequest(PHOTO))
+
+
+async def test_a_bad_photo_fails_alone_with_its_own_message(tiny_config):
+    async with running_queue(tiny_config) as queue:
+        bad = await queue.submit(StyleRequest(b"GIF89a this is no image", seed=1))
+        good = await queue.submit(StyleRequest(PHOTO, seed=1))
+        assert (await collect(bad))[-1] == Failed("That file is not an image I can read.", ErrorKind.BAD_IMAGE)
+        assert isinstance((await collect(good))[-1], Done)

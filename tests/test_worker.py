@@ -1,0 +1,125 @@
+"""The worker loop itself: out-of-memory fallback and the foreground `claybot worker` over a local socket."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.jobs import Done, StyleRequest
+from pipeline.local import LocalQueue
+from pipeline.stylizer import Stylizer
+from pipeline.worker import run_batch
+from tests.conftest import photo_bytes
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError, which the worker recognises by name (no CUDA here)."""
+
+
+class SmallGpu:
+    """The real tiny stylizer behind a GPU that cannot hold more than one photo at a time."""
+
+    def __init__(self, stylizer: Stylizer) -> None:
+        self.stylizer, self.settings, self.batch_sizes = stylizer, stylizer.settings, []
+
+    def run(self, photos, **kwargs):
+        self.batch_sizes.append(len(photos))
+        if len(photos) > 1:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.stylizer.run(photos, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def stylizer(tiny_config) -> Stylizer:
+    return Stylizer(tiny_config.gpu())
+
+
+def _batch(*seeds: int) -> dict:
+    return {"op": "batch", "style": "clay", "strength": 0.5, "trigger_weight": None, "timeout": 60,
+            "jobs": [{"id": f"job{seed}", "image": photo_bytes(), "seed": seed} for seed in seeds]}
+
+
+def test_out_of_memory_on_a_batch_retries_one_job_at_a_time(stylizer):
+    gpu, sent = SmallGpu(stylizer), []
+    run_batch(gpu, _batch(1, 2, 3), sent.append)
+    assert gpu.batch_sizes == [3, 1, 1, 1]
+    done = {m["id"]: m["result"] for m in sent if m["op"] == "done"}
+    assert sorted(done) == ["job1", "job2", "job3"]
+    assert not [m for m in sent if m["op"] == "failed"]
+    # Each answer is the one its seed gives when run alone.
+    alone = []
+    run_batch(stylizer, _batch(2), alone.append)
+    solo = next(m["result"] for m in alone if m["op"] == "done")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(done["job2"]["image"]))),
+                          np.asarray(Image.open(io.BytesIO(solo["image"]))))
+
+
+def test_out_of_memory_on_a_single_job_fails_it_as_too_large(stylizer):
+    class NoGpu(SmallGpu):
+        def run(self, photos, **kwargs):
+            raise OutOfMemoryError("CUDA out of memory")
+
+    sent = []
+    run_batch(NoGpu(stylizer), _batch(1), sent.append)
+    failed = [m for m in sent if m["op"] == "failed"]
+    assert failed == [{"op": "failed", "id": "job1", "kind": "too_large",
+                       "reason": "The GPU ran out of memory on this photo; please try a smaller one."}]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_queue_uses_a_foreground_worker_over_a_local_socket(tiny_config, tiny_config_path, monkeypatch):
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "CLAYBOT_WORKER_KEY": "test-secret"}
+    claybot = Path(sys.executable).parent / "claybot"
+    worker = subprocess.Popen([claybot, "worker", "--config", tiny_config_path, "--listen", address], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        monkeypatch.setenv("CLAYBOT_WORKER_KEY", "test-secret")
+        settings = tiny_config.queue.model_copy(update={"worker_address": address})
+        for _ in range(2):  # a second queue (a restarted chat process) reuses the loaded worker
+            queue = LocalQueue(tiny_config.gpu(), settings)
+            await queue.start()
+            try:
+                info = await queue.wait_ready(timeout=120)
+                assert info["device"] == "cpu"
+                done = await (await queue.submit(StyleRequest(photo_bytes(), seed=3))).result(timeout=120)
+                assert isinstance(done, Done) and done.seed == 3
+            finally:
+                await queue.close(grace=5)
+        assert worker.poll() is None  # the worker outlives its queues
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+async def test_a_queue_with_the_wrong_key_is_refused(tiny_config, tiny_config_path, monkeypatch):
+    address = f"127.0.0.1:{_free_port()}"
+    claybot = Path(sys.executable).parent / "claybot"
+    worker = subprocess.Popen([claybot, "worker", "--config", tiny_config_path, "--listen", address],
+                              env={**os.environ, "CLAYBOT_WORKER_KEY": "right"}, stderr=subprocess.PIPE, text=True)
+    try:
+        monkeypatch.setenv("CLAYBOT_WORKER_KEY", "wrong")
+        queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"worker_address": address}))
+        await queue.start()
+        try:
+            with pytest.raises(TimeoutError):
+                await queue.wait_ready(timeout=10)
+        finally:
+            await queue.close(grace=1)
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=30)
+    assert "refused a connection" in err
