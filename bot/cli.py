@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--seed", type=int, default=None, help="makes the result reproducible; default: random")
     stylize.add_argument("--config", type=Path, default=Path("config.toml"))
 
+    run = sub.add_parser("run", help="run the bot (the enabled chat front ends and the pipeline worker)")
+    run.add_argument("--config", type=Path, default=Path("config.toml"))
+
     worker = sub.add_parser("worker", help="run a pipeline worker in the foreground (see queue.worker_address)")
     worker.add_argument("--config", type=Path, default=Path("config.toml"))
     worker.add_argument("--listen", default="", help="HOST:PORT or a Unix socket path; default: queue.worker_address")
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        commands = {"stylize": cmd_stylize, "worker": cmd_worker, "check": cmd_check, "tiny-models": cmd_tiny_models}
+        commands = {"run": cmd_run, "stylize": cmd_stylize, "worker": cmd_worker, "check": cmd_check,
+                    "tiny-models": cmd_tiny_models}
         return commands[args.command](args)
     except ClaybotError as err:
         print(f"claybot: {err}", file=sys.stderr)
@@ -124,6 +128,77 @@ async def _stylize(config: Config, request: StyleRequest, verbose: bool) -> Done
         raise AssertionError("a job always ends with Done or Failed")
     finally:
         await queue.close(grace=0)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the bot: the queue and its worker, and every enabled chat front end, until SIGINT/SIGTERM."""
+    config = load_config(args.config)
+    front_ends = _front_end_tokens(config)
+    return asyncio.run(_run(config, front_ends, args.verbose))
+
+
+def _front_end_tokens(config: Config) -> dict[str, str]:
+    """The enabled front ends and their tokens; a missing token stops start-up naming its variable."""
+    wanted = {"telegram": config.telegram, "discord": config.discord}
+    tokens = {}
+    for name, section in wanted.items():
+        if not section.enabled:
+            continue
+        value = token(section.token_env)
+        if not value:
+            raise ConfigError(f"{name}.enabled is true but the environment variable {section.token_env} is empty: "
+                              f"put the bot token there, or set {name}.enabled = false")
+        tokens[name] = value
+    if not tokens:
+        raise ConfigError("no front end is enabled: set telegram.enabled or discord.enabled to true")
+    return tokens
+
+
+async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
+    import signal
+
+    from bot.flow import RequestFlow
+
+    queue = LocalQueue(config.gpu(), config.queue, log_level=logging.DEBUG if verbose else logging.INFO)
+    await queue.start()
+    flow = RequestFlow(queue, config)
+    front_ends = []
+    if "telegram" in tokens:
+        from bot.telegram import TelegramFrontEnd
+
+        front_ends.append(TelegramFrontEnd(config, flow, tokens["telegram"]))
+    if "discord" in tokens:
+        from bot.discord_client import DiscordFrontEnd
+
+        front_ends.append(DiscordFrontEnd(config, flow, tokens["discord"]))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for front_end in front_ends:
+            await front_end.start()
+            logger.info("%s front end running", front_end.name)
+        info = await queue.wait_ready()
+        logger.info("claybot is running (worker on %s)", info.get("device"))
+        await stop.wait()
+        logger.info("stopping: no new requests; running jobs get %.0fs", config.queue.shutdown_grace)
+    finally:
+        for front_end in front_ends:
+            await _quietly(front_end.stop_taking())
+        await queue.close()  # answers every job: finished within the grace, or "restarting"
+        await asyncio.sleep(0.5)  # let the last answers go out
+        for front_end in front_ends:
+            await _quietly(front_end.close())
+    return 0
+
+
+async def _quietly(awaitable) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("while stopping")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

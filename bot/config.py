@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError
 
@@ -16,6 +16,13 @@ from pipeline.settings import GpuSettings, QueueSettings, Settings, UrlModel
 
 class ConfigError(ClaybotError):
     """config.toml is unreadable or holds a value claybot cannot use."""
+
+
+class BotSettings(Settings):
+    """What both front ends share."""
+
+    data_dir: str = "data"
+    max_photo_mb: Annotated[float, Field(gt=0.0, le=2000.0)] = 20.0
 
 
 class TelegramSettings(Settings):
@@ -35,6 +42,7 @@ class DiscordSettings(Settings):
 class Config(GpuSettings):
     """The whole of config.toml."""
 
+    bot: BotSettings = Field(default_factory=BotSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
+
+# One math thread per process: the tests start worker processes beside the test process, and torch's default
+# of one busy thread per core slows everything 10–20× as soon as two of them share these 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from PIL import Image
