@@ -100,8 +100,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def working_size(width: int, height: int, megapixels: float) -> tuple[int, int]:
+# SDXL's training aspect buckets at 1 MP. With pipeline.resolution_buckets every photo snaps to one of these shapes
+# (scaled to the configured megapixels), so a compiled UNet meets a handful of shapes instead of one per photo.
+SDXL_BUCKETS = ((1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
+                (1536, 640), (640, 1536))
+
+
+def working_size(width: int, height: int, megapixels: float, *, buckets: bool = False) -> tuple[int, int]:
     """The size the model works at: about ``megapixels``, the photo's aspect ratio, sides in multiples of 64."""
+    if buckets:
+        aspect = width / height
+        width, height = min(SDXL_BUCKETS, key=lambda b: abs(math.log(b[0] / b[1] / aspect)))
     scale = math.sqrt(megapixels * 1e6 / (width * height))
     return (
         max(SIZE_MULTIPLE, round(width * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE),

@@ -123,6 +123,19 @@ class QueueClosed(ClaybotError):
     kind = ErrorKind.SHUTTING_DOWN
 
 
+def busy_message(waiting: int, limit: int) -> str:
+    """What a user hears when the queue is full."""
+    return (f"I'm busy: {waiting} photos are already waiting (the limit is {limit}). "
+            "Please try again in a few minutes.")
+
+
+def batch_message(intake, jobs: list[tuple[str, bytes, int]], timeout: float) -> dict[str, Any]:
+    """The worker's batch message: jobs (id, image bytes, seed) sharing the intake's style, strength and size."""
+    return {"op": "batch", "style": intake.style, "strength": intake.strength,
+            "trigger_weight": intake.trigger_weight, "timeout": timeout,
+            "jobs": [{"id": job_id, "image": image, "seed": seed} for job_id, image, seed in jobs]}
+
+
 def new_job_id() -> str:
     """A short random id for logs and replies."""
     return secrets.token_hex(6)

@@ -11,17 +11,15 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import BadImage, ClaybotError, ModelError, TooLarge
-from pipeline.images import probe_photo, working_size
+from pipeline.errors import ClaybotError, ModelError
+from pipeline.intake import Intake, take_in
 from pipeline.jobs import (
-    BadRequest,
     Done,
     ErrorKind,
     Failed,
@@ -32,6 +30,8 @@ from pipeline.jobs import (
     Queued,
     Started,
     StyleRequest,
+    batch_message,
+    busy_message,
     new_job_id,
 )
 from pipeline.settings import GpuSettings, QueueSettings
@@ -48,20 +48,11 @@ class _Job:
     id: str
     handle: JobHandle
     image: bytes
-    style: str
-    strength: float
-    seed: int
-    trigger_weight: float | None
-    work_size: tuple[int, int]
+    intake: Intake
     submitted: float
     attempts: int = 0
     position: int = 0
     answered: bool = False
-
-    @property
-    def key(self) -> tuple:
-        """Jobs with equal keys can share one pipeline call."""
-        return (self.style, self.strength, self.trigger_weight, self.work_size)
 
 
 @dataclass
@@ -150,45 +141,28 @@ class LocalQueue:
         """Queue a job and return its handle; QueueBusy/QueueClosed at once, bad photos fail on the handle."""
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
-        style, strength = self._resolve(request)
-        job_id = new_job_id()
-        handle = JobHandle(job_id, request, canceller=self._cancel)
-        max_pixels = int(self.gpu.pipeline.max_input_megapixels * 1e6)
-        try:
-            size = await asyncio.to_thread(probe_photo, request.image, max_pixels=max_pixels)
-        except (BadImage, TooLarge) as err:
-            kind = ErrorKind.TOO_LARGE if isinstance(err, TooLarge) else ErrorKind.BAD_IMAGE
-            handle.push(Failed(str(err), kind))
-            self._count_failure(kind)
+        handle = JobHandle(new_job_id(), request, canceller=self._cancel)
+        intake = await take_in(self.gpu, request)
+        if isinstance(intake, Failed):
+            handle.push(intake)
+            self._count_failure(intake.kind)
             return handle
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
         if len(self._pending) >= self.settings.max_queue:
             self._count_failure(ErrorKind.BUSY)
-            raise QueueBusy(f"I'm busy: {len(self._pending)} photos are already waiting (the limit is "
-                            f"{self.settings.max_queue}). Please try again in a few minutes.")
+            raise QueueBusy(busy_message(len(self._pending), self.settings.max_queue))
         if self._fatal:
             handle.push(Failed(UNAVAILABLE_REASON, ErrorKind.INTERNAL))
             return handle
-        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        job = _Job(job_id, handle, request.image, style, strength, seed, request.trigger_weight,
-                   working_size(*size, self.gpu.pipeline.megapixels), time.monotonic())
+        job = _Job(handle.id, handle, request.image, intake, time.monotonic())
         self._pending.append(job)
         job.position = len(self._in_flight) + len(self._pending)
         handle.push(Queued(job.position))
-        logger.info("job %s queued at #%d (style %s, strength %g, seed %d)", job_id, job.position, style,
-                    strength, seed)
+        logger.info("job %s queued at #%d (style %s, strength %g, seed %d)", job.id, job.position, intake.style,
+                    intake.strength, intake.seed)
         self._wake.set()
         return handle
-
-    def _resolve(self, request: StyleRequest) -> tuple[str, float]:
-        style = request.style or self.gpu.pipeline.default_style
-        if style not in self.gpu.styles:
-            raise BadRequest(f"There is no style called {style!r}; try: {', '.join(sorted(self.gpu.styles))}.")
-        strength = self.gpu.styles[style].default_strength if request.strength is None else request.strength
-        if not 0.0 <= strength <= 1.0:
-            raise BadRequest(f"Strength must be between 0 and 1, not {strength:g}.")
-        return style, round(float(strength), 4)
 
     def _cancel(self, handle: JobHandle) -> bool:
         for job in self._pending:
@@ -221,7 +195,8 @@ class LocalQueue:
     def _next_batch(self) -> tuple[list[_Job], float]:
         """The oldest job with up to max_batch compatible companions; or how long to wait for more."""
         first = self._pending[0]
-        batch = [job for job in self._pending if job.key == first.key][: self.gpu.pipeline.max_batch]
+        batch = [job for job in self._pending if job.intake.batch_key == first.intake.batch_key]
+        batch = batch[: self.gpu.pipeline.max_batch]
         waited = time.monotonic() - first.submitted
         if len(batch) < self.gpu.pipeline.max_batch and waited < self.settings.batch_window:
             return [], self.settings.batch_window - waited
@@ -234,10 +209,8 @@ class LocalQueue:
         self._idle.clear()
         self._batch_started = time.monotonic()
         self.stats.batches.append(len(batch))
-        first = batch[0]
-        message = {"op": "batch", "style": first.style, "strength": first.strength,
-                   "trigger_weight": first.trigger_weight, "timeout": self.settings.job_timeout,
-                   "jobs": [{"id": job.id, "image": job.image, "seed": job.seed} for job in batch]}
+        message = batch_message(batch[0].intake, [(job.id, job.image, job.intake.seed) for job in batch],
+                                self.settings.job_timeout)
         self._announce_positions()
         conn = self._conn
         try:

@@ -65,6 +65,18 @@ class PipelineSettings(Settings):
     max_input_megapixels: Annotated[float, Field(gt=0.0, le=200.0)] = 40.0
     default_style: str = "clay"
     cache_dir: str = "~/.cache/claybot"
+    # speed switches (each measured by benchmarks/gpu_speed.py)
+    attention: Literal["sdpa", "classic"] = "sdpa"
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    compile: bool = False
+    resolution_buckets: bool = False
+
+    def work_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size a photo of this size is stylized at, under these settings."""
+        from pipeline.images import working_size
+
+        return working_size(width, height, self.megapixels, buckets=self.resolution_buckets)
 
 
 class TaggerSettings(Settings):
@@ -92,7 +104,7 @@ class StyleSettings(Settings):
 class QueueSettings(Settings):
     """The job queue between the chat side and the pipeline worker."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "redis"] = "local"
     max_queue: Annotated[int, Field(ge=1, le=100_000)] = 100
     batch_window: Annotated[float, Field(ge=0.0, le=10.0)] = 0.25
     job_timeout: Annotated[float, Field(gt=0.0, le=3600.0)] = 120.0
@@ -101,6 +113,15 @@ class QueueSettings(Settings):
     shutdown_grace: Annotated[float, Field(ge=0.0, le=600.0)] = 30.0
     worker_address: str = ""
     worker_key_env: str = "CLAYBOT_WORKER_KEY"
+    # the Redis backend
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "claybot"
+    instance: str = ""
+    claim_idle: Annotated[float, Field(gt=0.0, le=3600.0)] = 15.0
+    image_ttl: Annotated[float, Field(ge=60.0, le=604800.0)] = 3600.0
+    result_ttl: Annotated[float, Field(ge=60.0, le=604800.0)] = 3600.0
+    heartbeat: Annotated[float, Field(gt=0.0, le=60.0)] = 2.0
+    position_interval: Annotated[float, Field(gt=0.0, le=60.0)] = 3.0
 
 
 class GpuSettings(Settings):

@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from pipeline import models  # noqa: E402
 from pipeline.conditioning import Conditioning, PromptEncoder  # noqa: E402
 from pipeline.errors import ModelError  # noqa: E402
-from pipeline.images import output_size, working_size  # noqa: E402
+from pipeline.images import SDXL_BUCKETS, output_size  # noqa: E402
 from pipeline.prompt import build_prompt, prompt_tags  # noqa: E402
 from pipeline.settings import GpuSettings  # noqa: E402
 from pipeline.tagger import Tagger  # noqa: E402
@@ -97,6 +97,7 @@ class Stylizer:
         self.tagger = Tagger(tagger_dir, settings.tagger, use_cuda=self.device.type == "cuda")
         self.pipe = self._load_pipeline()
         self._fused_all = self._load_loras()
+        self._speed_up()
         # One encoder per style: compel caches the empty prompt's embedding on first use, and a LoRA that trains
         # the text encoders changes it, so an encoder must only ever see its own style's LoRA.
         self._encoders = {name: PromptEncoder(self.pipe, self.device) for name in settings.styles}
@@ -174,6 +175,26 @@ class Stylizer:
             logger.info("LoRAs of styles %s kept as switchable adapters", ", ".join(loaded))
         return not loaded
 
+    def _speed_up(self) -> None:
+        """The optimisations a fast SDXL service uses, each behind its config switch (after the LoRA is fused)."""
+        p, pipe = self.settings.pipeline, self.pipe
+        if p.attention == "classic":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            pipe.unet.set_attn_processor(AttnProcessor())
+            pipe.vae.set_attn_processor(AttnProcessor())
+        if p.fuse_qkv:
+            pipe.fuse_qkv_projections()
+        if p.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if p.compile:
+            mode = "max-autotune" if self.device.type == "cuda" else "default"
+            pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True)
+            pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, fullgraph=True)
+        enabled = [name for name in ("fuse_qkv", "channels_last", "compile", "resolution_buckets") if getattr(p, name)]
+        logger.info("attention %s; speed switches on: %s", p.attention, ", ".join(enabled) or "none")
+
     def _activate(self, style_name: str) -> None:
         """Make only this style's LoRA (if any) act on the next call."""
         if self._fused_all:
@@ -187,11 +208,19 @@ class Stylizer:
     # -- running -------------------------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """One throw-away run, so the first user does not pay for lazy initialisation."""
-        style = self.settings.pipeline.default_style
-        side = working_size(1, 1, self.settings.pipeline.megapixels)[0]
-        photo = Photo(Image.new("RGB", (side, side), (128, 128, 128)), seed=0)
-        self.run([photo], style=style, strength=self.settings.styles[style].default_strength)
+        """Throw-away runs, so the first user does not pay for lazy initialisation (or, compiled, for compiling:
+        then every resolution bucket is run once, at every batch size up to max_batch)."""
+        p = self.settings.pipeline
+        style = p.default_style
+        if p.compile and p.resolution_buckets:
+            shapes = [p.work_size(w, h) for w, h in SDXL_BUCKETS]
+            batch_sizes = range(1, p.max_batch + 1)
+        else:
+            shapes, batch_sizes = [p.work_size(1, 1)], [1]
+        for shape in shapes:
+            for n in batch_sizes:
+                photos = [Photo(Image.new("RGB", shape, (128, 128, 128)), seed=i) for i in range(n)]
+                self.run(photos, style=style, strength=self.settings.styles[style].default_strength)
 
     def encode(self, prompts: list[str], negative_prompt: str, *, style: str) -> Conditioning:
         """SDXL conditioning for prompts, with the style's LoRA acting on the text encoders."""
@@ -214,7 +243,7 @@ class Stylizer:
         timings: dict[str, float] = {}
 
         # 1. sizes: one working size for the whole batch
-        sizes = {working_size(*photo.image.size, p.megapixels) for photo in photos}
+        sizes = {p.work_size(*photo.image.size) for photo in photos}
         if len(sizes) != 1:
             raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
         work = sizes.pop()

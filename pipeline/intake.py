@@ -1,0 +1,54 @@
+"""What every queue backend checks when a job is submitted: the options, and the photo's header."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+from pipeline.errors import BadImage, TooLarge
+from pipeline.images import probe_photo
+from pipeline.jobs import BadRequest, ErrorKind, Failed, StyleRequest
+from pipeline.settings import GpuSettings
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A request with its defaults filled in and the size it will be stylized at."""
+
+    style: str
+    strength: float
+    seed: int
+    trigger_weight: float | None
+    work_size: tuple[int, int]
+
+    @property
+    def batch_key(self) -> str:
+        """Jobs with equal keys can share one pipeline call."""
+        w, h = self.work_size
+        return f"{self.style}|{self.strength:g}|{self.trigger_weight}|{w}x{h}"
+
+
+def resolve_options(gpu: GpuSettings, request: StyleRequest) -> tuple[str, float]:
+    """The style and strength a request asks for, defaults filled in; BadRequest for what the config lacks."""
+    style = request.style or gpu.pipeline.default_style
+    if style not in gpu.styles:
+        raise BadRequest(f"There is no style called {style!r}; try: {', '.join(sorted(gpu.styles))}.")
+    strength = gpu.styles[style].default_strength if request.strength is None else request.strength
+    if not 0.0 <= strength <= 1.0:
+        raise BadRequest(f"Strength must be between 0 and 1, not {strength:g}.")
+    return style, round(float(strength), 4)
+
+
+async def take_in(gpu: GpuSettings, request: StyleRequest) -> Intake | Failed:
+    """Options checked (BadRequest raised) and the photo's header read off the event loop; a bad photo → Failed."""
+    style, strength = resolve_options(gpu, request)
+    max_pixels = int(gpu.pipeline.max_input_megapixels * 1e6)
+    try:
+        size = await asyncio.to_thread(probe_photo, request.image, max_pixels=max_pixels)
+    except TooLarge as err:
+        return Failed(str(err), ErrorKind.TOO_LARGE)
+    except BadImage as err:
+        return Failed(str(err), ErrorKind.BAD_IMAGE)
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    return Intake(style, strength, seed, request.trigger_weight, gpu.pipeline.work_size(*size))
