@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import secrets
 import sys
+import time
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config, token
@@ -51,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", type=Path, default=Path("config.toml"))
     worker.add_argument("--listen", default="", help="HOST:PORT or a Unix socket path; default: queue.worker_address")
 
+    sweep = sub.add_parser("sweep", help="contact sheet: strength across, trigger weight down, one seed")
+    sweep.add_argument("photo", type=Path)
+    sweep.add_argument("-o", "--output", type=Path, required=True, help="where to write the sheet (PNG)")
+    sweep.add_argument("--strengths", type=_numbers, default=[0.3, 0.4, 0.5, 0.6, 0.7])
+    sweep.add_argument("--weights", type=_numbers, default=[1.0, 1.5, 2.0], help="trigger word weights")
+    sweep.add_argument("--style", default=None)
+    sweep.add_argument("--seed", type=int, default=None)
+    sweep.add_argument("--config", type=Path, default=Path("config.toml"))
+
+    status = sub.add_parser("status", help="queue depth, workers, and the last hour's jobs")
+    status.add_argument("--config", type=Path, default=Path("config.toml"))
+
     check = sub.add_parser("check", help="validate the config and load every model")
     check.add_argument("--config", type=Path, default=Path("config.toml"))
 
@@ -64,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claybot`` console script."""
     args = build_parser().parse_args(argv)
-    quiet = args.command in ("stylize", "check")  # their output is the answer; logs only when asked for
+    quiet = args.command in ("stylize", "sweep", "check", "status")  # their output is the answer
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -72,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        commands = {"run": cmd_run, "stylize": cmd_stylize, "worker": cmd_worker, "check": cmd_check,
-                    "tiny-models": cmd_tiny_models}
+        commands = {"run": cmd_run, "stylize": cmd_stylize, "sweep": cmd_sweep, "worker": cmd_worker,
+                    "status": cmd_status, "check": cmd_check, "tiny-models": cmd_tiny_models}
         return commands[args.command](args)
     except ClaybotError as err:
         print(f"claybot: {err}", file=sys.stderr)
@@ -108,13 +122,22 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stylize(config: Config, request: StyleRequest, verbose: bool) -> Done:
-    from tqdm import tqdm
-
-    queue = LocalQueue(config.gpu(), config.queue, log_level=logging.DEBUG if verbose else logging.WARNING)
+@contextlib.asynccontextmanager
+async def _ready_queue(config: Config, verbose: bool):
+    """The configured queue, started, its worker ready; closed on the way out."""
+    queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.WARNING)
     await queue.start()
     try:
         await queue.wait_ready()
+        yield queue
+    finally:
+        await queue.close(grace=0)
+
+
+async def _stylize(config: Config, request: StyleRequest, verbose: bool) -> Done:
+    from tqdm import tqdm
+
+    async with _ready_queue(config, verbose) as queue:
         handle = await queue.submit(request)
         with tqdm(desc="stylizing", unit="step", file=sys.stderr, leave=False) as bar:
             async for event in handle.events():
@@ -125,9 +148,7 @@ async def _stylize(config: Config, request: StyleRequest, verbose: bool) -> Done
                     raise ClaybotError(event.reason)
                 elif isinstance(event, Done):
                     return event
-        raise AssertionError("a job always ends with Done or Failed")
-    finally:
-        await queue.close(grace=0)
+    raise AssertionError("a job always ends with Done or Failed")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -159,7 +180,7 @@ async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
 
     from bot.flow import RequestFlow
 
-    queue = LocalQueue(config.gpu(), config.queue, log_level=logging.DEBUG if verbose else logging.INFO)
+    queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.INFO, status=True)
     await queue.start()
     flow = RequestFlow(queue, config)
     front_ends = []
@@ -201,11 +222,63 @@ async def _quietly(awaitable) -> None:
         logger.exception("while stopping")
 
 
+def open_queue(config: Config, *, log_level: int = logging.INFO, status: bool = False):
+    """The configured queue backend (``status``: the local one keeps `claybot status`'s file up to date)."""
+    if config.queue.backend == "redis":
+        from pipeline.redis_queue import RedisQueue
+
+        return RedisQueue(config.gpu(), config.queue)
+    return LocalQueue(config.gpu(), config.queue, log_level=log_level,
+                      status_path=status_file(config) if status else None)
+
+
+def status_file(config: Config) -> Path:
+    """Where a running local-backend claybot keeps its status."""
+    return Path(config.bot.data_dir) / "status.json"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Queue depth, live workers, the last hour's jobs and their p50/p95 time."""
+    import json
+
+    from pipeline.status import pid_alive, render
+
+    config = load_config(args.config, check_models=False)
+    if config.queue.backend == "redis":
+        from pipeline.redis_queue import redis_status
+
+        status = asyncio.run(redis_status(config.queue))
+    else:
+        path = status_file(config)
+        try:
+            status = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            print(f"claybot is not running here (no {path}; `claybot run` writes it)")
+            return 1
+        if not pid_alive(status.get("owner_pid")):
+            print(f"claybot run is not running; its last status ({time.ctime(status['updated'])}):")
+            for worker in status["workers"]:
+                worker["alive"] = False
+    print(render(status))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run a pipeline worker in the foreground, serving the queue that connects to queue.worker_address."""
+    """Run a pipeline worker in the foreground: on the Redis stream, or serving queue.worker_address."""
+    import signal
+
     from pipeline.worker import listen, serve
 
     config = load_config(args.config)
+    if config.queue.backend == "redis" and not args.listen:
+        from pipeline.redis_worker import RedisWorker
+
+        worker = RedisWorker(config.gpu(), config.queue)
+        # SIGTERM/SIGINT: finish the batch in hand, then leave (its jobs are acknowledged, none is lost).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: worker.stop.set())
+        worker.serve()
+        return 0
     address = args.listen or config.queue.worker_address
     if not address:
         raise ConfigError("claybot worker needs an address: set queue.worker_address or pass --listen HOST:PORT")
@@ -217,6 +290,69 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("claybot worker: stopped", file=sys.stderr)
     return 0
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return values
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """One contact sheet: the photo, then results with strength across and trigger weight down, one seed."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.images import decode_photo
+    from pipeline.sheet import contact_sheet
+
+    config = load_config(args.config)
+    style = args.style or config.pipeline.default_style
+    if style not in config.styles:
+        raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
+    for strength in args.strengths:
+        _strength(str(strength))
+    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    try:
+        data = args.photo.read_bytes()
+    except OSError as err:
+        raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
+    original = decode_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))
+    requests = {(strength, weight): StyleRequest(data, style=style, strength=strength, seed=seed,
+                                                 trigger_weight=weight)
+                for weight in args.weights for strength in args.strengths}
+    results = asyncio.run(_run_all(config, requests, args.verbose))
+    images = {key: Image.open(io.BytesIO(done.image)).convert("RGB") for key, done in results.items()}
+    sheet = contact_sheet(original, images, args.strengths, args.weights)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.output)
+    print(f"seed {seed}, style {style}: {len(args.strengths)} strengths × {len(args.weights)} trigger weights")
+    print(f"wrote {args.output} ({sheet.width}×{sheet.height})")
+    return 0
+
+
+async def _run_all(config: Config, requests: dict, verbose: bool) -> dict:
+    """Every request through the queue and worker at once (so compatible ones batch), with one progress bar."""
+    from tqdm import tqdm
+
+    async with _ready_queue(config, verbose) as queue:
+        handles = {key: await queue.submit(request) for key, request in requests.items()}
+        with tqdm(total=len(handles), desc="sweeping", unit="image", file=sys.stderr, leave=False) as bar:
+            async def one(handle):
+                async for event in handle.events():
+                    if isinstance(event, Failed):
+                        raise ClaybotError(event.reason)
+                    if isinstance(event, Done):
+                        bar.update(1)
+                        return event
+
+            done = await asyncio.gather(*(one(handle) for handle in handles.values()))
+        return dict(zip(handles, done, strict=True))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from pipeline import models
 from pipeline.errors import ClaybotError, ModelError
@@ -30,6 +30,32 @@ class TelegramSettings(Settings):
 
     enabled: bool = True
     token_env: str = "CLAYBOT_TELEGRAM_TOKEN"
+    api_base_url: str = "https://api.telegram.org/bot"
+    file_base_url: str = "https://api.telegram.org/file/bot"
+    local_mode: bool = False
+    reaction_emoji: str = "🗿"
+    remember_photos: Annotated[int, Field(ge=0, le=1_000_000)] = 2000
+    remember_hours: Annotated[float, Field(gt=0.0, le=24.0 * 365)] = 48.0
+    status_edit_interval: Annotated[float, Field(ge=0.1, le=60.0)] = 3.0
+
+    @field_validator("api_base_url", "file_base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s):// URL such as https://api.telegram.org/bot")
+        return url
+
+    @field_validator("reaction_emoji")
+    @classmethod
+    def _telegram_reaction(cls, emoji: str) -> str:
+        from telegram.constants import ReactionEmoji  # Telegram accepts only its own fixed set as reactions
+
+        allowed = {member.value for member in ReactionEmoji}
+        if not emoji or emoji in allowed:
+            return emoji
+        if emoji.replace("\ufe0f", "") in allowed:  # "❤️" typed with the emoji variation selector
+            return emoji.replace("\ufe0f", "")
+        raise ValueError("must be one of Telegram's reaction emoji (e.g. 🗿 👍 🔥 🤩 🎉), or \"\" for no reactions")
 
 
 class DiscordSettings(Settings):
@@ -37,6 +63,31 @@ class DiscordSettings(Settings):
 
     enabled: bool = True
     token_env: str = "CLAYBOT_DISCORD_TOKEN"
+    # The defaults of servers that have not changed them with /claysettings.
+    reactions: bool = True
+    reaction_emoji: Annotated[str, Field(min_length=1, max_length=64)] = "\N{AMPHORA}"
+    # Whether the privileged MESSAGE_CONTENT intent is switched on in the developer portal (reactions need it).
+    message_content_intent: bool = False
+    # 0: slash commands are registered globally; a server id: registered there only, updated instantly.
+    test_guild_id: Annotated[int, Field(ge=0)] = 0
+    guild_ready_timeout: Annotated[float, Field(ge=0.0, le=60.0)] = 2.0
+    # "" = discord.py's own; overrides for proxies and local testing (issue 9).
+    api_base_url: str = ""
+    gateway_url: str = ""
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if url and not url.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s):// URL such as https://discord.com/api/v10, or empty")
+        return url.rstrip("/")
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _ws_url(cls, url: str) -> str:
+        if url and not url.startswith(("wss://", "ws://")):
+            raise ValueError("must be a ws(s):// URL such as wss://gateway.discord.gg/, or empty")
+        return url
 
 
 class Config(GpuSettings):
@@ -110,7 +161,9 @@ def _with_absolute_models(config: Config, base_dir: Path) -> Config:
     tagger = config.tagger.model_copy(update={"model": models.absolutize(config.tagger.model, base_dir)})
     styles = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
               for name, s in config.styles.items()}
-    return config.model_copy(update={"pipeline": pipeline, "tagger": tagger, "styles": styles})
+    data_dir = Path(os.path.expanduser(config.bot.data_dir))
+    bot = config.bot.model_copy(update={"data_dir": str(data_dir if data_dir.is_absolute() else base_dir / data_dir)})
+    return config.model_copy(update={"pipeline": pipeline, "tagger": tagger, "styles": styles, "bot": bot})
 
 
 def _most_relevant(errors: list[dict]) -> dict:

@@ -24,9 +24,9 @@ class Intake:
 
     @property
     def batch_key(self) -> str:
-        """Jobs with equal keys can share one pipeline call."""
+        """Jobs with equal keys can share one pipeline call (prompts, seeds and trigger weights may differ)."""
         w, h = self.work_size
-        return f"{self.style}|{self.strength:g}|{self.trigger_weight}|{w}x{h}"
+        return f"{self.style}|{self.strength:g}|{w}x{h}"
 
 
 def resolve_options(gpu: GpuSettings, request: StyleRequest) -> tuple[str, float]:

@@ -129,11 +129,11 @@ def busy_message(waiting: int, limit: int) -> str:
             "Please try again in a few minutes.")
 
 
-def batch_message(intake, jobs: list[tuple[str, bytes, int]], timeout: float) -> dict[str, Any]:
-    """The worker's batch message: jobs (id, image bytes, seed) sharing the intake's style, strength and size."""
-    return {"op": "batch", "style": intake.style, "strength": intake.strength,
-            "trigger_weight": intake.trigger_weight, "timeout": timeout,
-            "jobs": [{"id": job_id, "image": image, "seed": seed} for job_id, image, seed in jobs]}
+def batch_message(intake, jobs: list[tuple[str, bytes, int, float | None]], timeout: float) -> dict[str, Any]:
+    """The worker's batch message: jobs (id, image bytes, seed, trigger weight) sharing style, strength, size."""
+    return {"op": "batch", "style": intake.style, "strength": intake.strength, "timeout": timeout,
+            "jobs": [{"id": job_id, "image": image, "seed": seed, "trigger_weight": weight}
+                     for job_id, image, seed, weight in jobs]}
 
 
 def new_job_id() -> str:

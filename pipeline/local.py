@@ -11,10 +11,12 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ClaybotError, ModelError
@@ -35,6 +37,7 @@ from pipeline.jobs import (
     new_job_id,
 )
 from pipeline.settings import GpuSettings, QueueSettings
+from pipeline.status import History, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +72,13 @@ class QueueStats:
 class LocalQueue:
     """Bounded in-process queue in front of one spawned pipeline worker."""
 
-    def __init__(self, gpu: GpuSettings, settings: QueueSettings, *, log_level: int = logging.INFO) -> None:
+    def __init__(self, gpu: GpuSettings, settings: QueueSettings, *, log_level: int = logging.INFO,
+                 status_path: Path | None = None) -> None:
         self.gpu = gpu
         self.settings = settings
         self.stats = QueueStats()
+        self.history = History()
+        self._status_path = status_path
         self.worker_info: dict[str, Any] = {}
         self._log_level = log_level
         self._pending: list[_Job] = []
@@ -209,7 +215,8 @@ class LocalQueue:
         self._idle.clear()
         self._batch_started = time.monotonic()
         self.stats.batches.append(len(batch))
-        message = batch_message(batch[0].intake, [(job.id, job.image, job.intake.seed) for job in batch],
+        message = batch_message(batch[0].intake,
+                                [(job.id, job.image, job.intake.seed, job.intake.trigger_weight) for job in batch],
                                 self.settings.job_timeout)
         self._announce_positions()
         conn = self._conn
@@ -237,7 +244,7 @@ class LocalQueue:
                 if self._process is not None:
                     self._process.kill()
                 elif self._conn is not None:  # an external worker: drop it; it serves the next connection
-                    self._conn.close()
+                    _hang_up(self._conn)
 
     # -- the worker process ----------------------------------------------------------------------------------------
 
@@ -315,6 +322,7 @@ class LocalQueue:
             logger.info("worker ready on %s (%s)", message["device"], message["dtype"])
             self._ready.set()
             self._wake.set()
+            self._write_status()
         elif op == "fatal":
             self._fatal = message["message"]
             logger.error("the pipeline worker cannot start: %s", self._fatal)
@@ -335,6 +343,7 @@ class LocalQueue:
                 done = Done(**message["result"])
                 job.handle.push(done)
                 self.stats.done += 1
+                self._record(job, "done")
                 logger.info("job %s done: %s", job.id,
                             " ".join(f"{k}={v:.2f}s" for k, v in done.timings.items()))
         elif op == "failed":
@@ -342,6 +351,7 @@ class LocalQueue:
             if job is not None:
                 self._fail(job, message["reason"], ErrorKind(message["kind"]))
         elif op == "idle":
+            self.worker_info["gpu_memory_mb"] = message.get("gpu_memory_mb")
             for job in list(self._in_flight.values()):  # never leave a job without an answer
                 self._fail(job, CRASH_REASON, ErrorKind.INTERNAL)
             self._in_flight.clear()
@@ -391,7 +401,7 @@ class LocalQueue:
         self._generation += 1  # ignore whatever the old worker still says
         if process is None:  # an external worker keeps running for the next queue
             if conn is not None:
-                conn.close()
+                _hang_up(conn)
             return
         try:
             conn.send({"op": "stop"})
@@ -415,7 +425,41 @@ class LocalQueue:
         self._in_flight.pop(job.id, None)
         job.handle.push(Failed(reason, kind))
         self._count_failure(kind)
+        self._record(job, kind.value)
         logger.info("job %s failed (%s): %s", job.id, kind.value, reason)
 
     def _count_failure(self, kind: ErrorKind) -> None:
         self.stats.failed[kind.value] = self.stats.failed.get(kind.value, 0) + 1
+
+    def _record(self, job: _Job, outcome: str) -> None:
+        self.history.add(time.monotonic() - job.submitted, outcome)
+        self._write_status()
+
+    def status(self) -> dict[str, Any]:
+        """Queue depth, the worker, and the last hour's jobs (what `claybot status` shows)."""
+        pid = self._process.pid if self._process else None
+        worker = {"name": f"local-{pid}" if pid else self.settings.worker_address, "pid": pid,
+                  "alive": self._ready.is_set() and not self._fatal, **self.worker_info}
+        return {"backend": "local", "updated": time.time(), "owner_pid": os.getpid(),
+                "waiting": len(self._pending), "running": len(self._in_flight),
+                "workers": [worker] if self._process or self.settings.worker_address else [],
+                "history": self.history.recent()}
+
+    def _write_status(self) -> None:
+        if self._status_path is not None:
+            try:
+                write_atomically(self._status_path, self.status())
+            except OSError as err:
+                logger.warning("cannot write %s: %s", self._status_path, err)
+
+
+def _hang_up(conn) -> None:
+    """Close a socket connection so that both ends see it at once: a plain close() from this thread would not
+    wake our reader thread blocked in recv(), and the worker would never hear we left."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    except OSError:
+        pass
+    conn.close()

@@ -99,6 +99,7 @@ class StyleSettings(Settings):
     default_strength: Strength = 0.5
     negative_prompt: str = ""
     clashing_tags: list[str] = Field(default_factory=list)
+    before_after: bool = False
 
 
 class QueueSettings(Settings):

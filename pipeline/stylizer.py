@@ -46,6 +46,7 @@ class Photo:
 
     image: Image.Image
     seed: int
+    trigger_weight: float | None = None  # None: the style's; operators' sweeps vary it
 
 
 @dataclass
@@ -109,7 +110,7 @@ class Stylizer:
 
         p = self.settings.pipeline
         cache = p.cache_dir
-        kwargs: dict = {"torch_dtype": self.dtype, "use_safetensors": True}
+        kwargs: dict = {"dtype": self.dtype, "use_safetensors": True}
         base = models.resolve(p.base_model, "pipeline.base_model", cache, allow_patterns=DIFFUSERS_FILES)
         config_dir: Path | None = None
         if base.is_file():
@@ -122,9 +123,9 @@ class Stylizer:
                         config_dir = models.resolve(p.base_config, "pipeline.base_config", cache,
                                                     allow_patterns=CONFIG_FILES)
                     vae = AutoencoderKL.from_single_file(str(vae_path), config=str(config_dir), subfolder="vae",
-                                                         local_files_only=True, torch_dtype=self.dtype)
+                                                         local_files_only=True, dtype=self.dtype)
                 else:
-                    vae = AutoencoderKL.from_pretrained(vae_path, torch_dtype=self.dtype, use_safetensors=True)
+                    vae = AutoencoderKL.from_pretrained(vae_path, dtype=self.dtype, use_safetensors=True)
             except Exception as err:
                 raise ModelError(f"pipeline.vae: cannot load {models.describe(p.vae)} as an SDXL VAE ({err})") from None
             kwargs["vae"] = vae
@@ -235,7 +236,6 @@ class Stylizer:
         style: str,
         strength: float,
         on_step: StepCallback | None = None,
-        trigger_weight: float | None = None,
     ) -> list[Stylized]:
         """Stylize a batch of photos that share style, strength and working size; one result per photo."""
         settings, p = self.settings, self.settings.pipeline
@@ -256,9 +256,12 @@ class Stylizer:
         # 3. prompt
         started = time.perf_counter()
         tag_lists = [prompt_tags(t, settings.tagger, style_settings) for t in tags]
-        prompts = [build_prompt(style_settings, tl, trigger_weight=trigger_weight) for tl in tag_lists]
+        prompts = [build_prompt(style_settings, tl, trigger_weight=photo.trigger_weight)
+                   for tl, photo in zip(tag_lists, photos, strict=True)]
         n_steps = denoising_steps(p.steps, strength)
         conditioning = self.encode(prompts, style_settings.negative_prompt, style=style) if n_steps else None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the text encoders' GPU work counts as "prompt", not "denoise"
         timings["prompt"] = time.perf_counter() - started
 
         # 4. denoise (VAE encode → noise to `strength` → n_steps UNet steps → VAE decode)
@@ -292,13 +295,23 @@ class Stylizer:
             ).images
         timings["denoise"] = time.perf_counter() - started
 
-        # 5. back to the photo's exact aspect ratio
+        # 5. back to the photo's exact aspect ratio (beside the photo itself, if the style says so)
         results = []
         for photo, image, tl, t, prompt in zip(photos, images, tag_lists, tags, prompts, strict=True):
             size = output_size(*photo.image.size, p.megapixels)
-            results.append(Stylized(image.resize(size, Image.Resampling.LANCZOS), tl, t.ratings, prompt, photo.seed,
-                                    dict(timings)))
+            image = image.resize(size, Image.Resampling.LANCZOS)
+            if style_settings.before_after:
+                image = side_by_side(photo.image.resize(size, Image.Resampling.LANCZOS), image)
+            results.append(Stylized(image, tl, t.ratings, prompt, photo.seed, dict(timings)))
         return results
+
+
+def side_by_side(before: Image.Image, after: Image.Image) -> Image.Image:
+    """Before | after, one image."""
+    sheet = Image.new("RGB", (before.width + after.width, max(before.height, after.height)), (255, 255, 255))
+    sheet.paste(before, (0, 0))
+    sheet.paste(after, (before.width, 0))
+    return sheet
 
 
 def _quiet_libraries() -> None:

@@ -4,10 +4,10 @@ The same loop runs as the local queue's spawned child and as ``claybot worker`` 
 the models are imported inside the functions, so importing this module (as the parent must, to name the child's
 entry point) stays light.
 
-Messages are dicts. In: ``{"op": "batch", "jobs": [{"id", "image", "seed"}], "style", "strength",
-"trigger_weight", "timeout"}`` and ``{"op": "stop"}``. Out: ``ready`` (device, dtype, max_batch), ``fatal``
-(message), then per batch ``started``, ``progress`` (step, total), ``done`` (result) or ``failed`` (reason,
-kind) for every job, and ``idle`` when the batch is over.
+Messages are dicts. In: ``{"op": "batch", "jobs": [{"id", "image", "seed", "trigger_weight"}], "style",
+"strength", "timeout"}`` and ``{"op": "stop"}``. Out: ``ready`` (device, dtype, max_batch), ``fatal`` (message),
+then per batch ``started``, ``progress`` (step, total), ``done`` (result) or ``failed`` (reason, kind) for every
+job, and ``idle`` when the batch is over.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class JobTimeout(Exception):
 
 def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True) -> None:
     """Load the models once, then for each connection: announce readiness and answer batches until it closes."""
+    from pipeline.status import gpu_memory_mb
     from pipeline.stylizer import Stylizer
 
     connections = iter(connections)
@@ -61,7 +62,7 @@ def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True)
                     return
                 if message.get("op") == "batch":
                     run_batch(stylizer, message, conn.send)
-                    conn.send({"op": "idle"})
+                    conn.send({"op": "idle", "gpu_memory_mb": gpu_memory_mb()})
         except (EOFError, OSError):
             logger.info("queue connection closed")
         finally:
@@ -93,7 +94,7 @@ def parse_address(address: str) -> str | tuple[str, int]:
 
 def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
     """Decode, stylize and answer every job of one batch; a bad photo fails alone, never its companions."""
-    from pipeline.images import decode_photo, working_size
+    from pipeline.images import decode_photo
     from pipeline.stylizer import Photo
 
     p = stylizer.settings.pipeline
@@ -109,8 +110,9 @@ def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
         except BadImage as err:
             send({"op": "failed", "id": job["id"], "reason": str(err), "kind": ErrorKind.BAD_IMAGE.value})
             continue
-        size = working_size(*image.size, p.megapixels)
-        groups.setdefault(size, []).append((job["id"], Photo(image, job["seed"]), time.perf_counter() - started))
+        size = p.work_size(*image.size)
+        photo = Photo(image, job["seed"], job.get("trigger_weight"))
+        groups.setdefault(size, []).append((job["id"], photo, time.perf_counter() - started))
     deadline = time.monotonic() + message["timeout"]
     for group in groups.values():
         _run_group(stylizer, group, message, deadline, send)
@@ -134,8 +136,7 @@ def _run_group(stylizer, group: list[tuple[str, Any, float]], message: dict[str,
 
     try:
         results = stylizer.run([photo for _, photo, _ in group], style=message["style"],
-                               strength=message["strength"], on_step=on_step,
-                               trigger_weight=message.get("trigger_weight"))
+                               strength=message["strength"], on_step=on_step)
     except JobTimeout:
         minutes = message["timeout"] / 60
         limit = f"{message['timeout']:g} seconds" if message["timeout"] < 120 else f"{minutes:g} minutes"

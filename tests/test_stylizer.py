@@ -170,3 +170,23 @@ def test_diffusers_folder_and_single_file_give_the_same_image(tiny_config, tiny_
     a = _pixels(_run(from_folder, photo).image)
     b = _pixels(_run(stylizer, photo).image)
     assert np.abs(a - b).mean() < 1e-4
+
+
+def test_before_after_style_answers_photo_and_result_side_by_side(tiny_config, stylizer, photo):
+    base = tiny_config.gpu()
+    clay = base.styles["clay"].model_copy(update={"before_after": True})
+    both = Stylizer(_with_styles(base, {"clay": clay}))
+    alone = _run(stylizer, photo).image
+    pair = _run(both, photo).image
+    assert pair.size == (2 * alone.width, alone.height)
+    before = photo.resize(alone.size, Image.Resampling.LANCZOS)
+    assert np.abs(_pixels(pair.crop((0, 0, alone.width, alone.height))) - _pixels(before)).max() < 1e-6
+    assert np.abs(_pixels(pair.crop((alone.width, 0, pair.width, alone.height))) - _pixels(alone)).mean() < 1e-4
+
+
+def test_each_photo_of_a_batch_gets_its_own_trigger_weight(stylizer, photo):
+    results = stylizer.run([Photo(photo, 1, trigger_weight=1.0), Photo(photo, 1, trigger_weight=2.0)],
+                           style="clay", strength=0.5)
+    assert results[0].prompt.startswith("claymation style, ")
+    assert results[1].prompt.startswith("(claymation style:2), ")
+    assert not np.array_equal(np.asarray(results[0].image), np.asarray(results[1].image))

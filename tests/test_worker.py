@@ -43,7 +43,7 @@ def stylizer(tiny_config) -> Stylizer:
 
 
 def _batch(*seeds: int) -> dict:
-    return {"op": "batch", "style": "clay", "strength": 0.5, "trigger_weight": None, "timeout": 60,
+    return {"op": "batch", "style": "clay", "strength": 0.5, "timeout": 60,
             "jobs": [{"id": f"job{seed}", "image": photo_bytes(), "seed": seed} for seed in seeds]}
 
 

@@ -1,0 +1,102 @@
+"""A real redis-server on 127.0.0.1 for the tests, and `claybot worker` processes serving it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomlkit
+
+CLAYBOT = Path(sys.executable).parent / "claybot"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def require_redis_server() -> str:
+    """The redis-server binary; skipped only outside CI (CI installs it and must run these tests)."""
+    path = shutil.which("redis-server")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed, and CI must run the Redis tests (.ci/run installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    return path
+
+
+class RedisServer:
+    """redis-server with AOF persistence (fsync always) in a folder of its own, restartable on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.binary = require_redis_server()
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        """Die at once, as a crash would (AOF with fsync always keeps every acknowledged write)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def redis_config(tiny_config_path: Path, folder: Path, url: str, **queue) -> Path:
+    """The tiny config with the Redis backend."""
+    doc = tomlkit.parse(tiny_config_path.read_text(encoding="utf-8"))
+    doc["queue"]["backend"] = "redis"
+    doc["queue"]["redis_url"] = url
+    for key, value in queue.items():
+        doc["queue"][key] = value
+    path = folder / f"redis-{abs(hash((url, tuple(sorted(queue.items())))))}.toml"
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return path
+
+
+def start_worker(config: Path, name: str) -> subprocess.Popen:
+    """`claybot worker` on the Redis backend, as an operator runs it; its log goes to <config folder>/<name>.log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(config.parent / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    worker = subprocess.Popen([CLAYBOT, "worker", "--config", config], env=env, stdout=log, stderr=log)
+    log.close()
+    return worker
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
