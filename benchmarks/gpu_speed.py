@@ -1,0 +1,1083 @@
+"""claybot's speed on the GPU: full-size SDXL photo → tags → prompt → img2img, next to a bare diffusers call.
+
+    # on a CUDA machine (full size is the default there); first run builds ~7.5 GB of models into --models-dir
+    .venv/bin/python benchmarks/gpu_speed.py --json out/gpu_speed.json
+    .venv/bin/python benchmarks/gpu_speed.py --switch compile --json out/compile.json   # baseline + one switch
+    .venv/bin/python benchmarks/gpu_speed.py --all-switches                            # baseline, each, all
+    # anywhere, in well under a minute on 2 CPU cores: the same code path on pipeline.tiny's models
+    .venv/bin/python benchmarks/gpu_speed.py --smoke --json /tmp/smoke.json
+    # anywhere, in seconds: the hard-coded full-size configs built on the meta device (parameter counts, FLOPs)
+    .venv/bin/python benchmarks/gpu_speed.py --meta
+
+Real weights cannot be downloaded, and speed does not depend on weight values, so full-size mode BUILDS the published
+SDXL base architecture (UNet, VAE, CLIP ViT-L and OpenCLIP bigG text encoders; configs hard-coded below) and a
+WD14 ViT-B/16 448 px tagger (10,861 tags, exported to ONNX) with random weights, plus a rank-32 LoRA on the UNet's
+attention projections, and runs claybot's REAL Stylizer on them through a generated config.toml: 1024×1024 photo,
+30 steps × strength 0.5 = 15 UNet steps with classifier-free guidance (UNet batch 2), LoRA fused, float16.
+
+Reported, per configuration of the speed switches (baseline = all off; all = fuse_qkv + channels_last + compile +
+resolution_buckets) and for a bare, default diffusers StableDiffusionXLImg2ImgPipeline on the same model folder in
+the same process: per-stage times, UNet steps/s, peak GPU memory, throughput at batch 1, 2, 4, the speed-up ratio
+to the bare call, and the UNet's FLOP bound (FLOPs of one UNet forward × steps ÷ the device's peak dense fp16/bf16
+tensor throughput, --peak-tflops). Every figure also goes to --json.
+
+Timing: every figure is the median of --repeats calls after one untimed first call per batch size (its time is
+reported as first_call_s: lazy initialisation, cuDNN autotuning and, with compile, compiling). Stages inside the
+diffusers call are cut at the VAE encode and decode calls (CUDA events on a GPU, so nothing is synchronised extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import string
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+# ----------------------------------------------------------------------------------------------------------------
+# The published SDXL base 1.0 architecture (stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/, text_encoder/,
+# text_encoder_2/ config.json), hard-coded: nothing is downloaded. `--meta` checks them against the published sizes.
+# ----------------------------------------------------------------------------------------------------------------
+
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "only_cross_attention": False,
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 2048,  # 768 (CLIP ViT-L) + 1280 (OpenCLIP bigG) hidden states, concatenated
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),  # diffusers' legacy name: these are the head COUNTS (64-wide heads)
+    "use_linear_projection": True,
+    "upcast_attention": None,
+    "resnet_time_scale_shift": "default",
+    "time_embedding_type": "positional",
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,  # 6 size/crop conditions × 256 + 1280 pooled bigG
+}
+
+SDXL_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "force_upcast": True,  # SDXL's own VAE overflows in fp16: diffusers runs it in fp32
+}
+
+CLIP_VOCAB_SIZE = 49408
+CLIP_BOS_ID, CLIP_EOS_ID = 49406, 49407  # <|startoftext|>, <|endoftext|> (the largest id: argmax pooling)
+
+# CLIP ViT-L/14's text tower (text_encoder).
+CLIP_L_CONFIG: dict[str, Any] = {
+    "vocab_size": CLIP_VOCAB_SIZE,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "projection_dim": 768,
+    "bos_token_id": 0,
+    "eos_token_id": 2,  # as published: transformers then pools at argmax(input_ids), i.e. <|endoftext|>
+    "pad_token_id": 1,
+}
+
+# OpenCLIP ViT-bigG/14's text tower (text_encoder_2, with its projection).
+OPENCLIP_BIGG_CONFIG: dict[str, Any] = {
+    **CLIP_L_CONFIG,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+
+# Parameter counts of the published SDXL base 1.0 weights.
+PUBLISHED_PARAMS = {
+    "unet": 2_567_463_684,
+    "text_encoder": 123_060_480,
+    "text_encoder_2": 694_659_840,
+    "vae": 83_653_863,
+}
+
+# madebyollin/sdxl-vae-fp16-fix (config.toml's pipeline.vae): the same architecture, weights that stay finite in
+# fp16, so diffusers does not upcast it. Random weights: only the config differs from the base VAE here.
+VAE_FP16_FIX_OVERRIDES = {"force_upcast": False}
+
+# WD14 (SmilingWolf/wd-vit-tagger-v3): a ViT-B/16 at 448 px with a sigmoid head over 10,861 tags.
+WD14_INPUT_SIZE = 448
+WD14_N_TAGS = 10_861
+WD14_N_GENERAL = 8_000
+WD14_VIT_CONFIG: dict[str, Any] = {
+    "image_size": WD14_INPUT_SIZE,
+    "patch_size": 16,
+    "num_channels": 3,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-6,
+}
+
+# What a WD14 tagger typically finds on a head-and-shoulders photo (34 tags; after the clay style drops the
+# "realistic"/"photo" ones, 30 = tagger.max_tags remain). The random tagger is biased to find exactly these, so
+# the prompt has the length of a real one.
+PHOTO_TAGS = (
+    "1girl", "solo", "realistic", "photorealistic", "photo_(medium)", "blurry", "long_hair", "looking_at_viewer",
+    "smile", "brown_hair", "brown_eyes", "outdoors", "upper_body", "shirt", "blurry_background", "day", "lips",
+    "white_shirt", "closed_mouth", "depth_of_field", "tree", "jewelry", "earrings", "sunlight", "parted_lips",
+    "teeth", "nose", "short_sleeves", "collarbone", "t-shirt", "portrait", "building", "standing", "sky",
+)
+
+H100_SXM_PEAK_TFLOPS = 989.0  # dense fp16/bf16 tensor-core throughput, H100 SXM5 (H200: the same)
+KNOWN_PEAKS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+SWITCHES = ("fuse_qkv", "channels_last", "compile", "resolution_buckets")
+CONFIGS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "all": {name: True for name in SWITCHES},
+    **{name: {name: True} for name in SWITCHES},
+    "classic_attention": {"attention": "classic"},
+}
+
+BUILD_VERSION = 1  # bump when what write_full_models writes changes, so cached models are rebuilt
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the full-size models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_unet():
+    """SDXL base's UNet with random weights (on the current default device)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**SDXL_UNET_CONFIG).eval()
+
+
+def build_vae(**overrides):
+    """SDXL base's VAE with random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**{**SDXL_VAE_CONFIG, **overrides}).eval()
+
+
+def build_text_encoders():
+    """CLIP ViT-L (CLIPTextModel) and OpenCLIP bigG (CLIPTextModelWithProjection) with random weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    return (CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG)).eval(),
+            CLIPTextModelWithProjection(CLIPTextConfig(**OPENCLIP_BIGG_CONFIG)).eval())
+
+
+def meta_param_counts() -> dict[str, dict[str, float]]:
+    """Build every full-size component on the meta device (no memory, no init) and count its parameters."""
+    with torch.device("meta"):
+        unet, vae = build_unet(), build_vae()
+        text_encoder, text_encoder_2 = build_text_encoders()
+    counts = {}
+    for name, module in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2),
+                         ("vae", vae)):
+        n = sum(p.numel() for p in module.parameters())
+        counts[name] = {"params": n, "published": PUBLISHED_PARAMS[name],
+                        "rel_diff": n / PUBLISHED_PARAMS[name] - 1.0}
+    return counts
+
+
+def unet_forward_flops(unet_config: dict, *, batch: int, latent_hw: tuple[int, int], tokens: int) -> int:
+    """FLOPs of one UNet forward, counted by torch's FlopCounterMode on a meta-device copy (no memory, no time).
+
+    A matrix product m×k · k×n counts 2·m·k·n; attention counts its two batched products (QKᵀ and ·V): on the
+    meta device SDPA runs as its math decomposition, whose products are counted (a real CPU forward's fused SDPA
+    kernel is not, and would undercount). On CUDA the fused kernels are counted with the same formula.
+    """
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = dict(unet_config)
+    pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config).eval()
+        sample = torch.zeros(batch, config["in_channels"], *latent_hw)
+        hidden = torch.zeros(batch, tokens, config["cross_attention_dim"])
+        cond = {"text_embeds": torch.zeros(batch, pooled), "time_ids": torch.zeros(batch, 6)}
+        timestep = torch.full((batch,), 500.0)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(sample, timestep, encoder_hidden_states=hidden, added_cond_kwargs=cond)
+    return int(counter.get_total_flops())
+
+
+# -- a word-level CLIP tokenizer ---------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[^\W\d_]+")  # letter runs: the words CLIP's pre-tokenizer cuts text into
+
+
+def words_of(texts: Iterable[str]) -> list[str]:
+    """Distinct lower-case letter words in texts, in first-seen order."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        for word in _WORD.findall(text.lower()):
+            seen.setdefault(word, None)
+    return list(seen)
+
+
+def write_word_tokenizer(folder: Path, words: Iterable[str], *, pad_token: str) -> None:
+    """A CLIPTokenizer whose vocabulary holds each given word whole, so each costs ONE token, as in real CLIP.
+
+    The real CLIP BPE vocabulary (49,408 tokens) cannot be downloaded here. A char-level tokenizer (as in
+    pipeline.tiny) would spend one token per character: a 30-tag prompt would become ~300 tokens instead of ~90,
+    i.e. five 77-token chunks instead of two, and the UNet's cross-attention would attend to ~385 keys instead of
+    154 — a slower, wrong benchmark. Real CLIP keeps common tag words (hair, eyes, smile, shirt…) whole and splits
+    digits and punctuation exactly as this tokenizer does (same pre-tokenizer), so the counts agree closely; a rare
+    word (e.g. "claymation") may be 2 tokens in real CLIP and 1 here.
+
+    BPE needs merges to build each word from its characters. They are chained from the END of the word: the last
+    character carries ``</w>``, and every merge is (character, a word ending with ``</w>``), so at each step exactly
+    one merge applies and every listed word ends as a single token, whatever the other words are.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+
+    def add(token: str) -> None:
+        vocab.setdefault(token, len(vocab))
+
+    for char in string.printable.strip():
+        add(char)
+        add(char + "</w>")
+    merges: dict[tuple[str, str], None] = {}
+    for word in words:
+        suffix = word[-1] + "</w>"
+        add(suffix)
+        for char in reversed(word[:-1]):
+            merges.setdefault((char, suffix), None)
+            suffix = char + suffix
+            add(suffix)
+    if len(vocab) > CLIP_BOS_ID:
+        raise ValueError(f"{len(vocab)} tokens do not fit CLIP's vocabulary of {CLIP_VOCAB_SIZE}")
+    vocab["<|startoftext|>"] = CLIP_BOS_ID
+    vocab["<|endoftext|>"] = CLIP_EOS_ID
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                       encoding="utf-8")
+    # model_max_length MUST be given, or encoding fails with "OverflowError: int too big to convert".
+    tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
+                              model_max_length=77, pad_token=pad_token)
+    tokenizer.save_pretrained(str(folder))
+
+
+# -- the WD14 tagger ---------------------------------------------------------------------------------------------
+
+_ADJECTIVES = """red orange yellow green blue purple pink white black grey brown silver gold striped checkered
+    dotted long short large small open closed torn wet round pointy frilled layered plaid fur leather lace
+    sleeveless hooded high low bare crossed""".split()
+_NOUNS = """hair eyes shirt dress skirt jacket coat hat ribbon bow gloves boots shoes socks scarf necktie collar
+    sleeves belt bag umbrella flower tree sky cloud water sea river building window door chair table cup book
+    phone car bicycle dog cat bird fish horse wings tail horns ears mouth teeth hand fingers legs background
+    border frame light shadow""".split()
+_SYLLABLES = "ka ri to mi na sa ha yu ko ne ro shi ta ki ru mo a e i o u".split()
+
+
+def wd14_tag_rows(n_tags: int = WD14_N_TAGS, n_general: int = WD14_N_GENERAL) -> list[tuple[str, int]]:
+    """(name, category) rows of a selected_tags.csv: 4 ratings (9), general tags (0), character tags (4).
+
+    PHOTO_TAGS come first among the general tags; the rest are made-up but tag-shaped names.
+    """
+    rows = [(name, 9) for name in ("general", "sensitive", "questionable", "explicit")]
+    general = list(PHOTO_TAGS)
+    taken = set(general)
+    for adjective_2 in ["", *_ADJECTIVES]:
+        for adjective in _ADJECTIVES:
+            for noun in _NOUNS:
+                name = "_".join(w for w in (adjective_2, adjective, noun) if w)
+                if len(general) < n_general and name not in taken and adjective_2 != adjective:
+                    general.append(name)
+                    taken.add(name)
+    rows += [(name, 0) for name in general]
+    n_characters = n_tags - len(rows)
+    s = len(_SYLLABLES)
+    for i in range(n_characters):
+        first = _SYLLABLES[i % s] + _SYLLABLES[(i // s) % s] + _SYLLABLES[(i // s // s) % s]
+        rows.append((f"{first}_({_SYLLABLES[(i * 7) % s]}{_SYLLABLES[(i * 3) % s]}_series)", 4))
+    return rows
+
+
+def write_wd14_vit_tagger(folder: Path, *, seed: int = 0, input_size: int = WD14_INPUT_SIZE,
+                          rows: list[tuple[str, int]] | None = None) -> Path:
+    """A full-size WD14-architecture tagger in the SmilingWolf layout: model.onnx + selected_tags.csv.
+
+    transformers' ViTModel (ViT-B/16 at input_size px, random weights) → token mean → linear → sigmoid, with the
+    real taggers' input convention inside the graph: NHWC, float32, BGR, 0–255, dynamic batch. The head's biases
+    make PHOTO_TAGS (and the "general" rating) score ~1 and everything else ~0, so every photo gets a realistic
+    30-tag prompt.
+    """
+    import csv
+
+    from transformers import ViTConfig, ViTModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = wd14_tag_rows() if rows is None else rows
+
+    class WD14(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            config = ViTConfig(**{**WD14_VIT_CONFIG, "image_size": input_size}, attn_implementation="eager")
+            self.vit = ViTModel(config, add_pooling_layer=False)
+            self.head = torch.nn.Linear(config.hidden_size, len(rows))
+
+        def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+            rgb = bgr[..., [2, 1, 0]].permute(0, 3, 1, 2) / 127.5 - 1.0  # NHWC BGR 0–255 → NCHW RGB −1..1
+            features = self.vit(pixel_values=rgb).last_hidden_state.mean(dim=1)
+            return torch.sigmoid(self.head(features))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WD14().eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.01)
+        bias = torch.full((len(rows),), -8.0)
+        for i, (name, _category) in enumerate(rows):
+            if name in PHOTO_TAGS or name == "general":
+                bias[i] = 8.0
+        model.head.bias.copy_(bias)
+    example = torch.full((1, input_size, input_size, 3), 127.0)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(folder / "model.onnx"), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    with (folder / "selected_tags.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tag_id", "name", "category", "count"])
+        for i, (name, category) in enumerate(rows):
+            writer.writerow([i, name, category, 1_000_000 // (i + 1)])
+    return folder
+
+
+# -- everything --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchModels:
+    """Where the benchmark's models are."""
+
+    sdxl_folder: Path  # a diffusers folder (the bare call and the Stylizer both load it)
+    vae_folder: Path | None  # the VAE the Stylizer's config names ("" = the folder's own)
+    lora: Path
+    tagger_folder: Path
+    lora_rank: int
+    build_s: float
+
+
+def _prompt_texts() -> list[str]:
+    """Everything the prompts may hold: every tag, and the template config's style texts."""
+    import tomllib
+
+    from pipeline.prompt import tag_text
+
+    texts = [tag_text(name) for name, _ in wd14_tag_rows()]
+    config = tomllib.loads((ROOT / "config.toml").read_text(encoding="utf-8"))
+    for style in config.get("styles", {}).values():
+        texts += [style.get("trigger_words", ""), style.get("negative_prompt", ""), *style.get("clashing_tags", [])]
+    return texts + list(config.get("tagger", {}).get("drop_tags", []))
+
+
+def _lora_state_dict(unet, rank: int, seed: int) -> dict[str, torch.Tensor]:
+    """A diffusers/PEFT-format LoRA on every attention projection (to_q/k/v/out.0) of the UNet's transformers."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if ".transformer_blocks." in name and name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
+            down = torch.randn(rank, module.in_features, generator=generator) / math.sqrt(module.in_features)
+            up = torch.randn(module.out_features, rank, generator=generator) * 0.01
+            state[f"unet.{name}.lora_A.weight"] = down.half()
+            state[f"unet.{name}.lora_B.weight"] = up.half()
+    return state
+
+
+def write_full_models(folder: Path, *, lora_rank: int = 32, rebuild: bool = False) -> BenchModels:
+    """Build the full-size models with random weights into folder (once: reused while BUILD_VERSION matches)."""
+    folder = Path(folder).expanduser()
+    marker = folder / "bench-models.json"
+    paths = dict(sdxl_folder=folder / "sdxl-base-random", vae_folder=folder / "vae-fp16-fix-random",
+                 lora=folder / f"clay-lora-r{lora_rank}.safetensors", tagger_folder=folder / "wd14-vit-448-random")
+    wanted = {"version": BUILD_VERSION, "lora_rank": lora_rank}
+    if not rebuild and marker.is_file():
+        built = json.loads(marker.read_text(encoding="utf-8"))
+        if {k: built.get(k) for k in wanted} == wanted:
+            return BenchModels(**paths, lora_rank=lora_rank, build_s=0.0)
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPTokenizer
+
+    from pipeline.tiny import SDXL_SCHEDULER_CONFIG
+
+    started = time.perf_counter()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    build_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # random init is fast on a GPU
+    print(f"building full-size SDXL + WD14 with random weights into {folder} (on {build_device}) …", flush=True)
+    with torch.random.fork_rng(devices=[]), torch.device(build_device):
+        torch.manual_seed(0)
+        unet, vae = build_unet().half(), build_vae().half()
+        text_encoder, text_encoder_2 = (m.half() for m in build_text_encoders())
+    with tempfile.TemporaryDirectory() as tmp:
+        words = words_of(_prompt_texts())
+        write_word_tokenizer(Path(tmp) / "tokenizer", words, pad_token="<|endoftext|>")
+        write_word_tokenizer(Path(tmp) / "tokenizer_2", words, pad_token="!")  # SDXL's 2nd tokenizer pads with "!"
+        tokenizers = [CLIPTokenizer.from_pretrained(str(Path(tmp) / name)) for name in ("tokenizer", "tokenizer_2")]
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1], unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+        requires_aesthetics_score=False, force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(str(paths["sdxl_folder"]), safe_serialization=True)
+    # transformers 5 saves only tokenizer.json; keep the classic vocab.json + merges.txt too (as pipeline.tiny does).
+    write_word_tokenizer(paths["sdxl_folder"] / "tokenizer", words, pad_token="<|endoftext|>")
+    write_word_tokenizer(paths["sdxl_folder"] / "tokenizer_2", words, pad_token="!")
+    vae.register_to_config(**VAE_FP16_FIX_OVERRIDES)
+    vae.save_pretrained(str(paths["vae_folder"]), safe_serialization=True)
+    save_file(_lora_state_dict(unet, lora_rank, seed=1), str(paths["lora"]), metadata={"format": "pt"})
+    del pipe, unet, vae, text_encoder, text_encoder_2
+    _free_memory()
+    write_wd14_vit_tagger(paths["tagger_folder"])
+    build_s = time.perf_counter() - started
+    marker.write_text(json.dumps({**wanted, "build_s": build_s}), encoding="utf-8")
+    print(f"built in {build_s:.0f} s", flush=True)
+    return BenchModels(**paths, lora_rank=lora_rank, build_s=build_s)
+
+
+def write_smoke_models(folder: Path) -> BenchModels:
+    """pipeline.tiny's models: tiny SDXL diffusers folder, kohya LoRA (rank 4), 32 px WD14-shaped tagger."""
+    from pipeline.tiny import LORA_RANK, write_tiny_models
+
+    started = time.perf_counter()
+    tiny = write_tiny_models(folder)
+    return BenchModels(sdxl_folder=tiny.sdxl_folder, vae_folder=None, lora=tiny.lora_kohya,
+                       tagger_folder=tiny.tagger_folder, lora_rank=LORA_RANK, build_s=time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configs, photos, clocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def bench_config_text(template: str, models: BenchModels, *, device: str, dtype: str, steps: int,
+                      megapixels: float, switches: dict[str, Any]) -> str:
+    """The template config (comments kept) with the models pointed at ours, one style, and the given switches."""
+    import tomlkit
+
+    doc = tomlkit.parse(template)
+    pipeline = doc.setdefault("pipeline", tomlkit.table())
+    pipeline["base_model"] = str(models.sdxl_folder)
+    pipeline["base_config"] = str(models.sdxl_folder)
+    pipeline["vae"] = str(models.vae_folder) if models.vae_folder else ""
+    pipeline["device"] = device
+    pipeline["dtype"] = dtype
+    pipeline["steps"] = steps
+    pipeline["megapixels"] = megapixels
+    pipeline["cache_dir"] = str(models.sdxl_folder.parent / "cache")
+    for name in SWITCHES:
+        pipeline[name] = bool(switches.get(name, False))
+    pipeline["attention"] = switches.get("attention", "sdpa")
+    doc.setdefault("tagger", tomlkit.table())["model"] = str(models.tagger_folder)
+    default = str(pipeline.get("default_style", "clay"))
+    styles = doc["styles"]
+    for name in [n for n in styles if n != default]:  # one style with one LoRA: the Stylizer fuses it
+        del styles[name]
+    styles[default]["lora"] = str(models.lora)
+    return tomlkit.dumps(doc)
+
+
+def bench_photo(side: int):
+    """The repository's example photo, centre-cropped to a square of side × side pixels."""
+    from PIL import Image
+
+    image = Image.open(ROOT / "examples" / "photo.jpg").convert("RGB")
+    w, h = image.size
+    s = min(w, h)
+    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return image.resize((side, side), Image.Resampling.LANCZOS)
+
+
+class Clock:
+    """Time marks: CUDA events on a GPU (no extra synchronisation), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        if self.cuda:
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        return end - start
+
+
+class VaeStages:
+    """Wraps a pipeline's vae.encode / vae.decode to cut one diffusers call into encode, UNet loop and decode."""
+
+    def __init__(self, vae, clock: Clock) -> None:
+        self.clock = clock
+        self.encodes: list[tuple[Any, Any]] = []
+        self.decodes: list[tuple[Any, Any]] = []
+        vae.encode = self._timed(vae.encode, self.encodes)
+        vae.decode = self._timed(vae.decode, self.decodes)
+
+    def _timed(self, function: Callable, marks: list) -> Callable:
+        def timed(*args, **kwargs):
+            start = self.clock.mark()
+            out = function(*args, **kwargs)
+            marks.append((start, self.clock.mark()))
+            return out
+
+        return timed
+
+    def reset(self) -> None:
+        self.encodes.clear()
+        self.decodes.clear()
+
+    def split(self) -> dict[str, float]:
+        """Seconds of VAE encode, UNet loop (encode end → decode start) and VAE decode in the last call."""
+        if not self.encodes or not self.decodes:
+            return {}
+        seconds = self.clock.seconds
+        return {
+            "vae_encode": sum(seconds(a, b) for a, b in self.encodes),
+            "unet": seconds(self.encodes[-1][1], self.decodes[0][0]),
+            "vae_decode": sum(seconds(a, b) for a, b in self.decodes),
+        }
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(Exception):
+        torch._dynamo.reset()
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _median_stages(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = runs[0].keys()
+    return {key: statistics.median(run[key] for run in runs) for key in keys}
+
+
+def _measure_batches(call: Callable[[int], dict[str, float]], batches: list[int], repeats: int, n_steps: int,
+                     device: torch.device) -> dict[str, dict[str, Any]]:
+    """For each batch size: one untimed first call, then `repeats` timed ones → medians, throughput, peak memory."""
+    out = {}
+    for n in batches:
+        _reset_peak(device)
+        started = time.perf_counter()
+        call(n)
+        first = time.perf_counter() - started
+        runs = [call(n) for _ in range(repeats)]
+        stages = _median_stages(runs)
+        total = stages["total"]
+        out[str(n)] = {
+            "first_call_s": first,
+            "seconds": total,
+            "images_per_s": n / total,
+            "unet_steps_per_s": n_steps / stages["unet"] if stages.get("unet") else None,
+            "peak_gpu_mem_bytes": _peak_memory(device),
+            "stages": stages,
+            "all_totals": [run["total"] for run in runs],
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The measurements
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def measure_claybot(name: str, config_path: Path, photo, batches: list[int], repeats: int, *,
+                    worker_warm_up: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """claybot's real Stylizer under one config: load, (worker warm-up), per-batch figures. → (figures, facts)."""
+    from bot.config import load_config
+    from pipeline.stylizer import Photo, Stylizer, denoising_steps
+
+    settings = load_config(config_path).gpu()
+    style = settings.pipeline.default_style
+    strength = settings.styles[style].default_strength
+    n_steps = denoising_steps(settings.pipeline.steps, strength)
+    started = time.perf_counter()
+    stylizer = Stylizer(settings)
+    load_s = time.perf_counter() - started
+    device = stylizer.device
+    clock = Clock(device)
+    stages = VaeStages(stylizer.pipe.vae, clock)
+    figures: dict[str, Any] = {"kind": "claybot Stylizer", "switches": CONFIGS[name], "load_s": load_s}
+    if worker_warm_up:
+        started = time.perf_counter()
+        stylizer.warm_up()
+        figures["worker_warm_up_s"] = time.perf_counter() - started
+    facts: dict[str, Any] = {}
+
+    def call(n: int) -> dict[str, float]:
+        photos = [Photo(photo, seed=i) for i in range(n)]
+        stages.reset()
+        begun = time.perf_counter()
+        results = stylizer.run(photos, style=style, strength=strength)
+        total = time.perf_counter() - begun
+        facts.setdefault("prompt", results[0].prompt)
+        facts.setdefault("n_tags", len(results[0].tags))
+        facts.setdefault("output_size", list(results[0].image.size))
+        timings = results[0].timings
+        split = stages.split()
+        return {"tag": timings["tag"], "prompt": timings["prompt"], "denoise": timings["denoise"], **split,
+                "other": total - timings["tag"] - timings["prompt"] - sum(split.values()), "total": total}
+
+    figures["batches"] = _measure_batches(call, batches, repeats, n_steps, device)
+    conditioning = stylizer.encode([facts["prompt"]], settings.styles[style].negative_prompt, style=style)
+    facts.update(
+        prompt_tokens=int(conditioning.prompt_embeds.shape[1]),
+        work_size=list(settings.pipeline.work_size(*photo.size)),
+        n_steps=n_steps, strength=strength, steps=settings.pipeline.steps,
+        guidance_scale=settings.pipeline.guidance_scale, dtype=str(stylizer.dtype).removeprefix("torch."),
+        negative_prompt=settings.styles[style].negative_prompt,
+        tagger_input_size=stylizer.tagger.input_size, tagger_tags=len(stylizer.tagger.names),
+        tagger_providers=stylizer.tagger.session.get_providers(), tagger_io_binding=stylizer.tagger.io_binding,
+        unet_config=dict(stylizer.pipe.unet.config), vae_scale_factor=stylizer.pipe.vae_scale_factor,
+        device=str(device),
+    )
+    return figures, facts  # the models are freed when the caller calls _free_memory()
+
+
+def measure_bare(models: BenchModels, *, prompt: str, negative_prompt: str, image, steps: int, strength: float,
+                 guidance_scale: float, dtype: torch.dtype, device: torch.device, batches: list[int],
+                 repeats: int, n_steps: int) -> dict[str, Any]:
+    """A bare, default diffusers StableDiffusionXLImg2ImgPipeline on the same model folder, the LoRA fused."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    started = time.perf_counter()
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(str(models.sdxl_folder), dtype=dtype).to(device)
+    pipe.load_lora_weights(str(models.lora))  # as benchmarks/queue_overhead.py's bare call: loaded and fused
+    pipe.fuse_lora()
+    pipe.set_progress_bar_config(disable=True)
+    load_s = time.perf_counter() - started
+    stages = VaeStages(pipe.vae, Clock(device))
+
+    def call(n: int) -> dict[str, float]:
+        stages.reset()
+        begun = time.perf_counter()
+        pipe(prompt=[prompt] * n, negative_prompt=[negative_prompt] * n, image=[image] * n, strength=strength,
+             num_inference_steps=steps, guidance_scale=guidance_scale)
+        total = time.perf_counter() - begun
+        split = stages.split()
+        return {**split, "other": total - sum(split.values()), "total": total}
+
+    figures = {"kind": "bare diffusers StableDiffusionXLImg2ImgPipeline", "load_s": load_s,
+               "vae_force_upcast": bool(pipe.vae.config.force_upcast),
+               "batches": _measure_batches(call, batches, repeats, n_steps, device)}
+    return figures
+
+
+def detect_device() -> dict[str, Any]:
+    """What this run ran on."""
+    import diffusers
+    import onnxruntime
+    import transformers
+
+    info: dict[str, Any] = {
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(type="cuda", name=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
+                    total_memory_bytes=props.total_memory, multiprocessors=props.multi_processor_count)
+    else:
+        info.update(type="cpu", name=platform.processor() or platform.machine())
+    return info
+
+
+def known_peak(device_name: str) -> float | None:
+    """The dense fp16/bf16 peak of a known GPU, by name (most specific first)."""
+    for key, peak in KNOWN_PEAKS.items():
+        if key.lower() in device_name.lower():
+            return peak
+    return None
+
+
+def flop_bound(unet_config: dict, facts: dict, runs: dict, peak_tflops: float) -> dict[str, Any]:
+    """FLOPs of one CFG UNet forward at the working latent shape × steps ÷ peak → the bound; measured ÷ bound."""
+    width, height = facts["work_size"]
+    factor = facts["vae_scale_factor"]  # SDXL's VAE: 8 (2^(4 blocks − 1))
+    latent_hw = (height // factor, width // factor)
+    flops = unet_forward_flops(unet_config, batch=2, latent_hw=latent_hw, tokens=facts["prompt_tokens"])
+    total = flops * facts["n_steps"]
+    bound_s = total / (peak_tflops * 1e12)
+    per_run = {}
+    for name, run in runs.items():
+        stages = run["batches"].get("1", {}).get("stages", {})
+        unet_s = stages.get("unet")
+        denoise_s = stages.get("denoise", (stages.get("vae_encode", 0) + (unet_s or 0) + stages.get("vae_decode", 0)))
+        per_run[name] = {"unet_s": unet_s, "unet_over_bound": unet_s / bound_s if unet_s else None,
+                         "denoise_s": denoise_s, "denoise_over_bound": denoise_s / bound_s if denoise_s else None}
+    return {"unet_forward_flops": flops, "latent_shape": [2, unet_config["in_channels"], *latent_hw],
+            "encoder_tokens": facts["prompt_tokens"], "unet_steps": facts["n_steps"], "denoise_flops": total,
+            "peak_tflops": peak_tflops, "bound_s": bound_s, "per_run": per_run}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Printing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _fmt_s(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value * 1000:.1f} ms" if value < 1.0 else f"{value:.3f} s"
+
+
+def _fmt_gib(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The JSON report as readable tables."""
+    lines: list[str] = []
+    d, s, runs = report["device"], report["setup"], report["runs"]
+    names = list(runs)
+    width = max(16, *(len(n) + 2 for n in names))
+    lines.append(f"claybot GPU speed — {report['mode']} mode, {report['date']}")
+    lines.append(f"device: {d['name']} ({d['type']}); torch {d['torch']}, diffusers {d['diffusers']}, "
+                 f"onnxruntime {d['onnxruntime']}" + (f", CUDA {d['cuda']}" if d.get("cuda") else "")
+                 + f"; {d['cpu_threads']} CPU threads")
+    lines.append(f"models: {s['models']}")
+    lines.append(f"photo {s['photo'][0]}×{s['photo'][1]} → work {s['work_size'][0]}×{s['work_size'][1]} → out "
+                 f"{s['output_size'][0]}×{s['output_size'][1]}; {s['steps']} steps × strength {s['strength']} = "
+                 f"{s['n_steps']} UNet steps (CFG: UNet batch 2 per image); {s['dtype']}; LoRA rank "
+                 f"{s['lora_rank']} fused")
+    lines.append(f"tagger: {s['tagger_input_size']} px, {s['tagger_tags']} tags, on "
+                 f"{', '.join(s['tagger_providers'])}{' with I/O binding' if s['tagger_io_binding'] else ''}; "
+                 f"prompt: {s['n_tags']} tags → {s['prompt_tokens']} tokens per text encoder (bare call: "
+                 "truncated to 77)")
+    lines.append(f"repeats: median of {s['repeats']} after one untimed first call per batch size")
+    for note in report["notes"]:
+        lines.append(f"note: {note}")
+    lines.append("")
+
+    def row(label: str, cells: list[str]) -> None:
+        lines.append(f"  {label:<30}" + "".join(f"{c:>{width}}" for c in cells))
+
+    lines.append("batch 1, per stage")
+    row("", names)
+    for key, label in (("tag", "tag (WD14)"), ("prompt", "prompt (compel encode)"), ("vae_encode", "VAE encode"),
+                       ("unet", "UNet loop"), ("vae_decode", "VAE decode"),
+                       ("other", "other (bare: + text encode)"), ("total", "total photo → image")):
+        row(label, [_fmt_s(runs[n]["batches"].get("1", {}).get("stages", {}).get(key)) for n in names])
+    row("UNet steps/s", [f"{runs[n]['batches'].get('1', {}).get('unet_steps_per_s') or 0:.2f}" for n in names])
+    row("first call (warm-up/compile)", [_fmt_s(runs[n]["batches"].get("1", {}).get("first_call_s")) for n in names])
+    row("model load", [_fmt_s(runs[n]["load_s"]) for n in names])
+    if any("worker_warm_up_s" in runs[n] for n in names):
+        row("Stylizer.warm_up()", [_fmt_s(runs[n].get("worker_warm_up_s")) for n in names])
+    lines.append("")
+    lines.append("throughput (images/s) · seconds per call · peak GPU memory")
+    row("", names)
+    for b in s["batches"]:
+        cells = [runs[n]["batches"].get(str(b)) for n in names]
+        row(f"batch {b} images/s", [f"{c['images_per_s']:.3f}" if c else "—" for c in cells])
+        row(f"batch {b} per call", [_fmt_s(c["seconds"]) if c else "—" for c in cells])
+        row(f"batch {b} UNet steps/s", [f"{c['unet_steps_per_s'] or 0:.2f}" if c else "—" for c in cells])
+        row(f"batch {b} peak GPU memory", [_fmt_gib(c["peak_gpu_mem_bytes"]) if c else "—" for c in cells])
+    lines.append("")
+    ours = [n for n in names if n != "bare"]
+    for title, ratios in (("speed-up vs the bare diffusers call (bare seconds ÷ ours, same batch; ours includes "
+                           "tagging)", report["speedup_vs_bare"]),
+                          ("speed-up vs claybot's baseline (baseline seconds ÷ this configuration's, same batch)",
+                           report["speedup_vs_baseline"])):
+        if not ratios:
+            continue
+        lines.append(title)
+        row("", ours)
+        for b in s["batches"]:
+            row(f"batch {b}", [f"{ratios[n][str(b)]:.3f}×" if str(b) in ratios.get(n, {}) else "—" for n in ours])
+        lines.append("")
+    f = report["flops"]
+    lines.append("UNet FLOP bound (FlopCounterMode, one UNet forward at the working latent shape)")
+    lines.append(f"  one forward, latent {tuple(f['latent_shape'])}, {f['encoder_tokens']} text tokens: "
+                 f"{f['unet_forward_flops'] / 1e12:.4f} TFLOP")
+    lines.append(f"  × {f['unet_steps']} steps = {f['denoise_flops'] / 1e12:.3f} TFLOP ÷ {f['peak_tflops']:g} TFLOP/s "
+                 f"peak = bound {f['bound_s'] * 1000:.4g} ms")
+    for name, r in f["per_run"].items():
+        unet = "—" if r["unet_s"] is None else (f"UNet loop {r['unet_s'] * 1000:.1f} ms = "
+                                                 f"{r['unet_over_bound']:.2f}× bound")
+        lines.append(f"  {name:<18} {unet}; denoise (VAE incl.) {r['denoise_s'] * 1000:.1f} ms = "
+                     f"{r['denoise_over_bound']:.2f}× bound")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _quiet_libraries() -> None:
+    """No per-component progress bars or notices while building and loading."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
+
+
+def print_meta(peak_tflops: float) -> dict[str, Any]:
+    """Parameter counts of the hard-coded configs (meta device) and the full-size UNet's FLOPs at 1024²."""
+    counts = meta_param_counts()
+    print("full-size configs built on the meta device (no weights) vs published SDXL base 1.0")
+    for name, c in counts.items():
+        print(f"  {name:<15} {c['params']:>14,} params   published {c['published']:>14,}   {c['rel_diff']:+.4%}")
+    flops = {}
+    for tokens in (77, 154):
+        flops[tokens] = unet_forward_flops(SDXL_UNET_CONFIG, batch=2, latent_hw=(128, 128), tokens=tokens)
+        print(f"  UNet forward, latent (2, 4, 128, 128) = 1024×1024 with CFG, {tokens} tokens: "
+              f"{flops[tokens] / 1e12:.4f} TFLOP; × 15 steps ÷ {peak_tflops:g} TFLOP/s = "
+              f"{flops[tokens] * 15 / (peak_tflops * 1e12) * 1000:.1f} ms (a bound, not a measurement)")
+    return {"params": counts, "unet_forward_flops_1024_cfg": {str(k): v for k, v in flops.items()}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="full-size models on CUDA (the default with a GPU)")
+    mode.add_argument("--smoke", action="store_true", help="pipeline.tiny's models on the CPU (the default without)")
+    mode.add_argument("--meta", action="store_true", help="only check the full-size configs on the meta device")
+    mode.add_argument("--cpu-check", action="store_true",
+                      help="build the FULL-size models and run the full path once on the CPU in float32 at 256×256, "
+                           "2 steps, batch 1 (peaks at ~20 GB RAM, ~8 GB disk; checks plumbing, not speed)")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--switch", action="append", default=[], choices=[n for n in CONFIGS if n != "baseline"],
+                        help="measure baseline + this configuration (repeatable)")
+    parser.add_argument("--all-switches", action="store_true", help="baseline, each switch alone, and all")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare diffusers call")
+    parser.add_argument("--batches", default=None, help="comma list; default 1,2,4 (smoke: 1,2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per batch size; default 3 (smoke: 2)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="nominal steps (img2img runs steps × strength); default 30 (smoke: 10)")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16", help="full mode only")
+    parser.add_argument("--vae", choices=["fp16-fix", "base"], default="fp16-fix",
+                        help="the Stylizer's VAE in full mode: an fp16-fix-shaped one (force_upcast false, as "
+                             "config.toml's madebyollin/sdxl-vae-fp16-fix) or the base folder's (upcast to fp32)")
+    parser.add_argument("--compile", action="store_true", help="smoke mode: really compile (slow on the CPU)")
+    parser.add_argument("--worker-warm-up", action="store_true",
+                        help="also time Stylizer.warm_up() (with compile + buckets: every bucket × batch size)")
+    parser.add_argument("--peak-tflops", type=float, default=H100_SXM_PEAK_TFLOPS,
+                        help="the device's dense fp16/bf16 tensor peak (default: H100 SXM, 989)")
+    parser.add_argument("--models-dir", type=Path,
+                        default=Path(os.environ.get("CLAYBOT_BENCH_MODELS", "~/.cache/claybot/gpu-bench")),
+                        help="full mode: where the random-weight models are built once and reused")
+    parser.add_argument("--rebuild", action="store_true", help="full mode: rebuild the models")
+    parser.add_argument("--lora-rank", type=int, default=32)
+    args = parser.parse_args(argv)
+    if not (args.full or args.smoke or args.meta or args.cpu_check):
+        args.full, args.smoke = torch.cuda.is_available(), not torch.cuda.is_available()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.meta:
+        result = print_meta(args.peak_tflops)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        return 0
+    if args.full and not torch.cuda.is_available():
+        print("gpu_speed: --full needs a CUDA GPU (try --smoke or --meta here)", file=sys.stderr)
+        return 2
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*invalid value encountered in cast.*")  # random weights → NaNs
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+    smoke, cpu_check = args.smoke, args.cpu_check
+    steps = args.steps or (10 if smoke else 2 if cpu_check else 30)
+    _quiet_libraries()
+    batches = [int(b) for b in (args.batches or ("1,2" if smoke else "1" if cpu_check else "1,2,4")).split(",")]
+    repeats = args.repeats or (2 if smoke else 1 if cpu_check else 3)
+    names = ["baseline", *args.switch] if args.switch else ["baseline"] if cpu_check else ["baseline", "all"]
+    if args.all_switches:
+        names = ["baseline", *SWITCHES, "all"]
+    names = list(dict.fromkeys(names))
+    notes: list[str] = []
+    if smoke:
+        notes.append("smoke mode: tiny random models on the CPU; checks that the script runs, not speed; the FLOP "
+                     "bound uses the GPU peak and means nothing here")
+    if cpu_check:
+        notes.append("CPU check: full-size random models in float32 on the CPU at 256×256 with 2 steps; checks the "
+                     "full-size plumbing, not speed; the FLOP bound uses the GPU peak and means nothing here")
+    if smoke or cpu_check:
+        if not args.compile and any(CONFIGS[n].get("compile") for n in names):
+            notes.append("compile skipped on the CPU (pass --compile to compile anyway): 'all' runs without it")
+    device = torch.device("cuda" if args.full and not cpu_check else "cpu")
+    info = detect_device()
+    if args.full:
+        peak = known_peak(info["name"])
+        if peak is not None and abs(peak - args.peak_tflops) > 1:
+            notes.append(f"{info['name']} looks like a {peak:g} TFLOP/s part but --peak-tflops is "
+                         f"{args.peak_tflops:g}: the bound uses {args.peak_tflops:g}")
+        notes.append(f"detected device: {info['name']}; FLOP bound at {args.peak_tflops:g} TFLOP/s dense fp16/bf16")
+
+    scratch = None
+    if smoke:
+        scratch = Path(tempfile.mkdtemp(prefix="claybot-gpu-speed-"))
+        models = write_smoke_models(scratch / "models")
+        side, megapixels, dtype = 64, 0.0041, "float32"  # 64×64: the tiny models are about plumbing, not pixels
+    else:
+        models = write_full_models(args.models_dir, lora_rank=args.lora_rank, rebuild=args.rebuild)
+        if args.vae == "base":
+            models = BenchModels(models.sdxl_folder, None, models.lora, models.tagger_folder, models.lora_rank,
+                                 models.build_s)
+        side, megapixels, dtype = (256, 0.0655, "float32") if cpu_check else (1024, 1.0, args.dtype)
+    photo = bench_photo(side)
+    config_dir = Path(tempfile.mkdtemp(prefix="claybot-gpu-speed-config-"))
+    template = (ROOT / "config.toml").read_text(encoding="utf-8")
+
+    try:
+        runs: dict[str, Any] = {}
+        facts: dict[str, Any] = {}
+        for name in names:
+            switches = dict(CONFIGS[name])
+            if (smoke or cpu_check) and not args.compile:
+                switches.pop("compile", None)
+                if name == "compile":
+                    continue
+            path = config_dir / f"{name}.toml"
+            path.write_text(bench_config_text(template, models, device=device.type, dtype=dtype, steps=steps,
+                                              megapixels=megapixels, switches=switches), encoding="utf-8")
+            print(f"measuring claybot '{name}' ({', '.join(f'{k}={v}' for k, v in switches.items()) or 'all off'})",
+                  flush=True)
+            runs[name], run_facts = measure_claybot(name, path, photo, batches, repeats,
+                                                    worker_warm_up=args.worker_warm_up)
+            _free_memory()
+            runs[name]["switches"] = switches
+            facts = facts or run_facts
+        if not args.no_bare:
+            print("measuring the bare diffusers call", flush=True)
+            from PIL import Image
+
+            from pipeline.prompt import plain_text
+
+            work_image = photo.resize(tuple(facts["work_size"]), Image.Resampling.LANCZOS)
+            runs["bare"] = measure_bare(
+                models, prompt=plain_text(facts["prompt"]), negative_prompt=facts["negative_prompt"],
+                image=work_image, steps=facts["steps"], strength=facts["strength"],
+                guidance_scale=facts["guidance_scale"], dtype=getattr(torch, facts["dtype"]), device=device,
+                batches=batches, repeats=repeats, n_steps=facts["n_steps"])
+            _free_memory()
+            if runs["bare"]["vae_force_upcast"] and models.vae_folder is not None:
+                notes.append("the bare call uses the model folder's own VAE (force_upcast: encode/decode in fp32); "
+                             "claybot's config names an fp16-fix-shaped VAE, as config.toml does (--vae base "
+                             "gives claybot the folder's VAE too)")
+        speedup = {}
+        if "bare" in runs:
+            for name in (n for n in runs if n != "bare"):
+                speedup[name] = {b: runs["bare"]["batches"][b]["seconds"] / runs[name]["batches"][b]["seconds"]
+                                 for b in runs[name]["batches"]}
+        vs_baseline = {}
+        if "baseline" in runs:
+            base = runs["baseline"]["batches"]
+            vs_baseline = {name: {b: base[b]["seconds"] / run["batches"][b]["seconds"] for b in run["batches"]}
+                           for name, run in runs.items() if name not in ("bare", "baseline")}
+        unet_config = facts.pop("unet_config")
+        report = {
+            "mode": "smoke" if smoke else "cpu-check" if cpu_check else "full",
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "device": info,
+            "setup": {**facts, "photo": list(photo.size), "batches": batches, "repeats": repeats,
+                      "lora_rank": models.lora_rank, "build_s": models.build_s,
+                      "models": str(models.sdxl_folder.parent),
+                      "vae": str(models.vae_folder) if models.vae_folder else "the base folder's"},
+            "runs": runs,
+            "speedup_vs_bare": speedup,
+            "speedup_vs_baseline": vs_baseline,
+            "flops": flop_bound(unet_config, facts, runs, args.peak_tflops),
+            "notes": notes,
+        }
+    finally:
+        shutil.rmtree(config_dir, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print()
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
