@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import socket
@@ -85,7 +86,7 @@ async def test_queue_uses_a_foreground_worker_over_a_local_socket(tiny_config, t
     env = {**os.environ, "CLAYBOT_WORKER_KEY": "test-secret"}
     claybot = Path(sys.executable).parent / "claybot"
     worker = subprocess.Popen([claybot, "worker", "--config", tiny_config_path, "--listen", address], env=env,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.DEVNULL)
     try:
         monkeypatch.setenv("CLAYBOT_WORKER_KEY", "test-secret")
         settings = tiny_config.queue.model_copy(update={"worker_address": address})
@@ -105,21 +106,28 @@ async def test_queue_uses_a_foreground_worker_over_a_local_socket(tiny_config, t
         worker.wait(timeout=30)
 
 
-async def test_a_queue_with_the_wrong_key_is_refused(tiny_config, tiny_config_path, monkeypatch):
+async def test_a_queue_with_the_wrong_key_is_refused(tiny_config, tiny_config_path, monkeypatch, tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     claybot = Path(sys.executable).parent / "claybot"
-    worker = subprocess.Popen([claybot, "worker", "--config", tiny_config_path, "--listen", address],
-                              env={**os.environ, "CLAYBOT_WORKER_KEY": "right"}, stderr=subprocess.PIPE, text=True)
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        worker = subprocess.Popen([claybot, "worker", "--config", tiny_config_path, "--listen", address],
+                                  env={**os.environ, "CLAYBOT_WORKER_KEY": "right"}, stdout=log, stderr=log)
     try:
+        for _ in range(600):  # the worker loads its models first
+            if "worker listening" in log_path.read_text():
+                break
+            await asyncio.sleep(0.2)
         monkeypatch.setenv("CLAYBOT_WORKER_KEY", "wrong")
         queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"worker_address": address}))
         await queue.start()
         try:
             with pytest.raises(TimeoutError):
-                await queue.wait_ready(timeout=10)
+                await queue.wait_ready(timeout=5)
         finally:
             await queue.close(grace=1)
+        assert worker.poll() is None  # a wrong key does not bring the worker down
     finally:
         worker.terminate()
-        _, err = worker.communicate(timeout=30)
-    assert "refused a connection" in err
+        worker.wait(timeout=30)
+    assert "refused a connection" in log_path.read_text()
