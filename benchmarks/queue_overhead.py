@@ -122,7 +122,12 @@ CHAT_SIDE = textwrap.dedent("""
         await queue.close()
 
     asyncio.run(main())
-    print(json.dumps({"import_s": import_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM is this process's own peak; ru_maxrss would carry over the parent's peak across fork+exec.
+    try:
+        peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"import_s": import_s, "peak_rss_mb": peak_kb / 1024,
                       "gpu_libraries_loaded": [m for m in ("torch", "diffusers", "onnxruntime") if m in sys.modules]}))
 """)
 
