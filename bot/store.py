@@ -1,0 +1,180 @@
+"""Persistent per-server / per-chat settings: a small SQLite key-value store shared by the front ends.
+
+A *scope* names whose settings they are (``"discord:guild:123"``, ``"telegram:chat:-100…"``, ``"discord:app:42"``);
+values are stored as JSON. SQLite runs in a worker thread (``asyncio.to_thread``) so the event loop never waits on the
+disk, and each scope is cached after its first read, so a setting changed here applies to the next event at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bot.config import BotSettings
+from pipeline.errors import ClaybotError
+
+logger = logging.getLogger(__name__)
+
+STORE_FILE = "settings.sqlite3"
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (
+    scope      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+)
+"""
+
+
+class StoreError(ClaybotError):
+    """The settings database cannot be opened or written."""
+
+
+def store_path(settings: BotSettings) -> Path:
+    """Where the settings database lives: ``bot.data_dir/settings.sqlite3``."""
+    return Path(settings.data_dir).expanduser() / STORE_FILE
+
+
+class SettingsStore:
+    """Typed key-value settings per scope, persisted in SQLite; use ``async with`` or open()/close()."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one connection, used from whichever worker thread to_thread picks
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._writing = asyncio.Lock()  # a scope read into the cache never races a write to it
+
+    async def __aenter__(self) -> SettingsStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Create the database file (and its folder) if needed."""
+        if self._db is None:
+            self._db = await asyncio.to_thread(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if isinstance(self.path, Path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+            db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"cannot open the settings database {self.path}: {err}") from None
+        return db
+
+    async def close(self) -> None:
+        """Close the database; the store can be opened again."""
+        db, self._db = self._db, None
+        self._cache.clear()
+        if db is not None:
+            await asyncio.to_thread(self._locked, db.close)
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+
+    async def scope(self, scope: str) -> dict[str, Any]:
+        """Every setting of a scope (a copy)."""
+        return dict(await self._scope(scope))
+
+    async def get(self, scope: str, key: str, default: Any = None) -> Any:
+        """A setting as stored (any JSON value), or ``default``."""
+        return (await self._scope(scope)).get(key, default)
+
+    async def get_bool(self, scope: str, key: str, default: bool) -> bool:
+        """A true/false setting."""
+        return await self._typed(scope, key, default, bool)
+
+    async def get_int(self, scope: str, key: str, default: int) -> int:
+        """A whole-number setting."""
+        value = await self.get(scope, key, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) else self._wrong(scope, key, default)
+
+    async def get_float(self, scope: str, key: str, default: float | None) -> float | None:
+        """A number setting (whole numbers are taken as floats)."""
+        value = await self.get(scope, key, default)
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return None if value is None else float(value)
+        return self._wrong(scope, key, default)
+
+    async def get_str(self, scope: str, key: str, default: str | None) -> str | None:
+        """A text setting."""
+        value = await self.get(scope, key, default)
+        return value if value is None or isinstance(value, str) else self._wrong(scope, key, default)
+
+    async def get_list(self, scope: str, key: str, default: list | None = None) -> list:
+        """A list setting (a fresh list: changing it changes nothing stored)."""
+        value = await self.get(scope, key, default if default is not None else [])
+        return list(value) if isinstance(value, list) else self._wrong(scope, key, list(default or []))
+
+    async def _typed(self, scope: str, key: str, default: T, kind: type[T]) -> T:
+        value = await self.get(scope, key, default)
+        return value if isinstance(value, kind) else self._wrong(scope, key, default)
+
+    @staticmethod
+    def _wrong(scope: str, key: str, default: T) -> T:
+        logger.warning("setting %s/%s has an unexpected type; using the default", scope, key)
+        return default
+
+    async def _scope(self, scope: str) -> dict[str, Any]:
+        cached = self._cache.get(scope)
+        if cached is None:
+            async with self._writing:
+                rows = await asyncio.to_thread(self._query, "SELECT key, value FROM settings WHERE scope = ?",
+                                               (scope,))
+                cached = self._cache.setdefault(scope, {key: json.loads(value) for key, value in rows})
+        return cached
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+
+    async def set(self, scope: str, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value; ``None`` removes the setting (back to the default)."""
+        if value is None:
+            await self.delete(scope, key)
+            return
+        text = json.dumps(value, ensure_ascii=False)  # readable with the sqlite3 shell
+        async with self._writing:
+            await asyncio.to_thread(self._query, "INSERT INTO settings (scope, key, value, updated_at) "
+                                    "VALUES (?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET "
+                                    "value = excluded.value, updated_at = excluded.updated_at",
+                                    (scope, key, text, time.time()))
+            if scope in self._cache:
+                self._cache[scope][key] = json.loads(text)  # the stored form: tuples become lists
+
+    async def delete(self, scope: str, key: str) -> None:
+        """Remove one setting."""
+        async with self._writing:
+            await asyncio.to_thread(self._query, "DELETE FROM settings WHERE scope = ? AND key = ?", (scope, key))
+            self._cache.get(scope, {}).pop(key, None)
+
+    async def clear(self, scope: str) -> None:
+        """Remove every setting of a scope."""
+        async with self._writing:
+            await asyncio.to_thread(self._query, "DELETE FROM settings WHERE scope = ?", (scope,))
+            self._cache.pop(scope, None)
+
+    # -- the database thread ---------------------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: tuple) -> list[tuple]:
+        if self._db is None:
+            raise StoreError("the settings store is not open")
+        try:
+            return self._locked(lambda: self._db.execute(sql, params).fetchall())
+        except sqlite3.Error as err:
+            raise StoreError(f"settings database {self.path}: {err}") from None
+
+    def _locked(self, call):
+        with self._lock:
+            return call()

@@ -1,0 +1,77 @@
+"""The clay feature: the /clay slash command and the "Clay it" message context menu."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord_client import Photo, find_photo
+from bot.flow import MAX_STRENGTH, MIN_STRENGTH
+
+if TYPE_CHECKING:
+    from bot.discord_client import ClayBot
+
+logger = logging.getLogger(__name__)
+
+Strength = app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH]
+Seed = app_commands.Range[int, 0, 2**31 - 1]
+
+DESCRIPTIONS = {
+    "image": "The photo to turn into clay",
+    "strength": "How much to change it: 0.05 keeps the photo, 1 ignores it; 0.4–0.6 keeps the layout",
+    "seed": "Makes the result reproducible; default: random",
+    "style": "The look to give it",
+}
+
+
+class Clay(commands.Cog):
+    """/clay and "Clay it": each defers at once, then shows progress and the picture with its buttons."""
+
+    def __init__(self, bot: ClayBot) -> None:
+        self.bot = bot
+        self.clay_command = clay_command(self, sorted(bot.config.styles))
+        self.clay_it_menu = app_commands.ContextMenu(name="Clay it", callback=self.clay_it)
+        bot.tree.add_command(self.clay_command)
+        bot.tree.add_command(self.clay_it_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.clay_command.name)
+        self.bot.tree.remove_command(self.clay_it_menu.name, type=self.clay_it_menu.type)
+
+    async def clay(self, interaction: discord.Interaction, image: discord.Attachment, *, strength: float | None,
+                   seed: int | None, style: str | None) -> None:
+        """/clay image:<attachment> [strength] [seed] [style]."""
+        await self.bot.serve(interaction, Photo.from_attachment(image), strength=strength, seed=seed, style=style)
+
+    async def clay_it(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The context menu on a message: its first image, at the server's default strength."""
+        photo = find_photo(message, self.bot.session, self.bot.flow.max_bytes(interaction.filesize_limit))
+        await self.bot.serve(interaction, photo)
+
+
+def clay_command(cog: Clay, styles: list[str]) -> app_commands.Command:
+    """/clay, with a ``style`` choice only when the config has several styles."""
+    description = "Turn a photo into a claymation picture"
+
+    @app_commands.describe(image=DESCRIPTIONS["image"], strength=DESCRIPTIONS["strength"], seed=DESCRIPTIONS["seed"])
+    async def clay(interaction: discord.Interaction, image: discord.Attachment, strength: Strength | None = None,
+                   seed: Seed | None = None) -> None:
+        await cog.clay(interaction, image, strength=strength, seed=seed, style=None)
+
+    @app_commands.describe(**DESCRIPTIONS)
+    @app_commands.choices(style=[app_commands.Choice(name=name, value=name) for name in styles])
+    async def clay_in_style(interaction: discord.Interaction, image: discord.Attachment,
+                            strength: Strength | None = None, seed: Seed | None = None,
+                            style: str | None = None) -> None:
+        await cog.clay(interaction, image, strength=strength, seed=seed, style=style)
+
+    return app_commands.Command(name="clay", description=description,
+                                callback=clay_in_style if len(styles) > 1 else clay)
+
+
+async def setup(bot: ClayBot) -> None:
+    await bot.add_cog(Clay(bot))

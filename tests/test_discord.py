@@ -1,0 +1,545 @@
+"""The Discord front end end to end: the real discord.py client against a fake Discord, the real queue and worker on
+the tiny models. Each test asserts what a user would see: what the bot sent where, and the picture itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+
+import discord
+import pytest
+import pytest_asyncio
+from discord import app_commands
+from PIL import Image
+
+from bot.discord_client import ClayBot, DiscordFrontEnd, fit_upload, guild_scope
+from bot.flow import RequestFlow, UserError
+from cogs.admin import parse_emoji
+from cogs.clay import clay_command
+from pipeline.errors import ClaybotError
+from pipeline.local import LocalQueue
+from tests.conftest import photo_bytes
+from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeInteraction
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TOKEN = "MTE5ODc2NTQzMjEwOTg3NjU0.GfAkE1.not-a-real-discord-token-0123456789"
+PHOTO = photo_bytes((128, 96))
+JOB = 60.0  # seconds a test waits for one picture at most
+BUTTONS = ["Again", "Stronger", "Weaker", "Delete"]
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def queue(tiny_config):
+    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
+    await queue.start()
+    try:
+        await queue.wait_ready(timeout=120)
+        yield queue
+    finally:
+        await queue.close(grace=5)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fake():
+    fake = FakeDiscord(TOKEN)
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture(scope="module")
+def config(tiny_config, fake, tmp_path_factory):
+    discord_settings = tiny_config.discord.model_copy(update={
+        "api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "guild_ready_timeout": 0.05,
+        "message_content_intent": True})
+    bot_settings = tiny_config.bot.model_copy(update={"data_dir": str(tmp_path_factory.mktemp("discord-data"))})
+    return tiny_config.model_copy(update={"discord": discord_settings, "bot": bot_settings})
+
+
+@contextlib.asynccontextmanager
+async def running_front_end(config, queue, token=TOKEN):
+    front_end = DiscordFrontEnd(config, RequestFlow(queue, config, min_edit_interval=0.05), token)
+    await asyncio.wait_for(front_end.start(), 30)
+    try:
+        yield front_end
+    finally:
+        await asyncio.wait_for(front_end.close(), 30)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def front_end(config, queue, fake):
+    async with running_front_end(config, queue) as front_end:
+        yield front_end
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.split(".")[0] in ("discord", "bot", "cogs", "tests"):
+            self.records.append(record)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def bot(front_end, fake) -> ClayBot:
+    """The running bot, with its server's settings back to the defaults; fails the test on any logged error."""
+    await front_end.store.clear(guild_scope(fake.guild_id))
+    front_end.bot.token_margin = 60.0
+    errors = _Errors()
+    logging.getLogger().addHandler(errors)
+    try:
+        yield front_end.bot
+    finally:
+        logging.getLogger().removeHandler(errors)
+    # A task nobody awaits dies silently: the gateway task must still run, and nothing may have been logged.
+    assert not front_end.connection.done(), front_end.connection
+    assert not errors.records, [errors.format(r) for r in errors.records]
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------------
+
+
+def result_of(interaction: FakeInteraction):
+    """Matches the edit of an interaction's original response that carries the picture."""
+    return lambda call: (call.method == "PATCH" and call.path.endswith(f"/{interaction.token}/messages/@original")
+                         and bool(call.files))
+
+
+def fields(call: Call) -> dict[str, str]:
+    return {field["name"]: field["value"] for field in call.json["embeds"][0]["fields"]}
+
+
+def labels(call: Call) -> list[str]:
+    return [button["label"] for row in call.json["components"] for button in row["components"]]
+
+
+def picture(call: Call) -> tuple[str, Image.Image]:
+    name = next(name for name in call.files if name.startswith("clay."))
+    image = Image.open(io.BytesIO(call.files[name]))
+    image.load()
+    return name, image
+
+
+def assert_photo_shape(image: Image.Image) -> None:
+    assert abs(image.width / image.height - 128 / 96) < 0.03, image.size
+
+
+def index_of(fake: FakeDiscord, predicate) -> int:
+    return next(i for i, call in enumerate(fake.calls) if predicate(call))
+
+
+async def clay(fake: FakeDiscord, user: dict, **options) -> tuple[FakeInteraction, Call]:
+    """/clay with the photo; the interaction and the edit that brought the picture."""
+    interaction = await fake.slash("clay", user, image=fake.attachment(PHOTO), **options)
+    return interaction, await fake.wait_for(result_of(interaction), timeout=JOB)
+
+
+async def barrier(fake: FakeDiscord, bot: ClayBot) -> None:
+    """Wait until the bot has handled the events sent so far (an interaction's answer comes after them)."""
+    interaction = await fake.slash("claysettings", fake.admin, permissions=MANAGE_GUILD)
+    await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
+    await asyncio.sleep(0.05)
+
+
+def replies_to(fake: FakeDiscord, message: dict) -> list[Call]:
+    return [call for call in fake.calls if call.method == "POST" and call.path.endswith("/messages")
+            and str((call.json or {}).get("message_reference", {}).get("message_id")) == message["id"]]
+
+
+async def reaction_answer(fake: FakeDiscord, message: dict) -> tuple[Call, Call]:
+    """The reply the bot posted to a message someone reacted to, and the edit that brought the picture."""
+    status = await fake.wait_for(lambda call: bool(replies_to(fake, message)), timeout=10)
+    status = replies_to(fake, message)[0]
+    answer = next(m for m in fake.messages.values()
+                  if str(m.get("message_reference", {}).get("message_id")) == message["id"])
+    final = await fake.wait_for(lambda call: call.method == "PATCH" and bool(call.files)
+                                and call.path == f"/channels/{answer['channel_id']}/messages/{answer['id']}",
+                                timeout=JOB)
+    return status, final
+
+
+# -- /clay ------------------------------------------------------------------------------------------------------------
+
+
+async def test_slash_command_defers_at_once_then_shows_progress_and_the_picture_with_buttons(bot, fake):
+    photo = fake.attachment(PHOTO)
+    interaction = await fake.slash("clay", fake.alice, image=photo, strength=0.6, seed=42)
+    final = await fake.wait_for(result_of(interaction), timeout=JOB)
+
+    calls = fake.calls_of(interaction)
+    assert calls[0].path.endswith("/callback") and calls[0].json["type"] == 5  # deferred, "thinking"
+    assert calls[0].at - interaction.sent_at < 3.0  # Discord's limit for the acknowledgement
+    download = index_of(fake, lambda call: call.path == photo["url"].removeprefix(fake.base))
+    assert index_of(fake, lambda call: call is calls[0]) < download  # acknowledged before the photo was even fetched
+    statuses = [call.json["content"] for call in calls if call.method == "PATCH" and not call.files]
+    assert any("oven" in text or "Queued" in text for text in statuses), statuses
+    assert any(text.startswith("Sculpting") for text in statuses), statuses
+    assert final is calls[-1]
+
+    name, image = picture(final)
+    assert name == "clay.png" and image.format == "PNG"
+    assert_photo_shape(image)
+    assert final.json["content"] is None  # the status line is gone
+    assert fields(final) == {"Style": "clay", "Strength": "0.6", "Seed": "42"}
+    embed = final.json["embeds"][0]
+    assert embed["image"]["url"] == "attachment://clay.png"
+    assert embed["thumbnail"]["url"] == "attachment://source.jpg" and "source.jpg" in final.files
+    assert embed["description"]  # the tags used
+    assert labels(final) == BUTTONS
+    assert fake.original(interaction)["attachments"][0]["filename"] == "clay.png"
+
+
+async def test_a_non_image_attachment_is_refused_ephemerally_without_downloading_it(bot, fake):
+    document = fake.attachment(b"%PDF-1.4 not a photo", "notes.pdf", "application/pdf")
+    interaction = await fake.slash("clay", fake.alice, image=document)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
+    assert answer.json["type"] == 4 and answer.json["data"]["flags"] == EPHEMERAL
+    assert "not an image" in answer.json["data"]["content"]
+    await barrier(fake, bot)
+    assert document["url"].removeprefix(fake.base) not in fake.downloads
+
+
+async def test_an_attachment_over_the_limit_is_refused_ephemerally_without_downloading_it(bot, fake):
+    ours = fake.attachment(PHOTO, size=30 * 2**20)  # over bot.max_photo_mb (20)
+    theirs = fake.attachment(PHOTO, size=3 * 2**20)  # over the interaction's attachment_size_limit below
+    for photo, limit, said in ((ours, 10 * 2**20, "30.0 MB"), (theirs, 2 * 2**20, "up to 2 MB")):
+        interaction = await fake.slash("clay", fake.alice, image=photo, size_limit=limit)
+        answer = await fake.wait_for(lambda call, i=interaction: call.path.endswith(f"/{i.token}/callback"),
+                                     timeout=10)
+        assert answer.json["type"] == 4 and answer.json["data"]["flags"] == EPHEMERAL
+        assert said in answer.json["data"]["content"]
+    await barrier(fake, bot)
+    assert not {ours["url"], theirs["url"]} & {fake.base + path for path in fake.downloads}
+
+
+async def test_a_corrupt_image_gets_an_ephemeral_answer_and_the_next_request_works(bot, fake):
+    broken = fake.attachment(b"\x89PNG\r\n\x1a\n this is not really a PNG", "photo.png", "image/png")
+    interaction = await fake.slash("clay", fake.alice, image=broken)
+    follow_up = await fake.wait_for(lambda call: call.method == "POST" and call.path.endswith(interaction.token),
+                                    timeout=JOB)
+    assert follow_up.json["flags"] == EPHEMERAL and "not an image I can read" in follow_up.json["content"]
+    await fake.wait_for(lambda call: call.method == "DELETE" and interaction.token in call.path, timeout=10)
+    ephemeral = [m for m in fake.messages.values() if "not an image I can read" in m["content"]]
+    assert ephemeral and all(m["flags"] & EPHEMERAL for m in ephemeral)  # nobody else saw it
+    assert fake.original(interaction) is None  # the "thinking" message is gone
+
+    _, final = await clay(fake, fake.bob, seed=7)
+    assert fields(final)["Seed"] == "7"
+
+
+async def test_a_picture_over_the_upload_limit_is_sent_as_a_smaller_jpeg_or_webp(bot, fake):
+    limit = 12_000  # the photo fits; the tiny model's noisy PNG does not
+    interaction = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO), size_limit=limit, seed=3)
+    final = await fake.wait_for(result_of(interaction), timeout=JOB)
+    name, image = picture(final)
+    assert name in ("clay.jpg", "clay.webp") and image.format in ("JPEG", "WEBP")
+    assert sum(len(data) for data in final.files.values()) <= limit
+    assert_photo_shape(image)
+    assert final.json["embeds"][0]["image"]["url"] == f"attachment://{name}"
+
+
+async def test_a_job_that_outlives_the_interaction_token_answers_in_the_channel(bot, fake):
+    bot.token_margin = 15 * 60 + 5  # as if the 15 minutes were already over
+    start = len(fake.calls)
+    interaction = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO), seed=11)
+    posted = await fake.wait_for(lambda call: call.method == "POST" and call.files
+                                 and call.path == f"/channels/{fake.channel_id}/messages", timeout=JOB, after=start)
+    assert posted.json["content"].startswith(f"<@{fake.alice['id']}>")
+    assert fields(posted)["Seed"] == "11" and labels(posted) == BUTTONS
+    assert_photo_shape(picture(posted)[1])
+    assert not [call for call in fake.calls_of(interaction) if call.method == "PATCH"]  # no use of the dead token
+
+
+# -- "Clay it" --------------------------------------------------------------------------------------------------------
+
+
+async def test_context_menu_on_a_message_with_an_image_attachment_answers_with_the_picture(bot, fake):
+    message = fake.post_message(fake.bob, "my cat", attachments=[fake.attachment(PHOTO)])
+    interaction = await fake.context_menu("Clay it", message, fake.alice)
+    final = await fake.wait_for(result_of(interaction), timeout=JOB)
+    calls = fake.calls_of(interaction)
+    assert calls[0].json["type"] == 5 and calls[0].at - interaction.sent_at < 3.0
+    assert any(call.json["content"].startswith("Sculpting") for call in calls if call.method == "PATCH"
+               and not call.files)
+    assert fields(final)["Strength"] == "0.5"  # the style's default
+    assert labels(final) == BUTTONS
+    name, image = picture(final)
+    assert name == "clay.png"
+    assert_photo_shape(image)
+
+
+async def test_context_menu_on_a_posted_image_link_uses_its_image_embed(bot, fake):
+    embed = fake.image_embed(PHOTO)
+    message = fake.post_message(fake.bob, "https://example.com/cat.jpg", embeds=[embed])
+    interaction = await fake.context_menu("Clay it", message, fake.alice)
+    final = await fake.wait_for(result_of(interaction), timeout=JOB)
+    assert embed["thumbnail"]["proxy_url"].removeprefix(fake.base) in fake.downloads  # through Discord's proxy
+    assert_photo_shape(picture(final)[1])
+
+
+async def test_context_menu_on_a_message_without_an_image_is_answered_ephemerally(bot, fake):
+    message = fake.post_message(fake.bob, "no pictures here")
+    interaction = await fake.context_menu("Clay it", message, fake.alice)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
+    assert answer.json["type"] == 4 and answer.json["data"]["flags"] == EPHEMERAL
+    assert "no image" in answer.json["data"]["content"]
+
+
+# -- buttons ----------------------------------------------------------------------------------------------------------
+
+
+async def test_again_makes_a_new_picture_from_the_same_photo_with_another_seed(bot, fake):
+    first, made = await clay(fake, fake.alice, strength=0.5, seed=100)
+    press = await fake.press(first.original, "Again", fake.bob)
+    again = await fake.wait_for(result_of(press), timeout=JOB)
+    assert fake.calls_of(press)[0].json["type"] == 5  # a new "thinking" message, the first picture stays
+    assert fields(again)["Strength"] == "0.5" and fields(again)["Seed"] != "100"
+    assert first.original in fake.messages
+    source = next(a for a in fake.messages[first.original]["attachments"] if a["filename"] == "source.jpg")
+    assert source["url"].removeprefix(fake.base) in fake.downloads  # the photo came from the result message
+    assert_photo_shape(picture(again)[1])
+    assert fake.original(press)["embeds"][0]["footer"]["text"] == "for bob"  # bob's picture now
+
+
+async def test_stronger_and_weaker_change_the_strength_by_a_tenth_and_keep_the_seed(bot, fake):
+    first, _ = await clay(fake, fake.alice, strength=0.5, seed=200)
+    for label, strength in (("Stronger", "0.6"), ("Weaker", "0.4")):
+        press = await fake.press(first.original, label, fake.alice)
+        answer = await fake.wait_for(result_of(press), timeout=JOB)
+        assert fields(answer) == {"Style": "clay", "Strength": strength, "Seed": "200"}
+        assert labels(answer) == BUTTONS
+
+
+async def test_only_the_requester_can_delete_a_picture(bot, fake):
+    first, _ = await clay(fake, fake.alice, seed=300)
+    refused = await fake.press(first.original, "Delete", fake.bob)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{refused.token}/callback"), timeout=10)
+    assert answer.json["type"] == 4 and answer.json["data"]["flags"] == EPHEMERAL
+    assert "Only the person who asked" in answer.json["data"]["content"]
+    assert first.original in fake.messages
+
+    allowed = await fake.press(first.original, "Delete", fake.alice)
+    await fake.wait_for(lambda call: call.method == "DELETE" and allowed.token in call.path, timeout=10)
+    assert fake.calls_of(allowed)[0].json["type"] == 6  # acknowledged without a new message
+    assert first.original not in fake.messages
+
+
+# -- reactions --------------------------------------------------------------------------------------------------------
+
+
+async def test_a_reaction_gets_a_reply_to_that_message_mentioning_who_reacted(bot, fake):
+    message = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+    await fake.react(message, fake.alice)
+    status, final = await reaction_answer(fake, message)
+    assert status.json["content"].startswith(f"<@{fake.alice['id']}>")
+    assert [str(user) for user in status.json["allowed_mentions"]["users"]] == [fake.alice["id"]]
+    assert not status.json["allowed_mentions"]["replied_user"]  # the poster is not pinged
+    assert final.json["content"] == f"<@{fake.alice['id']}>"
+    assert fields(final)["Strength"] == "0.5" and labels(final) == BUTTONS
+    name, image = picture(final)
+    assert name == "clay.png"
+    assert_photo_shape(image)
+    answer = f"/channels/{fake.channel_id}/messages/{final.path.rsplit('/', 1)[1]}"
+    progress = [call.json["content"] for call in fake.calls if call.method == "PATCH" and call.path == answer
+                and not call.files]
+    assert any("Sculpting" in text for text in [status.json["content"], *progress]), progress
+
+
+async def test_more_reactions_while_the_picture_is_being_made_start_nothing_more(bot, fake):
+    photo = fake.attachment(PHOTO)
+    message = fake.post_message(fake.bob, attachments=[photo])
+    for user in (fake.alice, fake.bob, fake.admin):
+        await fake.react(message, user)
+    await reaction_answer(fake, message)
+    await barrier(fake, bot)
+    assert len(replies_to(fake, message)) == 1
+    assert fake.downloads.count(photo["url"].removeprefix(fake.base)) == 1
+    # Once it is done, a new reaction is a new request.
+    await fake.react(message, fake.admin)
+    await fake.wait_for(lambda call: len(replies_to(fake, message)) == 2, timeout=10)
+
+
+async def test_reactions_with_other_emoji_and_on_messages_without_images_are_ignored(bot, fake):
+    with_photo = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+    without = fake.post_message(fake.bob, "just text")
+    await fake.react(with_photo, fake.alice, "\N{THUMBS UP SIGN}")
+    await fake.react(without, fake.alice)
+    await barrier(fake, bot)
+    assert not replies_to(fake, with_photo) and not replies_to(fake, without)
+
+
+# -- /claysettings ----------------------------------------------------------------------------------------------------
+
+
+async def test_claysettings_is_refused_without_manage_server(bot, fake):
+    interaction = await fake.slash("claysettings", fake.alice, reactions=False)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
+    assert answer.json["data"]["flags"] == EPHEMERAL and "Manage Server" in answer.json["data"]["content"]
+    assert (await bot.guild_settings(fake.guild_id)).reactions is True
+    definition = fake.command("claysettings")
+    assert int(definition["default_member_permissions"]) == MANAGE_GUILD  # hidden from the others in Discord
+
+
+async def test_claysettings_applies_at_once_reactions_emoji_and_strength(bot, fake):
+    interaction = await fake.slash("claysettings", fake.admin, permissions=MANAGE_GUILD, reactions=False)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
+    assert answer.json["data"]["flags"] == EPHEMERAL and "Reactions: off" in answer.json["data"]["content"]
+    message = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+    await fake.react(message, fake.alice)
+    await barrier(fake, bot)
+    assert not replies_to(fake, message)  # reactions are off here now
+
+    interaction = await fake.slash("claysettings", fake.admin, permissions=MANAGE_GUILD, reactions=True,
+                                   emoji="\N{ARTIST PALETTE}", strength=0.3)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
+    assert "Reactions: on (\N{ARTIST PALETTE})" in answer.json["data"]["content"]
+    assert "Default strength: 0.3" in answer.json["data"]["content"]
+    await fake.react(message, fake.alice)  # the old emoji does nothing
+    await fake.react(message, fake.alice, "\N{ARTIST PALETTE}")
+    _, final = await reaction_answer(fake, message)
+    assert fields(final)["Strength"] == "0.3"
+    assert len(replies_to(fake, message)) == 1
+
+    bad = await fake.slash("claysettings", fake.admin, permissions=MANAGE_GUILD, emoji="clay")
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{bad.token}/callback"), timeout=10)
+    assert "not an emoji" in answer.json["data"]["content"]
+    assert (await bot.guild_settings(fake.guild_id)).emoji == "\N{ARTIST PALETTE}"
+
+
+async def test_claysettings_channels_limit_where_the_bot_answers(bot, fake):
+    interaction = await fake.slash("claysettings", fake.admin, permissions=MANAGE_GUILD,
+                                   allow_channel=fake.channel_id)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
+    assert f"Answers in: <#{fake.channel_id}>" in answer.json["data"]["content"]
+
+    elsewhere = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)], channel_id=fake.other_channel_id)
+    await fake.react(elsewhere, fake.alice)
+    refused = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO), channel_id=fake.other_channel_id)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{refused.token}/callback"), timeout=10)
+    assert answer.json["data"]["flags"] == EPHEMERAL
+    assert f"only answer in <#{fake.channel_id}>" in answer.json["data"]["content"]
+    await barrier(fake, bot)
+    assert not replies_to(fake, elsewhere)
+
+    interaction = await fake.slash("claysettings", fake.admin, permissions=MANAGE_GUILD, all_channels=True)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
+    assert "Answers in: every channel" in answer.json["data"]["content"]
+
+
+# -- starting, stopping, secrets --------------------------------------------------------------------------------------
+
+
+async def test_commands_are_registered_once_and_buttons_work_after_a_restart(bot, front_end, config, queue, fake):
+    registrations = [call for call in fake.calls if call.method == "PUT" and call.path.endswith("/commands")]
+    assert len(registrations) == 1 and front_end.bot.synced is True
+    assert {d["name"] for d in registrations[0].json} == {"clay", "Clay it", "claysettings"}
+    first, _ = await clay(fake, fake.alice, strength=0.5, seed=400)
+
+    async with running_front_end(config, queue) as restarted:  # a new process, the same data directory
+        assert restarted.bot.synced is False
+        press = await fake.press(first.original, "Stronger", fake.alice)  # made by the old bot, pressed on the new
+        answer = await fake.wait_for(result_of(press), timeout=JOB)
+        assert fields(answer)["Strength"] == "0.6" and fields(answer)["Seed"] == "400"
+    assert len([call for call in fake.calls if call.method == "PUT" and call.path.endswith("/commands")]) == 1
+
+    test_guild = config.model_copy(update={"discord": config.discord.model_copy(
+        update={"test_guild_id": fake.guild_id})})
+    async with running_front_end(test_guild, queue) as in_guild:  # changed definitions: registered again
+        assert in_guild.bot.synced is True
+    put = [call for call in fake.calls if call.method == "PUT"][-1]
+    assert put.path == f"/applications/{fake.app_id}/guilds/{fake.guild_id}/commands"
+
+
+async def test_stop_taking_refuses_new_requests_while_running_ones_still_get_their_picture(bot, config, queue, fake):
+    async with running_front_end(config, queue) as stopping:
+        running = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO), seed=500)
+        await fake.wait_for(lambda call: call.method == "PATCH" and running.token in call.path, timeout=JOB)
+        await stopping.stop_taking()
+        late = await fake.slash("clay", fake.bob, image=fake.attachment(PHOTO))
+        answer = await fake.wait_for(lambda call: call.path.endswith(f"/{late.token}/callback"), timeout=10)
+        assert answer.json["data"]["flags"] == EPHEMERAL and "restarting" in answer.json["data"]["content"]
+        final = await fake.wait_for(result_of(running), timeout=JOB)
+        assert fields(final)["Seed"] == "500"
+
+
+async def test_the_token_never_appears_in_the_logs(bot, config, queue, fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with running_front_end(config, queue):
+        await clay(fake, fake.alice, seed=600)
+    assert caplog.records and "logging in using static token" in caplog.text  # DEBUG logs were captured
+    for record in caplog.records:
+        assert TOKEN not in record.getMessage() and TOKEN not in str(record.args)
+        assert TOKEN.split(".")[-1] not in record.getMessage()
+    assert TOKEN not in repr(bot) and TOKEN not in caplog.text
+
+
+async def test_a_wrong_token_stops_start_with_a_message_naming_the_variable(bot, config, queue, fake):
+    with pytest.raises(ClaybotError, match="CLAYBOT_DISCORD_TOKEN") as refused:
+        async with running_front_end(config, queue, token="wrong-token"):
+            pass
+    assert "wrong-token" not in str(refused.value)
+
+
+async def test_reactions_without_the_message_content_intent_warn_the_operator(bot, config, queue, fake, caplog):
+    without = config.model_copy(update={"discord": config.discord.model_copy(update={"message_content_intent": False})})
+    caplog.set_level(logging.WARNING, logger="bot.discord_client")
+    async with running_front_end(without, queue):
+        pass
+    assert "message_content_intent is off" in caplog.text
+    content = discord.Intents(message_content=True).value
+    assert not fake.identify_payloads[-1]["intents"] & content
+    assert fake.identify_payloads[0]["intents"] & content  # the module's bot asked for it
+
+    fake.allow_message_content = False  # asked for while the portal has it off: a clear refusal
+    try:
+        with pytest.raises(ClaybotError, match="MESSAGE CONTENT intent"):
+            async with running_front_end(config, queue):
+                pass
+    finally:
+        fake.allow_message_content = True
+
+
+# -- pieces -----------------------------------------------------------------------------------------------------------
+
+
+async def test_fit_upload_keeps_a_png_that_fits_and_shrinks_one_that_does_not():
+    noisy = Image.effect_noise((256, 192), 64).convert("RGB")
+    buffer = io.BytesIO()
+    noisy.save(buffer, format="PNG")
+    png = buffer.getvalue()
+    assert fit_upload(png, len(png)) == (png, "clay.png")
+    for limit in (len(png) // 3, 6_000):
+        data, name = fit_upload(png, limit)
+        image = Image.open(io.BytesIO(data))
+        assert len(data) <= limit and name.split(".")[1] in ("jpg", "webp") and image.format in ("JPEG", "WEBP")
+        assert abs(image.width / image.height - 256 / 192) < 0.03
+
+
+async def test_clay_offers_a_style_choice_only_when_there_are_several_styles():
+    tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
+    one = clay_command(None, ["clay"]).to_dict(tree)
+    several = clay_command(None, ["clay", "plasticine"]).to_dict(tree)
+    assert [o["name"] for o in one["options"]] == ["image", "strength", "seed"]
+    style = several["options"][-1]
+    assert style["name"] == "style" and [c["value"] for c in style["choices"]] == ["clay", "plasticine"]
+    strength = one["options"][1]
+    assert (strength["min_value"], strength["max_value"]) == (0.05, 1.0)  # Discord refuses the rest itself
+    assert all(option["description"] for option in one["options"])
+
+
+async def test_reaction_emoji_settings_accept_emoji_and_refuse_words():
+    assert parse_emoji(" \N{AMPHORA} ") == "\N{AMPHORA}"
+    assert parse_emoji("<:clay:123456789012345678>") == "<:clay:123456789012345678>"
+    heart = "\N{HEAVY BLACK HEART}\N{VARIATION SELECTOR-16}"
+    assert parse_emoji(heart) == heart
+    for word in ("clay", "", "🏺 and more words"):
+        with pytest.raises(UserError, match="not an emoji"):
+            parse_emoji(word)
