@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Runs claybot. Until the chat front ends land this is the offline demo: tiny models, one photo stylized.
-run: demo
+# Runs the bot: the enabled front ends (tokens from CLAYBOT_TELEGRAM_TOKEN / CLAYBOT_DISCORD_TOKEN) and the worker.
+run: $(STAMP)
+	$(VENV)/bin/claybot run --config $(CONFIG)
 
+# Offline in seconds, no token, no model download: tiny models, examples/photo.jpg → out/clay.png.
 demo: $(STAMP)
 	test -f $(TINY)/config.toml || $(VENV)/bin/claybot tiny-models $(TINY)
 	$(VENV)/bin/claybot stylize examples/photo.jpg -o out/clay.png --config $(TINY)/config.toml --seed 1
