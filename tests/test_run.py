@@ -1,0 +1,79 @@
+"""`claybot run`, unmodified, as an operator starts it: both front ends against our fake platforms on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from pathlib import Path
+
+import tomlkit
+from PIL import Image
+
+from tests.conftest import photo_bytes
+from tests.fake_discord import FakeDiscord
+from tests.fake_telegram import FakeTelegram, private_chat, user
+
+CLAYBOT = Path(sys.executable).parent / "claybot"
+TELEGRAM_TOKEN = "5550009999:AAH-fake_token_for_the_run_test-012345"
+DISCORD_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAw.fake00.run-test-token-not-a-real-one-000"
+PHOTO = photo_bytes((128, 96))
+
+
+def _config(tiny_config_path: Path, folder: Path, telegram: FakeTelegram, discord: FakeDiscord) -> Path:
+    doc = tomlkit.parse(tiny_config_path.read_text(encoding="utf-8"))
+    doc["bot"]["data_dir"] = str(folder / "data")
+    doc["telegram"]["api_base_url"] = telegram.api_base_url
+    doc["telegram"]["file_base_url"] = telegram.file_base_url
+    doc["discord"]["api_base_url"] = discord.api_base_url
+    doc["discord"]["gateway_url"] = discord.gateway_url
+    doc["discord"]["guild_ready_timeout"] = 0.1
+    path = folder / "config.toml"
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return path
+
+
+async def test_claybot_run_answers_a_photo_on_telegram_and_on_discord(tiny_config_path, tmp_path):
+    telegram, discord = FakeTelegram(TELEGRAM_TOKEN), FakeDiscord(DISCORD_TOKEN)
+    await telegram.start()
+    await discord.start()
+    config = _config(tiny_config_path, tmp_path, telegram, discord)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAYBOT_TELEGRAM_TOKEN": TELEGRAM_TOKEN,
+           "CLAYBOT_DISCORD_TOKEN": DISCORD_TOKEN}
+    log = tmp_path / "claybot.log"
+    with log.open("w") as out:
+        process = await asyncio.create_subprocess_exec(CLAYBOT, "run", "--config", str(config), env=env,
+                                                       stdout=out, stderr=out)
+    try:
+        # Both front ends came up: Telegram long-polls, Discord registered its commands.
+        await telegram.wait_for(lambda call: call.method == "getUpdates", timeout=120)
+        await discord.wait_for(lambda call: call.method == "PUT" and call.path.endswith("/commands"), timeout=120)
+
+        alice = user(1001, "Alice")
+        sent = await telegram.send_photo(private_chat(alice), alice, PHOTO, caption="/clay 0.6")
+        answer = await telegram.wait_for(
+            lambda call: call.method in ("sendPhoto", "sendDocument") and call.reply_to == sent["message_id"],
+            timeout=120)
+        image = Image.open(io.BytesIO(next(iter(answer.files.values()))))
+        assert image.format == "PNG" and abs(image.width / image.height - 4 / 3) < 0.03
+
+        interaction = await discord.slash("clay", discord.alice, image=discord.attachment(PHOTO), strength=0.6)
+        result = await discord.wait_for(
+            lambda call: call.method == "PATCH" and call.path.endswith(f"/{interaction.token}/messages/@original")
+            and bool(call.files), timeout=120)
+        clay = Image.open(io.BytesIO(result.files["clay.png"]))
+        assert clay.format == "PNG" and abs(clay.width / clay.height - 4 / 3) < 0.03
+
+        # SIGTERM: it stops in order and exits cleanly.
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 90) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await telegram.close()
+        await discord.close()
+    text = log.read_text()
+    assert TELEGRAM_TOKEN not in text and DISCORD_TOKEN not in text, "a token reached the log"

@@ -1,0 +1,491 @@
+"""The Telegram front end end to end: the real python-telegram-bot Application against a fake Bot API server,
+the real queue and pipeline worker on the tiny models, driven by real update JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.config import Config, ConfigError, parse_config
+from bot.flow import USAGE, RequestFlow
+from bot.telegram import (
+    DOWNLOAD_LIMIT,
+    MAX_CALLBACK_DATA,
+    Photo,
+    RecentPhotos,
+    TelegramFrontEnd,
+    button_data,
+    download_limit,
+    parse_button,
+)
+from pipeline.local import SHUTDOWN_REASON, LocalQueue
+from tests.conftest import photo_bytes
+from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, user
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TOKEN = "5550001234:AAH-fake_token_for_claybot_tests-0123456"
+EDIT_INTERVAL = 0.3  # the tests' status_edit_interval: short, so tiny jobs still show progress edits
+LANDSCAPE, PORTRAIT = photo_bytes((128, 96)), photo_bytes((96, 128), fmt="PNG")
+ALICE, BOB = user(1001, "Alice"), user(1002, "Bob")
+ALICE_CHAT, GROUP = private_chat(ALICE), group_chat()
+
+
+def with_telegram(config: Config, fake: FakeTelegram, **settings) -> Config:
+    """The tiny config pointed at the fake server."""
+    telegram = {"api_base_url": fake.api_base_url, "file_base_url": fake.file_base_url,
+                "status_edit_interval": EDIT_INTERVAL, **settings}
+    return config.model_copy(update={"telegram": config.telegram.model_copy(update=telegram)})
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def queue(tiny_config):
+    """One real queue and pipeline worker for the module: a worker start costs seconds."""
+    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
+    await queue.start()
+    try:
+        await queue.wait_ready(timeout=120)
+        yield queue
+    finally:
+        await queue.close(grace=5)
+
+
+@dataclass
+class Running:
+    """A started TelegramFrontEnd and the fake server it talks to."""
+
+    fake: FakeTelegram
+    front_end: TelegramFrontEnd
+
+    async def picture_for(self, photo: dict, *, after: int = 0, timeout: float = 60.0) -> Call:
+        """The picture sent as a reply to ``photo`` in its chat."""
+        return await self.fake.wait_for(
+            lambda c: c.method in ("sendPhoto", "sendDocument") and c.params["chat_id"] == photo["chat"]["id"]
+            and c.reply_to == photo["message_id"], after=after, timeout=timeout)
+
+    async def text_for(self, message: dict, *, after: int = 0, timeout: float = 30.0) -> Call:
+        """A text message sent as a reply to ``message``."""
+        return await self.fake.wait_for(
+            lambda c: c.method == "sendMessage" and c.params["chat_id"] == message["chat"]["id"]
+            and c.reply_to == message["message_id"], after=after, timeout=timeout)
+
+    async def status_removed(self, status: Call, timeout: float = 30.0) -> Call:
+        return await self.fake.wait_for(
+            lambda c: c.method == "deleteMessage" and c.params["message_id"] == status.result["message_id"],
+            timeout=timeout)
+
+    def edits_of(self, status: Call) -> list[Call]:
+        return [c for c in self.fake.calls_to("editMessageText")
+                if c.params["chat_id"] == status.params["chat_id"]
+                and c.params["message_id"] == status.result["message_id"]]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def telegram(tiny_config, queue, caplog):
+    """The real Application (through TelegramFrontEnd) polling a fake Bot API server; logs captured at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    flow = RequestFlow(queue, tiny_config, min_edit_interval=0.05)  # our own pacing is what is under test
+    front_end = TelegramFrontEnd(with_telegram(tiny_config, fake), flow, TOKEN)
+    try:
+        await asyncio.wait_for(front_end.start(), 15)
+        yield Running(fake, front_end)
+    finally:
+        await asyncio.wait_for(front_end.close(), 30)
+        await fake.close()
+    assert TOKEN not in caplog.text
+
+
+def check_picture(answer: Call, photo_size: tuple[int, int], *, strength: float) -> int:
+    """A PNG of the photo's aspect ratio, captioned with its strength and seed, with the three buttons; its seed."""
+    image = Image.open(io.BytesIO(answer.files.get("photo") or answer.files["document"]))
+    assert image.format == "PNG"
+    assert image.width / image.height == pytest.approx(photo_size[0] / photo_size[1], rel=0.03)
+    caption = answer.params["caption"]
+    assert caption.startswith(f"clay · strength {strength:g} · seed ")
+    buttons = answer.params["reply_markup"]["inline_keyboard"][0]
+    assert [b["text"] for b in buttons] == ["🎲 Again", "💪 Stronger", "🪶 Weaker"]
+    assert all(len(b["callback_data"].encode()) <= MAX_CALLBACK_DATA for b in buttons)
+    return int(re.search(r"seed (\d+)", caption).group(1))
+
+
+def check_status(running: Running, status: Call, answer: Call, removed: Call) -> None:
+    """Position first, then progress edits no faster than the interval, gone once the picture is there."""
+    assert "next" in status.params["text"] or "#" in status.params["text"]
+    edits = running.edits_of(status)
+    assert any(e.params["text"].startswith("Sculpting") for e in edits), [e.params["text"] for e in edits]
+    times = [status.at] + [e.at for e in edits]
+    assert all(later - earlier >= EDIT_INTERVAL - 0.01 for earlier, later in zip(times, times[1:], strict=False))
+    assert all(e.at <= answer.at for e in edits)
+    assert removed.at >= answer.at
+
+
+# -- starting -------------------------------------------------------------------------------------------------------
+
+
+async def test_start_asks_for_messages_buttons_and_reactions_and_sets_the_command_menu(telegram):
+    await telegram.fake.wait_for(lambda c: c.method == "getUpdates" and "allowed_updates" in c.params,
+                                 answered=False, timeout=10)
+    assert set(telegram.fake.allowed_updates) >= {"message", "callback_query", "message_reaction"}
+    commands = telegram.fake.calls_to("setMyCommands")[0].params["commands"]
+    assert [c["command"] for c in commands] == ["clay", "help"]
+    assert telegram.fake.calls[0].method == "getMe"  # the token is checked first
+
+
+async def test_a_wrong_token_stops_start_with_a_message_that_does_not_show_it(tiny_config, queue, caplog):
+    caplog.set_level(logging.DEBUG)
+    wrong = "5550001234:AAH-not-the-right-token-000000000000"
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    front_end = TelegramFrontEnd(with_telegram(tiny_config, fake), RequestFlow(queue, tiny_config), wrong)
+    try:
+        with pytest.raises(ConfigError, match="CLAYBOT_TELEGRAM_TOKEN") as err:
+            await asyncio.wait_for(front_end.start(), 15)
+    finally:
+        await asyncio.wait_for(front_end.close(), 15)
+        await fake.close()
+    assert wrong not in str(err.value) and wrong not in caplog.text
+
+
+# -- each way of asking ---------------------------------------------------------------------------------------------
+
+
+async def test_photo_with_caption_comes_back_in_clay_as_a_reply_with_buttons(telegram, caplog):
+    photo = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.6")
+
+    status = await telegram.text_for(photo)
+    answer = await telegram.picture_for(photo)
+    removed = await telegram.status_removed(status)
+
+    check_picture(answer, (128, 96), strength=0.6)
+    check_status(telegram, status, answer, removed)
+    assert any(c.params == {"chat_id": ALICE["id"], "action": "upload_photo"}
+               for c in telegram.fake.calls_to("sendChatAction"))
+    assert telegram.fake.calls_to("download"), "the photo was fetched through getFile and the file URL"
+    assert "telegram request (caption) from user 1001" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+async def test_image_sent_as_a_file_with_a_caption_naming_this_bot_is_stylized(telegram):
+    photo = await telegram.fake.send_document(GROUP, ALICE, PORTRAIT, file_name="portrait.png",
+                                              mime_type="image/png", caption="/clay@claybot_test_bot 0.7")
+
+    status = await telegram.text_for(photo)
+    answer = await telegram.picture_for(photo)
+    removed = await telegram.status_removed(status)
+
+    check_picture(answer, (96, 128), strength=0.7)
+    check_status(telegram, status, answer, removed)
+
+
+async def test_a_caption_for_another_bot_is_left_alone(telegram):
+    await telegram.fake.send_photo(GROUP, ALICE, LANDSCAPE, caption="/clay@some_other_bot 0.6")
+    await asyncio.sleep(0.8)
+    assert not telegram.fake.calls_to("sendMessage", "sendPhoto", "getFile")
+
+
+async def test_reply_clay_to_a_photo_in_a_group_answers_the_photo(telegram):
+    photo = await telegram.fake.send_photo(GROUP, ALICE, LANDSCAPE)
+    command = await telegram.fake.send_text(GROUP, BOB, "/clay 0.6", reply_to=photo)
+
+    status = await telegram.text_for(photo)
+    answer = await telegram.picture_for(photo)
+    removed = await telegram.status_removed(status)
+
+    check_picture(answer, (128, 96), strength=0.6)
+    check_status(telegram, status, answer, removed)
+    assert answer.params["chat_id"] == GROUP["id"] and command["chat"]["id"] == GROUP["id"]
+
+
+async def test_reaction_with_the_configured_emoji_on_a_photo_the_bot_saw_is_stylized(telegram):
+    photo = await telegram.fake.send_photo(GROUP, ALICE, PORTRAIT)
+    await telegram.fake.react(GROUP, BOB, photo["message_id"], "👍")  # not the configured emoji: nothing
+    await asyncio.sleep(0.5)
+    assert not telegram.fake.calls_to("sendMessage", "getFile")
+
+    await telegram.fake.react(GROUP, BOB, photo["message_id"], "🗿", old=("👍",))
+
+    status = await telegram.text_for(photo)
+    answer = await telegram.picture_for(photo)
+    removed = await telegram.status_removed(status)
+    check_picture(answer, (96, 128), strength=0.5)  # the style's default strength
+    check_status(telegram, status, answer, removed)
+
+
+async def test_each_button_reruns_the_original_photo(telegram):
+    photo = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.5")
+    first = await telegram.picture_for(photo)
+    seed = check_picture(first, (128, 96), strength=0.5)
+    buttons = {b["text"]: b["callback_data"] for b in first.params["reply_markup"]["inline_keyboard"][0]}
+
+    for text, strength, same_seed in (("💪 Stronger", 0.6, True), ("🪶 Weaker", 0.4, True),
+                                      ("🎲 Again", 0.5, False)):
+        mark = len(telegram.fake.calls)
+        query_id = await telegram.fake.press(ALICE, first.result, buttons[text])
+        answer = await telegram.picture_for(photo, after=mark)
+        new_seed = check_picture(answer, (128, 96), strength=strength)
+        assert (new_seed == seed) is same_seed, text
+        since = telegram.fake.calls[mark:]
+        methods = [c.method for c in since]
+        answered = next(i for i, c in enumerate(since)
+                        if c.method == "answerCallbackQuery" and c.params["callback_query_id"] == query_id)
+        assert answered < methods.index("getFile"), "the button press is acknowledged before any work"
+        status = next(c for c in since if c.method == "sendMessage" and c.reply_to == photo["message_id"])
+        await telegram.status_removed(status)
+
+
+async def test_buttons_work_on_pictures_sent_before_a_restart(telegram):
+    # The fresh front end never saw this photo or this picture: the button and the reply carry everything.
+    photo = await telegram.fake.send_photo(GROUP, ALICE, PORTRAIT)
+    old_picture = {"message_id": 9000, "date": 0, "chat": GROUP, "from": telegram.fake.bot_user,
+                   "photo": photo["photo"], "caption": "clay · strength 0.5 · seed 42\nno tags",
+                   "reply_to_message": photo}
+    telegram.fake.messages[(GROUP["id"], 9000)] = old_picture
+
+    await telegram.fake.press(BOB, old_picture, button_data("clay", 0.6, 42))
+
+    answer = await telegram.picture_for(photo)
+    assert check_picture(answer, (96, 128), strength=0.6) == 42
+
+
+async def test_a_button_whose_photo_is_gone_says_so_at_once(telegram):
+    orphan = {"message_id": 9001, "date": 0, "chat": GROUP, "from": telegram.fake.bot_user,
+              "caption": "clay · strength 0.5 · seed 42\nno tags"}
+    telegram.fake.chats[GROUP["id"]] = GROUP
+    telegram.fake.messages[(GROUP["id"], 9001)] = orphan
+
+    query_id = await telegram.fake.press(BOB, orphan, button_data("clay", 0.6, 42))
+
+    answer = await telegram.fake.wait_for(lambda c: c.method == "answerCallbackQuery")
+    assert answer.params["callback_query_id"] == query_id and answer.params["show_alert"] == "true"
+    assert "original photo" in answer.params["text"]
+    await asyncio.sleep(0.3)
+    assert not telegram.fake.calls_to("getFile", "sendMessage")
+
+
+# -- bad input ------------------------------------------------------------------------------------------------------
+
+
+async def test_a_file_over_the_download_limit_is_refused_before_any_download(telegram):
+    photo = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay", file_size=25_000_000)
+
+    refusal = await telegram.text_for(photo)
+
+    assert "23.8 MB" in refusal.params["text"] and "20 MB" in refusal.params["text"]
+    await asyncio.sleep(0.3)
+    assert not telegram.fake.calls_to("getFile", "download", "sendPhoto")
+
+
+async def test_a_file_too_big_for_getfile_gets_a_clear_message_when_its_size_was_not_told(telegram):
+    photo = await telegram.fake.send_document(ALICE_CHAT, ALICE, LANDSCAPE, file_name="huge.jpg",
+                                              mime_type="image/jpeg", caption="/clay", file_size=25_000_000,
+                                              size_in_metadata=False)
+
+    refusal = await telegram.text_for(photo)
+
+    assert refusal.params["text"] == "That file is larger than the 20 MB Telegram lets bots download."
+    assert [c.error for c in telegram.fake.calls_to("getFile")] == ["Bad Request: file is too big"]
+    assert not telegram.fake.calls_to("download", "sendPhoto")
+
+
+@pytest.mark.parametrize(("how", "strength"), [("reply", "7"), ("reply", "abc"), ("reply", "-1"),
+                                               ("caption", "abc"), ("caption", "0")])
+async def test_a_bad_strength_gets_the_usage(telegram, how, strength):
+    if how == "reply":
+        photo = await telegram.fake.send_photo(GROUP, ALICE, LANDSCAPE)
+        asked = await telegram.fake.send_text(GROUP, BOB, f"/clay {strength}", reply_to=photo)
+    else:
+        asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption=f"/clay {strength}")
+
+    answer = await telegram.text_for(asked)
+
+    assert USAGE in answer.params["text"]
+    assert not telegram.fake.calls_to("getFile", "sendPhoto")
+
+
+async def test_clay_with_nothing_to_work_on_gets_the_usage(telegram):
+    alone = await telegram.fake.send_text(ALICE_CHAT, ALICE, "/clay 0.6")
+    text = await telegram.fake.send_text(GROUP, ALICE, "look at this")
+    on_text = await telegram.fake.send_text(GROUP, BOB, "/clay", reply_to=text)
+
+    assert (await telegram.text_for(alone)).params["text"] == USAGE
+    assert (await telegram.text_for(on_text)).params["text"] == USAGE
+
+
+async def test_a_file_that_is_not_an_image_gets_a_clear_message(telegram):
+    pdf = await telegram.fake.send_document(ALICE_CHAT, ALICE, b"%PDF-1.4 not a picture", file_name="cv.pdf",
+                                            mime_type="application/pdf", caption="/clay")
+    answer = await telegram.text_for(pdf)
+    assert answer.params["text"].startswith("That file is not an image (application/pdf)")
+
+    in_group = await telegram.fake.send_document(GROUP, ALICE, b"plain text", file_name="notes.txt",
+                                                 mime_type="text/plain")
+    command = await telegram.fake.send_text(GROUP, BOB, "/clay", reply_to=in_group)
+    assert "not an image" in (await telegram.text_for(command)).params["text"]
+    assert not telegram.fake.calls_to("getFile")
+
+
+async def test_a_corrupt_jpeg_gets_a_clear_reason_and_the_next_user_is_served(telegram):
+    broken = LANDSCAPE[: len(LANDSCAPE) // 3]
+    photo = await telegram.fake.send_document(ALICE_CHAT, ALICE, broken, file_name="broken.jpg",
+                                              mime_type="image/jpeg", caption="/clay")
+    reason = await telegram.text_for(photo)
+    assert "damaged" in reason.params["text"] or "not an image" in reason.params["text"]
+
+    next_photo = await telegram.fake.send_photo(GROUP, BOB, LANDSCAPE, caption="/clay")
+    check_picture(await telegram.picture_for(next_photo), (128, 96), strength=0.5)
+
+
+async def test_a_reaction_on_a_message_the_bot_never_saw_is_ignored_quietly(telegram, caplog):
+    await telegram.fake.react(GROUP, BOB, 123456, "🗿")
+    await asyncio.sleep(0.5)
+    assert not telegram.fake.calls_to("sendMessage", "getFile")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    help_asked = await telegram.fake.send_text(GROUP, BOB, "/help")
+    await telegram.text_for(help_asked)
+
+
+# -- talking ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["/start", "/help"])
+async def test_start_and_help_explain_every_way_to_ask(telegram, command):
+    asked = await telegram.fake.send_text(ALICE_CHAT, ALICE, command)
+    await telegram.fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE["id"])
+    text = telegram.fake.calls_to("sendMessage")[0].params["text"]
+    assert asked["text"] == command
+    for words in ("caption /clay", "reply /clay", "react to a photo with 🗿", "admin", "/clay@claybot_test_bot",
+                  "🎲 Again", "20 MB"):
+        assert words in text
+
+
+async def test_an_unexpected_failure_is_logged_and_answered_with_a_calm_line(telegram, caplog):
+    telegram.fake.fail_next("sendMessage", 400, "Bad Request: something unexpected")
+    asked = await telegram.fake.send_text(GROUP, ALICE, "/help")
+
+    calm = await telegram.text_for(asked)
+
+    assert calm.params["text"] == "Sorry, something went wrong on my side; please try again."
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "bot.telegram"]
+    assert failures and "something unexpected" in str(failures[0].exc_info[1]).lower()
+
+
+async def test_a_photo_without_the_command_in_a_private_chat_gets_a_hint(telegram):
+    photo = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE)
+    hint = await telegram.text_for(photo)
+    assert hint.params["text"].startswith("Reply /clay to this photo")
+    assert not telegram.fake.calls_to("getFile")
+
+
+async def test_three_users_asking_at_once_each_get_their_own_picture(telegram):
+    carol = user(1003, "Carol")
+    alice_photo, bob_photo, carol_photo = await asyncio.gather(
+        telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.6"),
+        telegram.fake.send_photo(GROUP, BOB, PORTRAIT, caption="/clay 0.7"),
+        telegram.fake.send_photo(GROUP, carol, LANDSCAPE, caption="/clay 0.8"))
+
+    answers = await asyncio.gather(*(telegram.picture_for(p) for p in (alice_photo, bob_photo, carol_photo)))
+
+    for answer, photo, size, strength in zip(answers, (alice_photo, bob_photo, carol_photo),
+                                             ((128, 96), (96, 128), (128, 96)), (0.6, 0.7, 0.8), strict=True):
+        check_picture(answer, size, strength=strength)
+        assert answer.params["chat_id"] == photo["chat"]["id"] and answer.reply_to == photo["message_id"]
+    statuses = [await telegram.text_for(p) for p in (alice_photo, bob_photo, carol_photo)]
+    for status in statuses:
+        await telegram.status_removed(status)
+    shown = [s.params["text"] for s in statuses] + [e.params["text"] for s in statuses
+                                                    for e in telegram.edits_of(s)]
+    assert any("#2" in text for text in shown) and any("#3" in text for text in shown), shown
+    # Telegram's limits are per chat: the group's two status messages share one pace of edits.
+    group_edits = sorted(e.at for s in statuses[1:] for e in telegram.edits_of(s))
+    assert all(later - earlier >= EDIT_INTERVAL - 0.01 for earlier, later in zip(group_edits, group_edits[1:],
+                                                                                  strict=False))
+
+
+async def test_stopping_still_answers_a_user_whose_photo_was_waiting(tiny_config, tmp_path, monkeypatch, caplog):
+    # A queue whose worker never comes (nothing listens at the address): the job waits until the queue closes.
+    monkeypatch.setenv("CLAYBOT_WORKER_KEY", "test-secret")
+    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(
+        update={"worker_address": str(tmp_path / "nobody.sock")}))
+    await queue.start()
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    front_end = TelegramFrontEnd(with_telegram(tiny_config, fake), RequestFlow(queue, tiny_config), TOKEN)
+    try:
+        await asyncio.wait_for(front_end.start(), 15)
+        running = Running(fake, front_end)
+        photo = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
+        status = await running.text_for(photo)
+        assert "next" in status.params["text"]
+
+        await asyncio.wait_for(front_end.stop_taking(), 15)
+        assert not front_end.application.updater.running
+        await asyncio.wait_for(queue.close(grace=0), 15)
+
+        failure = await fake.wait_for(lambda c: c.method == "editMessageText"
+                                      and c.params["message_id"] == status.result["message_id"]
+                                      and c.params["text"] == SHUTDOWN_REASON, timeout=15)
+        assert failure.result["text"] == SHUTDOWN_REASON
+    finally:
+        await asyncio.wait_for(front_end.close(), 30)
+        await queue.close(grace=0)
+        await fake.close()
+    assert TOKEN not in caplog.text
+
+
+# -- pieces (async only because the module's tests all run on its one event loop) -----------------------------------
+
+
+async def test_recent_photos_are_bounded_and_expire():
+    now = [0.0]
+    photos = RecentPhotos(max_size=2, ttl=10.0, clock=lambda: now[0])
+    first, second, third = (Photo(-1, i, f"file-{i}", 100) for i in (1, 2, 3))
+    photos.remember(first)
+    photos.remember(second)
+    photos.remember(third)
+    assert photos.get(-1, 1) is None and photos.get(-1, 3) == third  # the oldest went first
+    now[0] = 5.0
+    photos.remember(second)  # seen again: kept longer
+    now[0] = 12.0
+    assert photos.get(-1, 3) is None and photos.get(-1, 2) == second and len(photos) == 1
+    assert RecentPhotos(max_size=0, ttl=10.0).get(-1, 1) is None
+
+
+async def test_button_data_fits_telegrams_64_bytes_and_round_trips():
+    data = button_data("clay", 0.6, 2**31 - 1)
+    assert len(data.encode()) <= MAX_CALLBACK_DATA
+    assert parse_button(data) == ("clay", 0.6, 2**31 - 1)
+    assert parse_button(button_data("clay", 0.5, None)) == ("clay", 0.5, None)
+    long_style = button_data("a_style_name_far_too_long_for_a_button_" * 2, 0.6, 2**31 - 1)
+    assert len(long_style.encode()) <= MAX_CALLBACK_DATA and parse_button(long_style)[0] is None
+    with pytest.raises(ValueError):
+        parse_button("something|else")
+
+
+async def test_reaction_emoji_must_be_one_telegram_accepts(tmp_path):
+    def telegram(**settings):
+        return parse_config({"telegram": settings}, base_dir=tmp_path, check_models=False).telegram
+
+    assert telegram().reaction_emoji == "🗿"
+    assert telegram(reaction_emoji="❤️").reaction_emoji == "❤"  # typed with the variation selector
+    assert telegram(reaction_emoji="").reaction_emoji == ""  # reactions off
+    with pytest.raises(ConfigError, match=r"telegram\.reaction_emoji: must be one of Telegram's reaction emoji"):
+        telegram(reaction_emoji="🧱")
+    with pytest.raises(ConfigError, match=r"telegram\.api_base_url: must be an http"):
+        telegram(api_base_url="api.telegram.org/bot")
+
+
+async def test_local_mode_lifts_the_download_limit(tmp_path):
+    settings = parse_config({}, base_dir=Path(tmp_path), check_models=False).telegram
+    assert download_limit(settings) == DOWNLOAD_LIMIT == 20 * 2**20
+    assert download_limit(settings.model_copy(update={"local_mode": True})) is None
