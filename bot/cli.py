@@ -159,19 +159,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _front_end_tokens(config: Config) -> dict[str, str]:
-    """The enabled front ends and their tokens; a missing token stops start-up naming its variable."""
-    wanted = {"telegram": config.telegram, "discord": config.discord}
-    tokens = {}
-    for name, section in wanted.items():
-        if not section.enabled:
-            continue
-        value = token(section.token_env)
-        if not value:
-            raise ConfigError(f"{name}.enabled is true but the environment variable {section.token_env} is empty: "
-                              f"put the bot token there, or set {name}.enabled = false")
-        tokens[name] = value
-    if not tokens:
+    """The enabled front ends that have a token. One without its token is skipped with a warning naming the
+    variable; with none at all, start-up stops saying what to set."""
+    sections = {"telegram": config.telegram, "discord": config.discord}
+    enabled = {name: section for name, section in sections.items() if section.enabled}
+    if not enabled:
         raise ConfigError("no front end is enabled: set telegram.enabled or discord.enabled to true")
+    tokens = {name: value for name, section in enabled.items() if (value := token(section.token_env))}
+    if not tokens:
+        wanted = " and/or ".join(f"{section.token_env} (the {name} bot token)" for name, section in enabled.items())
+        raise ConfigError(f"no bot token in the environment: set {wanted}")
+    for name, section in enabled.items():
+        if name not in tokens:
+            logger.warning("%s is not started: the environment variable %s is empty (or set %s.enabled = false)",
+                           name, section.token_env, name)
     return tokens
 
 

@@ -183,3 +183,23 @@ def test_check_refuses_an_unknown_key_with_exit_status_2_naming_it(config_path, 
     assert run.returncode == 2
     assert "pipeline.colour_boost" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_run_without_any_token_says_which_variables_to_set(tiny_config_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAYBOT_")}
+    out = subprocess.run([str(CLAYBOT), "run", "--config", str(tiny_config_path)], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert out.returncode == 2
+    assert "CLAYBOT_TELEGRAM_TOKEN" in out.stderr and "CLAYBOT_DISCORD_TOKEN" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_run_with_one_token_starts_that_front_end_alone(tiny_config, monkeypatch, caplog):
+    from bot.cli import _front_end_tokens
+
+    monkeypatch.delenv("CLAYBOT_DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("CLAYBOT_TELEGRAM_TOKEN", "123:abc")
+    with caplog.at_level("WARNING"):
+        assert _front_end_tokens(tiny_config) == {"telegram": "123:abc"}
+    assert "discord is not started: the environment variable CLAYBOT_DISCORD_TOKEN is empty" in caplog.text
+    assert "123:abc" not in caplog.text
