@@ -12,7 +12,8 @@ import pytest
 
 from bot.config import load_config
 from pipeline.jobs import Done, ErrorKind, Failed, Progress, Queued, Started, StyleRequest
-from pipeline.redis_queue import RedisQueue
+from pipeline.redis_queue import RedisQueue, redis_status
+from pipeline.status import render
 from tests.conftest import photo_bytes
 from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker
 
@@ -65,6 +66,10 @@ async def test_two_workers_share_a_burst_of_eight_jobs(server, tiny_config_path,
         done_by = {name: info["done"] for name, info in (await queue.workers()).items()}
         assert sum(done_by.values()) == 8
         assert all(count > 0 for count in done_by.values()), done_by
+        # `claybot status` for this backend: both workers alive, the 8 jobs of the last hour, their times.
+        shown = render(await redis_status(load_config(config).queue))
+        assert "queue:    0 waiting, 0 running" in shown and shown.count(" alive on cpu") == 2
+        assert "last hour: 8 done" in shown and "job time: p50 " in shown
         # Nothing grows: answered jobs leave the stream and their photos leave Redis.
         assert await queue.redis.xlen(queue.keys.jobs) == 0
         assert not await queue.redis.keys(f"{queue.keys.prefix}:image:*")
