@@ -179,7 +179,7 @@ def _front_end_tokens(config: Config) -> dict[str, str]:
 async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
     import signal
 
-    from bot.flow import RequestFlow
+    from bot.flow import RequestFlow, resume
 
     queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.INFO, status=True)
     await queue.start()
@@ -204,6 +204,13 @@ async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
             logger.info("%s front end running", front_end.name)
         info = await queue.wait_ready()
         logger.info("claybot is running (worker on %s)", info.get("device"))
+        if hasattr(queue, "recover"):  # Redis: jobs accepted before a restart are answered now
+            by_platform = {front_end.name: front_end for front_end in front_ends}
+            recovered = await queue.recover()
+            for handle in recovered:
+                asyncio.create_task(resume(handle, by_platform), name=f"claybot-resume-{handle.id}")
+            if recovered:
+                logger.info("answering %d job(s) accepted before the restart", len(recovered))
         await stop.wait()
         logger.info("stopping: no new requests; running jobs get %.0fs", config.queue.shutdown_grace)
     finally:

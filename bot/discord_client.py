@@ -652,6 +652,14 @@ class DiscordFrontEnd:
         if self.bot is not None:
             self.bot.taking = False
 
+    async def deliver(self, chat_id: str, done: Done | None, text: str) -> None:
+        """A recovered job's answer, posted in its channel (its interaction token is long gone)."""
+        channel = self.bot.get_channel(int(chat_id)) or await self.bot.fetch_channel(int(chat_id))
+        if done is None:
+            await channel.send(text)
+        else:
+            await channel.send(text[:2000], file=discord.File(io.BytesIO(done.image), filename="clay.png"))
+
     async def close(self) -> None:
         """Let running requests answer (briefly), then disconnect and close the store."""
         self._closing = True

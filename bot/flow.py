@@ -22,6 +22,8 @@ from pipeline.jobs import (
     BadRequest,
     Done,
     Failed,
+    JobFailed,
+    JobHandle,
     JobQueue,
     Progress,
     QueueBusy,
@@ -82,6 +84,10 @@ class FrontEnd(Protocol):
 
     async def close(self) -> None:
         """Disconnect."""
+
+    async def deliver(self, chat_id: str, done: Done | None, text: str) -> None:
+        """Post a result (or, with ``done`` None, a line of text) to a chat, without a message to reply to:
+        for jobs a restarted chat process recovers from the queue."""
 
 
 def parse_strength(text: str | None) -> float | None:
@@ -195,6 +201,23 @@ class RequestFlow:
                 await reply.error(event.reason)
                 return None
         return None
+
+
+async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd]) -> None:
+    """Answer a job accepted before a restart, in the chat it came from (``reply_to`` is (platform, chat id))."""
+    try:
+        platform, chat_id = handle.request.reply_to
+        front_end = front_ends[platform]
+    except (TypeError, ValueError, KeyError):
+        logger.warning("recovered job %s has no front end to answer through (%r)", handle.id, handle.request.reply_to)
+        return
+    try:
+        done = await handle.result()
+    except JobFailed as err:
+        await _safely(front_end.deliver(chat_id, None, str(err)))
+        return
+    await _safely(front_end.deliver(chat_id, done, caption(done)))
+    logger.info("recovered job %s answered in %s %s", handle.id, platform, chat_id)
 
 
 class _Pacer:

@@ -654,6 +654,14 @@ class TelegramFrontEnd:
         except TelegramError as err:  # only the command menu is missing
             logger.warning("could not set the bot's command menu: %s", err)
 
+    async def deliver(self, chat_id: str, done: Done | None, text: str) -> None:
+        """A recovered job's answer: the picture with its caption, or the reason there is none."""
+        bot = self.application.bot
+        if done is None:
+            await bot.send_message(int(chat_id), text)
+        else:
+            await bot.send_photo(int(chat_id), photo=done.image, caption=text[:1024])
+
     async def stop_taking(self) -> None:
         """Stop polling; requests already running keep going and still send their answers."""
         updater = self.application.updater

@@ -198,10 +198,10 @@ class FakeTelegram:
         """Recorded calls of these methods, in order."""
         return [call for call in self.calls if call.method in methods]
 
-    async def wait_for(self, predicate: Callable[[Call], bool], *, after: int = 0, answered: bool = True,
+    async def wait_for(self, predicate: Callable[[Call], bool], *, after: int = 0, answered: bool = False,
                        timeout: float = 30.0) -> Call:
-        """The first call from ``calls[after:]`` matching ``predicate`` (and answered with success unless
-        ``answered`` is false), waiting for it if need be."""
+        """The first call from ``calls[after:]`` matching ``predicate`` (with ``answered``, only once the server
+        has answered it with success, so ``result`` holds the sent message), waiting for it if need be."""
         async def first() -> Call:
             async with self._changed:
                 while True:

@@ -69,18 +69,18 @@ class Running:
         """The picture sent as a reply to ``photo`` in its chat."""
         return await self.fake.wait_for(
             lambda c: c.method in ("sendPhoto", "sendDocument") and c.params["chat_id"] == photo["chat"]["id"]
-            and c.reply_to == photo["message_id"], after=after, timeout=timeout)
+            and c.reply_to == photo["message_id"], after=after, answered=True, timeout=timeout)
 
     async def text_for(self, message: dict, *, after: int = 0, timeout: float = 30.0) -> Call:
         """A text message sent as a reply to ``message``."""
         return await self.fake.wait_for(
             lambda c: c.method == "sendMessage" and c.params["chat_id"] == message["chat"]["id"]
-            and c.reply_to == message["message_id"], after=after, timeout=timeout)
+            and c.reply_to == message["message_id"], after=after, answered=True, timeout=timeout)
 
     async def status_removed(self, status: Call, timeout: float = 30.0) -> Call:
         return await self.fake.wait_for(
             lambda c: c.method == "deleteMessage" and c.params["message_id"] == status.result["message_id"],
-            timeout=timeout)
+            answered=True, timeout=timeout)
 
     def edits_of(self, status: Call) -> list[Call]:
         return [c for c in self.fake.calls_to("editMessageText")
@@ -133,8 +133,7 @@ def check_status(running: Running, status: Call, answer: Call, removed: Call) ->
 
 
 async def test_start_asks_for_messages_buttons_and_reactions_and_sets_the_command_menu(telegram):
-    await telegram.fake.wait_for(lambda c: c.method == "getUpdates" and "allowed_updates" in c.params,
-                                 answered=False, timeout=10)
+    await telegram.fake.wait_for(lambda c: c.method == "getUpdates" and "allowed_updates" in c.params, timeout=10)
     assert set(telegram.fake.allowed_updates) >= {"message", "callback_query", "message_reaction"}
     commands = telegram.fake.calls_to("setMyCommands")[0].params["commands"]
     assert [c["command"] for c in commands] == ["clay", "help"]
@@ -361,7 +360,8 @@ async def test_a_reaction_on_a_message_the_bot_never_saw_is_ignored_quietly(tele
 @pytest.mark.parametrize("command", ["/start", "/help"])
 async def test_start_and_help_explain_every_way_to_ask(telegram, command):
     asked = await telegram.fake.send_text(ALICE_CHAT, ALICE, command)
-    await telegram.fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE["id"])
+    await telegram.fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE["id"],
+                                 answered=True)
     text = telegram.fake.calls_to("sendMessage")[0].params["text"]
     assert asked["text"] == command
     for words in ("caption /clay", "reply /clay", "react to a photo with 🗿", "admin", "/clay@claybot_test_bot",
@@ -434,7 +434,7 @@ async def test_stopping_still_answers_a_user_whose_photo_was_waiting(tiny_config
 
         failure = await fake.wait_for(lambda c: c.method == "editMessageText"
                                       and c.params["message_id"] == status.result["message_id"]
-                                      and c.params["text"] == SHUTDOWN_REASON, timeout=15)
+                                      and c.params["text"] == SHUTDOWN_REASON, answered=True, timeout=15)
         assert failure.result["text"] == SHUTDOWN_REASON
     finally:
         await asyncio.wait_for(front_end.close(), 30)
