@@ -25,7 +25,7 @@ from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeI
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-TOKEN = "MTE5ODc2NTQzMjEwOTg3NjU0.GfAkE1.not-a-real-discord-token-0123456789"
+TOKEN = "fake-discord-token.for.claybot-tests"  # not shaped like a real token
 PHOTO = photo_bytes((128, 96))
 JOB = 60.0  # seconds a test waits for one picture at most
 BUTTONS = ["Again", "Stronger", "Weaker", "Delete"]

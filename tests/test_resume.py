@@ -15,7 +15,7 @@ from tests.conftest import photo_bytes
 from tests.fake_telegram import FakeTelegram, private_chat, user
 from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker
 
-TOKEN = "5550004321:AAH-fake_token_for_the_resume_test-0123"
+TOKEN = "555004:fake-telegram-token-resume-test"
 
 
 async def test_jobs_accepted_before_a_restart_are_answered_in_their_chat(tiny_config_path, tmp_path, monkeypatch):

@@ -17,8 +17,8 @@ from tests.fake_discord import FakeDiscord
 from tests.fake_telegram import FakeTelegram, private_chat, user
 
 CLAYBOT = Path(sys.executable).parent / "claybot"
-TELEGRAM_TOKEN = "5550009999:AAH-fake_token_for_the_run_test-012345"
-DISCORD_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAw.fake00.run-test-token-not-a-real-one-000"
+TELEGRAM_TOKEN = "555009:fake-telegram-token-run-test"
+DISCORD_TOKEN = "fake-discord-token.for.run-test"
 PHOTO = photo_bytes((128, 96))
 
 

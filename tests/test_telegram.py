@@ -32,7 +32,7 @@ from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, us
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-TOKEN = "5550001234:AAH-fake_token_for_claybot_tests-0123456"
+TOKEN = "555001:fake-telegram-token-claybot"  # not shaped like a real token
 EDIT_INTERVAL = 0.3  # the tests' status_edit_interval: short, so tiny jobs still show progress edits
 LANDSCAPE, PORTRAIT = photo_bytes((128, 96)), photo_bytes((96, 128), fmt="PNG")
 ALICE, BOB = user(1001, "Alice"), user(1002, "Bob")
@@ -142,7 +142,7 @@ async def test_start_asks_for_messages_buttons_and_reactions_and_sets_the_comman
 
 async def test_a_wrong_token_stops_start_with_a_message_that_does_not_show_it(tiny_config, queue, caplog):
     caplog.set_level(logging.DEBUG)
-    wrong = "5550001234:AAH-not-the-right-token-000000000000"
+    wrong = "555001:not-the-right-token"
     fake = FakeTelegram(TOKEN)
     await fake.start()
     front_end = TelegramFrontEnd(with_telegram(tiny_config, fake), RequestFlow(queue, tiny_config), wrong)
