@@ -123,6 +123,11 @@ class QueueClosed(ClaybotError):
     kind = ErrorKind.SHUTTING_DOWN
 
 
+# Why a job failed, in the words users read; every queue backend uses the same ones.
+CRASH_REASON = "The picture engine crashed on this photo; please try another one."
+SHUTDOWN_REASON = "claybot is restarting; please send your photo again in a minute."
+
+
 def busy_message(waiting: int, limit: int) -> str:
     """What a user hears when the queue is full."""
     return (f"I'm busy: {waiting} photos are already waiting (the limit is {limit}). "

@@ -22,6 +22,8 @@ from typing import Any
 from pipeline.errors import ClaybotError, ModelError
 from pipeline.intake import Intake, take_in
 from pipeline.jobs import (
+    CRASH_REASON,
+    SHUTDOWN_REASON,
     Done,
     ErrorKind,
     Failed,
@@ -41,8 +43,6 @@ from pipeline.status import History, write_atomically
 
 logger = logging.getLogger(__name__)
 
-CRASH_REASON = "The picture engine crashed on this photo; please try another one."
-SHUTDOWN_REASON = "claybot is restarting; please send your photo again in a minute."
 UNAVAILABLE_REASON = "The picture engine is not available right now; please try again later."
 
 

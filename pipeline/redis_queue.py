@@ -29,6 +29,7 @@ from typing import Any
 
 from pipeline.intake import take_in
 from pipeline.jobs import (
+    SHUTDOWN_REASON,
     Done,
     ErrorKind,
     Failed,
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 GROUP = "workers"
 EVENTS_MAXLEN = 10_000
-SHUTDOWN_REASON = "claybot is restarting; please send your photo again in a minute."
 LOST_REASON = "Your photo was lost while claybot restarted; please send it again."
 
 

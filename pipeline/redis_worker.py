@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from pipeline.jobs import ErrorKind, batch_message
+from pipeline.jobs import CRASH_REASON, ErrorKind, batch_message
 from pipeline.redis_queue import EVENTS_MAXLEN, GROUP, Keys, text
 from pipeline.settings import GpuSettings, QueueSettings
 from pipeline.status import gpu_memory_mb
@@ -23,7 +23,6 @@ from pipeline.worker import run_batch
 
 logger = logging.getLogger(__name__)
 
-CRASH_REASON = "The picture engine crashed on this photo; please try another one."
 EXPIRED_REASON = "Your photo waited too long and expired; please send it again."
 
 

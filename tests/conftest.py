@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
+import pytest_asyncio
 from PIL import Image
 
 from bot.cli import ROOT_CONFIG, tiny_config_text
@@ -38,6 +39,20 @@ def tiny_config(tiny_config_path):
     from bot.config import load_config
 
     return load_config(tiny_config_path)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def queue(tiny_config):
+    """One real local queue and pipeline worker for a module's front-end tests: a worker start costs seconds."""
+    from pipeline.local import LocalQueue
+
+    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
+    await queue.start()
+    try:
+        await queue.wait_ready(timeout=120)
+        yield queue
+    finally:
+        await queue.close(grace=5)
 
 
 def photo_bytes(size=(128, 96), color=(200, 120, 40), fmt="JPEG", **save_kwargs) -> bytes:

@@ -19,7 +19,6 @@ from bot.flow import RequestFlow, UserError
 from cogs.admin import parse_emoji
 from cogs.clay import clay_command
 from pipeline.errors import ClaybotError
-from pipeline.local import LocalQueue
 from tests.conftest import photo_bytes
 from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeInteraction
 
@@ -32,17 +31,6 @@ BUTTONS = ["Again", "Stronger", "Weaker", "Delete"]
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def queue(tiny_config):
-    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
-    await queue.start()
-    try:
-        await queue.wait_ready(timeout=120)
-        yield queue
-    finally:
-        await queue.close(grace=5)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from pipeline.jobs import (
+    CRASH_REASON,
     Done,
     ErrorKind,
     Failed,
@@ -28,7 +29,7 @@ from pipeline.jobs import (
     Started,
     StyleRequest,
 )
-from pipeline.local import CRASH_REASON, LocalQueue
+from pipeline.local import LocalQueue
 from tests.conftest import photo_bytes
 
 PHOTO = photo_bytes((128, 96))

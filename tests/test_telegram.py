@@ -26,7 +26,8 @@ from bot.telegram import (
     download_limit,
     parse_button,
 )
-from pipeline.local import SHUTDOWN_REASON, LocalQueue
+from pipeline.jobs import SHUTDOWN_REASON
+from pipeline.local import LocalQueue
 from tests.conftest import photo_bytes
 from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, user
 
@@ -44,18 +45,6 @@ def with_telegram(config: Config, fake: FakeTelegram, **settings) -> Config:
     telegram = {"api_base_url": fake.api_base_url, "file_base_url": fake.file_base_url,
                 "status_edit_interval": EDIT_INTERVAL, **settings}
     return config.model_copy(update={"telegram": config.telegram.model_copy(update=telegram)})
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def queue(tiny_config):
-    """One real queue and pipeline worker for the module: a worker start costs seconds."""
-    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
-    await queue.start()
-    try:
-        await queue.wait_ready(timeout=120)
-        yield queue
-    finally:
-        await queue.close(grace=5)
 
 
 @dataclass
