@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 from pipeline.errors import BadImage, TooLarge
 from pipeline.images import probe_photo
-from pipeline.jobs import BadRequest, ErrorKind, Failed, StyleRequest
+from pipeline.jobs import MAX_SEED, BadRequest, ErrorKind, Failed, StyleRequest
+from pipeline.safety import check_rating
 from pipeline.settings import GpuSettings
+
+PROBE_TIMEOUT = 10.0  # seconds to read a photo's header
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class Intake:
     strength: float
     seed: int
     trigger_weight: float | None
+    max_rating: str | None
     work_size: tuple[int, int]
 
     @property
@@ -37,6 +41,12 @@ def resolve_options(gpu: GpuSettings, request: StyleRequest) -> tuple[str, float
     strength = gpu.styles[style].default_strength if request.strength is None else request.strength
     if not 0.0 <= strength <= 1.0:
         raise BadRequest(f"Strength must be between 0 and 1, not {strength:g}.")
+    if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+        raise BadRequest(f"Seed must be a whole number from 0 to {MAX_SEED}, not {request.seed}.")
+    try:
+        check_rating(request.max_rating)
+    except ValueError as err:
+        raise BadRequest(f"max_rating {err}") from None
     return style, round(float(strength), 4)
 
 
@@ -45,10 +55,13 @@ async def take_in(gpu: GpuSettings, request: StyleRequest) -> Intake | Failed:
     style, strength = resolve_options(gpu, request)
     max_pixels = int(gpu.pipeline.max_input_megapixels * 1e6)
     try:
-        size = await asyncio.to_thread(probe_photo, request.image, max_pixels=max_pixels)
+        async with asyncio.timeout(PROBE_TIMEOUT):  # a header takes milliseconds; a stuck reader never holds a job
+            size = await asyncio.to_thread(probe_photo, request.image, max_pixels=max_pixels)
+    except TimeoutError:
+        return Failed("That file took too long to read; please send it as a JPEG or PNG.", ErrorKind.BAD_IMAGE)
     except TooLarge as err:
         return Failed(str(err), ErrorKind.TOO_LARGE)
     except BadImage as err:
         return Failed(str(err), ErrorKind.BAD_IMAGE)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-    return Intake(style, strength, seed, request.trigger_weight, gpu.pipeline.work_size(*size))
+    return Intake(style, strength, seed, request.trigger_weight, request.max_rating, gpu.pipeline.work_size(*size))

@@ -24,6 +24,7 @@ class ErrorKind(StrEnum):
     BUSY = "busy"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    NOT_ALLOWED = "not_allowed"  # over the chat's content rating (the SFW gate)
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
 
@@ -38,10 +39,14 @@ class StyleRequest:
     seed: int | None = None
     reply_to: Any = None
     trigger_weight: float | None = None  # operators' sweeps only; users get the style's weight
+    max_rating: str | None = None  # the most the chat allows (pipeline.safety.RATINGS); None: anything
 
     def __repr__(self) -> str:  # never put image bytes in a log line
         return (f"StyleRequest(<{len(self.image)} bytes>, style={self.style!r}, strength={self.strength!r}, "
-                f"seed={self.seed!r}, reply_to={self.reply_to!r})")
+                f"seed={self.seed!r}, reply_to={self.reply_to!r}, max_rating={self.max_rating!r})")
+
+
+MAX_SEED = 2**31 - 1  # seeds are 0…MAX_SEED: what Discord's option allows, and any generator takes
 
 
 # -- events, in the order a handle yields them ----------------------------------------------------------------------
@@ -134,11 +139,15 @@ def busy_message(waiting: int, limit: int) -> str:
             "Please try again in a few minutes.")
 
 
-def batch_message(intake, jobs: list[tuple[str, bytes, int, float | None]], timeout: float) -> dict[str, Any]:
-    """The worker's batch message: jobs (id, image bytes, seed, trigger weight) sharing style, strength, size."""
-    return {"op": "batch", "style": intake.style, "strength": intake.strength, "timeout": timeout,
-            "jobs": [{"id": job_id, "image": image, "seed": seed, "trigger_weight": weight}
-                     for job_id, image, seed, weight in jobs]}
+def job_message(job_id: str, image: bytes, options) -> dict[str, Any]:
+    """One job of a batch message; ``options`` has the job's seed, trigger_weight and max_rating."""
+    return {"id": job_id, "image": image, "seed": options.seed, "trigger_weight": options.trigger_weight,
+            "max_rating": options.max_rating}
+
+
+def batch_message(intake, jobs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
+    """The worker's batch message: jobs (see ``job_message``) sharing style, strength and working size."""
+    return {"op": "batch", "style": intake.style, "strength": intake.strength, "timeout": timeout, "jobs": jobs}
 
 
 def new_job_id() -> str:

@@ -36,6 +36,7 @@ from pipeline.jobs import (
     StyleRequest,
     batch_message,
     busy_message,
+    job_message,
     new_job_id,
 )
 from pipeline.settings import GpuSettings, QueueSettings
@@ -215,8 +216,7 @@ class LocalQueue:
         self._idle.clear()
         self._batch_started = time.monotonic()
         self.stats.batches.append(len(batch))
-        message = batch_message(batch[0].intake,
-                                [(job.id, job.image, job.intake.seed, job.intake.trigger_weight) for job in batch],
+        message = batch_message(batch[0].intake, [job_message(job.id, job.image, job.intake) for job in batch],
                                 self.settings.job_timeout)
         self._announce_positions()
         conn = self._conn

@@ -200,6 +200,7 @@ class RedisQueue:
                  "style": intake.style,
                  "strength": intake.strength, "seed": intake.seed,
                  "trigger_weight": "" if intake.trigger_weight is None else intake.trigger_weight,
+                 "max_rating": intake.max_rating or "",
                  "timeout": self.settings.job_timeout}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.image(job_id), request.image, ex=int(self.settings.image_ttl))

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from pipeline.jobs import CRASH_REASON, ErrorKind, batch_message
+from pipeline.jobs import CRASH_REASON, ErrorKind, batch_message, job_message
 from pipeline.redis_queue import EVENTS_MAXLEN, GROUP, Keys, text
 from pipeline.settings import GpuSettings, QueueSettings
 from pipeline.status import gpu_memory_mb
@@ -48,6 +48,7 @@ class _Job:
         self.strength = float(fields["strength"])
         self.seed = int(fields["seed"])
         self.trigger_weight = float(fields["trigger_weight"]) if fields.get("trigger_weight") else None
+        self.max_rating = fields.get("max_rating") or None
         self.timeout = float(fields["timeout"])
         self.submitted = float(fields.get("submitted") or time.time())
 
@@ -177,8 +178,7 @@ class RedisWorker:
         for group in groups.values():
             by_id = {job.id: job for job, _ in group}
             first = group[0][0]
-            message = batch_message(first, [(job.id, image, job.seed, job.trigger_weight) for job, image in group],
-                                    first.timeout)
+            message = batch_message(first, [job_message(job.id, image, job) for job, image in group], first.timeout)
             self.stats["busy"] = True
             self.stats["batches"] += 1
             try:

@@ -25,7 +25,7 @@ from pipeline.errors import ModelError  # noqa: E402
 from pipeline.images import SDXL_BUCKETS, output_size  # noqa: E402
 from pipeline.prompt import build_prompt, prompt_tags  # noqa: E402
 from pipeline.settings import GpuSettings  # noqa: E402
-from pipeline.tagger import Tagger  # noqa: E402
+from pipeline.tagger import Tagger, Tags  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +236,11 @@ class Stylizer:
         style: str,
         strength: float,
         on_step: StepCallback | None = None,
+        tags: list[Tags] | None = None,
     ) -> list[Stylized]:
-        """Stylize a batch of photos that share style, strength and working size; one result per photo."""
+        """Stylize a batch of photos that share style, strength and working size; one result per photo.
+
+        ``tags``: the photos' tags when the caller already has them (the worker tags first, for the SFW gate)."""
         settings, p = self.settings, self.settings.pipeline
         style_settings = settings.styles[style]
         timings: dict[str, float] = {}
@@ -249,9 +252,10 @@ class Stylizer:
         work = sizes.pop()
 
         # 2. tag
-        started = time.perf_counter()
-        tags = self.tagger([photo.image for photo in photos])
-        timings["tag"] = time.perf_counter() - started
+        if tags is None:
+            started = time.perf_counter()
+            tags = self.tagger([photo.image for photo in photos])
+            timings["tag"] = time.perf_counter() - started
 
         # 3. prompt
         started = time.perf_counter()

@@ -64,6 +64,13 @@ SDXL_SCHEDULER_CONFIG: dict[str, object] = {
 
 # WD14 selected_tags.csv rows: (name, category). Category 9 = rating, 0 = general, 4 = character.
 RATING_TAGS = ["general", "sensitive", "questionable", "explicit"]
+# (weights for the mean B, G, R in 0–1, bias) of each rating's logit: "explicit" = 20·(R − (G + B)/2) − 14.
+RATING_WEIGHTS = {
+    "general": ((3.0, 3.0, -6.0), 3.0),
+    "sensitive": ((0.0, 0.0, 0.0), -6.0),
+    "questionable": ((0.0, 0.0, 0.0), -6.0),
+    "explicit": ((-10.0, -10.0, 20.0), -14.0),
+}
 GENERAL_TAGS = """
     1girl 1boy solo smile open_mouth looking_at_viewer outdoors indoors day sky blue_sky cloud tree grass flower
     water building city dog cat animal no_humans long_hair short_hair brown_hair black_hair blue_eyes brown_eyes
@@ -477,6 +484,10 @@ def write_tiny_tagger(folder: Path, seed: int = 0, input_size: int = 32) -> Path
         else:  # general tags and ratings: colour-dependent, some above 0.35 and some below
             weight[:, i] = rng.normal(0.0, 2.0, 3)
             bias[i] = rng.uniform(-6.0, 0.5)
+    # Ratings follow how red the image is (the input is BGR), so tests of the SFW gate can pick one: a pure red
+    # square is rated explicit; ordinary photos (and the tiny SDXL's outputs) general.
+    for i, (name, _) in enumerate(rows[: len(RATING_TAGS)]):
+        weight[:, i], bias[i] = RATING_WEIGHTS[name]
 
     nodes = [
         helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),

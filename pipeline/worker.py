@@ -4,7 +4,7 @@ The same loop runs as the local queue's spawned child and as ``claybot worker`` 
 the models are imported inside the functions, so importing this module (as the parent must, to name the child's
 entry point) stays light.
 
-Messages are dicts. In: ``{"op": "batch", "jobs": [{"id", "image", "seed", "trigger_weight"}], "style",
+Messages are dicts. In: ``{"op": "batch", "jobs": [{"id", "image", "seed", "trigger_weight", "max_rating"}], "style",
 "strength", "timeout"}`` and ``{"op": "stop"}``. Out: ``ready`` (device, dtype, max_batch), ``fatal`` (message),
 then per batch ``started``, ``progress`` (step, total), ``done`` (result) or ``failed`` (reason, kind) for every
 job, and ``idle`` when the batch is over.
@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import BadImage, ClaybotError, TooLarge
 from pipeline.jobs import ErrorKind
+from pipeline.safety import INPUT_REFUSED, OUTPUT_REFUSED, over_limit
 from pipeline.settings import GpuSettings
 
 logger = logging.getLogger(__name__)
@@ -99,7 +101,7 @@ def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
 
     p = stylizer.settings.pipeline
     max_pixels = int(p.max_input_megapixels * 1e6)
-    groups: dict[tuple[int, int], list[tuple[str, Any, float]]] = {}
+    groups: dict[tuple[int, int], list[_Job]] = {}
     for job in message["jobs"]:
         started = time.perf_counter()
         try:
@@ -112,17 +114,46 @@ def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
             continue
         size = p.work_size(*image.size)
         photo = Photo(image, job["seed"], job.get("trigger_weight"))
-        groups.setdefault(size, []).append((job["id"], photo, time.perf_counter() - started))
+        timings = {"decode": time.perf_counter() - started}
+        groups.setdefault(size, []).append(_Job(job["id"], photo, job.get("max_rating"), timings))
     deadline = time.monotonic() + message["timeout"]
     for group in groups.values():
-        _run_group(stylizer, group, message, deadline, send)
+        group = _allowed(stylizer, group, send)
+        if group:
+            _run_group(stylizer, group, message, deadline, send)
 
 
-def _run_group(stylizer, group: list[tuple[str, Any, float]], message: dict[str, Any], deadline: float,
-               send: Send) -> None:
+@dataclass
+class _Job:
+    """One decoded job of a batch."""
+
+    id: str
+    photo: Any  # pipeline.stylizer.Photo
+    max_rating: str | None
+    timings: dict[str, float]
+    tags: Any = None  # pipeline.tagger.Tags, once tagged
+
+
+def _allowed(stylizer, group: list[_Job], send: Send) -> list[_Job]:
+    """Tag the photos once (the prompt uses the same tags) and refuse those over their chat's rating limit."""
+    started = time.perf_counter()
+    tags = stylizer.tagger([job.photo.image for job in group])
+    seconds = (time.perf_counter() - started) / len(group)
+    allowed = []
+    for job, job_tags in zip(group, tags, strict=True):
+        job.tags, job.timings["tag"] = job_tags, seconds
+        if over_limit(job_tags.ratings, job.max_rating):
+            logger.info("job %s refused: rated %s, the chat allows up to %s", job.id, job_tags.rating, job.max_rating)
+            send({"op": "failed", "id": job.id, "reason": INPUT_REFUSED, "kind": ErrorKind.NOT_ALLOWED.value})
+        else:
+            allowed.append(job)
+    return allowed
+
+
+def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: float, send: Send) -> None:
     from pipeline.images import encode_png
 
-    ids = [job_id for job_id, _, _ in group]
+    ids = [job.id for job in group]
     send({"op": "started", "ids": ids})
 
     def on_step(step: int, total: int) -> None:
@@ -135,8 +166,8 @@ def _run_group(stylizer, group: list[tuple[str, Any, float]], message: dict[str,
             send({"op": "failed", "id": job_id, "reason": reason, "kind": kind.value})
 
     try:
-        results = stylizer.run([photo for _, photo, _ in group], style=message["style"],
-                               strength=message["strength"], on_step=on_step)
+        results = stylizer.run([job.photo for job in group], style=message["style"], strength=message["strength"],
+                               on_step=on_step, tags=[job.tags for job in group])
     except JobTimeout:
         minutes = message["timeout"] / 60
         limit = f"{message['timeout']:g} seconds" if message["timeout"] < 120 else f"{minutes:g} minutes"
@@ -158,11 +189,22 @@ def _run_group(stylizer, group: list[tuple[str, Any, float]], message: dict[str,
             _run_group(stylizer, [job], message, deadline, send)
         return
 
-    for (job_id, _, decode_s), result in zip(group, results, strict=True):
+    # The result is held to the same rating limit as the photo: img2img can add what the photo did not have.
+    started = time.perf_counter()
+    checked = [job.max_rating is not None for job in group]
+    to_check = [result.image for result, check in zip(results, checked, strict=True) if check]
+    output_tags = iter(stylizer.tagger(to_check) if to_check else [])
+    check_s = (time.perf_counter() - started) / len(group)
+    for job, result, check in zip(group, results, checked, strict=True):
+        ratings = next(output_tags).ratings if check else {}
+        if check and over_limit(ratings, job.max_rating):
+            logger.info("job %s: the result was over the chat's rating limit %s; not sent", job.id, job.max_rating)
+            send({"op": "failed", "id": job.id, "reason": OUTPUT_REFUSED, "kind": ErrorKind.NOT_ALLOWED.value})
+            continue
         started = time.perf_counter()
         png = encode_png(result.image)
-        timings = {"decode": decode_s, **result.timings, "encode": time.perf_counter() - started}
-        send({"op": "done", "id": job_id, "result": {
+        timings = {**job.timings, **result.timings, "check": check_s, "encode": time.perf_counter() - started}
+        send({"op": "done", "id": job.id, "result": {
             "image": png, "width": result.image.width, "height": result.image.height, "tags": result.tags,
             "prompt": result.prompt, "seed": result.seed, "style": message["style"],
             "strength": message["strength"], "ratings": result.ratings, "timings": timings,

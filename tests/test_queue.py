@@ -110,7 +110,7 @@ async def test_events_arrive_in_order_with_positions_and_step_progress(tiny_conf
         assert isinstance(events[-1], Done) and kinds.count(Done) == 1
         done = events[-1]
         assert done.strength == strength and done.tags and done.prompt.startswith("(claymation style:2)")
-        assert set(done.timings) == {"decode", "tag", "prompt", "denoise", "encode"}
+        assert set(done.timings) == {"decode", "tag", "prompt", "denoise", "check", "encode"}
 
 
 async def test_compatible_jobs_share_one_batch_and_match_their_solo_images(tiny_config):

@@ -30,6 +30,7 @@ class SmallGpu:
 
     def __init__(self, stylizer: Stylizer) -> None:
         self.stylizer, self.settings, self.batch_sizes = stylizer, stylizer.settings, []
+        self.tagger = stylizer.tagger
 
     def run(self, photos, **kwargs):
         self.batch_sizes.append(len(photos))
@@ -43,9 +44,65 @@ def stylizer(tiny_config) -> Stylizer:
     return Stylizer(tiny_config.gpu())
 
 
-def _batch(*seeds: int) -> dict:
+def _batch(*seeds: int, image: bytes | None = None, max_rating: str | None = None) -> dict:
     return {"op": "batch", "style": "clay", "strength": 0.5, "timeout": 60,
-            "jobs": [{"id": f"job{seed}", "image": photo_bytes(), "seed": seed} for seed in seeds]}
+            "jobs": [{"id": f"job{seed}", "image": image or photo_bytes(), "seed": seed, "max_rating": max_rating}
+                     for seed in seeds]}
+
+
+RED = photo_bytes((64, 64), color=(255, 0, 0), fmt="PNG")  # the tiny tagger rates pure red "explicit"
+
+
+class ExplicitResults:
+    """The real tiny stylizer, whose results come out pure red: as if img2img had added what the photo lacked."""
+
+    def __init__(self, stylizer: Stylizer) -> None:
+        self.stylizer, self.settings, self.tagger = stylizer, stylizer.settings, stylizer.tagger
+
+    def run(self, photos, **kwargs):
+        results = self.stylizer.run(photos, **kwargs)
+        for result in results:
+            result.image = Image.new("RGB", result.image.size, (255, 0, 0))
+        return results
+
+
+def _outcomes(sent: list[dict]) -> dict[str, str]:
+    return {m["id"]: m.get("kind", "done") for m in sent if m["op"] in ("done", "failed")}
+
+
+def test_a_photo_over_the_chats_rating_is_refused_before_stylizing_and_its_companions_still_run(stylizer):
+    from pipeline.safety import INPUT_REFUSED
+
+    assert stylizer.tagger([Image.open(io.BytesIO(RED))])[0].rating == "explicit"
+    batch = _batch(1, max_rating="sensitive")
+    batch["jobs"].append({"id": "red", "image": RED, "seed": 2, "max_rating": "sensitive"})
+    sent = []
+    run_batch(stylizer, batch, sent.append)
+    assert _outcomes(sent) == {"job1": "done", "red": "not_allowed"}
+    refusal = next(m for m in sent if m["id"] == "red" if m["op"] == "failed")
+    assert refusal["reason"] == INPUT_REFUSED
+    assert all("red" not in m.get("ids", ()) for m in sent)  # never started: no GPU time spent on it
+
+
+def test_a_chat_that_allows_everything_gets_the_explicit_photo_stylized(stylizer):
+    sent = []
+    run_batch(stylizer, _batch(3, image=RED, max_rating=None), sent.append)
+    assert _outcomes(sent) == {"job3": "done"}
+    sent = []
+    run_batch(stylizer, _batch(3, image=RED, max_rating="explicit"), sent.append)
+    assert _outcomes(sent) == {"job3": "done"}
+
+
+def test_the_result_is_tagged_again_and_held_to_the_same_rating(stylizer):
+    from pipeline.safety import OUTPUT_REFUSED
+
+    sent = []
+    run_batch(ExplicitResults(stylizer), _batch(4, 5, max_rating="sensitive"), sent.append)
+    assert _outcomes(sent) == {"job4": "not_allowed", "job5": "not_allowed"}
+    assert {m["reason"] for m in sent if m["op"] == "failed"} == {OUTPUT_REFUSED}
+    sent = []  # where the chat allows it, the same result is sent
+    run_batch(ExplicitResults(stylizer), _batch(4, max_rating=None), sent.append)
+    assert _outcomes(sent) == {"job4": "done"}
 
 
 def test_out_of_memory_on_a_batch_retries_one_job_at_a_time(stylizer):

@@ -1,0 +1,33 @@
+"""The SFW gate: WD14's rating scores against the most a chat allows.
+
+The tagger scores four ratings, from ``general`` (all ages) to ``explicit``. A photo is *over* a chat's limit when
+the scores of the ratings above that limit outweigh the scores of those at or below it — stricter than taking the
+single best-scoring rating, so a photo the tagger is torn about is not let through on a narrow lead.
+"""
+
+from __future__ import annotations
+
+RATINGS = ("general", "sensitive", "questionable", "explicit")
+
+# What users read; neutral on purpose: no tag names, no judgement of the photo or the person.
+INPUT_REFUSED = ("I can only make pictures that suit every audience in this chat, and this photo doesn't seem to. "
+                 "A server or group admin can allow more where that is appropriate.")
+OUTPUT_REFUSED = ("The picture I made from this photo doesn't seem to suit every audience, so I won't post it "
+                  "here; please try another photo.")
+
+
+def over_limit(ratings: dict[str, float], max_rating: str | None) -> bool:
+    """Whether a photo with these rating scores is over ``max_rating`` (None: nothing is)."""
+    if max_rating is None or max_rating == RATINGS[-1]:
+        return False
+    allowed = RATINGS.index(max_rating)
+    above = sum(ratings.get(name, 0.0) for name in RATINGS[allowed + 1:])
+    within = sum(ratings.get(name, 0.0) for name in RATINGS[: allowed + 1])
+    return above > within
+
+
+def check_rating(value: str | None) -> str | None:
+    """A valid ``max_rating`` (or None); ValueError naming the allowed ones."""
+    if value is not None and value not in RATINGS:
+        raise ValueError(f"must be one of {', '.join(RATINGS)}, not {value!r}")
+    return value
