@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config, token
+from bot.observability import setup_logging
 from pipeline.errors import ClaybotError
 from pipeline.images import probe_photo
 from pipeline.jobs import Done, Failed, Progress, StyleRequest
@@ -75,13 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_format(args: argparse.Namespace) -> str:
+    """bot.log_format of the config the command reads ("text" when it cannot be read: the command says why)."""
+    path = getattr(args, "config", None)
+    if args.command != "run" or path is None:
+        return "text"
+    try:
+        return load_config(path, check_models=False).bot.log_format
+    except ClaybotError:
+        return "text"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claybot`` console script."""
     args = build_parser().parse_args(argv)
     quiet = args.command in ("stylize", "sweep", "check", "status")  # their output is the answer
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log_format = _log_format(args)
+    setup_logging(level, log_format)
     # Libraries' own chatter (diffusers, httpx) is noise at INFO.
     for noisy in ("httpx", "diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -179,38 +191,46 @@ def _front_end_tokens(config: Config) -> dict[str, str]:
 async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
     import signal
 
-    from bot.flow import RequestFlow, resume
+    from bot.flow import RequestFlow
+    from bot.observability import Metrics, serve_metrics
+    from bot.store import SettingsStore, store_path
 
+    store = SettingsStore(store_path(config.bot))
+    await store.open()
     queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.INFO, status=True)
-    await queue.start()
-    flow = RequestFlow(queue, config)
+    metrics = Metrics() if config.metrics.enabled else None
+    metrics_server = None
     front_ends = []
-    if "telegram" in tokens:
-        from bot.telegram import TelegramFrontEnd
-
-        front_ends.append(TelegramFrontEnd(config, flow, tokens["telegram"]))
-    if "discord" in tokens:
-        from bot.discord_client import DiscordFrontEnd
-
-        front_ends.append(DiscordFrontEnd(config, flow, tokens["discord"]))
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        await queue.start()
+        flow = RequestFlow(queue, config, store=store, metrics=metrics)
+        unanswered = await flow.unanswered()  # before any new request is taken
+        if metrics is not None:
+            metrics_server = await serve_metrics(metrics, config.metrics.host, config.metrics.port,
+                                                 snapshot=lambda: queue_snapshot(config, queue))
+            logger.info("metrics at http://%s:%d/metrics", config.metrics.host, metrics_server.port)
+        if "telegram" in tokens:
+            from bot.telegram import TelegramFrontEnd
+
+            front_ends.append(TelegramFrontEnd(config, flow, tokens["telegram"]))
+        if "discord" in tokens:
+            from bot.discord_client import DiscordFrontEnd
+
+            front_ends.append(DiscordFrontEnd(config, flow, tokens["discord"]))
         for front_end in front_ends:
             await front_end.start()
             logger.info("%s front end running", front_end.name)
         info = await queue.wait_ready()
         logger.info("claybot is running (worker on %s)", info.get("device"))
-        if hasattr(queue, "recover"):  # Redis: jobs accepted before a restart are answered now
-            by_platform = {front_end.name: front_end for front_end in front_ends}
-            recovered = await queue.recover()
-            for handle in recovered:
-                asyncio.create_task(resume(handle, by_platform), name=f"claybot-resume-{handle.id}")
-            if recovered:
-                logger.info("answering %d job(s) accepted before the restart", len(recovered))
+        # Jobs accepted before a restart: Redis still has its own; the journal runs the others again.
+        handles = await queue.recover() if hasattr(queue, "recover") else []
+        recovered = await flow.recover({front_end.name: front_end for front_end in front_ends}, unanswered, handles)
+        if recovered:
+            logger.info("answering %d job(s) accepted before the restart", recovered)
         await stop.wait()
         logger.info("stopping: no new requests; running jobs get %.0fs", config.queue.shutdown_grace)
     finally:
@@ -220,7 +240,19 @@ async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
         await asyncio.sleep(0.5)  # let the last answers go out
         for front_end in front_ends:
             await _quietly(front_end.close())
+        if metrics_server is not None:
+            await _quietly(metrics_server.close())
+        await _quietly(store.close())
     return 0
+
+
+async def queue_snapshot(config: Config, queue) -> dict:
+    """The queue's depth and workers, as `claybot status` shows them (for the metrics)."""
+    if config.queue.backend == "redis":
+        from pipeline.redis_queue import redis_status
+
+        return await redis_status(config.queue)
+    return queue.status()
 
 
 async def _quietly(awaitable) -> None:
@@ -268,7 +300,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             for worker in status["workers"]:
                 worker["alive"] = False
     print(render(status))
+    usage = asyncio.run(_usage(config))
+    if usage:
+        print("requests in the last 24 h: " + ", ".join(f"{n} {outcome.replace('_', ' ')}"
+                                                      for outcome, n in sorted(usage.items())))
     return 0
+
+
+async def _usage(config: Config) -> dict[str, int]:
+    """How the last day's requests ended, from the journal (empty when there is no database yet)."""
+    from bot.journal import Journal
+    from bot.store import SettingsStore, store_path
+
+    path = store_path(config.bot)
+    if not path.is_file():
+        return {}
+    async with SettingsStore(path) as store:
+        return await Journal(store, config.limits).usage(time.time() - 86400)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

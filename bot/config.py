@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -23,6 +23,58 @@ class BotSettings(Settings):
 
     data_dir: str = "data"
     max_photo_mb: Annotated[float, Field(gt=0.0, le=2000.0)] = 20.0
+    log_format: Literal["text", "json"] = "text"
+
+
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class LimitSettings(Settings):
+    """How often people and chats may ask (0: no limit), and how many photos one person may have in the queue."""
+
+    user_per_minute: Count = 4
+    user_per_hour: Count = 30
+    chat_per_minute: Count = 15
+    chat_per_hour: Count = 200
+    user_queued: Count = 2
+
+    def windows(self, scope: str) -> list[tuple[int, float]]:
+        """(most requests, window in seconds) for ``"user"`` or ``"chat"``, the limits that are set."""
+        per = {"minute": 60.0, "hour": 3600.0}
+        return [(count, seconds) for name, seconds in per.items() if (count := getattr(self, f"{scope}_per_{name}"))]
+
+
+Rating = Literal["general", "sensitive", "questionable", "explicit"]
+
+
+class SafetySettings(Settings):
+    """The SFW gate: the most each kind of chat may get, by the tagger's rating of the photo and the result."""
+
+    max_rating: Rating = "sensitive"
+    nsfw_max_rating: Rating = "explicit"
+
+    def limit(self, nsfw: bool) -> str | None:
+        """The ``max_rating`` a job from such a chat carries (None: no check at all)."""
+        rating = self.nsfw_max_rating if nsfw else self.max_rating
+        return None if rating == "explicit" else rating
+
+
+class MetricsSettings(Settings):
+    """The Prometheus endpoint: off by default, and only ever on a loopback address."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, host: str) -> str:
+        from bot.observability import is_loopback
+
+        if not is_loopback(host):
+            raise ValueError("must be a loopback address such as 127.0.0.1 or ::1 (metrics are for this machine; "
+                             "put a proxy in front to reach them from elsewhere)")
+        return host
 
 
 class TelegramSettings(Settings):
@@ -94,6 +146,9 @@ class Config(GpuSettings):
     """The whole of config.toml."""
 
     bot: BotSettings = Field(default_factory=BotSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)

@@ -17,8 +17,10 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
@@ -368,6 +370,12 @@ class GuildSettings:
         return "Here I only answer in " + ", ".join(f"<#{channel}>" for channel in self.channels) + "."
 
 
+def is_nsfw(channel: object) -> bool:
+    """Whether a channel is age-restricted (a thread: its parent); DMs and unknown channels are not."""
+    check = getattr(channel, "is_nsfw", None)
+    return bool(check()) if callable(check) else False
+
+
 def guild_scope(guild_id: int) -> str:
     """The settings-store scope of one server."""
     return f"discord:guild:{guild_id}"
@@ -480,6 +488,7 @@ class ClayBot(commands.Bot):
     async def serve(self, interaction: discord.Interaction, photo: Photo | None, *, strength: float | None = None,
                     seed: int | None = None, style: str | None = None) -> None:
         """One request from an interaction: refusals are ephemeral; else defer at once, then progress and answer."""
+        received = time.monotonic()
         if not self.taking:
             raise UserError(RESTARTING)
         settings = await self.guild_settings(interaction.guild_id)
@@ -492,7 +501,9 @@ class ClayBot(commands.Bot):
         reply = InteractionReply(self, interaction)
         ask = Ask("discord", str(interaction.user.id), str(interaction.channel_id), reply.keep_source(photo.read),
                   size=photo.size, style=style, seed=seed,
-                  strength=strength if strength is not None else settings.strength)
+                  strength=strength if strength is not None else settings.strength,
+                  group_id=str(interaction.guild_id or interaction.channel_id), nsfw=is_nsfw(interaction.channel),
+                  origin=f"interaction:{interaction.id}", received=received)
         logger.info("discord: %s from user %s in guild %s channel %s", _what(interaction), interaction.user.id,
                     interaction.guild_id, interaction.channel_id)
         with self.request():
@@ -509,7 +520,8 @@ class ClayBot(commands.Bot):
             logger.info("discord: reaction on message %s, which has no image I can see", message.id)
             return
         ask = Ask("discord", str(member.id), str(message.channel.id), reply.keep_source(photo.read),
-                  size=photo.size, strength=settings.strength)
+                  size=photo.size, strength=settings.strength, group_id=str(member.guild.id),
+                  nsfw=is_nsfw(message.channel), answer_to={"message_id": message.id})
         logger.info("discord: reaction from user %s in guild %s channel %s", member.id, member.guild.id,
                     message.channel.id)
         with self.request():
@@ -584,6 +596,7 @@ class DiscordFrontEnd:
         self.config, self.flow = config, flow
         self._token = token  # never logged, never in a repr
         self.store: SettingsStore | None = None
+        self._own_store = False
         self.bot: ClayBot | None = None
         self.connection: asyncio.Task | None = None  # the gateway connection; it ending early is logged
         self._closing = False
@@ -603,8 +616,11 @@ class DiscordFrontEnd:
                            "the images of the messages people react to. Switch on the MESSAGE CONTENT intent in the "
                            "developer portal and set message_content_intent = true (or reactions = false).")
         point_client_at(settings.api_base_url, settings.gateway_url)
-        self.store = SettingsStore(store_path(self.config.bot))
-        await self.store.open()
+        if self.flow.store is not None:  # claybot run's one database
+            self.store, self._own_store = self.flow.store, False
+        else:
+            self.store, self._own_store = SettingsStore(store_path(self.config.bot)), True
+            await self.store.open()
         self.bot = ClayBot(self.config, self.flow, self.store)
         try:
             await self.bot.login(self._token)
@@ -652,13 +668,17 @@ class DiscordFrontEnd:
         if self.bot is not None:
             self.bot.taking = False
 
-    async def deliver(self, chat_id: str, done: Done | None, text: str) -> None:
-        """A recovered job's answer, posted in its channel (its interaction token is long gone)."""
+    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
+        """A recovered job's answer, posted in its channel (its interaction token is long gone), replying to the
+        message reacted to when there was one."""
         channel = self.bot.get_channel(int(chat_id)) or await self.bot.fetch_channel(int(chat_id))
+        reference = (discord.MessageReference(message_id=answer_to["message_id"], channel_id=int(chat_id),
+                                              fail_if_not_exists=False) if answer_to.get("message_id") else None)
         if done is None:
-            await channel.send(text)
+            await channel.send(text, reference=reference)
         else:
-            await channel.send(text[:2000], file=discord.File(io.BytesIO(done.image), filename="clay.png"))
+            await channel.send(text[:2000], file=discord.File(io.BytesIO(done.image), filename="clay.png"),
+                               reference=reference)
 
     async def close(self) -> None:
         """Let running requests answer (briefly), then disconnect and close the store."""
@@ -670,5 +690,5 @@ class DiscordFrontEnd:
         if self.connection is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self.connection, 10.0)
-        if self.store is not None:
+        if self.store is not None and self._own_store:
             await self.store.close()

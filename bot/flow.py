@@ -13,14 +13,18 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from bot.config import Config
+from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
+from bot.observability import Metrics, job_context
+from bot.store import SettingsStore
 from pipeline.errors import ClaybotError
 from pipeline.jobs import (
     BadRequest,
     Done,
+    ErrorKind,
     Failed,
     JobFailed,
     JobHandle,
@@ -46,7 +50,7 @@ class UserError(ClaybotError):
 
 @dataclass(frozen=True)
 class Ask:
-    """One platform-neutral request: where the photo is and what was asked."""
+    """One platform-neutral request: where the photo is, what was asked, and by whom, where."""
 
     platform: str
     user_id: str
@@ -56,6 +60,11 @@ class Ask:
     style: str | None = None
     strength: float | None = None
     seed: int | None = None
+    group_id: str | None = None  # whose chat limits apply: the Discord server; default: the chat
+    nsfw: bool = False  # the chat is marked NSFW (a Discord age-restricted channel; a Telegram chat's setting)
+    answer_to: dict[str, Any] = field(default_factory=dict)  # for a restarted process: e.g. the message to reply to
+    origin: str | None = None  # the platform's id of the event (a Telegram update id): delivered twice, served once
+    received: float = field(default_factory=time.monotonic)  # when the platform event arrived
 
 
 class Reply(Protocol):
@@ -85,9 +94,9 @@ class FrontEnd(Protocol):
     async def close(self) -> None:
         """Disconnect."""
 
-    async def deliver(self, chat_id: str, done: Done | None, text: str) -> None:
-        """Post a result (or, with ``done`` None, a line of text) to a chat, without a message to reply to:
-        for jobs a restarted chat process recovers from the queue."""
+    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
+        """Post a result (or, with ``done`` None, a line of text) to a chat, replying to ``answer_to``'s message
+        when it names one: for jobs a restarted chat process answers (the original request is gone)."""
 
 
 def parse_strength(text: str | None) -> float | None:
@@ -136,12 +145,22 @@ def caption(done: Done, *, tag_chars: int = 200) -> str:
 
 
 class RequestFlow:
-    """Check → download → queue → progress → answer, for every front end."""
+    """Check → limits → download → queue → progress → answer, for every front end.
 
-    def __init__(self, queue: JobQueue, config: Config, *, min_edit_interval: float = 1.5) -> None:
+    With a ``store`` (claybot's SQLite database), every request is written to the journal: the per-person and
+    per-chat limits count it, and a restarted process answers it (``recover``). With ``metrics``, each request is
+    counted by outcome and timed.
+    """
+
+    def __init__(self, queue: JobQueue, config: Config, *, min_edit_interval: float = 1.5,
+                 store: SettingsStore | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
         self.config = config
         self.min_edit_interval = min_edit_interval
+        self.store = store
+        self.journal = Journal(store, config.limits, clock=clock) if store is not None else None
+        self.metrics = metrics
 
     def max_bytes(self, platform_limit: int | None = None) -> int:
         """The most bytes a photo may have: ours, or the platform's download limit if lower."""
@@ -155,17 +174,27 @@ class RequestFlow:
             raise UserError(f"That file is {size / 2**20:.1f} MB; I can take photos up to {limit / 2**20:.0f} MB.")
 
     async def handle(self, ask: Ask, reply: Reply, *, platform_limit: int | None = None) -> Done | None:
-        """Serve one request to the end; every outcome is answered through ``reply``."""
+        """Serve one request to the end; every outcome is answered through ``reply`` (exactly once)."""
+        request = _Request(ask, _Acked(reply, ask, self.metrics))
         try:
-            return await self._handle(ask, reply, platform_limit)
-        except (UserError, BadRequest, QueueBusy, QueueClosed) as err:
-            await _safely(reply.error(str(err)))
+            await self._handle(request, platform_limit)
+        except Duplicate:
+            logger.info("%s event %s was delivered again; it is already being answered", ask.platform, ask.origin)
+            return None
+        except RateLimited as err:
+            await request.refuse("rate_limited", str(err))
+        except (UserError, BadRequest) as err:
+            await request.refuse("bad_input", str(err))
+        except (QueueBusy, QueueClosed) as err:
+            await request.refuse(NOT_COUNTED, str(err))
         except Exception:
             logger.exception("request from %s user %s failed", ask.platform, ask.user_id)
-            await _safely(reply.error("Something went wrong on my side; please try again."))
-        return None
+            await request.refuse("failed", "Something went wrong on my side; please try again.")
+        await self._close(request)
+        return request.done
 
-    async def _handle(self, ask: Ask, reply: Reply, platform_limit: int | None) -> Done | None:
+    async def _handle(self, request: _Request, platform_limit: int | None) -> None:
+        ask = request.ask
         # 1. options and size, before any download
         if ask.strength is not None:
             check_strength(ask.strength)
@@ -173,18 +202,31 @@ class RequestFlow:
             raise UserError(f"There is no style {ask.style!r}; try {', '.join(sorted(self.config.styles))}.")
         self.check_size(ask.size, platform_limit)
 
-        # 2. download (through the platform's client; never a URL a user typed)
+        # 2. limits (a ticket in the journal, or RateLimited saying when to ask again)
+        if self.journal is not None:
+            request.ticket = await self.journal.admit(ask.platform, ask.user_id, ask.chat_id,
+                                                      ask.group_id or ask.chat_id, ask.answer_to, ask.origin)
+
+        # 3. download (through the platform's client; never a URL a user typed)
         data = await ask.download()
         self.check_size(len(data), platform_limit)
 
-        # 3. queue
+        # 4. queue
         seed = ask.seed if ask.seed is not None else secrets.randbelow(2**31)
-        handle = await self.queue.submit(StyleRequest(data, style=ask.style, strength=ask.strength, seed=seed,
-                                                      reply_to=(ask.platform, ask.chat_id)))
-        logger.info("job %s from %s user %s in %s", handle.id, ask.platform, ask.user_id, ask.chat_id)
+        style_request = StyleRequest(data, style=ask.style, strength=ask.strength, seed=seed,
+                                     reply_to=(ask.platform, ask.chat_id),
+                                     max_rating=self.config.safety.limit(ask.nsfw))
+        handle = await self.queue.submit(style_request)
+        request.submitted = time.monotonic()
+        with job_context(handle.id):
+            logger.info("job %s from %s user %s in %s", handle.id, ask.platform, ask.user_id, ask.chat_id)
+            if request.ticket is not None:
+                await self.journal.queued(request.ticket, handle.id, style_request)
+            await self._follow(handle, request)
 
-        # 4. progress, paced so platforms' edit rate limits are never hit
-        pacer = _Pacer(reply, self.min_edit_interval)
+    async def _follow(self, handle: JobHandle, request: _Request) -> None:
+        """Progress, paced so platforms' edit rate limits are never hit; then the answer."""
+        pacer = _Pacer(request.reply, self.min_edit_interval)
         async for event in handle.events():
             if isinstance(event, Queued):
                 await pacer.show("Waiting for my clay oven… you're next." if event.position == 1
@@ -195,29 +237,149 @@ class RequestFlow:
                 await pacer.show(f"Sculpting… {event.step * 100 // max(1, event.total)}%",
                                  urgent=event.step == event.total)
             elif isinstance(event, Done):
-                await reply.result(event, caption(event))
-                return event
+                request.done, request.outcome = event, "image"
+                await _safely(request.reply.result(event, caption(event)))
             elif isinstance(event, Failed):
-                await reply.error(event.reason)
-                return None
-        return None
+                request.outcome = outcome_of(event.kind)
+                if self.metrics is not None:
+                    self.metrics.failure(event.kind.value)
+                await _safely(request.reply.error(event.reason))
+
+    async def _close(self, request: _Request) -> None:
+        """The request is answered: the journal and the metrics hear how it ended."""
+        if request.ticket is not None:
+            try:
+                await self.journal.answered(request.ticket, request.outcome)
+            except ClaybotError as err:
+                logger.error("journal: %s", err)
+        if self.metrics is not None:
+            self.metrics.request(request.ask.platform, request.outcome)
+            if request.submitted is not None:
+                self.metrics.job_finished(request.outcome, time.monotonic() - request.submitted)
+
+    async def unanswered(self) -> list[Entry]:
+        """The journal's unanswered jobs: read at start-up, before the front ends take new requests."""
+        return await self.journal.unanswered() if self.journal is not None else []
+
+    async def recover(self, front_ends: dict[str, FrontEnd], entries: list[Entry],
+                      handles: list[JobHandle] = ()) -> int:
+        """After a restart, answer every job accepted before it (``entries``, from ``unanswered`` at start-up):
+        those the queue still has (``handles``, Redis) when they finish, the others by running them again from
+        the photo the journal kept. Returns how many."""
+        by_job = {handle.id: handle for handle in handles}
+        tasks = []
+        for entry in entries:
+            front_end = front_ends.get(entry.platform)
+            if front_end is None:  # kept for when that front end runs again
+                logger.warning("journal: job of %s in chat %s waits for the %s front end", entry.user_id,
+                               entry.chat_id, entry.platform)
+                continue
+            handle = by_job.pop(entry.job_id, None) if entry.job_id else None
+            tasks.append(self._recover(entry, handle, front_end))
+        tasks += [resume(handle, front_ends) for handle in by_job.values()]  # in the queue, not in this journal
+        for task in tasks:
+            asyncio.create_task(task)
+        return len(tasks)
+
+    async def _recover(self, entry: Entry, handle: JobHandle | None, front_end: FrontEnd) -> None:
+        with job_context(entry.job_id):
+            if handle is None:
+                handle = await self._submit_again(entry, front_end)
+            outcome = NOT_COUNTED if handle is None else await resume(handle, {entry.platform: front_end},
+                                                                      entry.answer_to)
+            await self.journal.answered(entry.ticket, outcome or "failed")
+
+    async def _submit_again(self, entry: Entry, front_end: FrontEnd) -> JobHandle | None:
+        """The queue lost the job with the old process (local backend): submit it again from the journal."""
+        if entry.request is None or entry.attempts >= MAX_RECOVERIES:
+            text = LOST_DOWNLOADING if entry.request is None else GAVE_UP
+            await _safely(front_end.deliver(entry.chat_id, None, text, entry.answer_to))
+            return None
+        try:
+            handle = await self.queue.submit(entry.request)
+        except (QueueBusy, QueueClosed, BadRequest) as err:
+            await _safely(front_end.deliver(entry.chat_id, None, str(err), entry.answer_to))
+            return None
+        await self.journal.requeued(entry.ticket, handle.id)
+        logger.info("journal: job %s of user %s submitted again as %s", entry.job_id, entry.user_id, handle.id)
+        return handle
 
 
-async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd]) -> None:
-    """Answer a job accepted before a restart, in the chat it came from (``reply_to`` is (platform, chat id))."""
+MAX_RECOVERIES = 2  # a job that two restarts in a row interrupted is not tried a third time
+LOST_DOWNLOADING = "claybot restarted while fetching your photo; please send it again."
+GAVE_UP = "claybot restarted twice while making this picture; please send the photo again later."
+
+
+def outcome_of(kind: ErrorKind) -> str:
+    """How a failed job counts: the person's photo, the chat's rating, claybot being busy, or a failure."""
+    if kind in (ErrorKind.BAD_IMAGE, ErrorKind.TOO_LARGE):
+        return "bad_input"
+    if kind is ErrorKind.NOT_ALLOWED:
+        return "refused"
+    if kind in (ErrorKind.BUSY, ErrorKind.SHUTTING_DOWN, ErrorKind.CANCELLED):
+        return NOT_COUNTED
+    return "failed"
+
+
+async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
+                 answer_to: dict[str, Any] | None = None) -> str | None:
+    """Answer a job accepted before a restart, in the chat it came from (``reply_to`` is (platform, chat id));
+    the outcome, or None when there is no front end to answer through."""
     try:
         platform, chat_id = handle.request.reply_to
         front_end = front_ends[platform]
     except (TypeError, ValueError, KeyError):
         logger.warning("recovered job %s has no front end to answer through (%r)", handle.id, handle.request.reply_to)
-        return
+        return None
     try:
         done = await handle.result()
     except JobFailed as err:
-        await _safely(front_end.deliver(chat_id, None, str(err)))
-        return
-    await _safely(front_end.deliver(chat_id, done, caption(done)))
+        await _safely(front_end.deliver(chat_id, None, str(err), answer_to or {}))
+        return outcome_of(err.kind)
+    await _safely(front_end.deliver(chat_id, done, caption(done), answer_to or {}))
     logger.info("recovered job %s answered in %s %s", handle.id, platform, chat_id)
+    return "image"
+
+
+class _Request:
+    """One request on its way: its ticket in the journal, how it ended, and its result."""
+
+    def __init__(self, ask: Ask, reply: Reply) -> None:
+        self.ask, self.reply = ask, reply
+        self.ticket: int | None = None
+        self.submitted: float | None = None
+        self.outcome = "failed"
+        self.done: Done | None = None
+
+    async def refuse(self, outcome: str, text: str) -> None:
+        self.outcome = outcome
+        await _safely(self.reply.error(text))
+
+
+class _Acked:
+    """A Reply that times the first thing the user sees (the acknowledgement) for the metrics."""
+
+    def __init__(self, reply: Reply, ask: Ask, metrics: Metrics | None) -> None:
+        self.reply, self.ask, self.metrics = reply, ask, metrics
+        self.acked = False
+
+    def _ack(self) -> None:
+        if not self.acked:
+            self.acked = True
+            if self.metrics is not None:
+                self.metrics.acknowledged(self.ask.platform, time.monotonic() - self.ask.received)
+
+    async def status(self, text: str) -> None:
+        self._ack()
+        await self.reply.status(text)
+
+    async def result(self, done: Done, caption: str) -> None:
+        self._ack()
+        await self.reply.result(done, caption)
+
+    async def error(self, text: str) -> None:
+        self._ack()
+        await self.reply.error(text)
 
 
 class _Pacer:

@@ -1,4 +1,5 @@
-"""Persistent per-server / per-chat settings: a small SQLite key-value store shared by the front ends.
+"""claybot's one SQLite database (``bot.data_dir/claybot.sqlite3``): per-server / per-chat settings, here, and the
+journal of accepted jobs (``bot.journal``), which shares its connection.
 
 A *scope* names whose settings they are (``"discord:guild:123"``, ``"telegram:chat:-100…"``, ``"discord:app:42"``);
 values are stored as JSON. SQLite runs in a worker thread (``asyncio.to_thread``) so the event loop never waits on the
@@ -13,6 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,18 +23,41 @@ from pipeline.errors import ClaybotError
 
 logger = logging.getLogger(__name__)
 
-STORE_FILE = "settings.sqlite3"
+STORE_FILE = "claybot.sqlite3"
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS settings (
-    scope      TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    value      TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (scope, key)
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS settings (
+        scope      TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (scope, key)
+    )""",
+    # The journal (bot.journal): one row per request let past the limits, kept a day after its answer for the
+    # limits' windows and the usage counts; the photo itself only until the job is answered.
+    """CREATE TABLE IF NOT EXISTS jobs (
+        ticket      INTEGER PRIMARY KEY AUTOINCREMENT,
+        platform    TEXT NOT NULL,
+        user_id     TEXT NOT NULL,
+        chat_id     TEXT NOT NULL,
+        group_id    TEXT NOT NULL,
+        origin      TEXT,
+        answer_to   TEXT NOT NULL,
+        accepted_at REAL NOT NULL,
+        state       TEXT NOT NULL,
+        job_id      TEXT,
+        request     TEXT,
+        image       BLOB,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        outcome     TEXT,
+        answered_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (platform, user_id, accepted_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_group ON jobs (platform, group_id, accepted_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_origin ON jobs (platform, origin) WHERE origin IS NOT NULL",
 )
-"""
 
 
 class StoreError(ClaybotError):
@@ -40,7 +65,7 @@ class StoreError(ClaybotError):
 
 
 def store_path(settings: BotSettings) -> Path:
-    """Where the settings database lives: ``bot.data_dir/settings.sqlite3``."""
+    """Where the database lives: ``bot.data_dir/claybot.sqlite3``."""
     return Path(settings.data_dir).expanduser() / STORE_FILE
 
 
@@ -71,7 +96,9 @@ class SettingsStore:
             if isinstance(self.path, Path):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
-            db.execute(_SCHEMA)
+            db.execute("PRAGMA journal_mode = WAL")  # a crash mid-write never corrupts it; readers never wait
+            for statement in _SCHEMA:
+                db.execute(statement)
         except (OSError, sqlite3.Error) as err:
             raise StoreError(f"cannot open the settings database {self.path}: {err}") from None
         return db
@@ -174,6 +201,18 @@ class SettingsStore:
             return self._locked(lambda: self._db.execute(sql, params).fetchall())
         except sqlite3.Error as err:
             raise StoreError(f"settings database {self.path}: {err}") from None
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(connection)`` in the database thread, alone (for a transaction of several statements)."""
+        def locked() -> T:
+            if self._db is None:
+                raise StoreError("the database is not open")
+            try:
+                return self._locked(lambda: work(self._db))
+            except sqlite3.Error as err:
+                raise StoreError(f"database {self.path}: {err}") from None
+
+        return await asyncio.to_thread(locked)
 
     def _locked(self, call):
         with self._lock:

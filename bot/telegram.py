@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from telegram import (
     BotCommand,
@@ -25,7 +27,7 @@ from telegram import (
     ReplyParameters,
     Update,
 )
-from telegram.constants import ChatAction
+from telegram.constants import ChatAction, ChatMemberStatus, ChatType
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     Application,
@@ -49,8 +51,9 @@ from bot.flow import (
     stronger,
     weaker,
 )
+from bot.store import SettingsStore
 from pipeline.errors import ClaybotError
-from pipeline.jobs import Done
+from pipeline.jobs import MAX_SEED, Done
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ CAPTION_LIMIT = 1024
 COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")  # what Telegram accepts as a command
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff", ".gif")
 CALM_LINE = "Sorry, something went wrong on my side; please try again."
+SETTINGS_USAGE = "Group admins: /claysettings nsfw on (or off) lets me work on any photo in this chat."
 
 
 # -- photos ----------------------------------------------------------------------------------------------------------
@@ -158,7 +162,14 @@ def parse_button(data: str) -> tuple[str | None, float, int | None]:
     prefix, style, strength, seed = data.split("|")
     if prefix != BUTTON_PREFIX:
         raise ValueError(f"unknown button format {prefix!r}")
-    return style or None, float(strength), int(seed) if seed else None
+    value = float(strength)
+    if not MIN_STRENGTH <= value <= MAX_STRENGTH:  # NaN fails this too
+        raise ValueError(f"strength {strength!r} out of range")
+    if seed and not (seed.isascii() and seed.isdigit() and int(seed) <= MAX_SEED):
+        raise ValueError(f"seed {seed!r} out of range")
+    if style != style.strip():
+        raise ValueError(f"style {style!r}")
+    return style or None, value, int(seed) if seed else None
 
 
 def result_buttons(done: Done) -> InlineKeyboardMarkup:
@@ -357,6 +368,11 @@ def style_commands(config: Config) -> list[str]:
     return [name for name in config.styles if COMMAND_NAME.fullmatch(name)]
 
 
+def caption_pattern(commands: list[str]) -> re.Pattern[str]:
+    """``/clay[@bot] [strength]``: groups 1 the command, 2 the bot named, 3 the rest."""
+    return re.compile(rf"^/({'|'.join(map(re.escape, commands))})(?:@(\w+))?(?:\s+(.*))?$", re.DOTALL)
+
+
 def help_text(config: Config, bot_username: str | None) -> str:
     """/start and /help: every way to ask, in a few lines."""
     settings = config.telegram
@@ -381,22 +397,24 @@ def help_text(config: Config, bot_username: str | None) -> str:
     lines.append(f"Group admins: make me an admin so I see the group's photos and get reactions (Telegram sends "
                  f"reactions only to admin bots). Without that, my privacy mode shows me only commands: reply "
                  f"{mention} to a photo.")
+    if config.safety.limit(nsfw=False) is not None:
+        lines.append(f"I make all-ages pictures only. {SETTINGS_USAGE}")
     return "\n".join(lines)
 
 
 class TelegramRequests:
     """The handlers and what they share: the flow, the photos seen lately, the requests in progress."""
 
-    def __init__(self, config: Config, flow: RequestFlow) -> None:
+    def __init__(self, config: Config, flow: RequestFlow, store: SettingsStore | None = None) -> None:
         self.config, self.flow = config, flow
+        self.store = store  # the chats' settings (NSFW); without one every chat is all-ages
         self.settings = config.telegram
         self.photos = RecentPhotos(self.settings.remember_photos, self.settings.remember_hours * 3600)
         self.commands = style_commands(config)
         self.tasks: set[asyncio.Task] = set()
         self.pace = ChatPace(self.settings.status_edit_interval)
         self.uploading = UploadingPhoto()
-        self.caption_command = re.compile(
-            rf"^/({'|'.join(map(re.escape, self.commands))})(?:@(\w+))?(?:\s+(.*))?$", re.DOTALL)
+        self.caption_command = caption_pattern(self.commands)
 
     # -- the ways to ask ----------------------------------------------------------------------------------------------
 
@@ -496,7 +514,9 @@ class TelegramRequests:
             return bytes(await file.download_as_bytearray())
 
         ask = Ask(platform=PLATFORM, user_id=str(user_id), chat_id=str(photo.chat_id), download=download,
-                  size=photo.size, style=style, strength=strength, seed=seed)
+                  size=photo.size, style=style, strength=strength, seed=seed,
+                  answer_to={"message_id": photo.message_id, "thread_id": photo.thread_id},
+                  origin=f"update:{update.update_id}")
         reply = TelegramReply(bot, photo, pace=self.pace, uploading=self.uploading, on_sent=self._remember_result)
         logger.info("telegram request (%s) from user %s in chat %s on message %s: style %s, strength %s",
                     how, user_id, photo.chat_id, photo.message_id, style or "default",
@@ -508,9 +528,42 @@ class TelegramRequests:
 
     async def _serve(self, ask: Ask, reply: TelegramReply) -> None:
         try:
+            ask = dataclasses.replace(ask, nsfw=await self.nsfw(int(ask.chat_id)))
             await self.flow.handle(ask, reply, platform_limit=download_limit(self.settings))
         finally:
             await reply.finish()
+
+    async def nsfw(self, chat_id: int) -> bool:
+        """Whether an admin marked this chat NSFW (/claysettings nsfw on)."""
+        return self.store is not None and await self.store.get_bool(chat_scope(chat_id), "nsfw", False)
+
+    # -- settings ----------------------------------------------------------------------------------------------------
+
+    async def on_settings(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/claysettings`` shows this chat's settings; ``/claysettings nsfw on|off`` (chat admins) changes them."""
+        message, chat = update.effective_message, update.effective_chat
+        if self.store is None:
+            raise UserError("Settings are not available: this claybot runs without its database.")
+        args = [arg.lower() for arg in context.args or []]
+        if args:
+            if len(args) != 2 or args[0] != "nsfw" or args[1] not in ("on", "off"):
+                raise UserError(SETTINGS_USAGE)
+            if not await self._is_admin(context, chat.id, chat.type, update.effective_user.id):
+                raise UserError("Only this group's admins can change my settings.")
+            await self.store.set(chat_scope(chat.id), "nsfw", args[1] == "on" or None)
+            logger.info("telegram: chat %s set nsfw %s (user %s)", chat.id, args[1], update.effective_user.id)
+        nsfw = await self.nsfw(chat.id)
+        await message.reply_text(
+            f"NSFW: {'on: any photo is fine here' if nsfw else 'off: I only make all-ages pictures here'}.\n"
+            f"{SETTINGS_USAGE}", do_quote=True)
+
+    @staticmethod
+    async def _is_admin(context: ContextTypes.DEFAULT_TYPE, chat_id: int, chat_type: str, user_id: int) -> bool:
+        """In a private chat the person is the chat; in a group, only its creator and administrators."""
+        if chat_type == ChatType.PRIVATE:
+            return True
+        member = await context.bot.get_chat_member(chat_id, user_id)
+        return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
     def _remember_result(self, message: Message) -> None:
         with contextlib.suppress(UserError):  # a result sent as a PNG file is an image: never raises
@@ -542,6 +595,11 @@ class TelegramRequests:
                 if isinstance(message, Message) and message.is_topic_message else None)
         except TelegramError as err:
             logger.warning("could not tell chat %s about the error: %s", update.effective_chat.id, err)
+
+
+def chat_scope(chat_id: int) -> str:
+    """The settings-store scope of one Telegram chat."""
+    return f"telegram:chat:{chat_id}"
 
 
 def _for_this_bot(name: str | None, context: ContextTypes.DEFAULT_TYPE) -> bool:
@@ -584,7 +642,8 @@ def hide_token_in_logs(token: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def build_application(config: Config, flow: RequestFlow, token: str) -> Application:
+def build_application(config: Config, flow: RequestFlow, token: str,
+                      store: SettingsStore | None = None) -> Application:
     """The PTB Application, pointed at the configured Bot API server, with every handler registered here."""
     settings = config.telegram
     hide_token_in_logs(token)
@@ -596,7 +655,7 @@ def build_application(config: Config, flow: RequestFlow, token: str) -> Applicat
         .local_mode(settings.local_mode)
         .build()
     )
-    requests = TelegramRequests(config, flow)
+    requests = TelegramRequests(config, flow, store if store is not None else flow.store)
     application.bot_data["requests"] = requests
 
     only_new = filters.UpdateType.MESSAGE  # edits of old messages ask for nothing
@@ -604,6 +663,7 @@ def build_application(config: Config, flow: RequestFlow, token: str) -> Applicat
     # group -1 sees every update before the others: remember photos for reactions, whatever else happens.
     application.add_handler(MessageHandler(only_new & images, requests.remember_photo), group=-1)
     application.add_handler(CommandHandler(["start", "help"], requests.on_help, filters=only_new))
+    application.add_handler(CommandHandler("claysettings", requests.on_settings, filters=only_new))
     application.add_handler(MessageHandler(
         only_new & (filters.PHOTO | filters.Document.ALL) & filters.CaptionRegex(requests.caption_command),
         requests.on_captioned_photo))
@@ -648,19 +708,22 @@ class TelegramFrontEnd:
         commands = [BotCommand(name, "Sculpt a photo in clay: send with a photo or reply to one" if name == default
                                else f"The {name} style: send with a photo or reply to one")
                     for name in self.requests.commands]
+        commands.append(BotCommand("claysettings", "This chat's settings (admins change them)"))
         commands.append(BotCommand("help", "How to use me"))
         try:
             await self.application.bot.set_my_commands(commands)
         except TelegramError as err:  # only the command menu is missing
             logger.warning("could not set the bot's command menu: %s", err)
 
-    async def deliver(self, chat_id: str, done: Done | None, text: str) -> None:
-        """A recovered job's answer: the picture with its caption, or the reason there is none."""
+    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
+        """A recovered job's answer, replying to the photo: the picture with its caption, or the reason."""
         bot = self.application.bot
+        where = {"reply_parameters": _reply_to(answer_to["message_id"]) if answer_to.get("message_id") else None,
+                 "message_thread_id": answer_to.get("thread_id")}
         if done is None:
-            await bot.send_message(int(chat_id), text)
+            await bot.send_message(int(chat_id), text, **where)
         else:
-            await bot.send_photo(int(chat_id), photo=done.image, caption=text[:1024])
+            await bot.send_photo(int(chat_id), photo=done.image, caption=text[:CAPTION_LIMIT], **where)
 
     async def stop_taking(self) -> None:
         """Stop polling; requests already running keep going and still send their answers."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import io
 import os
+import signal
+import sys
 from pathlib import Path
 
 # One math thread per process: the tests start worker processes beside the test process, and torch's default
@@ -63,3 +67,25 @@ def photo_bytes(size=(128, 96), color=(200, 120, 40), fmt="JPEG", **save_kwargs)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_kwargs)
     return buffer.getvalue()
+
+
+def load_script(path: Path):
+    """A benchmark script as a module (it lives outside the packages); a fixture yields it and then drops it."""
+    spec = importlib.util.spec_from_file_location(f"claybot_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+async def stop_cleanly(process: asyncio.subprocess.Process, timeout: float = 90) -> int:
+    """SIGTERM, as an operator stops `claybot run`; its exit status."""
+    process.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(process.wait(), timeout)
+
+
+async def kill_if_running(process: asyncio.subprocess.Process | None) -> None:
+    """After a failed test: no process left behind."""
+    if process is not None and process.returncode is None:
+        process.kill()
+        await process.wait()

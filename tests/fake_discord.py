@@ -97,6 +97,7 @@ class FakeDiscord:
         self.guild_id = snowflake()
         self.channel_id = snowflake()
         self.other_channel_id = snowflake()
+        self.nsfw_channel_id = snowflake()  # an age-restricted channel
         self.allow_message_content = True  # the portal switch for the privileged intent
         self.calls: list[Call] = []
         self.messages: dict[int, dict] = {}
@@ -154,9 +155,10 @@ class FakeDiscord:
                 "pending": False, "nick": None, "avatar": None, "permissions": str(permissions)}
 
     def channel(self, channel_id: int) -> dict:
-        name = "photos" if channel_id == self.channel_id else "general"
+        name = {self.channel_id: "photos", self.nsfw_channel_id: "after-dark"}.get(channel_id, "general")
         return {"id": str(channel_id), "type": 0, "guild_id": str(self.guild_id), "name": name, "position": 0,
-                "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None,
+                "permission_overwrites": [], "nsfw": channel_id == self.nsfw_channel_id, "parent_id": None,
+                "topic": None,
                 "rate_limit_per_user": 0, "last_message_id": None, "flags": 0}
 
     def guild(self) -> dict:
@@ -173,7 +175,8 @@ class FakeDiscord:
                 "unavailable": False, "member_count": 4, "voice_states": [], "presences": [], "threads": [],
                 "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
                 "members": [self.member(self.bot_user, permissions=MEMBER_PERMISSIONS)],
-                "channels": [self.channel(self.channel_id), self.channel(self.other_channel_id)]}
+                "channels": [self.channel(self.channel_id), self.channel(self.other_channel_id),
+                             self.channel(self.nsfw_channel_id)]}
 
     def add_file(self, data: bytes, filename: str, content_type: str = "application/octet-stream") -> str:
         """Serve bytes at a new URL on the fake; returns the URL."""

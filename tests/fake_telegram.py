@@ -80,6 +80,7 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.allowed_updates: list[str] | None = None
         self.chats: dict[int, dict] = {}
+        self.admins: set[int] = set()  # users getChatMember calls administrators (and the bot itself)
         self.messages: dict[tuple[int, int], dict] = {}
         self.deleted: set[tuple[int, int]] = set()
         self.files: dict[str, dict] = {}  # file_id → {"path", "data", "size"}
@@ -346,7 +347,12 @@ class FakeTelegram:
         return True
 
     async def _m_getChatMember(self, call: Call) -> dict:
-        return {"status": "administrator", "user": self.bot_user, "can_be_edited": False, "is_anonymous": False,
+        user_id = int(call.params["user_id"])
+        if user_id != self.bot_user["id"] and user_id not in self.admins:
+            return {"status": "member", "user": {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}}
+        who = self.bot_user if user_id == self.bot_user["id"] else {"id": user_id, "is_bot": False,
+                                                                      "first_name": f"user{user_id}"}
+        return {"status": "administrator", "user": who, "can_be_edited": False, "is_anonymous": False,
                 "can_manage_chat": True, "can_delete_messages": True, "can_manage_video_chats": False,
                 "can_restrict_members": False, "can_promote_members": False, "can_change_info": False,
                 "can_invite_users": True, "can_post_stories": False, "can_edit_stories": False,

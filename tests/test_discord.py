@@ -19,6 +19,7 @@ from bot.flow import RequestFlow, UserError
 from cogs.admin import parse_emoji
 from cogs.clay import clay_command
 from pipeline.errors import ClaybotError
+from pipeline.safety import INPUT_REFUSED
 from tests.conftest import photo_bytes
 from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeInteraction
 
@@ -221,6 +222,20 @@ async def test_a_corrupt_image_gets_an_ephemeral_answer_and_the_next_request_wor
 
     _, final = await clay(fake, fake.bob, seed=7)
     assert fields(final)["Seed"] == "7"
+
+
+async def test_an_explicit_photo_is_refused_except_in_an_age_restricted_channel(bot, fake):
+    red = photo_bytes((64, 64), color=(255, 0, 0), fmt="PNG")  # the tiny tagger rates pure red "explicit"
+    interaction = await fake.slash("clay", fake.alice, image=fake.attachment(red, "red.png", "image/png"))
+    follow_up = await fake.wait_for(lambda call: call.method == "POST" and call.path.endswith(interaction.token),
+                                    timeout=JOB)
+    assert follow_up.json["content"] == INPUT_REFUSED and follow_up.json["flags"] == EPHEMERAL
+    assert not [call for call in fake.calls_of(interaction) if call.files]  # no picture was posted
+
+    interaction = await fake.slash("clay", fake.alice, image=fake.attachment(red, "red.png", "image/png"),
+                                   channel_id=fake.nsfw_channel_id)
+    name, image = picture(await fake.wait_for(result_of(interaction), timeout=JOB))
+    assert name == "clay.png" and image.size == (128, 128)
 
 
 async def test_a_picture_over_the_upload_limit_is_sent_as_a_smaller_jpeg_or_webp(bot, fake):

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import io
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from bot.flow import MAX_STRENGTH, MIN_STRENGTH, UserError, parse_strength
+from bot.telegram import caption_pattern, parse_button
 from pipeline.errors import BadImage
 from pipeline.images import decode_photo, probe_photo
+from pipeline.jobs import MAX_SEED
 from tests.conftest import photo_bytes
 
 LIMIT = 4_000_000
+CAPTION = caption_pattern(["clay", "clay_v2"])
 SEEDS = [photo_bytes((32, 24), fmt=fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP")]
 
 
@@ -66,3 +69,52 @@ def test_any_strength_text_is_a_valid_strength_or_a_usage_message(text):
         assert "Usage: /clay" in str(err)
         return
     assert value is None or MIN_STRENGTH <= value <= MAX_STRENGTH
+
+
+# -- what users type and what comes back in buttons ---------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=70), st.builds("|".join, st.lists(st.text(max_size=12), min_size=4, max_size=4))))
+@example("c1|clay|nan|1")  # found by this test: a float() that is not a strength
+@example("c1|clay|0.5|99999999999999999999999")  # found by this test: a seed torch cannot take
+@example("c1|clay|inf|")
+@example("c1|clay|-0.5|-3")
+def test_button_data_is_a_valid_request_or_refused(data):
+    try:
+        style, strength, seed = parse_button(data)
+    except ValueError:
+        return
+    assert MIN_STRENGTH <= strength <= MAX_STRENGTH
+    assert seed is None or 0 <= seed <= MAX_SEED
+    assert style is None or style == style.strip() and "|" not in style
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_any_caption_is_a_command_for_us_with_a_valid_strength_or_not_ours(caption):
+    match = CAPTION.match(caption)
+    if match is None:
+        return
+    try:
+        strength = parse_strength(match.group(3))
+    except UserError as err:
+        assert "Usage: /clay" in str(err)
+        return
+    assert strength is None or MIN_STRENGTH <= strength <= MAX_STRENGTH
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=-(2**70), max_value=2**70))
+def test_any_seed_is_taken_or_refused_before_it_reaches_the_queue(seed):
+    from pipeline.intake import resolve_options
+    from pipeline.jobs import BadRequest, StyleRequest
+    from pipeline.settings import GpuSettings
+
+    try:
+        resolve_options(GpuSettings(), StyleRequest(b"", seed=seed))
+    except BadRequest as err:
+        assert "Seed" in str(err)
+        assert not 0 <= seed <= MAX_SEED
+        return
+    assert 0 <= seed <= MAX_SEED

@@ -5,7 +5,6 @@ The smoke run checks that the script runs and reports every figure, not that any
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,19 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_speed.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_speed():
-    """The benchmark script as a module (it lives outside the packages)."""
-    spec = importlib.util.spec_from_file_location("claybot_gpu_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
+    """The benchmark script as a module."""
+    module = load_script(SCRIPT)
     yield module
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop(module.__name__, None)
 
 
 def _positive(value) -> bool:

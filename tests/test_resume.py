@@ -7,7 +7,7 @@ import io
 from PIL import Image
 
 from bot.config import load_config
-from bot.flow import resume
+from bot.flow import RequestFlow, resume
 from bot.telegram import TelegramFrontEnd
 from pipeline.jobs import StyleRequest
 from pipeline.redis_queue import RedisQueue
@@ -37,7 +37,7 @@ async def test_jobs_accepted_before_a_restart_are_answered_in_their_chat(tiny_co
         worker = start_worker(config_path, "w0")
         after = RedisQueue(config.gpu(), config.queue, owner="chat-1")
         await after.start()
-        telegram = TelegramFrontEnd(config, flow=None, token=TOKEN)
+        telegram = TelegramFrontEnd(config, RequestFlow(after, config), TOKEN)
         await telegram.start()
         try:
             for handle in await after.recover():

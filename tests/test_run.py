@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import signal
 import sys
 from pathlib import Path
 
 import tomlkit
 from PIL import Image
 
-from tests.conftest import photo_bytes
+from tests.conftest import kill_if_running, photo_bytes, stop_cleanly
 from tests.fake_discord import FakeDiscord
 from tests.fake_telegram import FakeTelegram, private_chat, user
 
@@ -67,12 +66,9 @@ async def test_claybot_run_answers_a_photo_on_telegram_and_on_discord(tiny_confi
         assert clay.format == "PNG" and abs(clay.width / clay.height - 4 / 3) < 0.03
 
         # SIGTERM: it stops in order and exits cleanly.
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 90) == 0
+        assert await stop_cleanly(process) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await kill_if_running(process)
         await telegram.close()
         await discord.close()
     text = log.read_text()

@@ -41,7 +41,7 @@ async def test_a_value_of_the_wrong_type_gives_the_default_and_a_warning(tmp_pat
 
 
 async def test_settings_survive_a_reopen_and_scopes_stay_apart(tmp_path):
-    path = tmp_path / "data" / "settings.sqlite3"
+    path = tmp_path / "data" / "claybot.sqlite3"
     async with SettingsStore(path) as store:
         await store.set("discord:guild:1", "reactions", False)
         await store.set("telegram:chat:-100", "reactions", True)
@@ -104,7 +104,7 @@ async def test_the_event_loop_keeps_running_while_sqlite_works(tmp_path):
 async def test_an_unusable_path_and_a_closed_store_say_so(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(StoreError, match="cannot open the settings database"):
-        await SettingsStore(tmp_path / "file" / "settings.sqlite3").open()
+        await SettingsStore(tmp_path / "file" / "claybot.sqlite3").open()
     store = SettingsStore(tmp_path / "s.sqlite3")
     with pytest.raises(StoreError, match="not open"):
         await store.get("g", "k")

@@ -125,7 +125,7 @@ async def test_start_asks_for_messages_buttons_and_reactions_and_sets_the_comman
     await telegram.fake.wait_for(lambda c: c.method == "getUpdates" and "allowed_updates" in c.params, timeout=10)
     assert set(telegram.fake.allowed_updates) >= {"message", "callback_query", "message_reaction"}
     commands = telegram.fake.calls_to("setMyCommands")[0].params["commands"]
-    assert [c["command"] for c in commands] == ["clay", "help"]
+    assert [c["command"] for c in commands] == ["clay", "claysettings", "help"]
     assert telegram.fake.calls[0].method == "getMe"  # the token is checked first
 
 

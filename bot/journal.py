@@ -1,0 +1,182 @@
+"""The journal of accepted jobs, in claybot's SQLite database: the rate limits, and nothing lost to a restart.
+
+Every request let past the limits gets a row (a *ticket*) before its photo is downloaded: who asked, in which chat,
+where to answer. Once queued, the row keeps the request and the photo; once answered, the photo is dropped and the
+row stays a day, so the limits' windows and the usage counts survive restarts too. A chat process that starts again
+finds every row still unanswered and answers it (``RequestFlow.recover``): none is silently dropped.
+
+The limits count the rows of the last minute / hour, per person and per chat (a Telegram chat, a Discord server),
+inside the same transaction that adds the new row, so requests arriving together cannot all slip through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.config import LimitSettings
+from bot.store import SettingsStore
+from pipeline.errors import ClaybotError
+from pipeline.jobs import StyleRequest
+
+KEEP_ANSWERED = 86400.0  # seconds a row stays after its answer: the longest window, and a day of usage counts
+PRUNE_EVERY = 600.0
+NOT_COUNTED = "busy"  # refused because claybot was busy or restarting: not the person's doing
+
+
+class RateLimited(ClaybotError):
+    """Over a limit; the message says which and when to ask again (``retry_after`` seconds)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Duplicate(ClaybotError):
+    """The platform delivered this event again (after a restart): it already has its ticket."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One unanswered row, as a restarted chat process finds it."""
+
+    ticket: int
+    platform: str
+    user_id: str
+    chat_id: str
+    answer_to: dict[str, Any]
+    state: str  # "reserved": the photo was still being downloaded; "queued": request and photo are here
+    job_id: str | None
+    request: StyleRequest | None
+    attempts: int
+
+
+def wait_text(seconds: float) -> str:
+    """'in 38 seconds', 'in 12 minutes', 'in 2 hours'."""
+    seconds = max(1, math.ceil(seconds))
+    if seconds < 90:
+        return f"in {seconds} second{'s' if seconds != 1 else ''}"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 90:
+        return f"in {minutes} minutes"
+    return f"in {math.ceil(minutes / 60)} hours"
+
+
+def _window_name(seconds: float) -> str:
+    return "minute" if seconds == 60 else "hour" if seconds == 3600 else f"{seconds:g} seconds"
+
+
+class Journal:
+    """The jobs table of a (open) SettingsStore's database."""
+
+    def __init__(self, store: SettingsStore, limits: LimitSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.limits, self.clock = store, limits, clock
+        self._pruned = 0.0
+
+    async def admit(self, platform: str, user_id: str, chat_id: str, group_id: str, answer_to: dict[str, Any],
+                    origin: str | None = None) -> int:
+        """A ticket for a new request, or RateLimited (nothing written) when it is over a limit; Duplicate when
+        ``origin`` (the platform's id of the event) already has one: Telegram sends again the updates a process
+        fetched but did not confirm before it died."""
+        now = self.clock()
+        if now - self._pruned > PRUNE_EVERY:
+            self._pruned = now
+            await self.store.run(lambda db: db.execute("DELETE FROM jobs WHERE state = 'answered' AND answered_at < ?",
+                                                       (now - KEEP_ANSWERED,)))
+
+        def work(db: sqlite3.Connection) -> int | ClaybotError:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                seen = origin is not None and db.execute("SELECT 1 FROM jobs WHERE platform = ? AND origin = ?",
+                                                         (platform, origin)).fetchone()
+                refusal = Duplicate(origin) if seen else self._refusal(db, platform, user_id, group_id, now)
+                if refusal is not None:
+                    db.execute("ROLLBACK")
+                    return refusal
+                cursor = db.execute(
+                    "INSERT INTO jobs (platform, user_id, chat_id, group_id, origin, answer_to, accepted_at, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved')",
+                    (platform, user_id, chat_id, group_id, origin, json.dumps(answer_to), now))
+                db.execute("COMMIT")
+                return cursor.lastrowid
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        result = await self.store.run(work)
+        if isinstance(result, ClaybotError):
+            raise result
+        return result
+
+    def _refusal(self, db: sqlite3.Connection, platform: str, user_id: str, group_id: str,
+                 now: float) -> RateLimited | None:
+        """The first limit this request is over (the one with the longest wait), or None."""
+        cap = self.limits.user_queued
+        if cap:
+            (waiting,) = db.execute("SELECT count(*) FROM jobs WHERE platform = ? AND user_id = ? "
+                                    "AND state != 'answered'", (platform, user_id)).fetchone()
+            if waiting >= cap:
+                photos = "photo" if cap == 1 else "photos"
+                return RateLimited(f"You already have {waiting} {photos} waiting or being made; send the next one "
+                                   f"when {'it is' if waiting == 1 else 'one of them is'} done.", 0.0)
+        worst: RateLimited | None = None
+        for column, value, scope, who in (("user_id", user_id, "user", "You have"),
+                                          ("group_id", group_id, "chat", "People here have")):
+            for count, seconds in self.limits.windows(scope):
+                rows = db.execute(
+                    f"SELECT accepted_at FROM jobs WHERE platform = ? AND {column} = ? AND accepted_at > ? "
+                    f"AND coalesce(outcome, '') != ? ORDER BY accepted_at DESC LIMIT ?",
+                    (platform, value, now - seconds, NOT_COUNTED, count)).fetchall()
+                if len(rows) < count:
+                    continue
+                wait = rows[-1][0] + seconds - now  # when the oldest of them leaves the window
+                if worst is None or wait > worst.retry_after:
+                    worst = RateLimited(f"{who} asked for {count} pictures in the last {_window_name(seconds)}; "
+                                        f"please ask again {wait_text(wait)}.", wait)
+        return worst
+
+    async def queued(self, ticket: int, job_id: str, request: StyleRequest) -> None:
+        """The job is in the queue: keep what is needed to run it again after a restart."""
+        options = {"style": request.style, "strength": request.strength, "seed": request.seed,
+                   "max_rating": request.max_rating, "reply_to": request.reply_to}
+        await self.store.run(lambda db: db.execute(
+            "UPDATE jobs SET state = 'queued', job_id = ?, request = ?, image = ? WHERE ticket = ?",
+            (job_id, json.dumps(options), request.image, ticket)))
+
+    async def requeued(self, ticket: int, job_id: str) -> None:
+        """Submitted again after a restart: one more attempt."""
+        await self.store.run(lambda db: db.execute(
+            "UPDATE jobs SET job_id = ?, attempts = attempts + 1 WHERE ticket = ?", (job_id, ticket)))
+
+    async def answered(self, ticket: int, outcome: str) -> None:
+        """The person has their answer (``outcome``: image, failed, refused, busy, …); the photo is dropped."""
+        now = self.clock()
+        await self.store.run(lambda db: db.execute(
+            "UPDATE jobs SET state = 'answered', outcome = ?, answered_at = ?, image = NULL WHERE ticket = ?",
+            (outcome, now, ticket)))
+
+    async def unanswered(self) -> list[Entry]:
+        """Every row not yet answered, oldest first."""
+        rows = await self.store.run(lambda db: db.execute(
+            "SELECT ticket, platform, user_id, chat_id, answer_to, state, job_id, request, image, attempts "
+            "FROM jobs WHERE state != 'answered' ORDER BY ticket").fetchall())
+        entries = []
+        for ticket, platform, user_id, chat_id, answer_to, state, job_id, request, image, attempts in rows:
+            options = json.loads(request) if request else None
+            if options and isinstance(options.get("reply_to"), list):
+                options["reply_to"] = tuple(options["reply_to"])
+            entries.append(Entry(ticket, platform, user_id, chat_id, json.loads(answer_to), state, job_id,
+                                 StyleRequest(bytes(image), **options) if options and image else None, attempts))
+        return entries
+
+    async def usage(self, since: float) -> dict[str, int]:
+        """How many requests ended how (and how many are open) since a time: for `claybot status`."""
+        rows = await self.store.run(lambda db: db.execute(
+            "SELECT coalesce(outcome, 'open'), count(*) FROM jobs WHERE accepted_at >= ? GROUP BY 1",
+            (since,)).fetchall())
+        return dict(rows)

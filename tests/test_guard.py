@@ -1,0 +1,176 @@
+"""Limits, the SFW gate and chat settings on Telegram, end to end: the real python-telegram-bot Application against
+the fake Bot API server, the real queue and worker on the tiny models, and claybot's SQLite journal."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+import pytest_asyncio
+
+from bot.flow import RequestFlow
+from bot.observability import Metrics
+from bot.store import SettingsStore
+from bot.telegram import TelegramFrontEnd
+from pipeline.safety import INPUT_REFUSED
+from tests.conftest import photo_bytes
+from tests.fake_telegram import FakeTelegram, group_chat, private_chat, user
+from tests.test_telegram import TOKEN, Running, with_telegram
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PHOTO = photo_bytes((128, 96))
+RED = photo_bytes((64, 64), color=(255, 0, 0), fmt="PNG")  # the tiny tagger rates pure red "explicit"
+LIMITS = {"user_per_minute": 2, "user_per_hour": 0, "chat_per_minute": 3, "chat_per_hour": 0, "user_queued": 1}
+
+
+class Clock:
+    """The journal's clock, moved by the tests (the limits' windows are a minute long)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def guarded(tiny_config, queue, tmp_path, clock):
+    """TelegramFrontEnd with claybot's database (journal, limits, chat settings) and metrics, as `claybot run`."""
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    config = with_telegram(tiny_config, fake)
+    config = config.model_copy(update={"limits": config.limits.model_copy(update=LIMITS)})
+    store = SettingsStore(tmp_path / "claybot.sqlite3")
+    await store.open()
+    flow = RequestFlow(queue, config, min_edit_interval=0.05, store=store, metrics=Metrics(), clock=clock)
+    front_end = TelegramFrontEnd(config, flow, TOKEN)
+    try:
+        await asyncio.wait_for(front_end.start(), 15)
+        yield Running(fake, front_end)
+        await settled(Running(fake, front_end))
+        assert await flow.journal.unanswered() == []  # every request answered, no photo kept
+    finally:
+        await asyncio.wait_for(front_end.close(), 30)
+        await fake.close()
+        await store.close()
+
+
+async def settled(running: Running) -> None:
+    """Every request task has finished (its answer recorded in the journal and the metrics, not only sent)."""
+    tasks = [task for task in running.front_end.requests.tasks if not task.done()]
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+
+
+async def answer_text(running: Running, sent: dict) -> str:
+    """The last words the user sees for a request: its status message as last edited, or its text reply."""
+    status = await running.text_for(sent)
+    await settled(running)
+    edits = running.edits_of(status)
+    return edits[-1].params["text"] if edits else status.params["text"]
+
+
+def _sample(metrics: Metrics, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+async def test_a_person_over_their_limit_is_told_when_to_ask_again_and_can_once_the_minute_is_over(guarded, clock):
+    alice = user(2001, "Alice")
+    chat = private_chat(alice)
+    for _ in range(2):
+        sent = await guarded.fake.send_photo(chat, alice, PHOTO, caption="/clay")
+        await guarded.picture_for(sent)
+        clock.now += 10
+    sent = await guarded.fake.send_photo(chat, alice, PHOTO, caption="/clay")
+    refusal = await guarded.text_for(sent)
+    # The first of the two left the window 60 s after it came, 20 s ago: 40 s to go.
+    assert refusal.params["text"] == ("You have asked for 2 pictures in the last minute; "
+                                      "please ask again in 40 seconds.")
+    clock.now += 41
+    sent = await guarded.fake.send_photo(chat, alice, PHOTO, caption="/clay")
+    await guarded.picture_for(sent)
+    await settled(guarded)
+
+    metrics = guarded.front_end.requests.flow.metrics
+    assert _sample(metrics, "claybot_requests_total", platform="telegram", outcome="image") == 3
+    assert _sample(metrics, "claybot_requests_total", platform="telegram", outcome="rate_limited") == 1
+    assert _sample(metrics, "claybot_ack_seconds_count", platform="telegram") == 4
+
+
+async def test_a_busy_chat_is_limited_as_a_whole(guarded, clock):
+    group = group_chat(-1002001, "Busy group")
+    people = [user(2100 + i, f"Person {i}") for i in range(4)]
+    sent = [await guarded.fake.send_photo(group, who, PHOTO, caption="/clay") for who in people[:3]]
+    for message in sent:
+        await guarded.picture_for(message)
+    clock.now += 30
+    fourth = await guarded.fake.send_photo(group, people[3], PHOTO, caption="/clay")
+    refusal = await guarded.text_for(fourth)
+    assert refusal.params["text"] == ("People here have asked for 3 pictures in the last minute; "
+                                      "please ask again in 30 seconds.")
+    other_group = group_chat(-1002002, "Quiet group")  # another chat is not held up
+    await guarded.picture_for(await guarded.fake.send_photo(other_group, people[3], PHOTO, caption="/clay"))
+
+
+async def test_one_person_may_have_one_photo_in_the_queue_at_a_time(guarded):
+    bob = user(2201, "Bob")
+    chat = private_chat(bob)
+    first = await guarded.fake.send_photo(chat, bob, PHOTO, caption="/clay")
+    second = await guarded.fake.send_photo(chat, bob, PHOTO, caption="/clay")
+    refusal = await guarded.text_for(second)
+    assert refusal.params["text"] == ("You already have 1 photo waiting or being made; "
+                                      "send the next one when it is done.")
+    await guarded.picture_for(first)
+    assert not [c for c in guarded.fake.calls_to("sendPhoto", "sendDocument") if c.reply_to == second["message_id"]]
+
+
+async def test_an_explicit_photo_is_refused_until_a_group_admin_marks_the_chat_nsfw(guarded, clock):
+    group = group_chat(-1002301, "Art club")
+    carol, admin = user(2301, "Carol"), user(2302, "Admin")
+    guarded.fake.admins.add(admin["id"])
+
+    sent = await guarded.fake.send_photo(group, carol, RED, caption="/clay")
+    assert await answer_text(guarded, sent) == INPUT_REFUSED
+    # An ordinary photo in the same chat is fine.
+    await guarded.picture_for(await guarded.fake.send_photo(group, carol, PHOTO, caption="/clay"))
+
+    # A member cannot change the setting; the chat stays all-ages.
+    asked = await guarded.fake.send_text(group, carol, "/claysettings nsfw on")
+    assert (await guarded.text_for(asked)).params["text"] == "Only this group's admins can change my settings."
+    asked = await guarded.fake.send_text(group, admin, "/claysettings")
+    assert (await guarded.text_for(asked)).params["text"].startswith("NSFW: off")
+
+    asked = await guarded.fake.send_text(group, admin, "/claysettings nsfw on")
+    assert (await guarded.text_for(asked)).params["text"].startswith("NSFW: on")
+    clock.now += 61  # Carol's two requests of this minute are behind her
+    sent = await guarded.fake.send_photo(group, carol, RED, caption="/clay")
+    await guarded.picture_for(sent)
+    await settled(guarded)
+
+    metrics = guarded.front_end.requests.flow.metrics
+    assert _sample(metrics, "claybot_requests_total", platform="telegram", outcome="refused") == 1
+    assert _sample(metrics, "claybot_failures_total", kind="not_allowed") == 1
+
+
+async def test_settings_usage_and_a_private_chat_owner_deciding_for_their_own_chat(guarded):
+    dave = user(2401, "Dave")
+    chat = private_chat(dave)
+    asked = await guarded.fake.send_text(chat, dave, "/claysettings nsfw maybe")
+    assert "/claysettings nsfw on" in (await guarded.text_for(asked)).params["text"]
+    asked = await guarded.fake.send_text(chat, dave, "/claysettings nsfw on")
+    assert (await guarded.text_for(asked)).params["text"].startswith("NSFW: on")
+    assert re.search(r"seed \d+", (await guarded.picture_for(
+        await guarded.fake.send_photo(chat, dave, RED, caption="/clay"))).params["caption"])
