@@ -192,9 +192,11 @@ async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
     import signal
 
     from bot.flow import RequestFlow
-    from bot.observability import Metrics, serve_metrics
+    from bot.observability import Metrics, hide_secret, serve_metrics
     from bot.store import SettingsStore, store_path
 
+    for secret in tokens.values():
+        hide_secret(secret)
     store = SettingsStore(store_path(config.bot))
     await store.open()
     queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.INFO, status=True)

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TextIO
@@ -72,6 +73,46 @@ class _JobJsonFormatter(JsonFormatter):
         return {"timestamp": log_data.pop("timestamp", None), **log_data}
 
 
+class HideSecrets(logging.Filter):
+    """Blanks bot tokens out of log lines, tracebacks included: the ones registered with ``hide_secret``, and
+    anything shaped like a Telegram token (libraries log API URLs, which contain it)."""
+
+    pattern = re.compile(r"\d{3,}:[A-Za-z0-9_-]{20,}")  # "<bot id>:<secret>", as @BotFather hands them out
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def hide(self, text: str) -> str:
+        text = self.pattern.sub("<token>", text)
+        for secret in self.secrets:
+            text = text.replace(secret, "<token>")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = self.hide(message)
+        if hidden != message:
+            record.msg, record.args = hidden, ()
+        if record.exc_info:  # a traceback that quotes a secret is replaced by its hidden text (formatters use it)
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            hidden = self.hide(text)
+            if hidden != text:
+                record.exc_text, record.exc_info = hidden, None
+        elif record.exc_text:
+            record.exc_text = self.hide(record.exc_text)
+        return True
+
+
+HIDE_SECRETS = HideSecrets()
+
+
+def hide_secret(secret: str) -> None:
+    """Never write this value (a bot token) to a log."""
+    if secret:
+        HIDE_SECRETS.secrets.add(secret)
+
+
 def setup_logging(level: int, fmt: str = "text", stream: TextIO = sys.stderr) -> None:
     """Send the root logger's records to ``stream`` as text or JSON lines, each with its job id.
 
@@ -83,6 +124,7 @@ def setup_logging(level: int, fmt: str = "text", stream: TextIO = sys.stderr) ->
     handler.setFormatter(logging.Formatter(TEXT_FORMAT) if fmt == "text" else _JobJsonFormatter())
     # On the handler, not a logger: logger filters only see records logged to that very logger, not its children's.
     handler.addFilter(JobIdFilter())
+    handler.addFilter(HIDE_SECRETS)  # every logger's lines, whichever library wrote them
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

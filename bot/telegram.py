@@ -51,6 +51,7 @@ from bot.flow import (
     stronger,
     weaker,
 )
+from bot.observability import HIDE_SECRETS, hide_secret
 from bot.store import SettingsStore
 from pipeline.errors import ClaybotError
 from pipeline.jobs import MAX_SEED, Done
@@ -607,37 +608,18 @@ def _for_this_bot(name: str | None, context: ContextTypes.DEFAULT_TYPE) -> bool:
     return name is None or name.lower() == (context.bot.username or "").lower()
 
 
-class HideTokens(logging.Filter):
-    """Blanks bot tokens out of log lines: PTB logs its API URLs, which contain the token, at DEBUG."""
-
-    pattern = re.compile(r"\d{3,}:[A-Za-z0-9_-]{20,}")  # "<bot id>:<secret>", as @BotFather hands them out
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tokens: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        hidden = self.pattern.sub("<token>", message)
-        for token in self.tokens:
-            hidden = hidden.replace(token, "<token>")
-        if hidden != message:
-            record.msg, record.args = hidden, ()
-        return True
-
-
-HIDE_TOKENS = HideTokens()
 # A logger's filters see only the records logged on it, not its children's: name each logger that may quote a URL.
 TOKEN_QUOTING_LOGGERS = ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",
                          "telegram.ext", __name__)
 
 
 def hide_token_in_logs(token: str) -> None:
-    """Keep the token out of every log line PTB or this module writes (httpx's request lines are silenced)."""
-    HIDE_TOKENS.tokens.add(token)
+    """Keep the token out of every log line PTB or this module writes (httpx's request lines are silenced); the
+    `claybot` command's own handler hides it from every other logger too."""
+    hide_secret(token)
     for name in TOKEN_QUOTING_LOGGERS:
-        if HIDE_TOKENS not in logging.getLogger(name).filters:
-            logging.getLogger(name).addFilter(HIDE_TOKENS)
+        if HIDE_SECRETS not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(HIDE_SECRETS)
     for noisy in ("httpx", "httpcore"):  # httpx logs each request's URL at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -81,6 +81,7 @@ class FakeTelegram:
         self.allowed_updates: list[str] | None = None
         self.chats: dict[int, dict] = {}
         self.admins: set[int] = set()  # users getChatMember calls administrators (and the bot itself)
+        self.files_gone = False  # the file server answers 404 to every download
         self.messages: dict[tuple[int, int], dict] = {}
         self.deleted: set[tuple[int, int]] = set()
         self.files: dict[str, dict] = {}  # file_id → {"path", "data", "size"}
@@ -254,7 +255,7 @@ class FakeTelegram:
             self.calls.append(Call("download", {"path": path}, result=True))
             self._changed.notify_all()
         for stored in self.files.values():
-            if stored["path"] == path:
+            if stored["path"] == path and not self.files_gone:
                 return web.Response(body=stored["data"], content_type="application/octet-stream")
         return web.Response(status=404)
 

@@ -4,6 +4,7 @@ the fake Bot API server, the real queue and worker on the tiny models, and clayb
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 import pytest
@@ -174,3 +175,14 @@ async def test_settings_usage_and_a_private_chat_owner_deciding_for_their_own_ch
     assert (await guarded.text_for(asked)).params["text"].startswith("NSFW: on")
     assert re.search(r"seed \d+", (await guarded.picture_for(
         await guarded.fake.send_photo(chat, dave, RED, caption="/clay"))).params["caption"])
+
+
+async def test_a_failed_download_gets_a_calm_answer_and_the_token_stays_out_of_every_log_line(guarded, caplog):
+    caplog.set_level(logging.DEBUG)
+    erin = user(2501, "Erin")
+    guarded.fake.files_gone = True
+    sent = await guarded.fake.send_photo(private_chat(erin), erin, PHOTO, caption="/clay")
+    text = await answer_text(guarded, sent)
+    assert text == "Something went wrong on my side; please try again."
+    assert "request from telegram user 2501 failed" in caplog.text  # logged, with its traceback
+    assert TOKEN not in caplog.text

@@ -13,7 +13,16 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.observability import JOB_ID, JobIdFilter, Metrics, is_loopback, job_context, serve_metrics, setup_logging
+from bot.observability import (
+    JOB_ID,
+    JobIdFilter,
+    Metrics,
+    hide_secret,
+    is_loopback,
+    job_context,
+    serve_metrics,
+    setup_logging,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Logs
@@ -78,6 +87,22 @@ def test_json_line_includes_the_traceback(log_stream):
     (record,) = (json.loads(line) for line in lines(log_stream))
     assert record["job_id"] == "j1"
     assert "RuntimeError: boom" in record["exc_info"]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_registered_token_is_hidden_from_every_logger_and_traceback(log_stream, fmt):
+    secret = "not-shaped-like-a-token-but-secret"
+    hide_secret(secret)
+    setup_logging(logging.INFO, fmt, stream=log_stream)
+    try:
+        raise RuntimeError(f"GET https://example.invalid/bot{secret}/getFile failed")
+    except RuntimeError:
+        logging.getLogger("any.library").exception("request with %s failed", secret)
+    logging.getLogger("other").info("polling https://api.telegram.org/bot123456:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/x")
+    text = log_stream.getvalue()
+    assert secret not in text and "AAAAAAAAAAAAAAAAAAAA" not in text
+    assert text.count("<token>") == 3  # in the message, in the traceback's error line, in the URL
+    assert "RuntimeError" in text  # the traceback itself is kept
 
 
 def test_explicit_job_id_in_extra_wins(log_stream):
