@@ -161,6 +161,7 @@ class RequestFlow:
         self.store = store
         self.journal = Journal(store, config.limits, clock=clock) if store is not None else None
         self.metrics = metrics
+        self.recovering: set[asyncio.Task] = set()  # answering jobs accepted before a restart
 
     def max_bytes(self, platform_limit: int | None = None) -> int:
         """The most bytes a photo may have: ours, or the platform's download limit if lower."""
@@ -277,8 +278,10 @@ class RequestFlow:
             handle = by_job.pop(entry.job_id, None) if entry.job_id else None
             tasks.append(self._recover(entry, handle, front_end))
         tasks += [resume(handle, front_ends) for handle in by_job.values()]  # in the queue, not in this journal
-        for task in tasks:
-            asyncio.create_task(task)
+        for coroutine in tasks:
+            task = asyncio.create_task(coroutine)
+            self.recovering.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(self.recovering.discard)
         return len(tasks)
 
     async def _recover(self, entry: Entry, handle: JobHandle | None, front_end: FrontEnd) -> None:
