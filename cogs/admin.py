@@ -33,12 +33,14 @@ def parse_emoji(text: str) -> str:
                     f"or pick one of this server's custom emojis.")
 
 
-def describe(settings: GuildSettings, style_strength: float, *, message_content: bool) -> str:
+def describe(settings: GuildSettings, style_strength: float, *, message_content: bool, sfw_gate: bool) -> str:
     """The server's settings, for the admin."""
     reactions = f"on ({settings.emoji})" if settings.reactions else f"off (emoji {settings.emoji})"
     strength = f"{settings.strength:g}" if settings.strength is not None else f"the style's ({style_strength:g})"
     channels = ", ".join(f"<#{c}>" for c in settings.channels) if settings.channels else "every channel"
     text = f"**claybot here**\nReactions: {reactions}\nDefault strength: {strength}\nAnswers in: {channels}"
+    if sfw_gate:
+        text += "\nPictures: all-ages only, except in channels marked age-restricted (a Discord channel setting)"
     if settings.reactions and not message_content:
         text += ("\nNote: the bot runs without Discord's Message Content intent, so it cannot see the images of "
                  "messages people react to; \"Clay it\" and /clay work regardless.")
@@ -96,7 +98,8 @@ class Admin(commands.Cog):
             logger.info("discord: guild %s settings changed by user %s: %s", interaction.guild_id,
                         interaction.user.id, ", ".join(changed))
         style = self.bot.config.styles[self.bot.config.pipeline.default_style]
-        text = describe(settings, style.default_strength, message_content=self.bot.intents.message_content)
+        text = describe(settings, style.default_strength, message_content=self.bot.intents.message_content,
+                        sfw_gate=self.bot.config.safety.limit(nsfw=False) is not None)
         await interaction.response.send_message(text, ephemeral=True)
 
 

@@ -68,6 +68,10 @@ def test_wrong_type_is_named(tiny_models, tmp_path):
     ("pipeline", "megapixels", 0, "greater than 0"),
     ("pipeline", "device", "tpu", "'auto', 'cuda' or 'cpu'"),
     ("tagger", "general_threshold", 1.5, "less than or equal to 1"),
+    ("limits", "user_queued", -1, "greater than or equal to 0"),
+    ("safety", "max_rating", "nsfw", "'general', 'sensitive', 'questionable' or 'explicit'"),
+    ("metrics", "host", "0.0.0.0", "must be a loopback address"),
+    ("bot", "log_format", "xml", "'text' or 'json'"),
 ])
 def test_out_of_range_value_says_what_is_allowed(tiny_models, tmp_path, section, key, value, allowed):
     raw = _without_local_models(_root(), tiny_models)

@@ -435,6 +435,7 @@ async def test_claysettings_channels_limit_where_the_bot_answers(bot, fake):
     interaction = await fake.slash("claysettings", fake.admin, permissions=MANAGE_GUILD, all_channels=True)
     answer = await fake.wait_for(lambda call: call.path.endswith(f"/{interaction.token}/callback"), timeout=10)
     assert "Answers in: every channel" in answer.json["data"]["content"]
+    assert "all-ages only, except in channels marked age-restricted" in answer.json["data"]["content"]
 
 
 # -- starting, stopping, secrets --------------------------------------------------------------------------------------
