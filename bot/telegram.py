@@ -549,7 +549,9 @@ class TelegramRequests:
         if args:
             if len(args) != 2 or args[0] != "nsfw" or args[1] not in ("on", "off"):
                 raise UserError(SETTINGS_USAGE)
-            if not await self._is_admin(context, chat.id, chat.type, update.effective_user.id):
+            anonymous_admin = message.sender_chat is not None and message.sender_chat.id == chat.id
+            if not anonymous_admin and not await self._is_admin(context, chat.id, chat.type,
+                                                                update.effective_user.id):
                 raise UserError("Only this group's admins can change my settings.")
             await self.store.set(chat_scope(chat.id), "nsfw", args[1] == "on" or None)
             logger.info("telegram: chat %s set nsfw %s (user %s)", chat.id, args[1], update.effective_user.id)

@@ -169,9 +169,13 @@ class FakeTelegram:
             document["mime_type"] = mime_type
         return await self._user_message(chat, sender, {"document": document}, caption=caption)
 
-    async def send_text(self, chat: dict, sender: dict, text: str, *, reply_to: dict | None = None) -> dict:
-        """A user sends text (a leading /command gets its bot_command entity, as Telegram does)."""
+    async def send_text(self, chat: dict, sender: dict, text: str, *, reply_to: dict | None = None,
+                        as_chat: dict | None = None) -> dict:
+        """A user sends text (a leading /command gets its bot_command entity, as Telegram does); ``as_chat``: on
+        behalf of a chat, as an anonymous group admin does (Telegram then names GroupAnonymousBot as the sender)."""
         extra: dict[str, Any] = {"text": text}
+        if as_chat is not None:
+            extra["sender_chat"] = as_chat
         if text.startswith("/"):
             extra["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
         return await self._user_message(chat, sender, extra, reply_to=reply_to)

@@ -166,6 +166,16 @@ async def test_an_explicit_photo_is_refused_until_a_group_admin_marks_the_chat_n
     assert _sample(metrics, "claybot_failures_total", kind="not_allowed") == 1
 
 
+async def test_an_anonymous_group_admin_can_change_the_settings(guarded):
+    group = group_chat(-1002351, "Quiet admins")
+    anonymous = {"id": 1087968824, "is_bot": True, "first_name": "Group", "username": "GroupAnonymousBot"}
+    asked = await guarded.fake.send_text(group, anonymous, "/claysettings nsfw on", as_chat=group)
+    assert (await guarded.text_for(asked)).params["text"].startswith("NSFW: on")
+    stranger = {"id": -1009999, "type": "channel", "title": "Some channel"}  # posting as another chat: no
+    asked = await guarded.fake.send_text(group, anonymous, "/claysettings nsfw off", as_chat=stranger)
+    assert (await guarded.text_for(asked)).params["text"] == "Only this group's admins can change my settings."
+
+
 async def test_settings_usage_and_a_private_chat_owner_deciding_for_their_own_chat(guarded):
     dave = user(2401, "Dave")
     chat = private_chat(dave)
