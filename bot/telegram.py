@@ -512,6 +512,8 @@ class TelegramRequests:
                     raise UserError(f"That file is larger than the {DOWNLOAD_LIMIT // 2**20} MB Telegram lets "
                                     f"bots download.") from None
                 raise
+            # getFile tells the size even when the message did not (files sent without it, local mode)
+            self.flow.check_size(file.file_size, download_limit(self.settings))
             return bytes(await file.download_as_bytearray())
 
         ask = Ask(platform=PLATFORM, user_id=str(user_id), chat_id=str(photo.chat_id), download=download,

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PHOTO = photo_bytes((128, 96))
 RED = photo_bytes((64, 64), color=(255, 0, 0), fmt="PNG")  # the tiny tagger rates pure red "explicit"
+MAX_MB = 10  # below Telegram's 20 MB, so our own limit is the one that bites
 LIMITS = {"user_per_minute": 2, "user_per_hour": 0, "chat_per_minute": 3, "chat_per_hour": 0, "user_queued": 1}
 
 
@@ -47,7 +48,8 @@ async def guarded(tiny_config, queue, tmp_path, clock):
     fake = FakeTelegram(TOKEN)
     await fake.start()
     config = with_telegram(tiny_config, fake)
-    config = config.model_copy(update={"limits": config.limits.model_copy(update=LIMITS)})
+    config = config.model_copy(update={"limits": config.limits.model_copy(update=LIMITS),
+                                       "bot": config.bot.model_copy(update={"max_photo_mb": MAX_MB})})
     store = SettingsStore(tmp_path / "claybot.sqlite3")
     await store.open()
     flow = RequestFlow(queue, config, min_edit_interval=0.05, store=store, metrics=Metrics(), clock=clock)
@@ -196,3 +198,13 @@ async def test_a_failed_download_gets_a_calm_answer_and_the_token_stays_out_of_e
     assert text == "Something went wrong on my side; please try again."
     assert "request from telegram user 2501 failed" in caplog.text  # logged, with its traceback
     assert TOKEN not in caplog.text
+
+
+async def test_a_file_whose_size_only_getfile_tells_is_refused_before_its_bytes_are_fetched(guarded):
+    frank = user(2601, "Frank")
+    sent = await guarded.fake.send_document(private_chat(frank), frank, PHOTO, file_name="big.jpg",
+                                            mime_type="image/jpeg", caption="/clay", file_size=15 * 2**20,
+                                            size_in_metadata=False)
+    refusal = await guarded.text_for(sent)
+    assert refusal.params["text"] == f"That file is 15.0 MB; I can take photos up to {MAX_MB} MB."
+    assert guarded.fake.calls_to("getFile") and not guarded.fake.calls_to("download")
