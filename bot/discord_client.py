@@ -327,6 +327,10 @@ class ChannelReply(_KeepsPhoto):
     async def status(self, text: str) -> None:
         await self._show(f"{self.member.mention} {text}")
 
+    def placeholder(self) -> dict[str, Any]:
+        """The status reply, for a restarted process to remove."""
+        return {"status_message_id": self.answer.id} if self.answer is not None else {}
+
     async def result(self, done: Done, caption: str) -> None:
         message = await build_result(self.bot, done, self.source, self.member, self.limit)
         await self._show(self.member.mention, embed=message.embed, files=message.files, view=message.view)
@@ -679,6 +683,9 @@ class DiscordFrontEnd:
         else:
             await channel.send(text[:2000], file=discord.File(io.BytesIO(done.image), filename="clay.png"),
                                reference=reference)
+        if answer_to.get("status_message_id"):  # the old process's status reply
+            with contextlib.suppress(discord.HTTPException):
+                await channel.get_partial_message(answer_to["status_message_id"]).delete()
 
     async def close(self) -> None:
         """Let running requests answer (briefly), then disconnect and close the store."""

@@ -79,6 +79,9 @@ class Reply(Protocol):
     async def error(self, text: str) -> None:
         """Tell the user why there is no image (replacing the status message)."""
 
+    def placeholder(self) -> dict[str, Any]:
+        """Where the status message is, once shown ({} if there is none a restarted process could tidy up)."""
+
 
 class FrontEnd(Protocol):
     """A chat platform's glue, as `claybot run` drives it."""
@@ -96,7 +99,8 @@ class FrontEnd(Protocol):
 
     async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
         """Post a result (or, with ``done`` None, a line of text) to a chat, replying to ``answer_to``'s message
-        when it names one: for jobs a restarted chat process answers (the original request is gone)."""
+        when it names one, and removing the status message the old process left (``Reply.placeholder``): for jobs
+        a restarted chat process answers (the original request is gone)."""
 
 
 def parse_strength(text: str | None) -> float | None:
@@ -223,7 +227,15 @@ class RequestFlow:
             logger.info("job %s from %s user %s in %s", handle.id, ask.platform, ask.user_id, ask.chat_id)
             if request.ticket is not None:
                 await self.journal.queued(request.ticket, handle.id, style_request)
+                request.reply.on_first_status = lambda: self._note_placeholder(request)
             await self._follow(handle, request)
+
+    async def _note_placeholder(self, request: _Request) -> None:
+        """The status message is on screen: a restarted process will know which message to remove."""
+        placeholder = getattr(request.reply.reply, "placeholder", None)
+        where = placeholder() if placeholder is not None else {}
+        if where:
+            await self.journal.answer_to(request.ticket, {**request.ask.answer_to, **where})
 
     async def _follow(self, handle: JobHandle, request: _Request) -> None:
         """Progress, paced so platforms' edit rate limits are never hit; then the answer."""
@@ -365,6 +377,7 @@ class _Acked:
     def __init__(self, reply: Reply, ask: Ask, metrics: Metrics | None) -> None:
         self.reply, self.ask, self.metrics = reply, ask, metrics
         self.acked = False
+        self.on_first_status: Callable[[], Awaitable[None]] | None = None
 
     def _ack(self) -> None:
         if not self.acked:
@@ -375,6 +388,9 @@ class _Acked:
     async def status(self, text: str) -> None:
         self._ack()
         await self.reply.status(text)
+        if self.on_first_status is not None:
+            note, self.on_first_status = self.on_first_status, None
+            await note()
 
     async def result(self, done: Done, caption: str) -> None:
         self._ack()

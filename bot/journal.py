@@ -148,6 +148,11 @@ class Journal:
             "UPDATE jobs SET state = 'queued', job_id = ?, request = ?, image = ? WHERE ticket = ?",
             (job_id, json.dumps(options), request.image, ticket)))
 
+    async def answer_to(self, ticket: int, answer_to: dict[str, Any]) -> None:
+        """Where to answer, updated (the status message shown meanwhile)."""
+        await self.store.run(lambda db: db.execute("UPDATE jobs SET answer_to = ? WHERE ticket = ?",
+                                                   (json.dumps(answer_to), ticket)))
+
     async def requeued(self, ticket: int, job_id: str) -> None:
         """Submitted again after a restart: one more attempt."""
         await self.store.run(lambda db: db.execute(

@@ -336,6 +336,10 @@ class TelegramReply:
         await self.bot.send_message(self.photo.chat_id, text, reply_parameters=_reply_to(self.photo.message_id),
                                     message_thread_id=self.photo.thread_id)
 
+    def placeholder(self) -> dict[str, Any]:
+        """The status message, for a restarted process to remove."""
+        return {"status_message_id": self.status_message_id} if self.status_message_id is not None else {}
+
     async def finish(self) -> None:
         """No more status edits, and no more "sending photo…" for this request."""
         self._finished = True
@@ -702,7 +706,8 @@ class TelegramFrontEnd:
             logger.warning("could not set the bot's command menu: %s", err)
 
     async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
-        """A recovered job's answer, replying to the photo: the picture with its caption, or the reason."""
+        """A recovered job's answer, replying to the photo: the picture with its caption, or the reason; then the
+        status message the old process left is removed."""
         bot = self.application.bot
         where = {"reply_parameters": _reply_to(answer_to["message_id"]) if answer_to.get("message_id") else None,
                  "message_thread_id": answer_to.get("thread_id")}
@@ -710,6 +715,9 @@ class TelegramFrontEnd:
             await bot.send_message(int(chat_id), text, **where)
         else:
             await bot.send_photo(int(chat_id), photo=done.image, caption=text[:CAPTION_LIMIT], **where)
+        if answer_to.get("status_message_id"):  # the old process's "Queued, #3" line
+            with contextlib.suppress(TelegramError):
+                await bot.delete_message(int(chat_id), answer_to["status_message_id"])
 
     async def stop_taking(self) -> None:
         """Stop polling; requests already running keep going and still send their answers."""

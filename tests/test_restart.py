@@ -68,9 +68,12 @@ async def test_a_killed_chat_process_answers_its_accepted_jobs_after_a_restart(t
     try:
         await telegram.wait_for(lambda call: call.method == "getUpdates", timeout=120)
         sent = [await telegram.send_photo(private_chat(who), who, PHOTO, caption="/clay") for who in PEOPLE]
+        statuses = {}
         for message in sent:  # each accepted: its status line ("Queued, #n") is out
-            await telegram.wait_for(lambda call, m=message: call.method == "sendMessage"
-                                    and call.reply_to == m["message_id"], timeout=120)
+            status = await telegram.wait_for(lambda call, m=message: call.method == "sendMessage"
+                                             and call.reply_to == m["message_id"], answered=True, timeout=120)
+            statuses[message["message_id"]] = status.result["message_id"]
+        await asyncio.sleep(0.5)  # the journal notes each status message just after it is sent
         process.send_signal(signal.SIGKILL)
         await process.wait()
         killed_at = len(telegram.calls)
@@ -89,6 +92,9 @@ async def test_a_killed_chat_process_answers_its_accepted_jobs_after_a_restart(t
             assert image.format == "PNG"
         after = {call.reply_to for call in telegram.calls[killed_at:] if call.method in ("sendPhoto", "sendDocument")}
         assert after == {m["message_id"] for m in unanswered}  # the restarted process answered exactly those
+        # ... and removed the status lines the dead process had left under those photos.
+        deleted = {call.params["message_id"] for call in telegram.calls[killed_at:] if call.method == "deleteMessage"}
+        assert {statuses[m["message_id"]] for m in unanswered} <= deleted
 
         # The log: one JSON object per line; the restarted process's lines about recovered jobs name the job.
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
