@@ -356,6 +356,21 @@ async def test_a_reaction_gets_a_reply_to_that_message_mentioning_who_reacted(bo
     assert any("Sculpting" in text for text in [status.json["content"], *progress]), progress
 
 
+async def test_a_restarted_process_answers_a_reaction_in_reply_and_removes_the_old_status_line(bot, front_end, fake):
+    from pipeline.jobs import Done
+
+    photo_message = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+    stale = fake.post_message(fake.bot_user, "<@1> Queued, #3.")  # what the dead process had left
+    done = Done(PHOTO, 128, 96, ["solo"], "claymation style", 9, "clay", 0.5)
+    start = len(fake.calls)
+    await front_end.deliver(str(fake.channel_id), done, "clay · strength 0.5 · seed 9",
+                            {"message_id": int(photo_message["id"]), "status_message_id": int(stale["id"])})
+    posted = [call for call in fake.calls[start:] if call.method == "POST" and call.path.endswith("/messages")]
+    assert len(posted) == 1 and "clay.png" in posted[0].files
+    assert str(posted[0].json["message_reference"]["message_id"]) == photo_message["id"]
+    assert int(stale["id"]) not in fake.messages  # deleted
+
+
 async def test_more_reactions_while_the_picture_is_being_made_start_nothing_more(bot, fake):
     photo = fake.attachment(PHOTO)
     message = fake.post_message(fake.bob, attachments=[photo])
