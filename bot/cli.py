@@ -76,24 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_format(args: argparse.Namespace) -> str:
-    """bot.log_format of the config the command reads ("text" when it cannot be read: the command says why)."""
-    path = getattr(args, "config", None)
-    if args.command != "run" or path is None:
-        return "text"
-    try:
-        return load_config(path, check_models=False).bot.log_format
-    except ClaybotError:
-        return "text"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claybot`` console script."""
     args = build_parser().parse_args(argv)
     quiet = args.command in ("stylize", "sweep", "check", "status")  # their output is the answer
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
-    log_format = _log_format(args)
-    setup_logging(level, log_format)
+    args.log_level = level
+    setup_logging(level)  # text; `claybot run` switches to the config's bot.log_format once it has read it
     # Libraries' own chatter (diffusers, httpx) is noise at INFO.
     for noisy in ("httpx", "diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -166,6 +155,7 @@ async def _stylize(config: Config, request: StyleRequest, verbose: bool) -> Done
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the bot: the queue and its worker, and every enabled chat front end, until SIGINT/SIGTERM."""
     config = load_config(args.config)
+    setup_logging(args.log_level, config.bot.log_format)
     front_ends = _front_end_tokens(config)
     return asyncio.run(_run(config, front_ends, args.verbose))
 
