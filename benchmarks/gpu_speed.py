@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/gpu_speed.py --json out/gpu_speed.json
     .venv/bin/python benchmarks/gpu_speed.py --switch compile --json out/compile.json   # baseline + one switch
     .venv/bin/python benchmarks/gpu_speed.py --all-switches                            # baseline, each, all
-    # anywhere, in well under a minute on 2 CPU cores: the same code path on pipeline.tiny's models
+    # anywhere, in well under a minute on 2 CPU cores: the same code path on pipeline.gpu.tiny's models
     .venv/bin/python benchmarks/gpu_speed.py --smoke --json /tmp/smoke.json
     # anywhere, in seconds: the hard-coded full-size configs built on the meta device (parameter counts, FLOPs)
     .venv/bin/python benchmarks/gpu_speed.py --meta
@@ -273,7 +273,7 @@ def write_word_tokenizer(folder: Path, words: Iterable[str], *, pad_token: str) 
     """A CLIPTokenizer whose vocabulary holds each given word whole, so each costs ONE token, as in real CLIP.
 
     The real CLIP BPE vocabulary (49,408 tokens) cannot be downloaded here. A char-level tokenizer (as in
-    pipeline.tiny) would spend one token per character: a 30-tag prompt would become ~300 tokens instead of ~90,
+    pipeline.gpu.tiny) would spend one token per character: a 30-tag prompt would become ~300 tokens instead of ~90,
     i.e. five 77-token chunks instead of two, and the UNet's cross-attention would attend to ~385 keys instead of
     154 — a slower, wrong benchmark. Real CLIP keeps common tag words (hair, eyes, smile, shirt…) whole and splits
     digits and punctuation exactly as this tokenizer does (same pre-tokenizer), so the counts agree closely; a rare
@@ -423,7 +423,7 @@ def _prompt_texts() -> list[str]:
     """Everything the prompts may hold: every tag, and the template config's style texts."""
     import tomllib
 
-    from pipeline.prompt import tag_text
+    from pipeline.gpu.prompt import tag_text
 
     texts = [tag_text(name) for name, _ in wd14_tag_rows()]
     config = tomllib.loads((ROOT / "config.toml").read_text(encoding="utf-8"))
@@ -460,7 +460,7 @@ def write_full_models(folder: Path, *, lora_rank: int = 32, rebuild: bool = Fals
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
-    from pipeline.tiny import SDXL_SCHEDULER_CONFIG
+    from pipeline.gpu.tiny import SDXL_SCHEDULER_CONFIG
 
     started = time.perf_counter()
     shutil.rmtree(folder, ignore_errors=True)
@@ -482,7 +482,7 @@ def write_full_models(folder: Path, *, lora_rank: int = 32, rebuild: bool = Fals
         requires_aesthetics_score=False, force_zeros_for_empty_prompt=True,
     )
     pipe.save_pretrained(str(paths["sdxl_folder"]), safe_serialization=True)
-    # transformers 5 saves only tokenizer.json; keep the classic vocab.json + merges.txt too (as pipeline.tiny does).
+    # transformers 5 saves only tokenizer.json; keep the classic vocab.json + merges.txt too (as gpu.tiny does).
     write_word_tokenizer(paths["sdxl_folder"] / "tokenizer", words, pad_token="<|endoftext|>")
     write_word_tokenizer(paths["sdxl_folder"] / "tokenizer_2", words, pad_token="!")
     vae.register_to_config(**VAE_FP16_FIX_OVERRIDES)
@@ -498,8 +498,8 @@ def write_full_models(folder: Path, *, lora_rank: int = 32, rebuild: bool = Fals
 
 
 def write_smoke_models(folder: Path) -> BenchModels:
-    """pipeline.tiny's models: tiny SDXL diffusers folder, kohya LoRA (rank 4), 32 px WD14-shaped tagger."""
-    from pipeline.tiny import LORA_RANK, write_tiny_models
+    """pipeline.gpu.tiny's models: tiny SDXL diffusers folder, kohya LoRA (rank 4), 32 px WD14-shaped tagger."""
+    from pipeline.gpu.tiny import LORA_RANK, write_tiny_models
 
     started = time.perf_counter()
     tiny = write_tiny_models(folder)
@@ -661,7 +661,7 @@ def measure_claybot(name: str, config_path: Path, photo, batches: list[int], rep
                     worker_warm_up: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """claybot's real Stylizer under one config: load, (worker warm-up), per-batch figures. → (figures, facts)."""
     from bot.config import load_config
-    from pipeline.stylizer import Photo, Stylizer, denoising_steps
+    from pipeline.gpu.stylizer import Photo, Stylizer, denoising_steps
 
     settings = load_config(config_path).gpu()
     style = settings.pipeline.default_style
@@ -910,7 +910,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", help="full-size models on CUDA (the default with a GPU)")
-    mode.add_argument("--smoke", action="store_true", help="pipeline.tiny's models on the CPU (the default without)")
+    mode.add_argument("--smoke", action="store_true", help="the tiny models on the CPU (the default without)")
     mode.add_argument("--meta", action="store_true", help="only check the full-size configs on the meta device")
     mode.add_argument("--cpu-check", action="store_true",
                       help="build the FULL-size models and run the full path once on the CPU in float32 at 256×256, "
@@ -1028,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
             print("measuring the bare diffusers call", flush=True)
             from PIL import Image
 
-            from pipeline.prompt import plain_text
+            from pipeline.gpu.prompt import plain_text
 
             work_image = photo.resize(tuple(facts["work_size"]), Image.Resampling.LANCZOS)
             runs["bare"] = measure_bare(

@@ -34,7 +34,7 @@ from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, us
 TOKEN = "555077:fake-telegram-token-load-test"
 CLAYBOT = Path(sys.executable).parent / "claybot"
 GROUPS = 5
-# The clear refusals a person may get under load, from bot.journal and pipeline.jobs.busy_message.
+# The clear refusals a person may get under load, from bot.journal and pipeline.core.jobs.busy_message.
 REFUSALS = {
     "rate_limited": re.compile(r"asked for \d+ pictures in the last (minute|hour); please ask again in \d+"),
     "queue_cap": re.compile(r"^You already have \d+ photos? waiting or being made"),

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from bot.cli import ROOT_CONFIG, tiny_config_text  # noqa: E402
 from bot.config import Config, load_config  # noqa: E402
-from pipeline.jobs import StyleRequest  # noqa: E402
-from pipeline.local import LocalQueue  # noqa: E402
-from pipeline.prompt import plain_text  # noqa: E402
+from pipeline.core.jobs import StyleRequest  # noqa: E402
+from pipeline.core.local import LocalQueue  # noqa: E402
+from pipeline.gpu.prompt import plain_text  # noqa: E402
 
 
 def sample_photo() -> bytes:
@@ -41,7 +41,7 @@ def ensure_config(path: Path | None) -> Path:
     """The given config, or tiny models written to a temporary folder."""
     if path is not None:
         return path
-    from pipeline.tiny import write_tiny_models
+    from pipeline.gpu.tiny import write_tiny_models
 
     folder = Path(tempfile.mkdtemp(prefix="claybot-bench-"))
     tiny = write_tiny_models(folder)
@@ -56,7 +56,7 @@ def bare_calls(config: Config, n: int, prompt: str, strength: float) -> float:
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from PIL import Image
 
-    from pipeline.images import decode_photo, working_size
+    from pipeline.core.images import decode_photo, working_size
 
     p = config.pipeline
     pipe = StableDiffusionXLImg2ImgPipeline.from_single_file(p.base_model, config=p.base_config,
@@ -106,8 +106,8 @@ async def queued_calls(config: Config, n: int, strength: float, *, concurrent: b
 CHAT_SIDE = textwrap.dedent("""
     import time
     started = time.perf_counter()
-    from pipeline.jobs import StyleRequest
-    from pipeline.local import LocalQueue
+    from pipeline.core.jobs import StyleRequest
+    from pipeline.core.local import LocalQueue
     from bot.config import load_config
     import_s = time.perf_counter() - started
     import asyncio, json, resource, sys

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config, token
 from bot.observability import setup_logging
-from pipeline.errors import ClaybotError
-from pipeline.images import probe_photo
-from pipeline.jobs import Done, Failed, Progress, StyleRequest
-from pipeline.local import LocalQueue
+from pipeline.core.errors import ClaybotError
+from pipeline.core.images import probe_photo
+from pipeline.core.jobs import Done, Failed, Progress, StyleRequest
+from pipeline.core.local import LocalQueue
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
 async def queue_snapshot(config: Config, queue) -> dict:
     """The queue's depth and workers, as `claybot status` shows them (for the metrics)."""
     if config.queue.backend == "redis":
-        from pipeline.redis_queue import redis_status
+        from pipeline.core.redis_queue import redis_status
 
         return await redis_status(config.queue)
     return queue.status()
@@ -257,7 +257,7 @@ async def _quietly(awaitable) -> None:
 def open_queue(config: Config, *, log_level: int = logging.INFO, status: bool = False):
     """The configured queue backend (``status``: the local one keeps `claybot status`'s file up to date)."""
     if config.queue.backend == "redis":
-        from pipeline.redis_queue import RedisQueue
+        from pipeline.core.redis_queue import RedisQueue
 
         return RedisQueue(config.gpu(), config.queue)
     return LocalQueue(config.gpu(), config.queue, log_level=log_level,
@@ -273,11 +273,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Queue depth, live workers, the last hour's jobs and their p50/p95 time."""
     import json
 
-    from pipeline.status import pid_alive, render
+    from pipeline.core.status import pid_alive, render
 
     config = load_config(args.config, check_models=False)
     if config.queue.backend == "redis":
-        from pipeline.redis_queue import redis_status
+        from pipeline.core.redis_queue import redis_status
 
         status = asyncio.run(redis_status(config.queue))
     else:
@@ -315,11 +315,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run a pipeline worker in the foreground: on the Redis stream, or serving queue.worker_address."""
     import signal
 
-    from pipeline.worker import listen, serve
+    from pipeline.gpu.worker import listen, serve
 
     config = load_config(args.config)
     if config.queue.backend == "redis" and not args.listen:
-        from pipeline.redis_worker import RedisWorker
+        from pipeline.gpu.redis_worker import RedisWorker
 
         worker = RedisWorker(config.gpu(), config.queue)
         # SIGTERM/SIGINT: finish the batch in hand, then leave (its jobs are acknowledged, none is lost).
@@ -356,8 +356,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from pipeline.images import decode_photo
-    from pipeline.sheet import contact_sheet
+    from pipeline.core.images import decode_photo
+    from pipeline.core.sheet import contact_sheet
 
     config = load_config(args.config)
     style = args.style or config.pipeline.default_style
@@ -406,7 +406,7 @@ async def _run_all(config: Config, requests: dict, verbose: bool) -> dict:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config, then load every model the way the worker would."""
     config = load_config(args.config)
-    from pipeline.stylizer import Stylizer  # after the config: a typo is reported without loading torch
+    from pipeline.gpu.stylizer import Stylizer  # after the config: a typo is reported without loading torch
 
     print(f"{args.config}: settings are valid")
     for key, spec in config.model_specs().items():
@@ -418,7 +418,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_tiny_models(args: argparse.Namespace) -> int:
     """Write tiny models and DIR/config.toml: the template config with its models pointed at them."""
-    from pipeline.tiny import write_tiny_models
+    from pipeline.gpu.tiny import write_tiny_models
 
     if not args.template.is_file():
         raise ConfigError(f"{args.template}: no config to copy; pass --from path/to/config.toml")

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from pipeline import models
-from pipeline.errors import ClaybotError, ModelError
-from pipeline.settings import GpuSettings, QueueSettings, Settings, UrlModel
+from pipeline.core import models
+from pipeline.core.errors import ClaybotError, ModelError
+from pipeline.core.settings import GpuSettings, QueueSettings, Settings, UrlModel
 
 
 class ConfigError(ClaybotError):

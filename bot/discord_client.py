@@ -33,9 +33,9 @@ from PIL import Image
 from bot.config import Config, ConfigError
 from bot.flow import Ask, RequestFlow, UserError, shorten, stronger, weaker
 from bot.store import SettingsStore, store_path
-from pipeline.errors import BadImage, ClaybotError
-from pipeline.images import decode_photo
-from pipeline.jobs import Done
+from pipeline.core.errors import BadImage, ClaybotError
+from pipeline.core.images import decode_photo
+from pipeline.core.jobs import Done
 
 logger = logging.getLogger(__name__)
 

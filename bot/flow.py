@@ -20,8 +20,8 @@ from bot.config import Config
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
 from bot.observability import Metrics, job_context
 from bot.store import SettingsStore
-from pipeline.errors import ClaybotError
-from pipeline.jobs import (
+from pipeline.core.errors import ClaybotError
+from pipeline.core.jobs import (
     BadRequest,
     Done,
     ErrorKind,

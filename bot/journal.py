@@ -21,8 +21,8 @@ from typing import Any
 
 from bot.config import LimitSettings
 from bot.store import SettingsStore
-from pipeline.errors import ClaybotError
-from pipeline.jobs import StyleRequest
+from pipeline.core.errors import ClaybotError
+from pipeline.core.jobs import StyleRequest
 
 KEEP_ANSWERED = 86400.0  # seconds a row stays after its answer: the longest window, and a day of usage counts
 PRUNE_EVERY = 600.0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.config import BotSettings
-from pipeline.errors import ClaybotError
+from pipeline.core.errors import ClaybotError
 
 logger = logging.getLogger(__name__)
 

@@ -53,8 +53,8 @@ from bot.flow import (
 )
 from bot.observability import HIDE_SECRETS, hide_secret
 from bot.store import SettingsStore
-from pipeline.errors import ClaybotError
-from pipeline.jobs import MAX_SEED, Done
+from pipeline.core.errors import ClaybotError
+from pipeline.core.jobs import MAX_SEED, Done
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from bot.cli import ROOT_CONFIG, tiny_config_text
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Tiny SDXL (folder and single file), clay LoRA (kohya and diffusers formats) and WD14 tagger on disk."""
-    from pipeline.tiny import write_tiny_models
+    from pipeline.gpu.tiny import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
@@ -48,7 +48,7 @@ def tiny_config(tiny_config_path):
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def queue(tiny_config):
     """One real local queue and pipeline worker for a module's front-end tests: a worker start costs seconds."""
-    from pipeline.local import LocalQueue
+    from pipeline.core.local import LocalQueue
 
     queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
     await queue.start()

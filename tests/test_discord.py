@@ -18,8 +18,8 @@ from bot.discord_client import ClayBot, DiscordFrontEnd, fit_upload, guild_scope
 from bot.flow import RequestFlow, UserError
 from cogs.admin import parse_emoji
 from cogs.clay import clay_command
-from pipeline.errors import ClaybotError
-from pipeline.safety import INPUT_REFUSED
+from pipeline.core.errors import ClaybotError
+from pipeline.core.safety import INPUT_REFUSED
 from tests.conftest import photo_bytes
 from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeInteraction
 
@@ -357,7 +357,7 @@ async def test_a_reaction_gets_a_reply_to_that_message_mentioning_who_reacted(bo
 
 
 async def test_a_restarted_process_answers_a_reaction_in_reply_and_removes_the_old_status_line(bot, front_end, fake):
-    from pipeline.jobs import Done
+    from pipeline.core.jobs import Done
 
     photo_message = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
     stale = fake.post_message(fake.bot_user, "<@1> Queued, #3.")  # what the dead process had left

@@ -10,9 +10,9 @@ from PIL import Image
 
 from bot.flow import MAX_STRENGTH, MIN_STRENGTH, UserError, parse_strength
 from bot.telegram import caption_pattern, parse_button
-from pipeline.errors import BadImage
-from pipeline.images import decode_photo, probe_photo
-from pipeline.jobs import MAX_SEED
+from pipeline.core.errors import BadImage
+from pipeline.core.images import decode_photo, probe_photo
+from pipeline.core.jobs import MAX_SEED
 from tests.conftest import photo_bytes
 
 LIMIT = 4_000_000
@@ -107,9 +107,9 @@ def test_any_caption_is_a_command_for_us_with_a_valid_strength_or_not_ours(capti
 @settings(max_examples=300, deadline=None)
 @given(st.integers(min_value=-(2**70), max_value=2**70))
 def test_any_seed_is_taken_or_refused_before_it_reaches_the_queue(seed):
-    from pipeline.intake import resolve_options
-    from pipeline.jobs import BadRequest, StyleRequest
-    from pipeline.settings import GpuSettings
+    from pipeline.core.intake import resolve_options
+    from pipeline.core.jobs import BadRequest, StyleRequest
+    from pipeline.core.settings import GpuSettings
 
     try:
         resolve_options(GpuSettings(), StyleRequest(b"", seed=seed))

@@ -93,7 +93,7 @@ def test_full_size_configs_are_the_published_sdxl_architecture(gpu_speed):
 
 
 def test_unet_flops_count_attention_and_scale_with_batch(gpu_speed):
-    from pipeline.tiny import _build_unet
+    from pipeline.gpu.tiny import _build_unet
 
     config = dict(_build_unet().config)
     one = gpu_speed.unet_forward_flops(config, batch=1, latent_hw=(16, 16), tokens=77)
@@ -106,7 +106,7 @@ def test_unet_flops_count_attention_and_scale_with_batch(gpu_speed):
 def test_word_tokenizer_keeps_each_word_one_token(gpu_speed, tmp_path):
     from transformers import CLIPTokenizer
 
-    from pipeline.prompt import tag_text
+    from pipeline.gpu.prompt import tag_text
 
     tags = [tag_text(t) for t in gpu_speed.PHOTO_TAGS]
     words = gpu_speed.words_of(["claymation style", *tags, "hairs"])
@@ -124,8 +124,8 @@ def test_word_tokenizer_keeps_each_word_one_token(gpu_speed, tmp_path):
 
 
 def test_full_size_wd14_tagger_runs_in_claybots_tagger(gpu_speed, tmp_path):
-    from pipeline.settings import TaggerSettings
-    from pipeline.tagger import Tagger
+    from pipeline.core.settings import TaggerSettings
+    from pipeline.gpu.tagger import Tagger
 
     folder = gpu_speed.write_wd14_vit_tagger(tmp_path / "wd14")
     tagger = Tagger(folder, TaggerSettings(), use_cuda=False)

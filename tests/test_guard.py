@@ -14,7 +14,7 @@ from bot.flow import RequestFlow
 from bot.observability import Metrics
 from bot.store import SettingsStore
 from bot.telegram import TelegramFrontEnd
-from pipeline.safety import INPUT_REFUSED
+from pipeline.core.safety import INPUT_REFUSED
 from tests.conftest import photo_bytes
 from tests.fake_telegram import FakeTelegram, group_chat, private_chat, user
 from tests.test_telegram import TOKEN, Running, with_telegram

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import BadImage, TooLarge
-from pipeline.images import decode_photo, output_size, working_size
+from pipeline.core.errors import BadImage, TooLarge
+from pipeline.core.images import decode_photo, output_size, working_size
 from tests.conftest import photo_bytes
 
 LIMIT = 40_000_000

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import models
-from pipeline.errors import ModelError
-from pipeline.settings import UrlModel
+from pipeline.core import models
+from pipeline.core.errors import ModelError
+from pipeline.core.settings import UrlModel
 
 LORA_BYTES = b"pretend safetensors bytes " * 100
 LORA_SHA = hashlib.sha256(LORA_BYTES).hexdigest()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.prompt import build_prompt, escape, parse_attention, plain_text, prompt_tags
-from pipeline.settings import StyleSettings, TaggerSettings
-from pipeline.tagger import Tags
+from pipeline.core.settings import StyleSettings, TaggerSettings
+from pipeline.gpu.prompt import build_prompt, escape, parse_attention, plain_text, prompt_tags
+from pipeline.gpu.tagger import Tags
 
 CLAY = StyleSettings(trigger_words="claymation style", trigger_weight=2.0,
                      clashing_tags=["realistic", "photo (medium)"])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.jobs import (
+from pipeline.core.jobs import (
     CRASH_REASON,
     Done,
     ErrorKind,
@@ -29,7 +29,7 @@ from pipeline.jobs import (
     Started,
     StyleRequest,
 )
-from pipeline.local import LocalQueue
+from pipeline.core.local import LocalQueue
 from tests.conftest import photo_bytes
 
 PHOTO = photo_bytes((128, 96))
@@ -65,8 +65,8 @@ def test_the_chat_side_never_imports_torch(tiny_config_path):
     script = textwrap.dedent(f"""
         import asyncio, json, sys
         from bot.config import load_config
-        from pipeline.jobs import StyleRequest
-        from pipeline.local import LocalQueue
+        from pipeline.core.jobs import StyleRequest
+        from pipeline.core.local import LocalQueue
         from tests.conftest import photo_bytes
 
         async def main():

@@ -8,9 +8,9 @@ import contextlib
 import pytest
 
 from bot.config import load_config
-from pipeline.jobs import Done, ErrorKind, Failed, Progress, QueueBusy, Queued, Started, StyleRequest
-from pipeline.local import LocalQueue
-from pipeline.redis_queue import RedisQueue
+from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, QueueBusy, Queued, Started, StyleRequest
+from pipeline.core.local import LocalQueue
+from pipeline.core.redis_queue import RedisQueue
 from tests.conftest import photo_bytes
 from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker
 

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from bot.config import load_config
-from pipeline.jobs import Done, ErrorKind, Failed, Progress, Queued, Started, StyleRequest
-from pipeline.redis_queue import RedisQueue, redis_status
-from pipeline.status import render
+from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, Queued, Started, StyleRequest
+from pipeline.core.redis_queue import RedisQueue, redis_status
+from pipeline.core.status import render
 from tests.conftest import photo_bytes
 from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker
 
@@ -191,7 +191,7 @@ async def test_a_job_completed_twice_is_answered_once(server, tiny_config_path, 
 
 
 async def test_a_full_shared_queue_answers_busy(server, tiny_config_path, tmp_path):
-    from pipeline.jobs import QueueBusy
+    from pipeline.core.jobs import QueueBusy
 
     config = redis_config(tiny_config_path, tmp_path, server.url, max_queue=2)
     queue = _queue(config, "chat-a")

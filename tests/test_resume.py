@@ -13,8 +13,8 @@ from bot.config import load_config
 from bot.flow import RequestFlow
 from bot.store import SettingsStore
 from bot.telegram import TelegramFrontEnd
-from pipeline.jobs import StyleRequest
-from pipeline.redis_queue import RedisQueue
+from pipeline.core.jobs import StyleRequest
+from pipeline.core.redis_queue import RedisQueue
 from tests.conftest import photo_bytes
 from tests.fake_telegram import FakeTelegram, private_chat, user
 from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker

@@ -9,9 +9,9 @@ from pathlib import Path
 import tomlkit
 
 from bot.config import load_config
-from pipeline.jobs import StyleRequest
-from pipeline.local import LocalQueue
-from pipeline.status import percentile, render, summarize
+from pipeline.core.jobs import StyleRequest
+from pipeline.core.local import LocalQueue
+from pipeline.core.status import percentile, render, summarize
 from tests.conftest import photo_bytes
 
 CLAYBOT = Path(sys.executable).parent / "claybot"

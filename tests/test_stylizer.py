@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.images import decode_photo
-from pipeline.settings import StyleSettings
-from pipeline.stylizer import Photo, Stylizer
+from pipeline.core.images import decode_photo
+from pipeline.core.settings import StyleSettings
+from pipeline.gpu.stylizer import Photo, Stylizer
 from tests.conftest import photo_bytes
 
 MAX_PIXELS = 40_000_000

@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from bot.config import load_config
-from pipeline.jobs import StyleRequest
-from pipeline.local import LocalQueue
-from pipeline.sheet import LABEL_HEIGHT, cell_box, sheet_size
+from pipeline.core.jobs import StyleRequest
+from pipeline.core.local import LocalQueue
+from pipeline.core.sheet import LABEL_HEIGHT, cell_box, sheet_size
 from tests.conftest import photo_bytes
 
 CLAYBOT = Path(sys.executable).parent / "claybot"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import ModelError
-from pipeline.settings import TaggerSettings
-from pipeline.tagger import Tagger
-from pipeline.tiny import write_tiny_tagger
+from pipeline.core.errors import ModelError
+from pipeline.core.settings import TaggerSettings
+from pipeline.gpu.tagger import Tagger
+from pipeline.gpu.tiny import write_tiny_tagger
 
 # Square solid colours (RGB): padding cannot add white and resizing cannot change the mean.
 COLOURS = [(255, 0, 0), (0, 0, 255), (200, 120, 40), (30, 200, 90), (128, 128, 128)]

@@ -26,8 +26,8 @@ from bot.telegram import (
     download_limit,
     parse_button,
 )
-from pipeline.jobs import SHUTDOWN_REASON
-from pipeline.local import LocalQueue
+from pipeline.core.jobs import SHUTDOWN_REASON
+from pipeline.core.local import LocalQueue
 from tests.conftest import photo_bytes
 from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, user
 

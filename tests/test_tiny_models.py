@@ -1,4 +1,4 @@
-"""Tests for pipeline.tiny: the tiny random-weight models load and run in the real formats, offline."""
+"""Tests for pipeline.gpu.tiny: the tiny random-weight models load and run in the real formats, offline."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pipeline.tiny import TinyModels, write_tiny_models, write_tiny_tagger
+from pipeline.gpu.tiny import TinyModels, write_tiny_models, write_tiny_tagger
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 

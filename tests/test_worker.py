@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.jobs import Done, StyleRequest
-from pipeline.local import LocalQueue
-from pipeline.stylizer import Stylizer
-from pipeline.worker import run_batch
+from pipeline.core.jobs import Done, StyleRequest
+from pipeline.core.local import LocalQueue
+from pipeline.gpu.stylizer import Stylizer
+from pipeline.gpu.worker import run_batch
 from tests.conftest import photo_bytes
 
 
@@ -71,7 +71,7 @@ def _outcomes(sent: list[dict]) -> dict[str, str]:
 
 
 def test_a_photo_over_the_chats_rating_is_refused_before_stylizing_and_its_companions_still_run(stylizer):
-    from pipeline.safety import INPUT_REFUSED
+    from pipeline.core.safety import INPUT_REFUSED
 
     assert stylizer.tagger([Image.open(io.BytesIO(RED))])[0].rating == "explicit"
     batch = _batch(1, max_rating="sensitive")
@@ -94,7 +94,7 @@ def test_a_chat_that_allows_everything_gets_the_explicit_photo_stylized(stylizer
 
 
 def test_the_result_is_tagged_again_and_held_to_the_same_rating(stylizer):
-    from pipeline.safety import OUTPUT_REFUSED
+    from pipeline.core.safety import OUTPUT_REFUSED
 
     sent = []
     run_batch(ExplicitResults(stylizer), _batch(4, 5, max_rating="sensitive"), sent.append)

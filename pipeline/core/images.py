@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import BadImage, TooLarge
+from pipeline.core.errors import BadImage, TooLarge
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`claybot worker` on the Redis backend: take compatible jobs from the shared stream, stylize, answer the owner.
 
-The same batch loop (``pipeline.worker.run_batch``) as the local worker; only where jobs come from and where the
+The same batch loop (``pipeline.gpu.worker.run_batch``) as the local worker; only where jobs come from and where the
 answers go differ. A job is acknowledged and deleted only once its answer is stored, so a worker that dies
 mid-job leaves it pending for another worker to claim after ``queue.claim_idle`` seconds.
 """
@@ -15,11 +15,11 @@ import threading
 import time
 from typing import Any
 
-from pipeline.jobs import CRASH_REASON, ErrorKind, batch_message, job_message
-from pipeline.redis_queue import EVENTS_MAXLEN, GROUP, Keys, text
-from pipeline.settings import GpuSettings, QueueSettings
-from pipeline.status import gpu_memory_mb
-from pipeline.worker import run_batch
+from pipeline.core.jobs import CRASH_REASON, ErrorKind, batch_message, job_message
+from pipeline.core.redis_queue import EVENTS_MAXLEN, GROUP, Keys, text
+from pipeline.core.settings import GpuSettings, QueueSettings
+from pipeline.core.status import gpu_memory_mb
+from pipeline.gpu.worker import run_batch
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class RedisWorker:
 
     def serve(self, *, warm_up: bool = True) -> None:
         """Load the models, then take and answer jobs until ``stop`` is set."""
-        from pipeline.stylizer import Stylizer
+        from pipeline.gpu.stylizer import Stylizer
 
         self.ensure_group()
         self.stylizer = Stylizer(self.gpu)

@@ -19,13 +19,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline import models  # noqa: E402
-from pipeline.conditioning import Conditioning, PromptEncoder  # noqa: E402
-from pipeline.errors import ModelError  # noqa: E402
-from pipeline.images import SDXL_BUCKETS, output_size  # noqa: E402
-from pipeline.prompt import build_prompt, prompt_tags  # noqa: E402
-from pipeline.settings import GpuSettings  # noqa: E402
-from pipeline.tagger import Tagger, Tags  # noqa: E402
+from pipeline.core import models  # noqa: E402
+from pipeline.core.errors import ModelError  # noqa: E402
+from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
+from pipeline.core.settings import GpuSettings  # noqa: E402
+from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
+from pipeline.gpu.prompt import build_prompt, prompt_tags  # noqa: E402
+from pipeline.gpu.tagger import Tagger, Tags  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import BadImage, ClaybotError, TooLarge
-from pipeline.jobs import ErrorKind
-from pipeline.safety import INPUT_REFUSED, OUTPUT_REFUSED, over_limit
-from pipeline.settings import GpuSettings
+from pipeline.core.errors import BadImage, ClaybotError, TooLarge
+from pipeline.core.jobs import ErrorKind
+from pipeline.core.safety import INPUT_REFUSED, OUTPUT_REFUSED, over_limit
+from pipeline.core.settings import GpuSettings
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ class JobTimeout(Exception):
 
 def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True) -> None:
     """Load the models once, then for each connection: announce readiness and answer batches until it closes."""
-    from pipeline.status import gpu_memory_mb
-    from pipeline.stylizer import Stylizer
+    from pipeline.core.status import gpu_memory_mb
+    from pipeline.gpu.stylizer import Stylizer
 
     connections = iter(connections)
     try:
@@ -96,8 +96,8 @@ def parse_address(address: str) -> str | tuple[str, int]:
 
 def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
     """Decode, stylize and answer every job of one batch; a bad photo fails alone, never its companions."""
-    from pipeline.images import decode_photo
-    from pipeline.stylizer import Photo
+    from pipeline.core.images import decode_photo
+    from pipeline.gpu.stylizer import Photo
 
     p = stylizer.settings.pipeline
     max_pixels = int(p.max_input_megapixels * 1e6)
@@ -128,10 +128,10 @@ class _Job:
     """One decoded job of a batch."""
 
     id: str
-    photo: Any  # pipeline.stylizer.Photo
+    photo: Any  # pipeline.gpu.stylizer.Photo
     max_rating: str | None
     timings: dict[str, float]
-    tags: Any = None  # pipeline.tagger.Tags, once tagged
+    tags: Any = None  # pipeline.gpu.tagger.Tags, once tagged
 
 
 def _allowed(stylizer, group: list[_Job], send: Send) -> list[_Job]:
@@ -151,7 +151,7 @@ def _allowed(stylizer, group: list[_Job], send: Send) -> list[_Job]:
 
 
 def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: float, send: Send) -> None:
-    from pipeline.images import encode_png
+    from pipeline.core.images import encode_png
 
     ids = [job.id for job in group]
     send({"op": "started", "ids": ids})

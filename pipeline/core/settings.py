@@ -44,7 +44,7 @@ class UrlModel(Settings):
 
 
 # A model is a local path, a Hugging Face repo id ("owner/name", or "owner/name:file/in/repo.safetensors"),
-# or an https URL with its sha256. See pipeline.models for how each is resolved.
+# or an https URL with its sha256. See pipeline.core.models for how each is resolved.
 ModelSpec = str | UrlModel
 
 Strength = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -74,7 +74,7 @@ class PipelineSettings(Settings):
 
     def work_size(self, width: int, height: int) -> tuple[int, int]:
         """The size a photo of this size is stylized at, under these settings."""
-        from pipeline.images import working_size
+        from pipeline.core.images import working_size
 
         return working_size(width, height, self.megapixels, buckets=self.resolution_buckets)
 

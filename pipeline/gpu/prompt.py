@@ -1,7 +1,7 @@
 """Tags → an A1111-style prompt with the style's trigger words weighted up, and that syntax parsed into weights.
 
 The original workflow wrote ``(claymation style:2), tag, tag, …``: without the raised weight the trigger drowns
-among 20–40 tags and the style does not show. Torch-free; ``pipeline.conditioning`` turns the parsed prompt into
+among 20–40 tags and the style does not show. Torch-free; ``pipeline.gpu.conditioning`` turns the parsed prompt into
 SDXL embeddings.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from pipeline.settings import StyleSettings, TaggerSettings
-from pipeline.tagger import Tags
+from pipeline.core.settings import StyleSettings, TaggerSettings
+from pipeline.gpu.tagger import Tags
 
 # Kaomoji tags keep their underscores (as in the taggers' reference scripts): "^_^" is not "^ ^".
 KAOMOJI = frozenset({

@@ -15,7 +15,7 @@ Layout (every key under ``queue.redis_prefix``, "claybot" by default):
   ``answered:<id>`` makes the answer visible once even if two workers finish the same job.
 - ``workers`` — a hash of live workers' heartbeats (device, batch size, jobs done), for `claybot status`.
 
-This module is the chat side (redis.asyncio, no torch); ``pipeline.redis_worker`` is the GPU side.
+This module is the chat side (redis.asyncio, no torch); ``pipeline.gpu.redis_worker`` is the GPU side.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import socket
 import time
 from typing import Any
 
-from pipeline.intake import take_in
-from pipeline.jobs import (
+from pipeline.core.intake import take_in
+from pipeline.core.jobs import (
     SHUTDOWN_REASON,
     Done,
     ErrorKind,
@@ -43,7 +43,7 @@ from pipeline.jobs import (
     busy_message,
     new_job_id,
 )
-from pipeline.settings import GpuSettings, QueueSettings
+from pipeline.core.settings import GpuSettings, QueueSettings
 
 logger = logging.getLogger(__name__)
 

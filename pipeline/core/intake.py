@@ -6,11 +6,11 @@ import asyncio
 import secrets
 from dataclasses import dataclass
 
-from pipeline.errors import BadImage, TooLarge
-from pipeline.images import probe_photo
-from pipeline.jobs import MAX_SEED, BadRequest, ErrorKind, Failed, StyleRequest
-from pipeline.safety import check_rating
-from pipeline.settings import GpuSettings
+from pipeline.core.errors import BadImage, TooLarge
+from pipeline.core.images import probe_photo
+from pipeline.core.jobs import MAX_SEED, BadRequest, ErrorKind, Failed, StyleRequest
+from pipeline.core.safety import check_rating
+from pipeline.core.settings import GpuSettings
 
 PROBE_TIMEOUT = 10.0  # seconds to read a photo's header
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pipeline.errors import ClaybotError
+from pipeline.core.errors import ClaybotError
 
 
 class ErrorKind(StrEnum):
@@ -39,7 +39,7 @@ class StyleRequest:
     seed: int | None = None
     reply_to: Any = None
     trigger_weight: float | None = None  # operators' sweeps only; users get the style's weight
-    max_rating: str | None = None  # the most the chat allows (pipeline.safety.RATINGS); None: anything
+    max_rating: str | None = None  # the most the chat allows (pipeline.core.safety.RATINGS); None: anything
 
     def __repr__(self) -> str:  # never put image bytes in a log line
         return (f"StyleRequest(<{len(self.image)} bytes>, style={self.style!r}, strength={self.strength!r}, "

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import ModelError
-from pipeline.settings import ModelSpec, UrlModel
+from pipeline.core.errors import ModelError
+from pipeline.core.settings import ModelSpec, UrlModel
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from compel import Compel, ReturnedEmbeddingsType
 from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 
-from pipeline.prompt import parse_attention, plain_text
+from pipeline.gpu.prompt import parse_attention, plain_text
 
 
 class _A1111Compel(Compel):

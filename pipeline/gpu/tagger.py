@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import ModelError
-from pipeline.settings import TaggerSettings
+from pipeline.core.errors import ModelError
+from pipeline.core.settings import TaggerSettings
 
 logger = logging.getLogger(__name__)
 

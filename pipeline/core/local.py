@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ClaybotError, ModelError
-from pipeline.intake import Intake, take_in
-from pipeline.jobs import (
+from pipeline.core.errors import ClaybotError, ModelError
+from pipeline.core.intake import Intake, take_in
+from pipeline.core.jobs import (
     CRASH_REASON,
     SHUTDOWN_REASON,
     Done,
@@ -39,8 +39,8 @@ from pipeline.jobs import (
     job_message,
     new_job_id,
 )
-from pipeline.settings import GpuSettings, QueueSettings
-from pipeline.status import History, write_atomically
+from pipeline.core.settings import GpuSettings, QueueSettings
+from pipeline.core.status import History, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class LocalQueue:
         """External worker (`claybot worker`): connect, retrying while it (re)starts, then read from it."""
         from multiprocessing.connection import Client
 
-        from pipeline.worker import parse_address
+        from pipeline.gpu.worker import parse_address
 
         address = parse_address(self.settings.worker_address)
         while not self._closing and generation == self._generation:
@@ -276,7 +276,7 @@ class LocalQueue:
             return
 
     def _spawn(self) -> None:
-        from pipeline.worker import child_main
+        from pipeline.gpu.worker import child_main
 
         self._generation += 1
         context = multiprocessing.get_context("spawn")
