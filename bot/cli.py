@@ -1,4 +1,4 @@
-"""The ``claybot`` command line: stylize, check, tiny-models."""
+"""The ``claybot`` command line: stylize, check, models, tiny-models."""
 
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and load every model")
     check.add_argument("--config", type=Path, default=Path("config.toml"))
 
+    fetch = sub.add_parser("models", help="fetch every model of the config ahead of time and show what is on disk")
+    fetch.add_argument("--config", type=Path, default=Path("config.toml"))
+
     tiny = sub.add_parser("tiny-models", help="write tiny random-weight models and a config using them")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--from", dest="template", type=Path, default=ROOT_CONFIG,
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claybot`` console script."""
     args = build_parser().parse_args(argv)
-    quiet = args.command in ("stylize", "sweep", "check", "status")  # their output is the answer
+    quiet = args.command in ("stylize", "sweep", "check", "status", "models")  # their output is the answer
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     args.log_level = level
     setup_logging(level)  # text; `claybot run` switches to the config's bot.log_format once it has read it
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         commands = {"run": cmd_run, "stylize": cmd_stylize, "sweep": cmd_sweep, "worker": cmd_worker,
-                    "status": cmd_status, "check": cmd_check, "tiny-models": cmd_tiny_models}
+                    "status": cmd_status, "check": cmd_check, "models": cmd_models,
+                    "tiny-models": cmd_tiny_models}
         return commands[args.command](args)
     except ClaybotError as err:
         print(f"claybot: {err}", file=sys.stderr)
@@ -404,15 +408,36 @@ async def _run_all(config: Config, requests: dict, verbose: bool) -> dict:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config, then load every model the way the worker would."""
-    config = load_config(args.config)
-    from pipeline.gpu.stylizer import Stylizer  # after the config: a typo is reported without loading torch
+    """Validate the config, fetch every model, then load them the way the worker would."""
+    from bot.prefetch import fetch_or_fail
 
+    config = load_config(args.config)
     print(f"{args.config}: settings are valid")
     for key, spec in config.model_specs().items():
         print(f"  {key} = {spec if isinstance(spec, str) else spec.url}")
+    fetch_or_fail(config)  # before torch: a model that cannot be fetched is reported in seconds
+    from pipeline.gpu.stylizer import Stylizer
+
     Stylizer(config.gpu())
     print("every model loads")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Fetch every model of the config into the cache and print each one's source, path, size and checksum."""
+    from bot.prefetch import fetch_models, render
+
+    config = load_config(args.config)
+    fetched, failures = fetch_models(config)
+    for model in fetched:
+        print(render(model))
+    for failure in failures:
+        print(f"claybot: {failure}", file=sys.stderr)
+    if failures:
+        print(f"claybot: {len(failures)} of {len(fetched) + len(failures)} models could not be fetched",
+              file=sys.stderr)
+        return 1
+    print(f"all {len(fetched)} models are on disk")
     return 0
 
 

@@ -164,11 +164,19 @@ class Config(GpuSettings):
             "pipeline.vae": self.pipeline.vae,
             "tagger.model": self.tagger.model,
         }
-        if models.parse(self.pipeline.base_model).kind == "local" and self.pipeline.base_model.endswith(".safetensors"):
+        if _single_file(self.pipeline.base_model) or _single_file(self.pipeline.vae):  # configs come from here
             specs["pipeline.base_config"] = self.pipeline.base_config
         for name, style in self.styles.items():
             specs[f"styles.{name}.lora"] = style.lora
         return {key: spec for key, spec in specs.items() if spec}
+
+
+def _single_file(spec: models.ModelSpec) -> bool:
+    """Whether a model spec names one file (a single-file checkpoint or VAE) rather than a diffusers folder."""
+    ref = models.parse(spec)
+    if ref.kind == "local":
+        return ref.value.lower().endswith(".safetensors")
+    return ref.kind in ("url", "civitai") or (ref.kind == "repo" and bool(ref.filename))
 
 
 def token(env_name: str) -> str | None:
@@ -198,9 +206,11 @@ def parse_config(
     except ValidationError as err:
         raise ConfigError(f"{source}: {_explain(_most_relevant(err.errors()))}") from None
     config = _with_absolute_models(config, base_dir)
-    for key, spec in config.model_specs().items() if check_models else ():
+    for key, spec in config.model_specs().items():
         try:
-            models.check_local(spec, key)
+            models.check_spec(spec, key)  # a malformed Civitai reference is a config mistake, models or not
+            if check_models:
+                models.check_local(spec, key)
         except ModelError as err:
             raise ConfigError(f"{source}: {err}") from None
     return config
@@ -246,7 +256,8 @@ def _explain(error: dict) -> str:
                    "bool_type": "must be true or false", "string_type": "must be a string in quotes",
                    "list_type": "must be a list, e.g. [\"a\", \"b\"]", "dict_type": "must be a table"}[kind]
     if error["loc"][-1:] in (("str",), ("UrlModel",)):
-        message = 'must be a path, a Hugging Face repo id, or { url = "https://…", sha256 = "…" }'
+        message = ('must be a path, a Hugging Face repo id, a Civitai model version (civitai:<id>), or '
+                   '{ url = "https://…", sha256 = "…" }')
     return f"{key}: {message}{got}" if loc else message
 
 

@@ -1,7 +1,9 @@
-"""Where a model named in config.toml lives: a local path, a Hugging Face repo id, or an https URL with a sha256.
+"""Where a model named in config.toml lives: a local path, a Hugging Face repo id, an https URL with a sha256,
+or a Civitai model version (``civitai:<id>``, an AIR; see pipeline.core.civitai).
 
-Repo ids and URLs are fetched once into the cache (with a progress bar) and reused; only safetensors and ONNX
-files are ever handed to a loader.
+Repo ids, URLs and Civitai versions are fetched once into the cache (with a progress bar) and reused; only
+safetensors and ONNX files are ever handed to a loader. When the Hugging Face Hub cannot be reached, a model already
+in the cache is used at once and a missing one fails in seconds, not after a minute of retries.
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
+from pipeline.core import civitai
 from pipeline.core.errors import ModelError
-from pipeline.core.settings import ModelSpec, UrlModel
+from pipeline.core.settings import ModelSpec, PipelineSettings, UrlModel
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +30,47 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?::[^:]+)?$")
 MODEL_SUFFIXES = (".safetensors", ".onnx", ".ckpt", ".pt", ".pth", ".bin", ".csv", ".json")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
+# What to fetch of a Hugging Face repo for each role (never the repo's pickled or duplicate single-file weights).
+DIFFUSERS_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors",
+                   "*/model.safetensors", "*/model-*.safetensors", "*/*.safetensors.index.json"]
+CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt"]
+VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
+TAGGER_FILES = ["model.onnx", "selected_tags.csv"]
+LORA_FILES = ["*.safetensors"]
+_FILES_FOR_KEY = {"pipeline.base_model": DIFFUSERS_FILES, "pipeline.base_config": CONFIG_FILES,
+                  "pipeline.vae": VAE_FILES, "tagger.model": TAGGER_FILES}
+
+PROBE_TIMEOUT = 3.0  # seconds a TCP connection to the Hub may take before it counts as unreachable
+_probes: dict[tuple[str, int], tuple[float, str | None]] = {}
+_probes_lock = threading.Lock()
+
+
+def allow_patterns(key: str) -> list[str] | None:
+    """The files of a Hugging Face repo that the model at this config key needs."""
+    if key.startswith("styles.") and key.endswith(".lora"):
+        return LORA_FILES
+    return _FILES_FOR_KEY.get(key)
+
+
+@dataclass(frozen=True)
+class ModelStore:
+    """Where downloaded models are kept, and how Civitai is reached."""
+
+    cache_dir: Path
+    civitai_url: str = civitai.CIVITAI_URL
+    civitai_token_env: str = civitai.TOKEN_ENV
+
+    @classmethod
+    def of(cls, pipeline: PipelineSettings) -> ModelStore:
+        """The store a config's [pipeline] section describes."""
+        return cls(Path(os.path.expanduser(pipeline.cache_dir)), pipeline.civitai_url, pipeline.civitai_token_env)
+
 
 @dataclass(frozen=True)
 class ModelRef:
     """A model spec sorted into its kind."""
 
-    kind: Literal["none", "local", "repo", "url"]
+    kind: Literal["none", "local", "repo", "url", "civitai"]
     value: str
     filename: str = ""  # for repo ids: one file inside the repo; for URLs: the cached file's name
     sha256: str = ""
@@ -40,6 +83,8 @@ def parse(spec: ModelSpec) -> ModelRef:
         return ModelRef("url", spec.url, name, spec.sha256)
     if not spec:
         return ModelRef("none", "")
+    if civitai.is_reference(spec):
+        return ModelRef("civitai", spec.strip())
     looks_local = (
         spec.startswith(("/", "./", "../", "~"))
         or (":" not in spec and spec.lower().endswith(MODEL_SUFFIXES))  # "owner/name:file.safetensors" is a repo
@@ -65,6 +110,17 @@ def describe(spec: ModelSpec) -> str:
     return describe_ref(parse(spec))
 
 
+def check_spec(spec: ModelSpec, key: str) -> None:
+    """Refuse a malformed Civitai reference, or one the key cannot use, naming the key (no file is touched)."""
+    ref = parse(spec)
+    if ref.kind != "civitai":
+        return
+    try:
+        civitai.check_kind(civitai.parse_reference(ref.value), key)
+    except ValueError as err:
+        raise ModelError(f"{key}: {err}") from None
+
+
 def check_local(spec: ModelSpec, key: str) -> None:
     """Fail at start-up if a local model path does not exist or names a pickled checkpoint."""
     ref = parse(spec)
@@ -81,35 +137,93 @@ def check_local(spec: ModelSpec, key: str) -> None:
 
 
 def resolve(
-    spec: ModelSpec, key: str, cache_dir: str | Path, *, allow_patterns: list[str] | None = None
+    spec: ModelSpec, key: str, cache_dir: str | Path | ModelStore, *, allow_patterns: list[str] | None = None
 ) -> Path:
-    """A local path to the model: local specs as they are, repo ids and URLs downloaded once into the cache."""
+    """A local path to the model: local specs as they are, the others downloaded once into the cache."""
     ref = parse(spec)
     if ref.kind == "none":
-        raise ModelError(f"{key} is empty: name a local path, a Hugging Face repo id or an https URL with a sha256.")
+        raise ModelError(f"{key} is empty: name a local path, a Hugging Face repo id, a Civitai model version or an "
+                         "https URL with a sha256.")
     if ref.kind == "local":
         check_local(spec, key)
         return Path(ref.value)
-    cache = Path(os.path.expanduser(str(cache_dir)))
+    store = cache_dir if isinstance(cache_dir, ModelStore) else ModelStore(Path(os.path.expanduser(str(cache_dir))))
+    cache = store.cache_dir
     how_to = f"Download it yourself and set {key} to its local path."
     if ref.kind == "repo":
         return _from_hub(ref, key, cache / "hub", allow_patterns, how_to)
+    if ref.kind == "civitai":
+        check_spec(spec, key)
+        return civitai.fetch(civitai.parse_reference(ref.value), key, cache / "civitai",
+                             base_url=store.civitai_url, token_env=store.civitai_token_env)
     return _from_url(ref, key, cache / "urls", how_to)
 
 
 def _from_hub(ref: ModelRef, key: str, cache: Path, allow_patterns: list[str] | None, how_to: str) -> Path:
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
 
+    def fetch(local_files_only: bool) -> Path:
+        if ref.filename:
+            return Path(hf_hub_download(ref.value, ref.filename, cache_dir=cache, local_files_only=local_files_only))
+        return Path(snapshot_download(ref.value, cache_dir=cache, allow_patterns=allow_patterns,
+                                      local_files_only=local_files_only))
+
+    # huggingface_hub retries an unreachable Hub for ~23 s per file before it looks in its cache: ask the network
+    # once, quickly, and go straight to the cache when it does not answer.
+    offline = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else unreachable(constants.ENDPOINT)
+    if offline:
+        try:
+            path = fetch(local_files_only=True)
+        except Exception:
+            raise ModelError(
+                f"{key}: {describe_ref(ref)} is not in the cache ({cache}) and the Hugging Face Hub cannot be "
+                f"reached ({offline}). Connect this machine to the internet and run `claybot models` once, or "
+                f"download it yourself and set {key} to its local path."
+            ) from None
+        logger.info("%s: the Hugging Face Hub cannot be reached (%s); using the cached %s", key, offline,
+                    describe_ref(ref))
+        return path
     logger.info("fetching %s from the Hugging Face Hub (cached in %s)", describe_ref(ref), cache)
     try:
-        if ref.filename:
-            return Path(hf_hub_download(ref.value, ref.filename, cache_dir=cache))
-        return Path(snapshot_download(ref.value, cache_dir=cache, allow_patterns=allow_patterns))
+        return fetch(local_files_only=False)
     except Exception as err:  # huggingface_hub raises many kinds: offline, 404, gated, timeout
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
         raise ModelError(
             f"{key}: could not fetch {describe_ref(ref)} from the Hugging Face Hub ({reason}). {how_to}"
         ) from None
+
+
+def unreachable(url: str) -> str | None:
+    """None when a TCP connection to the URL's host (or its proxy) opens within seconds, else why it did not.
+
+    The answer is remembered for half a minute, so that a config naming several Hub models probes once.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxied.hostname or host, proxied.port or 80
+    with _probes_lock:
+        seen = _probes.get((host, port))
+        if seen and time.monotonic() - seen[0] < 30:
+            return seen[1]
+    outcome: list[str | None] = []
+
+    def connect() -> None:  # in a thread: a stuck DNS lookup has no timeout of its own
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{host}: {err.strerror or type(err).__name__}")
+
+    probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(PROBE_TIMEOUT + 0.5)
+    reason = outcome[0] if outcome else f"{host}: no answer within {PROBE_TIMEOUT:g} s"
+    with _probes_lock:
+        _probes[(host, port)] = (time.monotonic(), reason)
+    return reason
 
 
 def _from_url(ref: ModelRef, key: str, cache: Path, how_to: str) -> Path:
@@ -137,3 +251,10 @@ def describe_ref(ref: ModelRef) -> str:
     if ref.kind == "repo" and ref.filename:
         return f"{ref.value}:{ref.filename}"
     return ref.value or "(none)"
+
+
+def source_of(spec: ModelSpec) -> str:
+    """Where a model comes from, in words: "Hugging Face owner/name", "Civitai civitai:123", "local", an URL."""
+    ref = parse(spec)
+    return {"repo": f"Hugging Face {describe_ref(ref)}", "civitai": f"Civitai {ref.value}",
+            "url": f"URL {ref.value}", "local": "local file", "none": "(none)"}[ref.kind]

@@ -44,7 +44,8 @@ class UrlModel(Settings):
 
 
 # A model is a local path, a Hugging Face repo id ("owner/name", or "owner/name:file/in/repo.safetensors"),
-# or an https URL with its sha256. See pipeline.core.models for how each is resolved.
+# a Civitai model version ("civitai:<id>", "urn:air:sdxl:lora:civitai:<model>@<version>"), or an https URL with
+# its sha256. See pipeline.core.models for how each is resolved.
 ModelSpec = str | UrlModel
 
 Strength = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -65,12 +66,23 @@ class PipelineSettings(Settings):
     max_input_megapixels: Annotated[float, Field(gt=0.0, le=200.0)] = 40.0
     default_style: str = "clay"
     cache_dir: str = "~/.cache/claybot"
+    # Civitai: where its API is (a mirror or a test server may stand in), and the variable holding an API key
+    civitai_url: str = "https://civitai.com"
+    civitai_token_env: str = "CIVITAI_TOKEN"
     # speed switches (each measured by benchmarks/gpu_speed.py)
     attention: Literal["sdpa", "classic"] = "sdpa"
     channels_last: bool = False
     fuse_qkv: bool = False
     compile: bool = False
     resolution_buckets: bool = False
+
+    @field_validator("civitai_url")
+    @classmethod
+    def _civitai_url(cls, url: str) -> str:
+        loopback = url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
+        if not (url.startswith("https://") or loopback):
+            raise ValueError("must be an https:// URL such as https://civitai.com (plain http only on this machine)")
+        return url.rstrip("/")
 
     def work_size(self, width: int, height: int) -> tuple[int, int]:
         """The size a photo of this size is stylized at, under these settings."""

@@ -22,20 +22,13 @@ from PIL import Image  # noqa: E402
 from pipeline.core import models  # noqa: E402
 from pipeline.core.errors import ModelError  # noqa: E402
 from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
+from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGGER_FILES, VAE_FILES  # noqa: E402
 from pipeline.core.settings import GpuSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
 from pipeline.gpu.prompt import build_prompt, prompt_tags  # noqa: E402
 from pipeline.gpu.tagger import Tagger, Tags  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-# What to fetch of a Hugging Face repo for each role (never the repo's pickled or duplicate single-file weights).
-DIFFUSERS_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors",
-                   "*/model.safetensors", "*/model-*.safetensors", "*/*.safetensors.index.json"]
-CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt"]
-VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
-TAGGER_FILES = ["model.onnx", "selected_tags.csv"]
-LORA_FILES = ["*.safetensors"]
 
 StepCallback = Callable[[int, int], None]
 
@@ -92,7 +85,7 @@ class Stylizer:
         self.settings = settings
         self.device = pick_device(settings.pipeline.device)
         self.dtype = pick_dtype(settings.pipeline.dtype, self.device)
-        cache = settings.pipeline.cache_dir
+        cache = models.ModelStore.of(settings.pipeline)
         logger.info("loading models on %s (%s)", self.device, str(self.dtype).removeprefix("torch."))
         tagger_dir = models.resolve(settings.tagger.model, "tagger.model", cache, allow_patterns=TAGGER_FILES)
         self.tagger = Tagger(tagger_dir, settings.tagger, use_cuda=self.device.type == "cuda")
@@ -109,7 +102,7 @@ class Stylizer:
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
         p = self.settings.pipeline
-        cache = p.cache_dir
+        cache = models.ModelStore.of(p)
         kwargs: dict = {"dtype": self.dtype, "use_safetensors": True}
         base = models.resolve(p.base_model, "pipeline.base_model", cache, allow_patterns=DIFFUSERS_FILES)
         config_dir: Path | None = None
@@ -150,7 +143,7 @@ class Stylizer:
 
     def _load_loras(self) -> bool:
         """Load each style's LoRA; with a single LoRA it is fused into the weights once (no per-step cost)."""
-        cache = self.settings.pipeline.cache_dir
+        cache = models.ModelStore.of(self.settings.pipeline)
         loaded: list[str] = []
         for name, style in self.settings.styles.items():
             if not style.lora:

@@ -1,0 +1,378 @@
+"""Models named the way Civitai users find them: ``civitai:<modelVersionId>``, an AIR, or the model page's URL.
+
+Forms understood (the version is always needed: it pins the file whose sha256 Civitai reports):
+
+- ``civitai:128713`` — the model version id (the number after ``?modelVersionId=`` in the page's URL);
+- ``urn:air:sdxl:lora:civitai:122359@128713`` — Civitai's AI Resource Identifier, ``<model>@<version>``, optionally
+  ``+<fileId>`` and ``.safetensors``;
+- ``https://civitai.com/models/122359/some-name?modelVersionId=128713`` or ``https://civitai.com/api/download/models/128713``.
+
+The file is fetched through Civitai's public API: the version's metadata (``/api/v1/model-versions/{id}``) names
+the file and its SHA256; the download (``/api/download/models/{id}``, which redirects to storage) is streamed into
+the cache with a progress bar, resumed when the connection is cut, and kept only when its SHA256 matches. Only
+``.safetensors`` files are fetched. The API key, for models whose creators require a login, comes from the
+environment variable the config names and is sent only to the configured Civitai host (never logged, never in a
+message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from pipeline.core.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+CIVITAI_URL = "https://civitai.com"
+TOKEN_ENV = "CIVITAI_TOKEN"
+# AIR ecosystems whose models are SDXL-shaped (claybot runs SDXL); others are refused with the way around it.
+SDXL_ECOSYSTEMS = ("sdxl", "pony", "illustrious", "noobai")
+# Civitai's model types (API `model.type`, AIR `type`) each config key accepts.
+LORA_TYPES = ("lora", "locon", "lycoris", "dora")
+TYPES_FOR_KEY = {"pipeline.base_model": ("checkpoint", "model"), "pipeline.vae": ("vae",)}
+FOLDER_KEYS = ("tagger.model", "pipeline.base_config")  # need a folder of files; Civitai serves one file
+
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection: an unreachable Civitai fails fast
+READ_TIMEOUT = 60.0  # seconds without a byte before a download counts as cut
+ATTEMPTS = 4  # tries of one download; each after the first resumes where the last one was cut
+CHUNK = 1 << 20
+
+_AIR = re.compile(
+    r"^(?:urn:)?air:(?P<ecosystem>[^:]+):(?P<type>[^:]+):(?P<source>[^:]+):(?P<model>[^@+]+?)"
+    r"(?:@(?P<version>[^+]*?))?(?:\+(?P<file>[^.]*))?(?:\.(?P<format>[^.]+))?$",
+    re.IGNORECASE,
+)
+_HOW = "write civitai:<modelVersionId> or urn:air:sdxl:lora:civitai:<modelId>@<modelVersionId>"
+
+
+@dataclass(frozen=True)
+class CivitaiRef:
+    """One Civitai model version (and, optionally, one file of it)."""
+
+    version_id: int
+    model_id: int | None = None
+    resource_type: str = ""  # from an AIR: lora, checkpoint, vae…
+    file_id: int | None = None
+
+    def describe(self) -> str:
+        """How messages name it."""
+        if self.model_id is not None:
+            return f"Civitai model {self.model_id} version {self.version_id}"
+        return f"Civitai model version {self.version_id}"
+
+
+def is_reference(spec: str) -> bool:
+    """Whether a model spec is meant as a Civitai reference (well-formed or not)."""
+    text = spec.strip().lower()
+    if text.startswith(("civitai:", "urn:air:", "air:")):
+        return True
+    host = urlsplit(text).hostname or ""
+    return text.startswith(("https://", "http://")) and (host == "civitai.com" or host.endswith(".civitai.com"))
+
+
+def parse_reference(spec: str) -> CivitaiRef:
+    """A Civitai reference from its text; ValueError with what is wrong and how to write it."""
+    text = spec.strip()
+    lowered = text.lower()
+    if lowered.startswith("civitai:"):
+        version = text.split(":", 1)[1].strip()
+        if not version.isdigit():
+            raise ValueError(f"{text!r} is not a Civitai model version: {_HOW} (the version id is the number after "
+                             "?modelVersionId= in the model page's URL)")
+        return CivitaiRef(int(version))
+    if lowered.startswith(("https://", "http://")):
+        return _from_url(text)
+    match = _AIR.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an AIR claybot understands: {_HOW}")
+    parts = {name: (value or "") for name, value in match.groupdict().items()}
+    source, ecosystem, kind = parts["source"].lower(), parts["ecosystem"].lower(), parts["type"].lower()
+    if source != "civitai":
+        raise ValueError(f"{text!r} names a {source!r} resource; claybot fetches AIRs from Civitai only "
+                         "(name a Hugging Face model as owner/name or owner/name:file.safetensors)")
+    if ecosystem not in SDXL_ECOSYSTEMS:
+        raise ValueError(f"{text!r} is a {ecosystem!r} resource, and claybot runs SDXL models (urn:air:sdxl:…); "
+                         "if it is SDXL-compatible after all, name it as civitai:<modelVersionId>")
+    if not parts["model"].isdigit():
+        raise ValueError(f"{text!r}: the model id {parts['model']!r} must be a number ({_HOW})")
+    if match.group("version") is None or not parts["version"]:
+        raise ValueError(f"{text!r} names no version: add @<modelVersionId> (claybot pins one version, whose "
+                         "file's sha256 it checks)")
+    if not parts["version"].isdigit():
+        raise ValueError(f"{text!r}: the version id {parts['version']!r} must be a number ({_HOW})")
+    if match.group("file") is not None and not parts["file"].isdigit():
+        raise ValueError(f"{text!r}: the file id after '+' must be a number")
+    if match.group("format") is not None and parts["format"].lower() not in ("safetensors", "safetensor"):
+        raise ValueError(f"{text!r} asks for a .{parts['format']} file; claybot loads only .safetensors files "
+                         "(pickled checkpoints can run code when loaded)")
+    return CivitaiRef(int(parts["version"]), int(parts["model"]), kind,
+                      int(parts["file"]) if parts["file"] else None)
+
+
+def _from_url(text: str) -> CivitaiRef:
+    """A model page URL with its ``modelVersionId``, or an ``/api/download/models/<version>`` URL."""
+    url = urlsplit(text)
+    path = [part for part in url.path.split("/") if part]
+    query = parse_qs(url.query)
+    if path[:3] == ["api", "download", "models"] and len(path) == 4 and path[3].isdigit():
+        return CivitaiRef(int(path[3]))
+    if path[:1] == ["models"] and len(path) >= 2 and path[1].isdigit():
+        version = query.get("modelVersionId", [""])[0]
+        if version.isdigit():
+            return CivitaiRef(int(version), int(path[1]))
+        raise ValueError(f"{text!r} names a model but not which version: open the version's tab on the page and copy "
+                         "the URL with ?modelVersionId=…, or write civitai:<modelVersionId>")
+    raise ValueError(f"{text!r} is not a Civitai model page or download URL: {_HOW}")
+
+
+def check_kind(ref: CivitaiRef, key: str) -> None:
+    """Refuse a reference the key cannot use (a checkpoint as a LoRA, anything as the tagger's folder)."""
+    if key in FOLDER_KEYS:
+        raise ValueError(f"{key} needs a folder of files (a local folder or a Hugging Face repo id); Civitai serves "
+                         "single files")
+    allowed = allowed_types(key)
+    if ref.resource_type and allowed and ref.resource_type not in allowed:
+        raise ValueError(f"the AIR names a {ref.resource_type}, and {key} needs a {' or '.join(allowed[:2])}")
+
+
+def allowed_types(key: str) -> tuple[str, ...]:
+    """Civitai model types a config key accepts (empty: any)."""
+    if key.startswith("styles.") and key.endswith(".lora"):
+        return LORA_TYPES
+    return TYPES_FOR_KEY.get(key, ())
+
+
+# -- fetching ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionFile:
+    """The file of a model version claybot fetches, as Civitai's API describes it."""
+
+    name: str
+    sha256: str
+    size: int | None
+    download_query: str
+    model_type: str
+    title: str  # "model name · version name", for messages and `claybot models`
+
+
+def fetch(ref: CivitaiRef, key: str, cache: Path, *, base_url: str = CIVITAI_URL,
+          token_env: str = TOKEN_ENV) -> Path:
+    """The model version's .safetensors file in the cache: from an earlier download, or fetched and checked now."""
+    from filelock import FileLock
+
+    folder = cache / (f"{ref.version_id}+{ref.file_id}" if ref.file_id else str(ref.version_id))
+    cached = _cached(folder)
+    if cached is not None:
+        return cached
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):  # another claybot fetching the same file: wait for it, then reuse
+        cached = _cached(folder)
+        if cached is not None:
+            return cached
+        return _download(ref, key, folder, base_url.rstrip("/"), token_env)
+
+
+def cached_info(path: Path) -> dict:
+    """What was recorded about a file fetched from Civitai (empty when it was not)."""
+    return _record(path.parent)
+
+
+def _record(folder: Path) -> dict:
+    try:
+        record = json.loads((folder / "civitai.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _cached(folder: Path) -> Path | None:
+    info = _record(folder)
+    name = info.get("file", "")
+    path = folder / name
+    if name and path.is_file() and path.stat().st_size == info.get("size"):
+        return path
+    return None
+
+
+def _download(ref: CivitaiRef, key: str, folder: Path, base: str, token_env: str) -> Path:
+    import requests
+
+    token = os.environ.get(token_env, "").strip()
+    session = requests.Session()
+    session.headers["User-Agent"] = "claybot"
+    # requests drops the Authorization header when a redirect leaves this host, so storage never sees the key.
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    desc = ref.describe()
+    later = f"run `claybot models` again later, or download it yourself and set {key} to its local path"
+    try:
+        info = _version_file(session, ref, key, base, auth, token_env, later)
+        logger.info("fetching %s (%s, %s) from Civitai into %s", desc, info.title, info.name, folder)
+        url = f"{base}/api/download/models/{ref.version_id}" + (f"?{info.download_query}" if info.download_query
+                                                                  else "")
+        part = folder / f"{info.name}.part"
+        digest = _stream(session, url, part, key, desc, info, auth, token_env, later)
+    finally:
+        session.close()
+    if digest != info.sha256:
+        part.unlink(missing_ok=True)
+        raise ModelError(f"{key}: the file Civitai sent for {desc} ({info.name}) has sha256 {digest}, but Civitai's "
+                         f"API reports {info.sha256}; it was deleted. {later[0].upper()}{later[1:]}.")
+    path = folder / info.name
+    os.replace(part, path)
+    record = {"file": info.name, "sha256": info.sha256, "size": path.stat().st_size, "version_id": ref.version_id,
+              "model_type": info.model_type, "title": info.title}
+    tmp = folder / "civitai.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / "civitai.json")
+    return path
+
+
+def _version_file(session, ref: CivitaiRef, key: str, base: str, auth: dict, token_env: str,
+                  later: str) -> VersionFile:
+    """The version's metadata: which .safetensors file to fetch, its SHA256 and size; checked against the key."""
+    import requests
+
+    desc = ref.describe()
+    url = f"{base}/api/v1/model-versions/{ref.version_id}"
+    try:
+        resp = session.get(url, headers=auth, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+    except requests.RequestException as err:
+        raise ModelError(f"{key}: cannot reach Civitai at {base} ({_reason(err)}). Connect this machine to the "
+                         f"internet and run `claybot models`, or download {desc} yourself and set {key} to its "
+                         "local path.") from None
+    if resp.status_code == 404:
+        raise ModelError(f"{key}: Civitai has no published model version {ref.version_id} (HTTP 404). Check the "
+                         "number: it is the modelVersionId in the model page's URL.")
+    if resp.status_code in (401, 403):
+        raise ModelError(_login_message(key, desc, resp.status_code, token_env, bool(auth)))
+    if resp.status_code >= 400:
+        raise ModelError(f"{key}: Civitai answered HTTP {resp.status_code} about {desc}; {later}.")
+    try:
+        meta = resp.json()
+        files = list(meta.get("files") or [])
+    except (ValueError, AttributeError, TypeError):
+        raise ModelError(f"{key}: Civitai's answer about {desc} is not the JSON its API gives; {later}.") from None
+    model = meta.get("model") or {}
+    title = " · ".join(str(part) for part in (model.get("name"), meta.get("name")) if part)
+    if ref.model_id is not None and meta.get("modelId") not in (None, ref.model_id):
+        raise ModelError(f"{key}: Civitai model version {ref.version_id} belongs to model {meta.get('modelId')}, "
+                         f"not {ref.model_id}; check the AIR (…:civitai:<modelId>@<modelVersionId>).")
+    model_type = str(model.get("type") or "")
+    allowed = allowed_types(key)
+    if model_type and allowed and model_type.lower() not in allowed:
+        raise ModelError(f"{key}: {desc} ({title}) is a {model_type}, and {key} needs a "
+                         f"{' or '.join(allowed[:2])}.")
+    chosen = _choose_file(files, ref)
+    if chosen is None:
+        names = ", ".join(str(f.get("name")) for f in files if isinstance(f, dict)) or "none"
+        which = f"file {ref.file_id}" if ref.file_id else "a .safetensors model file"
+        raise ModelError(f"{key}: {desc} ({title}) offers no {which} (its files: {names}); claybot loads only "
+                         ".safetensors files.")
+    sha256 = str((chosen.get("hashes") or {}).get("SHA256") or "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ModelError(f"{key}: Civitai reports no SHA256 for {chosen['name']} of {desc}, so it cannot be checked; "
+                         f"download it yourself and set {key} to its local path.")
+    size_kb = chosen.get("sizeKB")
+    name = os.path.basename(str(chosen["name"]))
+    query = urlsplit(str(chosen.get("downloadUrl") or "")).query
+    return VersionFile(name, sha256, int(size_kb * 1024) if isinstance(size_kb, int | float) else None, query,
+                       model_type, title or desc)
+
+
+def _choose_file(files: list, ref: CivitaiRef) -> dict | None:
+    """The .safetensors model file: the one the AIR names, else the primary one, else the first."""
+    usable = [f for f in files if isinstance(f, dict) and str(f.get("name", "")).lower().endswith(".safetensors")]
+    if ref.file_id is not None:
+        return next((f for f in usable if f.get("id") == ref.file_id), None)
+    models = [f for f in usable if f.get("type", "Model") == "Model"]
+    return next((f for f in models if f.get("primary")), models[0] if models else None)
+
+
+def _stream(session, url: str, part: Path, key: str, desc: str, info: VersionFile, auth: dict, token_env: str,
+            later: str) -> str:
+    """Download into ``part`` with a progress bar, resuming after a cut; the sha256 of what was written."""
+    import requests
+    from tqdm import tqdm
+
+    hasher = hashlib.sha256()
+    have = 0
+    if part.exists():  # an earlier run was cut: hash what it got, then ask for the rest
+        with part.open("rb") as old:
+            while chunk := old.read(CHUNK):
+                hasher.update(chunk)
+                have += len(chunk)
+    failure = ""
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(float(attempt))
+            logger.warning("%s: the download of %s was cut after %d bytes (%s); resuming", key, info.name, have,
+                           failure)
+        headers = dict(auth)
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            with session.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as resp:
+                if resp.status_code in (401, 403):
+                    raise ModelError(_login_message(key, desc, resp.status_code, token_env, bool(auth)))
+                if resp.status_code == 416:  # the part on disk is not a prefix of this file: start again
+                    part.unlink(missing_ok=True)
+                    hasher, have = hashlib.sha256(), 0
+                    failure = "HTTP 416"
+                    continue
+                if resp.status_code >= 400:
+                    raise ModelError(f"{key}: Civitai answered HTTP {resp.status_code} to the download of {desc}; "
+                                     f"{later}.")
+                if "text/html" in resp.headers.get("Content-Type", ""):
+                    # Civitai answers a login page, not the file, when a creator requires a login.
+                    raise ModelError(_login_message(key, desc, resp.status_code, token_env, bool(auth)))
+                resumed = have and resp.status_code == 206 and resp.headers.get("Content-Range", "").startswith(
+                    f"bytes {have}-")
+                if not resumed:
+                    hasher, have = hashlib.sha256(), 0
+                length = resp.headers.get("Content-Length")
+                total = have + int(length) if length and length.isdigit() else info.size
+                with part.open("ab" if resumed else "wb") as out, tqdm(
+                        total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                        desc=f"{key}: {info.name}", leave=False, disable=None) as bar:
+                    for chunk in resp.iter_content(CHUNK):
+                        out.write(chunk)
+                        hasher.update(chunk)
+                        have += len(chunk)
+                        bar.update(len(chunk))
+            return hasher.hexdigest()
+        except requests.RequestException as err:
+            failure = _reason(err)
+            if not part.exists():  # could not even connect: the next try starts afresh
+                hasher, have = hashlib.sha256(), 0
+    raise ModelError(f"{key}: the download of {desc} ({info.name}) failed {ATTEMPTS} times ({failure}); the part "
+                     f"fetched so far is kept and resumed by the next try: {later}.")
+
+
+def _login_message(key: str, desc: str, status: int, token_env: str, had_token: bool) -> str:
+    if not had_token:
+        return (f"{key}: Civitai requires a logged-in account to download {desc} (HTTP {status}): create an API key "
+                f"(civitai.com → Account settings → API Keys) and put it in the environment variable {token_env}.")
+    return (f"{key}: Civitai refused the API key in {token_env} for {desc} (HTTP {status}): check that the key is "
+            "current and that its account may download this model (some need their terms accepted on the model "
+            "page).")
+
+
+def _reason(err: Exception) -> str:
+    """A short, token-free reason for a network failure (requests' messages can carry whole URLs)."""
+    text = str(err)
+    for known in ("Name or service not known", "Connection refused", "timed out", "Temporary failure in name "
+                  "resolution", "Connection reset", "IncompleteRead", "Connection broken", "No route to host"):
+        if known.lower() in text.lower():
+            return f"{type(err).__name__}: {known}"
+    return type(err).__name__
