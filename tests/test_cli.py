@@ -85,7 +85,7 @@ def test_tiny_models_writes_models_and_a_config_that_keeps_the_repository_styles
         for key in ("trigger_words", "trigger_weight", "default_strength", "negative_prompt", "clashing_tags",
                     "lora_scale"):
             assert tiny["styles"][name].get(key) == style.get(key), f"styles.{name}.{key}"
-    assert tiny["styles"]["clay"]["trigger_words"] == "claymation style"
+    assert tiny["styles"]["clay"]["trigger_words"] == "Clay Animation, Clay"
     assert tiny["styles"]["clay"]["lora"] == str(tiny_dir / "clay_lora_kohya.safetensors")
     assert tiny["tagger"]["model"] == str(tiny_dir / "wd14")
     assert tiny["pipeline"]["default_style"] == root["pipeline"]["default_style"]
@@ -115,7 +115,7 @@ def test_stylize_writes_a_png_of_the_photo_aspect_ratio_and_reports_tags_prompt_
     tags = line("tags:").removeprefix("tags:").strip()
     assert tags and tags != "(none)"
     prompt = line("prompt:")
-    assert "(claymation style:2)" in prompt
+    assert "(Clay Animation, Clay:2)" in prompt
     assert line("seed:").rstrip() == "seed:     1"
     timings = line("timings:")
     for stage in ("decode", "tag", "prompt", "denoise", "encode"):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 
 import pytest
 
 from bot.cli import ROOT_CONFIG
 from bot.config import ConfigError, load_config, parse_config, token
+from pipeline.core import models
 
 
 def _root() -> dict:
@@ -23,21 +25,37 @@ def _without_local_models(raw: dict, tiny_models) -> dict:
     return raw
 
 
-def test_root_config_is_valid_apart_from_the_lora_users_download(tmp_path):
-    # The shipped config names CLAYMATE as a local file the operator downloads; that is the only thing missing.
-    with pytest.raises(ConfigError, match=r"styles\.clay\.lora: no file or folder at .*CLAYMATE"):
-        load_config(ROOT_CONFIG)
+def test_root_config_is_valid_as_shipped_with_nothing_to_download_by_hand():
+    # Every model of the shipped config is fetched from the Hugging Face Hub on first start: no local file needed.
+    config = load_config(ROOT_CONFIG)
+    assert config.styles["clay"].lora == "artificialguybr/ClayAnimationRedmond:ClayAnimationRedm.safetensors"
+    assert all(models.parse(spec).kind == "repo" for spec in config.model_specs().values())
+    assert config.pipeline.civitai_token_env == "CIVITAI_TOKEN"
 
 
 def test_root_config_values_match_the_original_workflow(tiny_models, tmp_path):
     config = _parse(tmp_path, _without_local_models(_root(), tiny_models))
     clay = config.styles["clay"]
     assert config.pipeline.default_style == "clay"
-    assert clay.trigger_words == "claymation style"
+    assert clay.trigger_words == "Clay Animation, Clay"  # ClayAnimation.Redmond's trigger, from its model card
     assert clay.trigger_weight == 2
     assert clay.default_strength == 0.5
     assert "realistic" in clay.clashing_tags
     assert config.telegram.token_env and config.discord.token_env
+
+
+def test_root_config_ships_the_original_claymate_lines_ready_to_uncomment(tmp_path):
+    text = ROOT_CONFIG.read_text(encoding="utf-8")
+    clay = text[text.index("[styles.clay]"):text.index("[bot]")]
+    commented = [line[2:] for line in clay.splitlines() if re.match(r"# \w+ = ", line)]
+    assert commented == ['lora = "models/CLAYMATE_V2.03_.safetensors"', 'trigger_words = "claymation style"',
+                         "trigger_weight = 2.0"]
+    swapped = tomllib.loads(text)
+    swapped["styles"]["clay"].update(tomllib.loads("\n".join(commented)))
+    config = parse_config(swapped, base_dir=tmp_path, check_models=False)
+    assert (config.styles["clay"].trigger_words, config.styles["clay"].trigger_weight) == ("claymation style", 2)
+    with pytest.raises(ConfigError, match=r"styles\.clay\.lora: no file or folder at .*CLAYMATE_V2\.03_"):
+        parse_config(swapped, base_dir=tmp_path)
 
 
 def test_unknown_key_is_named_with_the_allowed_keys(tiny_models, tmp_path):
@@ -123,7 +141,8 @@ def test_url_model_needs_https_and_a_real_sha256(tiny_models, tmp_path):
 def test_a_model_of_the_wrong_shape_says_how_models_are_named(tiny_models, tmp_path):
     raw = _without_local_models(_root(), tiny_models)
     raw["pipeline"]["vae"] = 5
-    with pytest.raises(ConfigError, match=r"pipeline\.vae: must be a path, a Hugging Face repo id, or \{ url"):
+    with pytest.raises(ConfigError, match=r"pipeline\.vae: must be a path, a Hugging Face repo id, a Civitai model "
+                                          r"version \(civitai:<id>\), or \{ url"):
         _parse(tmp_path, raw)
 
 

@@ -44,7 +44,7 @@ def test_smoke_run_reports_every_figure(tmp_path):
     assert report["mode"] == "smoke"
     setup = report["setup"]
     assert setup["n_steps"] == 5 and setup["batches"] == [1, 2]
-    assert setup["prompt"].startswith("(claymation style:2)") and _positive(setup["prompt_tokens"])
+    assert setup["prompt"].startswith("(Clay Animation, Clay:2)") and _positive(setup["prompt_tokens"])
     runs = report["runs"]
     assert set(runs) == {"baseline", "all", "bare"}
     for name, run in runs.items():

@@ -148,33 +148,77 @@ def test_unreachable_hub_fails_fast_naming_key_repo_and_the_local_path_way_out(h
                        allow_patterns=["model.onnx", "selected_tags.csv"])
     elapsed = time.monotonic() - started
     message = str(caught.value)
-    assert message.startswith("tagger.model: could not fetch someone/some-model from the Hugging Face Hub")
-    assert "Download it yourself and set tagger.model to its local path" in message
+    assert message.startswith("tagger.model: someone/some-model is not in the cache")
+    assert "the Hugging Face Hub cannot be reached (127.0.0.1: Connection refused)" in message
+    assert "run `claybot models` once, or download it yourself and set tagger.model to its local path" in message
     assert elapsed < 10, f"took {elapsed:.1f}s: huggingface_hub retried for too long"
     assert not list((tmp_path / "hub").rglob("*.onnx"))
 
 
-def test_unreachable_hub_for_one_file_of_a_repo_names_key_repo_file_and_the_way_out(hub_at_closed_port, tmp_path,
-                                                                                   monkeypatch):
-    # hf_hub_download retries a refused HEAD 5 times with backoff (1+2+4+8+8 s) when nothing is cached, and no
-    # environment variable shortens that (HF_HUB_ETAG_TIMEOUT is a per-request timeout): skip its sleeps here.
+@pytest.fixture
+def hub_sleeps(monkeypatch) -> list[float]:
+    """The waits huggingface_hub's retry loop would make (recorded, not slept)."""
     import huggingface_hub.utils._http as hf_http
 
     sleeps: list[float] = []
     fast_time = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
     fast_time.sleep = sleeps.append
     monkeypatch.setattr(hf_http, "time", fast_time)
+    return sleeps
 
-    started = time.monotonic()
+
+def test_unreachable_hub_for_one_file_of_a_repo_does_not_retry(hub_at_closed_port, hub_sleeps, tmp_path):
+    # hf_hub_download alone retries a refused HEAD 5 times with backoff (1+2+4+8+8 s = 23 s) when nothing is cached,
+    # and no environment variable shortens that: resolve asks the network once, then looks in the cache.
     with pytest.raises(ModelError) as caught:
         models.resolve("someone/some-model:clay.safetensors", "styles.clay.lora", tmp_path)
-    elapsed = time.monotonic() - started
     message = str(caught.value)
-    assert message.startswith(
-        "styles.clay.lora: could not fetch someone/some-model:clay.safetensors from the Hugging Face Hub"
-    )
-    assert "Download it yourself and set styles.clay.lora to its local path" in message
-    assert elapsed < 10, f"took {elapsed:.1f}s"
+    assert message.startswith("styles.clay.lora: someone/some-model:clay.safetensors is not in the cache")
+    assert "the Hugging Face Hub cannot be reached" in message
+    assert "set styles.clay.lora to its local path" in message
+    assert hub_sleeps == [], "huggingface_hub's retry loop ran"
+
+
+def _cached_hub_file(cache: Path, repo: str, filename: str, data: bytes) -> Path:
+    """A file laid out as huggingface_hub's cache keeps it (refs/main → snapshot folder)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = cache / "hub" / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    path = folder / "snapshots" / commit / filename
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_unreachable_hub_with_the_model_cached_uses_it_at_once(hub_at_closed_port, hub_sleeps, tmp_path):
+    cached = _cached_hub_file(tmp_path, "someone/some-model", "clay.safetensors", LORA_BYTES)
+    path = models.resolve("someone/some-model:clay.safetensors", "styles.clay.lora", tmp_path)
+    assert path == cached and path.read_bytes() == LORA_BYTES
+    assert hub_sleeps == []
+
+
+def test_hf_hub_offline_is_honoured_and_named(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError, match=r"styles\.clay\.lora: someone/other:clay\.safetensors is not in the cache .*"
+                                         r"cannot be reached \(HF_HUB_OFFLINE is set\)"):
+        models.resolve("someone/other:clay.safetensors", "styles.clay.lora", tmp_path)
+    cached = _cached_hub_file(tmp_path, "someone/other", "clay.safetensors", LORA_BYTES)
+    assert models.resolve("someone/other:clay.safetensors", "styles.clay.lora", tmp_path) == cached
+
+
+def test_a_hub_that_accepts_connections_but_never_answers_counts_as_unreachable(monkeypatch, tmp_path):
+    # A captive network or a stuck proxy: TCP connects, no HTTP answer comes. The probe gives up after its timeouts.
+    monkeypatch.setattr(models, "PROBE_TIMEOUT", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        reason = models.unreachable(url)
+    assert reason is not None and reason.startswith("127.0.0.1: ")
+    assert models.unreachable(url) == reason  # remembered: several models of one config wait once
 
 
 # -- URLs with a sha256 ----------------------------------------------------------------------------------------------

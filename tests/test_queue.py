@@ -109,7 +109,7 @@ async def test_events_arrive_in_order_with_positions_and_step_progress(tiny_conf
         assert kinds.index(Progress) > kinds.index(Started)
         assert isinstance(events[-1], Done) and kinds.count(Done) == 1
         done = events[-1]
-        assert done.strength == strength and done.tags and done.prompt.startswith("(claymation style:2)")
+        assert done.strength == strength and done.tags and done.prompt.startswith("(Clay Animation, Clay:2)")
         assert set(done.timings) == {"decode", "tag", "prompt", "denoise", "check", "encode"}
 
 

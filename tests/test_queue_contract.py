@@ -70,7 +70,7 @@ async def test_events_come_in_order_and_end_with_the_image(backend, request):
     steps = [e.step for e in events if isinstance(e, Progress)]
     assert steps == list(range(1, len(steps) + 1)) and steps
     done = events[-1]
-    assert done.seed == 3 and done.image.startswith(b"\x89PNG") and done.prompt.startswith("(claymation style:2)")
+    assert done.seed == 3 and done.image.startswith(b"\x89PNG") and done.prompt.startswith("(Clay Animation, Clay:2)")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

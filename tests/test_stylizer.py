@@ -46,7 +46,7 @@ def _run(stylizer: Stylizer, photo: Image.Image, style="clay", strength=0.5, see
 def test_result_keeps_the_photo_aspect_ratio_and_reports_what_was_done(stylizer, photo):
     result = _run(stylizer, photo)
     assert result.image.size[0] / result.image.size[1] == pytest.approx(128 / 96, rel=0.02)
-    assert result.prompt.startswith("(claymation style:2)")
+    assert result.prompt.startswith("(Clay Animation, Clay:2)")
     assert result.seed == 7
     assert set(result.timings) == {"tag", "prompt", "denoise"}
     assert set(result.ratings) == {"general", "sensitive", "questionable", "explicit"}
@@ -187,6 +187,6 @@ def test_before_after_style_answers_photo_and_result_side_by_side(tiny_config, s
 def test_each_photo_of_a_batch_gets_its_own_trigger_weight(stylizer, photo):
     results = stylizer.run([Photo(photo, 1, trigger_weight=1.0), Photo(photo, 1, trigger_weight=2.0)],
                            style="clay", strength=0.5)
-    assert results[0].prompt.startswith("claymation style, ")
-    assert results[1].prompt.startswith("(claymation style:2), ")
+    assert results[0].prompt.startswith("Clay Animation, Clay, ")
+    assert results[1].prompt.startswith("(Clay Animation, Clay:2), ")
     assert not np.array_equal(np.asarray(results[0].image), np.asarray(results[1].image))

@@ -276,7 +276,7 @@ def _version_file(session, ref: CivitaiRef, key: str, base: str, auth: dict, tok
     chosen = _choose_file(files, ref)
     if chosen is None:
         names = ", ".join(str(f.get("name")) for f in files if isinstance(f, dict)) or "none"
-        which = f"file {ref.file_id}" if ref.file_id else "a .safetensors model file"
+        which = f".safetensors file with id {ref.file_id}" if ref.file_id else ".safetensors model file"
         raise ModelError(f"{key}: {desc} ({title}) offers no {which} (its files: {names}); claybot loads only "
                          ".safetensors files.")
     sha256 = str((chosen.get("hashes") or {}).get("SHA256") or "").lower()
@@ -303,6 +303,7 @@ def _stream(session, url: str, part: Path, key: str, desc: str, info: VersionFil
             later: str) -> str:
     """Download into ``part`` with a progress bar, resuming after a cut; the sha256 of what was written."""
     import requests
+    import urllib3
     from tqdm import tqdm
 
     hasher = hashlib.sha256()
@@ -345,18 +346,28 @@ def _stream(session, url: str, part: Path, key: str, desc: str, info: VersionFil
                 with part.open("ab" if resumed else "wb") as out, tqdm(
                         total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                         desc=f"{key}: {info.name}", leave=False, disable=None) as bar:
-                    for chunk in resp.iter_content(CHUNK):
+                    for chunk in _chunks(resp):
                         out.write(chunk)
                         hasher.update(chunk)
                         have += len(chunk)
                         bar.update(len(chunk))
             return hasher.hexdigest()
-        except requests.RequestException as err:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
             failure = _reason(err)
             if not part.exists():  # could not even connect: the next try starts afresh
                 hasher, have = hashlib.sha256(), 0
     raise ModelError(f"{key}: the download of {desc} ({info.name}) failed {ATTEMPTS} times ({failure}); the part "
                      f"fetched so far is kept and resumed by the next try: {later}.")
+
+
+def _chunks(resp):
+    """The body as it arrives: ``read1`` hands over every byte received before a cut, so a resume loses none."""
+    raw = resp.raw
+    if not hasattr(raw, "read1"):  # urllib3 1.x
+        yield from resp.iter_content(CHUNK)
+        return
+    while chunk := raw.read1(CHUNK, decode_content=True):
+        yield chunk
 
 
 def _login_message(key: str, desc: str, status: int, token_env: str, had_token: bool) -> str:

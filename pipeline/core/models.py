@@ -11,10 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,7 +39,7 @@ _FILES_FOR_KEY = {"pipeline.base_model": DIFFUSERS_FILES, "pipeline.base_config"
                   "pipeline.vae": VAE_FILES, "tagger.model": TAGGER_FILES}
 
 PROBE_TIMEOUT = 3.0  # seconds a TCP connection to the Hub may take before it counts as unreachable
-_probes: dict[tuple[str, int], tuple[float, str | None]] = {}
+_probes: dict[str, tuple[float, str | None]] = {}
 _probes_lock = threading.Lock()
 
 
@@ -194,36 +192,45 @@ def _from_hub(ref: ModelRef, key: str, cache: Path, allow_patterns: list[str] | 
 
 
 def unreachable(url: str) -> str | None:
-    """None when a TCP connection to the URL's host (or its proxy) opens within seconds, else why it did not.
+    """None when the server at the URL answers HTTP within seconds (any status), else why it did not.
 
-    The answer is remembered for half a minute, so that a config naming several Hub models probes once.
+    A TCP connection alone proves little (a proxy or a captive network accepts anything), so this asks for a real
+    answer, through the proxies the environment names as huggingface_hub does. The outcome is remembered for half a
+    minute, so that a config naming several Hub models waits at most once.
     """
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxied = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxied.hostname or host, proxied.port or 80
+    origin = f"{parts.scheme}://{parts.netloc}/"
     with _probes_lock:
-        seen = _probes.get((host, port))
+        seen = _probes.get(origin)
         if seen and time.monotonic() - seen[0] < 30:
             return seen[1]
     outcome: list[str | None] = []
 
-    def connect() -> None:  # in a thread: a stuck DNS lookup has no timeout of its own
-        try:
-            socket.create_connection((host, port), timeout=PROBE_TIMEOUT).close()
-            outcome.append(None)
-        except OSError as err:
-            outcome.append(f"{host}: {err.strerror or type(err).__name__}")
+    def ask() -> None:  # in a thread: a stuck DNS lookup has no timeout of its own
+        import requests
 
-    probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
+        try:
+            requests.head(origin, timeout=PROBE_TIMEOUT, allow_redirects=False).close()
+            outcome.append(None)
+        except requests.RequestException as err:
+            outcome.append(f"{parts.hostname}: {_network_reason(err)}")
+
+    probe = threading.Thread(target=ask, name="hub-probe", daemon=True)
     probe.start()
-    probe.join(PROBE_TIMEOUT + 0.5)
-    reason = outcome[0] if outcome else f"{host}: no answer within {PROBE_TIMEOUT:g} s"
+    probe.join(2 * PROBE_TIMEOUT + 0.5)  # connect, then the answer: each within PROBE_TIMEOUT
+    reason = outcome[0] if outcome else f"{parts.hostname}: no answer within {2 * PROBE_TIMEOUT:g} s"
     with _probes_lock:
-        _probes[(host, port)] = (time.monotonic(), reason)
+        _probes[origin] = (time.monotonic(), reason)
     return reason
+
+
+def _network_reason(err: Exception) -> str:
+    text = str(err)
+    for known in ("Name or service not known", "Temporary failure in name resolution", "Connection refused",
+                  "No route to host", "Network is unreachable", "timed out", "Connection reset"):
+        if known.lower() in text.lower():
+            return known
+    return type(err).__name__
 
 
 def _from_url(ref: ModelRef, key: str, cache: Path, how_to: str) -> Path:
