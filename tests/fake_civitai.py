@@ -29,6 +29,8 @@ class FakeVersion:
     cut_after: int | None = None  # close the connection after this many bytes of a response...
     cuts: int = 0  # ...this many times
     extra_files: list[dict] = field(default_factory=list)  # other files[] entries (a .ckpt, training data)
+    listed_name: str | None = None  # the file name the metadata gives, when it differs (a hostile one)
+    metadata: object = None  # answer this JSON instead of the version's metadata (a broken API)
 
     @property
     def sha256(self) -> str:
@@ -95,9 +97,12 @@ class FakeCivitai:
         version = self.versions.get(int(request.match_info["id"]))
         if version is None:
             return web.json_response({"error": "No version with id"}, status=404)
+        if version.metadata is not None:
+            return web.json_response(version.metadata)
         download = f"{self.base}/api/download/models/{version.version_id}"
         files = [*version.extra_files, {
-            "id": version.version_id * 10, "name": version.name, "type": "Model", "sizeKB": len(version.data) / 1024,
+            "id": version.version_id * 10, "name": version.listed_name or version.name, "type": "Model",
+            "sizeKB": len(version.data) / 1024,
             "metadata": {"format": "SafeTensor", "size": None, "fp": None},
             "hashes": {"AutoV2": version.sha256[:10].upper(), "SHA256": version.sha256.upper(), "CRC32": "0"},
             "downloadUrl": f"{download}?type=Model&format=SafeTensor", "primary": True,

@@ -281,6 +281,29 @@ def test_the_safetensors_file_is_chosen_over_a_pickled_one_of_the_same_version(f
     assert fake.requests[1]["query"] == "type=Model&format=SafeTensor"
 
 
+def test_a_file_name_from_the_api_cannot_leave_the_cache_folder(fake, store):
+    fake.add(FakeVersion(8, 4, LORA, listed_name="../../../evil\x00.safetensors"))
+    path = models.resolve("civitai:8", "styles.clay.lora", store)
+    assert path == store.cache_dir / "civitai" / "8" / "8.safetensors"
+    assert path.read_bytes() == LORA
+
+
+@pytest.mark.parametrize("answer", [[], {"files": "nope"}, {"files": [{"name": "a.safetensors", "hashes": "x"}]},
+                                    {"model": "x", "files": []}])
+def test_a_broken_api_answer_is_one_clear_line(fake, store, answer):
+    fake.add(FakeVersion(9, 4, LORA, metadata=answer))
+    with pytest.raises(ModelError, match=r"^styles\.clay\.lora: "):
+        models.resolve("civitai:9", "styles.clay.lora", store)
+    assert "/api/download/models/9" not in fake.paths()
+
+
+def test_a_download_that_does_not_stop_is_cut_off_and_refused(fake, store):
+    fake.add(FakeVersion(10, 4, LORA, served=LORA + b"\0" * (3 << 20)))
+    with pytest.raises(ModelError, match=r"has sha256 .* but Civitai's API reports"):
+        models.resolve("civitai:10", "styles.clay.lora", store)
+    assert not [p for p in _cached_files(store) if p.suffix in (".safetensors", ".part")]
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

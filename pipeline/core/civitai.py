@@ -42,6 +42,7 @@ TYPES_FOR_KEY = {"pipeline.base_model": ("checkpoint", "model"), "pipeline.vae":
 FOLDER_KEYS = ("tagger.model", "pipeline.base_config")  # need a folder of files; Civitai serves one file
 
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection: an unreachable Civitai fails fast
+API_TIMEOUT = 20.0  # seconds for the version's metadata to arrive
 READ_TIMEOUT = 60.0  # seconds without a byte before a download counts as cut
 ATTEMPTS = 4  # tries of one download; each after the first resumes where the last one was cut
 CHUNK = 1 << 20
@@ -51,6 +52,7 @@ _AIR = re.compile(
     r"(?:@(?P<version>[^+]*?))?(?:\+(?P<file>[^.]*))?(?:\.(?P<format>[^.]+))?$",
     re.IGNORECASE,
 )
+_SAFE_NAME = re.compile(r"[\w][\w .()+,'-]{0,200}\.safetensors", re.IGNORECASE)
 _HOW = "write civitai:<modelVersionId> or urn:air:sdxl:lora:civitai:<modelId>@<modelVersionId>"
 
 
@@ -246,7 +248,7 @@ def _version_file(session, ref: CivitaiRef, key: str, base: str, auth: dict, tok
     desc = ref.describe()
     url = f"{base}/api/v1/model-versions/{ref.version_id}"
     try:
-        resp = session.get(url, headers=auth, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        resp = session.get(url, headers=auth, timeout=(CONNECT_TIMEOUT, API_TIMEOUT))
     except requests.RequestException as err:
         raise ModelError(f"{key}: cannot reach Civitai at {base} ({_reason(err)}). Connect this machine to the "
                          f"internet and run `claybot models`, or download {desc} yourself and set {key} to its "
@@ -263,7 +265,7 @@ def _version_file(session, ref: CivitaiRef, key: str, base: str, auth: dict, tok
         files = list(meta.get("files") or [])
     except (ValueError, AttributeError, TypeError):
         raise ModelError(f"{key}: Civitai's answer about {desc} is not the JSON its API gives; {later}.") from None
-    model = meta.get("model") or {}
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
     title = " · ".join(str(part) for part in (model.get("name"), meta.get("name")) if part)
     if ref.model_id is not None and meta.get("modelId") not in (None, ref.model_id):
         raise ModelError(f"{key}: Civitai model version {ref.version_id} belongs to model {meta.get('modelId')}, "
@@ -279,12 +281,15 @@ def _version_file(session, ref: CivitaiRef, key: str, base: str, auth: dict, tok
         which = f".safetensors file with id {ref.file_id}" if ref.file_id else ".safetensors model file"
         raise ModelError(f"{key}: {desc} ({title}) offers no {which} (its files: {names}); claybot loads only "
                          ".safetensors files.")
-    sha256 = str((chosen.get("hashes") or {}).get("SHA256") or "").lower()
+    hashes = chosen.get("hashes") if isinstance(chosen.get("hashes"), dict) else {}
+    sha256 = str(hashes.get("SHA256") or "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ModelError(f"{key}: Civitai reports no SHA256 for {chosen['name']} of {desc}, so it cannot be checked; "
                          f"download it yourself and set {key} to its local path.")
     size_kb = chosen.get("sizeKB")
     name = os.path.basename(str(chosen["name"]))
+    if not _SAFE_NAME.fullmatch(name):  # the name becomes a path in the cache: nothing odd in it
+        name = f"{ref.version_id}.safetensors"
     query = urlsplit(str(chosen.get("downloadUrl") or "")).query
     return VersionFile(name, sha256, int(size_kb * 1024) if isinstance(size_kb, int | float) else None, query,
                        model_type, title or desc)
@@ -351,6 +356,8 @@ def _stream(session, url: str, part: Path, key: str, desc: str, info: VersionFil
                         hasher.update(chunk)
                         have += len(chunk)
                         bar.update(len(chunk))
+                        if info.size and have > info.size + CHUNK:  # a server that never stops must not fill the disk
+                            break
             return hasher.hexdigest()
         except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
             failure = _reason(err)
