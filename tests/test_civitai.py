@@ -304,6 +304,17 @@ def test_a_download_that_does_not_stop_is_cut_off_and_refused(fake, store):
     assert not [p for p in _cached_files(store) if p.suffix in (".safetensors", ".part")]
 
 
+def test_a_cache_that_cannot_be_written_is_one_clear_line(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv("CIVITAI_TOKEN", raising=False)
+    fake.add(FakeVersion(128713, 122359, LORA))
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache should be")
+    store = models.ModelStore(blocked, civitai_url=fake.base)
+    with pytest.raises(ModelError, match=r"^styles\.clay\.lora: cannot write Civitai model version 128713 into .*"
+                                         r"set pipeline\.cache_dir to a writable folder"):
+        models.resolve("civitai:128713", "styles.clay.lora", store)
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -177,12 +177,16 @@ def fetch(ref: CivitaiRef, key: str, cache: Path, *, base_url: str = CIVITAI_URL
     cached = _cached(folder)
     if cached is not None:
         return cached
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):  # another claybot fetching the same file: wait for it, then reuse
-        cached = _cached(folder)
-        if cached is not None:
-            return cached
-        return _download(ref, key, folder, base_url.rstrip("/"), token_env)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder / ".lock")):  # another claybot fetching the same file: wait for it, then reuse
+            cached = _cached(folder)
+            if cached is not None:
+                return cached
+            return _download(ref, key, folder, base_url.rstrip("/"), token_env)
+    except OSError as err:  # a full disk, a read-only cache (network failures are handled, and worded, inside)
+        raise ModelError(f"{key}: cannot write {ref.describe()} into {folder} ({err.strerror or err}); free some "
+                         "space, or set pipeline.cache_dir to a writable folder.") from None
 
 
 def cached_info(path: Path) -> dict:
