@@ -330,3 +330,25 @@ def test_an_unreachable_civitai_names_the_key_and_the_way_out(tmp_path, monkeypa
     assert message.startswith("styles.clay.lora: cannot reach Civitai at http://127.0.0.1:")
     assert "Connection refused" in message
     assert "set styles.clay.lora to its local path" in message
+
+
+def test_the_worker_loads_a_lora_named_by_its_air_from_the_configured_civitai(fake, tiny_config, tmp_path,
+                                                                              monkeypatch):
+    # The GPU side resolves models with the config's civitai_url and cache_dir, and loads what it fetched.
+    from PIL import Image
+
+    from pipeline.gpu.stylizer import Photo, Stylizer
+
+    monkeypatch.delenv("CIVITAI_TOKEN", raising=False)
+    lora = Path(tiny_config.styles["clay"].lora).read_bytes()
+    fake.add(FakeVersion(128713, 122359, lora, name="CLAYMATE_V2.03_.safetensors"))
+    gpu = tiny_config.gpu()
+    pipeline = gpu.pipeline.model_copy(update={"civitai_url": fake.base, "cache_dir": str(tmp_path / "cache")})
+    styles = {"clay": gpu.styles["clay"].model_copy(update={"lora": "urn:air:sdxl:lora:civitai:122359@128713"})}
+    stylizer = Stylizer(gpu.model_copy(update={"pipeline": pipeline, "styles": styles}))
+
+    assert fake.paths() == ["/api/v1/model-versions/128713", "/api/download/models/128713",
+                            "/storage/128713/CLAYMATE_V2.03_.safetensors"]
+    assert (tmp_path / "cache" / "civitai" / "128713" / "CLAYMATE_V2.03_.safetensors").read_bytes() == lora
+    result = stylizer.run([Photo(Image.new("RGB", (128, 96), (200, 120, 60)), 7)], style="clay", strength=0.5)[0]
+    assert result.prompt.startswith("(Clay Animation, Clay:2)")
