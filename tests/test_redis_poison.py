@@ -275,3 +275,11 @@ async def test_a_killed_worker_is_not_mistaken_for_a_live_one(server, tiny_confi
     finally:
         await queue.close()
         stop_worker(worker)
+
+
+@pytest.mark.parametrize("value", [0, -5.0, 100_000.0])
+def test_a_bad_no_worker_timeout_names_the_key(tiny_config_path, tmp_path, value):
+    from bot.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"queue\.no_worker_timeout:"):
+        load_config(redis_config(tiny_config_path, tmp_path, "redis://127.0.0.1:1/0", no_worker_timeout=value))
