@@ -19,8 +19,9 @@ import redis.asyncio as redis
 
 from bot.config import load_config
 from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, QueueBusy, StyleRequest
-from pipeline.core.redis_entries import BAD_ENTRY_REASON
-from pipeline.core.redis_queue import GROUP, NO_WORKER_REASON, RedisQueue
+from pipeline.core.redis_entries import BAD_ENTRY_REASON, DEAD_MAXLEN
+from pipeline.core.redis_queue import GROUP, NO_WORKER_REASON, RedisQueue, redis_status
+from pipeline.core.status import render
 from tests.conftest import photo_bytes
 from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker
 
@@ -308,3 +309,44 @@ async def test_a_worker_serves_again_after_redis_comes_back_empty(server, tiny_c
     finally:
         await queue.close()
         stop_worker(worker)
+
+
+async def test_the_dead_letter_stream_stays_bounded(server, tiny_config_path, tmp_path):
+    config = redis_config(tiny_config_path, tmp_path, server.url, no_worker_timeout=600.0)
+    queue = _queue(config, "chat-a")
+    await queue.start()
+    try:
+        handle = await queue.submit(StyleRequest(PHOTO, seed=1))
+        stream = queue.keys.events("chat-a")
+        async with queue.redis.pipeline(transaction=False) as pipe:
+            for n in range(DEAD_MAXLEN + 50):
+                pipe.xadd(stream, {"op": "teleport", "id": f"nobody-{n}"})
+            await pipe.execute()
+        await queue.redis.set(queue.keys.result(handle.id), json.dumps(RESULT))
+        await queue.redis.set(queue.keys.result_image(handle.id), b"png")
+        await queue.redis.xadd(stream, {"op": "done", "id": handle.id})
+        assert isinstance((await _events(handle, timeout=60))[-1], Done)
+        dead = await queue.redis.xrange(queue.keys.dead, "-", "+", count=1)
+        assert await queue.redis.xlen(queue.keys.dead) == DEAD_MAXLEN
+        assert b"nobody-50\"" in dead[0][1][b"fields"]  # the oldest ones made room
+    finally:
+        await queue.close()
+
+
+async def test_claybot_status_survives_garbage_in_redis(server, tiny_config_path, tmp_path):
+    config = redis_config(tiny_config_path, tmp_path, server.url)
+    settings = load_config(config).queue
+    client = redis.from_url(server.url)
+    try:
+        now = time.time()
+        await client.hset("claybot:workers", mapping={
+            "garbled": "{{{", "no-time": json.dumps({"device": "cuda"}),
+            "starting": json.dumps({"seen": now, "loading": True, "pid": 7})})
+        await client.zadd("claybot:history", {"not json": now, json.dumps([now, 1.5, "done", "j1"]): now,
+                                              json.dumps(["x"]): now})
+        status = await redis_status(settings)
+    finally:
+        await client.aclose()
+    assert [w["name"] for w in status["workers"]] == ["starting"]
+    shown = render(status)
+    assert "starting loading its models" in shown and "last hour: 1 done" in shown
