@@ -187,7 +187,7 @@ def _number(fields: Mapping[str, str], name: str, low: float, high: float, *, wh
         raise ValueError(f"{name} {fields[name][:40]!r} is not a number") from None
     if not low <= value <= high or whole and not value.is_integer():
         kind = "a whole number" if whole else "a number"
-        raise ValueError(f"{name} {fields[name][:40]!r} is not {kind} from {low:g} to {high:g}")
+        raise ValueError(f"{name} {fields[name][:40]!r} is not {kind} from {low:.10g} to {high:.10g}")
     return value
 
 
