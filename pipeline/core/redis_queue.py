@@ -13,7 +13,13 @@ Layout (every key under ``queue.redis_prefix``, "claybot" by default):
   be JSON); a restarted chat process recovers them from here.
 - ``result:<id>`` / ``result:<id>:image`` — a finished job's answer, expiring after ``queue.result_ttl``;
   ``answered:<id>`` makes the answer visible once even if two workers finish the same job.
-- ``workers`` — a hash of live workers' heartbeats (device, batch size, jobs done), for `claybot status`.
+- ``workers`` — a hash of workers' heartbeats (device, batch size, jobs done), for `claybot status`; a worker not
+  heard of for an hour is dropped from it.
+- ``dead`` — the dead-letter stream: entries no process could use (see ``pipeline.core.redis_entries``), with why.
+
+A chat process keeps its own keys (journal, cursor) expiring ``max(image_ttl, result_ttl)`` after it was last
+alive: by then nothing they hold could still be answered. Waiting jobs of a chat process that has seen no worker
+alive for ``queue.no_worker_timeout`` seconds are answered ``NO_WORKER_REASON`` and leave the stream.
 
 This module is the chat side (redis.asyncio, no torch); ``pipeline.gpu.redis_worker`` is the GPU side.
 """
@@ -43,6 +49,17 @@ from pipeline.core.jobs import (
     busy_message,
     new_job_id,
 )
+from pipeline.core.redis_entries import (
+    BAD_ENTRY_REASON,
+    DEAD_MAXLEN,
+    KEPT_CHARS,
+    BadEntry,
+    dead_letter,
+    identity,
+    parse_event,
+    parse_heartbeat,
+    parse_result,
+)
 from pipeline.core.settings import GpuSettings, QueueSettings
 
 logger = logging.getLogger(__name__)
@@ -50,6 +67,10 @@ logger = logging.getLogger(__name__)
 GROUP = "workers"
 EVENTS_MAXLEN = 10_000
 LOST_REASON = "Your photo was lost while claybot restarted; please send it again."
+NO_WORKER_REASON = ("No picture maker is running right now, so I can't make your picture; "
+                    "please send it again later.")
+WORKER_FORGET = 3600.0  # seconds after which a silent worker leaves the workers hash (and `claybot status`)
+IDLE_CONSUMER = 10.0  # seconds: a live worker touches its consumer every second or so when it holds no job
 
 
 class Keys:
@@ -59,6 +80,7 @@ class Keys:
         self.prefix = prefix
         self.jobs = f"{prefix}:jobs"
         self.workers = f"{prefix}:workers"
+        self.dead = f"{prefix}:dead"
 
     def image(self, job_id: str) -> str:
         return f"{self.prefix}:image:{job_id}"
@@ -100,21 +122,30 @@ async def ensure_group(client, keys: Keys) -> None:
             raise
 
 
-async def queue_depth(client, keys: Keys) -> tuple[int, int]:
-    """(waiting, running): entries not yet delivered to a worker, and delivered but not yet answered."""
+async def queue_depth(client, keys: Keys, *, limit: int) -> tuple[int, int]:
+    """(waiting, running): entries not yet delivered to a worker (counted exactly up to ``limit``), and delivered
+    but not yet answered."""
+    from redis.exceptions import ResponseError
+
     try:
         groups = await client.xinfo_groups(keys.jobs)
-    except Exception:  # no stream yet
+    except ResponseError:  # no stream yet
         return 0, 0
     for group in groups:
         if text(group["name"]) == GROUP:
-            return int(group.get("lag") or 0), int(group["pending"])
+            lag = group.get("lag")
+            if lag is None:
+                # Redis 6 has no lag, and Redis 7 reports none once an entry behind the group's cursor was
+                # deleted (a cancel): count what lies past the last delivered entry instead.
+                last = text(group["last-delivered-id"])
+                lag = len(await client.xrange(keys.jobs, f"({last}", "+", count=limit))
+            return int(lag), int(group["pending"])
     return 0, 0
 
 
-def text(value: Any) -> str:
+def text(value: Any, errors: str = "strict") -> str:
     """Redis replies are bytes; names and ids are text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
 
 
 async def redis_status(settings: QueueSettings) -> dict[str, Any]:
@@ -124,15 +155,24 @@ async def redis_status(settings: QueueSettings) -> dict[str, Any]:
     keys = Keys(settings.redis_prefix)
     client = redis.from_url(settings.redis_url)
     try:
-        waiting, running = await queue_depth(client, keys)
+        waiting, running = await queue_depth(client, keys, limit=settings.max_queue)
         now = time.time()
         workers = []
         for name, raw in (await client.hgetall(keys.workers)).items():
-            info = json.loads(raw)
-            alive = now - info.get("seen", 0) < 3 * settings.heartbeat
-            if alive or now - info.get("seen", 0) < 3600:
+            try:
+                info = parse_heartbeat(raw)
+            except BadEntry:
+                continue
+            alive = now - info["seen"] < 3 * settings.heartbeat
+            if alive or now - info["seen"] < WORKER_FORGET:
                 workers.append({"name": text(name), "alive": alive, **info})
-        history = [json.loads(m) for m in await client.zrangebyscore(keys.history, now - 3600, "+inf")]
+        history = []
+        for raw in await client.zrangebyscore(keys.history, now - 3600, "+inf"):
+            try:
+                record = json.loads(raw)
+                history.append([float(record[0]), float(record[1]), str(record[2]), *record[3:]])
+            except (ValueError, TypeError, IndexError):
+                continue
     finally:
         await client.aclose()
     return {"backend": "redis", "waiting": waiting, "running": running, "workers": workers, "history": history}
@@ -151,14 +191,27 @@ class RedisQueue:
         self.redis = redis.from_url(settings.redis_url)
         self._handles: dict[str, JobHandle] = {}
         self._entries: dict[str, str] = {}  # job id → stream entry id, while waiting
+        self._entry_ids: dict[str, str] = {}  # job id → stream entry id, until answered
+        self._since: dict[str, float] = {}  # job id → when this process took it (submit or recover)
+        # When a worker's heartbeat last changed, on this machine's clock (immune to other machines' clocks);
+        # a worker loading its models beats too.
+        self._worker_seen = time.time()
+        self._beats: dict[str, float] | None = None  # the heartbeats read last round
+        self._key_ttl = int(max(settings.image_ttl, settings.result_ttl))
         self._closing = False
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         """Connect, make sure the stream exists, and start reading this owner's events."""
         await ensure_group(self.redis, self.keys)
+        self._worker_seen = time.time()
+        try:
+            await self._expire_forgotten_owners()
+        except Exception as err:  # tidiness only (SCAN may be forbidden to this user); never block the start
+            logger.warning("could not set expiries on old claybot keys: %s", err)
         self._tasks = [asyncio.create_task(self._read_events(), name="claybot-redis-events"),
-                       asyncio.create_task(self._announce_positions(), name="claybot-redis-positions")]
+                       asyncio.create_task(self._announce_positions(), name="claybot-redis-positions"),
+                       asyncio.create_task(self._keep_house(), name="claybot-redis-housekeeping")]
 
     async def wait_ready(self, timeout: float | None = None) -> dict[str, Any]:
         """Redis answers; workers come and go on their own."""
@@ -189,7 +242,9 @@ class RedisQueue:
         if isinstance(intake, Failed):
             handle.push(intake)
             return handle
-        waiting, running = await queue_depth(self.redis, self.keys)
+        if time.time() - self._worker_seen >= self.settings.no_worker_timeout:
+            raise QueueBusy(NO_WORKER_REASON)  # say so at once rather than after another no_worker_timeout
+        waiting, running = await queue_depth(self.redis, self.keys, limit=self.settings.max_queue)
         if waiting >= self.settings.max_queue:
             raise QueueBusy(busy_message(waiting, self.settings.max_queue))
         job_id = handle.id
@@ -205,9 +260,11 @@ class RedisQueue:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.image(job_id), request.image, ex=int(self.settings.image_ttl))
             pipe.hset(self.keys.journal(self.owner), job_id, json.dumps(journal))
+            pipe.expire(self.keys.journal(self.owner), self._key_ttl)
             pipe.xadd(self.keys.jobs, {k: str(v) for k, v in entry.items()})
             *_, entry_id = await pipe.execute()
-        self._entries[job_id] = text(entry_id)
+        self._entries[job_id] = self._entry_ids[job_id] = text(entry_id)
+        self._since[job_id] = time.time()
         handle.push(Queued(waiting + running + 1))
         logger.info("job %s queued in redis at #%d (style %s, strength %g, seed %d)", job_id, waiting + running + 1,
                     intake.style, intake.strength, intake.seed)
@@ -218,11 +275,22 @@ class RedisQueue:
         journal = await self.redis.hgetall(self.keys.journal(self.owner))
         handles = []
         for raw_id, raw in journal.items():
-            job_id, meta = text(raw_id), json.loads(raw)
-            request = StyleRequest(b"", style=meta["style"], strength=meta["strength"], seed=meta["seed"],
-                                   reply_to=meta["reply_to"])
+            try:
+                job_id, meta = text(raw_id), json.loads(raw)
+                request = StyleRequest(b"", style=meta["style"], strength=meta["strength"], seed=meta["seed"],
+                                       reply_to=meta["reply_to"])
+            except (ValueError, TypeError, KeyError) as err:  # the front end's own journal still has the job
+                source = self.keys.journal(self.owner)
+                logger.error("dropping bad journal entry %r of %s: %r (kept in %s)", raw_id, source, err,
+                             self.keys.dead)
+                await self.redis.xadd(self.keys.dead, dead_letter(source, text(raw_id, errors="replace"),
+                                                                  {"journal": raw}, f"bad journal entry: {err!r}"),
+                                      maxlen=DEAD_MAXLEN, approximate=False)
+                await self.redis.hdel(source, raw_id)
+                continue
             handle = self._handles.get(job_id) or JobHandle(job_id, request)
             self._handles[job_id] = handle
+            self._since.setdefault(job_id, time.time())
             handles.append(handle)
             if await self.redis.exists(self.keys.result(job_id)):
                 await self._deliver_result(job_id)
@@ -245,55 +313,88 @@ class RedisQueue:
         await self._finish(job_id, Failed("Cancelled.", ErrorKind.CANCELLED))
 
     async def workers(self) -> dict[str, dict[str, Any]]:
-        """Live workers' heartbeats."""
+        """Live workers' heartbeats (those serving; not those still loading their models)."""
         now = time.time()
         found = {}
         for name, raw in (await self.redis.hgetall(self.keys.workers)).items():
-            info = json.loads(raw)
-            if now - info.get("seen", 0) < 3 * self.settings.heartbeat:
-                found[text(name)] = info
+            try:
+                info = parse_heartbeat(raw)
+            except BadEntry:
+                continue
+            if now - info["seen"] < 3 * self.settings.heartbeat and not info.get("loading"):
+                found[text(name, errors="replace")] = info
         return found
 
     # -- events ----------------------------------------------------------------------------------------------------
 
     async def _read_events(self) -> None:
         stream = self.keys.events(self.owner)
-        cursor = text(await self.redis.get(self.keys.cursor(self.owner)) or b"0")
+        cursor = None
         while not self._closing:
             try:
+                if cursor is None:
+                    cursor = text(await self.redis.get(self.keys.cursor(self.owner)) or b"0")
                 reply = await self.redis.xread({stream: cursor}, count=200, block=1000)
                 for _, entries in reply:
                     for entry_id, fields in entries:
-                        await self._on_event({text(k): text(v) for k, v in fields.items()})
+                        await self._take_event(stream, text(entry_id), fields)
                         cursor = text(entry_id)
-                    await self.redis.set(self.keys.cursor(self.owner), cursor)
+                    await self.redis.set(self.keys.cursor(self.owner), cursor, ex=self._key_ttl)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # Redis restarting: keep trying, the jobs are safe in it
                 logger.warning("reading events from redis failed (%s); retrying", err)
                 await asyncio.sleep(1.0)
 
-    async def _on_event(self, event: dict[str, str]) -> None:
-        job_id, op = event["id"], event["op"]
+    async def _take_event(self, stream: str, entry_id: str, fields: dict) -> None:
+        """Act on one event; one that cannot be used is dead-lettered, so the events behind it still arrive."""
+        from redis.exceptions import RedisError
+
+        try:
+            job_id, event = parse_event(fields)
+            await self._on_event(job_id, event)
+        except (RedisError, OSError):
+            raise  # Redis away: this event is read again
+        except BadEntry as err:
+            await self._bad_entry(stream, entry_id, fields, err)
+        except Exception as err:  # a bug of ours must not hold up every answer behind this event either
+            logger.exception("event %s on %s could not be handled", entry_id, stream)
+            await self._bad_entry(stream, entry_id, fields, BadEntry(repr(err), job_id=identity(fields)[0]))
+
+    async def _bad_entry(self, source: str, entry_id: str, fields: dict, err: BadEntry) -> None:
+        """Log it once, keep it in the dead-letter stream, and answer the job it names if nothing else will."""
+        logger.error("skipping bad entry %s of %s: %s (kept in %s)", entry_id, source, err, self.keys.dead)
+        await self.redis.xadd(self.keys.dead, dead_letter(source, entry_id, fields, str(err)), maxlen=DEAD_MAXLEN,
+                              approximate=False)
+        if err.fatal and err.job_id in self._handles:
+            await self._finish(err.job_id, Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL))
+
+    async def _on_event(self, job_id: str, event: Started | Progress | Failed | None) -> None:
         handle = self._handles.get(job_id)
         if handle is None or handle.finished:
             return
-        if op == "started":
+        if isinstance(event, Started):
             self._entries.pop(job_id, None)
-            handle.push(Started(int(event.get("batch_size", 1))))
-        elif op == "progress":
-            handle.push(Progress(int(event["step"]), int(event["total"])))
-        elif op == "done":
+            handle.push(event)
+        elif isinstance(event, Progress):
+            handle.push(event)
+        elif isinstance(event, Failed):
+            await self._finish(job_id, event)
+        else:
             await self._deliver_result(job_id)
-        elif op == "failed":
-            await self._finish(job_id, Failed(event["reason"], ErrorKind(event["kind"])))
 
     async def _deliver_result(self, job_id: str) -> None:
         meta, image = await self.redis.mget(self.keys.result(job_id), self.keys.result_image(job_id))
         if meta is None or image is None:
             await self._finish(job_id, Failed(LOST_REASON, ErrorKind.INTERNAL))
             return
-        await self._finish(job_id, Done(image=image, **json.loads(meta)))
+        try:
+            done = parse_result(job_id, meta, image)
+        except BadEntry as err:
+            await self._bad_entry(self.keys.result(job_id), "-", {"result": meta[:KEPT_CHARS]}, err)
+            await self._finish(job_id, Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL))  # recover() has no handle yet
+            return
+        await self._finish(job_id, done)
 
     async def _finish(self, job_id: str, event: Done | Failed) -> None:
         """Answer once: a job completed twice (a claimed retry) is delivered the first time only."""
@@ -301,9 +402,122 @@ class RedisQueue:
                                      ex=int(self.settings.result_ttl))
         await self.redis.hdel(self.keys.journal(self.owner), job_id)
         self._entries.pop(job_id, None)
+        self._entry_ids.pop(job_id, None)
+        self._since.pop(job_id, None)
         handle = self._handles.pop(job_id, None)
         if handle is not None and (first or isinstance(event, Failed) and event.kind is ErrorKind.CANCELLED):
             handle.push(event)
+
+    # -- housekeeping ----------------------------------------------------------------------------------------------
+
+    async def _keep_house(self) -> None:
+        """Every heartbeat: keep this owner's keys alive, forget dead workers, answer jobs no worker will take."""
+        next_sweep = 0.0
+        failing: set[str] = set()  # the steps that failed last round: a lasting failure is logged once
+        while not self._closing:
+            failed: set[str] = set()
+            beats = await self._step("reading heartbeats", self._refresh_and_read_heartbeats(), failing, failed)
+            if beats is not None and "reading heartbeats" in failing:
+                self._worker_seen = time.time()  # Redis was away: workers get a full timeout to beat again
+            if beats is not None and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + IDLE_CONSUMER
+                await self._step("forgetting dead workers", self._forget_dead_workers(beats), failing, failed)
+            await self._step("answering jobs no worker takes", self._answer_unserved(), failing, failed)
+            failing = failed
+            await asyncio.sleep(self.settings.heartbeat)
+
+    @staticmethod
+    async def _step(what: str, step, failing: set[str], failed: set[str]) -> Any:
+        try:
+            return await step
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # Redis away (the event reader says so too): try again next round
+            failed.add(what)
+            if what not in failing:
+                logger.warning("redis housekeeping: %s failed (%s); retrying", what, err)
+            return None
+
+    async def _refresh_and_read_heartbeats(self) -> dict[str, float]:
+        """Push this owner's keys' expiry back; the workers' last heartbeats (name → time seen)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.expire(self.keys.journal(self.owner), self._key_ttl)
+            pipe.expire(self.keys.cursor(self.owner), self._key_ttl)
+            pipe.hgetall(self.keys.workers)
+            *_, raw = await pipe.execute()
+        beats: dict[str, float] = {}
+        garbage = []
+        for name, value in raw.items():
+            try:
+                beats[text(name)] = parse_heartbeat(value)["seen"]
+            except (BadEntry, UnicodeDecodeError) as err:
+                logger.error("removing bad heartbeat %r from %s: %s", name, self.keys.workers, err)
+                garbage.append(name)
+        if garbage:
+            await self.redis.hdel(self.keys.workers, *garbage)
+        if self._beats is not None and any(self._beats.get(name) != seen for name, seen in beats.items()):
+            self._worker_seen = time.time()
+        self._beats = beats
+        return beats
+
+    async def _forget_dead_workers(self, beats: dict[str, float]) -> None:
+        """Workers silent for WORKER_FORGET leave the hash; consumers of dead workers holding no job leave the
+        group (a worker that comes back is added again by its next read)."""
+        now = time.time()
+        if gone := [name for name, seen in beats.items() if now - seen > WORKER_FORGET]:
+            logger.info("forgetting %d worker(s) silent for over an hour: %s", len(gone), ", ".join(gone))
+            await self.redis.hdel(self.keys.workers, *gone)
+        alive = {name for name, seen in beats.items() if now - seen < 3 * self.settings.heartbeat}
+        for consumer in await self.redis.xinfo_consumers(self.keys.jobs, GROUP):
+            name = text(consumer["name"], errors="replace")
+            if not consumer["pending"] and name not in alive and consumer["idle"] >= IDLE_CONSUMER * 1000:
+                await self.redis.xgroup_delconsumer(self.keys.jobs, GROUP, consumer["name"])
+
+    async def _answer_unserved(self) -> None:
+        """Jobs that waited ``no_worker_timeout`` with no worker alive are told so, and leave the stream."""
+        now = time.time()
+        timeout = self.settings.no_worker_timeout
+        unserved = [job_id for job_id, handle in self._handles.items() if not handle.finished
+                    and now - max(self._worker_seen, self._since.get(job_id, now)) >= timeout]
+        if not unserved:
+            return
+        logger.warning("no worker alive for %.0f s: answering %d job(s) of %s that cannot be served",
+                       now - self._worker_seen, len(unserved), self.owner)
+        entries = {job_id: self._entry_ids[job_id] for job_id in unserved if job_id in self._entry_ids}
+        if len(entries) < len(unserved):  # recovered jobs: find their entries
+            entries |= await self._find_entries(set(unserved) - entries.keys())
+        for job_id in unserved:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                # a worker that comes back and finds the entry pending skips it (the mark) and acknowledges it
+                pipe.set(self.keys.cancelled(job_id), 1, ex=int(self.settings.image_ttl))
+                if job_id in entries:
+                    pipe.xack(self.keys.jobs, GROUP, entries[job_id])
+                    pipe.xdel(self.keys.jobs, entries[job_id])
+                pipe.delete(self.keys.image(job_id))
+                await pipe.execute()
+            await self._finish(job_id, Failed(NO_WORKER_REASON, ErrorKind.BUSY))
+
+    async def _find_entries(self, job_ids: set[str]) -> dict[str, str]:
+        """The stream entries of these jobs of ours (the stream holds only live jobs, so this is short)."""
+        found: dict[str, str] = {}
+        start = "-"
+        while len(found) < len(job_ids):
+            page = await self.redis.xrange(self.keys.jobs, start, "+", count=1000)
+            for entry_id, fields in page:
+                job_id = fields.get(b"id", b"").decode("utf-8", "replace")
+                if job_id in job_ids and fields.get(b"owner", b"").decode("utf-8", "replace") == self.owner:
+                    found[job_id] = text(entry_id)
+            if len(page) < 1000:
+                break
+            start = f"({text(page[-1][0])}"
+        return found
+
+    async def _expire_forgotten_owners(self) -> None:
+        """Give journals and cursors left without an expiry (by claybot before it set one) the same expiry."""
+        for pattern in (self.keys.journal("*"), self.keys.cursor("*")):
+            async for key in self.redis.scan_iter(match=pattern, count=500):
+                if await self.redis.ttl(key) == -1:
+                    await self.redis.expire(key, self._key_ttl)
 
     async def _announce_positions(self) -> None:
         """Every few seconds, tell waiting jobs their place. Answered entries are deleted from the stream, so

@@ -135,6 +135,7 @@ class QueueSettings(Settings):
     result_ttl: Annotated[float, Field(ge=60.0, le=604800.0)] = 3600.0
     heartbeat: Annotated[float, Field(gt=0.0, le=60.0)] = 2.0
     position_interval: Annotated[float, Field(gt=0.0, le=60.0)] = 3.0
+    no_worker_timeout: Annotated[float, Field(gt=0.0, le=86400.0)] = 60.0
 
 
 class GpuSettings(Settings):

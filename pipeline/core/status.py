@@ -78,7 +78,7 @@ def render(status: dict[str, Any]) -> str:
     for worker in workers:
         memory = worker.get("gpu_memory_mb")
         gpu = f", GPU memory {memory:.0f} MB" if memory else ""
-        state = "alive" if worker.get("alive") else "NOT RUNNING"
+        state = ("loading its models" if worker.get("loading") else "alive") if worker.get("alive") else "NOT RUNNING"
         lines.append(f"worker:   {worker['name']} {state} on {worker.get('device', '?')} (batch up to "
                      f"{worker.get('max_batch', '?')}, pid {worker.get('pid', '?')}){gpu}")
     summary = summarize([tuple(r[:3]) for r in status.get("history", [])])

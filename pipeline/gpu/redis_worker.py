@@ -2,7 +2,9 @@
 
 The same batch loop (``pipeline.gpu.worker.run_batch``) as the local worker; only where jobs come from and where the
 answers go differ. A job is acknowledged and deleted only once its answer is stored, so a worker that dies
-mid-job leaves it pending for another worker to claim after ``queue.claim_idle`` seconds.
+mid-job leaves it pending for another worker to claim after ``queue.claim_idle`` seconds. An entry that is not a
+job this worker can run (``pipeline.core.redis_entries``) is dead-lettered and acknowledged at once, and its owner
+told, so it is never claimed again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from typing import Any
 
 from pipeline.core.jobs import CRASH_REASON, ErrorKind, batch_message, job_message
+from pipeline.core.redis_entries import BAD_ENTRY_REASON, DEAD_MAXLEN, BadEntry, JobEntry, dead_letter, parse_job
 from pipeline.core.redis_queue import EVENTS_MAXLEN, GROUP, Keys, text
 from pipeline.core.settings import GpuSettings, QueueSettings
 from pipeline.core.status import gpu_memory_mb
@@ -36,21 +39,7 @@ def connect(url: str):
                                 retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
-class _Job:
-    """One stream entry, parsed."""
-
-    def __init__(self, entry_id: str, fields: dict[str, str]) -> None:
-        self.entry_id = entry_id
-        self.id = fields["id"]
-        self.owner = fields["owner"]
-        self.key = fields["key"]
-        self.style = fields["style"]
-        self.strength = float(fields["strength"])
-        self.seed = int(fields["seed"])
-        self.trigger_weight = float(fields["trigger_weight"]) if fields.get("trigger_weight") else None
-        self.max_rating = fields.get("max_rating") or None
-        self.timeout = float(fields["timeout"])
-        self.submitted = float(fields.get("submitted") or time.time())
+_Job = JobEntry  # one stream entry, checked
 
 
 class RedisWorker:
@@ -82,12 +71,14 @@ class RedisWorker:
         from pipeline.gpu.stylizer import Stylizer
 
         self.ensure_group()
+        # Beat while the models load too: chat processes then know a worker is coming and keep their jobs waiting.
+        self.info = {"loading": True, "pid": os.getpid(), "since": time.time()}
+        threading.Thread(target=self._heartbeat, name="claybot-heartbeat", daemon=True).start()
         self.stylizer = Stylizer(self.gpu)
         if warm_up:
             self.stylizer.warm_up()
         self.info = {"device": str(self.stylizer.device), "dtype": str(self.stylizer.dtype).removeprefix("torch."),
                      "max_batch": self.gpu.pipeline.max_batch, "pid": os.getpid(), "since": time.time()}
-        threading.Thread(target=self._heartbeat, name="claybot-heartbeat", daemon=True).start()
         logger.info("worker %s serving %s on %s", self.name, self.keys.jobs, self.info["device"])
         while not self.stop.is_set():
             try:
@@ -95,17 +86,32 @@ class RedisWorker:
             except Exception as err:  # Redis away for longer than the retries: wait and go on
                 logger.warning("cannot read jobs from redis (%s); retrying", err)
                 time.sleep(1.0)
+                if "NOGROUP" in str(err):  # Redis came back empty (or was flushed): the stream needs its group
+                    try:
+                        self.ensure_group()
+                    except Exception as again:
+                        logger.debug("cannot create the consumer group yet: %s", again)
                 continue
             if jobs:
                 self._serve(jobs)
         self.redis.hdel(self.keys.workers, self.name)
+        self._leave_group()
+
+    def _leave_group(self) -> None:
+        """A worker that stops holding no job removes its consumer, so restarts do not pile names up."""
+        try:
+            if not self.redis.xpending_range(self.keys.jobs, GROUP, min="-", max="+", count=1,
+                                             consumername=self.name):
+                self.redis.xgroup_delconsumer(self.keys.jobs, GROUP, self.name)
+        except Exception as err:  # only tidiness; chat processes sweep idle consumers too
+            logger.debug("could not leave the consumer group: %s", err)
 
     # -- taking jobs -----------------------------------------------------------------------------------------------
 
     def _take(self) -> list[_Job]:
         """One job, plus the compatible ones right behind it (waiting up to batch_window for them)."""
         reply = self.redis.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"}, count=1, block=1000)
-        jobs = [_Job(text(i), _fields(f)) for _, entries in reply for i, f in entries]
+        jobs = self._parse(reply)
         if not jobs:
             return []
         deadline = time.monotonic() + self.settings.batch_window
@@ -113,12 +119,12 @@ class RedisWorker:
             behind = self._undelivered(self.gpu.pipeline.max_batch - len(jobs))
             same = 0
             for fields in behind:
-                if fields["key"] != jobs[0].key:
+                if fields.get(b"key") != jobs[0].key.encode():
                     break
                 same += 1
             if same:
                 reply = self.redis.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"}, count=same)
-                jobs += [_Job(text(i), _fields(f)) for _, entries in reply for i, f in entries]
+                jobs += self._parse(reply)
             elif behind or time.monotonic() >= deadline:
                 break  # an incompatible job is next, or the window is over: run what we have
             else:
@@ -129,8 +135,38 @@ class RedisWorker:
         for group in self.redis.xinfo_groups(self.keys.jobs):
             if text(group["name"]) == GROUP:
                 last = text(group["last-delivered-id"])
-                return [_fields(f) for _, f in self.redis.xrange(self.keys.jobs, f"({last}", "+", count=count)]
+                return [f for _, f in self.redis.xrange(self.keys.jobs, f"({last}", "+", count=count)]
         return []
+
+    def _parse(self, reply) -> list[_Job]:
+        """The jobs of an XREADGROUP reply; entries that are not jobs this worker can run are dropped."""
+        jobs = []
+        for _, entries in reply:
+            for entry_id, fields in entries:
+                try:
+                    jobs.append(parse_job(text(entry_id), fields, self.gpu.styles))
+                except BadEntry as err:
+                    self._drop_bad(text(entry_id), fields, err)
+        return jobs
+
+    def _drop_bad(self, entry_id: str, fields: dict, err: BadEntry) -> None:
+        """Log it once, keep it in the dead-letter stream, acknowledge it (it is never claimed again), and tell
+        the job's owner when the entry still names one."""
+        logger.error("dropping bad job entry %s: %s (kept in %s)", entry_id, err, self.keys.dead)
+        now = time.time()
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.dead, dead_letter(self.keys.jobs, entry_id, fields, str(err)), maxlen=DEAD_MAXLEN,
+                      approximate=False)
+            pipe.xack(self.keys.jobs, GROUP, entry_id)
+            pipe.xdel(self.keys.jobs, entry_id)
+            if err.job_id:
+                pipe.delete(self.keys.image(err.job_id))
+                pipe.zadd(self.keys.history, {json.dumps([now, 0.0, "bad_entry", err.job_id]): now})
+            pipe.execute()
+        if err.job_id and err.owner:
+            self._event(err.owner, {"op": "failed", "id": err.job_id, "reason": BAD_ENTRY_REASON,
+                                    "kind": ErrorKind.INTERNAL.value})
+        self.stats["failed"] += 1
 
     def _claim_stale(self) -> list[_Job]:
         """Jobs left pending by a worker that died: claim them, or fail those that already crashed a worker."""
@@ -144,9 +180,14 @@ class RedisWorker:
         deliveries = {text(p["message_id"]): p["times_delivered"] for p in stale}
         jobs = []
         for entry_id, fields in claimed:
-            if not fields:  # deleted meanwhile
+            if not fields:  # deleted meanwhile (Redis 6 keeps such ids pending; 7 drops them itself)
+                self.redis.xack(self.keys.jobs, GROUP, entry_id)
                 continue
-            job = _Job(text(entry_id), _fields(fields))
+            try:
+                job = parse_job(text(entry_id), fields, self.gpu.styles)
+            except BadEntry as err:
+                self._drop_bad(text(entry_id), fields, err)
+                continue
             if deliveries.get(job.entry_id, 1) > self.settings.max_retries:
                 logger.error("job %s crashed %d worker(s): giving up", job.id, deliveries[job.entry_id])
                 self._answer_failed(job, CRASH_REASON, ErrorKind.INTERNAL)
@@ -249,6 +290,3 @@ class RedisWorker:
                 logger.debug("heartbeat failed: %s", err)
             self.stop.wait(self.settings.heartbeat)
 
-
-def _fields(fields: dict) -> dict[str, str]:
-    return {text(k): text(v) for k, v in fields.items()}

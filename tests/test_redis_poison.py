@@ -1,0 +1,352 @@
+"""Bad Redis entries, absent workers and forgotten keys, with a real redis-server and real `claybot worker` processes.
+
+One malformed entry must never stall the answers behind it, a job entry no worker can run must never be claimed
+forever, a full queue must stay full whatever Redis reports, users must hear when no worker is alive, and keys of
+processes that are gone must not pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+
+import pytest
+import redis.asyncio as redis
+
+from bot.config import load_config
+from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, QueueBusy, StyleRequest
+from pipeline.core.redis_entries import BAD_ENTRY_REASON, DEAD_MAXLEN
+from pipeline.core.redis_queue import GROUP, NO_WORKER_REASON, RedisQueue, redis_status
+from pipeline.core.status import render
+from tests.conftest import photo_bytes
+from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker
+
+PHOTO = photo_bytes((128, 96))
+RESULT = {"width": 1, "height": 1, "tags": [], "prompt": "p", "seed": 1, "style": "clay", "strength": 0.5}
+
+
+@pytest.fixture
+def server(tmp_path):
+    redis = RedisServer(tmp_path).start()
+    yield redis
+    redis.stop()
+
+
+def _queue(config_path, owner: str) -> RedisQueue:
+    config = load_config(config_path)
+    return RedisQueue(config.gpu(), config.queue, owner=owner)
+
+
+async def _events(handle, timeout: float = 30.0) -> list:
+    async def run():
+        return [event async for event in handle.events()]
+    return await asyncio.wait_for(run(), timeout)
+
+
+async def _until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := await check():
+            return value
+        await asyncio.sleep(0.2)
+    raise TimeoutError(what)
+
+
+async def _dead(queue: RedisQueue) -> list[tuple[str, dict[str, str]]]:
+    return [(entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+            for entry_id, fields in await queue.redis.xrange(queue.keys.dead)]
+
+
+async def _recovered_job(queue: RedisQueue, job_id: str):
+    """A job this chat process waits for, as after a restart: in its journal, with its photo stored."""
+    meta = {"reply_to": None, "style": "clay", "strength": 0.5, "seed": 1, "submitted": time.time()}
+    await queue.redis.hset(queue.keys.journal(queue.owner), job_id, json.dumps(meta))
+    await queue.redis.set(queue.keys.image(job_id), PHOTO)
+    [handle] = [h for h in await queue.recover() if h.id == job_id]
+    return handle
+
+
+async def test_a_malformed_event_is_dead_lettered_once_and_the_answers_behind_it_arrive(server, tiny_config_path,
+                                                                                       tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="pipeline.core.redis_queue")
+    config = redis_config(tiny_config_path, tmp_path, server.url, no_worker_timeout=600.0)
+    queue = _queue(config, "chat-a")
+    await queue.start()
+    try:
+        told_of_damage, delivered, bad_result = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in (1, 2, 3)]
+        stream = queue.keys.events("chat-a")
+        await queue.redis.set(queue.keys.result(delivered.id), json.dumps(RESULT))
+        await queue.redis.set(queue.keys.result_image(delivered.id), b"png")
+        await queue.redis.set(queue.keys.result(bad_result.id), b"{not json")
+        await queue.redis.set(queue.keys.result_image(bad_result.id), b"png")
+        bad = [await queue.redis.xadd(stream, fields) for fields in (
+            {"op": "failed", "id": told_of_damage.id, "reason": "boom", "kind": "exploded"},  # a kind nobody knows
+            {"op": "teleport", "id": "someone"},
+            {"op": b"\xff\xfe", "id": b"\xc3\x28"},  # not text at all
+            {"op": "progress", "id": delivered.id, "step": "many", "total": "?"},
+            {"id": "nobody"},
+        )]
+        await queue.redis.xadd(stream, {"op": "progress", "id": delivered.id, "step": 1, "total": 2})
+        await queue.redis.xadd(stream, {"op": "done", "id": bad_result.id})
+        last = await queue.redis.xadd(stream, {"op": "done", "id": delivered.id})
+
+        events = await _events(delivered)
+        assert isinstance(events[-1], Done) and events[-1].image == b"png"
+        assert [e for e in events if isinstance(e, Progress)] == [Progress(1, 2)]  # the damaged one is skipped
+        assert (await _events(told_of_damage))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
+        assert (await _events(bad_result))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
+
+        await asyncio.sleep(2.5)  # more reads: nothing is read (or logged) twice
+        dead = await _dead(queue)
+        assert [fields["entry"] for _, fields in dead[:5]] == [entry.decode() for entry in bad]
+        reasons = [fields["reason"] for _, fields in dead]
+        assert "unknown kind 'exploded'" in reasons[0] and "unknown event 'teleport'" in reasons[1]
+        assert "not UTF-8" in reasons[2] and "bad progress event" in reasons[3] and "without an op" in reasons[4]
+        assert dead[5][1]["source"] == queue.keys.result(bad_result.id) and "bad result" in reasons[5]
+        assert len(dead) == 6
+        for entry in bad:
+            assert sum(entry.decode() in record.getMessage() for record in caplog.records) == 1, entry
+        assert await queue.redis.get(queue.keys.cursor("chat-a")) == last
+        assert not await queue.redis.hgetall(queue.keys.journal("chat-a"))  # every job answered
+    finally:
+        await queue.close()
+
+
+async def test_a_malformed_job_is_acknowledged_once_and_the_worker_keeps_serving(server, tiny_config_path, tmp_path):
+    config = redis_config(tiny_config_path, tmp_path, server.url, claim_idle=1.0, heartbeat=0.5, batch_window=0.0)
+    worker = start_worker(config, "w0")
+    queue = _queue(config, "chat-a")
+    await queue.start()
+    try:
+        await _until(queue.workers, 120, "the worker did not come up")
+        unknown_style = await _recovered_job(queue, "0123456789ab")  # e.g. written by a differently configured chat
+        good = {"owner": "chat-a", "key": "k", "style": "clay", "strength": "0.5", "seed": "1", "timeout": "60"}
+        bad = [await queue.redis.xadd(queue.keys.jobs, fields) for fields in (
+            {"garbage": "yes"},
+            good | {"id": unknown_style.id, "style": "watercolor"},
+            good | {"id": "feedfacecafe", "strength": "lots"},
+            good | {"id": b"\xff\xfe", "seed": b"\x80"},
+        )]
+        after = await queue.submit(StyleRequest(PHOTO, seed=7))
+        assert (await after.result(timeout=180)).seed == 7  # served past the bad entries
+        assert (await _events(unknown_style))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
+
+        await asyncio.sleep(3.0)  # several claim_idle periods: nothing is claimed again
+        assert await queue.redis.xlen(queue.keys.jobs) == 0
+        assert (await queue.redis.xpending(queue.keys.jobs, GROUP))["pending"] == 0
+        assert not await queue.redis.exists(queue.keys.image(unknown_style.id))
+        dead = await _dead(queue)
+        assert [fields["entry"] for _, fields in dead] == [entry.decode() for entry in bad]
+        assert {fields["source"] for _, fields in dead} == {queue.keys.jobs}
+        assert "style 'watercolor' is not one of this worker's" in dead[1][1]["reason"]
+        assert "strength 'lots' is not a number" in dead[2][1]["reason"]
+        assert worker.poll() is None
+    finally:
+        await queue.close()
+        stop_worker(worker)
+    log = (tmp_path / "w0.log").read_text(encoding="utf-8")
+    for entry in bad:
+        assert log.count(f"dropping bad job entry {entry.decode()}") == 1, log
+
+
+async def test_max_queue_holds_when_redis_reports_no_lag(server, tiny_config_path, tmp_path, monkeypatch):
+    config = redis_config(tiny_config_path, tmp_path, server.url, max_queue=3, no_worker_timeout=600.0)
+    queue = _queue(config, "chat-a")
+    await queue.start()
+    try:
+        handles = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in range(3)]
+        assert handles[1].cancel()  # deleted from the middle of the stream: Redis 7 stops reporting the lag
+        assert (await _events(handles[1]))[-1].kind is ErrorKind.CANCELLED
+        [group] = await queue.redis.xinfo_groups(queue.keys.jobs)
+        assert group["lag"] is None
+        await queue.submit(StyleRequest(PHOTO, seed=3))
+        with pytest.raises(QueueBusy, match="3 photos are already waiting"):
+            await queue.submit(StyleRequest(PHOTO, seed=4))
+
+        # Redis 6 reports no lag at all.
+        real = queue.redis.xinfo_groups
+
+        async def redis6_xinfo_groups(name):
+            return [{k: v for k, v in group.items() if k not in ("lag", "entries-read")} for group in await real(name)]
+
+        monkeypatch.setattr(queue.redis, "xinfo_groups", redis6_xinfo_groups)
+        with pytest.raises(QueueBusy, match="3 photos are already waiting"):
+            await queue.submit(StyleRequest(PHOTO, seed=5))
+        assert handles[0].cancel()
+        await _events(handles[0])
+        await queue.submit(StyleRequest(PHOTO, seed=6))  # a freed place is taken again
+    finally:
+        await queue.close()
+
+
+async def test_with_no_worker_alive_waiting_users_are_told_and_a_returning_worker_serves(server, tiny_config_path,
+                                                                                        tmp_path):
+    config = redis_config(tiny_config_path, tmp_path, server.url, max_queue=1, no_worker_timeout=4.0, heartbeat=0.5,
+                          batch_window=0.0)
+    queue = _queue(config, "chat-a")
+    await queue.start()
+    worker = None
+    try:
+        first = await queue.submit(StyleRequest(PHOTO, seed=1))
+        assert (await _events(first, timeout=20))[-1] == Failed(NO_WORKER_REASON, ErrorKind.BUSY)
+        assert await queue.redis.xlen(queue.keys.jobs) == 0 and not await queue.redis.exists(queue.keys.image(first.id))
+        with pytest.raises(QueueBusy, match="No picture maker is running"):  # later ones hear it at once
+            await queue.submit(StyleRequest(PHOTO, seed=2))
+
+        worker = start_worker(config, "w0")
+        # The worker beats while it loads its models: a job sent then waits for it instead of being turned away,
+        # and takes the place the first job freed (max_queue is 1).
+        await _until(lambda: queue.redis.hlen(queue.keys.workers), 120, "the worker never beat")
+        third = await _until(lambda: _submitted(queue, StyleRequest(PHOTO, seed=3)), 10, "still refused")
+        assert (await third.result(timeout=180)).seed == 3
+        pid = worker.pid
+        stop_worker(worker)  # a clean stop: the worker leaves the hash and the consumer group
+        assert not await queue.redis.hexists(queue.keys.workers, f"{os.uname().nodename}-{pid}")
+        assert await queue.redis.xinfo_consumers(queue.keys.jobs, GROUP) == []
+    finally:
+        await queue.close()
+        if worker is not None:
+            stop_worker(worker)
+
+
+async def test_keys_of_gone_chat_processes_and_dead_workers_do_not_pile_up(server, tiny_config_path, tmp_path):
+    config = redis_config(tiny_config_path, tmp_path, server.url, heartbeat=0.5, no_worker_timeout=600.0)
+    settings = load_config(config).queue
+    horizon = max(settings.image_ttl, settings.result_ttl)
+    gone = _queue(config, "chat-gone")
+    await gone.start()
+    job = await gone.submit(StyleRequest(PHOTO, seed=1))
+    await gone.redis.xadd(gone.keys.events("chat-gone"), {"op": "started", "id": job.id})
+    await _until(lambda: gone.redis.exists(gone.keys.cursor("chat-gone")), 10, "no cursor written")
+    await gone.close()  # and never comes back
+    client = redis.from_url(server.url)
+    try:
+        for key in (gone.keys.journal("chat-gone"), gone.keys.cursor("chat-gone")):
+            assert 0 < await client.ttl(key) <= horizon, key
+        # Left by claybot before it set expiries; a dead worker, a garbled heartbeat, consumers of dead workers.
+        await client.hset(gone.keys.journal("old"), "job", "{}")
+        await client.set(gone.keys.cursor("old"), "0-0")
+        now = time.time()
+        await client.hset(gone.keys.workers, mapping={"ghost": json.dumps({"seen": now - 7200}),
+                                                      "garbled": "not a heartbeat",
+                                                      "recent": json.dumps({"seen": now - 60})})
+        await client.xgroup_createconsumer(gone.keys.jobs, GROUP, "ghost")
+        await client.xreadgroup(GROUP, "holder", {gone.keys.jobs: ">"}, count=1)  # holds a job: must stay
+
+        live = _queue(config, "chat-b")
+        await live.start()
+        try:
+            for key in (gone.keys.journal("old"), gone.keys.cursor("old")):
+                assert 0 < await client.ttl(key) <= horizon, key
+            await _until(lambda: _hash_is(client, gone.keys.workers, {b"recent"}), 10, "workers hash not swept")
+
+            async def consumers():
+                return {c["name"] for c in await client.xinfo_consumers(gone.keys.jobs, GROUP)}
+            await _until(lambda: _is(consumers, {b"holder"}), 30, "idle consumer not removed")
+        finally:
+            await live.close()
+    finally:
+        await client.aclose()
+
+
+async def _submitted(queue: RedisQueue, request: StyleRequest):
+    try:
+        return await queue.submit(request)
+    except QueueBusy as err:
+        assert "No picture maker" in str(err)  # until the chat process has seen the worker beat twice
+        return None
+
+
+async def _hash_is(client, key: str, names: set[bytes]) -> bool:
+    return set(await client.hkeys(key)) == names
+
+
+async def _is(read, expected) -> bool:
+    return await read() == expected
+
+
+async def test_a_killed_worker_is_not_mistaken_for_a_live_one(server, tiny_config_path, tmp_path):
+    # Its heartbeat stops: after no_worker_timeout waiting users are told, though its entry is still in the hash.
+    config = redis_config(tiny_config_path, tmp_path, server.url, no_worker_timeout=3.0, heartbeat=0.5)
+    worker = start_worker(config, "w0")
+    queue = _queue(config, "chat-a")
+    await queue.start()
+    try:
+        [info] = (await _until(queue.workers, 120, "the worker did not come up")).values()
+        os.kill(info["pid"], signal.SIGKILL)
+        worker.wait(timeout=30)
+        handle = await queue.submit(StyleRequest(PHOTO, seed=1))
+        assert (await _events(handle, timeout=30))[-1] == Failed(NO_WORKER_REASON, ErrorKind.BUSY)
+        assert await queue.redis.hlen(queue.keys.workers) == 1  # shown as NOT RUNNING by `claybot status` for an hour
+    finally:
+        await queue.close()
+        stop_worker(worker)
+
+
+@pytest.mark.parametrize("value", [0, -5.0, 100_000.0])
+def test_a_bad_no_worker_timeout_names_the_key(tiny_config_path, tmp_path, value):
+    from bot.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"queue\.no_worker_timeout:"):
+        load_config(redis_config(tiny_config_path, tmp_path, "redis://127.0.0.1:1/0", no_worker_timeout=value))
+
+
+async def test_a_worker_serves_again_after_redis_comes_back_empty(server, tiny_config_path, tmp_path):
+    # Redis restarted without its data (or flushed): the stream comes back without the workers' consumer group.
+    config = redis_config(tiny_config_path, tmp_path, server.url, heartbeat=0.5)
+    worker = start_worker(config, "w0")
+    queue = _queue(config, "chat-a")
+    await queue.start()
+    try:
+        await _until(queue.workers, 120, "the worker did not come up")
+        await queue.redis.flushall()
+        handle = await queue.submit(StyleRequest(PHOTO, seed=4))
+        assert (await handle.result(timeout=180)).seed == 4
+    finally:
+        await queue.close()
+        stop_worker(worker)
+
+
+async def test_the_dead_letter_stream_stays_bounded(server, tiny_config_path, tmp_path):
+    config = redis_config(tiny_config_path, tmp_path, server.url, no_worker_timeout=600.0)
+    queue = _queue(config, "chat-a")
+    await queue.start()
+    try:
+        handle = await queue.submit(StyleRequest(PHOTO, seed=1))
+        stream = queue.keys.events("chat-a")
+        async with queue.redis.pipeline(transaction=False) as pipe:
+            for n in range(DEAD_MAXLEN + 50):
+                pipe.xadd(stream, {"op": "teleport", "id": f"nobody-{n}"})
+            await pipe.execute()
+        await queue.redis.set(queue.keys.result(handle.id), json.dumps(RESULT))
+        await queue.redis.set(queue.keys.result_image(handle.id), b"png")
+        await queue.redis.xadd(stream, {"op": "done", "id": handle.id})
+        assert isinstance((await _events(handle, timeout=60))[-1], Done)
+        dead = await queue.redis.xrange(queue.keys.dead, "-", "+", count=1)
+        assert await queue.redis.xlen(queue.keys.dead) == DEAD_MAXLEN
+        assert b"nobody-50\"" in dead[0][1][b"fields"]  # the oldest ones made room
+    finally:
+        await queue.close()
+
+
+async def test_claybot_status_survives_garbage_in_redis(server, tiny_config_path, tmp_path):
+    config = redis_config(tiny_config_path, tmp_path, server.url)
+    settings = load_config(config).queue
+    client = redis.from_url(server.url)
+    try:
+        now = time.time()
+        await client.hset("claybot:workers", mapping={
+            "garbled": "{{{", "no-time": json.dumps({"device": "cuda"}),
+            "starting": json.dumps({"seen": now, "loading": True, "pid": 7})})
+        await client.zadd("claybot:history", {"not json": now, json.dumps([now, 1.5, "done", "j1"]): now,
+                                              json.dumps(["x"]): now})
+        status = await redis_status(settings)
+    finally:
+        await client.aclose()
+    assert [w["name"] for w in status["workers"]] == ["starting"]
+    shown = render(status)
+    assert "starting loading its models" in shown and "last hour: 1 done" in shown
