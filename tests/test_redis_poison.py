@@ -350,3 +350,11 @@ async def test_claybot_status_survives_garbage_in_redis(server, tiny_config_path
     assert [w["name"] for w in status["workers"]] == ["starting"]
     shown = render(status)
     assert "starting loading its models" in shown and "last hour: 1 done" in shown
+
+
+def test_stream_entry_ids_order_as_numbers_not_text():
+    from pipeline.core.redis_queue import stream_order
+
+    ids = ["1700000000000-9", "1700000000000-10", "1699999999999-99"]
+    assert max(ids, key=stream_order) == "1700000000000-10"
+    assert sorted(ids, key=stream_order) == ["1699999999999-99", "1700000000000-9", "1700000000000-10"]

@@ -148,6 +148,12 @@ def text(value: Any, errors: str = "strict") -> str:
     return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
 
 
+def stream_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("<ms>-<seq>") as numbers: as text, "5-10" would sort before "5-9"."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 async def redis_status(settings: QueueSettings) -> dict[str, Any]:
     """`claybot status` for the Redis backend: the shared queue, live workers and the last hour's jobs."""
     import redis.asyncio as redis
@@ -528,7 +534,7 @@ class RedisQueue:
             if not self._entries:
                 continue
             try:
-                ahead = await self.redis.xrange(self.keys.jobs, "-", max(self._entries.values()))
+                ahead = await self.redis.xrange(self.keys.jobs, "-", max(self._entries.values(), key=stream_order))
                 order = {text(entry_id): index for index, (entry_id, _) in enumerate(ahead, start=1)}
                 for job_id, entry_id in list(self._entries.items()):
                     position = order.get(entry_id)
