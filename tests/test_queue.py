@@ -207,3 +207,23 @@ async def test_a_bad_photo_fails_alone_with_its_own_message(tiny_config):
         good = await queue.submit(StyleRequest(PHOTO, seed=1))
         assert (await collect(bad))[-1] == Failed("That file is not an image I can read.", ErrorKind.BAD_IMAGE)
         assert isinstance((await collect(good))[-1], Done)
+
+
+async def test_a_job_submitted_before_the_worker_says_idle_waits_for_it_instead_of_failing(tiny_config):
+    # Under load the reader thread can pass on the worker's "idle" well after the "done" before it: a job
+    # submitted in between must wait for the worker, not be sent while it still finishes the last batch (that
+    # job was then failed as "crashed" when the late "idle" arrived: test_sweep's flake under load).
+    async with running_queue(tiny_config, batch_window=0.0) as queue:
+        loop = asyncio.get_running_loop()
+        on_message = queue._on_message
+
+        def late_idle(generation, message):
+            if message.get("op") == "idle":
+                loop.call_later(1.0, on_message, generation, message)
+            else:
+                on_message(generation, message)
+
+        queue._on_message = late_idle
+        first = await (await queue.submit(StyleRequest(PHOTO, strength=0.5, seed=1))).result(timeout=120)
+        second = await (await queue.submit(StyleRequest(PHOTO, strength=0.6, seed=2))).result(timeout=120)
+    assert first.seed == 1 and second.seed == 2

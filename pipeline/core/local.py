@@ -191,7 +191,10 @@ class LocalQueue:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._closing or self._in_flight or not self._ready.is_set() or self._fatal or not self._pending:
+            # Idle, not merely "no job in flight": the worker's "idle" can come after the last "done", and a batch
+            # sent before it would be taken for the unanswered part of the previous one.
+            busy = self._in_flight or not self._idle.is_set()
+            if self._closing or busy or not self._ready.is_set() or self._fatal or not self._pending:
                 continue
             batch, wait = self._next_batch()
             if batch:
