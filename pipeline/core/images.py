@@ -9,8 +9,8 @@ import contextlib
 import io
 import logging
 import math
-import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -137,25 +137,26 @@ def decode_photo(data: bytes, *, max_pixels: int, keep_pixels: int | None = None
 
 
 def decode_bytes(image: Image.Image) -> int:
-    """About the memory decoding an opened image takes: Pillow's buffer (4 bytes a pixel for every multi-band
-    mode) plus the 8-bit copy that palette, 1-bit and 16-bit images are converted to before they are shrunk."""
+    """About the memory decoding an opened image takes: Pillow's buffer, 4 bytes a pixel for every multi-band mode
+    (shrinking it afterwards works a band at a time and adds little)."""
     mode = image.mode
-    stored = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
-    converted = 4 if mode in ("1", "P", "PA") else 1 if mode.startswith("I") or mode == "F" else 0
-    return image.width * image.height * (stored + converted)
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return image.width * image.height * per_pixel
 
 
-# Bounded decodes in the chat process (the Discord result's copy of the photo) take one at a time and at most this
-# much memory each: a 40 MP photo in any mode fits, and a burst of big photos costs one decode, not one per thread.
+# Bounded decodes in the chat process (the Discord result's copy of the photo) take at most this much memory each
+# (a 40 MP photo in any mode fits) and run one at a time on ONE thread: a burst of big photos then costs one decode,
+# and the memory freed after each is reused by the next (on a new thread each time, every thread's malloc arena
+# would keep its own few hundred MB).
 THUMBNAIL_BUDGET = 256 * 2**20
-_THUMBNAIL_SLOT = threading.Semaphore(1)
+_THUMBNAILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claybot-thumbnail")
 
 
 def decode_thumbnail(data: bytes, *, max_pixels: int, thumb_pixels: int) -> Image.Image:
     """A small upright RGB copy of a photo (at least ``thumb_pixels`` when the photo has them), decoded under a
     memory bound and one at a time, for the chat process; TooLarge when it would need more than the budget."""
-    with _THUMBNAIL_SLOT:
-        return decode_photo(data, max_pixels=max_pixels, keep_pixels=thumb_pixels, max_bytes=THUMBNAIL_BUDGET)
+    return _THUMBNAILER.submit(decode_photo, data, max_pixels=max_pixels, keep_pixels=thumb_pixels,
+                               max_bytes=THUMBNAIL_BUDGET).result()
 
 
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})  # modes Pillow's reduce() averages
@@ -166,11 +167,18 @@ def _shrink(image: Image.Image, keep_pixels: int) -> Image.Image:
     factor = math.isqrt(image.width * image.height // max(1, keep_pixels))
     if factor < 2:
         return image
-    if image.mode.startswith("I;16"):  # 16-bit: to 8-bit greyscale first, a band at a time
-        image = _wide_to_l(image)
-    elif image.mode not in _REDUCIBLE:  # palette and 1-bit: to RGB first (palette indices must not be averaged)
-        image = to_rgb(image)
-    return image.reduce(factor)
+    if image.mode in _REDUCIBLE:
+        return image.reduce(factor)
+    # Palette, 1-bit and 16-bit images: made 8-bit RGB a band of rows at a time, each band reduced at once, so the
+    # full-size RGB copy never exists (a 5 KB 1-bit PNG of 40 MP would take 160 MB as RGB). Palette indices are
+    # never averaged.
+    width, height = image.size
+    rows = factor * max(1, (1 << 20) // (width * factor))
+    out = Image.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    for top in range(0, height, rows):
+        band = to_rgb(image.crop((0, top, width, min(height, top + rows))))
+        out.paste(band.reduce(factor), (0, top // factor))
+    return out
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -245,6 +253,8 @@ def output_size(width: int, height: int, megapixels: float) -> tuple[int, int]:
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
     if w * h > area:  # rounding up on both sides went over
         w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    if w * h > area:  # the short side at its 1-pixel minimum: the long side gives way
+        w, h = (max(1, math.floor(area / h)), h) if w >= h else (w, max(1, math.floor(area / w)))
     return w, h
 
 

@@ -192,7 +192,10 @@ class LocalQueue:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._closing or self._in_flight or not self._ready.is_set() or self._fatal or not self._pending:
+            # Not before the worker's "idle": its last answer can arrive first, and a batch sent in between would be
+            # failed by that "idle" as unanswered.
+            busy = self._in_flight or not self._idle.is_set()
+            if self._closing or busy or not self._ready.is_set() or self._fatal or not self._pending:
                 continue
             batch, wait = self._next_batch()
             if batch:

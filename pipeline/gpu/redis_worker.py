@@ -96,8 +96,13 @@ class RedisWorker:
                 logger.warning("cannot read jobs from redis (%s); retrying", err)
                 time.sleep(1.0)
                 continue
-            if jobs:
+            if not jobs:
+                continue
+            try:
                 self._serve(jobs)
+            except Exception:  # each photo's own failures are answered inside run_batch; this is Redis or a bug
+                logger.exception("batch %s stopped; its unanswered jobs stay pending for another try",
+                                 [job.id for job in jobs])
         self.redis.hdel(self.keys.workers, self.name)
 
     # -- taking jobs -----------------------------------------------------------------------------------------------
