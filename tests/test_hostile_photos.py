@@ -303,3 +303,16 @@ def test_a_photo_too_big_for_the_chat_side_budget_goes_without_its_copy():
     rgba = hostile_photos.png(9000, 8000, color_type=6)
     assert source_copy(rgba, 2_500_000, max_input_pixels=100_000_000) is None
     assert source_copy(photo_bytes(fmt="PNG"), 2_500_000, max_input_pixels=LIMIT)[:2] == b"\xff\xd8"
+
+
+def test_the_thin_burst_benchmark_runs_and_the_worker_survives_it(tiny_config_path, capsys):
+    # Its smoke run (one round, past the chat side's header check): figures printed, only the outcomes asserted.
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "thin_burst.py"), "--config", str(tiny_config_path),
+                          "--copies", "1", "--past-the-header"], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("thin burst:")]
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    assert "'thin 200000x8: bad_image': 1" in lines[0] and "'16-bit 40MP: done': 1" in lines[0]
+    assert "worker pid unchanged: True; worker starts: 1" in lines[1]
