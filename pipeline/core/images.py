@@ -95,18 +95,20 @@ def _header_exif(image: Image.Image, data: bytes) -> Image.Exif:
     chunk after the pixel data, so for PNG the chunks are walked here instead (lengths and names only)."""
     if image.format != "PNG":
         return image.getexif()
-    exif = Image.Exif()
     position = 8  # after the signature
     while position + 8 <= len(data):
         length = int.from_bytes(data[position:position + 4], "big")
         kind = data[position + 4:position + 8]
         if kind == b"eXIf":
+            exif = Image.Exif()
             exif.load(data[position + 8:position + 8 + length])
-            break
+            return exif
         if kind == b"IEND":
             break
         position += 12 + length  # length, type, data, CRC
-    return exif
+    # No eXIf chunk: what the chunks before the pixels hold (a "Raw profile type exif" text, an XMP orientation),
+    # read by Pillow's generic getexif(), which loads nothing.
+    return Image.Image.getexif(image)
 
 
 def decode_photo(data: bytes, *, max_pixels: int, keep_pixels: int | None = None,
