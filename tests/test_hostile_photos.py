@@ -4,6 +4,7 @@ worker down, and never blow up the chat process (issue 13, parts 1 and 5)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pipeline.core.errors import BadImage
 from pipeline.core.images import AREA_SLACK, SDXL_BUCKETS, decode_photo, output_size, probe_photo, working_size
@@ -172,6 +174,23 @@ def test_deep_and_palette_bombs_are_shrunk_while_decoding_in_the_worker():
     assert grey.getpixel((0, 0)) == (0, 0, 0)
     red = decode_photo(hostile_photos.palette_bomb(80, 50), max_pixels=LIMIT, keep_pixels=100)
     assert red.getpixel((0, 0)) == RED  # palette index 0 is red: indices are never averaged
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "I;16", "RGBA"])
+def test_a_rotated_photo_is_shrunk_while_decoding_and_still_upright(mode):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    image = Image.new("I;16", (3000, 2000), 30000) if mode == "I;16" else Image.new("RGB", (3000, 2000)).convert(mode)
+    for fmt in ("PNG", "JPEG") if mode == "RGB" else ("PNG",):
+        decoded = decode_photo(_encode(image, fmt, exif=exif), max_pixels=LIMIT, keep_pixels=100_000)
+        assert decoded.height > decoded.width and decoded.width * decoded.height >= 100_000, (mode, fmt)
+        assert decoded.width * decoded.height < 1_000_000
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
 
 
 # -- the real worker process ---------------------------------------------------------------------------------------

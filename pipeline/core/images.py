@@ -177,6 +177,7 @@ def _shrink(image: Image.Image, keep_pixels: int) -> Image.Image:
     width, height = image.size
     rows = factor * max(1, (1 << 20) // (width * factor))
     out = Image.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    out.info = dict(image.info)  # the EXIF orientation, applied after shrinking
     for top in range(0, height, rows):
         band = to_rgb(image.crop((0, top, width, min(height, top + rows))))
         out.paste(band.reduce(factor), (0, top // factor))
