@@ -187,6 +187,15 @@ def test_a_rotated_photo_is_shrunk_while_decoding_and_still_upright(mode):
         assert decoded.width * decoded.height < 1_000_000
 
 
+def test_heic_from_phones_is_held_to_the_same_bounds():
+    # pillow-heif decodes a whole HEIC image at once; the aspect bound and the shrink apply to it as to the rest.
+    with pytest.raises(BadImage, match=r"This picture is 40:1; send one no longer than 8:1\."):
+        probe_photo(_encode(Image.new("RGB", (4000, 100)), "HEIF"), max_pixels=LIMIT)
+    decoded = decode_photo(_encode(Image.new("RGB", (4000, 3000), (10, 200, 30)), "HEIF"), max_pixels=LIMIT,
+                           keep_pixels=1_000_000)
+    assert decoded.size == (1334, 1000) and decoded.mode == "RGB"
+
+
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
