@@ -165,6 +165,16 @@ def test_a_fault_outside_the_stages_fails_every_unanswered_job_and_returns(styli
                               "a": ("failed", INTERNAL_REASON)}
 
 
+def test_a_connection_lost_mid_batch_ends_the_batch_instead_of_failing_its_jobs(stylizer):
+    # The queue went away: that is for the serving loop (it waits for the next queue), not a photo's failure.
+    def send(message):
+        if message["op"] == "progress":
+            raise BrokenPipeError("the queue hung up")
+
+    with pytest.raises(BrokenPipeError):
+        run_batch(stylizer, _batch({"a": photo_bytes()}), send)
+
+
 def test_deep_and_palette_bombs_are_shrunk_while_decoding_in_the_worker():
     for data in (hostile_photos.deep_grey(), hostile_photos.palette_bomb()):
         image = decode_photo(data, max_pixels=LIMIT, keep_pixels=4_000_000)

@@ -216,6 +216,8 @@ def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: f
     try:
         results = stylizer.run([job.photo for job in group], style=message["style"], strength=message["strength"],
                                on_step=on_step, tags=[job.tags for job in group])
+    except _LinkDown:  # a progress message could not be sent: the connection is gone, no photo's fault
+        raise
     except JobTimeout:
         minutes = message["timeout"] / 60
         limit = f"{message['timeout']:g} seconds" if message["timeout"] < 120 else f"{minutes:g} minutes"
