@@ -319,6 +319,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run a pipeline worker in the foreground: on the Redis stream, or serving queue.worker_address."""
     import signal
 
+    from pipeline.core.link import worker_key
     from pipeline.gpu.worker import listen, serve
 
     config = load_config(args.config)
@@ -334,11 +335,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     address = args.listen or config.queue.worker_address
     if not address:
         raise ConfigError("claybot worker needs an address: set queue.worker_address or pass --listen HOST:PORT")
-    key = token(config.queue.worker_key_env)
+    key = worker_key(config.queue.worker_key_env)  # stripped exactly as the chat side strips it
     if not key:
         raise ConfigError(f"set the environment variable {config.queue.worker_key_env} to a shared secret first")
     try:
-        serve(config.gpu(), listen(address, key.encode()))
+        serve(config.gpu(), listen(address, key))
     except KeyboardInterrupt:
         print("claybot worker: stopped", file=sys.stderr)
     return 0

@@ -34,7 +34,7 @@ from bot.config import Config, ConfigError
 from bot.flow import Ask, RequestFlow, UserError, shorten, stronger, weaker
 from bot.store import SettingsStore, store_path
 from pipeline.core.errors import BadImage, ClaybotError
-from pipeline.core.images import decode_photo
+from pipeline.core.images import decode_thumbnail
 from pipeline.core.jobs import Done
 
 logger = logging.getLogger(__name__)
@@ -143,8 +143,11 @@ def source_copy(data: bytes, limit: int, *, max_input_pixels: int) -> bytes | No
         image = Image.open(io.BytesIO(data))
         if image.format == "JPEG" and image.width * image.height <= SOURCE_MAX_PIXELS and len(data) <= limit:
             return data  # already a small JPEG (e.g. the source.jpg of an earlier result): no generational loss
-        image = decode_photo(data, max_pixels=max_input_pixels)
-    except (BadImage, OSError):
+        # The chat process decodes only a bounded copy (reduced while decoding, one at a time, under a budget);
+        # a photo too large for that goes without its copy rather than taking the process's memory.
+        image = decode_thumbnail(data, max_pixels=max_input_pixels, thumb_pixels=SOURCE_MAX_PIXELS)
+    except (BadImage, OSError, MemoryError) as err:
+        logger.info("no copy of the photo on the result: %s", err)
         return None
     scale = min(1.0, (SOURCE_MAX_PIXELS / (image.width * image.height)) ** 0.5)
     for quality in (90, 80, 70):

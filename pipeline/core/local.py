@@ -39,6 +39,7 @@ from pipeline.core.jobs import (
     job_message,
     new_job_id,
 )
+from pipeline.core.link import connect, worker_key
 from pipeline.core.settings import GpuSettings, QueueSettings
 from pipeline.core.status import History, write_atomically
 
@@ -99,11 +100,11 @@ class LocalQueue:
         self._tasks: list[asyncio.Task] = []
         self._authkey = b""
         if settings.worker_address:
-            key = os.environ.get(settings.worker_key_env, "")
+            key = worker_key(settings.worker_key_env)
             if not key:
                 raise ClaybotError(f"queue.worker_address is set, so the environment variable "
                                    f"{settings.worker_key_env} must hold the secret shared with `claybot worker`.")
-            self._authkey = key.encode()
+            self._authkey = key
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -261,16 +262,13 @@ class LocalQueue:
             self._spawn()
 
     def _connect(self, generation: int) -> None:
-        """External worker (`claybot worker`): connect, retrying while it (re)starts, then read from it."""
-        from multiprocessing.connection import Client
-
-        from pipeline.gpu.worker import parse_address
-
-        address = parse_address(self.settings.worker_address)
+        """External worker (`claybot worker`): connect, retrying while it (re)starts, then read from it.
+        Connecting and the handshake have a deadline, so a worker address that swallows connections (or a
+        stranger's port) is retried instead of holding this thread forever."""
         while not self._closing and generation == self._generation:
             try:
-                conn = Client(address, authkey=self._authkey)
-            except (OSError, multiprocessing.AuthenticationError) as err:
+                conn = connect(self.settings.worker_address, self._authkey)
+            except (OSError, EOFError, AssertionError, multiprocessing.AuthenticationError) as err:
                 logger.warning("cannot reach the worker at %s (%s); retrying", self.settings.worker_address, err)
                 time.sleep(2.0)
                 continue

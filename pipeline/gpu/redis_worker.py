@@ -92,8 +92,13 @@ class RedisWorker:
                     except Exception as again:
                         logger.debug("cannot create the consumer group yet: %s", again)
                 continue
-            if jobs:
+            if not jobs:
+                continue
+            try:
                 self._serve(jobs)
+            except Exception:  # each photo's own failures are answered inside run_batch; this is Redis or a bug
+                logger.exception("batch %s stopped; its unanswered jobs stay pending for another try",
+                                 [job.id for job in jobs])
         self.redis.hdel(self.keys.workers, self.name)
         self._leave_group()
 

@@ -68,14 +68,19 @@ class Tagger:
         self.categories = np.array([int(row["category"]) for row in rows])
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """RGB image → the model's input: padded to a white square, resized, BGR, float32 0–255, HWC."""
+        """RGB image → the model's input: padded to a white square, resized, BGR, float32 0–255, HWC.
+
+        Resized first, then padded: the same picture as padding to a max(w, h) square and resizing that, without
+        ever holding the big square (a 30000×40 photo would need a 2.7 GB canvas)."""
         width, height = image.size
         side = max(width, height)
-        square = Image.new("RGB", (side, side), (255, 255, 255))
-        square.paste(image.convert("RGB"), ((side - width) // 2, (side - height) // 2))
+        size = self.input_size
+        fitted = (max(1, round(width * size / side)), max(1, round(height * size / side)))
         # Area averaging when shrinking and Lanczos when enlarging, as in the taggers' reference scripts.
-        resample = Image.Resampling.BOX if side > self.input_size else Image.Resampling.LANCZOS
-        square = square.resize((self.input_size, self.input_size), resample)
+        resample = Image.Resampling.BOX if side > size else Image.Resampling.LANCZOS
+        small = image.convert("RGB").resize(fitted, resample)
+        square = Image.new("RGB", (size, size), (255, 255, 255))
+        square.paste(small, ((size - fitted[0]) // 2, (size - fitted[1]) // 2))
         return np.asarray(square, dtype=np.float32)[:, :, ::-1].copy()
 
     def scores(self, images: list[Image.Image]) -> np.ndarray:

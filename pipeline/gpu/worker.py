@@ -29,6 +29,14 @@ Send = Callable[[dict[str, Any]], None]
 
 INTERNAL_REASON = "Something went wrong while making your clay picture; please try again."
 OOM_REASON = "The GPU ran out of memory on this photo; please try a smaller one."
+DECODE_REASON = "I could not read that picture; please send it as an ordinary JPEG or PNG photo."
+MEMORY_REASON = "That picture needs more memory than I can give it; please send a smaller one."
+TAG_REASON = "I could not look at that picture; please try another one."
+ENCODE_REASON = "Your clay picture was made but could not be saved; please try again."
+
+
+class _LinkDown(Exception):
+    """Sending an answer failed: the connection is gone, which ends the batch (not a fault of any photo)."""
 
 
 class JobTimeout(Exception):
@@ -72,47 +80,68 @@ def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True)
 
 
 def listen(address: str, authkey: bytes) -> Iterator:
-    """Connections from queues to a foreground worker (``claybot worker``), one after another."""
-    from multiprocessing import AuthenticationError
-    from multiprocessing.connection import Listener
+    """Connections from queues to a foreground worker (``claybot worker``), one after another, each authenticated
+    under a deadline off the accept loop (see pipeline.core.link)."""
+    from pipeline.core.link import listen as listen_on
 
-    with Listener(parse_address(address), authkey=authkey) as listener:
-        logger.info("worker listening on %s", address)
-        while True:
-            try:
-                conn = listener.accept()
-            except (OSError, EOFError, AuthenticationError) as err:  # a wrong key, or a client that went away
-                logger.warning("refused a connection: %s", err)
-                continue
-            logger.info("queue connected from %s", listener.last_accepted)
-            yield conn
-
-
-def parse_address(address: str) -> str | tuple[str, int]:
-    """"host:port" → a TCP address; anything else is a Unix socket path."""
-    host, sep, port = address.rpartition(":")
-    return (host, int(port)) if sep and port.isdigit() else address
+    return listen_on(address, authkey)
 
 
 def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
-    """Decode, stylize and answer every job of one batch; a bad photo fails alone, never its companions."""
+    """Decode, stylize and answer every job of one batch; a bad photo fails alone, never its companions.
+
+    Nothing one photo does may end the worker: whatever escapes the stages below fails the jobs of this batch
+    that have no answer yet (each with a reason), and the worker goes on to the next batch."""
+    answered: set[str] = set()
+
+    def tracked(answer: dict[str, Any]) -> None:
+        try:
+            send(answer)
+        except Exception as err:
+            raise _LinkDown from err
+        if answer.get("op") in ("done", "failed"):
+            answered.add(answer["id"])
+
+    try:
+        _run_batch(stylizer, message, tracked)
+    except _LinkDown as down:
+        raise down.__cause__ from None
+    except Exception:
+        jobs = message.get("jobs") if isinstance(message.get("jobs"), list) else []
+        logger.exception("batch %s failed outside its stages", [job.get("id") for job in jobs])
+        for job in jobs:
+            if job.get("id") is not None and job["id"] not in answered:
+                send({"op": "failed", "id": job["id"], "reason": INTERNAL_REASON, "kind": ErrorKind.INTERNAL.value})
+
+
+def _run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
     from pipeline.core.images import decode_photo
     from pipeline.gpu.stylizer import Photo
 
     p = stylizer.settings.pipeline
     max_pixels = int(p.max_input_megapixels * 1e6)
+    # The worker never needs more than a few times its working area (the tagger needs far less).
+    keep_pixels = int(4 * p.megapixels * 1e6)
     groups: dict[tuple[int, int], list[_Job]] = {}
     for job in message["jobs"]:
         started = time.perf_counter()
         try:
-            image = decode_photo(job["image"], max_pixels=max_pixels)
+            image = decode_photo(job["image"], max_pixels=max_pixels, keep_pixels=keep_pixels)
+            size = p.work_size(*image.size)
         except TooLarge as err:
-            send({"op": "failed", "id": job["id"], "reason": str(err), "kind": ErrorKind.TOO_LARGE.value})
+            _fail(send, job["id"], str(err), ErrorKind.TOO_LARGE)
             continue
         except BadImage as err:
-            send({"op": "failed", "id": job["id"], "reason": str(err), "kind": ErrorKind.BAD_IMAGE.value})
+            _fail(send, job["id"], str(err), ErrorKind.BAD_IMAGE)
             continue
-        size = p.work_size(*image.size)
+        except MemoryError:
+            logger.warning("job %s: out of memory while decoding", job["id"])
+            _fail(send, job["id"], MEMORY_REASON, ErrorKind.TOO_LARGE)
+            continue
+        except Exception:  # a decoder bug or a file Pillow chokes on in a way it does not name
+            logger.exception("job %s: the photo could not be decoded", job["id"])
+            _fail(send, job["id"], DECODE_REASON, ErrorKind.BAD_IMAGE)
+            continue
         photo = Photo(image, job["seed"], job.get("trigger_weight"))
         timings = {"decode": time.perf_counter() - started}
         groups.setdefault(size, []).append(_Job(job["id"], photo, job.get("max_rating"), timings))
@@ -121,6 +150,10 @@ def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
         group = _allowed(stylizer, group, send)
         if group:
             _run_group(stylizer, group, message, deadline, send)
+
+
+def _fail(send: Send, job_id: str, reason: str, kind: ErrorKind) -> None:
+    send({"op": "failed", "id": job_id, "reason": reason, "kind": kind.value})
 
 
 @dataclass
@@ -137,10 +170,13 @@ class _Job:
 def _allowed(stylizer, group: list[_Job], send: Send) -> list[_Job]:
     """Tag the photos once (the prompt uses the same tags) and refuse those over their chat's rating limit."""
     started = time.perf_counter()
-    tags = stylizer.tagger([job.photo.image for job in group])
+    tags = _tag(stylizer, [job.photo.image for job in group], [job.id for job in group])
     seconds = (time.perf_counter() - started) / len(group)
     allowed = []
     for job, job_tags in zip(group, tags, strict=True):
+        if job_tags is None:
+            _fail(send, job.id, TAG_REASON, ErrorKind.INTERNAL)
+            continue
         job.tags, job.timings["tag"] = job_tags, seconds
         if over_limit(job_tags.ratings, job.max_rating):
             logger.info("job %s refused: rated %s, the chat allows up to %s", job.id, job_tags.rating, job.max_rating)
@@ -148,6 +184,18 @@ def _allowed(stylizer, group: list[_Job], send: Send) -> list[_Job]:
         else:
             allowed.append(job)
     return allowed
+
+
+def _tag(stylizer, images: list, ids: list[str]) -> list:
+    """The tagger's answer per image; None for an image it fails on (the batch is retried one image at a time,
+    so one bad image never costs its companions their tags)."""
+    try:
+        return list(stylizer.tagger(images))
+    except Exception:
+        if len(images) == 1:
+            logger.exception("job %s: the tagger failed", ids[0])
+            return [None]
+    return [_tag(stylizer, [image], [job_id])[0] for image, job_id in zip(images, ids, strict=True)]
 
 
 def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: float, send: Send) -> None:
@@ -168,6 +216,8 @@ def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: f
     try:
         results = stylizer.run([job.photo for job in group], style=message["style"], strength=message["strength"],
                                on_step=on_step, tags=[job.tags for job in group])
+    except _LinkDown:  # a progress message could not be sent: the connection is gone, no photo's fault
+        raise
     except JobTimeout:
         minutes = message["timeout"] / 60
         limit = f"{message['timeout']:g} seconds" if message["timeout"] < 120 else f"{minutes:g} minutes"
@@ -192,17 +242,25 @@ def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: f
     # The result is held to the same rating limit as the photo: img2img can add what the photo did not have.
     started = time.perf_counter()
     checked = [job.max_rating is not None for job in group]
-    to_check = [result.image for result, check in zip(results, checked, strict=True) if check]
-    output_tags = iter(stylizer.tagger(to_check) if to_check else [])
+    to_check = [(result.image, job.id) for job, result, check in zip(group, results, checked, strict=True) if check]
+    output_tags = iter(_tag(stylizer, [image for image, _ in to_check], [i for _, i in to_check]) if to_check else [])
     check_s = (time.perf_counter() - started) / len(group)
     for job, result, check in zip(group, results, checked, strict=True):
-        ratings = next(output_tags).ratings if check else {}
-        if check and over_limit(ratings, job.max_rating):
+        job_tags = next(output_tags) if check else None
+        if check and job_tags is None:  # a result that cannot be checked is not sent: the chat asked for the check
+            _fail(send, job.id, TAG_REASON, ErrorKind.INTERNAL)
+            continue
+        if check and over_limit(job_tags.ratings, job.max_rating):
             logger.info("job %s: the result was over the chat's rating limit %s; not sent", job.id, job.max_rating)
             send({"op": "failed", "id": job.id, "reason": OUTPUT_REFUSED, "kind": ErrorKind.NOT_ALLOWED.value})
             continue
         started = time.perf_counter()
-        png = encode_png(result.image)
+        try:
+            png = encode_png(result.image)
+        except Exception:
+            logger.exception("job %s: the result could not be encoded", job.id)
+            _fail(send, job.id, ENCODE_REASON, ErrorKind.INTERNAL)
+            continue
         timings = {**job.timings, **result.timings, "check": check_s, "encode": time.perf_counter() - started}
         send({"op": "done", "id": job.id, "result": {
             "image": png, "width": result.image.width, "height": result.image.height, "tags": result.tags,
