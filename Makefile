@@ -7,6 +7,8 @@ TORCH     ?= torch==2.13.0
 CONFIG    ?= config.toml
 TINY      ?= tiny-models
 PYTEST_ARGS ?=
+# Test files are spread over this many processes (pytest-xdist; a file stays on one, so its shared worker does too).
+TEST_PROCS ?= 2
 
 .PHONY: install run demo test bench clean
 
@@ -31,7 +33,7 @@ demo: $(STAMP)
 
 # The test suite. pytest exits 5 when it collected no test: that is a failure here, never a pass.
 test: $(STAMP)
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_PROCS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 clean:
