@@ -103,13 +103,22 @@ class FrontEnd(Protocol):
         a restarted chat process answers (the original request is gone)."""
 
 
+# A number, then an optional "%": no two parts can match the same characters, so a failed match never backtracks.
+STRENGTH = re.compile(r"(\d+(?:[.,]\d+)?|[.,]\d+)\s*(%?)")
+MAX_STRENGTH_CHARS = 16  # "0.05", "60 %", "0,6": nothing longer is a strength, so nothing longer is parsed
+
+
 def parse_strength(text: str | None) -> float | None:
-    """``"0.6"``, ``"60%"`` or ``".6"`` → 0.6; empty → None (the style's default); anything else → UserError."""
-    if text is None or not text.strip():
+    """``"0.6"``, ``"60%"`` or ``".6"`` → 0.6; empty → None (the style's default); anything else → UserError.
+
+    The text comes from strangers (a hostile client may send a caption of a megabyte): anything longer than a
+    strength can be is refused before any pattern looks at it."""
+    stripped = (text or "").strip()
+    if not stripped:
         return None
-    match = re.fullmatch(r"\s*(\d*[.,]?\d+)\s*(%?)\s*", text)
-    if not match:
-        raise UserError(f"I could not read {text.strip()[:20]!r} as a strength. {USAGE}")
+    match = STRENGTH.fullmatch(stripped) if len(stripped) <= MAX_STRENGTH_CHARS else None
+    if match is None:
+        raise UserError(f"I could not read {stripped[:20]!r} as a strength. {USAGE}")
     value = float(match.group(1).replace(",", "."))
     if match.group(2):
         value /= 100

@@ -160,6 +160,8 @@ def button_data(style: str, strength: float, seed: int | None) -> str:
 
 def parse_button(data: str) -> tuple[str | None, float, int | None]:
     """``button_data``'s (style, strength, seed); ValueError for anything else."""
+    if len(data) > MAX_CALLBACK_DATA:  # Telegram's own limit: anything longer is not ours, and is not parsed
+        raise ValueError("callback data too long")
     prefix, style, strength, seed = data.split("|")
     if prefix != BUTTON_PREFIX:
         raise ValueError(f"unknown button format {prefix!r}")

@@ -300,6 +300,20 @@ async def test_a_bad_strength_gets_the_usage(telegram, how, strength):
     assert not telegram.fake.calls_to("getFile", "sendPhoto")
 
 
+async def test_a_hostile_100_kb_strength_is_refused_at_once_with_the_usage(telegram):
+    # The old pattern backtracked: ~0.5 s of everyone's event loop per 1,000 digits, growing with the square of
+    # the length (hours for these). Each must be refused within the usual wait for an answer.
+    hostile = "1" * 100_000 + "x"
+    asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption=f"/clay {hostile}")
+    answer = await telegram.text_for(asked, timeout=30)
+    assert answer.params["text"] == f"I could not read {'1' * 20!r} as a strength. {USAGE}"
+
+    photo = await telegram.fake.send_photo(GROUP, ALICE, LANDSCAPE)
+    asked = await telegram.fake.send_text(GROUP, BOB, "/clay " + " " * 50_000 + "6" * 50_000 + " %x", reply_to=photo)
+    assert USAGE in (await telegram.text_for(asked, timeout=30)).params["text"]
+    assert not telegram.fake.calls_to("getFile", "sendPhoto")
+
+
 async def test_clay_with_nothing_to_work_on_gets_the_usage(telegram):
     alone = await telegram.fake.send_text(ALICE_CHAT, ALICE, "/clay 0.6")
     text = await telegram.fake.send_text(GROUP, ALICE, "look at this")
