@@ -275,6 +275,8 @@ class _KeepsPhoto:
 class InteractionReply(_KeepsPhoto):
     """A request from an interaction: progress and answer in its original response, in the channel once too late."""
 
+    private = True  # its refusals are ephemeral: only the person who asked sees them
+
     def __init__(self, bot: ClayBot, interaction: discord.Interaction) -> None:
         self.bot, self.interaction = bot, interaction
         self.shown = False  # while nothing is shown, Discord would turn a follow-up into the (public) response
@@ -317,6 +319,8 @@ class InteractionReply(_KeepsPhoto):
 
 class ChannelReply(_KeepsPhoto):
     """A request from a reaction: a reply to the photo's message that mentions who reacted, edited as it goes."""
+
+    private = False  # a reply in the channel, seen by everyone there
 
     def __init__(self, bot: ClayBot, message: discord.Message, member: discord.Member) -> None:
         self.bot, self.message, self.member = bot, message, member

@@ -70,6 +70,8 @@ class Ask:
 class Reply(Protocol):
     """How a front end shows things; the flow decides what and when."""
 
+    private: bool  # refusals are seen by the asker alone (Discord's ephemeral answers): repeating them is no spam
+
     async def status(self, text: str) -> None:
         """Create or edit the one status message of this request."""
 
@@ -174,7 +176,9 @@ class RequestFlow:
         self.store = store
         self.journal = Journal(store, config.limits, clock=clock) if store is not None else None
         self.metrics = metrics
+        self.clock = clock
         self.recovering: set[asyncio.Task] = set()  # answering jobs accepted before a restart
+        self.told: dict[tuple[str, str, str], float] = {}  # (platform, person, chat) → told of a limit until then
 
     def max_bytes(self, platform_limit: int | None = None) -> int:
         """The most bytes a photo may have: ours, or the platform's download limit if lower."""
@@ -196,7 +200,12 @@ class RequestFlow:
             logger.info("%s event %s was delivered again; it is already being answered", ask.platform, ask.origin)
             return None
         except RateLimited as err:
-            await request.refuse("rate_limited", str(err))
+            if self._tell_once(ask, request.reply.reply, err):
+                await request.refuse("rate_limited", str(err))
+            else:
+                request.outcome = "rate_limited"
+                logger.info("%s user %s in %s is still over a limit: not told again", ask.platform, ask.user_id,
+                            ask.chat_id)
         except (UserError, BadRequest) as err:
             await request.refuse("bad_input", str(err))
         except (QueueBusy, QueueClosed) as err:
@@ -220,6 +229,7 @@ class RequestFlow:
         if self.journal is not None:
             request.ticket = await self.journal.admit(ask.platform, ask.user_id, ask.chat_id,
                                                       ask.group_id or ask.chat_id, ask.answer_to, ask.origin)
+            self.told.pop((ask.platform, ask.user_id, ask.chat_id), None)  # under the limits again
 
         # 3. download (through the platform's client; never a URL a user typed)
         data = await ask.download()
@@ -238,6 +248,21 @@ class RequestFlow:
                 await self.journal.queued(request.ticket, handle.id, style_request)
                 request.reply.on_first_status = lambda: self._note_placeholder(request)
             await self._follow(handle, request)
+
+    def _tell_once(self, ask: Ask, reply: Reply, refusal: RateLimited) -> bool:
+        """Whether to tell this person they are over a limit: once until the wait it names is over (or, for a
+        limit without a wait, until they are let through again), so someone who re-adds a reaction again and again
+        does not make the bot post a refusal each time. Private answers (Discord's ephemeral ones) always go out."""
+        if reply.private:
+            return True
+        now = self.clock()
+        if len(self.told) > MAX_TOLD:  # forget the waits that are over
+            self.told = {key: until for key, until in self.told.items() if until > now}
+        key = (ask.platform, ask.user_id, ask.chat_id)
+        if self.told.get(key, 0.0) > now:
+            return False
+        self.told[key] = now + max(refusal.retry_after, QUIET_AFTER_REFUSAL)
+        return True
 
     async def _note_placeholder(self, request: _Request) -> None:
         """The status message is on screen: a restarted process will know which message to remove."""
@@ -329,6 +354,8 @@ class RequestFlow:
         return handle
 
 
+QUIET_AFTER_REFUSAL = 60.0  # seconds at least before the same person is told of a limit again
+MAX_TOLD = 10_000  # people remembered as told, before those whose wait is over are forgotten
 MAX_RECOVERIES = 2  # a job that two restarts in a row interrupted is not tried a third time
 LOST_DOWNLOADING = "claybot restarted while fetching your photo; please send it again."
 GAVE_UP = "claybot restarted twice while making this picture; please send the photo again later."

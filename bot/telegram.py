@@ -260,6 +260,8 @@ class UploadingPhoto:
 class TelegramReply:
     """One request's answers: a status message replying to the photo and edited in place, then the picture."""
 
+    private = False  # everything it says is seen by the whole chat
+
     def __init__(self, bot, photo: Photo, *, pace: ChatPace, uploading: UploadingPhoto,
                  on_sent: Callable[[Message], None] | None = None) -> None:
         self.bot, self.photo, self.pace, self.uploading, self.on_sent = bot, photo, pace, uploading, on_sent

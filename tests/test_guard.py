@@ -208,3 +208,33 @@ async def test_a_file_whose_size_only_getfile_tells_is_refused_before_its_bytes_
     refusal = await guarded.text_for(sent)
     assert refusal.params["text"] == f"That file is 15.0 MB; I can take photos up to {MAX_MB} MB."
     assert guarded.fake.calls_to("getFile") and not guarded.fake.calls_to("download")
+
+
+async def until(check, timeout: float = 30.0) -> None:
+    """Wait for ``check()`` to hold (the tests' clock is fake, the event loop is not)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def test_a_person_over_their_limit_is_told_once_however_often_they_react_again(guarded, clock):
+    group = group_chat(-1002701, "Reacting group")
+    gina = user(2701, "Gina")
+    photos = [await guarded.fake.send_photo(group, gina, PHOTO) for _ in range(3)]
+    for photo in photos[:2]:
+        await guarded.fake.react(group, gina, photo["message_id"], "🗿")
+        await guarded.picture_for(photo)
+        await settled(guarded)
+    metrics = guarded.front_end.requests.flow.metrics
+    for attempt in range(1, 5):  # she takes her reaction back and adds it again, four times
+        await guarded.fake.react(group, gina, photos[2]["message_id"], "🗿", old=("👍",))
+        await until(lambda attempt=attempt: _sample(metrics, "claybot_requests_total", platform="telegram",
+                                                    outcome="rate_limited") == attempt)
+        await guarded.fake.react(group, gina, photos[2]["message_id"], "👍", old=("🗿",))
+    refusals = [c for c in guarded.fake.calls_to("sendMessage") if c.reply_to == photos[2]["message_id"]]
+    assert [c.params["text"] for c in refusals] == [
+        "You have asked for 2 pictures in the last minute; please ask again in 60 seconds."]
+
+    clock.now += 61  # the wait she was told of is over: her next reaction is served
+    await guarded.fake.react(group, gina, photos[2]["message_id"], "🗿", old=("👍",))
+    await guarded.picture_for(photos[2])
