@@ -447,8 +447,8 @@ class TelegramRequests:
         photo = photo_in(message)
         if photo is None:  # a caption on something else (a video, an audio file)
             raise UserError(f"There is no photo here to work on. {USAGE}")
-        self.start(context, update, photo, user_id=update.effective_user.id, style=match.group(1),
-                   strength=strength, how="caption")
+        self.start(context, update, photo, user_id=asker(update), style=match.group(1), strength=strength,
+                   how="caption")
 
     async def on_clay_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/clay [strength]`` as a reply to a photo (on its own it answers with the usage)."""
@@ -458,8 +458,7 @@ class TelegramRequests:
         if photo is None:
             raise UserError(USAGE)
         style = message.text.split()[0].lstrip("/").split("@")[0].lower()
-        self.start(context, update, photo, user_id=update.effective_user.id, style=style, strength=strength,
-                   how="reply")
+        self.start(context, update, photo, user_id=asker(update), style=style, strength=strength, how="reply")
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""
@@ -608,6 +607,16 @@ class TelegramRequests:
                 if isinstance(message, Message) and message.is_topic_message else None)
         except TelegramError as err:
             logger.warning("could not tell chat %s about the error: %s", update.effective_chat.id, err)
+
+
+def asker(update: Update) -> int:
+    """Who asked, as the limits count people: the chat a message was sent on behalf of (every anonymous group
+    admin and everyone posting as a channel share one Telegram user, so they are counted per such chat; chat ids
+    are negative, user ids positive), else the person."""
+    message = update.effective_message
+    if message is not None and message.sender_chat is not None:
+        return message.sender_chat.id
+    return update.effective_user.id
 
 
 def chat_scope(chat_id: int) -> str:

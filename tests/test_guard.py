@@ -238,3 +238,25 @@ async def test_a_person_over_their_limit_is_told_once_however_often_they_react_a
     clock.now += 61  # the wait she was told of is over: her next reaction is served
     await guarded.fake.react(group, gina, photos[2]["message_id"], "🗿", old=("👍",))
     await guarded.picture_for(photos[2])
+
+
+async def test_anonymous_admins_of_different_groups_do_not_share_one_quota(guarded):
+    # Telegram names one user (GroupAnonymousBot) as the sender of every anonymous admin's message, in every
+    # group: they are counted per chat they post as.
+    anonymous = {"id": 1087968824, "is_bot": True, "first_name": "Group", "username": "GroupAnonymousBot"}
+    first, second = group_chat(-1002801, "First group"), group_chat(-1002802, "Second group")
+    for _ in range(2):
+        await guarded.picture_for(await guarded.fake.send_photo(first, anonymous, PHOTO, caption="/clay",
+                                                                as_chat=first))
+        await settled(guarded)
+    over = await guarded.fake.send_photo(first, anonymous, PHOTO, caption="/clay", as_chat=first)
+    assert (await guarded.text_for(over)).params["text"].startswith("You have asked for 2 pictures")
+    await settled(guarded)
+    # Another group's anonymous admin, and someone posting there as their channel, are served.
+    channel = {"id": -1002899, "type": "channel", "title": "Someone's channel"}
+    channel_bot = {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
+    await guarded.picture_for(await guarded.fake.send_photo(second, anonymous, PHOTO, caption="/clay",
+                                                            as_chat=second))
+    await settled(guarded)
+    await guarded.picture_for(await guarded.fake.send_photo(second, channel_bot, PHOTO, caption="/clay",
+                                                            as_chat=channel))
