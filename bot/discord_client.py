@@ -577,6 +577,16 @@ class ClayBot(commands.Bot):
             logger.warning("discord: could not answer an interaction: %s", err)
 
 
+def _fatal(error: BaseException | None) -> ConfigError | None:
+    """What Discord refused that only the operator can fix, as the message that says how."""
+    if isinstance(error, discord.LoginFailure):
+        return ConfigError(f"Discord refused the bot token ({error})")
+    if isinstance(error, discord.PrivilegedIntentsRequired):
+        return ConfigError("Discord refused the MESSAGE CONTENT intent: switch it on in the developer portal "
+                           "(Bot → Privileged Gateway Intents) or set discord.message_content_intent = false")
+    return None
+
+
 def _what(interaction: discord.Interaction) -> str:
     """A request's kind for the log: "/clay", "/Clay it", "button stronger"."""
     if interaction.command is not None:
@@ -634,8 +644,8 @@ class DiscordFrontEnd:
             await self.bot.login(self._token)
         except discord.LoginFailure:
             await self.close()
-            raise ClaybotError(f"Discord refused the bot token in {settings.token_env}: copy it again from the "
-                               f"developer portal (Bot → Reset Token)") from None
+            raise ConfigError(f"Discord refused the bot token in {settings.token_env}: copy it again from the "
+                              f"developer portal (Bot → Reset Token)") from None
         except BaseException:
             await self.close()
             raise
@@ -658,18 +668,24 @@ class DiscordFrontEnd:
         if ended is None:
             return ClaybotError(f"Discord did not get ready within {START_TIMEOUT:g} seconds")
         error = None if ended.cancelled() else ended.exception()
-        if isinstance(error, discord.PrivilegedIntentsRequired):
-            return ClaybotError("Discord refused the MESSAGE CONTENT intent: switch it on in the developer portal "
-                                "(Bot → Privileged Gateway Intents) or set discord.message_content_intent = false")
-        return ClaybotError(f"the Discord connection ended during start: {error!r}")
+        return _fatal(error) or ClaybotError(f"the Discord connection ended during start: {error!r}")
 
     def _connection_ended(self, task: asyncio.Task) -> None:
         if self._closing or task.cancelled():
             return
-        if task.exception() is not None:
-            logger.error("discord: the gateway connection ended", exc_info=task.exception())
-        else:
-            logger.error("discord: the gateway connection ended")
+        logger.warning("discord: the gateway connection ended: %r", task.exception())
+
+    async def ended(self) -> Exception:
+        """The gateway connection (discord.py reconnects by itself) ended for good: why."""
+        try:
+            await asyncio.shield(self.connection)
+        except asyncio.CancelledError:
+            if not self.connection.cancelled():
+                raise
+            return ClaybotError("the Discord connection was cancelled")
+        except Exception as err:
+            return _fatal(err) or err
+        return ClaybotError("the Discord connection ended")
 
     async def stop_taking(self) -> None:
         """New requests are told claybot is restarting; running ones still get their answers."""

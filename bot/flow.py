@@ -99,6 +99,10 @@ class FrontEnd(Protocol):
     async def close(self) -> None:
         """Disconnect."""
 
+    async def ended(self) -> Exception:
+        """Once started, wait until the front end stops serving by itself (its connection lost for good), and say
+        why; a lost connection its library reconnects by itself does not count."""
+
     async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
         """Post a result (or, with ``done`` None, a line of text) to a chat, replying to ``answer_to``'s message
         when it names one, and removing the status message the old process left (``Reply.placeholder``): for jobs

@@ -732,6 +732,11 @@ class TelegramFrontEnd:
             with contextlib.suppress(TelegramError):
                 await bot.delete_message(int(chat_id), answer_to["status_message_id"])
 
+    async def ended(self) -> Exception:
+        """python-telegram-bot polls again by itself after network errors and Telegram's hiccups: never."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
     async def stop_taking(self) -> None:
         """Stop polling; requests already running keep going and still send their answers."""
         updater = self.application.updater
