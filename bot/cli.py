@@ -16,7 +16,7 @@ from bot.observability import setup_logging
 from bot.service import open_queue, serve, status_file
 from pipeline.core.errors import ClaybotError
 from pipeline.core.images import probe_photo
-from pipeline.core.jobs import Done, Failed, Progress, StyleRequest
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Done, Failed, Progress, StyleRequest
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ def _strength(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"strength must be between 0 and 1, got {value:g}")
+    if not MIN_STRENGTH <= value <= MAX_STRENGTH:
+        raise argparse.ArgumentTypeError(f"strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}, "
+                                         f"got {value:g}")
     return value
 
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     stylize = sub.add_parser("stylize", help="stylize one photo from the command line")
     stylize.add_argument("photo", type=Path)
     stylize.add_argument("-o", "--output", type=Path, required=True, help="where to write the PNG")
-    stylize.add_argument("--strength", type=_strength, default=None, help="0–1; default: the style's")
+    stylize.add_argument("--strength", type=_strength, default=None, help="0.05–1; default: the style's")
     stylize.add_argument("--style", default=None, help="a [styles.*] name; default: pipeline.default_style")
     stylize.add_argument("--seed", type=int, default=None, help="makes the result reproducible; default: random")
     stylize.add_argument("--config", type=Path, default=Path("config.toml"))
@@ -102,7 +103,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if style not in config.styles:
         raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
     strength = config.styles[style].default_strength if args.strength is None else args.strength
-    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    seed = secrets.randbelow(MAX_SEED + 1) if args.seed is None else args.seed
     try:
         data = args.photo.read_bytes()
     except OSError as err:
@@ -274,7 +275,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
     for strength in args.strengths:
         _strength(str(strength))
-    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    seed = secrets.randbelow(MAX_SEED + 1) if args.seed is None else args.seed
     try:
         data = args.photo.read_bytes()
     except OSError as err:

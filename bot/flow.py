@@ -22,6 +22,9 @@ from bot.observability import Metrics, job_context
 from bot.store import SettingsStore
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import (
+    MAX_SEED,
+    MAX_STRENGTH,
+    MIN_STRENGTH,
     BadRequest,
     Done,
     ErrorKind,
@@ -39,7 +42,6 @@ from pipeline.core.jobs import (
 
 logger = logging.getLogger(__name__)
 
-MIN_STRENGTH, MAX_STRENGTH = 0.05, 1.0
 STRENGTH_STEP = 0.1
 USAGE = "Usage: /clay [strength 0.05–1], sent with a photo or as a reply to one. Example: /clay 0.6"
 
@@ -240,7 +242,7 @@ class RequestFlow:
         self.check_size(len(data), platform_limit)
 
         # 4. queue
-        seed = ask.seed if ask.seed is not None else secrets.randbelow(2**31)
+        seed = ask.seed if ask.seed is not None else secrets.randbelow(MAX_SEED + 1)
         style_request = StyleRequest(data, style=ask.style, strength=ask.strength, seed=seed,
                                      reply_to=(ask.platform, ask.chat_id),
                                      max_rating=self.config.safety.limit(ask.nsfw))

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_client import Photo, find_photo
-from bot.flow import MAX_STRENGTH, MIN_STRENGTH
+from bot.flow import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH
 
 if TYPE_CHECKING:
     from bot.discord_client import ClayBot
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Strength = app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH]
-Seed = app_commands.Range[int, 0, 2**31 - 1]
+Seed = app_commands.Range[int, 0, MAX_SEED]
 
 DESCRIPTIONS = {
     "image": "The photo to turn into clay",

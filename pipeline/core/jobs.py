@@ -46,6 +46,9 @@ class StyleRequest:
                 f"seed={self.seed!r}, reply_to={self.reply_to!r}, max_rating={self.max_rating!r})")
 
 
+# What a user, the config and the command line may ask for: 0 would leave the photo as it is (and img2img runs no
+# step at all), 1 ignores it.
+MIN_STRENGTH, MAX_STRENGTH = 0.05, 1.0
 MAX_SEED = 2**31 - 1  # seeds are 0…MAX_SEED: what Discord's option allows, and any generator takes
 
 
