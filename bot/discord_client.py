@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,18 @@ from discord.gateway import DiscordWebSocket
 from PIL import Image
 
 from bot.config import Config, ConfigError
-from bot.flow import Ask, RequestFlow, UserError, shorten, stronger, weaker
+from bot.flow import (
+    CLOSE_GRACE,
+    Ask,
+    RequestFlow,
+    RunningRequests,
+    UserError,
+    is_image,
+    not_an_image,
+    shorten,
+    user_line,
+    variant,
+)
 from bot.store import SettingsStore, store_path
 from pipeline.core.errors import BadImage, ClaybotError
 from pipeline.core.images import decode_photo
@@ -42,14 +53,11 @@ logger = logging.getLogger(__name__)
 COGS = ("cogs.clay", "cogs.reactions", "cogs.admin")
 RESTARTING = "claybot is restarting; please try again in a minute."
 NO_IMAGE = "That message has no image I can use: reply to one with a photo attached or an image link."
-NOT_AN_IMAGE = "That file is not an image: send a JPEG, PNG, WebP, GIF or HEIC photo."
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif")
 SOURCE_NAME = "source.jpg"  # the photo a result was made from, carried by the result message for its buttons
 SOURCE_MAX_PIXELS = 2_000_000  # above SDXL's working size, so "Again" on the copy matches the original
 STYLE_NAME = re.compile(r"[\w.-]{1,32}")  # style names travel in button custom ids (100 characters at most)
 CLAY_COLOUR = discord.Colour(0xB86B3C)
 START_TIMEOUT = 60.0
-CLOSE_GRACE = 5.0
 
 # discord.py's own endpoints, restored when the config names none (they are class attributes of the library)
 DISCORD_API = discord.http.Route.BASE
@@ -76,15 +84,8 @@ class Photo:
     def check(self, flow: RequestFlow, platform_limit: int | None) -> None:
         """Refuse what is not an image or is too large, before anything is downloaded."""
         if not is_image(self.content_type, self.filename):
-            raise UserError(NOT_AN_IMAGE)
+            raise not_an_image(self.content_type)
         flow.check_size(self.size, platform_limit)
-
-
-def is_image(content_type: str | None, filename: str) -> bool:
-    """Whether Discord's metadata says this is an image (the file name when Discord gives no type)."""
-    if content_type:
-        return content_type.split(";")[0].strip().lower().startswith("image/")
-    return filename.lower().endswith(IMAGE_SUFFIXES)
 
 
 def find_photo(message: discord.Message, session: aiohttp.ClientSession, max_bytes: int) -> Photo | None:
@@ -109,7 +110,7 @@ async def fetch_capped(session: aiohttp.ClientSession, url: str, max_bytes: int)
         if response.status != 200:
             raise UserError(f"I could not download that image (Discord answered {response.status}).")
         if not is_image(response.headers.get("Content-Type"), url):
-            raise UserError(NOT_AN_IMAGE)
+            raise not_an_image(response.headers.get("Content-Type"))
         if response.content_length is not None and response.content_length > max_bytes:
             raise too_large
         data = bytearray()
@@ -419,7 +420,7 @@ class ClayBot(commands.Bot):
         self.token_margin = 60.0  # seconds: answers due later than 15 min minus this go to the channel
         self.session: aiohttp.ClientSession | None = None  # image embeds are fetched with it
         self.synced: bool | None = None  # whether this start registered the commands with Discord
-        self._requests: set[asyncio.Task] = set()
+        self.running = RunningRequests()
 
     async def setup_hook(self) -> None:
         self.session = aiohttp.ClientSession()
@@ -469,28 +470,6 @@ class ClayBot(commands.Bot):
             channels=tuple(int(channel) for channel in channels),
         )
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Mark the running task as serving a request, so closing waits for it (briefly)."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._requests.add(task)
-        try:
-            yield
-        finally:
-            self._requests.discard(task)
-
-    async def finish_requests(self, grace: float) -> None:
-        """Give running requests ``grace`` seconds to send their answers, then cancel them."""
-        pending = [task for task in self._requests if task is not asyncio.current_task()]
-        if not pending:
-            return
-        _, late = await asyncio.wait(pending, timeout=grace)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late, timeout=1.0)
-
     # -- serving --------------------------------------------------------------------------------------------------
 
     async def serve(self, interaction: discord.Interaction, photo: Photo | None, *, strength: float | None = None,
@@ -514,7 +493,7 @@ class ClayBot(commands.Bot):
                   origin=f"interaction:{interaction.id}", received=received)
         logger.info("discord: %s from user %s in guild %s channel %s", _what(interaction), interaction.user.id,
                     interaction.guild_id, interaction.channel_id)
-        with self.request():
+        with self.running.this_task():
             await self.flow.handle(ask, reply, platform_limit=interaction.filesize_limit)
 
     async def serve_reaction(self, message: discord.Message, member: discord.Member, settings: GuildSettings) -> None:
@@ -532,7 +511,7 @@ class ClayBot(commands.Bot):
                   nsfw=is_nsfw(message.channel), answer_to={"message_id": message.id})
         logger.info("discord: reaction from user %s in guild %s channel %s", member.id, member.guild.id,
                     message.channel.id)
-        with self.request():
+        with self.running.this_task():
             await self.flow.handle(ask, reply)
 
     async def press(self, interaction: discord.Interaction, action: str, state: ResultState) -> None:
@@ -549,25 +528,20 @@ class ClayBot(commands.Bot):
         source = next((a for a in message.attachments if a.filename == SOURCE_NAME), None) if message else None
         if source is None:
             raise UserError("I no longer have the photo this picture was made from; please send it again.")
-        strength = {"again": state.strength, "stronger": stronger(state.strength),
-                    "weaker": weaker(state.strength)}[action]
-        seed = None if action == "again" else state.seed  # a new seed is what "again" is for
+        strength, seed = variant(action, state.strength, state.seed)
         await self.serve(interaction, Photo.from_attachment(source), strength=strength, seed=seed, style=state.style)
 
     async def report(self, interaction: discord.Interaction, error: Exception) -> None:
         """The one place a failed interaction is answered: the user's mistakes as they are, the rest calmly."""
         original = getattr(error, "original", error)  # CommandInvokeError wraps what the callback raised
-        if isinstance(original, UserError):
-            text = str(original)
-        elif isinstance(error, app_commands.MissingPermissions):
+        if isinstance(error, app_commands.MissingPermissions):
             text = "You need the Manage Server permission for that."
         elif isinstance(error, app_commands.NoPrivateMessage):
             text = "That works only in a server."
         elif isinstance(error, app_commands.CheckFailure):
             text = "You can't use that here."
         else:
-            logger.error("discord: %s failed", _what(interaction), exc_info=original)
-            text = "Something went wrong on my side; please try again."
+            text = user_line(original, f"discord: {_what(interaction)}", logger)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)
@@ -712,7 +686,7 @@ class DiscordFrontEnd:
         self._closing = True
         if self.bot is not None:
             self.bot.taking = False
-            await self.bot.finish_requests(CLOSE_GRACE)
+            await self.bot.running.finish(CLOSE_GRACE)
             await self.bot.close()
         if self.connection is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

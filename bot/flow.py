@@ -8,11 +8,12 @@ limits, the queue, the wording, the pace of status edits — lives here, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 STRENGTH_STEP = 0.1
 USAGE = "Usage: /clay [strength 0.05–1], sent with a photo or as a reply to one. Example: /clay 0.6"
+CALM_LINE = "Something went wrong on my side; please try again."  # what a user sees of any failure of ours
+# What pipeline/core/images.py accepts (its ACCEPTED_FORMATS), by the names files have when a platform gives no type
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif", ".mpo")
+REFUSED_TYPES = ("image/tiff", "image/svg+xml")  # image types that platforms report and the pipeline cannot read
+CLOSE_GRACE = 10.0  # seconds a closing front end gives running requests to send their answers
 
 
 class UserError(ClaybotError):
@@ -134,6 +140,42 @@ def parse_strength(text: str | None) -> float | None:
     return value
 
 
+def is_image(content_type: str | None, filename: str | None) -> bool:
+    """Whether a file the platform describes is an image claybot can work on: its MIME type when it tells, else its
+    name. Checked before anything is downloaded; the worker reads the real format from the bytes."""
+    if content_type:
+        kind = content_type.split(";")[0].strip().lower()
+        return kind.startswith("image/") and kind not in REFUSED_TYPES
+    return bool(filename) and filename.lower().endswith(IMAGE_SUFFIXES)
+
+
+def not_an_image(kind: str | None) -> UserError:
+    """The refusal of a file ``is_image`` turned down (``kind``: its type, when the platform told)."""
+    told = f" ({kind})" if kind else ""
+    return UserError(f"That file is not an image I can use{told}: send a JPEG, PNG, WebP, GIF or HEIC photo.")
+
+
+def user_line(error: BaseException, what: str, log: logging.Logger = logger) -> str:
+    """The line a user sees for an error raised while serving them: their own mistake in its own words; anything
+    else is logged on ``log`` (``what`` failed, with its traceback) and gets the calm line."""
+    if isinstance(error, UserError | BadRequest | RateLimited):
+        return str(error)
+    log.error("%s failed", what, exc_info=error)
+    return CALM_LINE
+
+
+def variant(action: str, strength: float, seed: int) -> tuple[float, int | None]:
+    """The strength and seed of a result's "again", "stronger" or "weaker" (None: a new random seed).
+
+    Again keeps the strength and takes a new seed. Stronger and weaker move the strength a tenth and keep the seed,
+    so only the strength changes — except at the end of the range, where the strength cannot move: there they take
+    a new seed, so the button still makes a new picture."""
+    if action == "again":
+        return strength, None
+    moved = stronger(strength) if action == "stronger" else weaker(strength)
+    return moved, seed if moved != strength else None
+
+
 def check_strength(value: float) -> float:
     """A strength within the range users may ask for."""
     if not MIN_STRENGTH <= value <= MAX_STRENGTH:
@@ -183,7 +225,7 @@ class RequestFlow:
         self.journal = Journal(store, config.limits, clock=clock) if store is not None else None
         self.metrics = metrics
         self.clock = clock
-        self.recovering: set[asyncio.Task] = set()  # answering jobs accepted before a restart
+        self.recovering = RunningRequests()  # answering jobs accepted before a restart
         self.told: dict[tuple[str, str, str], float] = {}  # (platform, person, chat) → told of a limit until then
 
     def max_bytes(self, platform_limit: int | None = None) -> int:
@@ -218,7 +260,7 @@ class RequestFlow:
             await request.refuse(NOT_COUNTED, str(err))
         except Exception:
             logger.exception("request from %s user %s failed", ask.platform, ask.user_id)
-            await request.refuse("failed", "Something went wrong on my side; please try again.")
+            await request.refuse("failed", CALM_LINE)
         await self._close(request)
         return request.done
 
@@ -331,9 +373,7 @@ class RequestFlow:
             tasks.append(self._recover(entry, handle, front_end))
         tasks += [resume(handle, front_ends) for handle in by_job.values()]  # in the queue, not in this journal
         for coroutine in tasks:
-            task = asyncio.create_task(coroutine)
-            self.recovering.add(task)  # held until done: the loop keeps only weak references to tasks
-            task.add_done_callback(self.recovering.discard)
+            self.recovering.add(asyncio.create_task(coroutine))
         return len(tasks)
 
     async def _recover(self, entry: Entry, handle: JobHandle | None, front_end: FrontEnd) -> None:
@@ -396,6 +436,43 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
     await _safely(front_end.deliver(chat_id, done, caption(done), answer_to or {}))
     logger.info("recovered job %s answered in %s %s", handle.id, platform, chat_id)
     return "image"
+
+
+class RunningRequests:
+    """The requests a front end is serving, each in its own task: held until done (the event loop keeps only weak
+    references to tasks), and given a moment to send their answers when the front end closes."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+
+    def add(self, task: asyncio.Task) -> asyncio.Task:
+        """Hold a task until it is done."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    @contextlib.contextmanager
+    def this_task(self) -> Iterator[None]:
+        """Count the running task (one the platform's library started) while the block runs."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        try:
+            yield
+        finally:
+            self.tasks.discard(task)
+
+    async def finish(self, grace: float = CLOSE_GRACE) -> int:
+        """Wait up to ``grace`` seconds for every request to end, then cancel the others; how many were cancelled."""
+        pending = [task for task in self.tasks if not task.done() and task is not asyncio.current_task()]
+        if not pending:
+            return 0
+        _, late = await asyncio.wait(pending, timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)
+        return len(late)
 
 
 class _Request:

@@ -46,10 +46,13 @@ from bot.flow import (
     USAGE,
     Ask,
     RequestFlow,
+    RunningRequests,
     UserError,
+    is_image,
+    not_an_image,
     parse_strength,
-    stronger,
-    weaker,
+    user_line,
+    variant,
 )
 from bot.observability import HIDE_SECRETS, hide_secret
 from bot.store import SettingsStore
@@ -65,13 +68,10 @@ DOWNLOAD_LIMIT = 20 * 2**20
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
 POLL_TIMEOUT = 10.0  # seconds a getUpdates long poll waits for news
 CHAT_ACTION_EVERY = 4.5  # a chat action shows for 5 s or until the next message
-CLOSE_GRACE = 10.0  # seconds close() gives requests still sending their answers
 BUTTON_PREFIX = "c1"  # callback data version: bump when the format below changes
 MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
 CAPTION_LIMIT = 1024
 COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")  # what Telegram accepts as a command
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff", ".gif")
-CALM_LINE = "Sorry, something went wrong on my side; please try again."
 SETTINGS_USAGE = "Group admins: /claysettings nsfw on (or off) lets me work on any photo in this chat."
 
 
@@ -98,20 +98,13 @@ def photo_in(message: Message | None) -> Photo | None:
         file_id, size = best.file_id, best.file_size
     elif message.document is not None:
         document = message.document
-        if not _is_image(document.mime_type, document.file_name):
-            kind = document.mime_type or "unknown type"
-            raise UserError(f"That file is not an image ({kind}). Send a photo, or a JPEG/PNG/WebP/HEIC as a file.")
+        if not is_image(document.mime_type, document.file_name):
+            raise not_an_image(document.mime_type or "unknown type")
         file_id, size = document.file_id, document.file_size
     else:
         return None
     thread_id = message.message_thread_id if message.is_topic_message else None
     return Photo(message.chat_id, message.message_id, file_id, size, thread_id)
-
-
-def _is_image(mime_type: str | None, file_name: str | None) -> bool:
-    if mime_type:
-        return mime_type.startswith("image/")
-    return bool(file_name) and file_name.lower().endswith(IMAGE_SUFFIXES)
 
 
 class RecentPhotos:
@@ -176,15 +169,14 @@ def parse_button(data: str) -> tuple[str | None, float, int | None]:
 
 
 def result_buttons(done: Done) -> InlineKeyboardMarkup:
-    """🎲 Again (new seed), 💪 Stronger and 🪶 Weaker (same seed, so only the strength changes)."""
-    def variant(strength: float) -> str:
-        # at the end of the range the strength cannot move: a new seed at least gives a new picture
-        return button_data(done.style, strength, done.seed if strength != done.strength else None)
+    """🎲 Again, 💪 Stronger and 🪶 Weaker (the flow's ``variant`` rule)."""
+    def data(action: str) -> str:
+        return button_data(done.style, *variant(action, done.strength, done.seed))
 
     return InlineKeyboardMarkup([[
-        InlineKeyboardButton("🎲 Again", callback_data=button_data(done.style, done.strength, None)),
-        InlineKeyboardButton("💪 Stronger", callback_data=variant(stronger(done.strength))),
-        InlineKeyboardButton("🪶 Weaker", callback_data=variant(weaker(done.strength))),
+        InlineKeyboardButton("🎲 Again", callback_data=data("again")),
+        InlineKeyboardButton("💪 Stronger", callback_data=data("stronger")),
+        InlineKeyboardButton("🪶 Weaker", callback_data=data("weaker")),
     ]])
 
 
@@ -420,7 +412,7 @@ class TelegramRequests:
         self.settings = config.telegram
         self.photos = RecentPhotos(self.settings.remember_photos, self.settings.remember_hours * 3600)
         self.commands = style_commands(config)
-        self.tasks: set[asyncio.Task] = set()
+        self.running = RunningRequests()
         self.pace = ChatPace(self.settings.status_edit_interval)
         self.uploading = UploadingPhoto()
         self.caption_command = caption_pattern(self.commands)
@@ -531,10 +523,8 @@ class TelegramRequests:
         logger.info("telegram request (%s) from user %s in chat %s on message %s: style %s, strength %s",
                     how, user_id, photo.chat_id, photo.message_id, style or "default",
                     "default" if strength is None else f"{strength:g}")
-        task = context.application.create_task(self._serve(ask, reply), update=update,
-                                               name=f"claybot-telegram-{photo.chat_id}-{photo.message_id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.running.add(context.application.create_task(
+            self._serve(ask, reply), update=update, name=f"claybot-telegram-{photo.chat_id}-{photo.message_id}"))
 
     async def _serve(self, ask: Ask, reply: TelegramReply) -> None:
         try:
@@ -588,11 +578,7 @@ class TelegramRequests:
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A UserError is answered with its own words; anything else is logged and gets a calm line."""
         error = context.error
-        if isinstance(error, UserError):
-            text = str(error)
-        else:
-            logger.error("handling a Telegram update failed", exc_info=error)
-            text = CALM_LINE
+        text = user_line(error, "handling a Telegram update", logger)
         if not isinstance(update, Update) or update.effective_chat is None:
             return
         message = update.effective_message
@@ -746,13 +732,9 @@ class TelegramFrontEnd:
     async def close(self) -> None:
         """Give running requests a moment to send their answers, then stop and shut the application down."""
         await self.stop_taking()
-        running = [task for task in self.requests.tasks if not task.done()]
-        if running:
-            _, late = await asyncio.wait(running, timeout=CLOSE_GRACE)
-            for task in late:
-                task.cancel()
-            if late:
-                logger.warning("%d Telegram request(s) still running at close were cancelled", len(late))
+        late = await self.requests.running.finish()
+        if late:
+            logger.warning("%d Telegram request(s) still running at close were cancelled", late)
         self.requests.uploading.stop()
         if self.application.running:
             await self.application.stop()

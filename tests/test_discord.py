@@ -17,7 +17,6 @@ from PIL import Image
 from bot.discord_client import ClayBot, DiscordFrontEnd, fit_upload, guild_scope
 from bot.flow import RequestFlow, UserError
 from bot.observability import Metrics
-from bot.store import SettingsStore
 from cogs.admin import parse_emoji
 from cogs.clay import clay_command
 from pipeline.core.errors import ClaybotError
@@ -388,30 +387,30 @@ async def test_more_reactions_while_the_picture_is_being_made_start_nothing_more
     await fake.wait_for(lambda call: len(replies_to(fake, message)) == 2, timeout=10)
 
 
-async def test_a_person_over_their_limit_is_told_once_however_often_they_react_again(bot, config, queue, fake,
-                                                                                      tmp_path):
+async def test_a_person_over_their_limit_is_told_once_however_often_they_react_again(bot, front_end, config, queue,
+                                                                                      fake):
     limits = {"user_per_minute": 1, "user_per_hour": 0, "chat_per_minute": 0, "chat_per_hour": 0, "user_queued": 0}
     limited = config.model_copy(update={"limits": config.limits.model_copy(update=limits)})
-    async with SettingsStore(tmp_path / "claybot.sqlite3") as store:
-        flow = RequestFlow(queue, limited, min_edit_interval=0.05, store=store, metrics=Metrics())
-        async with running_front_end(limited, queue, flow=flow):
-            first = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
-            await fake.react(first, fake.alice)
-            await reaction_answer(fake, first)
-            second = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
-            for attempt in range(1, 5):  # she reacts again and again
-                await fake.react(second, fake.alice)
-                await until(lambda attempt=attempt: _sample(flow.metrics, "claybot_requests_total",
-                                                            platform="discord", outcome="rate_limited") == attempt)
-            refusals = replies_to(fake, second)
-            assert len(refusals) == 1
-            assert refusals[0].json["content"].startswith(
-                f"<@{fake.alice['id']}> You have asked for 1 pictures in the last minute; please ask again in")
-            # A slash command's refusal is ephemeral (seen by her alone): it is always given.
-            asked = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO))
-            answer = await fake.wait_for(lambda call: call.method == "POST" and call.path.endswith(asked.token),
-                                         timeout=JOB)
-            assert answer.json["flags"] == EPHEMERAL and "You have asked for 1 pictures" in answer.json["content"]
+    # The same database as the module's bot (as a restarted process would have): the commands are not synced again.
+    flow = RequestFlow(queue, limited, min_edit_interval=0.05, store=front_end.store, metrics=Metrics())
+    async with running_front_end(limited, queue, flow=flow):
+        first = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+        await fake.react(first, fake.alice)
+        await reaction_answer(fake, first)
+        second = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+        for attempt in range(1, 5):  # she reacts again and again
+            await fake.react(second, fake.alice)
+            await until(lambda attempt=attempt: _sample(flow.metrics, "claybot_requests_total",
+                                                        platform="discord", outcome="rate_limited") == attempt)
+        refusals = replies_to(fake, second)
+        assert len(refusals) == 1
+        assert refusals[0].json["content"].startswith(
+            f"<@{fake.alice['id']}> You have asked for 1 pictures in the last minute; please ask again in")
+        # A slash command's refusal is ephemeral (seen by her alone): it is always given.
+        asked = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO))
+        answer = await fake.wait_for(lambda call: call.method == "POST" and call.path.endswith(asked.token),
+                                     timeout=JOB)
+        assert answer.json["flags"] == EPHEMERAL and "You have asked for 1 pictures" in answer.json["content"]
 
 
 async def test_reactions_with_other_emoji_and_on_messages_without_images_are_ignored(bot, fake):

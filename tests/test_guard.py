@@ -67,7 +67,7 @@ async def guarded(tiny_config, queue, tmp_path, clock):
 
 async def settled(running: Running) -> None:
     """Every request task has finished (its answer recorded in the journal and the metrics, not only sent)."""
-    tasks = [task for task in running.front_end.requests.tasks if not task.done()]
+    tasks = [task for task in running.front_end.requests.running.tasks if not task.done()]
     if tasks:
         await asyncio.wait(tasks, timeout=30)
 

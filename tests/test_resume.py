@@ -68,7 +68,7 @@ async def test_jobs_accepted_before_a_restart_are_answered_in_their_chat(tiny_co
                 sent = [await fake.wait_for(lambda call, who=who: call.method == "sendPhoto"
                                             and int(call.params["chat_id"]) == who["id"], timeout=180)
                         for who in (ALICE, BOB)]
-                await asyncio.gather(*flow.recovering)
+                await asyncio.gather(*flow.recovering.tasks)
             finally:
                 await telegram.close()
                 await after.close()

@@ -15,7 +15,7 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.config import Config, ConfigError, parse_config
-from bot.flow import USAGE, RequestFlow
+from bot.flow import USAGE, RequestFlow, variant
 from bot.telegram import (
     DOWNLOAD_LIMIT,
     MAX_CALLBACK_DATA,
@@ -327,12 +327,17 @@ async def test_a_file_that_is_not_an_image_gets_a_clear_message(telegram):
     pdf = await telegram.fake.send_document(ALICE_CHAT, ALICE, b"%PDF-1.4 not a picture", file_name="cv.pdf",
                                             mime_type="application/pdf", caption="/clay")
     answer = await telegram.text_for(pdf)
-    assert answer.params["text"].startswith("That file is not an image (application/pdf)")
+    assert answer.params["text"].startswith("That file is not an image I can use (application/pdf)")
 
     in_group = await telegram.fake.send_document(GROUP, ALICE, b"plain text", file_name="notes.txt",
                                                  mime_type="text/plain")
     command = await telegram.fake.send_text(GROUP, BOB, "/clay", reply_to=in_group)
     assert "not an image" in (await telegram.text_for(command)).params["text"]
+    # A TIFF is an image, but not one the pipeline reads: refused before its download, as on Discord.
+    for name, mime in (("scan.tif", "image/tiff"), ("scan.tiff", None)):
+        tiff = await telegram.fake.send_document(ALICE_CHAT, ALICE, b"II*\x00 a tiff", file_name=name, mime_type=mime,
+                                                 caption="/clay")
+        assert "not an image I can use" in (await telegram.text_for(tiff)).params["text"]
     assert not telegram.fake.calls_to("getFile")
 
 
@@ -378,7 +383,7 @@ async def test_an_unexpected_failure_is_logged_and_answered_with_a_calm_line(tel
 
     calm = await telegram.text_for(asked)
 
-    assert calm.params["text"] == "Sorry, something went wrong on my side; please try again."
+    assert calm.params["text"] == "Something went wrong on my side; please try again."
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "bot.telegram"]
     assert failures and "something unexpected" in str(failures[0].exc_info[1]).lower()
 
@@ -462,6 +467,15 @@ async def test_recent_photos_are_bounded_and_expire():
     now[0] = 12.0
     assert photos.get(-1, 3) is None and photos.get(-1, 2) == second and len(photos) == 1
     assert RecentPhotos(max_size=0, ttl=10.0).get(-1, 1) is None
+
+
+async def test_stronger_and_weaker_keep_the_seed_unless_the_strength_cannot_move():
+    assert variant("again", 0.5, 7) == (0.5, None)
+    assert variant("stronger", 0.5, 7) == (0.6, 7)
+    assert variant("weaker", 0.5, 7) == (0.4, 7)
+    assert variant("stronger", 1.0, 7) == (1.0, None)  # the same strength and seed would be the same picture
+    assert variant("weaker", 0.05, 7) == (0.05, None)
+    assert variant("weaker", 0.1, 7) == (0.05, 7)
 
 
 async def test_button_data_fits_telegrams_64_bytes_and_round_trips():
