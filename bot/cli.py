@@ -212,12 +212,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 async def _usage(config: Config) -> dict[str, int]:
     """How the last day's requests ended, from the journal (empty when there is no database yet)."""
     from bot.journal import Journal
-    from bot.store import SettingsStore, store_path
+    from bot.store import ClaybotDatabase, store_path
 
     path = store_path(config.bot)
     if not path.is_file():
         return {}
-    async with SettingsStore(path) as store:
+    async with ClaybotDatabase(path) as store:
         return await Journal(store, config.limits).usage(time.time() - 86400)
 
 

@@ -43,7 +43,7 @@ from bot.flow import (
     user_line,
     variant,
 )
-from bot.store import SettingsStore, store_path
+from bot.store import ClaybotDatabase, store_path
 from pipeline.core.errors import BadImage, ClaybotError
 from pipeline.core.images import decode_photo
 from pipeline.core.jobs import Done
@@ -68,8 +68,9 @@ DISCORD_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
 
 
 @dataclass(frozen=True)
-class Photo:
-    """An image on Discord a request can use, known from its metadata before it is downloaded."""
+class DiscordImage:
+    """An image on Discord a request can use (an attachment, an image embed), known from its metadata before it
+    is downloaded."""
 
     filename: str
     content_type: str | None
@@ -77,7 +78,7 @@ class Photo:
     read: Callable[[], Awaitable[bytes]]
 
     @classmethod
-    def from_attachment(cls, attachment: discord.Attachment) -> Photo:
+    def from_attachment(cls, attachment: discord.Attachment) -> DiscordImage:
         """An attached file (downloaded through discord.py's client)."""
         return cls(attachment.filename, attachment.content_type, attachment.size, attachment.read)
 
@@ -88,18 +89,18 @@ class Photo:
         flow.check_size(self.size, platform_limit)
 
 
-def find_photo(message: discord.Message, session: aiohttp.ClientSession, max_bytes: int) -> Photo | None:
+def find_photo(message: discord.Message, session: aiohttp.ClientSession, max_bytes: int) -> DiscordImage | None:
     """The first image of a message: an attached image, else an image embed (a posted image link)."""
     for attachment in message.attachments:
         if is_image(attachment.content_type, attachment.filename):
-            return Photo.from_attachment(attachment)
+            return DiscordImage.from_attachment(attachment)
     for embed in message.embeds:
         media = embed.image if embed.image.proxy_url else embed.thumbnail if embed.type == "image" else None
         if media is not None and media.proxy_url:
             # Discord's media proxy, never the URL someone posted: it is Discord that fetched that one.
             url = media.proxy_url
             name = yarl.URL(url).name or "image"
-            return Photo(name, "image/*", None, lambda url=url: fetch_capped(session, url, max_bytes))
+            return DiscordImage(name, "image/*", None, lambda url=url: fetch_capped(session, url, max_bytes))
     return None
 
 
@@ -311,6 +312,10 @@ class InteractionReply(_KeepsPhoto):
         await self.interaction.followup.send(text, ephemeral=True)
         await self.interaction.delete_original_response()
 
+    def placeholder(self) -> dict[str, Any]:
+        """Nothing a restarted process could remove: the response goes with the interaction's token."""
+        return {}
+
     def _channel(self) -> discord.abc.Messageable:
         channel = self.interaction.channel
         if isinstance(channel, discord.abc.Messageable):
@@ -406,7 +411,7 @@ class ClayTree(app_commands.CommandTree):
 class ClayBot(commands.Bot):
     """claybot on Discord; the request flow, the settings store and the config come in through the constructor."""
 
-    def __init__(self, config: Config, flow: RequestFlow, store: SettingsStore) -> None:
+    def __init__(self, config: Config, flow: RequestFlow, store: ClaybotDatabase) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and permissions of the servers
         intents.guild_reactions = True
@@ -472,8 +477,8 @@ class ClayBot(commands.Bot):
 
     # -- serving --------------------------------------------------------------------------------------------------
 
-    async def serve(self, interaction: discord.Interaction, photo: Photo | None, *, strength: float | None = None,
-                    seed: int | None = None, style: str | None = None) -> None:
+    async def serve(self, interaction: discord.Interaction, photo: DiscordImage | None, *,
+                    strength: float | None = None, seed: int | None = None, style: str | None = None) -> None:
         """One request from an interaction: refusals are ephemeral; else defer at once, then progress and answer."""
         received = time.monotonic()
         if not self.taking:
@@ -529,7 +534,8 @@ class ClayBot(commands.Bot):
         if source is None:
             raise UserError("I no longer have the photo this picture was made from; please send it again.")
         strength, seed = variant(action, state.strength, state.seed)
-        await self.serve(interaction, Photo.from_attachment(source), strength=strength, seed=seed, style=state.style)
+        await self.serve(interaction, DiscordImage.from_attachment(source), strength=strength, seed=seed,
+                         style=state.style)
 
     async def report(self, interaction: discord.Interaction, error: Exception) -> None:
         """The one place a failed interaction is answered: the user's mistakes as they are, the rest calmly."""
@@ -587,7 +593,7 @@ class DiscordFrontEnd:
     def __init__(self, config: Config, flow: RequestFlow, token: str) -> None:
         self.config, self.flow = config, flow
         self._token = token  # never logged, never in a repr
-        self.store: SettingsStore | None = None
+        self.store: ClaybotDatabase | None = None
         self._own_store = False
         self.bot: ClayBot | None = None
         self.connection: asyncio.Task | None = None  # the gateway connection; it ending early is logged
@@ -611,7 +617,7 @@ class DiscordFrontEnd:
         if self.flow.store is not None:  # claybot run's one database
             self.store, self._own_store = self.flow.store, False
         else:
-            self.store, self._own_store = SettingsStore(store_path(self.config.bot)), True
+            self.store, self._own_store = ClaybotDatabase(store_path(self.config.bot)), True
             await self.store.open()
         self.bot = ClayBot(self.config, self.flow, self.store)
         try:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from bot.config import Config
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
 from bot.observability import Metrics, job_context
-from bot.store import SettingsStore
+from bot.store import ClaybotDatabase
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import (
     MAX_SEED,
@@ -216,7 +216,7 @@ class RequestFlow:
     """
 
     def __init__(self, queue: JobQueue, config: Config, *, min_edit_interval: float = 1.5,
-                 store: SettingsStore | None = None, metrics: Metrics | None = None,
+                 store: ClaybotDatabase | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
         self.config = config
@@ -248,7 +248,7 @@ class RequestFlow:
             logger.info("%s event %s was delivered again; it is already being answered", ask.platform, ask.origin)
             return None
         except RateLimited as err:
-            if self._tell_once(ask, request.reply.reply, err):
+            if self._tell_once(ask, request.reply, err):
                 await request.refuse("rate_limited", str(err))
             else:
                 request.outcome = "rate_limited"
@@ -314,8 +314,7 @@ class RequestFlow:
 
     async def _note_placeholder(self, request: _Request) -> None:
         """The status message is on screen: a restarted process will know which message to remove."""
-        placeholder = getattr(request.reply.reply, "placeholder", None)
-        where = placeholder() if placeholder is not None else {}
+        where = request.reply.placeholder()
         if where:
             await self.journal.answer_to(request.ticket, {**request.ask.answer_to, **where})
 
@@ -518,6 +517,13 @@ class _Acked:
     async def error(self, text: str) -> None:
         self._ack()
         await self.reply.error(text)
+
+    @property
+    def private(self) -> bool:
+        return self.reply.private
+
+    def placeholder(self) -> dict[str, Any]:
+        return self.reply.placeholder()
 
 
 class _Pacer:

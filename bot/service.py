@@ -20,7 +20,7 @@ from typing import Any
 from bot.config import Config, ConfigError
 from bot.flow import FrontEnd, RequestFlow
 from bot.observability import Metrics, hide_secret, serve_metrics
-from bot.store import SettingsStore, store_path
+from bot.store import ClaybotDatabase, store_path
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import Done, JobQueue
 from pipeline.core.local import LocalQueue
@@ -40,15 +40,6 @@ def open_queue(config: Config, *, log_level: int = logging.INFO, status: bool = 
         return RedisQueue(config.gpu(), config.queue)
     return LocalQueue(config.gpu(), config.queue, log_level=log_level,
                       status_path=status_file(config) if status else None)
-
-
-async def queue_snapshot(config: Config, queue) -> dict:
-    """The queue's depth and workers, as `claybot status` shows them (for the metrics)."""
-    if config.queue.backend == "redis":
-        from pipeline.core.redis_queue import redis_status
-
-        return await redis_status(config.queue)
-    return queue.status()
 
 
 def status_file(config: Config) -> Path:
@@ -173,7 +164,7 @@ async def serve(config: Config, tokens: dict[str, str], verbose: bool) -> int:
     """Run claybot until SIGINT/SIGTERM: the queue and its worker, and a front end per token."""
     for secret in tokens.values():
         hide_secret(secret)
-    store = SettingsStore(store_path(config.bot))
+    store = ClaybotDatabase(store_path(config.bot))
     await store.open()
     queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.INFO, status=True)
     metrics = Metrics() if config.metrics.enabled else None
@@ -189,7 +180,7 @@ async def serve(config: Config, tokens: dict[str, str], verbose: bool) -> int:
         unanswered = await flow.unanswered()  # before any new request is taken
         if metrics is not None:
             metrics_server = await serve_metrics(metrics, config.metrics.host, config.metrics.port,
-                                                 snapshot=lambda: queue_snapshot(config, queue))
+                                                 snapshot=queue.status)
             logger.info("metrics at http://%s:%d/metrics", config.metrics.host, metrics_server.port)
         for name in ("telegram", "discord"):
             if name in tokens:
@@ -199,7 +190,7 @@ async def serve(config: Config, tokens: dict[str, str], verbose: bool) -> int:
         info = await queue.wait_ready()
         logger.info("claybot is running (worker on %s)", info.get("device"))
         # Jobs accepted before a restart: Redis still has its own; the journal runs the others again.
-        handles = await queue.recover() if hasattr(queue, "recover") else []
+        handles = await queue.recover()
         recovered = await flow.recover({kept.name: kept for kept in front_ends}, unanswered, handles)
         if recovered:
             logger.info("answering %d job(s) accepted before the restart", recovered)

@@ -55,7 +55,7 @@ from bot.flow import (
     variant,
 )
 from bot.observability import HIDE_SECRETS, hide_secret
-from bot.store import SettingsStore
+from bot.store import ClaybotDatabase
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import MAX_SEED, Done
 
@@ -79,8 +79,8 @@ SETTINGS_USAGE = "Group admins: /claysettings nsfw on (or off) lets me work on a
 
 
 @dataclass(frozen=True)
-class Photo:
-    """A photo message the bot can work on: where it is, and the file to fetch."""
+class TelegramPhoto:
+    """A photo message on Telegram the bot can work on: where it is, and the file to fetch."""
 
     chat_id: int
     message_id: int
@@ -89,7 +89,7 @@ class Photo:
     thread_id: int | None = None  # forum topic, so answers land in the same topic
 
 
-def photo_in(message: Message | None) -> Photo | None:
+def photo_in(message: Message | None) -> TelegramPhoto | None:
     """The photo (or image file) of a message; None when it has none; UserError for a file that is not an image."""
     if message is None:
         return None
@@ -104,7 +104,7 @@ def photo_in(message: Message | None) -> Photo | None:
     else:
         return None
     thread_id = message.message_thread_id if message.is_topic_message else None
-    return Photo(message.chat_id, message.message_id, file_id, size, thread_id)
+    return TelegramPhoto(message.chat_id, message.message_id, file_id, size, thread_id)
 
 
 class RecentPhotos:
@@ -112,9 +112,9 @@ class RecentPhotos:
 
     def __init__(self, max_size: int, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_size, self.ttl, self.clock = max_size, ttl, clock
-        self._photos: OrderedDict[tuple[int, int], tuple[float, Photo]] = OrderedDict()
+        self._photos: OrderedDict[tuple[int, int], tuple[float, TelegramPhoto]] = OrderedDict()
 
-    def remember(self, photo: Photo) -> None:
+    def remember(self, photo: TelegramPhoto) -> None:
         """Keep a photo for ``ttl`` seconds; the oldest go first beyond ``max_size``."""
         if self.max_size <= 0:
             return
@@ -124,7 +124,7 @@ class RecentPhotos:
         while len(self._photos) > self.max_size:
             self._photos.popitem(last=False)
 
-    def get(self, chat_id: int, message_id: int) -> Photo | None:
+    def get(self, chat_id: int, message_id: int) -> TelegramPhoto | None:
         """The photo of that message, if it was seen and has not expired."""
         self._expire()
         entry = self._photos.get((chat_id, message_id))
@@ -254,7 +254,7 @@ class TelegramReply:
 
     private = False  # everything it says is seen by the whole chat
 
-    def __init__(self, bot, photo: Photo, *, pace: ChatPace, uploading: UploadingPhoto,
+    def __init__(self, bot, photo: TelegramPhoto, *, pace: ChatPace, uploading: UploadingPhoto,
                  on_sent: Callable[[Message], None] | None = None) -> None:
         self.bot, self.photo, self.pace, self.uploading, self.on_sent = bot, photo, pace, uploading, on_sent
         self.status_message_id: int | None = None
@@ -406,7 +406,7 @@ def help_text(config: Config, bot_username: str | None) -> str:
 class TelegramRequests:
     """The handlers and what they share: the flow, the photos seen lately, the requests in progress."""
 
-    def __init__(self, config: Config, flow: RequestFlow, store: SettingsStore | None = None) -> None:
+    def __init__(self, config: Config, flow: RequestFlow, store: ClaybotDatabase | None = None) -> None:
         self.config, self.flow = config, flow
         self.store = store  # the chats' settings (NSFW); without one every chat is all-ages
         self.settings = config.telegram
@@ -439,8 +439,8 @@ class TelegramRequests:
         photo = photo_in(message)
         if photo is None:  # a caption on something else (a video, an audio file)
             raise UserError(f"There is no photo here to work on. {USAGE}")
-        self.start(context, update, photo, user_id=asker(update), style=match.group(1), strength=strength,
-                   how="caption")
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=match.group(1), strength=strength,
+                           how="caption")
 
     async def on_clay_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/clay [strength]`` as a reply to a photo (on its own it answers with the usage)."""
@@ -450,7 +450,7 @@ class TelegramRequests:
         if photo is None:
             raise UserError(USAGE)
         style = message.text.split()[0].lstrip("/").split("@")[0].lower()
-        self.start(context, update, photo, user_id=asker(update), style=style, strength=strength, how="reply")
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, strength=strength, how="reply")
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""
@@ -474,7 +474,8 @@ class TelegramRequests:
                          reaction.chat.id)
             return
         who = reaction.user or reaction.actor_chat
-        self.start(context, update, photo, user_id=who.id if who else 0, style=None, strength=None, how="reaction")
+        self.serve_in_task(context, update, photo, user_id=who.id if who else 0, style=None, strength=None,
+                           how="reaction")
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """🎲 / 💪 / 🪶 under a result: the same photo (the result's reply_to_message) again."""
@@ -493,13 +494,14 @@ class TelegramRequests:
             await query.answer("I can't find the original photo any more; please send it again.", show_alert=True)
             return
         await query.answer("Again, with a new seed." if seed is None else f"Strength {strength:g}.")
-        self.start(context, update, photo, user_id=query.from_user.id, style=style, strength=strength, seed=seed,
-                   how="button")
+        self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, strength=strength,
+                           seed=seed, how="button")
 
     # -- running a request --------------------------------------------------------------------------------------------
 
-    def start(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: Photo, *, user_id: int,
-              style: str | None, strength: float | None, how: str, seed: int | None = None) -> None:
+    def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
+                      user_id: int, style: str | None, strength: float | None, how: str,
+                      seed: int | None = None) -> None:
         """Serve the request in its own task, so the next update is handled at once."""
         bot = context.bot
 
@@ -632,7 +634,7 @@ def hide_token_in_logs(token: str) -> None:
 
 
 def build_application(config: Config, flow: RequestFlow, token: str,
-                      store: SettingsStore | None = None) -> Application:
+                      store: ClaybotDatabase | None = None) -> Application:
     """The PTB Application, pointed at the configured Bot API server, with every handler registered here."""
     settings = config.telegram
     hide_token_in_logs(token)

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from bot.flow import RequestFlow
 from bot.observability import Metrics
-from bot.store import SettingsStore
+from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from pipeline.core.safety import INPUT_REFUSED
 from tests.conftest import photo_bytes
@@ -50,7 +50,7 @@ async def guarded(tiny_config, queue, tmp_path, clock):
     config = with_telegram(tiny_config, fake)
     config = config.model_copy(update={"limits": config.limits.model_copy(update=LIMITS),
                                        "bot": config.bot.model_copy(update={"max_photo_mb": MAX_MB})})
-    store = SettingsStore(tmp_path / "claybot.sqlite3")
+    store = ClaybotDatabase(tmp_path / "claybot.sqlite3")
     await store.open()
     flow = RequestFlow(queue, config, min_edit_interval=0.05, store=store, metrics=Metrics(), clock=clock)
     front_end = TelegramFrontEnd(config, flow, TOKEN)

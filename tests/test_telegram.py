@@ -19,9 +19,9 @@ from bot.flow import USAGE, RequestFlow, variant
 from bot.telegram import (
     DOWNLOAD_LIMIT,
     MAX_CALLBACK_DATA,
-    Photo,
     RecentPhotos,
     TelegramFrontEnd,
+    TelegramPhoto,
     button_data,
     download_limit,
     parse_button,
@@ -457,7 +457,7 @@ async def test_stopping_still_answers_a_user_whose_photo_was_waiting(tiny_config
 async def test_recent_photos_are_bounded_and_expire():
     now = [0.0]
     photos = RecentPhotos(max_size=2, ttl=10.0, clock=lambda: now[0])
-    first, second, third = (Photo(-1, i, f"file-{i}", 100) for i in (1, 2, 3))
+    first, second, third = (TelegramPhoto(-1, i, f"file-{i}", 100) for i in (1, 2, 3))
     photos.remember(first)
     photos.remember(second)
     photos.remember(third)

@@ -215,8 +215,19 @@ class JobQueue(Protocol):
     async def start(self) -> None:
         """Start serving (spawn or connect to workers)."""
 
+    async def wait_ready(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until jobs can be served (local: the worker loaded its models; Redis: the server answers); what is
+        known of the worker (``device``, …)."""
+
     async def submit(self, request: StyleRequest) -> JobHandle:
         """Queue a job; raises QueueBusy when full and QueueClosed when shutting down."""
+
+    async def recover(self) -> list[JobHandle]:
+        """After a restart, handles for this process's accepted jobs that the queue still holds (Redis); none where
+        the queue died with the process (local: the journal submits those again)."""
+
+    async def status(self) -> dict[str, Any]:
+        """Queue depth, workers and the last hour's jobs, as `claybot status` shows them (and the metrics)."""
 
     async def close(self, grace: float | None = None) -> None:
         """Stop taking jobs, let running ones finish within ``grace`` seconds, fail the rest."""
