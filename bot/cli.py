@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config, token
 from bot.observability import setup_logging
-from bot.service import open_queue, serve, status_file
+from bot.service import open_queue, run_claybot, status_file
 from pipeline.core.errors import ClaybotError
 from pipeline.core.images import probe_photo
 from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Done, Failed, Progress, StyleRequest
@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(args.log_level, config.bot.log_format)
     front_ends = _front_end_tokens(config)
-    return asyncio.run(serve(config, front_ends, args.verbose))
+    return asyncio.run(run_claybot(config, front_ends, args.verbose))
 
 
 def _front_end_tokens(config: Config) -> dict[str, str]:

@@ -160,7 +160,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-async def serve(config: Config, tokens: dict[str, str], verbose: bool) -> int:
+async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> int:
     """Run claybot until SIGINT/SIGTERM: the queue and its worker, and a front end per token."""
     for secret in tokens.values():
         hide_secret(secret)
