@@ -13,10 +13,10 @@ from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config, token
 from bot.observability import setup_logging
+from bot.service import open_queue, run_claybot, status_file
 from pipeline.core.errors import ClaybotError
 from pipeline.core.images import probe_photo
-from pipeline.core.jobs import Done, Failed, Progress, StyleRequest
-from pipeline.core.local import LocalQueue
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Done, Failed, Progress, StyleRequest
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ def _strength(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"strength must be between 0 and 1, got {value:g}")
+    if not MIN_STRENGTH <= value <= MAX_STRENGTH:
+        raise argparse.ArgumentTypeError(f"strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}, "
+                                         f"got {value:g}")
     return value
 
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     stylize = sub.add_parser("stylize", help="stylize one photo from the command line")
     stylize.add_argument("photo", type=Path)
     stylize.add_argument("-o", "--output", type=Path, required=True, help="where to write the PNG")
-    stylize.add_argument("--strength", type=_strength, default=None, help="0–1; default: the style's")
+    stylize.add_argument("--strength", type=_strength, default=None, help="0.05–1; default: the style's")
     stylize.add_argument("--style", default=None, help="a [styles.*] name; default: pipeline.default_style")
     stylize.add_argument("--seed", type=int, default=None, help="makes the result reproducible; default: random")
     stylize.add_argument("--config", type=Path, default=Path("config.toml"))
@@ -106,7 +107,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if style not in config.styles:
         raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
     strength = config.styles[style].default_strength if args.strength is None else args.strength
-    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    seed = secrets.randbelow(MAX_SEED + 1) if args.seed is None else args.seed
     try:
         data = args.photo.read_bytes()
     except OSError as err:
@@ -161,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(args.log_level, config.bot.log_format)
     front_ends = _front_end_tokens(config)
-    return asyncio.run(_run(config, front_ends, args.verbose))
+    return asyncio.run(run_claybot(config, front_ends, args.verbose))
 
 
 def _front_end_tokens(config: Config) -> dict[str, str]:
@@ -180,97 +181,6 @@ def _front_end_tokens(config: Config) -> dict[str, str]:
             logger.warning("%s is not started: the environment variable %s is empty (or set %s.enabled = false)",
                            name, section.token_env, name)
     return tokens
-
-
-async def _run(config: Config, tokens: dict[str, str], verbose: bool) -> int:
-    import signal
-
-    from bot.flow import RequestFlow
-    from bot.observability import Metrics, hide_secret, serve_metrics
-    from bot.store import SettingsStore, store_path
-
-    for secret in tokens.values():
-        hide_secret(secret)
-    store = SettingsStore(store_path(config.bot))
-    await store.open()
-    queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.INFO, status=True)
-    metrics = Metrics() if config.metrics.enabled else None
-    metrics_server = None
-    front_ends = []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await queue.start()
-        flow = RequestFlow(queue, config, store=store, metrics=metrics)
-        unanswered = await flow.unanswered()  # before any new request is taken
-        if metrics is not None:
-            metrics_server = await serve_metrics(metrics, config.metrics.host, config.metrics.port,
-                                                 snapshot=lambda: queue_snapshot(config, queue))
-            logger.info("metrics at http://%s:%d/metrics", config.metrics.host, metrics_server.port)
-        if "telegram" in tokens:
-            from bot.telegram import TelegramFrontEnd
-
-            front_ends.append(TelegramFrontEnd(config, flow, tokens["telegram"]))
-        if "discord" in tokens:
-            from bot.discord_client import DiscordFrontEnd
-
-            front_ends.append(DiscordFrontEnd(config, flow, tokens["discord"]))
-        for front_end in front_ends:
-            await front_end.start()
-            logger.info("%s front end running", front_end.name)
-        info = await queue.wait_ready()
-        logger.info("claybot is running (worker on %s)", info.get("device"))
-        # Jobs accepted before a restart: Redis still has its own; the journal runs the others again.
-        handles = await queue.recover() if hasattr(queue, "recover") else []
-        recovered = await flow.recover({front_end.name: front_end for front_end in front_ends}, unanswered, handles)
-        if recovered:
-            logger.info("answering %d job(s) accepted before the restart", recovered)
-        await stop.wait()
-        logger.info("stopping: no new requests; running jobs get %.0fs", config.queue.shutdown_grace)
-    finally:
-        for front_end in front_ends:
-            await _quietly(front_end.stop_taking())
-        await queue.close()  # answers every job: finished within the grace, or "restarting"
-        await asyncio.sleep(0.5)  # let the last answers go out
-        for front_end in front_ends:
-            await _quietly(front_end.close())
-        if metrics_server is not None:
-            await _quietly(metrics_server.close())
-        await _quietly(store.close())
-    return 0
-
-
-async def queue_snapshot(config: Config, queue) -> dict:
-    """The queue's depth and workers, as `claybot status` shows them (for the metrics)."""
-    if config.queue.backend == "redis":
-        from pipeline.core.redis_queue import redis_status
-
-        return await redis_status(config.queue)
-    return queue.status()
-
-
-async def _quietly(awaitable) -> None:
-    try:
-        await awaitable
-    except Exception:
-        logger.exception("while stopping")
-
-
-def open_queue(config: Config, *, log_level: int = logging.INFO, status: bool = False):
-    """The configured queue backend (``status``: the local one keeps `claybot status`'s file up to date)."""
-    if config.queue.backend == "redis":
-        from pipeline.core.redis_queue import RedisQueue
-
-        return RedisQueue(config.gpu(), config.queue)
-    return LocalQueue(config.gpu(), config.queue, log_level=log_level,
-                      status_path=status_file(config) if status else None)
-
-
-def status_file(config: Config) -> Path:
-    """Where a running local-backend claybot keeps its status."""
-    return Path(config.bot.data_dir) / "status.json"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -306,12 +216,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 async def _usage(config: Config) -> dict[str, int]:
     """How the last day's requests ended, from the journal (empty when there is no database yet)."""
     from bot.journal import Journal
-    from bot.store import SettingsStore, store_path
+    from bot.store import ClaybotDatabase, store_path
 
     path = store_path(config.bot)
     if not path.is_file():
         return {}
-    async with SettingsStore(path) as store:
+    async with ClaybotDatabase(path) as store:
         return await Journal(store, config.limits).usage(time.time() - 86400)
 
 
@@ -370,7 +280,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
     for strength in args.strengths:
         _strength(str(strength))
-    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    seed = secrets.randbelow(MAX_SEED + 1) if args.seed is None else args.seed
     try:
         data = args.photo.read_bytes()
     except OSError as err:

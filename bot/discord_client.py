@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +31,19 @@ from discord.gateway import DiscordWebSocket
 from PIL import Image
 
 from bot.config import Config, ConfigError
-from bot.flow import Ask, RequestFlow, UserError, shorten, stronger, weaker
-from bot.store import SettingsStore, store_path
+from bot.flow import (
+    CLOSE_GRACE,
+    Ask,
+    RequestFlow,
+    RunningRequests,
+    UserError,
+    is_image,
+    not_an_image,
+    shorten,
+    user_line,
+    variant,
+)
+from bot.store import ClaybotDatabase, store_path
 from pipeline.core.errors import BadImage, ClaybotError
 from pipeline.core.images import decode_thumbnail
 from pipeline.core.jobs import Done
@@ -42,14 +53,11 @@ logger = logging.getLogger(__name__)
 COGS = ("cogs.clay", "cogs.reactions", "cogs.admin")
 RESTARTING = "claybot is restarting; please try again in a minute."
 NO_IMAGE = "That message has no image I can use: reply to one with a photo attached or an image link."
-NOT_AN_IMAGE = "That file is not an image: send a JPEG, PNG, WebP, GIF or HEIC photo."
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif")
 SOURCE_NAME = "source.jpg"  # the photo a result was made from, carried by the result message for its buttons
 SOURCE_MAX_PIXELS = 2_000_000  # above SDXL's working size, so "Again" on the copy matches the original
 STYLE_NAME = re.compile(r"[\w.-]{1,32}")  # style names travel in button custom ids (100 characters at most)
 CLAY_COLOUR = discord.Colour(0xB86B3C)
 START_TIMEOUT = 60.0
-CLOSE_GRACE = 5.0
 
 # discord.py's own endpoints, restored when the config names none (they are class attributes of the library)
 DISCORD_API = discord.http.Route.BASE
@@ -60,8 +68,9 @@ DISCORD_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
 
 
 @dataclass(frozen=True)
-class Photo:
-    """An image on Discord a request can use, known from its metadata before it is downloaded."""
+class DiscordImage:
+    """An image on Discord a request can use (an attachment, an image embed), known from its metadata before it
+    is downloaded."""
 
     filename: str
     content_type: str | None
@@ -69,36 +78,29 @@ class Photo:
     read: Callable[[], Awaitable[bytes]]
 
     @classmethod
-    def from_attachment(cls, attachment: discord.Attachment) -> Photo:
+    def from_attachment(cls, attachment: discord.Attachment) -> DiscordImage:
         """An attached file (downloaded through discord.py's client)."""
         return cls(attachment.filename, attachment.content_type, attachment.size, attachment.read)
 
     def check(self, flow: RequestFlow, platform_limit: int | None) -> None:
         """Refuse what is not an image or is too large, before anything is downloaded."""
         if not is_image(self.content_type, self.filename):
-            raise UserError(NOT_AN_IMAGE)
+            raise not_an_image(self.content_type)
         flow.check_size(self.size, platform_limit)
 
 
-def is_image(content_type: str | None, filename: str) -> bool:
-    """Whether Discord's metadata says this is an image (the file name when Discord gives no type)."""
-    if content_type:
-        return content_type.split(";")[0].strip().lower().startswith("image/")
-    return filename.lower().endswith(IMAGE_SUFFIXES)
-
-
-def find_photo(message: discord.Message, session: aiohttp.ClientSession, max_bytes: int) -> Photo | None:
+def find_photo(message: discord.Message, session: aiohttp.ClientSession, max_bytes: int) -> DiscordImage | None:
     """The first image of a message: an attached image, else an image embed (a posted image link)."""
     for attachment in message.attachments:
         if is_image(attachment.content_type, attachment.filename):
-            return Photo.from_attachment(attachment)
+            return DiscordImage.from_attachment(attachment)
     for embed in message.embeds:
         media = embed.image if embed.image.proxy_url else embed.thumbnail if embed.type == "image" else None
         if media is not None and media.proxy_url:
             # Discord's media proxy, never the URL someone posted: it is Discord that fetched that one.
             url = media.proxy_url
             name = yarl.URL(url).name or "image"
-            return Photo(name, "image/*", None, lambda url=url: fetch_capped(session, url, max_bytes))
+            return DiscordImage(name, "image/*", None, lambda url=url: fetch_capped(session, url, max_bytes))
     return None
 
 
@@ -109,7 +111,7 @@ async def fetch_capped(session: aiohttp.ClientSession, url: str, max_bytes: int)
         if response.status != 200:
             raise UserError(f"I could not download that image (Discord answered {response.status}).")
         if not is_image(response.headers.get("Content-Type"), url):
-            raise UserError(NOT_AN_IMAGE)
+            raise not_an_image(response.headers.get("Content-Type"))
         if response.content_length is not None and response.content_length > max_bytes:
             raise too_large
         data = bytearray()
@@ -278,6 +280,8 @@ class _KeepsPhoto:
 class InteractionReply(_KeepsPhoto):
     """A request from an interaction: progress and answer in its original response, in the channel once too late."""
 
+    private = True  # its refusals are ephemeral: only the person who asked sees them
+
     def __init__(self, bot: ClayBot, interaction: discord.Interaction) -> None:
         self.bot, self.interaction = bot, interaction
         self.shown = False  # while nothing is shown, Discord would turn a follow-up into the (public) response
@@ -311,6 +315,10 @@ class InteractionReply(_KeepsPhoto):
         await self.interaction.followup.send(text, ephemeral=True)
         await self.interaction.delete_original_response()
 
+    def placeholder(self) -> dict[str, Any]:
+        """Nothing a restarted process could remove: the response goes with the interaction's token."""
+        return {}
+
     def _channel(self) -> discord.abc.Messageable:
         channel = self.interaction.channel
         if isinstance(channel, discord.abc.Messageable):
@@ -320,6 +328,8 @@ class InteractionReply(_KeepsPhoto):
 
 class ChannelReply(_KeepsPhoto):
     """A request from a reaction: a reply to the photo's message that mentions who reacted, edited as it goes."""
+
+    private = False  # a reply in the channel, seen by everyone there
 
     def __init__(self, bot: ClayBot, message: discord.Message, member: discord.Member) -> None:
         self.bot, self.message, self.member = bot, message, member
@@ -404,7 +414,7 @@ class ClayTree(app_commands.CommandTree):
 class ClayBot(commands.Bot):
     """claybot on Discord; the request flow, the settings store and the config come in through the constructor."""
 
-    def __init__(self, config: Config, flow: RequestFlow, store: SettingsStore) -> None:
+    def __init__(self, config: Config, flow: RequestFlow, store: ClaybotDatabase) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and permissions of the servers
         intents.guild_reactions = True
@@ -418,7 +428,7 @@ class ClayBot(commands.Bot):
         self.token_margin = 60.0  # seconds: answers due later than 15 min minus this go to the channel
         self.session: aiohttp.ClientSession | None = None  # image embeds are fetched with it
         self.synced: bool | None = None  # whether this start registered the commands with Discord
-        self._requests: set[asyncio.Task] = set()
+        self.running = RunningRequests()
 
     async def setup_hook(self) -> None:
         self.session = aiohttp.ClientSession()
@@ -468,32 +478,10 @@ class ClayBot(commands.Bot):
             channels=tuple(int(channel) for channel in channels),
         )
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Mark the running task as serving a request, so closing waits for it (briefly)."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._requests.add(task)
-        try:
-            yield
-        finally:
-            self._requests.discard(task)
-
-    async def finish_requests(self, grace: float) -> None:
-        """Give running requests ``grace`` seconds to send their answers, then cancel them."""
-        pending = [task for task in self._requests if task is not asyncio.current_task()]
-        if not pending:
-            return
-        _, late = await asyncio.wait(pending, timeout=grace)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late, timeout=1.0)
-
     # -- serving --------------------------------------------------------------------------------------------------
 
-    async def serve(self, interaction: discord.Interaction, photo: Photo | None, *, strength: float | None = None,
-                    seed: int | None = None, style: str | None = None) -> None:
+    async def serve(self, interaction: discord.Interaction, photo: DiscordImage | None, *,
+                    strength: float | None = None, seed: int | None = None, style: str | None = None) -> None:
         """One request from an interaction: refusals are ephemeral; else defer at once, then progress and answer."""
         received = time.monotonic()
         if not self.taking:
@@ -513,7 +501,7 @@ class ClayBot(commands.Bot):
                   origin=f"interaction:{interaction.id}", received=received)
         logger.info("discord: %s from user %s in guild %s channel %s", _what(interaction), interaction.user.id,
                     interaction.guild_id, interaction.channel_id)
-        with self.request():
+        with self.running.this_task():
             await self.flow.handle(ask, reply, platform_limit=interaction.filesize_limit)
 
     async def serve_reaction(self, message: discord.Message, member: discord.Member, settings: GuildSettings) -> None:
@@ -531,7 +519,7 @@ class ClayBot(commands.Bot):
                   nsfw=is_nsfw(message.channel), answer_to={"message_id": message.id})
         logger.info("discord: reaction from user %s in guild %s channel %s", member.id, member.guild.id,
                     message.channel.id)
-        with self.request():
+        with self.running.this_task():
             await self.flow.handle(ask, reply)
 
     async def press(self, interaction: discord.Interaction, action: str, state: ResultState) -> None:
@@ -548,25 +536,21 @@ class ClayBot(commands.Bot):
         source = next((a for a in message.attachments if a.filename == SOURCE_NAME), None) if message else None
         if source is None:
             raise UserError("I no longer have the photo this picture was made from; please send it again.")
-        strength = {"again": state.strength, "stronger": stronger(state.strength),
-                    "weaker": weaker(state.strength)}[action]
-        seed = None if action == "again" else state.seed  # a new seed is what "again" is for
-        await self.serve(interaction, Photo.from_attachment(source), strength=strength, seed=seed, style=state.style)
+        strength, seed = variant(action, state.strength, state.seed)
+        await self.serve(interaction, DiscordImage.from_attachment(source), strength=strength, seed=seed,
+                         style=state.style)
 
     async def report(self, interaction: discord.Interaction, error: Exception) -> None:
         """The one place a failed interaction is answered: the user's mistakes as they are, the rest calmly."""
         original = getattr(error, "original", error)  # CommandInvokeError wraps what the callback raised
-        if isinstance(original, UserError):
-            text = str(original)
-        elif isinstance(error, app_commands.MissingPermissions):
+        if isinstance(error, app_commands.MissingPermissions):
             text = "You need the Manage Server permission for that."
         elif isinstance(error, app_commands.NoPrivateMessage):
             text = "That works only in a server."
         elif isinstance(error, app_commands.CheckFailure):
             text = "You can't use that here."
         else:
-            logger.error("discord: %s failed", _what(interaction), exc_info=original)
-            text = "Something went wrong on my side; please try again."
+            text = user_line(original, f"discord: {_what(interaction)}", logger)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)
@@ -574,6 +558,16 @@ class ClayBot(commands.Bot):
                 await interaction.response.send_message(text, ephemeral=True)
         except discord.HTTPException as err:
             logger.warning("discord: could not answer an interaction: %s", err)
+
+
+def _fatal(error: BaseException | None) -> ConfigError | None:
+    """What Discord refused that only the operator can fix, as the message that says how."""
+    if isinstance(error, discord.LoginFailure):
+        return ConfigError(f"Discord refused the bot token ({error})")
+    if isinstance(error, discord.PrivilegedIntentsRequired):
+        return ConfigError("Discord refused the MESSAGE CONTENT intent: switch it on in the developer portal "
+                           "(Bot → Privileged Gateway Intents) or set discord.message_content_intent = false")
+    return None
 
 
 def _what(interaction: discord.Interaction) -> str:
@@ -602,7 +596,7 @@ class DiscordFrontEnd:
     def __init__(self, config: Config, flow: RequestFlow, token: str) -> None:
         self.config, self.flow = config, flow
         self._token = token  # never logged, never in a repr
-        self.store: SettingsStore | None = None
+        self.store: ClaybotDatabase | None = None
         self._own_store = False
         self.bot: ClayBot | None = None
         self.connection: asyncio.Task | None = None  # the gateway connection; it ending early is logged
@@ -626,15 +620,15 @@ class DiscordFrontEnd:
         if self.flow.store is not None:  # claybot run's one database
             self.store, self._own_store = self.flow.store, False
         else:
-            self.store, self._own_store = SettingsStore(store_path(self.config.bot)), True
+            self.store, self._own_store = ClaybotDatabase(store_path(self.config.bot)), True
             await self.store.open()
         self.bot = ClayBot(self.config, self.flow, self.store)
         try:
             await self.bot.login(self._token)
         except discord.LoginFailure:
             await self.close()
-            raise ClaybotError(f"Discord refused the bot token in {settings.token_env}: copy it again from the "
-                               f"developer portal (Bot → Reset Token)") from None
+            raise ConfigError(f"Discord refused the bot token in {settings.token_env}: copy it again from the "
+                              f"developer portal (Bot → Reset Token)") from None
         except BaseException:
             await self.close()
             raise
@@ -657,18 +651,24 @@ class DiscordFrontEnd:
         if ended is None:
             return ClaybotError(f"Discord did not get ready within {START_TIMEOUT:g} seconds")
         error = None if ended.cancelled() else ended.exception()
-        if isinstance(error, discord.PrivilegedIntentsRequired):
-            return ClaybotError("Discord refused the MESSAGE CONTENT intent: switch it on in the developer portal "
-                                "(Bot → Privileged Gateway Intents) or set discord.message_content_intent = false")
-        return ClaybotError(f"the Discord connection ended during start: {error!r}")
+        return _fatal(error) or ClaybotError(f"the Discord connection ended during start: {error!r}")
 
     def _connection_ended(self, task: asyncio.Task) -> None:
         if self._closing or task.cancelled():
             return
-        if task.exception() is not None:
-            logger.error("discord: the gateway connection ended", exc_info=task.exception())
-        else:
-            logger.error("discord: the gateway connection ended")
+        logger.warning("discord: the gateway connection ended: %r", task.exception())
+
+    async def ended(self) -> Exception:
+        """The gateway connection (discord.py reconnects by itself) ended for good: why."""
+        try:
+            await asyncio.shield(self.connection)
+        except asyncio.CancelledError:
+            if not self.connection.cancelled():
+                raise
+            return ClaybotError("the Discord connection was cancelled")
+        except Exception as err:
+            return _fatal(err) or err
+        return ClaybotError("the Discord connection ended")
 
     async def stop_taking(self) -> None:
         """New requests are told claybot is restarting; running ones still get their answers."""
@@ -695,7 +695,7 @@ class DiscordFrontEnd:
         self._closing = True
         if self.bot is not None:
             self.bot.taking = False
-            await self.bot.finish_requests(CLOSE_GRACE)
+            await self.bot.running.finish(CLOSE_GRACE)
             await self.bot.close()
         if self.connection is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

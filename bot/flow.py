@@ -8,20 +8,24 @@ limits, the queue, the wording, the pace of status edits — lives here, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot.config import Config
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
 from bot.observability import Metrics, job_context
-from bot.store import SettingsStore
+from bot.store import ClaybotDatabase
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import (
+    MAX_SEED,
+    MAX_STRENGTH,
+    MIN_STRENGTH,
     BadRequest,
     Done,
     ErrorKind,
@@ -39,9 +43,13 @@ from pipeline.core.jobs import (
 
 logger = logging.getLogger(__name__)
 
-MIN_STRENGTH, MAX_STRENGTH = 0.05, 1.0
 STRENGTH_STEP = 0.1
 USAGE = "Usage: /clay [strength 0.05–1], sent with a photo or as a reply to one. Example: /clay 0.6"
+CALM_LINE = "Something went wrong on my side; please try again."  # what a user sees of any failure of ours
+# What pipeline/core/images.py accepts (its ACCEPTED_FORMATS), by the names files have when a platform gives no type
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif", ".mpo")
+REFUSED_TYPES = ("image/tiff", "image/svg+xml")  # image types that platforms report and the pipeline cannot read
+CLOSE_GRACE = 10.0  # seconds a closing front end gives running requests to send their answers
 
 
 class UserError(ClaybotError):
@@ -70,6 +78,8 @@ class Ask:
 class Reply(Protocol):
     """How a front end shows things; the flow decides what and when."""
 
+    private: bool  # refusals are seen by the asker alone (Discord's ephemeral answers): repeating them is no spam
+
     async def status(self, text: str) -> None:
         """Create or edit the one status message of this request."""
 
@@ -97,24 +107,73 @@ class FrontEnd(Protocol):
     async def close(self) -> None:
         """Disconnect."""
 
+    async def ended(self) -> Exception:
+        """Once started, wait until the front end stops serving by itself (its connection lost for good), and say
+        why; a lost connection its library reconnects by itself does not count."""
+
     async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
         """Post a result (or, with ``done`` None, a line of text) to a chat, replying to ``answer_to``'s message
         when it names one, and removing the status message the old process left (``Reply.placeholder``): for jobs
         a restarted chat process answers (the original request is gone)."""
 
 
+# A number, then an optional "%": no two parts can match the same characters, so a failed match never backtracks.
+STRENGTH = re.compile(r"(\d+(?:[.,]\d+)?|[.,]\d+)\s*(%?)")
+MAX_STRENGTH_CHARS = 16  # "0.05", "60 %", "0,6": nothing longer is a strength, so nothing longer is parsed
+
+
 def parse_strength(text: str | None) -> float | None:
-    """``"0.6"``, ``"60%"`` or ``".6"`` → 0.6; empty → None (the style's default); anything else → UserError."""
-    if text is None or not text.strip():
+    """``"0.6"``, ``"60%"`` or ``".6"`` → 0.6; empty → None (the style's default); anything else → UserError.
+
+    The text comes from strangers (a hostile client may send a caption of a megabyte): anything longer than a
+    strength can be is refused before any pattern looks at it."""
+    stripped = (text or "").strip()
+    if not stripped:
         return None
-    match = re.fullmatch(r"\s*(\d*[.,]?\d+)\s*(%?)\s*", text)
-    if not match:
-        raise UserError(f"I could not read {text.strip()[:20]!r} as a strength. {USAGE}")
+    match = STRENGTH.fullmatch(stripped) if len(stripped) <= MAX_STRENGTH_CHARS else None
+    if match is None:
+        raise UserError(f"I could not read {stripped[:20]!r} as a strength. {USAGE}")
     value = float(match.group(1).replace(",", "."))
     if match.group(2):
         value /= 100
     check_strength(value)
     return value
+
+
+def is_image(content_type: str | None, filename: str | None) -> bool:
+    """Whether a file the platform describes is an image claybot can work on: its MIME type when it tells, else its
+    name. Checked before anything is downloaded; the worker reads the real format from the bytes."""
+    if content_type:
+        kind = content_type.split(";")[0].strip().lower()
+        return kind.startswith("image/") and kind not in REFUSED_TYPES
+    return bool(filename) and filename.lower().endswith(IMAGE_SUFFIXES)
+
+
+def not_an_image(kind: str | None) -> UserError:
+    """The refusal of a file ``is_image`` turned down (``kind``: its type, when the platform told)."""
+    told = f" ({kind})" if kind else ""
+    return UserError(f"That file is not an image I can use{told}: send a JPEG, PNG, WebP, GIF or HEIC photo.")
+
+
+def user_line(error: BaseException, what: str, log: logging.Logger = logger) -> str:
+    """The line a user sees for an error raised while serving them: their own mistake in its own words; anything
+    else is logged on ``log`` (``what`` failed, with its traceback) and gets the calm line."""
+    if isinstance(error, UserError | BadRequest | RateLimited):
+        return str(error)
+    log.error("%s failed", what, exc_info=error)
+    return CALM_LINE
+
+
+def variant(action: str, strength: float, seed: int) -> tuple[float, int | None]:
+    """The strength and seed of a result's "again", "stronger" or "weaker" (None: a new random seed).
+
+    Again keeps the strength and takes a new seed. Stronger and weaker move the strength a tenth and keep the seed,
+    so only the strength changes — except at the end of the range, where the strength cannot move: there they take
+    a new seed, so the button still makes a new picture."""
+    if action == "again":
+        return strength, None
+    moved = stronger(strength) if action == "stronger" else weaker(strength)
+    return moved, seed if moved != strength else None
 
 
 def check_strength(value: float) -> float:
@@ -157,7 +216,7 @@ class RequestFlow:
     """
 
     def __init__(self, queue: JobQueue, config: Config, *, min_edit_interval: float = 1.5,
-                 store: SettingsStore | None = None, metrics: Metrics | None = None,
+                 store: ClaybotDatabase | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
         self.config = config
@@ -165,7 +224,9 @@ class RequestFlow:
         self.store = store
         self.journal = Journal(store, config.limits, clock=clock) if store is not None else None
         self.metrics = metrics
-        self.recovering: set[asyncio.Task] = set()  # answering jobs accepted before a restart
+        self.clock = clock
+        self.recovering = RunningRequests()  # answering jobs accepted before a restart
+        self.told: dict[tuple[str, str, str], float] = {}  # (platform, person, chat) → told of a limit until then
 
     def max_bytes(self, platform_limit: int | None = None) -> int:
         """The most bytes a photo may have: ours, or the platform's download limit if lower."""
@@ -187,14 +248,19 @@ class RequestFlow:
             logger.info("%s event %s was delivered again; it is already being answered", ask.platform, ask.origin)
             return None
         except RateLimited as err:
-            await request.refuse("rate_limited", str(err))
+            if self._tell_once(ask, request.reply, err):
+                await request.refuse("rate_limited", str(err))
+            else:
+                request.outcome = "rate_limited"
+                logger.info("%s user %s in %s is still over a limit: not told again", ask.platform, ask.user_id,
+                            ask.chat_id)
         except (UserError, BadRequest) as err:
             await request.refuse("bad_input", str(err))
         except (QueueBusy, QueueClosed) as err:
             await request.refuse(NOT_COUNTED, str(err))
         except Exception:
             logger.exception("request from %s user %s failed", ask.platform, ask.user_id)
-            await request.refuse("failed", "Something went wrong on my side; please try again.")
+            await request.refuse("failed", CALM_LINE)
         await self._close(request)
         return request.done
 
@@ -211,13 +277,14 @@ class RequestFlow:
         if self.journal is not None:
             request.ticket = await self.journal.admit(ask.platform, ask.user_id, ask.chat_id,
                                                       ask.group_id or ask.chat_id, ask.answer_to, ask.origin)
+            self.told.pop((ask.platform, ask.user_id, ask.chat_id), None)  # under the limits again
 
         # 3. download (through the platform's client; never a URL a user typed)
         data = await ask.download()
         self.check_size(len(data), platform_limit)
 
         # 4. queue
-        seed = ask.seed if ask.seed is not None else secrets.randbelow(2**31)
+        seed = ask.seed if ask.seed is not None else secrets.randbelow(MAX_SEED + 1)
         style_request = StyleRequest(data, style=ask.style, strength=ask.strength, seed=seed,
                                      reply_to=(ask.platform, ask.chat_id),
                                      max_rating=self.config.safety.limit(ask.nsfw))
@@ -230,10 +297,24 @@ class RequestFlow:
                 request.reply.on_first_status = lambda: self._note_placeholder(request)
             await self._follow(handle, request)
 
+    def _tell_once(self, ask: Ask, reply: Reply, refusal: RateLimited) -> bool:
+        """Whether to tell this person they are over a limit: once until the wait it names is over (or, for a
+        limit without a wait, until they are let through again), so someone who re-adds a reaction again and again
+        does not make the bot post a refusal each time. Private answers (Discord's ephemeral ones) always go out."""
+        if reply.private:
+            return True
+        now = self.clock()
+        if len(self.told) > MAX_TOLD:  # forget the waits that are over
+            self.told = {key: until for key, until in self.told.items() if until > now}
+        key = (ask.platform, ask.user_id, ask.chat_id)
+        if self.told.get(key, 0.0) > now:
+            return False
+        self.told[key] = now + max(refusal.retry_after, QUIET_AFTER_REFUSAL)
+        return True
+
     async def _note_placeholder(self, request: _Request) -> None:
         """The status message is on screen: a restarted process will know which message to remove."""
-        placeholder = getattr(request.reply.reply, "placeholder", None)
-        where = placeholder() if placeholder is not None else {}
+        where = request.reply.placeholder()
         if where:
             await self.journal.answer_to(request.ticket, {**request.ask.answer_to, **where})
 
@@ -291,9 +372,7 @@ class RequestFlow:
             tasks.append(self._recover(entry, handle, front_end))
         tasks += [resume(handle, front_ends) for handle in by_job.values()]  # in the queue, not in this journal
         for coroutine in tasks:
-            task = asyncio.create_task(coroutine)
-            self.recovering.add(task)  # held until done: the loop keeps only weak references to tasks
-            task.add_done_callback(self.recovering.discard)
+            self.recovering.add(asyncio.create_task(coroutine))
         return len(tasks)
 
     async def _recover(self, entry: Entry, handle: JobHandle | None, front_end: FrontEnd) -> None:
@@ -320,6 +399,8 @@ class RequestFlow:
         return handle
 
 
+QUIET_AFTER_REFUSAL = 60.0  # seconds at least before the same person is told of a limit again
+MAX_TOLD = 10_000  # people remembered as told, before those whose wait is over are forgotten
 MAX_RECOVERIES = 2  # a job that two restarts in a row interrupted is not tried a third time
 LOST_DOWNLOADING = "claybot restarted while fetching your photo; please send it again."
 GAVE_UP = "claybot restarted twice while making this picture; please send the photo again later."
@@ -354,6 +435,43 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
     await _safely(front_end.deliver(chat_id, done, caption(done), answer_to or {}))
     logger.info("recovered job %s answered in %s %s", handle.id, platform, chat_id)
     return "image"
+
+
+class RunningRequests:
+    """The requests a front end is serving, each in its own task: held until done (the event loop keeps only weak
+    references to tasks), and given a moment to send their answers when the front end closes."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+
+    def add(self, task: asyncio.Task) -> asyncio.Task:
+        """Hold a task until it is done."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    @contextlib.contextmanager
+    def this_task(self) -> Iterator[None]:
+        """Count the running task (one the platform's library started) while the block runs."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        try:
+            yield
+        finally:
+            self.tasks.discard(task)
+
+    async def finish(self, grace: float = CLOSE_GRACE) -> int:
+        """Wait up to ``grace`` seconds for every request to end, then cancel the others; how many were cancelled."""
+        pending = [task for task in self.tasks if not task.done() and task is not asyncio.current_task()]
+        if not pending:
+            return 0
+        _, late = await asyncio.wait(pending, timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)
+        return len(late)
 
 
 class _Request:
@@ -399,6 +517,13 @@ class _Acked:
     async def error(self, text: str) -> None:
         self._ack()
         await self.reply.error(text)
+
+    @property
+    def private(self) -> bool:
+        return self.reply.private
+
+    def placeholder(self) -> dict[str, Any]:
+        return self.reply.placeholder()
 
 
 class _Pacer:

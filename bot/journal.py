@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import LimitSettings
-from bot.store import SettingsStore
+from bot.store import ClaybotDatabase
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import StyleRequest
 
@@ -72,9 +72,10 @@ def _window_name(seconds: float) -> str:
 
 
 class Journal:
-    """The jobs table of a (open) SettingsStore's database."""
+    """The jobs table of claybot's (open) database."""
 
-    def __init__(self, store: SettingsStore, limits: LimitSettings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: ClaybotDatabase, limits: LimitSettings, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store, self.limits, self.clock = store, limits, clock
         self._pruned = 0.0
 

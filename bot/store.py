@@ -69,8 +69,9 @@ def store_path(settings: BotSettings) -> Path:
     return Path(settings.data_dir).expanduser() / STORE_FILE
 
 
-class SettingsStore:
-    """Typed key-value settings per scope, persisted in SQLite; use ``async with`` or open()/close()."""
+class ClaybotDatabase:
+    """claybot's SQLite database: typed key-value settings per scope here, and the connection the journal shares;
+    use ``async with`` or open()/close()."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path) if str(path) != ":memory:" else path
@@ -79,7 +80,7 @@ class SettingsStore:
         self._cache: dict[str, dict[str, Any]] = {}
         self._writing = asyncio.Lock()  # a scope read into the cache never races a write to it
 
-    async def __aenter__(self) -> SettingsStore:
+    async def __aenter__(self) -> ClaybotDatabase:
         await self.open()
         return self
 
@@ -217,3 +218,6 @@ class SettingsStore:
     def _locked(self, call):
         with self._lock:
             return call()
+
+
+SettingsStore = ClaybotDatabase  # its old name, for branches written before the rename; use ClaybotDatabase

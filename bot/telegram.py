@@ -46,13 +46,16 @@ from bot.flow import (
     USAGE,
     Ask,
     RequestFlow,
+    RunningRequests,
     UserError,
+    is_image,
+    not_an_image,
     parse_strength,
-    stronger,
-    weaker,
+    user_line,
+    variant,
 )
 from bot.observability import HIDE_SECRETS, hide_secret
-from bot.store import SettingsStore
+from bot.store import ClaybotDatabase
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import MAX_SEED, Done
 
@@ -65,13 +68,10 @@ DOWNLOAD_LIMIT = 20 * 2**20
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
 POLL_TIMEOUT = 10.0  # seconds a getUpdates long poll waits for news
 CHAT_ACTION_EVERY = 4.5  # a chat action shows for 5 s or until the next message
-CLOSE_GRACE = 10.0  # seconds close() gives requests still sending their answers
 BUTTON_PREFIX = "c1"  # callback data version: bump when the format below changes
 MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
 CAPTION_LIMIT = 1024
 COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")  # what Telegram accepts as a command
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff", ".gif")
-CALM_LINE = "Sorry, something went wrong on my side; please try again."
 SETTINGS_USAGE = "Group admins: /claysettings nsfw on (or off) lets me work on any photo in this chat."
 
 
@@ -79,8 +79,8 @@ SETTINGS_USAGE = "Group admins: /claysettings nsfw on (or off) lets me work on a
 
 
 @dataclass(frozen=True)
-class Photo:
-    """A photo message the bot can work on: where it is, and the file to fetch."""
+class TelegramPhoto:
+    """A photo message on Telegram the bot can work on: where it is, and the file to fetch."""
 
     chat_id: int
     message_id: int
@@ -89,7 +89,7 @@ class Photo:
     thread_id: int | None = None  # forum topic, so answers land in the same topic
 
 
-def photo_in(message: Message | None) -> Photo | None:
+def photo_in(message: Message | None) -> TelegramPhoto | None:
     """The photo (or image file) of a message; None when it has none; UserError for a file that is not an image."""
     if message is None:
         return None
@@ -98,20 +98,13 @@ def photo_in(message: Message | None) -> Photo | None:
         file_id, size = best.file_id, best.file_size
     elif message.document is not None:
         document = message.document
-        if not _is_image(document.mime_type, document.file_name):
-            kind = document.mime_type or "unknown type"
-            raise UserError(f"That file is not an image ({kind}). Send a photo, or a JPEG/PNG/WebP/HEIC as a file.")
+        if not is_image(document.mime_type, document.file_name):
+            raise not_an_image(document.mime_type or "unknown type")
         file_id, size = document.file_id, document.file_size
     else:
         return None
     thread_id = message.message_thread_id if message.is_topic_message else None
-    return Photo(message.chat_id, message.message_id, file_id, size, thread_id)
-
-
-def _is_image(mime_type: str | None, file_name: str | None) -> bool:
-    if mime_type:
-        return mime_type.startswith("image/")
-    return bool(file_name) and file_name.lower().endswith(IMAGE_SUFFIXES)
+    return TelegramPhoto(message.chat_id, message.message_id, file_id, size, thread_id)
 
 
 class RecentPhotos:
@@ -119,9 +112,9 @@ class RecentPhotos:
 
     def __init__(self, max_size: int, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_size, self.ttl, self.clock = max_size, ttl, clock
-        self._photos: OrderedDict[tuple[int, int], tuple[float, Photo]] = OrderedDict()
+        self._photos: OrderedDict[tuple[int, int], tuple[float, TelegramPhoto]] = OrderedDict()
 
-    def remember(self, photo: Photo) -> None:
+    def remember(self, photo: TelegramPhoto) -> None:
         """Keep a photo for ``ttl`` seconds; the oldest go first beyond ``max_size``."""
         if self.max_size <= 0:
             return
@@ -131,7 +124,7 @@ class RecentPhotos:
         while len(self._photos) > self.max_size:
             self._photos.popitem(last=False)
 
-    def get(self, chat_id: int, message_id: int) -> Photo | None:
+    def get(self, chat_id: int, message_id: int) -> TelegramPhoto | None:
         """The photo of that message, if it was seen and has not expired."""
         self._expire()
         entry = self._photos.get((chat_id, message_id))
@@ -160,6 +153,8 @@ def button_data(style: str, strength: float, seed: int | None) -> str:
 
 def parse_button(data: str) -> tuple[str | None, float, int | None]:
     """``button_data``'s (style, strength, seed); ValueError for anything else."""
+    if len(data) > MAX_CALLBACK_DATA:  # Telegram's own limit: anything longer is not ours, and is not parsed
+        raise ValueError("callback data too long")
     prefix, style, strength, seed = data.split("|")
     if prefix != BUTTON_PREFIX:
         raise ValueError(f"unknown button format {prefix!r}")
@@ -174,15 +169,14 @@ def parse_button(data: str) -> tuple[str | None, float, int | None]:
 
 
 def result_buttons(done: Done) -> InlineKeyboardMarkup:
-    """🎲 Again (new seed), 💪 Stronger and 🪶 Weaker (same seed, so only the strength changes)."""
-    def variant(strength: float) -> str:
-        # at the end of the range the strength cannot move: a new seed at least gives a new picture
-        return button_data(done.style, strength, done.seed if strength != done.strength else None)
+    """🎲 Again, 💪 Stronger and 🪶 Weaker (the flow's ``variant`` rule)."""
+    def data(action: str) -> str:
+        return button_data(done.style, *variant(action, done.strength, done.seed))
 
     return InlineKeyboardMarkup([[
-        InlineKeyboardButton("🎲 Again", callback_data=button_data(done.style, done.strength, None)),
-        InlineKeyboardButton("💪 Stronger", callback_data=variant(stronger(done.strength))),
-        InlineKeyboardButton("🪶 Weaker", callback_data=variant(weaker(done.strength))),
+        InlineKeyboardButton("🎲 Again", callback_data=data("again")),
+        InlineKeyboardButton("💪 Stronger", callback_data=data("stronger")),
+        InlineKeyboardButton("🪶 Weaker", callback_data=data("weaker")),
     ]])
 
 
@@ -258,7 +252,9 @@ class UploadingPhoto:
 class TelegramReply:
     """One request's answers: a status message replying to the photo and edited in place, then the picture."""
 
-    def __init__(self, bot, photo: Photo, *, pace: ChatPace, uploading: UploadingPhoto,
+    private = False  # everything it says is seen by the whole chat
+
+    def __init__(self, bot, photo: TelegramPhoto, *, pace: ChatPace, uploading: UploadingPhoto,
                  on_sent: Callable[[Message], None] | None = None) -> None:
         self.bot, self.photo, self.pace, self.uploading, self.on_sent = bot, photo, pace, uploading, on_sent
         self.status_message_id: int | None = None
@@ -410,13 +406,13 @@ def help_text(config: Config, bot_username: str | None) -> str:
 class TelegramRequests:
     """The handlers and what they share: the flow, the photos seen lately, the requests in progress."""
 
-    def __init__(self, config: Config, flow: RequestFlow, store: SettingsStore | None = None) -> None:
+    def __init__(self, config: Config, flow: RequestFlow, store: ClaybotDatabase | None = None) -> None:
         self.config, self.flow = config, flow
         self.store = store  # the chats' settings (NSFW); without one every chat is all-ages
         self.settings = config.telegram
         self.photos = RecentPhotos(self.settings.remember_photos, self.settings.remember_hours * 3600)
         self.commands = style_commands(config)
-        self.tasks: set[asyncio.Task] = set()
+        self.running = RunningRequests()
         self.pace = ChatPace(self.settings.status_edit_interval)
         self.uploading = UploadingPhoto()
         self.caption_command = caption_pattern(self.commands)
@@ -443,8 +439,8 @@ class TelegramRequests:
         photo = photo_in(message)
         if photo is None:  # a caption on something else (a video, an audio file)
             raise UserError(f"There is no photo here to work on. {USAGE}")
-        self.start(context, update, photo, user_id=update.effective_user.id, style=match.group(1),
-                   strength=strength, how="caption")
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=match.group(1), strength=strength,
+                           how="caption")
 
     async def on_clay_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/clay [strength]`` as a reply to a photo (on its own it answers with the usage)."""
@@ -454,8 +450,7 @@ class TelegramRequests:
         if photo is None:
             raise UserError(USAGE)
         style = message.text.split()[0].lstrip("/").split("@")[0].lower()
-        self.start(context, update, photo, user_id=update.effective_user.id, style=style, strength=strength,
-                   how="reply")
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, strength=strength, how="reply")
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""
@@ -479,7 +474,8 @@ class TelegramRequests:
                          reaction.chat.id)
             return
         who = reaction.user or reaction.actor_chat
-        self.start(context, update, photo, user_id=who.id if who else 0, style=None, strength=None, how="reaction")
+        self.serve_in_task(context, update, photo, user_id=who.id if who else 0, style=None, strength=None,
+                           how="reaction")
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """🎲 / 💪 / 🪶 under a result: the same photo (the result's reply_to_message) again."""
@@ -498,13 +494,14 @@ class TelegramRequests:
             await query.answer("I can't find the original photo any more; please send it again.", show_alert=True)
             return
         await query.answer("Again, with a new seed." if seed is None else f"Strength {strength:g}.")
-        self.start(context, update, photo, user_id=query.from_user.id, style=style, strength=strength, seed=seed,
-                   how="button")
+        self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, strength=strength,
+                           seed=seed, how="button")
 
     # -- running a request --------------------------------------------------------------------------------------------
 
-    def start(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: Photo, *, user_id: int,
-              style: str | None, strength: float | None, how: str, seed: int | None = None) -> None:
+    def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
+                      user_id: int, style: str | None, strength: float | None, how: str,
+                      seed: int | None = None) -> None:
         """Serve the request in its own task, so the next update is handled at once."""
         bot = context.bot
 
@@ -528,10 +525,8 @@ class TelegramRequests:
         logger.info("telegram request (%s) from user %s in chat %s on message %s: style %s, strength %s",
                     how, user_id, photo.chat_id, photo.message_id, style or "default",
                     "default" if strength is None else f"{strength:g}")
-        task = context.application.create_task(self._serve(ask, reply), update=update,
-                                               name=f"claybot-telegram-{photo.chat_id}-{photo.message_id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.running.add(context.application.create_task(
+            self._serve(ask, reply), update=update, name=f"claybot-telegram-{photo.chat_id}-{photo.message_id}"))
 
     async def _serve(self, ask: Ask, reply: TelegramReply) -> None:
         try:
@@ -585,11 +580,7 @@ class TelegramRequests:
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A UserError is answered with its own words; anything else is logged and gets a calm line."""
         error = context.error
-        if isinstance(error, UserError):
-            text = str(error)
-        else:
-            logger.error("handling a Telegram update failed", exc_info=error)
-            text = CALM_LINE
+        text = user_line(error, "handling a Telegram update", logger)
         if not isinstance(update, Update) or update.effective_chat is None:
             return
         message = update.effective_message
@@ -604,6 +595,16 @@ class TelegramRequests:
                 if isinstance(message, Message) and message.is_topic_message else None)
         except TelegramError as err:
             logger.warning("could not tell chat %s about the error: %s", update.effective_chat.id, err)
+
+
+def asker(update: Update) -> int:
+    """Who asked, as the limits count people: the chat a message was sent on behalf of (every anonymous group
+    admin and everyone posting as a channel share one Telegram user, so they are counted per such chat; chat ids
+    are negative, user ids positive), else the person."""
+    message = update.effective_message
+    if message is not None and message.sender_chat is not None:
+        return message.sender_chat.id
+    return update.effective_user.id
 
 
 def chat_scope(chat_id: int) -> str:
@@ -633,7 +634,7 @@ def hide_token_in_logs(token: str) -> None:
 
 
 def build_application(config: Config, flow: RequestFlow, token: str,
-                      store: SettingsStore | None = None) -> Application:
+                      store: ClaybotDatabase | None = None) -> Application:
     """The PTB Application, pointed at the configured Bot API server, with every handler registered here."""
     settings = config.telegram
     hide_token_in_logs(token)
@@ -719,6 +720,11 @@ class TelegramFrontEnd:
             with contextlib.suppress(TelegramError):
                 await bot.delete_message(int(chat_id), answer_to["status_message_id"])
 
+    async def ended(self) -> Exception:
+        """python-telegram-bot polls again by itself after network errors and Telegram's hiccups: never."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
     async def stop_taking(self) -> None:
         """Stop polling; requests already running keep going and still send their answers."""
         updater = self.application.updater
@@ -728,13 +734,9 @@ class TelegramFrontEnd:
     async def close(self) -> None:
         """Give running requests a moment to send their answers, then stop and shut the application down."""
         await self.stop_taking()
-        running = [task for task in self.requests.tasks if not task.done()]
-        if running:
-            _, late = await asyncio.wait(running, timeout=CLOSE_GRACE)
-            for task in late:
-                task.cancel()
-            if late:
-                logger.warning("%d Telegram request(s) still running at close were cancelled", len(late))
+        late = await self.requests.running.finish()
+        if late:
+            logger.warning("%d Telegram request(s) still running at close were cancelled", late)
         self.requests.uploading.stop()
         if self.application.running:
             await self.application.stop()

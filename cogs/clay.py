@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_client import Photo, find_photo
-from bot.flow import MAX_STRENGTH, MIN_STRENGTH
+from bot.discord_client import DiscordImage, find_photo
+from bot.flow import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH
 
 if TYPE_CHECKING:
     from bot.discord_client import ClayBot
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Strength = app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH]
-Seed = app_commands.Range[int, 0, 2**31 - 1]
+Seed = app_commands.Range[int, 0, MAX_SEED]
 
 DESCRIPTIONS = {
     "image": "The photo to turn into clay",
@@ -45,7 +45,8 @@ class Clay(commands.Cog):
     async def clay(self, interaction: discord.Interaction, image: discord.Attachment, *, strength: float | None,
                    seed: int | None, style: str | None) -> None:
         """/clay image:<attachment> [strength] [seed] [style]."""
-        await self.bot.serve(interaction, Photo.from_attachment(image), strength=strength, seed=seed, style=style)
+        await self.bot.serve(interaction, DiscordImage.from_attachment(image), strength=strength, seed=seed,
+                             style=style)
 
     async def clay_it(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The context menu on a message: its first image, at the server's default strength."""

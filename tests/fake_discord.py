@@ -106,6 +106,7 @@ class FakeDiscord:
         self.commands: dict[str, list[dict]] = {}  # "global" or a guild id → registered definitions
         self.interactions: dict[str, FakeInteraction] = {}  # by token
         self.identify_payloads: list[dict] = []  # the IDENTIFY payloads, token removed
+        self.odd_answers: list[tuple[str, str, int, Any]] = []  # see answer_oddly
         self._files: dict[str, tuple[bytes, str]] = {}  # path → (bytes, content type)
         self._connections: list[_Connection] = []
         self._changed = asyncio.Condition()
@@ -356,8 +357,18 @@ class FakeDiscord:
         self.calls.append(call)
         return call
 
+    def answer_oddly(self, method: str, path_end: str, status: int, body: Any) -> None:
+        """Answer the next ``method`` call whose path ends with ``path_end`` with this (unexpected) status and body."""
+        self.odd_answers.append((method, path_end, status, body))
+
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         call = await self._record(request)
+        for odd in self.odd_answers:
+            if call.method == odd[0] and call.path.endswith(odd[1]):
+                self.odd_answers.remove(odd)
+                async with self._changed:
+                    self._changed.notify_all()
+                return _json(odd[3], odd[2])
         try:
             return await self._route(request, call)
         except Exception as err:  # a 5xx would make discord.py retry for seconds; fail loudly at once instead

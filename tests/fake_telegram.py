@@ -144,8 +144,8 @@ class FakeTelegram:
 
     async def send_photo(self, chat: dict, sender: dict, data: bytes, *, caption: str | None = None,
                          file_size: int | None = None, reply_to: dict | None = None,
-                         thread_id: int | None = None) -> dict:
-        """A user posts a photo (Telegram lists a thumbnail and the full size)."""
+                         thread_id: int | None = None, as_chat: dict | None = None) -> dict:
+        """A user posts a photo (Telegram lists a thumbnail and the full size); ``as_chat``: on behalf of a chat."""
         width, height = Image.open(io.BytesIO(data)).size
         file_id, unique = self.add_file(data, size=file_size)
         thumb_id, thumb_unique = self.add_file(data)
@@ -153,7 +153,10 @@ class FakeTelegram:
                   "height": max(1, height // 4), "file_size": len(data) // 4 + 1},
                  {"file_id": file_id, "file_unique_id": unique, "width": width, "height": height,
                   "file_size": self.files[file_id]["size"]}]
-        return await self._user_message(chat, sender, {"photo": photo}, caption=caption, reply_to=reply_to,
+        content: dict[str, Any] = {"photo": photo}
+        if as_chat is not None:
+            content["sender_chat"] = as_chat
+        return await self._user_message(chat, sender, content, caption=caption, reply_to=reply_to,
                                         thread_id=thread_id)
 
     async def send_document(self, chat: dict, sender: dict, data: bytes, *, file_name: str, mime_type: str | None,

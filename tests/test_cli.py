@@ -134,7 +134,7 @@ def test_stylize_with_the_same_seed_is_byte_identical_and_another_seed_differs(s
 def test_stylize_refuses_a_strength_above_1_before_doing_anything(photo, tmp_path):
     run = claybot("stylize", photo, "-o", tmp_path / "out.png", "--strength", "1.5")
     assert run.returncode == 2
-    assert "between 0 and 1" in run.stderr
+    assert "between 0.05 and 1" in run.stderr
     assert "--strength" in run.stderr
     assert not (tmp_path / "out.png").exists()
 

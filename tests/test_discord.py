@@ -16,12 +16,14 @@ from PIL import Image
 
 from bot.discord_client import ClayBot, DiscordFrontEnd, fit_upload, guild_scope
 from bot.flow import RequestFlow, UserError
+from bot.observability import Metrics
 from cogs.admin import parse_emoji
 from cogs.clay import clay_command
 from pipeline.core.errors import ClaybotError
 from pipeline.core.safety import INPUT_REFUSED
 from tests.conftest import photo_bytes
 from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeInteraction
+from tests.test_guard import _sample, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -52,8 +54,8 @@ def config(tiny_config, fake, tmp_path_factory):
 
 
 @contextlib.asynccontextmanager
-async def running_front_end(config, queue, token=TOKEN):
-    front_end = DiscordFrontEnd(config, RequestFlow(queue, config, min_edit_interval=0.05), token)
+async def running_front_end(config, queue, token=TOKEN, flow=None):
+    front_end = DiscordFrontEnd(config, flow or RequestFlow(queue, config, min_edit_interval=0.05), token)
     await asyncio.wait_for(front_end.start(), 30)
     try:
         yield front_end
@@ -383,6 +385,32 @@ async def test_more_reactions_while_the_picture_is_being_made_start_nothing_more
     # Once it is done, a new reaction is a new request.
     await fake.react(message, fake.admin)
     await fake.wait_for(lambda call: len(replies_to(fake, message)) == 2, timeout=10)
+
+
+async def test_a_person_over_their_limit_is_told_once_however_often_they_react_again(bot, front_end, config, queue,
+                                                                                      fake):
+    limits = {"user_per_minute": 1, "user_per_hour": 0, "chat_per_minute": 0, "chat_per_hour": 0, "user_queued": 0}
+    limited = config.model_copy(update={"limits": config.limits.model_copy(update=limits)})
+    # The same database as the module's bot (as a restarted process would have): the commands are not synced again.
+    flow = RequestFlow(queue, limited, min_edit_interval=0.05, store=front_end.store, metrics=Metrics())
+    async with running_front_end(limited, queue, flow=flow):
+        first = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+        await fake.react(first, fake.alice)
+        await reaction_answer(fake, first)
+        second = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+        for attempt in range(1, 5):  # she reacts again and again
+            await fake.react(second, fake.alice)
+            await until(lambda attempt=attempt: _sample(flow.metrics, "claybot_requests_total",
+                                                        platform="discord", outcome="rate_limited") == attempt)
+        refusals = replies_to(fake, second)
+        assert len(refusals) == 1
+        assert refusals[0].json["content"].startswith(
+            f"<@{fake.alice['id']}> You have asked for 1 pictures in the last minute; please ask again in")
+        # A slash command's refusal is ephemeral (seen by her alone): it is always given.
+        asked = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO))
+        answer = await fake.wait_for(lambda call: call.method == "POST" and call.path.endswith(asked.token),
+                                     timeout=JOB)
+        assert answer.json["flags"] == EPHEMERAL and "You have asked for 1 pictures" in answer.json["content"]
 
 
 async def test_reactions_with_other_emoji_and_on_messages_without_images_are_ignored(bot, fake):

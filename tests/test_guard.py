@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from bot.flow import RequestFlow
 from bot.observability import Metrics
-from bot.store import SettingsStore
+from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from pipeline.core.safety import INPUT_REFUSED
 from tests.conftest import photo_bytes
@@ -50,7 +50,7 @@ async def guarded(tiny_config, queue, tmp_path, clock):
     config = with_telegram(tiny_config, fake)
     config = config.model_copy(update={"limits": config.limits.model_copy(update=LIMITS),
                                        "bot": config.bot.model_copy(update={"max_photo_mb": MAX_MB})})
-    store = SettingsStore(tmp_path / "claybot.sqlite3")
+    store = ClaybotDatabase(tmp_path / "claybot.sqlite3")
     await store.open()
     flow = RequestFlow(queue, config, min_edit_interval=0.05, store=store, metrics=Metrics(), clock=clock)
     front_end = TelegramFrontEnd(config, flow, TOKEN)
@@ -67,7 +67,7 @@ async def guarded(tiny_config, queue, tmp_path, clock):
 
 async def settled(running: Running) -> None:
     """Every request task has finished (its answer recorded in the journal and the metrics, not only sent)."""
-    tasks = [task for task in running.front_end.requests.tasks if not task.done()]
+    tasks = [task for task in running.front_end.requests.running.tasks if not task.done()]
     if tasks:
         await asyncio.wait(tasks, timeout=30)
 
@@ -208,3 +208,55 @@ async def test_a_file_whose_size_only_getfile_tells_is_refused_before_its_bytes_
     refusal = await guarded.text_for(sent)
     assert refusal.params["text"] == f"That file is 15.0 MB; I can take photos up to {MAX_MB} MB."
     assert guarded.fake.calls_to("getFile") and not guarded.fake.calls_to("download")
+
+
+async def until(check, timeout: float = 30.0) -> None:
+    """Wait for ``check()`` to hold (the tests' clock is fake, the event loop is not)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def test_a_person_over_their_limit_is_told_once_however_often_they_react_again(guarded, clock):
+    group = group_chat(-1002701, "Reacting group")
+    gina = user(2701, "Gina")
+    photos = [await guarded.fake.send_photo(group, gina, PHOTO) for _ in range(3)]
+    for photo in photos[:2]:
+        await guarded.fake.react(group, gina, photo["message_id"], "🗿")
+        await guarded.picture_for(photo)
+        await settled(guarded)
+    metrics = guarded.front_end.requests.flow.metrics
+    for attempt in range(1, 5):  # she takes her reaction back and adds it again, four times
+        await guarded.fake.react(group, gina, photos[2]["message_id"], "🗿", old=("👍",))
+        await until(lambda attempt=attempt: _sample(metrics, "claybot_requests_total", platform="telegram",
+                                                    outcome="rate_limited") == attempt)
+        await guarded.fake.react(group, gina, photos[2]["message_id"], "👍", old=("🗿",))
+    refusals = [c for c in guarded.fake.calls_to("sendMessage") if c.reply_to == photos[2]["message_id"]]
+    assert [c.params["text"] for c in refusals] == [
+        "You have asked for 2 pictures in the last minute; please ask again in 60 seconds."]
+
+    clock.now += 61  # the wait she was told of is over: her next reaction is served
+    await guarded.fake.react(group, gina, photos[2]["message_id"], "🗿", old=("👍",))
+    await guarded.picture_for(photos[2])
+
+
+async def test_anonymous_admins_of_different_groups_do_not_share_one_quota(guarded):
+    # Telegram names one user (GroupAnonymousBot) as the sender of every anonymous admin's message, in every
+    # group: they are counted per chat they post as.
+    anonymous = {"id": 1087968824, "is_bot": True, "first_name": "Group", "username": "GroupAnonymousBot"}
+    first, second = group_chat(-1002801, "First group"), group_chat(-1002802, "Second group")
+    for _ in range(2):
+        await guarded.picture_for(await guarded.fake.send_photo(first, anonymous, PHOTO, caption="/clay",
+                                                                as_chat=first))
+        await settled(guarded)
+    over = await guarded.fake.send_photo(first, anonymous, PHOTO, caption="/clay", as_chat=first)
+    assert (await guarded.text_for(over)).params["text"].startswith("You have asked for 2 pictures")
+    await settled(guarded)
+    # Another group's anonymous admin, and someone posting there as their channel, are served.
+    channel = {"id": -1002899, "type": "channel", "title": "Someone's channel"}
+    channel_bot = {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
+    await guarded.picture_for(await guarded.fake.send_photo(second, anonymous, PHOTO, caption="/clay",
+                                                            as_chat=second))
+    await settled(guarded)
+    await guarded.picture_for(await guarded.fake.send_photo(second, channel_bot, PHOTO, caption="/clay",
+                                                            as_chat=channel))

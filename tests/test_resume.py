@@ -11,7 +11,7 @@ from PIL import Image
 
 from bot.config import load_config
 from bot.flow import RequestFlow
-from bot.store import SettingsStore
+from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from pipeline.core.jobs import StyleRequest
 from pipeline.core.redis_queue import RedisQueue
@@ -44,7 +44,7 @@ async def test_jobs_accepted_before_a_restart_are_answered_in_their_chat(tiny_co
         update={"api_base_url": fake.api_base_url, "file_base_url": fake.file_base_url})})
     worker = None
     try:
-        async with SettingsStore(tmp_path / "claybot.sqlite3") as store:
+        async with ClaybotDatabase(tmp_path / "claybot.sqlite3") as store:
             before = RedisQueue(config.gpu(), config.queue, owner="chat-1")
             await before.start()
             flow = RequestFlow(before, config, store=store)
@@ -56,7 +56,7 @@ async def test_jobs_accepted_before_a_restart_are_answered_in_their_chat(tiny_co
             await before.close()  # the chat process goes down with both jobs accepted, unanswered
 
         worker = start_worker(config_path, "w0")
-        async with SettingsStore(tmp_path / "claybot.sqlite3") as store:
+        async with ClaybotDatabase(tmp_path / "claybot.sqlite3") as store:
             after = RedisQueue(config.gpu(), config.queue, owner="chat-1")
             await after.start()
             flow = RequestFlow(after, config, store=store)
@@ -68,7 +68,7 @@ async def test_jobs_accepted_before_a_restart_are_answered_in_their_chat(tiny_co
                 sent = [await fake.wait_for(lambda call, who=who: call.method == "sendPhoto"
                                             and int(call.params["chat_id"]) == who["id"], timeout=180)
                         for who in (ALICE, BOB)]
-                await asyncio.gather(*flow.recovering)
+                await asyncio.gather(*flow.recovering.tasks)
             finally:
                 await telegram.close()
                 await after.close()

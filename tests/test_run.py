@@ -73,3 +73,68 @@ async def test_claybot_run_answers_a_photo_on_telegram_and_on_discord(tiny_confi
         await discord.close()
     text = log.read_text()
     assert TELEGRAM_TOKEN not in text and DISCORD_TOKEN not in text, "a token reached the log"
+
+
+async def _start_claybot(config: Path, log: Path, discord_token: str = DISCORD_TOKEN) -> asyncio.subprocess.Process:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAYBOT_TELEGRAM_TOKEN": TELEGRAM_TOKEN,
+           "CLAYBOT_DISCORD_TOKEN": discord_token}
+    with log.open("w") as out:
+        return await asyncio.create_subprocess_exec(CLAYBOT, "run", "--config", str(config), env=env,
+                                                    stdout=out, stderr=out)
+
+
+async def test_a_failing_discord_is_retried_while_telegram_keeps_answering(tiny_config_path, tmp_path):
+    telegram, discord = FakeTelegram(TELEGRAM_TOKEN), FakeDiscord(DISCORD_TOKEN)
+    await telegram.start()
+    await discord.start()
+    # discord.py cannot make sense of this answer to the command registration: it raises inside its start-up.
+    discord.answer_oddly("PUT", "/commands", 200, {"unexpected": "answer"})
+    config = _config(tiny_config_path, tmp_path, telegram, discord)
+    log = tmp_path / "claybot.log"
+    process = await _start_claybot(config, log)
+    try:
+        await discord.wait_for(lambda call: call.method == "PUT" and call.path.endswith("/commands"), timeout=120)
+        alice = user(1002, "Alice")
+        sent = await telegram.send_photo(private_chat(alice), alice, PHOTO, caption="/clay")
+        await telegram.wait_for(
+            lambda call: call.method in ("sendPhoto", "sendDocument") and call.reply_to == sent["message_id"],
+            timeout=120)
+        assert process.returncode is None  # still running
+
+        # A few seconds later Discord is tried again, registers its commands and answers.
+        registered = await discord.wait_for(lambda call: call.method == "PUT" and call.path.endswith("/commands"),
+                                            after=discord.calls.index(next(c for c in discord.calls
+                                                                           if c.method == "PUT")) + 1, timeout=60)
+        assert discord.commands, registered
+        interaction = await discord.slash("clay", discord.alice, image=discord.attachment(PHOTO))
+        await discord.wait_for(
+            lambda call: call.method == "PATCH" and call.path.endswith(f"/{interaction.token}/messages/@original")
+            and bool(call.files), timeout=120)
+        assert await stop_cleanly(process) == 0
+    finally:
+        await kill_if_running(process)
+        await telegram.close()
+        await discord.close()
+    text = log.read_text()
+    failures = [line for line in text.splitlines() if "discord front end failed" in line]
+    assert len(failures) == 1, text
+    assert "TypeError" in failures[0] and "trying again in 5 s" in failures[0]
+    assert "Traceback" not in text
+
+
+async def test_a_refused_discord_token_stops_claybot_with_a_message_naming_the_variable(tiny_config_path, tmp_path):
+    telegram, discord = FakeTelegram(TELEGRAM_TOKEN), FakeDiscord(DISCORD_TOKEN)
+    await telegram.start()
+    await discord.start()
+    config = _config(tiny_config_path, tmp_path, telegram, discord)
+    log = tmp_path / "claybot.log"
+    process = await _start_claybot(config, log, discord_token="not-the-discord-token")
+    try:
+        assert await asyncio.wait_for(process.wait(), 120) == 2
+    finally:
+        await kill_if_running(process)
+        await telegram.close()
+        await discord.close()
+    text = log.read_text()
+    assert "claybot: Discord refused the bot token in CLAYBOT_DISCORD_TOKEN" in text
+    assert "Traceback" not in text and "not-the-discord-token" not in text

@@ -8,11 +8,11 @@ import sqlite3
 import pytest
 
 from bot.config import BotSettings
-from bot.store import STORE_FILE, SettingsStore, StoreError, store_path
+from bot.store import STORE_FILE, ClaybotDatabase, StoreError, store_path
 
 
 async def test_values_keep_their_types_and_missing_ones_give_the_default(tmp_path):
-    async with SettingsStore(tmp_path / "s.sqlite3") as store:
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         await store.set("discord:guild:1", "reactions", False)
         await store.set("discord:guild:1", "default_strength", 0.3)
         await store.set("discord:guild:1", "reaction_emoji", "🏺")
@@ -31,7 +31,7 @@ async def test_values_keep_their_types_and_missing_ones_give_the_default(tmp_pat
 
 
 async def test_a_value_of_the_wrong_type_gives_the_default_and_a_warning(tmp_path, caplog):
-    async with SettingsStore(tmp_path / "s.sqlite3") as store:
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         await store.set("chat", "reactions", "yes")
         await store.set("chat", "strength", True)
         assert await store.get_bool("chat", "reactions", True) is True
@@ -42,17 +42,17 @@ async def test_a_value_of_the_wrong_type_gives_the_default_and_a_warning(tmp_pat
 
 async def test_settings_survive_a_reopen_and_scopes_stay_apart(tmp_path):
     path = tmp_path / "data" / "claybot.sqlite3"
-    async with SettingsStore(path) as store:
+    async with ClaybotDatabase(path) as store:
         await store.set("discord:guild:1", "reactions", False)
         await store.set("telegram:chat:-100", "reactions", True)
-    async with SettingsStore(path) as store:
+    async with ClaybotDatabase(path) as store:
         assert await store.scope("discord:guild:1") == {"reactions": False}
         assert await store.scope("telegram:chat:-100") == {"reactions": True}
         assert await store.scope("discord:guild:2") == {}
 
 
 async def test_none_delete_and_clear_bring_back_the_defaults(tmp_path):
-    async with SettingsStore(tmp_path / "s.sqlite3") as store:
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         for key in ("a", "b", "c"):
             await store.set("g", key, 1)
         await store.set("g", "a", None)
@@ -60,12 +60,12 @@ async def test_none_delete_and_clear_bring_back_the_defaults(tmp_path):
         assert await store.scope("g") == {"c": 1}
         await store.clear("g")
         assert await store.scope("g") == {}
-    async with SettingsStore(tmp_path / "s.sqlite3") as store:
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         assert await store.scope("g") == {}
 
 
 async def test_a_changed_value_is_read_back_at_once_and_the_cache_cannot_be_changed_from_outside(tmp_path):
-    async with SettingsStore(tmp_path / "s.sqlite3") as store:
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         assert await store.get_list("g", "channels") == []  # the scope is now cached
         await store.set("g", "channels", (1, 2))
         channels = await store.get_list("g", "channels")
@@ -76,16 +76,16 @@ async def test_a_changed_value_is_read_back_at_once_and_the_cache_cannot_be_chan
 
 
 async def test_concurrent_writes_and_first_reads_lose_nothing(tmp_path):
-    async with SettingsStore(tmp_path / "s.sqlite3") as store:
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         await asyncio.gather(*(store.set("g", f"k{i}", i) for i in range(50)),
                              *(store.get("g", f"k{i}") for i in range(50)))
         assert await store.scope("g") == {f"k{i}": i for i in range(50)}
-    async with SettingsStore(tmp_path / "s.sqlite3") as store:
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         assert len(await store.scope("g")) == 50
 
 
 async def test_the_event_loop_keeps_running_while_sqlite_works(tmp_path):
-    async with SettingsStore(tmp_path / "s.sqlite3") as store:
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         ticks = 0
 
         async def tick():
@@ -104,8 +104,8 @@ async def test_the_event_loop_keeps_running_while_sqlite_works(tmp_path):
 async def test_an_unusable_path_and_a_closed_store_say_so(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(StoreError, match="cannot open the settings database"):
-        await SettingsStore(tmp_path / "file" / "claybot.sqlite3").open()
-    store = SettingsStore(tmp_path / "s.sqlite3")
+        await ClaybotDatabase(tmp_path / "file" / "claybot.sqlite3").open()
+    store = ClaybotDatabase(tmp_path / "s.sqlite3")
     with pytest.raises(StoreError, match="not open"):
         await store.get("g", "k")
 
@@ -113,7 +113,7 @@ async def test_an_unusable_path_and_a_closed_store_say_so(tmp_path):
 async def test_the_file_lives_in_the_data_dir_and_is_plain_sqlite(tmp_path):
     path = store_path(BotSettings(data_dir=str(tmp_path / "data")))
     assert path == tmp_path / "data" / STORE_FILE
-    async with SettingsStore(path) as store:
+    async with ClaybotDatabase(path) as store:
         await store.set("discord:guild:1", "reaction_emoji", "🏺")
     rows = sqlite3.connect(path).execute("SELECT scope, key, value FROM settings").fetchall()
     assert rows == [("discord:guild:1", "reaction_emoji", '"🏺"')]

@@ -15,13 +15,13 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.config import Config, ConfigError, parse_config
-from bot.flow import USAGE, RequestFlow
+from bot.flow import USAGE, RequestFlow, variant
 from bot.telegram import (
     DOWNLOAD_LIMIT,
     MAX_CALLBACK_DATA,
-    Photo,
     RecentPhotos,
     TelegramFrontEnd,
+    TelegramPhoto,
     button_data,
     download_limit,
     parse_button,
@@ -300,6 +300,20 @@ async def test_a_bad_strength_gets_the_usage(telegram, how, strength):
     assert not telegram.fake.calls_to("getFile", "sendPhoto")
 
 
+async def test_a_hostile_100_kb_strength_is_refused_at_once_with_the_usage(telegram):
+    # The old pattern backtracked: ~0.5 s of everyone's event loop per 1,000 digits, growing with the square of
+    # the length (hours for these). Each must be refused within the usual wait for an answer.
+    hostile = "1" * 100_000 + "x"
+    asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption=f"/clay {hostile}")
+    answer = await telegram.text_for(asked, timeout=30)
+    assert answer.params["text"] == f"I could not read {'1' * 20!r} as a strength. {USAGE}"
+
+    photo = await telegram.fake.send_photo(GROUP, ALICE, LANDSCAPE)
+    asked = await telegram.fake.send_text(GROUP, BOB, "/clay " + " " * 50_000 + "6" * 50_000 + " %x", reply_to=photo)
+    assert USAGE in (await telegram.text_for(asked, timeout=30)).params["text"]
+    assert not telegram.fake.calls_to("getFile", "sendPhoto")
+
+
 async def test_clay_with_nothing_to_work_on_gets_the_usage(telegram):
     alone = await telegram.fake.send_text(ALICE_CHAT, ALICE, "/clay 0.6")
     text = await telegram.fake.send_text(GROUP, ALICE, "look at this")
@@ -313,12 +327,17 @@ async def test_a_file_that_is_not_an_image_gets_a_clear_message(telegram):
     pdf = await telegram.fake.send_document(ALICE_CHAT, ALICE, b"%PDF-1.4 not a picture", file_name="cv.pdf",
                                             mime_type="application/pdf", caption="/clay")
     answer = await telegram.text_for(pdf)
-    assert answer.params["text"].startswith("That file is not an image (application/pdf)")
+    assert answer.params["text"].startswith("That file is not an image I can use (application/pdf)")
 
     in_group = await telegram.fake.send_document(GROUP, ALICE, b"plain text", file_name="notes.txt",
                                                  mime_type="text/plain")
     command = await telegram.fake.send_text(GROUP, BOB, "/clay", reply_to=in_group)
     assert "not an image" in (await telegram.text_for(command)).params["text"]
+    # A TIFF is an image, but not one the pipeline reads: refused before its download, as on Discord.
+    for name, mime in (("scan.tif", "image/tiff"), ("scan.tiff", None)):
+        tiff = await telegram.fake.send_document(ALICE_CHAT, ALICE, b"II*\x00 a tiff", file_name=name, mime_type=mime,
+                                                 caption="/clay")
+        assert "not an image I can use" in (await telegram.text_for(tiff)).params["text"]
     assert not telegram.fake.calls_to("getFile")
 
 
@@ -364,7 +383,7 @@ async def test_an_unexpected_failure_is_logged_and_answered_with_a_calm_line(tel
 
     calm = await telegram.text_for(asked)
 
-    assert calm.params["text"] == "Sorry, something went wrong on my side; please try again."
+    assert calm.params["text"] == "Something went wrong on my side; please try again."
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "bot.telegram"]
     assert failures and "something unexpected" in str(failures[0].exc_info[1]).lower()
 
@@ -438,7 +457,7 @@ async def test_stopping_still_answers_a_user_whose_photo_was_waiting(tiny_config
 async def test_recent_photos_are_bounded_and_expire():
     now = [0.0]
     photos = RecentPhotos(max_size=2, ttl=10.0, clock=lambda: now[0])
-    first, second, third = (Photo(-1, i, f"file-{i}", 100) for i in (1, 2, 3))
+    first, second, third = (TelegramPhoto(-1, i, f"file-{i}", 100) for i in (1, 2, 3))
     photos.remember(first)
     photos.remember(second)
     photos.remember(third)
@@ -448,6 +467,15 @@ async def test_recent_photos_are_bounded_and_expire():
     now[0] = 12.0
     assert photos.get(-1, 3) is None and photos.get(-1, 2) == second and len(photos) == 1
     assert RecentPhotos(max_size=0, ttl=10.0).get(-1, 1) is None
+
+
+async def test_stronger_and_weaker_keep_the_seed_unless_the_strength_cannot_move():
+    assert variant("again", 0.5, 7) == (0.5, None)
+    assert variant("stronger", 0.5, 7) == (0.6, 7)
+    assert variant("weaker", 0.5, 7) == (0.4, 7)
+    assert variant("stronger", 1.0, 7) == (1.0, None)  # the same strength and seed would be the same picture
+    assert variant("weaker", 0.05, 7) == (0.05, None)
+    assert variant("weaker", 0.1, 7) == (0.05, 7)
 
 
 async def test_button_data_fits_telegrams_64_bytes_and_round_trips():

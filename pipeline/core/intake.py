@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pipeline.core.errors import BadImage, TooLarge
 from pipeline.core.images import probe_photo
-from pipeline.core.jobs import MAX_SEED, BadRequest, ErrorKind, Failed, StyleRequest
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, BadRequest, ErrorKind, Failed, StyleRequest
 from pipeline.core.safety import check_rating
 from pipeline.core.settings import GpuSettings
 
@@ -39,8 +39,8 @@ def resolve_options(gpu: GpuSettings, request: StyleRequest) -> tuple[str, float
     if style not in gpu.styles:
         raise BadRequest(f"There is no style called {style!r}; try: {', '.join(sorted(gpu.styles))}.")
     strength = gpu.styles[style].default_strength if request.strength is None else request.strength
-    if not 0.0 <= strength <= 1.0:
-        raise BadRequest(f"Strength must be between 0 and 1, not {strength:g}.")
+    if not MIN_STRENGTH <= strength <= MAX_STRENGTH:
+        raise BadRequest(f"Strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}, not {strength:g}.")
     if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
         raise BadRequest(f"Seed must be a whole number from 0 to {MAX_SEED}, not {request.seed}.")
     try:

@@ -46,6 +46,9 @@ class StyleRequest:
                 f"seed={self.seed!r}, reply_to={self.reply_to!r}, max_rating={self.max_rating!r})")
 
 
+# What a user, the config and the command line may ask for: 0 would leave the photo as it is (and img2img runs no
+# step at all), 1 ignores it.
+MIN_STRENGTH, MAX_STRENGTH = 0.05, 1.0
 MAX_SEED = 2**31 - 1  # seeds are 0…MAX_SEED: what Discord's option allows, and any generator takes
 
 
@@ -212,8 +215,19 @@ class JobQueue(Protocol):
     async def start(self) -> None:
         """Start serving (spawn or connect to workers)."""
 
+    async def wait_ready(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until jobs can be served (local: the worker loaded its models; Redis: the server answers); what is
+        known of the worker (``device``, …)."""
+
     async def submit(self, request: StyleRequest) -> JobHandle:
         """Queue a job; raises QueueBusy when full and QueueClosed when shutting down."""
+
+    async def recover(self) -> list[JobHandle]:
+        """After a restart, handles for this process's accepted jobs that the queue still holds (Redis); none where
+        the queue died with the process (local: the journal submits those again)."""
+
+    async def status(self) -> dict[str, Any]:
+        """Queue depth, workers and the last hour's jobs, as `claybot status` shows them (and the metrics)."""
 
     async def close(self, grace: float | None = None) -> None:
         """Stop taking jobs, let running ones finish within ``grace`` seconds, fail the rest."""

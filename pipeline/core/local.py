@@ -436,8 +436,16 @@ class LocalQueue:
         self.history.add(time.monotonic() - job.submitted, outcome)
         self._write_status()
 
-    def status(self) -> dict[str, Any]:
+    async def recover(self) -> list[JobHandle]:
+        """Nothing: a local queue's jobs die with its process (the journal submits them again)."""
+        return []
+
+    async def status(self) -> dict[str, Any]:
         """Queue depth, the worker, and the last hour's jobs (what `claybot status` shows)."""
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``status``, at once: what the status file keeps."""
         pid = self._process.pid if self._process else None
         worker = {"name": f"local-{pid}" if pid else self.settings.worker_address, "pid": pid,
                   "alive": self._ready.is_set() and not self._fatal, **self.worker_info}
@@ -449,7 +457,7 @@ class LocalQueue:
     def _write_status(self) -> None:
         if self._status_path is not None:
             try:
-                write_atomically(self._status_path, self.status())
+                write_atomically(self._status_path, self.snapshot())
             except OSError as err:
                 logger.warning("cannot write %s: %s", self._status_path, err)
 

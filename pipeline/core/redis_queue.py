@@ -276,6 +276,10 @@ class RedisQueue:
                     intake.style, intake.strength, intake.seed)
         return handle
 
+    async def status(self) -> dict[str, Any]:
+        """The shared queue, live workers and the last hour's jobs (as `claybot status`)."""
+        return await redis_status(self.settings)
+
     async def recover(self) -> list[JobHandle]:
         """Handles for this owner's accepted, unanswered jobs (after a restart); their answers arrive as usual."""
         journal = await self.redis.hgetall(self.keys.journal(self.owner))

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH
+
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -48,7 +50,7 @@ class UrlModel(Settings):
 # its sha256. See pipeline.core.models for how each is resolved.
 ModelSpec = str | UrlModel
 
-Strength = Annotated[float, Field(ge=0.0, le=1.0)]
+Strength = Annotated[float, Field(ge=MIN_STRENGTH, le=MAX_STRENGTH)]
 
 
 class PipelineSettings(Settings):
