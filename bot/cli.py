@@ -448,4 +448,14 @@ def tiny_config_text(template: str, tiny) -> str:
     for style in doc.get("styles", {}).values():
         if style.get("lora"):
             style["lora"] = str(tiny.lora_kohya)
+    # A few-step preset on the tiny speed LoRA, so `/clay fast` runs offline too (Lightning's settings).
+    speed = doc.setdefault("speed", tomlkit.table(is_super_table=True))
+    for preset in speed.values():
+        if preset.get("lora"):
+            preset["lora"] = str(tiny.speed_lora)
+    if "fast" not in speed:
+        fast = tomlkit.table()
+        fast.update({"lora": str(tiny.speed_lora), "lora_scale": 1.0, "scheduler": "euler_trailing",
+                     "guidance_scale": 0.0, "steps": 4})
+        speed["fast"] = fast
     return tomlkit.dumps(doc)
