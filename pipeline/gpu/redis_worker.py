@@ -46,6 +46,7 @@ class _Job:
         self.key = fields["key"]
         self.style = fields["style"]
         self.strength = float(fields["strength"])
+        self.speed = fields.get("speed") or "default"  # entries queued before presets existed
         self.seed = int(fields["seed"])
         self.trigger_weight = float(fields["trigger_weight"]) if fields.get("trigger_weight") else None
         self.max_rating = fields.get("max_rating") or None
