@@ -65,7 +65,7 @@ def clay_command(cog: Clay, styles: list[str], speeds: list[str] = ("default",))
                    seed: Seed | None = None) -> None:
         await cog.clay(interaction, image, strength=strength, seed=seed, style=None)
 
-    @app_commands.describe(**DESCRIPTIONS)
+    @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items() if k != "speed"})
     @app_commands.choices(style=[app_commands.Choice(name=name, value=name) for name in styles])
     async def clay_in_style(interaction: discord.Interaction, image: discord.Attachment,
                             strength: Strength | None = None, seed: Seed | None = None,

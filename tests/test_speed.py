@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bot.config import ConfigError, parse_config
@@ -19,6 +24,7 @@ from pipeline.core.images import decode_photo
 from pipeline.core.intake import take_in
 from pipeline.core.jobs import BadRequest, Done, StyleRequest
 from pipeline.core.settings import SpeedSettings, StyleSettings
+from pipeline.core.sheet import cell_box, sheet_size
 from pipeline.gpu.speed import nominal_steps
 from tests.conftest import photo_bytes
 
@@ -307,3 +313,98 @@ async def test_fast_and_default_jobs_never_share_a_batch(tiny_config):
         await queue.close(grace=5)
     assert [d.speed for d in done] == ["fast", "default", "fast", "default"]
     assert all(isinstance(d, Done) for d in done)
+
+
+# -- the command line and the tiny models ---------------------------------------------------------------------------
+
+
+def _claybot(*args, expect: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([Path(sys.executable).parent / "claybot", *map(str, args)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == expect, out.stderr[-3000:]
+    return out
+
+
+def test_tiny_models_write_a_unet_only_kohya_speed_lora_and_a_fast_preset(tiny_models, tiny_config):
+    from safetensors.torch import load_file
+
+    state = load_file(str(tiny_models.speed_lora))
+    assert state and all(key.startswith("lora_unet_") for key in state)  # distillation LoRAs train the UNet only
+    modules = {key.split(".", 1)[0] for key in state}
+    assert set(state) == {f"{m}.{part}" for m in modules for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+    clay = load_file(str(tiny_models.lora_kohya))
+    shared = [key for key in state if key in clay and key.endswith("lora_up.weight")]
+    assert shared and not any(torch.equal(state[key], clay[key]) for key in shared)  # its own random weights
+    fast = tiny_config.speed["fast"]
+    assert (fast.lora, fast.scheduler, fast.guidance_scale, fast.steps) == (str(tiny_models.speed_lora),
+                                                                            "euler_trailing", 0.0, 4)
+
+
+def test_sweep_compares_presets_row_by_row(tiny_config_path, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(photo_bytes((160, 120)))
+    sheet_path, single_path = tmp_path / "sheet.png", tmp_path / "fast.png"
+    out = _claybot("sweep", photo, "-o", sheet_path, "--strengths", "0.5", "--weights", "2", "--presets",
+                   "default,fast", "--seed", 5, "--config", tiny_config_path)
+    assert "2 speed presets (default, fast)" in out.stdout
+    stylized = _claybot("stylize", photo, "-o", single_path, "--strength", 0.5, "--seed", 5, "--speed", "fast",
+                        "--config", tiny_config_path)
+    assert "speed fast" in stylized.stdout
+    sheet, single = Image.open(sheet_path), Image.open(single_path)
+    cell = single.size
+    assert sheet.size == sheet_size(cell, 1, 2)
+    default_row = _pixels(sheet.crop(cell_box(cell, 0, 0)).convert("RGB"))
+    fast_row = _pixels(sheet.crop(cell_box(cell, 0, 1)).convert("RGB"))
+    assert np.abs(fast_row - _pixels(single.convert("RGB"))).mean() < 0.5  # the fast row is a fast run
+    assert np.abs(fast_row - default_row).mean() > 1.0
+
+    refused = _claybot("sweep", photo, "-o", tmp_path / "x.png", "--presets", "default,turbo", "--config",
+                       tiny_config_path, expect=2)
+    assert "--presets: no speed preset 'turbo' (have: default, fast)" in refused.stderr
+
+
+def test_discord_clay_offers_a_speed_choice_only_when_there_are_presets():
+    import discord
+    from discord import app_commands
+
+    from cogs.clay import clay_command
+
+    tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
+    plain = clay_command(None, ["clay"]).to_dict(tree)
+    fast = clay_command(None, ["clay"], ["default", "fast"]).to_dict(tree)
+    both = clay_command(None, ["clay", "plasticine"], ["default", "fast"]).to_dict(tree)
+    assert [o["name"] for o in plain["options"]] == ["image", "strength", "seed"]
+    assert [o["name"] for o in fast["options"]] == ["image", "strength", "seed", "speed"]
+    assert [o["name"] for o in both["options"]] == ["image", "strength", "seed", "style", "speed"]
+    assert [c["value"] for c in fast["options"][-1]["choices"]] == ["default", "fast"]
+    assert all(option["description"] for option in both["options"])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", (None, None)), ("0.6", (0.6, None)), ("fast", (None, "fast")), ("0.6 fast", (0.6, "fast")),
+    ("FAST 60%", (0.6, "fast")), ("best", (None, "default")), ("default 0.3", (0.3, "default")),
+])
+def test_telegram_options_read_a_strength_and_a_preset_in_any_order(text, expected):
+    from bot.flow import parse_options
+
+    assert parse_options(text, ["default", "fast"]) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("turbo", r"I could not read 'turbo': give a strength and at most one speed \(default, fast\)"),
+    ("fast fast", "at most one speed"), ("0.6 fast lcm", "at most one speed"),
+    ("fast 7", "Strength must be between"), ("fast abc", "could not read 'abc'"),
+])
+def test_telegram_options_refuse_what_they_cannot_read(text, message):
+    from bot.flow import UserError, parse_options
+
+    with pytest.raises(UserError, match=message):
+        parse_options(text, ["default", "fast"])
+
+
+def test_without_presets_a_word_is_still_read_as_a_bad_strength():
+    from bot.flow import UserError, parse_options
+
+    with pytest.raises(UserError, match="as a strength"):
+        parse_options("fast", ["default"])
