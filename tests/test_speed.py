@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -408,3 +409,47 @@ def test_without_presets_a_word_is_still_read_as_a_bad_strength():
 
     with pytest.raises(UserError, match="as a strength"):
         parse_options("fast", ["default"])
+
+
+# -- the benchmarks (figures printed, never timed assertions) ------------------------------------------------------
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_fast_preset_benchmark_counts_at_least_five_times_fewer_unet_evaluations(tmp_path):
+    out = tmp_path / "fast.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "fast_preset.py"), "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    default, fast = report["runs"]["default"], report["runs"]["fast"]
+    # config.toml's 30 nominal steps × 0.5 = 15 guided steps (2 latents each) against 4 unguided ones
+    assert (default["unet_calls_per_picture"], default["unet_evaluations_per_picture"]) == (15, 30)
+    assert (fast["unet_calls_per_picture"], fast["unet_evaluations_per_picture"]) == (4, 4)
+    assert fast["scheduler"] == ["EulerDiscrete trailing"] and default["scheduler"] == ["EulerDiscrete leading"]
+    assert report["ratios"]["unet_evaluations"] == 7.5
+    assert default["seconds_per_picture"] > 0 and fast["seconds_per_picture"] > 0
+    assert "UNet evaluations / picture" in proc.stdout and "7.50×" in proc.stdout
+
+
+def test_gpu_speed_smoke_measures_the_fast_preset_beside_the_baseline(tmp_path):
+    out = tmp_path / "smoke.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_speed.py"), "--smoke", "--preset", "fast",
+                           "--switch", "fuse_qkv", "--batches", "1", "--repeats", "1", "--no-bare", "--json",
+                           str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    runs = report["runs"]
+    assert list(runs) == ["baseline", "fuse_qkv", "fast"]
+    assert runs["baseline"]["preset"]["name"] == "default"
+    assert runs["baseline"]["preset"]["unet_evaluations_per_image"] == 10  # smoke: 10 steps × 0.5, guided
+    fast = runs["fast"]["preset"]
+    assert (fast["name"], fast["unet_steps"], fast["nominal_steps"], fast["unet_evaluations_per_image"]) == \
+        ("fast", 4, 8, 4)
+    assert (fast["scheduler"], fast["timestep_spacing"], fast["guidance_scale"]) == \
+        ("EulerDiscreteScheduler", "trailing", 0.0)
+    per_run = report["flops"]["per_run"]
+    assert per_run["fast"]["bound_s"] < per_run["baseline"]["bound_s"]
+    assert "speed preset of 'fast': [speed.fast] 4 UNet steps" in proc.stdout

@@ -233,7 +233,8 @@ class Stylizer:
         for shape in shapes:
             for n in batch_sizes:
                 photos = [Photo(Image.new("RGB", shape, (128, 128, 128)), seed=i) for i in range(n)]
-                self.run(photos, style=style, strength=self.settings.styles[style].default_strength)
+                for speed in self.settings.speed_names():  # each preset's sampler and adapter set, once
+                    self.run(photos, style=style, strength=self.settings.styles[style].default_strength, speed=speed)
 
     def encode(self, prompts: list[str], negative_prompt: str, *, style: str, speed: str = DEFAULT_SPEED
                ) -> Conditioning:
@@ -253,14 +254,16 @@ class Stylizer:
         strength: float,
         on_step: StepCallback | None = None,
         tags: list[Tags] | None = None,
-        speed: str = DEFAULT_SPEED,
+        speed: str | None = None,
     ) -> list[Stylized]:
         """Stylize a batch of photos that share style, strength, speed preset and working size; one result each.
 
         ``tags``: the photos' tags when the caller already has them (the worker tags first, for the SFW gate).
-        ``speed``: a [speed.*] preset, or "default" (pipeline.steps, guidance_scale, the base scheduler)."""
+        ``speed``: a [speed.*] preset, or "default" (pipeline.steps, guidance_scale, the base scheduler); None: the
+        style's."""
         settings, p = self.settings, self.settings.pipeline
         style_settings = settings.styles[style]
+        speed = style_settings.speed if speed is None else speed
         timings: dict[str, float] = {}
 
         # 1. sizes: one working size for the whole batch
