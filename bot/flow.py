@@ -130,9 +130,8 @@ def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, st
         if word not in speeds or speed is not None:
             if len(speeds) == 1:  # no presets configured: the words can only have been meant as a strength
                 parse_strength(text)
-            choices = ", ".join(speeds)
             raise UserError(f"I could not read {word[:20]!r}: give a strength and at most one speed "
-                            f"({choices}). Example: /clay 0.6 {speeds[-1]}")
+                            f"({', '.join(speeds)}). {USAGE} {speeds[-1].capitalize()}: /clay 0.6 {speeds[-1]}")
         speed = word
     rest = " ".join(word for word in words if not re.search(r"[a-zA-Z]", word.rstrip("%")))
     return parse_strength(rest), speed

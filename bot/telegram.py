@@ -391,6 +391,9 @@ def help_text(config: Config, bot_username: str | None) -> str:
         f"{MAX_STRENGTH:g}, default {default:g}). Send it as a file to skip Telegram's compression.",
         "• Or reply /clay [strength] to any photo in the chat.",
     ]
+    if config.speed:
+        lines.append(f"• Add a speed: /clay {next(iter(config.speed))} or /clay 0.6 {next(iter(config.speed))} is "
+                     f"quicker, /clay best the full-quality run (speeds: {', '.join(config.speed_names())}).")
     if settings.reaction_emoji:
         lines.append(f"• In a group, react to a photo with {settings.reaction_emoji} and I answer with its clay "
                      f"version.")

@@ -393,7 +393,7 @@ def test_telegram_options_read_a_strength_and_a_preset_in_any_order(text, expect
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("turbo", r"I could not read 'turbo': give a strength and at most one speed \(default, fast\)"),
+    ("turbo", r"I could not read 'turbo': give a strength and at most one speed \(default, fast\)\. Usage: "),
     ("fast fast", "at most one speed"), ("0.6 fast lcm", "at most one speed"),
     ("fast 7", "Strength must be between"), ("fast abc", "could not read 'abc'"),
 ])
@@ -453,3 +453,10 @@ def test_gpu_speed_smoke_measures_the_fast_preset_beside_the_baseline(tmp_path):
     per_run = report["flops"]["per_run"]
     assert per_run["fast"]["bound_s"] < per_run["baseline"]["bound_s"]
     assert "speed preset of 'fast': [speed.fast] 4 UNet steps" in proc.stdout
+
+
+def test_telegram_help_names_the_presets_only_when_there_are_some(tiny_config):
+    from bot.telegram import help_text
+
+    assert "/clay fast or /clay 0.6 fast is quicker" in help_text(tiny_config, "claybot_bot")
+    assert "speeds:" not in help_text(tiny_config.model_copy(update={"speed": {}}), "claybot_bot")
