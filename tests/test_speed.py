@@ -460,3 +460,12 @@ def test_telegram_help_names_the_presets_only_when_there_are_some(tiny_config):
 
     assert "/clay fast or /clay 0.6 fast is quicker" in help_text(tiny_config, "claybot_bot")
     assert "speeds:" not in help_text(tiny_config.model_copy(update={"speed": {}}), "claybot_bot")
+
+
+def test_fuse_qkv_does_not_bypass_the_speed_lora(tiny_config, tiny_models, presets_stylizer, photo, caplog):
+    from pipeline.gpu.stylizer import Stylizer
+
+    gpu = _gpu(tiny_config, tiny_models, fast={**FAST, "lora": str(tiny_models.speed_lora)})
+    fused = Stylizer(gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update={"fuse_qkv": True})}))
+    assert "pipeline.fuse_qkv is skipped" in caplog.text
+    assert _digest(_run(fused, photo, speed="fast")) == _digest(_run(presets_stylizer, photo, speed="fast"))

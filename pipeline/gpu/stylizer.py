@@ -192,7 +192,12 @@ class Stylizer:
 
             pipe.unet.set_attn_processor(AttnProcessor())
             pipe.vae.set_attn_processor(AttnProcessor())
-        if p.fuse_qkv:
+        if p.fuse_qkv and self.speed.loaded:
+            # The fused to_qkv projection bypasses the LoRA layers of to_q/to_k/to_v: a speed adapter would only
+            # half act. Seen on the tiny models: fast-preset output changed with fuse_qkv on.
+            logger.warning("pipeline.fuse_qkv is skipped: speed presets keep their LoRAs as adapters, which a fused "
+                           "QKV projection would bypass")
+        elif p.fuse_qkv:
             pipe.fuse_qkv_projections()
         if p.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
