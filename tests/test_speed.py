@@ -92,8 +92,9 @@ def test_presets_and_styles_must_name_each_other(tiny_models, tmp_path):
     raw["styles"]["clay"]["speed"] = "turbo"
     with pytest.raises(ConfigError, match=r"styles\.clay\.speed = 'turbo' names no speed preset \(have: default, fast"):
         parse_config(raw, base_dir=tmp_path)
-    with pytest.raises(ConfigError, match=r"speed\.Fast Mode: a preset name is"):
-        parse_config(_raw(tiny_models, **{"Fast Mode": {}}), base_dir=tmp_path)
+    for name in ("Fast Mode", "8", "4-step!"):  # users type it; "8" would read as a strength
+        with pytest.raises(ConfigError, match=rf"speed\.{name}: a preset name is a lowercase letter"):
+            parse_config(_raw(tiny_models, **{name: {}}), base_dir=tmp_path)
 
 
 def test_a_relative_speed_lora_is_found_beside_the_config(tiny_models):

@@ -163,9 +163,9 @@ class GpuSettings(Settings):
             raise ValueError(f"speed.{DEFAULT_SPEED}: the name is taken by the built-in preset (pipeline.steps, "
                              "guidance_scale and the base scheduler); give yours another name, e.g. [speed.fast]")
         for name in self.speed:
-            if not re.fullmatch(r"[a-z0-9_-]{1,32}", name):
-                raise ValueError(f"speed.{name}: a preset name is 1–32 lowercase letters, digits, - or _ "
-                                 "(users type it, e.g. /clay fast)")
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
+                raise ValueError(f"speed.{name}: a preset name is a lowercase letter then up to 31 letters, digits, "
+                                 "- or _ (users type it after a strength, e.g. /clay 0.6 fast)")
         for name, style in self.styles.items():
             if style.speed not in self.speed_names():
                 raise ValueError(f"styles.{name}.speed = {style.speed!r} names no speed preset "
