@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/gpu_speed.py --json out/gpu_speed.json
     .venv/bin/python benchmarks/gpu_speed.py --switch compile --json out/compile.json   # baseline + one switch
     .venv/bin/python benchmarks/gpu_speed.py --all-switches                            # baseline, each, all
+    .venv/bin/python benchmarks/gpu_speed.py --preset fast --json out/fast.json        # baseline + [speed.fast]
     # anywhere, in well under a minute on 2 CPU cores: the same code path on pipeline.gpu.tiny's models
     .venv/bin/python benchmarks/gpu_speed.py --smoke --json /tmp/smoke.json
     # anywhere, in seconds: the hard-coded full-size configs built on the meta device (parameter counts, FLOPs)
@@ -14,6 +15,11 @@ SDXL base architecture (UNet, VAE, CLIP ViT-L and OpenCLIP bigG text encoders; c
 WD14 ViT-B/16 448 px tagger (10,861 tags, exported to ONNX) with random weights, plus a rank-32 LoRA on the UNet's
 attention projections, and runs claybot's REAL Stylizer on them through a generated config.toml: 1024×1024 photo,
 30 steps × strength 0.5 = 15 UNet steps with classifier-free guidance (UNet batch 2), LoRA fused, float16.
+
+With --preset fast (or --switch fast) a run "fast" adds the [speed.fast] preset on top of the baseline: a random
+rank-64 speed LoRA on the UNet (as SDXL-Lightning's 4-step LoRA, rank 64) kept as an adapter beside the fused style
+LoRA, Euler with trailing timesteps, guidance 0, 4 steps that run at strength 0.5 (8 nominal): 4 UNet evaluations
+per image instead of the baseline's 30.
 
 Reported, per configuration of the speed switches (baseline = all off; all = fuse_qkv + channels_last + compile +
 resolution_buckets) and for a bare, default diffusers StableDiffusionXLImg2ImgPipeline on the same model folder in
@@ -186,7 +192,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "all": {name: True for name in SWITCHES},
     **{name: {name: True} for name in SWITCHES},
     "classic_attention": {"attention": "classic"},
+    "fast": {"speed": "fast"},  # the [speed.fast] preset (not a switch: a config table and the style's speed)
 }
+# The full-size [speed.fast]: SDXL-Lightning's settings (its 4-step LoRA is rank 64 on the UNet).
+FAST_PRESET = {"lora_scale": 1.0, "scheduler": "euler_trailing", "guidance_scale": 0.0, "steps": 4}
+SPEED_LORA_RANK = 64
 
 BUILD_VERSION = 1  # bump when what write_full_models writes changes, so cached models are rebuilt
 
@@ -417,6 +427,7 @@ class BenchModels:
     tagger_folder: Path
     lora_rank: int
     build_s: float
+    speed_lora: Path | None = None  # the [speed.fast] preset's LoRA
 
 
 def _prompt_texts() -> list[str]:
@@ -455,7 +466,7 @@ def write_full_models(folder: Path, *, lora_rank: int = 32, rebuild: bool = Fals
     if not rebuild and marker.is_file():
         built = json.loads(marker.read_text(encoding="utf-8"))
         if {k: built.get(k) for k in wanted} == wanted:
-            return BenchModels(**paths, lora_rank=lora_rank, build_s=0.0)
+            return BenchModels(**paths, lora_rank=lora_rank, build_s=0.0, speed_lora=write_speed_lora(folder))
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
@@ -494,7 +505,19 @@ def write_full_models(folder: Path, *, lora_rank: int = 32, rebuild: bool = Fals
     build_s = time.perf_counter() - started
     marker.write_text(json.dumps({**wanted, "build_s": build_s}), encoding="utf-8")
     print(f"built in {build_s:.0f} s", flush=True)
-    return BenchModels(**paths, lora_rank=lora_rank, build_s=build_s)
+    return BenchModels(**paths, lora_rank=lora_rank, build_s=build_s, speed_lora=write_speed_lora(folder))
+
+
+def write_speed_lora(folder: Path) -> Path:
+    """A random rank-64 speed LoRA for the full-size UNet (written once; built from a meta-device UNet, no memory)."""
+    from safetensors.torch import save_file
+
+    path = Path(folder).expanduser() / f"speed-lora-r{SPEED_LORA_RANK}.safetensors"
+    if not path.is_file():
+        with torch.device("meta"):
+            unet = build_unet()
+        save_file(_lora_state_dict(unet, SPEED_LORA_RANK, seed=2), str(path), metadata={"format": "pt"})
+    return path
 
 
 def write_smoke_models(folder: Path) -> BenchModels:
@@ -504,7 +527,8 @@ def write_smoke_models(folder: Path) -> BenchModels:
     started = time.perf_counter()
     tiny = write_tiny_models(folder)
     return BenchModels(sdxl_folder=tiny.sdxl_folder, vae_folder=None, lora=tiny.lora_kohya,
-                       tagger_folder=tiny.tagger_folder, lora_rank=LORA_RANK, build_s=time.perf_counter() - started)
+                       tagger_folder=tiny.tagger_folder, lora_rank=LORA_RANK, build_s=time.perf_counter() - started,
+                       speed_lora=tiny.speed_lora)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -536,6 +560,13 @@ def bench_config_text(template: str, models: BenchModels, *, device: str, dtype:
     for name in [n for n in styles if n != default]:  # one style with one LoRA: the Stylizer fuses it
         del styles[name]
     styles[default]["lora"] = str(models.lora)
+    if switches.get("speed"):
+        preset = tomlkit.table()
+        preset.update({"lora": str(models.speed_lora), **FAST_PRESET})
+        speed = tomlkit.table(is_super_table=True)
+        speed[switches["speed"]] = preset
+        doc["speed"] = speed
+        styles[default]["speed"] = switches["speed"]
     return tomlkit.dumps(doc)
 
 
@@ -666,14 +697,21 @@ def measure_claybot(name: str, config_path: Path, photo, batches: list[int], rep
     settings = load_config(config_path).gpu()
     style = settings.pipeline.default_style
     strength = settings.styles[style].default_strength
-    n_steps = denoising_steps(settings.pipeline.steps, strength)
     started = time.perf_counter()
     stylizer = Stylizer(settings)
     load_s = time.perf_counter() - started
+    plan = stylizer.speed.plan(settings.styles[style].speed, strength)  # the style's preset: what run() uses
+    n_steps = denoising_steps(plan.nominal_steps, strength)
+    preset = {"name": plan.preset, "nominal_steps": plan.nominal_steps, "unet_steps": n_steps,
+              "guidance_scale": plan.guidance_scale, "scheduler": type(plan.scheduler).__name__,
+              "timestep_spacing": plan.scheduler.config.timestep_spacing,
+              "unet_batch_per_image": 2 if plan.guidance_scale > 1 else 1}
+    preset["unet_evaluations_per_image"] = preset["unet_steps"] * preset["unet_batch_per_image"]
     device = stylizer.device
     clock = Clock(device)
     stages = VaeStages(stylizer.pipe.vae, clock)
-    figures: dict[str, Any] = {"kind": "claybot Stylizer", "switches": CONFIGS[name], "load_s": load_s}
+    figures: dict[str, Any] = {"kind": "claybot Stylizer", "switches": CONFIGS[name], "load_s": load_s,
+                               "preset": preset}
     if worker_warm_up:
         started = time.perf_counter()
         stylizer.warm_up()
@@ -776,12 +814,23 @@ def flop_bound(unet_config: dict, facts: dict, runs: dict, peak_tflops: float) -
     total = flops * facts["n_steps"]
     bound_s = total / (peak_tflops * 1e12)
     per_run = {}
+    forward_flops = {2: flops}
     for name, run in runs.items():
         stages = run["batches"].get("1", {}).get("stages", {})
         unet_s = stages.get("unet")
         denoise_s = stages.get("denoise", (stages.get("vae_encode", 0) + (unet_s or 0) + stages.get("vae_decode", 0)))
-        per_run[name] = {"unet_s": unet_s, "unet_over_bound": unet_s / bound_s if unet_s else None,
-                         "denoise_s": denoise_s, "denoise_over_bound": denoise_s / bound_s if denoise_s else None}
+        run_bound_s = bound_s
+        preset = run.get("preset")
+        if preset and (preset["unet_steps"], preset["unet_batch_per_image"]) != (facts["n_steps"], 2):
+            # a speed preset runs its own steps, without guidance one latent per step: its own bound
+            batch = preset["unet_batch_per_image"]
+            if batch not in forward_flops:
+                forward_flops[batch] = unet_forward_flops(unet_config, batch=batch, latent_hw=latent_hw,
+                                                          tokens=facts["prompt_tokens"])
+            run_bound_s = forward_flops[batch] * preset["unet_steps"] / (peak_tflops * 1e12)
+        per_run[name] = {"unet_s": unet_s, "unet_over_bound": unet_s / run_bound_s if unet_s else None,
+                         "denoise_s": denoise_s, "denoise_over_bound": denoise_s / run_bound_s if denoise_s else None,
+                         "bound_s": run_bound_s}
     return {"unet_forward_flops": flops, "latent_shape": [2, unet_config["in_channels"], *latent_hw],
             "encoder_tokens": facts["prompt_tokens"], "unet_steps": facts["n_steps"], "denoise_flops": total,
             "peak_tflops": peak_tflops, "bound_s": bound_s, "per_run": per_run}
@@ -822,6 +871,13 @@ def format_report(report: dict[str, Any]) -> str:
                  f"prompt: {s['n_tags']} tags → {s['prompt_tokens']} tokens per text encoder (bare call: "
                  "truncated to 77)")
     lines.append(f"repeats: median of {s['repeats']} after one untimed first call per batch size")
+    for name in names:
+        p = runs[name].get("preset")
+        if p and p["name"] != "default":
+            lines.append(f"speed preset of '{name}': [speed.{p['name']}] {p['unet_steps']} UNet steps "
+                         f"({p['nominal_steps']} nominal × strength {s['strength']}), {p['scheduler']} "
+                         f"({p['timestep_spacing']}), guidance {p['guidance_scale']:g}: "
+                         f"{p['unet_evaluations_per_image']} UNet evaluations per image (baseline: {s['n_steps'] * 2})")
     for note in report["notes"]:
         lines.append(f"note: {note}")
     lines.append("")
@@ -871,8 +927,10 @@ def format_report(report: dict[str, Any]) -> str:
     for name, r in f["per_run"].items():
         unet = "—" if r["unet_s"] is None else (f"UNet loop {r['unet_s'] * 1000:.1f} ms = "
                                                  f"{r['unet_over_bound']:.2f}× bound")
+        own = "" if r.get("bound_s", f["bound_s"]) == f["bound_s"] else \
+            f" (its own preset's bound: {r['bound_s'] * 1000:.4g} ms)"
         lines.append(f"  {name:<18} {unet}; denoise (VAE incl.) {r['denoise_s'] * 1000:.1f} ms = "
-                     f"{r['denoise_over_bound']:.2f}× bound")
+                     f"{r['denoise_over_bound']:.2f}× bound{own}")
     return "\n".join(lines)
 
 
@@ -903,7 +961,14 @@ def print_meta(peak_tflops: float) -> dict[str, Any]:
         print(f"  UNet forward, latent (2, 4, 128, 128) = 1024×1024 with CFG, {tokens} tokens: "
               f"{flops[tokens] / 1e12:.4f} TFLOP; × 15 steps ÷ {peak_tflops:g} TFLOP/s = "
               f"{flops[tokens] * 15 / (peak_tflops * 1e12) * 1000:.1f} ms (a bound, not a measurement)")
-    return {"params": counts, "unet_forward_flops_1024_cfg": {str(k): v for k, v in flops.items()}}
+    # [speed.fast]: 4 steps, no guidance, so one latent per UNet forward
+    fast = unet_forward_flops(SDXL_UNET_CONFIG, batch=1, latent_hw=(128, 128), tokens=154)
+    steps = FAST_PRESET["steps"]
+    print(f"  [speed.fast]: UNet forward, latent (1, 4, 128, 128), no guidance, 154 tokens: {fast / 1e12:.4f} TFLOP; "
+          f"× {steps} steps ÷ {peak_tflops:g} TFLOP/s = {fast * steps / (peak_tflops * 1e12) * 1000:.1f} ms "
+          f"({flops[154] * 15 / (fast * steps):.1f}× fewer FLOPs than the default's 15 guided steps)")
+    return {"params": counts, "unet_forward_flops_1024_cfg": {str(k): v for k, v in flops.items()},
+            "unet_forward_flops_1024_fast": fast}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -919,6 +984,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--switch", action="append", default=[], choices=[n for n in CONFIGS if n != "baseline"],
                         help="measure baseline + this configuration (repeatable)")
     parser.add_argument("--all-switches", action="store_true", help="baseline, each switch alone, and all")
+    parser.add_argument("--preset", action="append", default=[], choices=["fast"],
+                        help="also measure the [speed.fast] preset (4-step LoRA, Euler trailing, no guidance)")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare diffusers call")
     parser.add_argument("--batches", default=None, help="comma list; default 1,2,4 (smoke: 1,2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per batch size; default 3 (smoke: 2)")
@@ -970,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
     names = ["baseline", *args.switch] if args.switch else ["baseline"] if cpu_check else ["baseline", "all"]
     if args.all_switches:
         names = ["baseline", *SWITCHES, "all"]
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys([*names, *args.preset]))
     notes: list[str] = []
     if smoke:
         notes.append("smoke mode: tiny random models on the CPU; checks that the script runs, not speed; the FLOP "
@@ -999,7 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
         models = write_full_models(args.models_dir, lora_rank=args.lora_rank, rebuild=args.rebuild)
         if args.vae == "base":
             models = BenchModels(models.sdxl_folder, None, models.lora, models.tagger_folder, models.lora_rank,
-                                 models.build_s)
+                                 models.build_s, models.speed_lora)
         side, megapixels, dtype = (256, 0.0655, "float32") if cpu_check else (1024, 1.0, args.dtype)
     photo = bench_photo(side)
     config_dir = Path(tempfile.mkdtemp(prefix="claybot-gpu-speed-config-"))

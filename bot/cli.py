@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--strength", type=_strength, default=None, help="0.05–1; default: the style's")
     stylize.add_argument("--style", default=None, help="a [styles.*] name; default: pipeline.default_style")
     stylize.add_argument("--seed", type=int, default=None, help="makes the result reproducible; default: random")
+    stylize.add_argument("--speed", default=None, help="a [speed.*] preset or 'default'; default: the style's")
     stylize.add_argument("--config", type=Path, default=Path("config.toml"))
 
     run = sub.add_parser("run", help="run the bot (the enabled chat front ends and the pipeline worker)")
@@ -55,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", type=Path, default=Path("config.toml"))
     worker.add_argument("--listen", default="", help="HOST:PORT or a Unix socket path; default: queue.worker_address")
 
-    sweep = sub.add_parser("sweep", help="contact sheet: strength across, trigger weight down, one seed")
+    sweep = sub.add_parser("sweep", help="contact sheet: strength across, trigger weight (and preset) down, one seed")
     sweep.add_argument("photo", type=Path)
     sweep.add_argument("-o", "--output", type=Path, required=True, help="where to write the sheet (PNG)")
     sweep.add_argument("--strengths", type=_numbers, default=[0.3, 0.4, 0.5, 0.6, 0.7])
     sweep.add_argument("--weights", type=_numbers, default=[1.0, 1.5, 2.0], help="trigger word weights")
+    sweep.add_argument("--presets", type=_names, default=None,
+                       help="speed presets to compare, e.g. default,fast (one row each per weight)")
     sweep.add_argument("--style", default=None)
     sweep.add_argument("--seed", type=int, default=None)
     sweep.add_argument("--config", type=Path, default=Path("config.toml"))
@@ -113,7 +116,9 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     except OSError as err:
         raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
     probe_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))  # refuse before loading models
-    request = StyleRequest(data, style=style, strength=strength, seed=seed)
+    if args.speed is not None and args.speed not in config.speed_names():
+        raise ConfigError(f"--speed {args.speed!r}: no such preset (have: {', '.join(config.speed_names())})")
+    request = StyleRequest(data, style=style, strength=strength, seed=seed, speed=args.speed)
     result = asyncio.run(_stylize(config, request, args.verbose))
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +126,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     print(f"tags:     {', '.join(result.tags) or '(none)'}")
     print(f"prompt:   {result.prompt}")
     print(f"seed:     {result.seed}")
-    print(f"style:    {result.style}, strength {result.strength:g}")
+    print(f"style:    {result.style}, strength {result.strength:g}, speed {result.speed}")
     print("timings:  " + " · ".join(f"{stage} {secs:.2f}s" for stage, secs in result.timings.items())
           + f" · total {sum(result.timings.values()):.2f}s")
     print(f"wrote {args.output} ({result.width}×{result.height})")
@@ -265,6 +270,13 @@ def _numbers(text: str) -> list[float]:
     return values
 
 
+def _names(text: str) -> list[str]:
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one preset name, e.g. default,fast")
+    return names
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """One contact sheet: the photo, then results with strength across and trigger weight down, one seed."""
     import io
@@ -280,21 +292,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
     for strength in args.strengths:
         _strength(str(strength))
+    unknown = [name for name in args.presets or [] if name not in config.speed_names()]
+    if unknown:
+        raise ConfigError(f"--presets: no speed preset {unknown[0]!r} (have: {', '.join(config.speed_names())})")
     seed = secrets.randbelow(MAX_SEED + 1) if args.seed is None else args.seed
     try:
         data = args.photo.read_bytes()
     except OSError as err:
         raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
     original = decode_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))
-    requests = {(strength, weight): StyleRequest(data, style=style, strength=strength, seed=seed,
-                                                 trigger_weight=weight)
-                for weight in args.weights for strength in args.strengths}
+    requests = {(strength, weight, preset) if args.presets else (strength, weight):
+                StyleRequest(data, style=style, strength=strength, seed=seed, trigger_weight=weight, speed=preset)
+                for weight in args.weights for strength in args.strengths for preset in args.presets or [None]}
     results = asyncio.run(_run_all(config, requests, args.verbose))
     images = {key: Image.open(io.BytesIO(done.image)).convert("RGB") for key, done in results.items()}
-    sheet = contact_sheet(original, images, args.strengths, args.weights)
+    sheet = contact_sheet(original, images, args.strengths, args.weights, args.presets)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output)
-    print(f"seed {seed}, style {style}: {len(args.strengths)} strengths × {len(args.weights)} trigger weights")
+    presets = f" × {len(args.presets)} speed presets ({', '.join(args.presets)})" if args.presets else ""
+    print(f"seed {seed}, style {style}: {len(args.strengths)} strengths × {len(args.weights)} trigger weights"
+          + presets)
     print(f"wrote {args.output} ({sheet.width}×{sheet.height})")
     return 0
 
@@ -384,4 +401,14 @@ def tiny_config_text(template: str, tiny) -> str:
     for style in doc.get("styles", {}).values():
         if style.get("lora"):
             style["lora"] = str(tiny.lora_kohya)
+    # A few-step preset on the tiny speed LoRA, so `/clay fast` runs offline too (Lightning's settings).
+    speed = doc.setdefault("speed", tomlkit.table(is_super_table=True))
+    for preset in speed.values():
+        if preset.get("lora"):
+            preset["lora"] = str(tiny.speed_lora)
+    if "fast" not in speed:
+        fast = tomlkit.table()
+        fast.update({"lora": str(tiny.speed_lora), "lora_scale": 1.0, "scheduler": "euler_trailing",
+                     "guidance_scale": 0.0, "steps": 4})
+        speed["fast"] = fast
     return tomlkit.dumps(doc)

@@ -155,7 +155,7 @@ class Config(GpuSettings):
 
     def gpu(self) -> GpuSettings:
         """The part the pipeline worker needs, as pipeline's own type (the worker never imports bot/)."""
-        return GpuSettings(pipeline=self.pipeline, tagger=self.tagger, styles=self.styles)
+        return GpuSettings(pipeline=self.pipeline, tagger=self.tagger, styles=self.styles, speed=self.speed)
 
     def model_specs(self) -> dict[str, models.ModelSpec]:
         """Every model the config names, by its key."""
@@ -168,6 +168,8 @@ class Config(GpuSettings):
             specs["pipeline.base_config"] = self.pipeline.base_config
         for name, style in self.styles.items():
             specs[f"styles.{name}.lora"] = style.lora
+        for name, preset in self.speed.items():
+            specs[f"speed.{name}.lora"] = preset.lora
         return {key: spec for key, spec in specs.items() if spec}
 
 
@@ -226,9 +228,12 @@ def _with_absolute_models(config: Config, base_dir: Path) -> Config:
     tagger = config.tagger.model_copy(update={"model": models.absolutize(config.tagger.model, base_dir)})
     styles = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
               for name, s in config.styles.items()}
+    speed = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
+             for name, s in config.speed.items()}
     data_dir = Path(os.path.expanduser(config.bot.data_dir))
     bot = config.bot.model_copy(update={"data_dir": str(data_dir if data_dir.is_absolute() else base_dir / data_dir)})
-    return config.model_copy(update={"pipeline": pipeline, "tagger": tagger, "styles": styles, "bot": bot})
+    return config.model_copy(update={"pipeline": pipeline, "tagger": tagger, "styles": styles, "speed": speed,
+                                     "bot": bot})
 
 
 def _most_relevant(errors: list[dict]) -> dict:

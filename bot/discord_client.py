@@ -481,7 +481,8 @@ class ClayBot(commands.Bot):
     # -- serving --------------------------------------------------------------------------------------------------
 
     async def serve(self, interaction: discord.Interaction, photo: DiscordImage | None, *,
-                    strength: float | None = None, seed: int | None = None, style: str | None = None) -> None:
+                    strength: float | None = None, seed: int | None = None, style: str | None = None,
+                    speed: str | None = None) -> None:
         """One request from an interaction: refusals are ephemeral; else defer at once, then progress and answer."""
         received = time.monotonic()
         if not self.taking:
@@ -495,7 +496,7 @@ class ClayBot(commands.Bot):
         await interaction.response.defer(thinking=True)
         reply = InteractionReply(self, interaction)
         ask = Ask("discord", str(interaction.user.id), str(interaction.channel_id), reply.keep_source(photo.read),
-                  size=photo.size, style=style, seed=seed,
+                  size=photo.size, style=style, seed=seed, speed=speed,
                   strength=strength if strength is not None else settings.strength,
                   group_id=str(interaction.guild_id or interaction.channel_id), nsfw=is_nsfw(interaction.channel),
                   origin=f"interaction:{interaction.id}", received=received)

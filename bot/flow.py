@@ -68,6 +68,7 @@ class Ask:
     style: str | None = None
     strength: float | None = None
     seed: int | None = None
+    speed: str | None = None  # a speed preset ("fast", "default"); None: the style's
     group_id: str | None = None  # whose chat limits apply: the Discord server; default: the chat
     nsfw: bool = False  # the chat is marked NSFW (a Discord age-restricted channel; a Telegram chat's setting)
     answer_to: dict[str, Any] = field(default_factory=dict)  # for a restarted process: e.g. the message to reply to
@@ -176,6 +177,25 @@ def variant(action: str, strength: float, seed: int) -> tuple[float, int | None]
     return moved, seed if moved != strength else None
 
 
+def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, str | None]:
+    """``"0.6 fast"``, ``"fast"``, ``"0.6"`` → (strength, speed preset); a word that names no preset → UserError.
+
+    ``speeds``: the config's presets ("default" among them; "best" is another name for it)."""
+    words = (text or "").split()
+    named = [word.lower() for word in words if re.search(r"[a-zA-Z]", word.rstrip("%"))]
+    speed = None
+    for word in named:
+        word = "default" if word == "best" and "best" not in speeds else word
+        if word not in speeds or speed is not None:
+            if len(speeds) == 1:  # no presets configured: the words can only have been meant as a strength
+                parse_strength(text)
+            raise UserError(f"I could not read {word[:20]!r}: give a strength and at most one speed "
+                            f"({', '.join(speeds)}). {USAGE} {speeds[-1].capitalize()}: /clay 0.6 {speeds[-1]}")
+        speed = word
+    rest = " ".join(word for word in words if not re.search(r"[a-zA-Z]", word.rstrip("%")))
+    return parse_strength(rest), speed
+
+
 def check_strength(value: float) -> float:
     """A strength within the range users may ask for."""
     if not MIN_STRENGTH <= value <= MAX_STRENGTH:
@@ -204,7 +224,8 @@ def shorten(text: str, limit: int) -> str:
 def caption(done: Done, *, tag_chars: int = 200) -> str:
     """What the result says about itself: style, strength, seed and the tags used (shortened)."""
     tags = shorten(", ".join(done.tags), tag_chars) if done.tags else "no tags"
-    return f"{done.style} · strength {done.strength:g} · seed {done.seed}\n{tags}"
+    speed = "" if done.speed == "default" else f" · {done.speed}"
+    return f"{done.style} · strength {done.strength:g} · seed {done.seed}{speed}\n{tags}"
 
 
 class RequestFlow:
@@ -271,6 +292,8 @@ class RequestFlow:
             check_strength(ask.strength)
         if ask.style is not None and ask.style not in self.config.styles:
             raise UserError(f"There is no style {ask.style!r}; try {', '.join(sorted(self.config.styles))}.")
+        if ask.speed is not None and ask.speed not in self.config.speed_names():
+            raise UserError(f"There is no speed {ask.speed[:20]!r}; try {', '.join(self.config.speed_names())}.")
         self.check_size(ask.size, platform_limit)
 
         # 2. limits (a ticket in the journal, or RateLimited saying when to ask again)
@@ -285,7 +308,7 @@ class RequestFlow:
 
         # 4. queue
         seed = ask.seed if ask.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        style_request = StyleRequest(data, style=ask.style, strength=ask.strength, seed=seed,
+        style_request = StyleRequest(data, style=ask.style, strength=ask.strength, seed=seed, speed=ask.speed,
                                      reply_to=(ask.platform, ask.chat_id),
                                      max_rating=self.config.safety.limit(ask.nsfw))
         handle = await self.queue.submit(style_request)

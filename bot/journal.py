@@ -144,7 +144,7 @@ class Journal:
     async def queued(self, ticket: int, job_id: str, request: StyleRequest) -> None:
         """The job is in the queue: keep what is needed to run it again after a restart."""
         options = {"style": request.style, "strength": request.strength, "seed": request.seed,
-                   "max_rating": request.max_rating, "reply_to": request.reply_to}
+                   "max_rating": request.max_rating, "reply_to": request.reply_to, "speed": request.speed}
         await self.store.run(lambda db: db.execute(
             "UPDATE jobs SET state = 'queued', job_id = ?, request = ?, image = ? WHERE ticket = ?",
             (job_id, json.dumps(options), request.image, ticket)))

@@ -50,7 +50,7 @@ from bot.flow import (
     UserError,
     is_image,
     not_an_image,
-    parse_strength,
+    parse_options,
     user_line,
     variant,
 )
@@ -387,6 +387,9 @@ def help_text(config: Config, bot_username: str | None) -> str:
         f"{MAX_STRENGTH:g}, default {default:g}). Send it as a file to skip Telegram's compression.",
         "• Or reply /clay [strength] to any photo in the chat.",
     ]
+    if config.speed:
+        lines.append(f"• Add a speed: /clay {next(iter(config.speed))} or /clay 0.6 {next(iter(config.speed))} is "
+                     f"quicker, /clay best the full-quality run (speeds: {', '.join(config.speed_names())}).")
     if settings.reaction_emoji:
         lines.append(f"• In a group, react to a photo with {settings.reaction_emoji} and I answer with its clay "
                      f"version.")
@@ -435,22 +438,23 @@ class TelegramRequests:
         match = self.caption_command.match(message.caption or "")
         if match is None or not _for_this_bot(match.group(2), context):
             return
-        strength = parse_strength(match.group(3))
+        strength, speed = parse_options(match.group(3), self.config.speed_names())
         photo = photo_in(message)
         if photo is None:  # a caption on something else (a video, an audio file)
             raise UserError(f"There is no photo here to work on. {USAGE}")
         self.serve_in_task(context, update, photo, user_id=asker(update), style=match.group(1), strength=strength,
-                           how="caption")
+                           how="caption", speed=speed)
 
     async def on_clay_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/clay [strength]`` as a reply to a photo (on its own it answers with the usage)."""
         message = update.effective_message
-        strength = parse_strength(" ".join(context.args or []))
+        strength, speed = parse_options(" ".join(context.args or []), self.config.speed_names())
         photo = photo_in(message.reply_to_message)
         if photo is None:
             raise UserError(USAGE)
         style = message.text.split()[0].lstrip("/").split("@")[0].lower()
-        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, strength=strength, how="reply")
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, strength=strength, how="reply",
+                           speed=speed)
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""
@@ -501,7 +505,7 @@ class TelegramRequests:
 
     def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
                       user_id: int, style: str | None, strength: float | None, how: str,
-                      seed: int | None = None) -> None:
+                      seed: int | None = None, speed: str | None = None) -> None:
         """Serve the request in its own task, so the next update is handled at once."""
         bot = context.bot
 
@@ -518,7 +522,7 @@ class TelegramRequests:
             return bytes(await file.download_as_bytearray())
 
         ask = Ask(platform=PLATFORM, user_id=str(user_id), chat_id=str(photo.chat_id), download=download,
-                  size=photo.size, style=style, strength=strength, seed=seed,
+                  size=photo.size, style=style, strength=strength, seed=seed, speed=speed,
                   answer_to={"message_id": photo.message_id, "thread_id": photo.thread_id},
                   origin=f"update:{update.update_id}")
         reply = TelegramReply(bot, photo, pace=self.pace, uploading=self.uploading, on_sent=self._remember_result)

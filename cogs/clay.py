@@ -25,6 +25,7 @@ DESCRIPTIONS = {
     "strength": "How much to change it: 0.05 keeps the photo, 1 ignores it; 0.4–0.6 keeps the layout",
     "seed": "Makes the result reproducible; default: random",
     "style": "The look to give it",
+    "speed": "fast: a few-step preset, seconds instead of a minute; default: the full-quality run",
 }
 
 
@@ -33,7 +34,7 @@ class Clay(commands.Cog):
 
     def __init__(self, bot: ClayBot) -> None:
         self.bot = bot
-        self.clay_command = clay_command(self, sorted(bot.config.styles))
+        self.clay_command = clay_command(self, sorted(bot.config.styles), bot.config.speed_names())
         self.clay_it_menu = app_commands.ContextMenu(name="Clay it", callback=self.clay_it)
         bot.tree.add_command(self.clay_command)
         bot.tree.add_command(self.clay_it_menu)
@@ -43,10 +44,10 @@ class Clay(commands.Cog):
         self.bot.tree.remove_command(self.clay_it_menu.name, type=self.clay_it_menu.type)
 
     async def clay(self, interaction: discord.Interaction, image: discord.Attachment, *, strength: float | None,
-                   seed: int | None, style: str | None) -> None:
-        """/clay image:<attachment> [strength] [seed] [style]."""
+                   seed: int | None, style: str | None, speed: str | None = None) -> None:
+        """/clay image:<attachment> [strength] [seed] [style] [speed]."""
         await self.bot.serve(interaction, DiscordImage.from_attachment(image), strength=strength, seed=seed,
-                             style=style)
+                             style=style, speed=speed)
 
     async def clay_it(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The context menu on a message: its first image, at the server's default strength."""
@@ -54,8 +55,9 @@ class Clay(commands.Cog):
         await self.bot.serve(interaction, photo)
 
 
-def clay_command(cog: Clay, styles: list[str]) -> app_commands.Command:
-    """/clay, with a ``style`` choice only when the config has several styles."""
+def clay_command(cog: Clay, styles: list[str], speeds: list[str] = ("default",)) -> app_commands.Command:
+    """/clay, with a ``style`` choice only when the config has several styles, and a ``speed`` choice only when it
+    has [speed.*] presets beside the default."""
     description = "Turn a photo into a claymation picture"
 
     @app_commands.describe(image=DESCRIPTIONS["image"], strength=DESCRIPTIONS["strength"], seed=DESCRIPTIONS["seed"])
@@ -63,15 +65,33 @@ def clay_command(cog: Clay, styles: list[str]) -> app_commands.Command:
                    seed: Seed | None = None) -> None:
         await cog.clay(interaction, image, strength=strength, seed=seed, style=None)
 
-    @app_commands.describe(**DESCRIPTIONS)
+    @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items() if k != "speed"})
     @app_commands.choices(style=[app_commands.Choice(name=name, value=name) for name in styles])
     async def clay_in_style(interaction: discord.Interaction, image: discord.Attachment,
                             strength: Strength | None = None, seed: Seed | None = None,
                             style: str | None = None) -> None:
         await cog.clay(interaction, image, strength=strength, seed=seed, style=style)
 
+    speed_choices = [app_commands.Choice(name=name, value=name) for name in speeds]
+
+    @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items() if k != "style"})
+    @app_commands.choices(speed=speed_choices)
+    async def clay_at_speed(interaction: discord.Interaction, image: discord.Attachment,
+                            strength: Strength | None = None, seed: Seed | None = None,
+                            speed: str | None = None) -> None:
+        await cog.clay(interaction, image, strength=strength, seed=seed, style=None, speed=speed)
+
+    @app_commands.describe(**DESCRIPTIONS)
+    @app_commands.choices(style=[app_commands.Choice(name=name, value=name) for name in styles], speed=speed_choices)
+    async def clay_in_style_at_speed(interaction: discord.Interaction, image: discord.Attachment,
+                                     strength: Strength | None = None, seed: Seed | None = None,
+                                     style: str | None = None, speed: str | None = None) -> None:
+        await cog.clay(interaction, image, strength=strength, seed=seed, style=style, speed=speed)
+
+    callbacks = {(False, False): clay, (True, False): clay_in_style, (False, True): clay_at_speed,
+                 (True, True): clay_in_style_at_speed}
     return app_commands.Command(name="clay", description=description,
-                                callback=clay_in_style if len(styles) > 1 else clay)
+                                callback=callbacks[len(styles) > 1, len(speeds) > 1])
 
 
 async def setup(bot: ClayBot) -> None:

@@ -26,7 +26,8 @@ def load_telegram():
 async def test_80_requests_from_20_people_each_get_one_clear_answer(load_telegram, tiny_config_path, tmp_path,
                                                                      capsys):
     # Two denoising steps (one at strength 0.5): the chat side is under test, not the 2 CPUs' diffusion speed.
-    report = await load_telegram.run_load(tiny_config_path, tmp_path, users=USERS, requests=REQUESTS, steps=2, timeout=420)
+    report = await load_telegram.run_load(tiny_config_path, tmp_path, users=USERS, requests=REQUESTS, steps=2,
+                                          timeout=420)
     with capsys.disabled():
         print("\n" + "\n".join(report.lines()))
     assert not report.problems  # nothing lost, nothing twice, nothing but a picture or a clear refusal

@@ -506,3 +506,14 @@ async def test_local_mode_lifts_the_download_limit(tmp_path):
     settings = parse_config({}, base_dir=Path(tmp_path), check_models=False).telegram
     assert download_limit(settings) == DOWNLOAD_LIMIT == 20 * 2**20
     assert download_limit(settings.model_copy(update={"local_mode": True})) is None
+
+
+async def test_a_caption_naming_a_speed_preset_gets_a_picture_made_with_it(telegram):
+    photo = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.6 fast")
+    answer = await telegram.picture_for(photo)
+    check_picture(answer, (128, 96), strength=0.6)
+    assert " · fast\n" in answer.params["caption"]
+
+    asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay turbo")
+    refused = await telegram.text_for(asked)
+    assert "'turbo'" in refused.params["text"] and "default, fast" in refused.params["text"]

@@ -10,7 +10,7 @@ from pipeline.core.errors import BadImage, TooLarge
 from pipeline.core.images import probe_photo
 from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, BadRequest, ErrorKind, Failed, StyleRequest
 from pipeline.core.safety import check_rating
-from pipeline.core.settings import GpuSettings
+from pipeline.core.settings import DEFAULT_SPEED, GpuSettings
 
 PROBE_TIMEOUT = 10.0  # seconds to read a photo's header
 
@@ -25,12 +25,13 @@ class Intake:
     trigger_weight: float | None
     max_rating: str | None
     work_size: tuple[int, int]
+    speed: str = DEFAULT_SPEED
 
     @property
     def batch_key(self) -> str:
         """Jobs with equal keys can share one pipeline call (prompts, seeds and trigger weights may differ)."""
         w, h = self.work_size
-        return f"{self.style}|{self.strength:g}|{w}x{h}"
+        return f"{self.style}|{self.strength:g}|{w}x{h}|{self.speed}"
 
 
 def resolve_options(gpu: GpuSettings, request: StyleRequest) -> tuple[str, float]:
@@ -50,9 +51,18 @@ def resolve_options(gpu: GpuSettings, request: StyleRequest) -> tuple[str, float
     return style, round(float(strength), 4)
 
 
+def resolve_speed(gpu: GpuSettings, request: StyleRequest, style: str) -> str:
+    """The speed preset a request asks for (None: the style's); BadRequest naming the ones there are."""
+    speed = gpu.styles[style].speed if request.speed is None else request.speed
+    if speed not in gpu.speed_names():
+        raise BadRequest(f"There is no speed preset called {str(speed)[:40]!r}; try: {', '.join(gpu.speed_names())}.")
+    return speed
+
+
 async def take_in(gpu: GpuSettings, request: StyleRequest) -> Intake | Failed:
     """Options checked (BadRequest raised) and the photo's header read off the event loop; a bad photo → Failed."""
     style, strength = resolve_options(gpu, request)
+    speed = resolve_speed(gpu, request, style)
     max_pixels = int(gpu.pipeline.max_input_megapixels * 1e6)
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):  # a header takes milliseconds; a stuck reader never holds a job
@@ -64,4 +74,5 @@ async def take_in(gpu: GpuSettings, request: StyleRequest) -> Intake | Failed:
     except BadImage as err:
         return Failed(str(err), ErrorKind.BAD_IMAGE)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-    return Intake(style, strength, seed, request.trigger_weight, request.max_rating, gpu.pipeline.work_size(*size))
+    return Intake(style, strength, seed, request.trigger_weight, request.max_rating, gpu.pipeline.work_size(*size),
+                  speed)

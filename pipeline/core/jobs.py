@@ -40,10 +40,12 @@ class StyleRequest:
     reply_to: Any = None
     trigger_weight: float | None = None  # operators' sweeps only; users get the style's weight
     max_rating: str | None = None  # the most the chat allows (pipeline.core.safety.RATINGS); None: anything
+    speed: str | None = None  # a [speed.*] preset ("fast") or "default"; None: the style's
 
     def __repr__(self) -> str:  # never put image bytes in a log line
         return (f"StyleRequest(<{len(self.image)} bytes>, style={self.style!r}, strength={self.strength!r}, "
-                f"seed={self.seed!r}, reply_to={self.reply_to!r}, max_rating={self.max_rating!r})")
+                f"seed={self.seed!r}, reply_to={self.reply_to!r}, max_rating={self.max_rating!r}, "
+                f"speed={self.speed!r})")
 
 
 # What a user, the config and the command line may ask for: 0 would leave the photo as it is (and img2img runs no
@@ -91,6 +93,7 @@ class Done:
     strength: float
     ratings: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    speed: str = "default"  # the speed preset it ran under
 
     def __repr__(self) -> str:
         return f"Done(<{len(self.image)} bytes {self.width}×{self.height}>, seed={self.seed}, style={self.style!r})"
@@ -149,8 +152,9 @@ def job_message(job_id: str, image: bytes, options) -> dict[str, Any]:
 
 
 def batch_message(intake, jobs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
-    """The worker's batch message: jobs (see ``job_message``) sharing style, strength and working size."""
-    return {"op": "batch", "style": intake.style, "strength": intake.strength, "timeout": timeout, "jobs": jobs}
+    """The worker's batch message: jobs (see ``job_message``) sharing style, strength, speed and working size."""
+    return {"op": "batch", "style": intake.style, "strength": intake.strength, "speed": intake.speed,
+            "timeout": timeout, "jobs": jobs}
 
 
 def new_job_id() -> str:

@@ -82,9 +82,11 @@ class JobEntry:
     max_rating: str | None
     timeout: float
     submitted: float
+    speed: str = "default"  # entries queued before speed presets existed have none
 
 
-def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str]) -> JobEntry:
+def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str],
+              speeds: Collection[str] = ("default",)) -> JobEntry:
     """A job entry as a worker with these ``styles`` can run it; BadEntry naming what is wrong."""
     fields = decode_fields(raw)
     job_id, owner = identity(fields)
@@ -99,13 +101,17 @@ def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str]) ->
             raise ValueError(f"max_rating {max_rating!r} is not one of {', '.join(RATINGS)}")
         if not fields.get("key"):
             raise ValueError("no batch key")
+        speed = fields.get("speed") or "default"
+        if speed not in speeds:
+            raise ValueError(f"speed preset {speed!r} is not one of this worker's ({', '.join(speeds)})")
         weight = fields.get("trigger_weight")
         return JobEntry(
             entry_id=entry_id, id=job_id, owner=owner, key=fields["key"], style=style,
             strength=_number(fields, "strength", 0.0, 1.0), seed=int(_number(fields, "seed", 0, MAX_SEED, whole=True)),
             trigger_weight=_number(fields, "trigger_weight", 0.0, 4.0) if weight else None,
             max_rating=max_rating, timeout=_number(fields, "timeout", 1e-3, 3600.0),
-            submitted=_number(fields, "submitted", 0.0, 1e11) if fields.get("submitted") else time.time())
+            submitted=_number(fields, "submitted", 0.0, 1e11) if fields.get("submitted") else time.time(),
+            speed=speed)
     except ValueError as err:
         raise BadEntry(f"bad job entry: {err}", job_id=job_id, owner=owner) from None
 

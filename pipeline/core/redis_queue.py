@@ -256,10 +256,10 @@ class RedisQueue:
         job_id = handle.id
         self._handles[job_id] = handle
         journal = {"reply_to": request.reply_to, "style": intake.style, "strength": intake.strength,
-                   "seed": intake.seed, "submitted": time.time()}
+                   "seed": intake.seed, "speed": intake.speed, "submitted": time.time()}
         entry = {"id": job_id, "owner": self.owner, "submitted": time.time(), "key": intake.batch_key,
                  "style": intake.style,
-                 "strength": intake.strength, "seed": intake.seed,
+                 "strength": intake.strength, "seed": intake.seed, "speed": intake.speed,
                  "trigger_weight": "" if intake.trigger_weight is None else intake.trigger_weight,
                  "max_rating": intake.max_rating or "",
                  "timeout": self.settings.job_timeout}
@@ -288,7 +288,7 @@ class RedisQueue:
             try:
                 job_id, meta = text(raw_id), json.loads(raw)
                 request = StyleRequest(b"", style=meta["style"], strength=meta["strength"], seed=meta["seed"],
-                                       reply_to=meta["reply_to"])
+                                       reply_to=meta["reply_to"], speed=meta.get("speed"))
             except (ValueError, TypeError, KeyError) as err:  # the front end's own journal still has the job
                 source = self.keys.journal(self.owner)
                 logger.error("dropping bad journal entry %r of %s: %r (kept in %s)", raw_id, source, err,

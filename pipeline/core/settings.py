@@ -103,6 +103,24 @@ class TaggerSettings(Settings):
     drop_tags: list[str] = Field(default_factory=list)
 
 
+DEFAULT_SPEED = "default"
+# Samplers a speed preset may ask for, each built from the base model's scheduler config (see pipeline.gpu.speed).
+SpeedScheduler = Literal["base", "lcm", "tcd", "euler_trailing", "ddim_trailing"]
+
+
+class SpeedSettings(Settings):
+    """A few-step preset: a distilled speed LoRA beside the style's, the sampler it needs, its guidance and steps.
+
+    ``steps`` are the denoising steps that actually RUN at any strength (img2img runs int(nominal × strength) of a
+    nominal schedule; pipeline.gpu.speed.nominal_steps picks the nominal count that makes them ``steps``)."""
+
+    lora: ModelSpec = ""
+    lora_scale: Annotated[float, Field(ge=0.0, le=4.0)] = 1.0
+    scheduler: SpeedScheduler = "euler_trailing"
+    guidance_scale: Annotated[float, Field(ge=0.0, le=1.5)] = 0.0
+    steps: Annotated[int, Field(ge=1, le=50)] = 4
+
+
 class StyleSettings(Settings):
     """One style: a LoRA, its trigger words and weight, and how it treats the photo's tags."""
 
@@ -114,6 +132,7 @@ class StyleSettings(Settings):
     negative_prompt: str = ""
     clashing_tags: list[str] = Field(default_factory=list)
     before_after: bool = False
+    speed: str = DEFAULT_SPEED  # a [speed.*] preset, or "default": pipeline.steps, guidance_scale and scheduler
 
 
 class QueueSettings(Settings):
@@ -146,6 +165,7 @@ class GpuSettings(Settings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     tagger: TaggerSettings = Field(default_factory=TaggerSettings)
     styles: dict[str, StyleSettings] = Field(default_factory=lambda: {"clay": StyleSettings()})
+    speed: dict[str, SpeedSettings] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _default_style_exists(self) -> GpuSettings:
@@ -154,4 +174,19 @@ class GpuSettings(Settings):
         if self.pipeline.default_style not in self.styles:
             names = ", ".join(sorted(self.styles))
             raise ValueError(f"pipeline.default_style = {self.pipeline.default_style!r} names no style (have: {names})")
+        if DEFAULT_SPEED in self.speed:
+            raise ValueError(f"speed.{DEFAULT_SPEED}: the name is taken by the built-in preset (pipeline.steps, "
+                             "guidance_scale and the base scheduler); give yours another name, e.g. [speed.fast]")
+        for name in self.speed:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
+                raise ValueError(f"speed.{name}: a preset name is a lowercase letter then up to 31 letters, digits, "
+                                 "- or _ (users type it after a strength, e.g. /clay 0.6 fast)")
+        for name, style in self.styles.items():
+            if style.speed not in self.speed_names():
+                raise ValueError(f"styles.{name}.speed = {style.speed!r} names no speed preset "
+                                 f"(have: {', '.join(self.speed_names())})")
         return self
+
+    def speed_names(self) -> list[str]:
+        """Every preset a request may name: "default" first, then the [speed.*] tables."""
+        return [DEFAULT_SPEED, *self.speed]

@@ -1,4 +1,5 @@
-"""Contact sheets for tuning a style by looking: the photo, then results with strength across, weight down."""
+"""Contact sheets for tuning a style by looking: the photo, then results with strength across, weight (and speed
+preset) down."""
 
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ def cell_box(cell: tuple[int, int], column: int, row: int) -> tuple[int, int, in
     return left, top, left + width, top + height
 
 
-def contact_sheet(original: Image.Image, results: dict[tuple[float, float], Image.Image],
-                  strengths: list[float], weights: list[float]) -> Image.Image:
-    """The original top left, then each result at (strength, weight), each labelled underneath."""
+def contact_sheet(original: Image.Image, results: dict[tuple, Image.Image],
+                  strengths: list[float], weights: list[float], presets: list[str] | None = None) -> Image.Image:
+    """The original top left, then each result at (strength, weight), each labelled underneath.
+
+    With ``presets``, one row per (weight, preset) and results keyed (strength, weight, preset)."""
+    rows = [(w, p) for w in weights for p in presets] if presets else [(w, None) for w in weights]
     cell = next(iter(results.values())).size
-    sheet = Image.new("RGB", sheet_size(cell, len(strengths), len(weights)), BACKGROUND)
+    sheet = Image.new("RGB", sheet_size(cell, len(strengths), len(rows)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=13)
 
@@ -35,9 +39,10 @@ def contact_sheet(original: Image.Image, results: dict[tuple[float, float], Imag
 
     sheet.paste(original.convert("RGB").resize(cell, Image.Resampling.LANCZOS), (0, 0))
     label("original", 0, 0)
-    for row, weight in enumerate(weights):
+    for row, (weight, preset) in enumerate(rows):
         for column, strength in enumerate(strengths):
             left, top, _, _ = cell_box(cell, column, row)
-            sheet.paste(results[(strength, weight)], (left, top))
-            label(f"strength {strength:g} · weight {weight:g}", left, top)
+            key = (strength, weight) if preset is None else (strength, weight, preset)
+            sheet.paste(results[key], (left, top))
+            label(f"strength {strength:g} · weight {weight:g}" + (f" · {preset}" if preset else ""), left, top)
     return sheet

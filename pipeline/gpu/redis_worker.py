@@ -149,7 +149,7 @@ class RedisWorker:
         for _, entries in reply:
             for entry_id, fields in entries:
                 try:
-                    jobs.append(parse_job(text(entry_id), fields, self.gpu.styles))
+                    jobs.append(parse_job(text(entry_id), fields, self.gpu.styles, self.gpu.speed_names()))
                 except BadEntry as err:
                     self._drop_bad(text(entry_id), fields, err)
         return jobs
@@ -189,7 +189,7 @@ class RedisWorker:
                 self.redis.xack(self.keys.jobs, GROUP, entry_id)
                 continue
             try:
-                job = parse_job(text(entry_id), fields, self.gpu.styles)
+                job = parse_job(text(entry_id), fields, self.gpu.styles, self.gpu.speed_names())
             except BadEntry as err:
                 self._drop_bad(text(entry_id), fields, err)
                 continue

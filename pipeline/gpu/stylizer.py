@@ -23,9 +23,10 @@ from pipeline.core import models  # noqa: E402
 from pipeline.core.errors import ModelError  # noqa: E402
 from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
 from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGGER_FILES, VAE_FILES  # noqa: E402
-from pipeline.core.settings import GpuSettings  # noqa: E402
+from pipeline.core.settings import DEFAULT_SPEED, GpuSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
 from pipeline.gpu.prompt import build_prompt, prompt_tags  # noqa: E402
+from pipeline.gpu.speed import SpeedPresets, set_active_adapters  # noqa: E402
 from pipeline.gpu.tagger import Tagger, Tags  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,13 @@ class Stylizer:
         self.tagger = Tagger(tagger_dir, settings.tagger, use_cuda=self.device.type == "cuda")
         self.pipe = self._load_pipeline()
         self._fused_all = self._load_loras()
+        self.speed = SpeedPresets(self.pipe, settings, self._resolve_lora)  # after the style LoRA is fused
         self._speed_up()
-        # One encoder per style: compel caches the empty prompt's embedding on first use, and a LoRA that trains
-        # the text encoders changes it, so an encoder must only ever see its own style's LoRA.
-        self._encoders = {name: PromptEncoder(self.pipe, self.device) for name in settings.styles}
+        # One encoder per style (and per speed preset with a LoRA): compel caches the empty prompt's embedding on
+        # first use, and a LoRA that trains the text encoders changes it, so an encoder must only ever see its own
+        # LoRAs.
+        self._encoders: dict[object, PromptEncoder] = {name: PromptEncoder(self.pipe, self.device)
+                                                       for name in settings.styles}
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -141,16 +145,19 @@ class Stylizer:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def _resolve_lora(self, spec, key: str) -> Path:
+        """A LoRA's one .safetensors file, fetched (Hub, Civitai, URL) into the configured cache when needed."""
+        path = models.resolve(spec, key, models.ModelStore.of(self.settings.pipeline), allow_patterns=LORA_FILES)
+        return _single_safetensors(path, key)
+
     def _load_loras(self) -> bool:
         """Load each style's LoRA; with a single LoRA it is fused into the weights once (no per-step cost)."""
-        cache = models.ModelStore.of(self.settings.pipeline)
         loaded: list[str] = []
         for name, style in self.settings.styles.items():
             if not style.lora:
                 continue
             key = f"styles.{name}.lora"
-            path = models.resolve(style.lora, key, cache, allow_patterns=LORA_FILES)
-            path = _single_safetensors(path, key)
+            path = self._resolve_lora(style.lora, key)
             try:
                 self.pipe.load_lora_weights(str(path), adapter_name=name)
             except Exception as err:
@@ -177,7 +184,12 @@ class Stylizer:
 
             pipe.unet.set_attn_processor(AttnProcessor())
             pipe.vae.set_attn_processor(AttnProcessor())
-        if p.fuse_qkv:
+        if p.fuse_qkv and self.speed.loaded:
+            # The fused to_qkv projection bypasses the LoRA layers of to_q/to_k/to_v: a speed adapter would only
+            # half act. Seen on the tiny models: fast-preset output changed with fuse_qkv on.
+            logger.warning("pipeline.fuse_qkv is skipped: speed presets keep their LoRAs as adapters, which a fused "
+                           "QKV projection would bypass")
+        elif p.fuse_qkv:
             pipe.fuse_qkv_projections()
         if p.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
@@ -189,15 +201,19 @@ class Stylizer:
         enabled = [name for name in ("fuse_qkv", "channels_last", "compile", "resolution_buckets") if getattr(p, name)]
         logger.info("attention %s; speed switches on: %s", p.attention, ", ".join(enabled) or "none")
 
-    def _activate(self, style_name: str) -> None:
-        """Make only this style's LoRA (if any) act on the next call."""
-        if self._fused_all:
+    def _activate(self, style_name: str, speed: str = DEFAULT_SPEED) -> None:
+        """Make only this style's LoRA (if any), and the speed preset's (if any), act on the next call."""
+        if self._fused_all and not self.speed.loaded:
             return
         # Weights rather than enable/disable_lora: PEFT's disable flag did not reliably reach the text encoders'
         # LoRA layers after a switch, and a zero weight is exactly "no LoRA".
-        names = list(self._adapters)
+        names = [] if self._fused_all else list(self._adapters)
         weights = [self.settings.styles[n].lora_scale if n == style_name else 0.0 for n in names]
-        self.pipe.set_adapters(names, adapter_weights=weights)
+        # A speed LoRA acts only under its own preset; left out of the active list it is not computed at all.
+        for adapter, weight in self.speed.active(speed):
+            names.append(adapter)
+            weights.append(weight)
+        set_active_adapters(self.pipe, names, weights)
 
     # -- running -------------------------------------------------------------------------------------------------
 
@@ -214,12 +230,17 @@ class Stylizer:
         for shape in shapes:
             for n in batch_sizes:
                 photos = [Photo(Image.new("RGB", shape, (128, 128, 128)), seed=i) for i in range(n)]
-                self.run(photos, style=style, strength=self.settings.styles[style].default_strength)
+                for speed in self.settings.speed_names():  # each preset's sampler and adapter set, once
+                    self.run(photos, style=style, strength=self.settings.styles[style].default_strength, speed=speed)
 
-    def encode(self, prompts: list[str], negative_prompt: str, *, style: str) -> Conditioning:
-        """SDXL conditioning for prompts, with the style's LoRA acting on the text encoders."""
-        self._activate(style)
-        return self._encoders[style](prompts, negative_prompt)
+    def encode(self, prompts: list[str], negative_prompt: str, *, style: str, speed: str = DEFAULT_SPEED
+               ) -> Conditioning:
+        """SDXL conditioning for prompts, with the style's (and the speed preset's) LoRA on the text encoders."""
+        self._activate(style, speed)
+        key = (style, speed) if self.speed.active(speed) else style
+        if key not in self._encoders:
+            self._encoders[key] = PromptEncoder(self.pipe, self.device)
+        return self._encoders[key](prompts, negative_prompt)
 
     @torch.inference_mode()
     def run(
@@ -230,12 +251,16 @@ class Stylizer:
         strength: float,
         on_step: StepCallback | None = None,
         tags: list[Tags] | None = None,
+        speed: str | None = None,
     ) -> list[Stylized]:
-        """Stylize a batch of photos that share style, strength and working size; one result per photo.
+        """Stylize a batch of photos that share style, strength, speed preset and working size; one result each.
 
-        ``tags``: the photos' tags when the caller already has them (the worker tags first, for the SFW gate)."""
+        ``tags``: the photos' tags when the caller already has them (the worker tags first, for the SFW gate).
+        ``speed``: a [speed.*] preset, or "default" (pipeline.steps, guidance_scale, the base scheduler); None: the
+        style's."""
         settings, p = self.settings, self.settings.pipeline
         style_settings = settings.styles[style]
+        speed = style_settings.speed if speed is None else speed
         timings: dict[str, float] = {}
 
         # 1. sizes: one working size for the whole batch
@@ -255,8 +280,10 @@ class Stylizer:
         tag_lists = [prompt_tags(t, settings.tagger, style_settings) for t in tags]
         prompts = [build_prompt(style_settings, tl, trigger_weight=photo.trigger_weight)
                    for tl, photo in zip(tag_lists, photos, strict=True)]
-        n_steps = denoising_steps(p.steps, strength)
-        conditioning = self.encode(prompts, style_settings.negative_prompt, style=style) if n_steps else None
+        plan = self.speed.plan(speed, strength)  # scheduler, nominal steps, steps that run, guidance
+        n_steps = plan.steps
+        conditioning = self.encode(prompts, style_settings.negative_prompt, style=style, speed=speed) if n_steps \
+            else None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the text encoders' GPU work counts as "prompt", not "denoise"
         timings["prompt"] = time.perf_counter() - started
@@ -269,7 +296,7 @@ class Stylizer:
             # an empty latent batch).
             images = [photo.image for photo in photos]
         else:
-            self._activate(style)
+            self._activate(style, speed)
             generators = [torch.Generator(device="cpu").manual_seed(photo.seed) for photo in photos]
 
             def step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
@@ -277,11 +304,12 @@ class Stylizer:
                     on_step(step + 1, n_steps)
                 return callback_kwargs
 
+            self.pipe.scheduler = plan.scheduler  # every call sets its preset's sampler (the default's: the base)
             images = self.pipe(
                 image=inputs,
                 strength=strength,
-                num_inference_steps=p.steps,
-                guidance_scale=p.guidance_scale,
+                num_inference_steps=plan.nominal_steps,
+                guidance_scale=plan.guidance_scale,
                 generator=generators,
                 prompt_embeds=conditioning.prompt_embeds.to(self.dtype),
                 pooled_prompt_embeds=conditioning.pooled_prompt_embeds.to(self.dtype),

@@ -9,6 +9,8 @@
 * a random rank-4 "clay" LoRA in the kohya/A1111 format (sgm UNet names such as
   ``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``, plus ``lora_te1_``/``lora_te2_``) and the same
   weights in the diffusers/PEFT format (alpha folded into ``lora_B``);
+* a random rank-4 "speed" LoRA in the kohya format on the UNet only, as the few-step distillation LoRAs
+  (SDXL-Lightning, Hyper-SD, LCM-LoRA) are, for the ``[speed.fast]`` preset;
 * a WD14-shaped ONNX tagger (``model.onnx`` + ``selected_tags.csv``, SmilingWolf layout) whose tag probabilities are
   ``sigmoid(W[:, i] . mean_bgr / 255 + b[i])``, so tests can compute them from the initializers.
 
@@ -94,6 +96,7 @@ class TinyModels:
     lora_kohya: Path
     lora_diffusers: Path
     tagger_folder: Path
+    speed_lora: Path
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -445,6 +448,23 @@ def _lora_state_dicts(
     return kohya, peft
 
 
+def _speed_lora_state_dict(pipe: StableDiffusionXLImg2ImgPipeline, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Return a random UNet-only LoRA in the kohya format (a stand-in for a few-step distillation LoRA)."""
+    kohya: dict[str, torch.Tensor] = {}
+    unet_config = dict(pipe.unet.config)
+    generator = torch.Generator().manual_seed(seed + 1000)
+    for component, name, module in _lora_targets(pipe):
+        if component != "unet":
+            continue
+        kohya_name = _kohya_name(component, name, unet_config)
+        kohya[f"{kohya_name}.lora_down.weight"] = (
+            torch.randn(LORA_RANK, module.in_features, generator=generator) / math.sqrt(module.in_features))
+        kohya[f"{kohya_name}.lora_up.weight"] = (
+            torch.randn(module.out_features, LORA_RANK, generator=generator) * LORA_UP_STD)
+        kohya[f"{kohya_name}.alpha"] = torch.tensor(LORA_ALPHA)
+    return kohya
+
+
 # --------------------------------------------------------------------------------------------------------------
 # WD14 tagger
 # --------------------------------------------------------------------------------------------------------------
@@ -528,7 +548,7 @@ def write_tiny_tagger(folder: Path, seed: int = 0, input_size: int = 32) -> Path
 
 
 def write_tiny_models(out_dir: Path, seed: int = 0) -> TinyModels:
-    """Write the tiny SDXL folder, single-file checkpoint, both LoRA files and the tagger under out_dir."""
+    """Write the tiny SDXL folder, single-file checkpoint, both LoRA files, the speed LoRA and the tagger."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -540,6 +560,7 @@ def write_tiny_models(out_dir: Path, seed: int = 0) -> TinyModels:
         lora_kohya=out_dir / "clay_lora_kohya.safetensors",
         lora_diffusers=out_dir / "clay_lora_diffusers.safetensors",
         tagger_folder=out_dir / "wd14",
+        speed_lora=out_dir / "speed_lora_kohya.safetensors",
     )
     pipe.save_pretrained(str(models.sdxl_folder), safe_serialization=True)
     # transformers 5 saves only tokenizer.json; also keep the classic vocab.json + merges.txt files.
@@ -557,6 +578,7 @@ def write_tiny_models(out_dir: Path, seed: int = 0) -> TinyModels:
     }
     save_file(kohya, str(models.lora_kohya), metadata=lora_metadata)
     save_file(peft, str(models.lora_diffusers), metadata={"format": "pt"})
+    save_file(_speed_lora_state_dict(pipe, seed), str(models.speed_lora), metadata=lora_metadata)
     write_tiny_tagger(models.tagger_folder, seed=seed)
     logger.info("wrote tiny models to %s", out_dir)
     return models

@@ -5,9 +5,9 @@ the models are imported inside the functions, so importing this module (as the p
 entry point) stays light.
 
 Messages are dicts. In: ``{"op": "batch", "jobs": [{"id", "image", "seed", "trigger_weight", "max_rating"}], "style",
-"strength", "timeout"}`` and ``{"op": "stop"}``. Out: ``ready`` (device, dtype, max_batch), ``fatal`` (message),
-then per batch ``started``, ``progress`` (step, total), ``done`` (result) or ``failed`` (reason, kind) for every
-job, and ``idle`` when the batch is over.
+"strength", "speed", "timeout"}`` and ``{"op": "stop"}``. Out: ``ready`` (device, dtype, max_batch), ``fatal``
+(message), then per batch ``started``, ``progress`` (step, total), ``done`` (result) or ``failed`` (reason, kind) for
+every job, and ``idle`` when the batch is over.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.core.errors import BadImage, ClaybotError, TooLarge
 from pipeline.core.jobs import ErrorKind
 from pipeline.core.safety import INPUT_REFUSED, OUTPUT_REFUSED, over_limit
-from pipeline.core.settings import GpuSettings
+from pipeline.core.settings import DEFAULT_SPEED, GpuSettings
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,8 @@ def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: f
 
     try:
         results = stylizer.run([job.photo for job in group], style=message["style"], strength=message["strength"],
-                               on_step=on_step, tags=[job.tags for job in group])
+                               on_step=on_step, tags=[job.tags for job in group],
+                               speed=message.get("speed", DEFAULT_SPEED))
     except _LinkDown:  # a progress message could not be sent: the connection is gone, no photo's fault
         raise
     except JobTimeout:
@@ -266,6 +267,7 @@ def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: f
             "image": png, "width": result.image.width, "height": result.image.height, "tags": result.tags,
             "prompt": result.prompt, "seed": result.seed, "style": message["style"],
             "strength": message["strength"], "ratings": result.ratings, "timings": timings,
+            "speed": message.get("speed", DEFAULT_SPEED),
         }})
 
 
