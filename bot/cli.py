@@ -448,4 +448,18 @@ def tiny_config_text(template: str, tiny) -> str:
     for style in doc.get("styles", {}).values():
         if style.get("lora"):
             style["lora"] = str(tiny.lora_kohya)
+        _tiny_guides(style, tiny)
     return tomlkit.dumps(doc)
+
+
+def _tiny_guides(style, tiny) -> None:
+    """A style's guide models (pipeline.gpu.guides) pointed at the tiny ones, in place."""
+    structure, identity = style.get("structure"), style.get("identity")
+    if structure is not None and structure.get("controlnet"):
+        structure["controlnet"] = str(tiny.controlnet_folder)
+        structure["depth_model"] = str(tiny.depth_folder)
+    if identity is not None and identity.get("adapter"):
+        identity["adapter"] = str(tiny.ip_adapter)
+        identity["image_encoder"] = str(tiny.image_encoder_folder)
+        if identity.get("face_detector"):
+            identity["face_detector"] = str(tiny.face_detector)

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from pipeline.core import models
 from pipeline.core.errors import ClaybotError, ModelError
+from pipeline.core.guide_specs import absolutize_guides, guide_specs
 from pipeline.core.settings import GpuSettings, QueueSettings, Settings, UrlModel
 
 
@@ -168,6 +169,7 @@ class Config(GpuSettings):
             specs["pipeline.base_config"] = self.pipeline.base_config
         for name, style in self.styles.items():
             specs[f"styles.{name}.lora"] = style.lora
+            specs.update(guide_specs(name, style))
         return {key: spec for key, spec in specs.items() if spec}
 
 
@@ -214,7 +216,7 @@ def _with_absolute_models(config: Config, base_dir: Path) -> Config:
         "vae": models.absolutize(p.vae, base_dir),
     })
     tagger = config.tagger.model_copy(update={"model": models.absolutize(config.tagger.model, base_dir)})
-    styles = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
+    styles = {name: absolutize_guides(s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)}), base_dir)
               for name, s in config.styles.items()}
     data_dir = Path(os.path.expanduser(config.bot.data_dir))
     bot = config.bot.model_copy(update={"data_dir": str(data_dir if data_dir.is_absolute() else base_dir / data_dir)})

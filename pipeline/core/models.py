@@ -102,6 +102,10 @@ def _from_hub(ref: ModelRef, key: str, cache: Path, allow_patterns: list[str] | 
 
     logger.info("fetching %s from the Hugging Face Hub (cached in %s)", describe_ref(ref), cache)
     try:
+        if ref.filename and not Path(ref.filename).suffix:  # "owner/name:sub/folder": that folder of the repo
+            folder = ref.filename.strip("/")
+            root = snapshot_download(ref.value, cache_dir=cache, allow_patterns=[f"{folder}/*"])
+            return Path(root) / folder
         if ref.filename:
             return Path(hf_hub_download(ref.value, ref.filename, cache_dir=cache))
         return Path(snapshot_download(ref.value, cache_dir=cache, allow_patterns=allow_patterns))

@@ -89,6 +89,46 @@ class TaggerSettings(Settings):
     drop_tags: list[str] = Field(default_factory=list)
 
 
+class StructureGuide(Settings):
+    """A ControlNet that keeps the photo's layout: fed the photo's depth map or its edges ("" controlnet = off)."""
+
+    controlnet: ModelSpec = ""
+    kind: Literal["depth", "canny"] = "depth"
+    depth_model: ModelSpec = "depth-anything/Depth-Anything-V2-Small-hf"  # only for kind = "depth"
+    scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
+    start: Strength = 0.0
+    end: Strength = 1.0
+    canny_low: Annotated[int, Field(ge=0, le=255)] = 100
+    canny_high: Annotated[int, Field(ge=0, le=255)] = 200
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StructureGuide:
+        if self.start >= self.end:
+            raise ValueError(f"start ({self.start}) must be below end ({self.end}): the part of the steps it acts on")
+        if self.canny_low > self.canny_high:
+            raise ValueError(f"canny_low ({self.canny_low}) must not exceed canny_high ({self.canny_high})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.controlnet)
+
+
+class IdentityGuide(Settings):
+    """An IP-Adapter fed the photo's face, so the person stays recognisable ("" adapter = off)."""
+
+    adapter: ModelSpec = ""
+    image_encoder: ModelSpec = "h94/IP-Adapter:models/image_encoder"
+    face_detector: ModelSpec = ""  # "" = no detector: the whole photo, centre-cropped by the image encoder
+    scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.6
+    face_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.7
+    face_margin: Annotated[float, Field(ge=0.0, le=2.0)] = 0.4
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.adapter)
+
+
 class StyleSettings(Settings):
     """One style: a LoRA, its trigger words and weight, and how it treats the photo's tags."""
 
@@ -100,6 +140,8 @@ class StyleSettings(Settings):
     negative_prompt: str = ""
     clashing_tags: list[str] = Field(default_factory=list)
     before_after: bool = False
+    structure: StructureGuide = Field(default_factory=StructureGuide)
+    identity: IdentityGuide = Field(default_factory=IdentityGuide)
 
 
 class QueueSettings(Settings):
@@ -139,4 +181,11 @@ class GpuSettings(Settings):
         if self.pipeline.default_style not in self.styles:
             names = ", ".join(sorted(self.styles))
             raise ValueError(f"pipeline.default_style = {self.pipeline.default_style!r} names no style (have: {names})")
+        adapters = {(s.identity.adapter, s.identity.image_encoder) for s in self.styles.values() if s.identity.enabled}
+        if len(adapters) > 1:
+            raise ValueError("styles.*.identity: every style with an identity guide must name the same adapter and "
+                             "image_encoder (the worker loads one IP-Adapter into the shared UNet)")
+        if adapters and self.pipeline.fuse_qkv:
+            raise ValueError("pipeline.fuse_qkv cannot be combined with an identity guide: the IP-Adapter's attention "
+                             "replaces the fused one; set fuse_qkv = false")
         return self

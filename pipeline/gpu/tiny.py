@@ -9,6 +9,8 @@
 * a random rank-4 "clay" LoRA in the kohya/A1111 format (sgm UNet names such as
   ``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``, plus ``lora_te1_``/``lora_te2_``) and the same
   weights in the diffusers/PEFT format (alpha folded into ``lora_B``);
+* the guides' models (pipeline.gpu.tiny_guides): a ControlNet, a Depth Anything model, an IP-Adapter "plus" with
+  its CLIP image encoder and an UltraFace-shaped ONNX face detector;
 * a WD14-shaped ONNX tagger (``model.onnx`` + ``selected_tags.csv``, SmilingWolf layout) whose tag probabilities are
   ``sigmoid(W[:, i] . mean_bgr / 255 + b[i])``, so tests can compute them from the initializers.
 
@@ -18,6 +20,7 @@ The weights are random: the models exercise the code paths and file formats, not
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -94,6 +97,11 @@ class TinyModels:
     lora_kohya: Path
     lora_diffusers: Path
     tagger_folder: Path
+    controlnet_folder: Path | None = None  # the guides' models (pipeline.gpu.guides)
+    depth_folder: Path | None = None
+    ip_adapter: Path | None = None
+    image_encoder_folder: Path | None = None
+    face_detector: Path | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -558,5 +566,9 @@ def write_tiny_models(out_dir: Path, seed: int = 0) -> TinyModels:
     save_file(kohya, str(models.lora_kohya), metadata=lora_metadata)
     save_file(peft, str(models.lora_diffusers), metadata={"format": "pt"})
     write_tiny_tagger(models.tagger_folder, seed=seed)
+    from pipeline.gpu import tiny_guides
+
+    guides = tiny_guides.write_tiny_guides(out_dir, pipe.unet, seed=seed)
+    models = dataclasses.replace(models, **guides)
     logger.info("wrote tiny models to %s", out_dir)
     return models
