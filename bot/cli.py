@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("-o", "--output", type=Path, required=True, help="where to write the sheet (PNG)")
     sweep.add_argument("--strengths", type=_numbers, default=[0.3, 0.4, 0.5, 0.6, 0.7])
     sweep.add_argument("--weights", type=_numbers, default=[1.0, 1.5, 2.0], help="trigger word weights")
+    sweep.add_argument("--guide", choices=["structure", "identity"], default=None,
+                       help="rows are this guide's scales (--guide-scales) instead of trigger weights")
+    sweep.add_argument("--guide-scales", type=_numbers, default=[0.0, 0.4, 0.8, 1.2])
     sweep.add_argument("--style", default=None)
     sweep.add_argument("--seed", type=int, default=None)
     sweep.add_argument("--config", type=Path, default=Path("config.toml"))
@@ -365,21 +368,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
     for strength in args.strengths:
         _strength(str(strength))
+    rows, row_name = args.weights, "weight"
+    if args.guide:
+        guide = getattr(config.styles[style], args.guide)
+        if not guide.enabled:
+            model_key = "controlnet" if args.guide == "structure" else "adapter"
+            raise ConfigError(f"--guide {args.guide}: style {style!r} has no {args.guide} guide "
+                              f"(set styles.{style}.{args.guide}.{model_key})")
+        if any(not 0.0 <= scale <= 2.0 for scale in args.guide_scales):
+            raise ConfigError("--guide-scales: each scale must be between 0 and 2")
+        rows, row_name = args.guide_scales, f"{args.guide} scale"
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     try:
         data = args.photo.read_bytes()
     except OSError as err:
         raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
     original = decode_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))
-    requests = {(strength, weight): StyleRequest(data, style=style, strength=strength, seed=seed,
-                                                 trigger_weight=weight)
-                for weight in args.weights for strength in args.strengths}
+    def request(strength: float, row: float) -> StyleRequest:
+        if args.guide:
+            return StyleRequest(data, style=style, strength=strength, seed=seed, **{f"{args.guide}_scale": row})
+        return StyleRequest(data, style=style, strength=strength, seed=seed, trigger_weight=row)
+
+    requests = {(strength, row): request(strength, row) for row in rows for strength in args.strengths}
     results = asyncio.run(_run_all(config, requests, args.verbose))
     images = {key: Image.open(io.BytesIO(done.image)).convert("RGB") for key, done in results.items()}
-    sheet = contact_sheet(original, images, args.strengths, args.weights)
+    sheet = contact_sheet(original, images, args.strengths, rows, row_name)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output)
-    print(f"seed {seed}, style {style}: {len(args.strengths)} strengths × {len(args.weights)} trigger weights")
+    print(f"seed {seed}, style {style}: {len(args.strengths)} strengths × {len(rows)} {row_name}s")
     print(f"wrote {args.output} ({sheet.width}×{sheet.height})")
     return 0
 

@@ -233,7 +233,9 @@ def _most_relevant(errors: list[dict]) -> dict:
 
 def _explain(error: dict) -> str:
     """One pydantic error → 'key: what is wrong and what is allowed'."""
-    loc = [str(part) for part in error["loc"] if not str(part).startswith(("str", "UrlModel", "function"))]
+    # union branch tags ("str", "UrlModel") and validator tags are not keys; a key such as "structure" is
+    loc = [str(part) for part in error["loc"]
+           if str(part) not in ("str", "UrlModel") and not str(part).startswith("function")]
     key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":

@@ -25,6 +25,8 @@ class Intake:
     trigger_weight: float | None
     max_rating: str | None
     work_size: tuple[int, int]
+    structure_scale: float | None = None
+    identity_scale: float | None = None
 
     @property
     def batch_key(self) -> str:
@@ -64,4 +66,5 @@ async def take_in(gpu: GpuSettings, request: StyleRequest) -> Intake | Failed:
     except BadImage as err:
         return Failed(str(err), ErrorKind.BAD_IMAGE)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-    return Intake(style, strength, seed, request.trigger_weight, request.max_rating, gpu.pipeline.work_size(*size))
+    return Intake(style, strength, seed, request.trigger_weight, request.max_rating, gpu.pipeline.work_size(*size),
+                  request.structure_scale, request.identity_scale)

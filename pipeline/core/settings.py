@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -101,13 +101,21 @@ class StructureGuide(Settings):
     canny_low: Annotated[int, Field(ge=0, le=255)] = 100
     canny_high: Annotated[int, Field(ge=0, le=255)] = 200
 
-    @model_validator(mode="after")
-    def _ordered(self) -> StructureGuide:
-        if self.start >= self.end:
-            raise ValueError(f"start ({self.start}) must be below end ({self.end}): the part of the steps it acts on")
-        if self.canny_low > self.canny_high:
-            raise ValueError(f"canny_low ({self.canny_low}) must not exceed canny_high ({self.canny_high})")
-        return self
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, end: float, info: ValidationInfo) -> float:
+        start = info.data.get("start", 0.0)
+        if end <= start:
+            raise ValueError(f"must be above start ({start}): start and end are the part of the steps it acts on")
+        return end
+
+    @field_validator("canny_high")
+    @classmethod
+    def _above_low(cls, high: int, info: ValidationInfo) -> int:
+        low = info.data.get("canny_low", 0)
+        if high < low:
+            raise ValueError(f"must not be below canny_low ({low})")
+        return high
 
     @property
     def enabled(self) -> bool:

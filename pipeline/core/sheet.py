@@ -23,8 +23,9 @@ def cell_box(cell: tuple[int, int], column: int, row: int) -> tuple[int, int, in
 
 
 def contact_sheet(original: Image.Image, results: dict[tuple[float, float], Image.Image],
-                  strengths: list[float], weights: list[float]) -> Image.Image:
-    """The original top left, then each result at (strength, weight), each labelled underneath."""
+                  strengths: list[float], weights: list[float], row_name: str = "weight") -> Image.Image:
+    """The original top left, then each result at (strength, row value), each labelled underneath; the rows are
+    trigger weights, or a guide's scales (``row_name``)."""
     cell = next(iter(results.values())).size
     sheet = Image.new("RGB", sheet_size(cell, len(strengths), len(weights)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -39,5 +40,5 @@ def contact_sheet(original: Image.Image, results: dict[tuple[float, float], Imag
         for column, strength in enumerate(strengths):
             left, top, _, _ = cell_box(cell, column, row)
             sheet.paste(results[(strength, weight)], (left, top))
-            label(f"strength {strength:g} · weight {weight:g}", left, top)
+            label(f"strength {strength:g} · {row_name} {weight:g}", left, top)
     return sheet

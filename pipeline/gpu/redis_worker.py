@@ -49,6 +49,8 @@ class _Job:
         self.seed = int(fields["seed"])
         self.trigger_weight = float(fields["trigger_weight"]) if fields.get("trigger_weight") else None
         self.max_rating = fields.get("max_rating") or None
+        self.structure_scale = float(fields["structure_scale"]) if fields.get("structure_scale") else None
+        self.identity_scale = float(fields["identity_scale"]) if fields.get("identity_scale") else None
         self.timeout = float(fields["timeout"])
         self.submitted = float(fields.get("submitted") or time.time())
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,13 @@ def _depth_model(folder: Path, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 12)
         model = DepthAnythingForDepthEstimation(config).eval()
+        # transformers' small initialisation and the head's final ReLU leave a tiny random model's depth flat (all
+        # zeros): re-draw the matrices at unit gain and lift the last bias, so the map follows the photo
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.ndim >= 2 and "embeddings" not in name:
+                    param.normal_(0.0, 1.0 / math.sqrt(param[0].numel()))
+            model.head.conv3.bias.fill_(1.0)
     model.save_pretrained(str(folder))
     # Depth-Anything-V2-Small-hf's processor, at a tiny size
     DPTImageProcessor(do_resize=True, size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,

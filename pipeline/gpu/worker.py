@@ -113,7 +113,8 @@ def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
             send({"op": "failed", "id": job["id"], "reason": str(err), "kind": ErrorKind.BAD_IMAGE.value})
             continue
         size = p.work_size(*image.size)
-        photo = Photo(image, job["seed"], job.get("trigger_weight"))
+        photo = Photo(image, job["seed"], job.get("trigger_weight"), job.get("structure_scale"),
+                      job.get("identity_scale"))
         timings = {"decode": time.perf_counter() - started}
         groups.setdefault(size, []).append(_Job(job["id"], photo, job.get("max_rating"), timings))
     deadline = time.monotonic() + message["timeout"]
