@@ -115,15 +115,19 @@ def _resampler_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def _ip_adapter(path: Path, unet, seed: int) -> None:
+def write_ip_adapter_plus(path: Path, unet, seed: int = 0, *, encoder_hidden: int = ENCODER_HIDDEN,
+                          hidden: int = ADAPTER_HIDDEN, heads: int = 1, queries: int = ADAPTER_QUERIES,
+                          dtype: torch.dtype = torch.float32) -> None:
+    """An IP-Adapter "plus" for ``unet`` in the original file layout (random weights); the defaults are tiny,
+    h94's plus SDXL ViT-H adapters are encoder_hidden=1280, hidden=1280, heads=20, queries=16."""
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
     from safetensors.torch import save_file
 
     cross = unet.config.cross_attention_dim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 14)
-        projection = IPAdapterPlusImageProjection(embed_dims=ENCODER_HIDDEN, output_dims=cross,
-                                                  hidden_dims=ADAPTER_HIDDEN, heads=1, num_queries=ADAPTER_QUERIES)
+        projection = IPAdapterPlusImageProjection(embed_dims=encoder_hidden, output_dims=cross,
+                                                  hidden_dims=hidden, heads=heads, num_queries=queries)
     state = {f"image_proj.{k}": v for k, v in _resampler_to_original(projection.state_dict()).items()}
     generator = torch.Generator().manual_seed(seed + 15)
     key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5… in unet.attn_processors order
@@ -141,7 +145,8 @@ def _ip_adapter(path: Path, unet, seed: int) -> None:
             weight = torch.randn(hidden, cross, generator=generator) * IP_STD / cross**0.5
             state[f"ip_adapter.{key_id}.{kind}.weight"] = weight
         key_id += 2
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
 def write_face_detector(path: Path, seed: int = 0) -> Path:
@@ -203,6 +208,6 @@ def write_tiny_guides(out_dir: Path, unet, seed: int = 0) -> dict[str, Path]:
         _controlnet(unet, seed).save_pretrained(str(paths["controlnet_folder"]), safe_serialization=True)
     _depth_model(paths["depth_folder"], seed)
     _image_encoder(paths["image_encoder_folder"], seed)
-    _ip_adapter(paths["ip_adapter"], unet, seed)
+    write_ip_adapter_plus(paths["ip_adapter"], unet, seed)
     write_face_detector(paths["face_detector"], seed)
     return paths
