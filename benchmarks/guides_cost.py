@@ -14,9 +14,8 @@ Per configuration, the denoising stage (control image / face embeds + UNet steps
 counts (strength 1, so every nominal step runs); the slope is the cost of ONE step and the intercept the fixed cost
 per call (depth model, face detector, image encoder, VAE). On the CPU the clock is the process's own CPU time of
 the whole call (prompt encoding then joins the intercept), so neighbours on a shared machine do not skew it.
-Reported: per-step seconds and their ratio to no guide
-(the extra cost per step of each guide), the fixed cost per call, and the medians behind them. No assertion: the
-figures are for people.
+Reported: per-step seconds and their ratio to no guide (the extra cost per step of each guide), the fixed cost per
+call, and the medians behind them. No assertion: the figures are for people.
 """
 
 from __future__ import annotations
