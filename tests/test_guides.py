@@ -227,6 +227,19 @@ def test_an_adapter_that_is_not_one_is_named_by_its_key(tiny_config, tiny_models
         Stylizer(_settings(tiny_config, clay=_clay(tiny_config, identity=wrong)))
 
 
+def test_a_face_detector_of_another_shape_is_named_by_its_key(tiny_config, tiny_models):
+    tagger = str(tiny_models.tagger_folder / "model.onnx")  # an ONNX model, but not a face detector
+    wrong = _identity(tiny_models).model_copy(update={"face_detector": tagger})
+    with pytest.raises(ModelError, match=r"styles\.clay\.identity\.face_detector: .*not an UltraFace"):
+        Stylizer(_settings(tiny_config, clay=_clay(tiny_config, identity=wrong)))
+
+
+def test_a_depth_model_that_is_not_one_is_named_by_its_key(tiny_config, tiny_models):
+    wrong = _structure(tiny_models).model_copy(update={"depth_model": str(tiny_models.controlnet_folder)})
+    with pytest.raises(ModelError, match=r"styles\.clay\.structure\.depth_model"):
+        Stylizer(_settings(tiny_config, clay=_clay(tiny_config, structure=wrong)))
+
+
 def test_guide_settings_are_checked_with_the_key_named(tmp_path):
     def load(extra: str):
         path = tmp_path / "config.toml"
