@@ -6,8 +6,9 @@ identity guide (IP-Adapter plus + face detector) and both, on random-weight mode
     # anywhere, in seconds: the full-size guide architectures on the meta device (parameter counts)
     .venv/bin/python benchmarks/guides_cost.py --meta
     # on a CUDA machine: full-size SDXL (benchmarks/gpu_speed.py's models) + a full-size SDXL ControlNet
-    # (ControlNetModel.from_unet of SDXL base), Depth Anything V2 Small, IP-Adapter plus SDXL ViT-H with its
-    # ViT-H/14 image encoder, all random weights, float16, a 1024×1024 photo
+    # (ControlNetModel.from_unet of SDXL base, as diffusers/controlnet-depth-sdxl-1.0; config.toml's suggested
+    # "-small" variant is about a quarter of it, so this is an upper bound), Depth Anything V2 Small, IP-Adapter
+    # plus SDXL ViT-H with its ViT-H/14 image encoder, all random weights, float16, a 1024×1024 photo
     .venv/bin/python benchmarks/guides_cost.py --full --json out/guides.json
 
 Per configuration, the denoising stage (control image / face embeds + UNet steps + VAE) is timed at two step
@@ -64,7 +65,8 @@ ADAPTER_PLUS_VIT_H = {"encoder_hidden": 1280, "hidden": 1280, "heads": 20, "quer
 # Published sizes the meta mode compares against: parameters from the files' sizes, and the model card's count.
 PUBLISHED_PARAMS = {"image_encoder": 2_528_373_448 // 4,  # models/image_encoder/model.safetensors, float32
                     "ip_adapter": 848_000_000 // 2,  # ip-adapter-plus_sdxl_vit-h.safetensors, "848 MB", float16
-                    "depth_model": 24_800_000}  # Depth Anything V2 Small: "24.8M"
+                    "depth_model": 24_800_000,  # Depth Anything V2 Small: "24.8M"
+                    "controlnet": 2_500_000_000 // 2}  # diffusers/controlnet-depth-sdxl-1.0: "2.5 GB" float16
 
 
 def build_depth(device: str | torch.device = "cpu"):

@@ -29,7 +29,7 @@ from pipeline.core.settings import GpuSettings, IdentityGuide, StructureGuide
 
 logger = logging.getLogger(__name__)
 
-CONTROLNET_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
+CONTROLNET_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 DEPTH_FILES = ["config.json", "preprocessor_config.json", "model.safetensors"]
 ENCODER_FILES = ["config.json", "model.safetensors"]
 DETECTOR_INPUT = (320, 240)  # UltraFace RFB-320's input, width × height
