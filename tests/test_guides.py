@@ -346,3 +346,19 @@ def test_sweep_of_a_guide_the_style_lacks_says_which_key_to_set(faithful_config,
                    "--config", faithful_config)
     assert run.returncode != 0
     assert "styles.clay.identity.adapter" in run.stderr
+
+
+async def test_a_sweeps_guide_scales_reach_the_worker_through_either_queue(tiny_config):
+    """StyleRequest → intake → (local) job message, and → Redis stream fields → (Redis) job message."""
+    from pipeline.core.intake import take_in
+    from pipeline.core.jobs import StyleRequest, job_message
+    from pipeline.gpu.redis_worker import _Job
+
+    request = StyleRequest(photo_bytes(), seed=1, structure_scale=0.25, identity_scale=1.5)
+    intake = await take_in(tiny_config.gpu(), request)
+    local = job_message("a", b"", intake)
+    assert (local["structure_scale"], local["identity_scale"]) == (0.25, 1.5)
+    fields = {"id": "a", "owner": "o", "key": intake.batch_key, "style": "clay", "strength": "0.5", "seed": "1",
+              "timeout": "9", "structure_scale": "0.25", "identity_scale": ""}  # as redis_queue writes them
+    remote = job_message("a", b"", _Job("1-0", fields))
+    assert (remote["structure_scale"], remote["identity_scale"]) == (0.25, None)
