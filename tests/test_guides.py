@@ -362,3 +362,19 @@ async def test_a_sweeps_guide_scales_reach_the_worker_through_either_queue(tiny_
               "timeout": "9", "structure_scale": "0.25", "identity_scale": ""}  # as redis_queue writes them
     remote = job_message("a", b"", _Job("1-0", fields))
     assert (remote["structure_scale"], remote["identity_scale"]) == (0.25, None)
+
+
+def test_the_structure_guide_samples_with_the_base_pipelines_current_scheduler(tiny_config, tiny_models):
+    # a speed preset swaps pipe.scheduler per call; the ControlNet pipeline built from it must follow
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    stylizer = Stylizer(_settings(tiny_config, clay=_clay(tiny_config, structure=_structure(tiny_models))))
+    photo = _photo()
+    [before] = _run(stylizer, photo)
+    original = stylizer.pipe.scheduler
+    stylizer.pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(original.config)
+    [after] = _run(stylizer, photo)
+    assert np.abs(after - before).mean() > 1.0
+    stylizer.pipe.scheduler = original
+    [again] = _run(stylizer, photo)
+    assert np.abs(again - before).max() == 0

@@ -324,6 +324,7 @@ class Guides:
             pipe = self.pipe
             if structure.enabled:
                 pipe = self._control_pipe(style)
+                pipe.scheduler = self.pipe.scheduler  # whatever sampler the caller set on the base pipeline
                 kwargs["control_image"] = self.control_images(style, kwargs["image"])
                 kwargs["controlnet_conditioning_scale"] = group.structure_scale
                 kwargs["control_guidance_start"] = structure.start
