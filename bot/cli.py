@@ -392,7 +392,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     requests = {(strength, row): request(strength, row) for row in rows for strength in args.strengths}
     results = asyncio.run(_run_all(config, requests, args.verbose))
     images = {key: Image.open(io.BytesIO(done.image)).convert("RGB") for key, done in results.items()}
-    sheet = contact_sheet(original, images, args.strengths, rows, row_name)
+    sheet = contact_sheet(original, images, args.strengths, rows, row_name=row_name)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output)
     print(f"seed {seed}, style {style}: {len(args.strengths)} strengths × {len(rows)} {row_name}s")

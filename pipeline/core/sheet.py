@@ -23,7 +23,7 @@ def cell_box(cell: tuple[int, int], column: int, row: int) -> tuple[int, int, in
 
 
 def contact_sheet(original: Image.Image, results: dict[tuple[float, float], Image.Image],
-                  strengths: list[float], weights: list[float], row_name: str = "weight") -> Image.Image:
+                  strengths: list[float], weights: list[float], *, row_name: str = "weight") -> Image.Image:
     """The original top left, then each result at (strength, row value), each labelled underneath; the rows are
     trigger weights, or a guide's scales (``row_name``)."""
     cell = next(iter(results.values())).size
