@@ -378,3 +378,13 @@ def test_the_structure_guide_samples_with_the_base_pipelines_current_scheduler(t
     stylizer.pipe.scheduler = original
     [again] = _run(stylizer, photo)
     assert np.abs(again - before).max() == 0
+
+
+def test_each_style_finds_faces_its_own_way(tiny_config, tiny_models):
+    # one adapter for the worker, but a detector (or none) per style
+    detecting = _clay(tiny_config, identity=_identity(tiny_models))
+    whole = _clay(tiny_config, identity=_identity(tiny_models, detector=False))
+    stylizer = Stylizer(_settings(tiny_config, detecting=detecting, whole=whole))
+    blue = _photo(BLUE)
+    assert stylizer.guides.faces("detecting", [blue]) == [None]
+    assert stylizer.guides.faces("whole", [blue]) == [blue]

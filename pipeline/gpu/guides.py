@@ -149,7 +149,7 @@ class Guides:
         self._controlnets: dict[str, object] = {}  # by the model's description: styles naming one model share it
         self._control_pipes: dict[str, object] = {}
         self._depth: dict[str, DepthEstimator] = {}
-        self._detector: FaceDetector | None = None
+        self._detectors: dict[str, FaceDetector] = {}  # by the model's description, as styles may differ
         self._embed_shape: tuple[int, ...] | None = None
         self.identity_loaded = False
         cache = settings.pipeline.cache_dir
@@ -158,7 +158,13 @@ class Guides:
                 self._load_structure(name, style.structure, cache)
         identities = [(name, s.identity) for name, s in settings.styles.items() if s.identity.enabled]
         if identities:
-            self._load_identity(*identities[0], cache)
+            self._load_identity(*identities[0], cache)  # one adapter (GpuSettings checks they all name the same)
+        for name, guide in identities:
+            spec = models.describe(guide.face_detector)
+            if guide.face_detector and spec not in self._detectors:
+                key = f"styles.{name}.identity.face_detector"
+                path = models.resolve(guide.face_detector, key, cache, allow_patterns=["*.onnx"])
+                self._detectors[spec] = FaceDetector(path, key, use_cuda=self.device.type == "cuda")
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -219,14 +225,11 @@ class Guides:
 
         layer = self.pipe.unet.encoder_hid_proj.image_projection_layers[0]
         self._hidden_states = not isinstance(layer, ImageProjection)  # "plus" adapters read the encoder's hidden states
-        if guide.face_detector:
-            path = models.resolve(guide.face_detector, f"{key}.face_detector", cache, allow_patterns=["*.onnx"])
-            self._detector = FaceDetector(path, f"{key}.face_detector", use_cuda=self.device.type == "cuda")
         self._embed_shape = None
         self._embed_shape = tuple(self._image_embeds([Image.new("RGB", (8, 8))], False)[0].shape[2:])
         self.identity_loaded = True
-        logger.info("identity guide %s (face detector: %s)", models.describe(guide.adapter),
-                    models.describe(guide.face_detector) if guide.face_detector else "none, whole photo")
+        logger.info("identity guide %s with image encoder %s", models.describe(guide.adapter),
+                    models.describe(guide.image_encoder))
 
     def _control_pipe(self, style: str):
         from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
@@ -251,11 +254,12 @@ class Guides:
     def faces(self, style: str, photos: list[Image.Image]) -> list[Image.Image | None]:
         """Each photo's face crop for the identity guide (the photo itself without a detector), None: no face."""
         guide = self.settings.styles[style].identity
-        if self._detector is None:
+        if not guide.face_detector:
             return list(photos)
+        detector = self._detectors[models.describe(guide.face_detector)]
         crops: list[Image.Image | None] = []
         for photo in photos:
-            box = self._detector(photo, guide.face_threshold)
+            box = detector(photo, guide.face_threshold)
             crops.append(None if box is None else face_crop(photo, box, guide.face_margin))
         return crops
 
