@@ -444,6 +444,9 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     path.write_text(tiny_config_text(args.template.read_text(encoding="utf-8"), tiny), encoding="utf-8")
     load_config(path)
     print(f"wrote tiny models and {path}")
+    print(f"guide models (for [styles.*.structure] / [styles.*.identity]): controlnet {tiny.controlnet_folder}, "
+          f"depth_model {tiny.depth_folder}, adapter {tiny.ip_adapter}, image_encoder {tiny.image_encoder_folder}, "
+          f"face_detector {tiny.face_detector}")
     print(f"try: claybot stylize photo.jpg -o out.png --config {path}")
     return 0
 
