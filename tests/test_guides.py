@@ -388,3 +388,30 @@ def test_each_style_finds_faces_its_own_way(tiny_config, tiny_models):
     blue = _photo(BLUE)
     assert stylizer.guides.faces("detecting", [blue]) == [None]
     assert stylizer.guides.faces("whole", [blue]) == [blue]
+
+
+def test_tiny_models_writes_the_guide_models_in_their_real_formats(tmp_path):
+    import json
+
+    import onnx
+
+    run = _claybot("tiny-models", tmp_path / "tiny")
+    assert run.returncode == 0, run.stderr
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("guide models")]
+    paths = dict(part.strip().split(" ", 1) for part in line.split("):", 1)[1].split(","))
+    assert set(paths) == {"controlnet", "depth_model", "adapter", "image_encoder", "face_detector"}
+    controlnet = json.loads((Path(paths["controlnet"]) / "config.json").read_text())
+    assert controlnet["_class_name"] == "ControlNetModel"
+    assert (Path(paths["controlnet"]) / "diffusion_pytorch_model.safetensors").is_file()
+    depth = json.loads((Path(paths["depth_model"]) / "config.json").read_text())
+    assert depth["model_type"] == "depth_anything"
+    assert (Path(paths["depth_model"]) / "preprocessor_config.json").is_file()
+    encoder = json.loads((Path(paths["image_encoder"]) / "config.json").read_text())
+    assert encoder["architectures"] == ["CLIPVisionModelWithProjection"]
+    from safetensors import safe_open
+
+    with safe_open(paths["adapter"], "pt") as f:
+        keys = set(f.keys())
+    assert "image_proj.latents" in keys and "ip_adapter.1.to_k_ip.weight" in keys  # h94's original layout
+    detector = onnx.load(paths["face_detector"])
+    assert [o.name for o in detector.graph.output] == ["scores", "boxes"]
