@@ -306,6 +306,8 @@ class Guides:
         groups: dict[tuple[float, float], _Group] = {}
         for i, (structure_scale, identity_scale) in enumerate(scales):
             s = structure.scale if structure_scale is None else structure_scale
+            if not structure.enabled:
+                s = 0.0  # no structure guide for this style: an override must not split the batch
             a = identity.scale if identity_scale is None else identity_scale
             if not identity.enabled or faces[i] is None:
                 a = 0.0  # no identity guide for this style, or no face in this photo
