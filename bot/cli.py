@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--weights", type=_numbers, default=[1.0, 1.5, 2.0], help="trigger word weights")
     sweep.add_argument("--presets", type=_names, default=None,
                        help="speed presets to compare, e.g. default,fast (one row each per weight)")
+    sweep.add_argument("--guide", choices=["structure", "identity"], default=None,
+                       help="rows are this guide's scales (--guide-scales) instead of trigger weights")
+    sweep.add_argument("--guide-scales", type=_numbers, default=[0.0, 0.4, 0.8, 1.2])
     sweep.add_argument("--style", default=None)
     sweep.add_argument("--seed", type=int, default=None)
     sweep.add_argument("--config", type=Path, default=Path("config.toml"))
@@ -295,23 +298,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     unknown = [name for name in args.presets or [] if name not in config.speed_names()]
     if unknown:
         raise ConfigError(f"--presets: no speed preset {unknown[0]!r} (have: {', '.join(config.speed_names())})")
+    rows, row_name = args.weights, "weight"
+    if args.guide:
+        guide = getattr(config.styles[style], args.guide)
+        if not guide.enabled:
+            model_key = "controlnet" if args.guide == "structure" else "adapter"
+            raise ConfigError(f"--guide {args.guide}: style {style!r} has no {args.guide} guide "
+                              f"(set styles.{style}.{args.guide}.{model_key})")
+        if any(not 0.0 <= scale <= 2.0 for scale in args.guide_scales):
+            raise ConfigError("--guide-scales: each scale must be between 0 and 2")
+        rows, row_name = args.guide_scales, f"{args.guide} scale"
     seed = secrets.randbelow(MAX_SEED + 1) if args.seed is None else args.seed
     try:
         data = args.photo.read_bytes()
     except OSError as err:
         raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
     original = decode_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))
-    requests = {(strength, weight, preset) if args.presets else (strength, weight):
-                StyleRequest(data, style=style, strength=strength, seed=seed, trigger_weight=weight, speed=preset)
-                for weight in args.weights for strength in args.strengths for preset in args.presets or [None]}
+    def request(strength: float, row: float, preset: str | None) -> StyleRequest:
+        options = {f"{args.guide}_scale": row} if args.guide else {"trigger_weight": row}
+        return StyleRequest(data, style=style, strength=strength, seed=seed, speed=preset, **options)
+
+    requests = {(strength, row, preset) if args.presets else (strength, row): request(strength, row, preset)
+                for row in rows for strength in args.strengths for preset in args.presets or [None]}
     results = asyncio.run(_run_all(config, requests, args.verbose))
     images = {key: Image.open(io.BytesIO(done.image)).convert("RGB") for key, done in results.items()}
-    sheet = contact_sheet(original, images, args.strengths, args.weights, args.presets)
+    sheet = contact_sheet(original, images, args.strengths, rows, args.presets, row_name=row_name)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output)
     presets = f" × {len(args.presets)} speed presets ({', '.join(args.presets)})" if args.presets else ""
-    print(f"seed {seed}, style {style}: {len(args.strengths)} strengths × {len(args.weights)} trigger weights"
-          + presets)
+    row_names = "trigger weights" if row_name == "weight" else f"{row_name}s"
+    print(f"seed {seed}, style {style}: {len(args.strengths)} strengths × {len(rows)} {row_names}" + presets)
     print(f"wrote {args.output} ({sheet.width}×{sheet.height})")
     return 0
 
@@ -381,6 +397,9 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     path.write_text(tiny_config_text(args.template.read_text(encoding="utf-8"), tiny), encoding="utf-8")
     load_config(path)
     print(f"wrote tiny models and {path}")
+    print(f"guide models (for [styles.*.structure] / [styles.*.identity]): controlnet {tiny.controlnet_folder}, "
+          f"depth_model {tiny.depth_folder}, adapter {tiny.ip_adapter}, image_encoder {tiny.image_encoder_folder}, "
+          f"face_detector {tiny.face_detector}")
     print(f"try: claybot stylize photo.jpg -o out.png --config {path}")
     return 0
 
@@ -401,6 +420,7 @@ def tiny_config_text(template: str, tiny) -> str:
     for style in doc.get("styles", {}).values():
         if style.get("lora"):
             style["lora"] = str(tiny.lora_kohya)
+        _tiny_guides(style, tiny)
     # A few-step preset on the tiny speed LoRA, so `/clay fast` runs offline too (Lightning's settings).
     speed = doc.setdefault("speed", tomlkit.table(is_super_table=True))
     for preset in speed.values():
@@ -412,3 +432,16 @@ def tiny_config_text(template: str, tiny) -> str:
                      "guidance_scale": 0.0, "steps": 4})
         speed["fast"] = fast
     return tomlkit.dumps(doc)
+
+
+def _tiny_guides(style, tiny) -> None:
+    """A style's guide models (pipeline.gpu.guides) pointed at the tiny ones, in place."""
+    structure, identity = style.get("structure"), style.get("identity")
+    if structure is not None and structure.get("controlnet"):
+        structure["controlnet"] = str(tiny.controlnet_folder)
+        structure["depth_model"] = str(tiny.depth_folder)
+    if identity is not None and identity.get("adapter"):
+        identity["adapter"] = str(tiny.ip_adapter)
+        identity["image_encoder"] = str(tiny.image_encoder_folder)
+        if identity.get("face_detector"):
+            identity["face_detector"] = str(tiny.face_detector)

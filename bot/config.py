@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from pipeline.core import models
 from pipeline.core.errors import ClaybotError, ModelError
+from pipeline.core.guide_specs import absolutize_guides, guide_specs
 from pipeline.core.settings import GpuSettings, QueueSettings, Settings, UrlModel
 
 
@@ -168,6 +169,7 @@ class Config(GpuSettings):
             specs["pipeline.base_config"] = self.pipeline.base_config
         for name, style in self.styles.items():
             specs[f"styles.{name}.lora"] = style.lora
+            specs.update(guide_specs(name, style))
         for name, preset in self.speed.items():
             specs[f"speed.{name}.lora"] = preset.lora
         return {key: spec for key, spec in specs.items() if spec}
@@ -226,7 +228,7 @@ def _with_absolute_models(config: Config, base_dir: Path) -> Config:
         "vae": models.absolutize(p.vae, base_dir),
     })
     tagger = config.tagger.model_copy(update={"model": models.absolutize(config.tagger.model, base_dir)})
-    styles = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
+    styles = {name: absolutize_guides(s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)}), base_dir)
               for name, s in config.styles.items()}
     speed = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
              for name, s in config.speed.items()}
@@ -246,7 +248,9 @@ def _most_relevant(errors: list[dict]) -> dict:
 
 def _explain(error: dict) -> str:
     """One pydantic error → 'key: what is wrong and what is allowed'."""
-    loc = [str(part) for part in error["loc"] if not str(part).startswith(("str", "UrlModel", "function"))]
+    # union branch tags ("str", "UrlModel") and validator tags are not keys; a key such as "structure" is
+    loc = [str(part) for part in error["loc"]
+           if str(part) not in ("str", "UrlModel") and not str(part).startswith("function")]
     key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":

@@ -26,6 +26,8 @@ class Intake:
     max_rating: str | None
     work_size: tuple[int, int]
     speed: str = DEFAULT_SPEED
+    structure_scale: float | None = None
+    identity_scale: float | None = None
 
     @property
     def batch_key(self) -> str:
@@ -73,6 +75,6 @@ async def take_in(gpu: GpuSettings, request: StyleRequest) -> Intake | Failed:
         return Failed(str(err), ErrorKind.TOO_LARGE)
     except BadImage as err:
         return Failed(str(err), ErrorKind.BAD_IMAGE)
-    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     return Intake(style, strength, seed, request.trigger_weight, request.max_rating, gpu.pipeline.work_size(*size),
-                  speed)
+                  speed=speed, structure_scale=request.structure_scale, identity_scale=request.identity_scale)

@@ -39,6 +39,8 @@ class StyleRequest:
     seed: int | None = None
     reply_to: Any = None
     trigger_weight: float | None = None  # operators' sweeps only; users get the style's weight
+    structure_scale: float | None = None  # operators' sweeps only: the style's guide scales otherwise
+    identity_scale: float | None = None
     max_rating: str | None = None  # the most the chat allows (pipeline.core.safety.RATINGS); None: anything
     speed: str | None = None  # a [speed.*] preset ("fast") or "default"; None: the style's
 
@@ -148,7 +150,8 @@ def busy_message(waiting: int, limit: int) -> str:
 def job_message(job_id: str, image: bytes, options) -> dict[str, Any]:
     """One job of a batch message; ``options`` has the job's seed, trigger_weight and max_rating."""
     return {"id": job_id, "image": image, "seed": options.seed, "trigger_weight": options.trigger_weight,
-            "max_rating": options.max_rating}
+            "max_rating": options.max_rating, "structure_scale": options.structure_scale,
+            "identity_scale": options.identity_scale}
 
 
 def batch_message(intake, jobs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:

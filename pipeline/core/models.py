@@ -161,6 +161,11 @@ def _from_hub(ref: ModelRef, key: str, cache: Path, allow_patterns: list[str] | 
     from huggingface_hub import constants, hf_hub_download, snapshot_download
 
     def fetch(local_files_only: bool) -> Path:
+        if ref.filename and not Path(ref.filename).suffix:  # "owner/name:sub/folder": that folder of the repo
+            folder = ref.filename.strip("/")
+            root = snapshot_download(ref.value, cache_dir=cache, allow_patterns=[f"{folder}/*"],
+                                     local_files_only=local_files_only)
+            return Path(root) / folder
         if ref.filename:
             return Path(hf_hub_download(ref.value, ref.filename, cache_dir=cache, local_files_only=local_files_only))
         return Path(snapshot_download(ref.value, cache_dir=cache, allow_patterns=allow_patterns,

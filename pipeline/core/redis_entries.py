@@ -83,6 +83,8 @@ class JobEntry:
     timeout: float
     submitted: float
     speed: str = "default"  # entries queued before speed presets existed have none
+    structure_scale: float | None = None  # a sweep's guide scales; None: the style's
+    identity_scale: float | None = None
 
 
 def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str],
@@ -111,7 +113,9 @@ def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str],
             trigger_weight=_number(fields, "trigger_weight", 0.0, 4.0) if weight else None,
             max_rating=max_rating, timeout=_number(fields, "timeout", 1e-3, 3600.0),
             submitted=_number(fields, "submitted", 0.0, 1e11) if fields.get("submitted") else time.time(),
-            speed=speed)
+            speed=speed,
+            structure_scale=_number(fields, "structure_scale", 0.0, 2.0) if fields.get("structure_scale") else None,
+            identity_scale=_number(fields, "identity_scale", 0.0, 2.0) if fields.get("identity_scale") else None)
     except ValueError as err:
         raise BadEntry(f"bad job entry: {err}", job_id=job_id, owner=owner) from None
 

@@ -262,6 +262,8 @@ class RedisQueue:
                  "strength": intake.strength, "seed": intake.seed, "speed": intake.speed,
                  "trigger_weight": "" if intake.trigger_weight is None else intake.trigger_weight,
                  "max_rating": intake.max_rating or "",
+                 "structure_scale": "" if intake.structure_scale is None else intake.structure_scale,
+                 "identity_scale": "" if intake.identity_scale is None else intake.identity_scale,
                  "timeout": self.settings.job_timeout}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.image(job_id), request.image, ex=int(self.settings.image_ttl))

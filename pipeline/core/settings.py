@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH
 
@@ -121,6 +121,54 @@ class SpeedSettings(Settings):
     steps: Annotated[int, Field(ge=1, le=50)] = 4
 
 
+class StructureGuide(Settings):
+    """A ControlNet that keeps the photo's layout: fed the photo's depth map or its edges ("" controlnet = off)."""
+
+    controlnet: ModelSpec = ""
+    kind: Literal["depth", "canny"] = "depth"
+    depth_model: ModelSpec = "depth-anything/Depth-Anything-V2-Small-hf"  # only for kind = "depth"
+    scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
+    start: Strength = 0.0
+    end: Strength = 1.0
+    canny_low: Annotated[int, Field(ge=0, le=255)] = 100
+    canny_high: Annotated[int, Field(ge=0, le=255)] = 200
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, end: float, info: ValidationInfo) -> float:
+        start = info.data.get("start", 0.0)
+        if end <= start:
+            raise ValueError(f"must be above start ({start}): start and end are the part of the steps it acts on")
+        return end
+
+    @field_validator("canny_high")
+    @classmethod
+    def _above_low(cls, high: int, info: ValidationInfo) -> int:
+        low = info.data.get("canny_low", 0)
+        if high < low:
+            raise ValueError(f"must not be below canny_low ({low})")
+        return high
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.controlnet)
+
+
+class IdentityGuide(Settings):
+    """An IP-Adapter fed the photo's face, so the person stays recognisable ("" adapter = off)."""
+
+    adapter: ModelSpec = ""
+    image_encoder: ModelSpec = "h94/IP-Adapter:models/image_encoder"
+    face_detector: ModelSpec = ""  # "" = no detector: the whole photo, centre-cropped by the image encoder
+    scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.6
+    face_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.7
+    face_margin: Annotated[float, Field(ge=0.0, le=2.0)] = 0.4
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.adapter)
+
+
 class StyleSettings(Settings):
     """One style: a LoRA, its trigger words and weight, and how it treats the photo's tags."""
 
@@ -133,6 +181,8 @@ class StyleSettings(Settings):
     clashing_tags: list[str] = Field(default_factory=list)
     before_after: bool = False
     speed: str = DEFAULT_SPEED  # a [speed.*] preset, or "default": pipeline.steps, guidance_scale and scheduler
+    structure: StructureGuide = Field(default_factory=StructureGuide)
+    identity: IdentityGuide = Field(default_factory=IdentityGuide)
 
 
 class QueueSettings(Settings):
@@ -185,6 +235,13 @@ class GpuSettings(Settings):
             if style.speed not in self.speed_names():
                 raise ValueError(f"styles.{name}.speed = {style.speed!r} names no speed preset "
                                  f"(have: {', '.join(self.speed_names())})")
+        adapters = {(s.identity.adapter, s.identity.image_encoder) for s in self.styles.values() if s.identity.enabled}
+        if len(adapters) > 1:
+            raise ValueError("styles.*.identity: every style with an identity guide must name the same adapter and "
+                             "image_encoder (the worker loads one IP-Adapter into the shared UNet)")
+        if adapters and self.pipeline.fuse_qkv:
+            raise ValueError("pipeline.fuse_qkv cannot be combined with an identity guide: the IP-Adapter's attention "
+                             "replaces the fused one; set fuse_qkv = false")
         return self
 
     def speed_names(self) -> list[str]:

@@ -23,11 +23,12 @@ def cell_box(cell: tuple[int, int], column: int, row: int) -> tuple[int, int, in
     return left, top, left + width, top + height
 
 
-def contact_sheet(original: Image.Image, results: dict[tuple, Image.Image],
-                  strengths: list[float], weights: list[float], presets: list[str] | None = None) -> Image.Image:
-    """The original top left, then each result at (strength, weight), each labelled underneath.
+def contact_sheet(original: Image.Image, results: dict[tuple, Image.Image], strengths: list[float],
+                  weights: list[float], presets: list[str] | None = None, *, row_name: str = "weight") -> Image.Image:
+    """The original top left, then each result at (strength, row value), each labelled underneath; the rows are
+    trigger weights, or a guide's scales (``row_name``).
 
-    With ``presets``, one row per (weight, preset) and results keyed (strength, weight, preset)."""
+    With ``presets``, one row per (row value, preset) and results keyed (strength, row value, preset)."""
     rows = [(w, p) for w in weights for p in presets] if presets else [(w, None) for w in weights]
     cell = next(iter(results.values())).size
     sheet = Image.new("RGB", sheet_size(cell, len(strengths), len(rows)), BACKGROUND)
@@ -44,5 +45,5 @@ def contact_sheet(original: Image.Image, results: dict[tuple, Image.Image],
             left, top, _, _ = cell_box(cell, column, row)
             key = (strength, weight) if preset is None else (strength, weight, preset)
             sheet.paste(results[key], (left, top))
-            label(f"strength {strength:g} · weight {weight:g}" + (f" · {preset}" if preset else ""), left, top)
+            label(f"strength {strength:g} · {row_name} {weight:g}" + (f" · {preset}" if preset else ""), left, top)
     return sheet

@@ -25,6 +25,7 @@ from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
 from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGGER_FILES, VAE_FILES  # noqa: E402
 from pipeline.core.settings import DEFAULT_SPEED, GpuSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
+from pipeline.gpu.guides import Guides  # noqa: E402
 from pipeline.gpu.prompt import build_prompt, prompt_tags  # noqa: E402
 from pipeline.gpu.speed import SpeedPresets, set_active_adapters  # noqa: E402
 from pipeline.gpu.tagger import Tagger, Tags  # noqa: E402
@@ -41,6 +42,8 @@ class Photo:
     image: Image.Image
     seed: int
     trigger_weight: float | None = None  # None: the style's; operators' sweeps vary it
+    structure_scale: float | None = None  # None: the style's structure guide scale; sweeps vary it
+    identity_scale: float | None = None  # None: the style's identity guide scale; sweeps vary it
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Stylizer:
         self.pipe = self._load_pipeline()
         self._fused_all = self._load_loras()
         self.speed = SpeedPresets(self.pipe, settings, self._resolve_lora)  # after the style LoRA is fused
+        self.guides = Guides(self.pipe, settings, self.device, self.dtype)  # before _speed_up compiles the UNet
         self._speed_up()
         # One encoder per style (and per speed preset with a LoRA): compel caches the empty prompt's embedding on
         # first use, and a LoRA that trains the text encoders changes it, so an encoder must only ever see its own
@@ -298,15 +302,8 @@ class Stylizer:
         else:
             self._activate(style, speed)
             generators = [torch.Generator(device="cpu").manual_seed(photo.seed) for photo in photos]
-
-            def step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-                if on_step is not None:
-                    on_step(step + 1, n_steps)
-                return callback_kwargs
-
             self.pipe.scheduler = plan.scheduler  # every call sets its preset's sampler (the default's: the base)
-            images = self.pipe(
-                image=inputs,
+            call = dict(
                 strength=strength,
                 num_inference_steps=plan.nominal_steps,
                 guidance_scale=plan.guidance_scale,
@@ -315,9 +312,11 @@ class Stylizer:
                 pooled_prompt_embeds=conditioning.pooled_prompt_embeds.to(self.dtype),
                 negative_prompt_embeds=conditioning.negative_prompt_embeds.to(self.dtype),
                 negative_pooled_prompt_embeds=conditioning.negative_pooled_prompt_embeds.to(self.dtype),
-                callback_on_step_end=step_end,
                 output_type="pil",
-            ).images
+            )
+            # the style's structure/identity guides, if any, pick the pipeline (a batch may split by guide scale)
+            scales = [(photo.structure_scale, photo.identity_scale) for photo in photos]
+            images = self.guides.denoise(style, inputs, scales, call, n_steps=n_steps, on_step=on_step)
         timings["denoise"] = time.perf_counter() - started
 
         # 5. back to the photo's exact aspect ratio (beside the photo itself, if the style says so)

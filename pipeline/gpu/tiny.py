@@ -11,6 +11,8 @@
   weights in the diffusers/PEFT format (alpha folded into ``lora_B``);
 * a random rank-4 "speed" LoRA in the kohya format on the UNet only, as the few-step distillation LoRAs
   (SDXL-Lightning, Hyper-SD, LCM-LoRA) are, for the ``[speed.fast]`` preset;
+* the guides' models (pipeline.gpu.tiny_guides): a ControlNet, a Depth Anything model, an IP-Adapter "plus" with
+  its CLIP image encoder and an UltraFace-shaped ONNX face detector;
 * a WD14-shaped ONNX tagger (``model.onnx`` + ``selected_tags.csv``, SmilingWolf layout) whose tag probabilities are
   ``sigmoid(W[:, i] . mean_bgr / 255 + b[i])``, so tests can compute them from the initializers.
 
@@ -20,6 +22,7 @@ The weights are random: the models exercise the code paths and file formats, not
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -97,6 +100,11 @@ class TinyModels:
     lora_diffusers: Path
     tagger_folder: Path
     speed_lora: Path
+    controlnet_folder: Path | None = None  # the guides' models (pipeline.gpu.guides)
+    depth_folder: Path | None = None
+    ip_adapter: Path | None = None
+    image_encoder_folder: Path | None = None
+    face_detector: Path | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -580,5 +588,9 @@ def write_tiny_models(out_dir: Path, seed: int = 0) -> TinyModels:
     save_file(peft, str(models.lora_diffusers), metadata={"format": "pt"})
     save_file(_speed_lora_state_dict(pipe, seed), str(models.speed_lora), metadata=lora_metadata)
     write_tiny_tagger(models.tagger_folder, seed=seed)
+    from pipeline.gpu import tiny_guides
+
+    guides = tiny_guides.write_tiny_guides(out_dir, pipe.unet, seed=seed)
+    models = dataclasses.replace(models, **guides)
     logger.info("wrote tiny models to %s", out_dir)
     return models

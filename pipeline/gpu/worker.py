@@ -142,7 +142,8 @@ def _run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
             logger.exception("job %s: the photo could not be decoded", job["id"])
             _fail(send, job["id"], DECODE_REASON, ErrorKind.BAD_IMAGE)
             continue
-        photo = Photo(image, job["seed"], job.get("trigger_weight"))
+        photo = Photo(image, job["seed"], job.get("trigger_weight"), job.get("structure_scale"),
+                      job.get("identity_scale"))
         timings = {"decode": time.perf_counter() - started}
         groups.setdefault(size, []).append(_Job(job["id"], photo, job.get("max_rating"), timings))
     deadline = time.monotonic() + message["timeout"]
