@@ -99,6 +99,8 @@ def print_meta() -> dict[str, Any]:
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
     from gpu_speed import SDXL_UNET_CONFIG
 
+    from pipeline.gpu.tiny_guides import attention_width
+
     counts: dict[str, Any] = {}
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
@@ -108,13 +110,7 @@ def print_meta() -> dict[str, Any]:
     channels = SDXL_UNET_CONFIG["block_out_channels"]
     for name in unet.attn_processors:
         if name.endswith("attn2.processor"):
-            if name.startswith("mid_block"):
-                hidden = channels[-1]
-            elif name.startswith("up_blocks"):
-                hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
-            else:
-                hidden = channels[int(name[len("down_blocks.")])]
-            kv += 2 * hidden * SDXL_UNET_CONFIG["cross_attention_dim"]
+            kv += 2 * attention_width(name, channels) * SDXL_UNET_CONFIG["cross_attention_dim"]
     modules = {"controlnet": build_controlnet(SDXL_UNET_CONFIG, "meta"), "depth_model": build_depth("meta"),
                "image_encoder": build_image_encoder("meta")}
     for name, module in modules.items():

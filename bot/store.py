@@ -220,4 +220,3 @@ class ClaybotDatabase:
             return call()
 
 
-SettingsStore = ClaybotDatabase  # its old name, for branches written before the rename; use ClaybotDatabase

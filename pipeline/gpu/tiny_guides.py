@@ -115,6 +115,15 @@ def _resampler_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+
+def attention_width(processor_name: str, block_out_channels) -> int:
+    """A UNet attention processor's hidden width, from its name ("down_blocks.1…", "mid_block…", "up_blocks.0…")."""
+    if processor_name.startswith("mid_block"):
+        return block_out_channels[-1]
+    if processor_name.startswith("up_blocks"):
+        return list(reversed(block_out_channels))[int(processor_name[len("up_blocks.")])]
+    return block_out_channels[int(processor_name[len("down_blocks.")])]
+
 def write_ip_adapter_plus(path: Path, unet, seed: int = 0, *, encoder_hidden: int = ENCODER_HIDDEN,
                           hidden: int = ADAPTER_HIDDEN, heads: int = 1, queries: int = ADAPTER_QUERIES,
                           dtype: torch.dtype = torch.float32) -> None:
@@ -135,12 +144,7 @@ def write_ip_adapter_plus(path: Path, unet, seed: int = 0, *, encoder_hidden: in
     for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
             continue
-        if name.startswith("mid_block"):
-            hidden = channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
-        else:
-            hidden = channels[int(name[len("down_blocks.")])]
+        hidden = attention_width(name, channels)
         for kind in ("to_k_ip", "to_v_ip"):
             weight = torch.randn(hidden, cross, generator=generator) * IP_STD / cross**0.5
             state[f"ip_adapter.{key_id}.{kind}.weight"] = weight
