@@ -352,7 +352,7 @@ async def test_a_sweeps_guide_scales_reach_the_worker_through_either_queue(tiny_
     """StyleRequest → intake → (local) job message, and → Redis stream fields → (Redis) job message."""
     from pipeline.core.intake import take_in
     from pipeline.core.jobs import StyleRequest, job_message
-    from pipeline.gpu.redis_worker import _Job
+    from pipeline.core.redis_entries import parse_job
 
     request = StyleRequest(photo_bytes(), seed=1, structure_scale=0.25, identity_scale=1.5)
     intake = await take_in(tiny_config.gpu(), request)
@@ -360,7 +360,7 @@ async def test_a_sweeps_guide_scales_reach_the_worker_through_either_queue(tiny_
     assert (local["structure_scale"], local["identity_scale"]) == (0.25, 1.5)
     fields = {"id": "a", "owner": "o", "key": intake.batch_key, "style": "clay", "strength": "0.5", "seed": "1",
               "timeout": "9", "structure_scale": "0.25", "identity_scale": ""}  # as redis_queue writes them
-    remote = job_message("a", b"", _Job("1-0", fields))
+    remote = job_message("a", b"", parse_job("1-0", fields, tiny_config.styles, tiny_config.speed_names()))
     assert (remote["structure_scale"], remote["identity_scale"]) == (0.25, None)
 
 

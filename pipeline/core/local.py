@@ -49,7 +49,7 @@ UNAVAILABLE_REASON = "The picture engine is not available right now; please try 
 
 
 @dataclass(eq=False)
-class _Job:
+class QueuedJob:
     id: str
     handle: JobHandle
     image: bytes
@@ -83,8 +83,8 @@ class LocalQueue:
         self._status_path = status_path
         self.worker_info: dict[str, Any] = {}
         self._log_level = log_level
-        self._pending: list[_Job] = []
-        self._in_flight: dict[str, _Job] = {}
+        self._pending: list[QueuedJob] = []
+        self._in_flight: dict[str, QueuedJob] = {}
         self._batch_started = 0.0
         self._closing = False
         self._fatal: str | None = None
@@ -163,7 +163,7 @@ class LocalQueue:
         if self._fatal:
             handle.push(Failed(UNAVAILABLE_REASON, ErrorKind.INTERNAL))
             return handle
-        job = _Job(handle.id, handle, request.image, intake, time.monotonic())
+        job = QueuedJob(handle.id, handle, request.image, intake, time.monotonic())
         self._pending.append(job)
         job.position = len(self._in_flight) + len(self._pending)
         handle.push(Queued(job.position))
@@ -203,7 +203,7 @@ class LocalQueue:
             elif wait > 0:
                 self._loop.call_later(wait, self._wake.set)
 
-    def _next_batch(self) -> tuple[list[_Job], float]:
+    def _next_batch(self) -> tuple[list[QueuedJob], float]:
         """The oldest job with up to max_batch compatible companions; or how long to wait for more."""
         first = self._pending[0]
         batch = [job for job in self._pending if job.intake.batch_key == first.intake.batch_key]
@@ -213,7 +213,7 @@ class LocalQueue:
             return [], self.settings.batch_window - waited
         return batch, 0.0
 
-    async def _dispatch(self, batch: list[_Job]) -> None:
+    async def _dispatch(self, batch: list[QueuedJob]) -> None:
         for job in batch:
             self._pending.remove(job)
             self._in_flight[job.id] = job
@@ -416,10 +416,10 @@ class LocalQueue:
 
     # -- answers ---------------------------------------------------------------------------------------------------
 
-    def _jobs(self, ids: list[str]) -> list[_Job]:
+    def _jobs(self, ids: list[str]) -> list[QueuedJob]:
         return [self._in_flight[i] for i in ids if i in self._in_flight]
 
-    def _fail(self, job: _Job, reason: str, kind: ErrorKind) -> None:
+    def _fail(self, job: QueuedJob, reason: str, kind: ErrorKind) -> None:
         if job.answered:
             return
         job.answered = True
@@ -432,7 +432,7 @@ class LocalQueue:
     def _count_failure(self, kind: ErrorKind) -> None:
         self.stats.failed[kind.value] = self.stats.failed.get(kind.value, 0) + 1
 
-    def _record(self, job: _Job, outcome: str) -> None:
+    def _record(self, job: QueuedJob, outcome: str) -> None:
         self.history.add(time.monotonic() - job.submitted, outcome)
         self._write_status()
 

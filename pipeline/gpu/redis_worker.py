@@ -39,9 +39,6 @@ def connect(url: str):
                                 retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
-_Job = JobEntry  # one stream entry, checked
-
-
 class RedisWorker:
     """One worker process serving the shared stream."""
 
@@ -113,7 +110,7 @@ class RedisWorker:
 
     # -- taking jobs -----------------------------------------------------------------------------------------------
 
-    def _take(self) -> list[_Job]:
+    def _take(self) -> list[JobEntry]:
         """One job, plus the compatible ones right behind it (waiting up to batch_window for them)."""
         reply = self.redis.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"}, count=1, block=1000)
         jobs = self._parse(reply)
@@ -143,7 +140,7 @@ class RedisWorker:
                 return [f for _, f in self.redis.xrange(self.keys.jobs, f"({last}", "+", count=count)]
         return []
 
-    def _parse(self, reply) -> list[_Job]:
+    def _parse(self, reply) -> list[JobEntry]:
         """The jobs of an XREADGROUP reply; entries that are not jobs this worker can run are dropped."""
         jobs = []
         for _, entries in reply:
@@ -173,7 +170,7 @@ class RedisWorker:
                                     "kind": ErrorKind.INTERNAL.value})
         self.stats["failed"] += 1
 
-    def _claim_stale(self) -> list[_Job]:
+    def _claim_stale(self) -> list[JobEntry]:
         """Jobs left pending by a worker that died: claim them, or fail those that already crashed a worker."""
         idle_ms = int(self.settings.claim_idle * 1000)
         stale = self.redis.xpending_range(self.keys.jobs, GROUP, min="-", max="+",
@@ -203,15 +200,15 @@ class RedisWorker:
 
     # -- serving ---------------------------------------------------------------------------------------------------
 
-    def _serve(self, jobs: list[_Job]) -> None:
+    def _serve(self, jobs: list[JobEntry]) -> None:
         self.in_hand = {job.entry_id for job in jobs}
         try:
             self._serve_groups(jobs)
         finally:
             self.in_hand = set()
 
-    def _serve_groups(self, jobs: list[_Job]) -> None:
-        groups: dict[str, list[tuple[_Job, bytes]]] = {}
+    def _serve_groups(self, jobs: list[JobEntry]) -> None:
+        groups: dict[str, list[tuple[JobEntry, bytes]]] = {}
         for job in jobs:
             if self.redis.exists(self.keys.cancelled(job.id)):
                 self._ack(job)
@@ -232,7 +229,7 @@ class RedisWorker:
             finally:
                 self.stats["busy"] = False
 
-    def _relay(self, message: dict[str, Any], jobs: dict[str, _Job]) -> None:
+    def _relay(self, message: dict[str, Any], jobs: dict[str, JobEntry]) -> None:
         """The worker loop's messages → the owners' event streams (and the result store)."""
         op = message["op"]
         if op in ("started", "progress"):
@@ -257,7 +254,7 @@ class RedisWorker:
             job = jobs[message["id"]]
             self._answer_failed(job, message["reason"], ErrorKind(message["kind"]))
 
-    def _answer_failed(self, job: _Job, reason: str, kind: ErrorKind) -> None:
+    def _answer_failed(self, job: JobEntry, reason: str, kind: ErrorKind) -> None:
         self._event(job.owner, {"op": "failed", "id": job.id, "reason": reason, "kind": kind.value})
         self._ack(job, kind.value)
         self.stats["failed"] += 1
@@ -267,7 +264,7 @@ class RedisWorker:
         self.redis.xadd(stream, {k: str(v) for k, v in fields.items()}, maxlen=EVENTS_MAXLEN, approximate=True)
         self.redis.expire(stream, int(self.settings.result_ttl))
 
-    def _ack(self, job: _Job, outcome: str | None = None) -> None:
+    def _ack(self, job: JobEntry, outcome: str | None = None) -> None:
         """Answered: the entry leaves the stream, the photo leaves Redis, the outcome joins the last hour's."""
         now = time.time()
         with self.redis.pipeline(transaction=True) as pipe:

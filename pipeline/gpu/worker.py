@@ -122,7 +122,7 @@ def _run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
     max_pixels = int(p.max_input_megapixels * 1e6)
     # The worker never needs more than a few times its working area (the tagger needs far less).
     keep_pixels = int(4 * p.megapixels * 1e6)
-    groups: dict[tuple[int, int], list[_Job]] = {}
+    groups: dict[tuple[int, int], list[DecodedJob]] = {}
     for job in message["jobs"]:
         started = time.perf_counter()
         try:
@@ -145,7 +145,7 @@ def _run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
         photo = Photo(image, job["seed"], job.get("trigger_weight"), job.get("structure_scale"),
                       job.get("identity_scale"))
         timings = {"decode": time.perf_counter() - started}
-        groups.setdefault(size, []).append(_Job(job["id"], photo, job.get("max_rating"), timings))
+        groups.setdefault(size, []).append(DecodedJob(job["id"], photo, job.get("max_rating"), timings))
     deadline = time.monotonic() + message["timeout"]
     for group in groups.values():
         group = _allowed(stylizer, group, send)
@@ -158,7 +158,7 @@ def _fail(send: Send, job_id: str, reason: str, kind: ErrorKind) -> None:
 
 
 @dataclass
-class _Job:
+class DecodedJob:
     """One decoded job of a batch."""
 
     id: str
@@ -168,7 +168,7 @@ class _Job:
     tags: Any = None  # pipeline.gpu.tagger.Tags, once tagged
 
 
-def _allowed(stylizer, group: list[_Job], send: Send) -> list[_Job]:
+def _allowed(stylizer, group: list[DecodedJob], send: Send) -> list[DecodedJob]:
     """Tag the photos once (the prompt uses the same tags) and refuse those over their chat's rating limit."""
     started = time.perf_counter()
     tags = _tag(stylizer, [job.photo.image for job in group], [job.id for job in group])
@@ -199,7 +199,7 @@ def _tag(stylizer, images: list, ids: list[str]) -> list:
     return [_tag(stylizer, [image], [job_id])[0] for image, job_id in zip(images, ids, strict=True)]
 
 
-def _run_group(stylizer, group: list[_Job], message: dict[str, Any], deadline: float, send: Send) -> None:
+def _run_group(stylizer, group: list[DecodedJob], message: dict[str, Any], deadline: float, send: Send) -> None:
     from pipeline.core.images import encode_png
 
     ids = [job.id for job in group]
