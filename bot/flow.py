@@ -182,7 +182,8 @@ def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, st
 
     ``speeds``: the config's presets ("default" among them; "best" is another name for it)."""
     words = (text or "").split()
-    named = [word.lower() for word in words if re.search(r"[a-zA-Z]", word.rstrip("%"))]
+    # Preset names start with a letter (the config checks); anything else is read, and refused, as a strength.
+    named = [word.lower() for word in words if word[:1].isalpha()]
     speed = None
     for word in named:
         word = "default" if word == "best" and "best" not in speeds else word
@@ -192,7 +193,7 @@ def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, st
             raise UserError(f"I could not read {word[:20]!r}: give a strength and at most one speed "
                             f"({', '.join(speeds)}). {USAGE} {speeds[-1].capitalize()}: /clay 0.6 {speeds[-1]}")
         speed = word
-    rest = " ".join(word for word in words if not re.search(r"[a-zA-Z]", word.rstrip("%")))
+    rest = " ".join(word for word in words if not word[:1].isalpha())
     return parse_strength(rest), speed
 
 

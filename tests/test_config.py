@@ -46,8 +46,9 @@ def test_root_config_values_match_the_original_workflow(tiny_models, tmp_path):
 
 def test_root_config_ships_the_original_claymate_lines_ready_to_uncomment(tmp_path):
     text = ROOT_CONFIG.read_text(encoding="utf-8")
-    clay = text[text.index("[styles.clay]"):text.index("[bot]")]
-    commented = [line[2:] for line in clay.splitlines() if re.match(r"# \w+ = ", line)]
+    block = text[text.index("[styles.clay]"):text.index("[bot]")]
+    block = block[block.index("# The original workflow's LoRA instead"):]  # later examples: presets, guides
+    commented = [line[2:] for line in block.splitlines() if re.match(r"# \w+ = ", line)][:3]
     assert commented == ['lora = "models/CLAYMATE_V2.03_.safetensors"', 'trigger_words = "claymation style"',
                          "trigger_weight = 2.0"]
     swapped = tomllib.loads(text)

@@ -6,6 +6,7 @@ The smoke run checks that the script runs and reports every figure, not that any
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,7 +26,8 @@ def test_smoke_run_reports_the_cost_per_step_of_each_guide(tmp_path):
     assert report["mode"] == "smoke" and report["step_counts"] == [4, 16]
     assert set(report["runs"]) == {"none", "structure", "identity", "both"}
     for name, run in report["runs"].items():
-        assert run["per_step_s"] > 0, name
+        # a slope over two step counts: reported, but on a busy 2-core machine its sign is noise (no timing checks)
+        assert isinstance(run["per_step_s"], float) and math.isfinite(run["per_step_s"]), name
         assert set(run["denoise_s"]) == {"4", "16"}
     assert report["per_step_ratio_to_none"]["none"] == 1.0
     assert "structure" in proc.stdout and "× none" in proc.stdout

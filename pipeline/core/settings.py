@@ -51,6 +51,7 @@ class UrlModel(Settings):
 ModelSpec = str | UrlModel
 
 Strength = Annotated[float, Field(ge=MIN_STRENGTH, le=MAX_STRENGTH)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]  # a part of the denoising steps
 
 
 class PipelineSettings(Settings):
@@ -128,8 +129,8 @@ class StructureGuide(Settings):
     kind: Literal["depth", "canny"] = "depth"
     depth_model: ModelSpec = "depth-anything/Depth-Anything-V2-Small-hf"  # only for kind = "depth"
     scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
-    start: Strength = 0.0
-    end: Strength = 1.0
+    start: Fraction = 0.0
+    end: Fraction = 1.0
     canny_low: Annotated[int, Field(ge=0, le=255)] = 100
     canny_high: Annotated[int, Field(ge=0, le=255)] = 200
 
