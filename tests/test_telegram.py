@@ -25,8 +25,9 @@ from bot.telegram import (
     button_data,
     download_limit,
     parse_button,
+    result_buttons,
 )
-from pipeline.core.jobs import SHUTDOWN_REASON
+from pipeline.core.jobs import SHUTDOWN_REASON, Done
 from pipeline.core.local import LocalQueue
 from tests.conftest import photo_bytes
 from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, user
@@ -612,3 +613,15 @@ async def test_bad_speed_in_button_data_is_refused_with_a_clear_line(telegram, d
     # and the bot still serves the next person
     asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.5")
     check_picture(await telegram.picture_for(asked), (128, 96), strength=0.5)
+
+
+async def test_the_fast_best_button_shows_only_when_the_config_has_presets():
+    def texts_and_data(speed: str, speeds: list[str]) -> list[tuple[str, tuple]]:
+        done = Done(image=b"", width=1, height=1, tags=[], prompt="", seed=5, style="clay", strength=0.5, speed=speed)
+        row = result_buttons(done, speeds).inline_keyboard[0]
+        return [(b.text, parse_button(b.callback_data)) for b in row]
+
+    assert [t for t, _ in texts_and_data("default", ["default"])] == ["🎲 Again", "💪 Stronger", "🪶 Weaker"]
+    assert texts_and_data("default", ["default", "turbo", "fast"])[-1] == ("⚡ Fast", ("clay", 0.5, 5, "turbo"))
+    assert texts_and_data("fast", ["default", "turbo", "fast"])[-1] == ("🎯 Best", ("clay", 0.5, 5, "default"))
+    assert all(data[3] == "fast" for _, data in texts_and_data("fast", ["default", "fast"])[:3])
