@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -37,9 +38,12 @@ from bot.flow import (
     RequestFlow,
     RunningRequests,
     UserError,
+    button_speed,
     is_image,
     not_an_image,
     shorten,
+    speed_toggle,
+    toggle_label,
     user_line,
     variant,
 )
@@ -170,13 +174,23 @@ class ResultState:
     """What a result's buttons need besides the photo: who asked, and how it was made."""
 
     requester: int
-    style: str
+    style: str  # "": the default style (a custom id too long for the style's name)
     strength: float
     seed: int
+    speed: str | None = None  # the speed preset; None (buttons from before presets): the style's own
 
     def custom_id(self, action: str) -> str:
-        """The button's custom id (Discord allows 100 characters; style names are at most 32)."""
-        return f"clay:{action}:{self.requester}:{self.style}:{self.strength:g}:{self.seed}"
+        """The button's custom id (Discord allows 100 characters): ``clay:action:requester:style:strength:seed``,
+        then ``:speed`` when it has one. Should a long style and a long preset name not fit together, the style is
+        left out (the default style), as Telegram's buttons do."""
+        speed = "" if self.speed is None else f":{self.speed}"
+        custom_id = f"clay:{action}:{self.requester}:{self.style}:{self.strength:g}:{self.seed}{speed}"
+        if len(custom_id) > MAX_CUSTOM_ID:
+            custom_id = f"clay:{action}:{self.requester}::{self.strength:g}:{self.seed}{speed}"
+        return custom_id
+
+
+MAX_CUSTOM_ID = 100  # Discord's limit on a component's custom id
 
 
 BUTTONS = {  # action: (label, emoji, style)
@@ -185,24 +199,32 @@ BUTTONS = {  # action: (label, emoji, style)
     "weaker": ("Weaker", "\N{HEAVY MINUS SIGN}", discord.ButtonStyle.secondary),
     "delete": ("Delete", "\N{WASTEBASKET}", discord.ButtonStyle.danger),
 }
+TOGGLE = {"Fast": "\N{HIGH VOLTAGE SIGN}", "Best": "\N{DIRECT HIT}"}  # the "speed" button: same picture, other preset
 
 
 class ResultButton(
     discord.ui.DynamicItem[discord.ui.Button],
-    template=r"clay:(?P<action>again|stronger|weaker|delete):(?P<requester>\d+):(?P<style>[\w.-]+)"
-             r":(?P<strength>\d*\.?\d+):(?P<seed>\d+)",
+    # the speed part is read loosely here and checked against the config when pressed, so a preset the config no
+    # longer has gets an answer that says so instead of a silent "interaction failed"
+    template=r"clay:(?P<action>again|stronger|weaker|delete|speed):(?P<requester>\d+):(?P<style>[\w.-]*)"
+             r":(?P<strength>\d*\.?\d+):(?P<seed>\d+)(?::(?P<speed>[^:]*))?",
 ):
     """One of a result's buttons; its state lives in its custom id, so it works after a restart."""
 
     def __init__(self, action: str, state: ResultState) -> None:
-        label, emoji, style = BUTTONS[action]
+        if action == "speed":  # Fast / Best: the state holds the preset it switches to
+            label = toggle_label(state.speed or "default")
+            emoji, style = TOGGLE[label], discord.ButtonStyle.secondary
+        else:
+            label, emoji, style = BUTTONS[action]
         super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=state.custom_id(action)))
         self.action, self.state = action, state
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
                              match: re.Match[str], /) -> ResultButton:
-        state = ResultState(int(match["requester"]), match["style"], float(match["strength"]), int(match["seed"]))
+        state = ResultState(int(match["requester"]), match["style"], float(match["strength"]), int(match["seed"]),
+                            match["speed"])
         return cls(match["action"], state)
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
@@ -221,12 +243,15 @@ class ResultButton(
 
 
 class ResultView(discord.ui.View):
-    """Again · Stronger · Weaker · Delete, persistent (no timeout)."""
+    """Again · Stronger · Weaker · Delete, and Fast / Best (``toggle``: the other preset) when the config has
+    presets; persistent (no timeout)."""
 
-    def __init__(self, state: ResultState) -> None:
+    def __init__(self, state: ResultState, toggle: str | None = None) -> None:
         super().__init__(timeout=None)
         for action in BUTTONS:
             self.add_item(ResultButton(action, state))
+        if toggle is not None:
+            self.add_item(ResultButton("speed", dataclasses.replace(state, speed=toggle)))
 
 
 @dataclass
@@ -251,13 +276,16 @@ async def build_result(bot: ClayBot, done: Done, source: bytes | None, requester
     embed.add_field(name="Style", value=done.style)
     embed.add_field(name="Strength", value=f"{done.strength:g}")
     embed.add_field(name="Seed", value=str(done.seed))
+    if done.speed != "default":
+        embed.add_field(name="Speed", value=done.speed)
     embed.set_image(url=f"attachment://{name}")
     files = [discord.File(io.BytesIO(image), filename=name)]
     if copy is not None:
         embed.set_thumbnail(url=f"attachment://{SOURCE_NAME}")
         files.append(discord.File(io.BytesIO(copy), filename=SOURCE_NAME))
     embed.set_footer(text=f"for {requester.display_name}")
-    view = ResultView(ResultState(requester.id, done.style, done.strength, done.seed))
+    view = ResultView(ResultState(requester.id, done.style, done.strength, done.seed, done.speed),
+                      toggle=speed_toggle(done.speed, bot.config.speed_names()))
     return ResultMessage(embed, files, view)
 
 
@@ -537,9 +565,10 @@ class ClayBot(commands.Bot):
         source = next((a for a in message.attachments if a.filename == SOURCE_NAME), None) if message else None
         if source is None:
             raise UserError("I no longer have the photo this picture was made from; please send it again.")
+        speed = button_speed(state.speed, self.config.speed_names())
         strength, seed = variant(action, state.strength, state.seed)
         await self.serve(interaction, DiscordImage.from_attachment(source), strength=strength, seed=seed,
-                         style=state.style)
+                         style=state.style or None, speed=speed)
 
     async def report(self, interaction: discord.Interaction, error: Exception) -> None:
         """The one place a failed interaction is answered: the user's mistakes as they are, the rest calmly."""

@@ -170,11 +170,36 @@ def variant(action: str, strength: float, seed: int) -> tuple[float, int | None]
 
     Again keeps the strength and takes a new seed. Stronger and weaker move the strength a tenth and keep the seed,
     so only the strength changes — except at the end of the range, where the strength cannot move: there they take
-    a new seed, so the button still makes a new picture."""
+    a new seed, so the button still makes a new picture. "speed" (the Fast/Best toggle) keeps both: only the speed
+    preset changes."""
     if action == "again":
         return strength, None
+    if action == "speed":
+        return strength, seed
     moved = stronger(strength) if action == "stronger" else weaker(strength)
     return moved, seed if moved != strength else None
+
+
+def speed_toggle(speed: str, speeds: list[str]) -> str | None:
+    """The preset a result's Fast/Best button switches to: from the default, the first [speed.*] preset ("Fast");
+    from any other, the default ("Best"). None when the config has no presets (no such button)."""
+    if len(speeds) < 2:
+        return None
+    return speeds[1] if speed == speeds[0] else speeds[0]
+
+
+def toggle_label(speed: str) -> str:
+    """The Fast/Best button's words for the preset it switches to."""
+    return "Best" if speed == "default" else "Fast"
+
+
+def button_speed(speed: str | None, speeds: list[str]) -> str | None:
+    """A button's speed preset, checked against the config's (None: old buttons, the style's own preset); a preset
+    the config no longer has → UserError that says so."""
+    if speed is not None and speed not in speeds:
+        raise UserError(f"This button asks for the speed {speed[:32]!r}, which I no longer have "
+                        f"(speeds: {', '.join(speeds)}); please send the photo again.")
+    return speed
 
 
 def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, str | None]:

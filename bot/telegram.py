@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +48,12 @@ from bot.flow import (
     RequestFlow,
     RunningRequests,
     UserError,
+    button_speed,
     is_image,
     not_an_image,
     parse_options,
+    speed_toggle,
+    toggle_label,
     user_line,
     variant,
 )
@@ -68,7 +71,9 @@ DOWNLOAD_LIMIT = 20 * 2**20
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
 POLL_TIMEOUT = 10.0  # seconds a getUpdates long poll waits for news
 CHAT_ACTION_EVERY = 4.5  # a chat action shows for 5 s or until the next message
-BUTTON_PREFIX = "c1"  # callback data version: bump when the format below changes
+BUTTON_PREFIX = "c2"  # callback data version: bump when the format below changes
+OLD_BUTTON_PREFIX = "c1"  # style|strength|seed, from before speed presets: the style's own preset
+SPEED_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # what config accepts as a [speed.*] name, and "default"
 MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
 CAPTION_LIMIT = 1024
 COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")  # what Telegram accepts as a command
@@ -143,21 +148,29 @@ class RecentPhotos:
 # -- buttons ---------------------------------------------------------------------------------------------------------
 
 
-def button_data(style: str, strength: float, seed: int | None) -> str:
-    """Callback data that carries the whole request, so buttons keep working after a restart (max 64 bytes)."""
-    data = f"{BUTTON_PREFIX}|{style}|{strength:g}|{'' if seed is None else seed}"
+def button_data(style: str, strength: float, seed: int | None, speed: str | None = None) -> str:
+    """Callback data that carries the whole request, so buttons keep working after a restart (max 64 bytes):
+    ``c2|style|strength|seed|speed`` (an empty seed: a new one; an empty speed: the style's own preset)."""
+    tail = f"{strength:g}|{'' if seed is None else seed}|{speed or ''}"
+    data = f"{BUTTON_PREFIX}|{style}|{tail}"
     if len(data.encode()) > MAX_CALLBACK_DATA:  # a very long style name: fall back to the default style
-        data = f"{BUTTON_PREFIX}||{strength:g}|{'' if seed is None else seed}"
+        data = f"{BUTTON_PREFIX}||{tail}"
     return data
 
 
-def parse_button(data: str) -> tuple[str | None, float, int | None]:
-    """``button_data``'s (style, strength, seed); ValueError for anything else."""
-    if len(data) > MAX_CALLBACK_DATA:  # Telegram's own limit: anything longer is not ours, and is not parsed
+def parse_button(data: str) -> tuple[str | None, float, int | None, str | None]:
+    """``button_data``'s (style, strength, seed, speed); also the older ``c1|style|strength|seed`` (speed None: the
+    style's own preset); ValueError for anything else."""
+    if len(data.encode()) > MAX_CALLBACK_DATA:  # Telegram's own limit: anything longer is not ours, and is not parsed
         raise ValueError("callback data too long")
-    prefix, style, strength, seed = data.split("|")
-    if prefix != BUTTON_PREFIX:
-        raise ValueError(f"unknown button format {prefix!r}")
+    prefix, _, rest = data.partition("|")
+    fields = rest.split("|")
+    if prefix == BUTTON_PREFIX and len(fields) == 4:
+        style, strength, seed, speed = fields
+    elif prefix == OLD_BUTTON_PREFIX and len(fields) == 3:
+        (style, strength, seed), speed = fields, ""
+    else:
+        raise ValueError(f"unknown button format {prefix[:8]!r}")
     value = float(strength)
     if not MIN_STRENGTH <= value <= MAX_STRENGTH:  # NaN fails this too
         raise ValueError(f"strength {strength!r} out of range")
@@ -165,19 +178,29 @@ def parse_button(data: str) -> tuple[str | None, float, int | None]:
         raise ValueError(f"seed {seed!r} out of range")
     if style != style.strip():
         raise ValueError(f"style {style!r}")
-    return style or None, value, int(seed) if seed else None
+    if speed and not SPEED_NAME.fullmatch(speed):
+        raise ValueError(f"speed {speed!r}")
+    return style or None, value, int(seed) if seed else None, speed or None
 
 
-def result_buttons(done: Done) -> InlineKeyboardMarkup:
-    """🎲 Again, 💪 Stronger and 🪶 Weaker (the flow's ``variant`` rule)."""
-    def data(action: str) -> str:
-        return button_data(done.style, *variant(action, done.strength, done.seed))
+def result_buttons(done: Done, speeds: Sequence[str] = ()) -> InlineKeyboardMarkup:
+    """🎲 Again, 💪 Stronger and 🪶 Weaker (the flow's ``variant`` rule), each with the picture's speed preset; and
+    ⚡ Fast / 🎯 Best (same seed and strength, the other preset) when the config has presets (``speeds``: the
+    config's speed names, "default" first)."""
+    def data(action: str, speed: str) -> str:
+        return button_data(done.style, *variant(action, done.strength, done.seed), speed)
 
-    return InlineKeyboardMarkup([[
-        InlineKeyboardButton("🎲 Again", callback_data=data("again")),
-        InlineKeyboardButton("💪 Stronger", callback_data=data("stronger")),
-        InlineKeyboardButton("🪶 Weaker", callback_data=data("weaker")),
-    ]])
+    row = [
+        InlineKeyboardButton("🎲 Again", callback_data=data("again", done.speed)),
+        InlineKeyboardButton("💪 Stronger", callback_data=data("stronger", done.speed)),
+        InlineKeyboardButton("🪶 Weaker", callback_data=data("weaker", done.speed)),
+    ]
+    other = speed_toggle(done.speed, list(speeds))
+    if other is not None:
+        label = toggle_label(other)
+        row.append(InlineKeyboardButton(f"{'🎯' if label == 'Best' else '⚡'} {label}",
+                                        callback_data=data("speed", other)))
+    return InlineKeyboardMarkup([row])
 
 
 # -- answering one request -------------------------------------------------------------------------------------------
@@ -255,8 +278,9 @@ class TelegramReply:
     private = False  # everything it says is seen by the whole chat
 
     def __init__(self, bot, photo: TelegramPhoto, *, pace: ChatPace, uploading: UploadingPhoto,
-                 on_sent: Callable[[Message], None] | None = None) -> None:
+                 on_sent: Callable[[Message], None] | None = None, speeds: Sequence[str] = ()) -> None:
         self.bot, self.photo, self.pace, self.uploading, self.on_sent = bot, photo, pace, uploading, on_sent
+        self.speeds = list(speeds)  # the config's speed presets, for the Fast/Best button
         self.status_message_id: int | None = None
         self._shown = ""  # the status text on screen
         self._wanted = ""  # the latest status text asked for
@@ -305,7 +329,7 @@ class TelegramReply:
     async def result(self, done: Done, caption: str) -> None:
         """The picture as a reply to the photo, with its caption and buttons; then the status message goes."""
         await self.finish()
-        options = dict(caption=caption[:CAPTION_LIMIT], reply_markup=result_buttons(done),
+        options = dict(caption=caption[:CAPTION_LIMIT], reply_markup=result_buttons(done, self.speeds),
                        reply_parameters=_reply_to(self.photo.message_id), message_thread_id=self.photo.thread_id)
         try:
             sent = await self.bot.send_photo(self.photo.chat_id, done.image, filename=f"clay-{done.seed}.png",
@@ -393,7 +417,8 @@ def help_text(config: Config, bot_username: str | None) -> str:
     if settings.reaction_emoji:
         lines.append(f"• In a group, react to a photo with {settings.reaction_emoji} and I answer with its clay "
                      f"version.")
-    lines.append("• Under each picture: 🎲 Again (new seed), 💪 Stronger, 🪶 Weaker.")
+    lines.append("• Under each picture: 🎲 Again (new seed), 💪 Stronger, 🪶 Weaker"
+                 + (", and ⚡ Fast / 🎯 Best: the same picture at the other speed." if config.speed else "."))
     others = [f"/{name}" for name in style_commands(config) if name != config.pipeline.default_style]
     if others:
         lines.append(f"Other styles: {' '.join(others)}.")
@@ -485,9 +510,16 @@ class TelegramRequests:
         """🎲 / 💪 / 🪶 under a result: the same photo (the result's reply_to_message) again."""
         query = update.callback_query
         try:
-            style, strength, seed = parse_button(query.data or "")
-        except ValueError:
-            await query.answer("This button is too old; please send the photo again.")
+            style, strength, seed, speed = parse_button(query.data or "")
+        except ValueError as err:
+            logger.info("telegram: unreadable button data from user %s: %s", query.from_user.id, str(err)[:100])
+            await query.answer("I can't read this button (it may be from an older version of me); please send the "
+                               "photo again.", show_alert=True)
+            return
+        try:
+            button_speed(speed, self.config.speed_names())
+        except UserError as err:
+            await query.answer(str(err)[:200], show_alert=True)  # Telegram shows at most 200 characters
             return
         source = query.message.reply_to_message if isinstance(query.message, Message) else None
         try:
@@ -497,9 +529,11 @@ class TelegramRequests:
         if photo is None:
             await query.answer("I can't find the original photo any more; please send it again.", show_alert=True)
             return
-        await query.answer("Again, with a new seed." if seed is None else f"Strength {strength:g}.")
+        at_speed = f", {speed}" if speed is not None and speed != "default" else ""
+        await query.answer(f"Again, with a new seed{at_speed}." if seed is None
+                           else f"Strength {strength:g}{at_speed}.")
         self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, strength=strength,
-                           seed=seed, how="button")
+                           seed=seed, how="button", speed=speed)
 
     # -- running a request --------------------------------------------------------------------------------------------
 
@@ -525,7 +559,8 @@ class TelegramRequests:
                   size=photo.size, style=style, strength=strength, seed=seed, speed=speed,
                   answer_to={"message_id": photo.message_id, "thread_id": photo.thread_id},
                   origin=f"update:{update.update_id}")
-        reply = TelegramReply(bot, photo, pace=self.pace, uploading=self.uploading, on_sent=self._remember_result)
+        reply = TelegramReply(bot, photo, pace=self.pace, uploading=self.uploading, on_sent=self._remember_result,
+                              speeds=self.config.speed_names())
         logger.info("telegram request (%s) from user %s in chat %s on message %s: style %s, strength %s",
                     how, user_id, photo.chat_id, photo.message_id, style or "default",
                     "default" if strength is None else f"{strength:g}")
@@ -667,7 +702,8 @@ def build_application(config: Config, flow: RequestFlow, token: str,
     if settings.reaction_emoji:
         application.add_handler(MessageReactionHandler(
             requests.on_reaction, message_reaction_types=MessageReactionHandler.MESSAGE_REACTION_UPDATED))
-    application.add_handler(CallbackQueryHandler(requests.on_button, pattern=rf"^{BUTTON_PREFIX}\|"))
+    # every button press, whatever its data: today's, older formats, and data that is not ours all get an answer
+    application.add_handler(CallbackQueryHandler(requests.on_button))
     application.add_error_handler(requests.on_error)
     return application
 

@@ -30,7 +30,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 TOKEN = "fake-discord-token.for.claybot-tests"  # not shaped like a real token
 PHOTO = photo_bytes((128, 96))
 JOB = 60.0  # seconds a test waits for one picture at most
-BUTTONS = ["Again", "Stronger", "Weaker", "Delete"]
+# the tiny config has a [speed.fast] preset: a default picture offers "Fast", a fast one "Best"
+BUTTONS = ["Again", "Stronger", "Weaker", "Delete", "Fast"]
+FAST_BUTTONS = ["Again", "Stronger", "Weaker", "Delete", "Best"]
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------------------
@@ -335,6 +337,68 @@ async def test_only_the_requester_can_delete_a_picture(bot, fake):
     await fake.wait_for(lambda call: call.method == "DELETE" and allowed.token in call.path, timeout=10)
     assert fake.calls_of(allowed)[0].json["type"] == 6  # acknowledged without a new message
     assert first.original not in fake.messages
+
+
+def rewrite_button(fake: FakeDiscord, message_id: int, label: str, custom_id: str) -> None:
+    """Give a stored result's button other data: as an older version of the bot wrote it, or as a stale one."""
+    for row in fake.messages[message_id]["components"]:
+        for button in row["components"]:
+            if button.get("label") == label:
+                button["custom_id"] = custom_id
+
+
+async def test_a_fast_pictures_buttons_stay_fast_and_the_toggle_switches_both_ways(bot, fake):
+    first, made = await clay(fake, fake.alice, strength=0.5, seed=600, speed="fast")
+    assert fields(made) == {"Style": "clay", "Strength": "0.5", "Seed": "600", "Speed": "fast"}
+    assert labels(made) == FAST_BUTTONS
+
+    again = await fake.press(first.original, "Again", fake.bob)
+    answer = await fake.wait_for(result_of(again), timeout=JOB)
+    assert fields(answer)["Speed"] == "fast" and fields(answer)["Seed"] != "600"  # made with the picture's preset
+    weaker = await fake.press(first.original, "Weaker", fake.alice)
+    answer = await fake.wait_for(result_of(weaker), timeout=JOB)
+    assert fields(answer) == {"Style": "clay", "Strength": "0.4", "Seed": "600", "Speed": "fast"}
+
+    best = await fake.press(first.original, "Best", fake.alice)
+    answer = await fake.wait_for(result_of(best), timeout=JOB)
+    assert fields(answer) == {"Style": "clay", "Strength": "0.5", "Seed": "600"}  # same picture, default preset
+    assert labels(answer) == BUTTONS
+    assert_photo_shape(picture(answer)[1])
+
+    fast = await fake.press(best.original, "Fast", fake.alice)
+    answer = await fake.wait_for(result_of(fast), timeout=JOB)
+    assert fields(answer) == {"Style": "clay", "Strength": "0.5", "Seed": "600", "Speed": "fast"}
+    assert labels(answer) == FAST_BUTTONS
+
+
+async def test_old_buttons_without_a_speed_still_work_with_the_styles_preset(bot, fake):
+    first, _ = await clay(fake, fake.alice, strength=0.5, seed=700, speed="fast")
+    # as the bot wrote its buttons before speed presets: no speed part
+    rewrite_button(fake, first.original, "Stronger", f"clay:stronger:{fake.alice['id']}:clay:0.5:700")
+    press = await fake.press(first.original, "Stronger", fake.alice)
+    answer = await fake.wait_for(result_of(press), timeout=JOB)
+    assert fields(answer) == {"Style": "clay", "Strength": "0.6", "Seed": "700"}  # the style's own: default
+
+
+@pytest.mark.parametrize("speed, words", [
+    ("turbo", ["'turbo'", "no longer have", "default, fast"]),  # a preset taken out of the config since
+    ("x" * 55, ["no longer have"]),  # near the 100 characters a custom id allows
+    ("FAST", ["'FAST'", "no longer have"]),
+])
+async def test_a_button_naming_a_speed_the_bot_does_not_have_is_refused_clearly(bot, fake, speed, words):
+    first, _ = await clay(fake, fake.alice, strength=0.5, seed=800)
+    custom_id = f"clay:again:{fake.alice['id']}:clay:0.5:800:{speed}"
+    assert len(custom_id) <= 100
+    rewrite_button(fake, first.original, "Again", custom_id)
+    downloads = len(fake.downloads)
+    press = await fake.press(first.original, "Again", fake.alice)
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{press.token}/callback"), timeout=10)
+    assert answer.json["type"] == 4 and answer.json["data"]["flags"] == EPHEMERAL
+    assert all(w in answer.json["data"]["content"] for w in words), answer.json["data"]["content"]
+    await asyncio.sleep(0.3)
+    assert len(fake.downloads) == downloads  # refused before the photo was fetched
+    _, made = await clay(fake, fake.bob, strength=0.5, seed=801)  # and the next person is served
+    assert fields(made)["Seed"] == "801"
 
 
 # -- reactions --------------------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ from bot.telegram import (
     button_data,
     download_limit,
     parse_button,
+    result_buttons,
 )
-from pipeline.core.jobs import SHUTDOWN_REASON
+from pipeline.core.jobs import SHUTDOWN_REASON, Done
 from pipeline.core.local import LocalQueue
 from tests.conftest import photo_bytes
 from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, user
@@ -94,15 +95,17 @@ async def telegram(tiny_config, queue, caplog):
     assert TOKEN not in caplog.text
 
 
-def check_picture(answer: Call, photo_size: tuple[int, int], *, strength: float) -> int:
-    """A PNG of the photo's aspect ratio, captioned with its strength and seed, with the three buttons; its seed."""
+def check_picture(answer: Call, photo_size: tuple[int, int], *, strength: float, toggle: str = "⚡ Fast") -> int:
+    """A PNG of the photo's aspect ratio, captioned with its strength and seed, with the three buttons and the speed
+    toggle (the tiny config has a [speed.fast] preset: "⚡ Fast" on a default picture, "🎯 Best" on a fast one);
+    its seed."""
     image = Image.open(io.BytesIO(answer.files.get("photo") or answer.files["document"]))
     assert image.format == "PNG"
     assert image.width / image.height == pytest.approx(photo_size[0] / photo_size[1], rel=0.03)
     caption = answer.params["caption"]
     assert caption.startswith(f"clay · strength {strength:g} · seed ")
     buttons = answer.params["reply_markup"]["inline_keyboard"][0]
-    assert [b["text"] for b in buttons] == ["🎲 Again", "💪 Stronger", "🪶 Weaker"]
+    assert [b["text"] for b in buttons] == ["🎲 Again", "💪 Stronger", "🪶 Weaker", toggle]
     assert all(len(b["callback_data"].encode()) <= MAX_CALLBACK_DATA for b in buttons)
     return int(re.search(r"seed (\d+)", caption).group(1))
 
@@ -481,12 +484,19 @@ async def test_stronger_and_weaker_keep_the_seed_unless_the_strength_cannot_move
 async def test_button_data_fits_telegrams_64_bytes_and_round_trips():
     data = button_data("clay", 0.6, 2**31 - 1)
     assert len(data.encode()) <= MAX_CALLBACK_DATA
-    assert parse_button(data) == ("clay", 0.6, 2**31 - 1)
-    assert parse_button(button_data("clay", 0.5, None)) == ("clay", 0.5, None)
-    long_style = button_data("a_style_name_far_too_long_for_a_button_" * 2, 0.6, 2**31 - 1)
-    assert len(long_style.encode()) <= MAX_CALLBACK_DATA and parse_button(long_style)[0] is None
-    with pytest.raises(ValueError):
-        parse_button("something|else")
+    assert parse_button(data) == ("clay", 0.6, 2**31 - 1, None)
+    assert parse_button(button_data("clay", 0.5, None)) == ("clay", 0.5, None, None)
+    assert parse_button(button_data("clay", 0.5, 7, "fast")) == ("clay", 0.5, 7, "fast")
+    assert parse_button("c1|clay|0.55|7") == ("clay", 0.55, 7, None)  # buttons sent before speed presets
+    longest_speed = "f" + "a" * 31  # the longest preset name config accepts
+    long_style = button_data("a_style_name_far_too_long_for_a_button_" * 2, 0.55, 2**31 - 1, longest_speed)
+    assert len(long_style.encode()) <= MAX_CALLBACK_DATA
+    assert parse_button(long_style) == (None, 0.55, 2**31 - 1, longest_speed)
+    for hostile in ("something|else", "c2|clay|0.6|42", "c1|clay|0.6|42|fast", "c2|clay|0.6|42|fast|x",
+                    "c2|clay|0.6|42|FAST", "c2|clay|0.6|42|fa:st", "c2|clay|0.6|42|" + "f" * 60, "c2|clay|nan|1|",
+                    "c2|clay|0.6|" + "9" * 40 + "|", "c2|clay|0.6|42|ф" * 3):
+        with pytest.raises(ValueError):
+            parse_button(hostile)
 
 
 async def test_reaction_emoji_must_be_one_telegram_accepts(tmp_path):
@@ -511,9 +521,107 @@ async def test_local_mode_lifts_the_download_limit(tmp_path):
 async def test_a_caption_naming_a_speed_preset_gets_a_picture_made_with_it(telegram):
     photo = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.6 fast")
     answer = await telegram.picture_for(photo)
-    check_picture(answer, (128, 96), strength=0.6)
+    check_picture(answer, (128, 96), strength=0.6, toggle="🎯 Best")
     assert " · fast\n" in answer.params["caption"]
 
     asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay turbo")
     refused = await telegram.text_for(asked)
     assert "'turbo'" in refused.params["text"] and "default, fast" in refused.params["text"]
+
+
+# -- speed presets on the buttons -------------------------------------------------------------------------------------
+
+
+def keyboard(answer: Call) -> dict[str, str]:
+    return {b["text"]: b["callback_data"] for b in answer.params["reply_markup"]["inline_keyboard"][0]}
+
+
+async def test_a_fast_pictures_buttons_stay_fast_and_the_toggle_switches_both_ways(telegram):
+    photo = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.5 fast")
+    fast = await telegram.picture_for(photo)
+    seed = check_picture(fast, (128, 96), strength=0.5, toggle="🎯 Best")
+    assert " · fast\n" in fast.params["caption"]
+
+    for text, strength, same_seed in (("🎲 Again", 0.5, False), ("💪 Stronger", 0.6, True)):
+        mark = len(telegram.fake.calls)
+        await telegram.fake.press(ALICE, fast.result, keyboard(fast)[text])
+        answer = await telegram.picture_for(photo, after=mark)
+        assert (check_picture(answer, (128, 96), strength=strength, toggle="🎯 Best") == seed) is same_seed, text
+        assert " · fast\n" in answer.params["caption"], text  # made with the preset the picture was made with
+
+    mark = len(telegram.fake.calls)
+    await telegram.fake.press(ALICE, fast.result, keyboard(fast)["🎯 Best"])
+    best = await telegram.picture_for(photo, after=mark)
+    assert check_picture(best, (128, 96), strength=0.5, toggle="⚡ Fast") == seed  # same seed and strength
+    assert "fast" not in best.params["caption"]
+
+    mark = len(telegram.fake.calls)
+    await telegram.fake.press(BOB, best.result, keyboard(best)["⚡ Fast"])
+    again_fast = await telegram.picture_for(photo, after=mark)
+    assert check_picture(again_fast, (128, 96), strength=0.5, toggle="🎯 Best") == seed
+    assert " · fast\n" in again_fast.params["caption"]
+
+
+async def test_a_default_pictures_buttons_stay_default(telegram):
+    photo = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.5")
+    first = await telegram.picture_for(photo)
+    check_picture(first, (128, 96), strength=0.5)
+    mark = len(telegram.fake.calls)
+    await telegram.fake.press(ALICE, first.result, keyboard(first)["🎲 Again"])
+    answer = await telegram.picture_for(photo, after=mark)
+    check_picture(answer, (128, 96), strength=0.5, toggle="⚡ Fast")
+    assert "fast" not in answer.params["caption"]
+
+
+async def test_old_button_data_without_a_speed_still_works_with_the_styles_preset(telegram):
+    photo = await telegram.fake.send_photo(GROUP, ALICE, PORTRAIT)
+    old_picture = {"message_id": 9002, "date": 0, "chat": GROUP, "from": telegram.fake.bot_user,
+                   "photo": photo["photo"], "caption": "clay · strength 0.5 · seed 42\nno tags",
+                   "reply_to_message": photo}
+    telegram.fake.messages[(GROUP["id"], 9002)] = old_picture
+
+    await telegram.fake.press(BOB, old_picture, "c1|clay|0.6|42")  # as the buttons were written before presets
+
+    answer = await telegram.picture_for(photo)
+    assert check_picture(answer, (96, 128), strength=0.6) == 42
+    assert "fast" not in answer.params["caption"]  # the style's own preset: "default" in this config
+
+
+@pytest.mark.parametrize("data, words", [
+    ("c2|clay|0.6|42|turbo", ["'turbo'", "no longer have", "default, fast"]),  # a preset the config does not have
+    ("c2|clay|0.6|42|" + "f" * 49, ["can't read this button"]),  # a preset name longer than config allows
+    ("c2|clay|0.6|42|" + "f" * 60, ["can't read this button"]),  # over Telegram's 64 bytes
+    ("c2|clay|0.6|42|Fast; drop", ["can't read this button"]),
+    ("c2|clay|0.6|42|fast|more", ["can't read this button"]),
+    ("not one of ours", ["can't read this button"]),  # any data at all gets an answer, never a spinning button
+])
+async def test_bad_speed_in_button_data_is_refused_with_a_clear_line(telegram, data, words):
+    photo = await telegram.fake.send_photo(GROUP, ALICE, PORTRAIT)
+    picture = {"message_id": 9003, "date": 0, "chat": GROUP, "from": telegram.fake.bot_user,
+               "photo": photo["photo"], "caption": "clay · strength 0.5 · seed 42\nno tags",
+               "reply_to_message": photo}
+    telegram.fake.messages[(GROUP["id"], 9003)] = picture
+
+    mark = len(telegram.fake.calls)
+    query_id = await telegram.fake.press(BOB, picture, data)
+
+    answer = await telegram.fake.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
+    assert answer.params["callback_query_id"] == query_id and answer.params["show_alert"] == "true"
+    assert all(w in answer.params["text"] for w in words), answer.params["text"]
+    await asyncio.sleep(0.3)
+    assert not [c for c in telegram.fake.calls[mark:] if c.method in ("getFile", "sendMessage")]
+    # and the bot still serves the next person
+    asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.5")
+    check_picture(await telegram.picture_for(asked), (128, 96), strength=0.5)
+
+
+async def test_the_fast_best_button_shows_only_when_the_config_has_presets():
+    def texts_and_data(speed: str, speeds: list[str]) -> list[tuple[str, tuple]]:
+        done = Done(image=b"", width=1, height=1, tags=[], prompt="", seed=5, style="clay", strength=0.5, speed=speed)
+        row = result_buttons(done, speeds).inline_keyboard[0]
+        return [(b.text, parse_button(b.callback_data)) for b in row]
+
+    assert [t for t, _ in texts_and_data("default", ["default"])] == ["🎲 Again", "💪 Stronger", "🪶 Weaker"]
+    assert texts_and_data("default", ["default", "turbo", "fast"])[-1] == ("⚡ Fast", ("clay", 0.5, 5, "turbo"))
+    assert texts_and_data("fast", ["default", "turbo", "fast"])[-1] == ("🎯 Best", ("clay", 0.5, 5, "default"))
+    assert all(data[3] == "fast" for _, data in texts_and_data("fast", ["default", "fast"])[:3])
