@@ -59,6 +59,16 @@ async def queue(tiny_config):
         await queue.close(grace=5)
 
 
+@pytest.fixture
+def server(tmp_path):
+    """A fresh redis-server on 127.0.0.1 for one test (the Redis backend's tests), stopped after it."""
+    from tests.redis_server import RedisServer
+
+    redis = RedisServer(tmp_path).start()
+    yield redis
+    redis.stop()
+
+
 def photo_bytes(size=(128, 96), color=(200, 120, 40), fmt="JPEG", **save_kwargs) -> bytes:
     """A small synthetic photo: a colour field with a darker square, so orientation and crops are visible."""
     image = Image.new("RGB", size, color)

@@ -100,3 +100,12 @@ def stop_worker(worker: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+def redis_queue(config_path, owner: str):
+    """The chat side's Redis queue for a config file, as process ``owner``."""
+    from bot.config import load_config
+    from pipeline.core.redis_queue import RedisQueue
+
+    config = load_config(config_path)
+    return RedisQueue(config.gpu(), config.queue, owner=owner)

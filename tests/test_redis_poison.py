@@ -23,22 +23,10 @@ from pipeline.core.redis_entries import BAD_ENTRY_REASON, DEAD_MAXLEN
 from pipeline.core.redis_queue import GROUP, NO_WORKER_REASON, RedisQueue, redis_status
 from pipeline.core.status import render
 from tests.conftest import photo_bytes
-from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker
+from tests.redis_server import redis_config, redis_queue, start_worker, stop_worker
 
 PHOTO = photo_bytes((128, 96))
 RESULT = {"width": 1, "height": 1, "tags": [], "prompt": "p", "seed": 1, "style": "clay", "strength": 0.5}
-
-
-@pytest.fixture
-def server(tmp_path):
-    redis = RedisServer(tmp_path).start()
-    yield redis
-    redis.stop()
-
-
-def _queue(config_path, owner: str) -> RedisQueue:
-    config = load_config(config_path)
-    return RedisQueue(config.gpu(), config.queue, owner=owner)
 
 
 async def _events(handle, timeout: float = 30.0) -> list:
@@ -74,7 +62,7 @@ async def test_a_malformed_event_is_dead_lettered_once_and_the_answers_behind_it
                                                                                        tmp_path, caplog):
     caplog.set_level(logging.ERROR, logger="pipeline.core.redis_queue")
     config = redis_config(tiny_config_path, tmp_path, server.url, no_worker_timeout=600.0)
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         told_of_damage, delivered, bad_result = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in (1, 2, 3)]
@@ -119,7 +107,7 @@ async def test_a_malformed_event_is_dead_lettered_once_and_the_answers_behind_it
 async def test_a_malformed_job_is_acknowledged_once_and_the_worker_keeps_serving(server, tiny_config_path, tmp_path):
     config = redis_config(tiny_config_path, tmp_path, server.url, claim_idle=1.0, heartbeat=0.5, batch_window=0.0)
     worker = start_worker(config, "w0")
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         await _until(queue.workers, 120, "the worker did not come up")
@@ -155,7 +143,7 @@ async def test_a_malformed_job_is_acknowledged_once_and_the_worker_keeps_serving
 
 async def test_max_queue_holds_when_redis_reports_no_lag(server, tiny_config_path, tmp_path, monkeypatch):
     config = redis_config(tiny_config_path, tmp_path, server.url, max_queue=3, no_worker_timeout=600.0)
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         handles = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in range(3)]
@@ -187,7 +175,7 @@ async def test_with_no_worker_alive_waiting_users_are_told_and_a_returning_worke
                                                                                         tmp_path):
     config = redis_config(tiny_config_path, tmp_path, server.url, max_queue=1, no_worker_timeout=4.0, heartbeat=0.5,
                           batch_window=0.0)
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     worker = None
     try:
@@ -217,7 +205,7 @@ async def test_keys_of_gone_chat_processes_and_dead_workers_do_not_pile_up(serve
     config = redis_config(tiny_config_path, tmp_path, server.url, heartbeat=0.5, no_worker_timeout=600.0)
     settings = load_config(config).queue
     horizon = max(settings.image_ttl, settings.result_ttl)
-    gone = _queue(config, "chat-gone")
+    gone = redis_queue(config, "chat-gone")
     await gone.start()
     job = await gone.submit(StyleRequest(PHOTO, seed=1))
     await gone.redis.xadd(gone.keys.events("chat-gone"), {"op": "started", "id": job.id})
@@ -237,7 +225,7 @@ async def test_keys_of_gone_chat_processes_and_dead_workers_do_not_pile_up(serve
         await client.xgroup_createconsumer(gone.keys.jobs, GROUP, "ghost")
         await client.xreadgroup(GROUP, "holder", {gone.keys.jobs: ">"}, count=1)  # holds a job: must stay
 
-        live = _queue(config, "chat-b")
+        live = redis_queue(config, "chat-b")
         await live.start()
         try:
             for key in (gone.keys.journal("old"), gone.keys.cursor("old")):
@@ -273,7 +261,7 @@ async def test_a_killed_worker_is_not_mistaken_for_a_live_one(server, tiny_confi
     # Its heartbeat stops: after no_worker_timeout waiting users are told, though its entry is still in the hash.
     config = redis_config(tiny_config_path, tmp_path, server.url, no_worker_timeout=3.0, heartbeat=0.5)
     worker = start_worker(config, "w0")
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         [info] = (await _until(queue.workers, 120, "the worker did not come up")).values()
@@ -299,7 +287,7 @@ async def test_a_worker_serves_again_after_redis_comes_back_empty(server, tiny_c
     # Redis restarted without its data (or flushed): the stream comes back without the workers' consumer group.
     config = redis_config(tiny_config_path, tmp_path, server.url, heartbeat=0.5)
     worker = start_worker(config, "w0")
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         await _until(queue.workers, 120, "the worker did not come up")
@@ -313,7 +301,7 @@ async def test_a_worker_serves_again_after_redis_comes_back_empty(server, tiny_c
 
 async def test_the_dead_letter_stream_stays_bounded(server, tiny_config_path, tmp_path):
     config = redis_config(tiny_config_path, tmp_path, server.url, no_worker_timeout=600.0)
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         handle = await queue.submit(StyleRequest(PHOTO, seed=1))

@@ -15,21 +15,9 @@ from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, Queued, Starte
 from pipeline.core.redis_queue import RedisQueue, redis_status
 from pipeline.core.status import render
 from tests.conftest import photo_bytes
-from tests.redis_server import RedisServer, redis_config, start_worker, stop_worker
+from tests.redis_server import redis_config, redis_queue, start_worker, stop_worker
 
 PHOTO = photo_bytes((128, 96))
-
-
-@pytest.fixture
-def server(tmp_path):
-    redis = RedisServer(tmp_path).start()
-    yield redis
-    redis.stop()
-
-
-def _queue(config_path, owner: str) -> RedisQueue:
-    config = load_config(config_path)
-    return RedisQueue(config.gpu(), config.queue, owner=owner)
 
 
 async def _wait_for_workers(queue: RedisQueue, count: int, timeout: float = 120) -> dict:
@@ -51,7 +39,7 @@ async def _events(handle, timeout=180.0) -> list:
 async def test_two_workers_share_a_burst_of_eight_jobs(server, tiny_config_path, tmp_path):
     config = redis_config(tiny_config_path, tmp_path, server.url, batch_window=0.0)
     workers = [start_worker(config, f"w{i}") for i in range(2)]
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         await _wait_for_workers(queue, 2)
@@ -82,7 +70,7 @@ async def test_two_workers_share_a_burst_of_eight_jobs(server, tiny_config_path,
 async def test_a_worker_killed_mid_job_leaves_it_to_the_other(server, tiny_config_path, tmp_path):
     config = redis_config(tiny_config_path, tmp_path, server.url, claim_idle=2.0, heartbeat=0.5)
     workers = [start_worker(config, f"w{i}") for i in range(2)]
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         await _wait_for_workers(queue, 2)
@@ -110,7 +98,7 @@ async def test_a_worker_killed_mid_job_leaves_it_to_the_other(server, tiny_confi
 
 async def test_jobs_waiting_survive_a_redis_restart(server, tiny_config_path, tmp_path):
     config = redis_config(tiny_config_path, tmp_path, server.url)
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         handles = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in range(3)]
@@ -128,7 +116,7 @@ async def test_jobs_waiting_survive_a_redis_restart(server, tiny_config_path, tm
 
 async def test_a_restarted_chat_process_answers_its_jobs(server, tiny_config_path, tmp_path):
     config = redis_config(tiny_config_path, tmp_path, server.url)
-    before = _queue(config, "chat-a")
+    before = redis_queue(config, "chat-a")
     await before.start()
     replies = [{"chat": 42, "message": 7 + s} for s in range(2)]
     for seed, reply_to in enumerate(replies):
@@ -136,7 +124,7 @@ async def test_a_restarted_chat_process_answers_its_jobs(server, tiny_config_pat
     await before.close()  # the chat process goes away with its jobs accepted but unanswered
 
     worker = start_worker(config, "w0")
-    after = _queue(config, "chat-a")
+    after = redis_queue(config, "chat-a")
     await after.start()
     try:
         recovered = await after.recover()
@@ -152,7 +140,7 @@ async def test_a_restarted_chat_process_answers_its_jobs(server, tiny_config_pat
 async def test_a_second_chat_process_never_receives_the_first_ones_results(server, tiny_config_path, tmp_path):
     config = redis_config(tiny_config_path, tmp_path, server.url)
     worker = start_worker(config, "w0")
-    first, second = _queue(config, "chat-a"), _queue(config, "chat-b")
+    first, second = redis_queue(config, "chat-a"), redis_queue(config, "chat-b")
     await first.start()
     await second.start()
     try:
@@ -173,7 +161,7 @@ async def test_a_second_chat_process_never_receives_the_first_ones_results(serve
 async def test_a_job_completed_twice_is_answered_once(server, tiny_config_path, tmp_path):
     # As after a claim: two "done" events for one job reach its owner; the user sees one answer.
     config = redis_config(tiny_config_path, tmp_path, server.url)
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         handle = await queue.submit(StyleRequest(PHOTO, seed=1))
@@ -194,7 +182,7 @@ async def test_a_full_shared_queue_answers_busy(server, tiny_config_path, tmp_pa
     from pipeline.core.jobs import QueueBusy
 
     config = redis_config(tiny_config_path, tmp_path, server.url, max_queue=2)
-    queue = _queue(config, "chat-a")
+    queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
         first = await queue.submit(StyleRequest(PHOTO, seed=1))
