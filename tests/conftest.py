@@ -45,12 +45,18 @@ def tiny_config(tiny_config_path):
     return load_config(tiny_config_path)
 
 
+@pytest.fixture(scope="module")
+def queue_gpu(tiny_config):
+    """What the module's `queue` worker runs: the tiny config (a module that needs slower jobs overrides this)."""
+    return tiny_config.gpu()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def queue(tiny_config):
+async def queue(tiny_config, queue_gpu):
     """One real local queue and pipeline worker for a module's front-end tests: a worker start costs seconds."""
     from pipeline.core.local import LocalQueue
 
-    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
+    queue = LocalQueue(queue_gpu, tiny_config.queue.model_copy(update={"batch_window": 0.0}))
     await queue.start()
     try:
         await queue.wait_ready(timeout=120)
@@ -67,6 +73,12 @@ def server(tmp_path):
     redis = RedisServer(tmp_path).start()
     yield redis
     redis.stop()
+
+
+def with_steps(gpu, steps: int):
+    """Worker settings whose jobs run more denoising steps: long enough (tenths of a second on the tiny models) for
+    a status line to show progress, or for a test to act while a job runs."""
+    return gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update={"steps": steps})})
 
 
 def photo_bytes(size=(128, 96), color=(200, 120, 40), fmt="JPEG", **save_kwargs) -> bytes:

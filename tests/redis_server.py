@@ -71,14 +71,16 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
-def redis_config(tiny_config_path: Path, folder: Path, url: str, **queue) -> Path:
-    """The tiny config with the Redis backend."""
+def redis_config(tiny_config_path: Path, folder: Path, url: str, *, steps: int | None = None, **queue) -> Path:
+    """The tiny config with the Redis backend (and, given ``steps``, jobs that run that many denoising steps)."""
     doc = tomlkit.parse(tiny_config_path.read_text(encoding="utf-8"))
     doc["queue"]["backend"] = "redis"
     doc["queue"]["redis_url"] = url
     for key, value in queue.items():
         doc["queue"][key] = value
-    path = folder / f"redis-{abs(hash((url, tuple(sorted(queue.items())))))}.toml"
+    if steps is not None:
+        doc["pipeline"]["steps"] = steps
+    path = folder / f"redis-{abs(hash((url, steps, tuple(sorted(queue.items())))))}.toml"
     path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     return path
 

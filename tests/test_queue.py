@@ -132,7 +132,7 @@ async def test_compatible_jobs_share_one_batch_and_match_their_solo_images(tiny_
 
 
 async def test_a_worker_killed_mid_job_is_restarted_and_the_job_answered(tiny_config):
-    async with running_queue(tiny_config, pipeline={"steps": 24}) as queue:
+    async with running_queue(tiny_config, pipeline={"steps": 100}) as queue:
         handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=5))
         pid = queue.worker_info["pid"]
         events = []
@@ -150,7 +150,7 @@ async def test_a_worker_killed_mid_job_is_restarted_and_the_job_answered(tiny_co
 
 
 async def test_a_job_whose_worker_dies_twice_fails_with_a_reason(tiny_config):
-    async with running_queue(tiny_config, max_retries=0, pipeline={"steps": 24}) as queue:
+    async with running_queue(tiny_config, max_retries=0, pipeline={"steps": 100}) as queue:
         handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=5))
         async for event in handle.events():
             if isinstance(event, Progress):
@@ -173,7 +173,7 @@ async def test_a_full_queue_answers_busy_at_once(tiny_config):
 
 
 async def test_a_job_over_its_time_limit_fails_with_its_reason(tiny_config):
-    async with running_queue(tiny_config, job_timeout=0.3, pipeline={"steps": 60}) as queue:
+    async with running_queue(tiny_config, job_timeout=0.3, pipeline={"steps": 150}) as queue:
         handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=1))
         events = await collect(handle)
         assert isinstance(events[-1], Failed)

@@ -68,7 +68,8 @@ async def test_two_workers_share_a_burst_of_eight_jobs(server, tiny_config_path,
 
 
 async def test_a_worker_killed_mid_job_leaves_it_to_the_other(server, tiny_config_path, tmp_path):
-    config = redis_config(tiny_config_path, tmp_path, server.url, claim_idle=2.0, heartbeat=0.5)
+    # 100 steps (about 1.5 s): the job is still running when a heartbeat shows its worker busy
+    config = redis_config(tiny_config_path, tmp_path, server.url, steps=100, claim_idle=2.0, heartbeat=0.5)
     workers = [start_worker(config, f"w{i}") for i in range(2)]
     queue = redis_queue(config, "chat-a")
     await queue.start()
@@ -76,9 +77,11 @@ async def test_a_worker_killed_mid_job_leaves_it_to_the_other(server, tiny_confi
         await _wait_for_workers(queue, 2)
         settings = load_config(config)
         handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=9))
-        killed = None
+        killed, after_kill = None, []
         async for event in handle.events():
-            if isinstance(event, Progress) and killed is None:
+            if killed is not None:
+                after_kill.append(event)
+            elif isinstance(event, Progress):
                 busy = [info["pid"] for info in (await queue.workers()).values() if info["busy"]]
                 if busy:
                     killed = busy[0]
@@ -87,7 +90,9 @@ async def test_a_worker_killed_mid_job_leaves_it_to_the_other(server, tiny_confi
                 break
         assert killed is not None, "no worker was seen busy"
         assert isinstance(event, Done) and event.seed == 9
-        assert settings.pipeline.steps  # the job ran its steps on the surviving worker
+        # the surviving worker ran the job from its first step to its last
+        steps = settings.pipeline.steps  # strength 1.0: every step of the schedule
+        assert Progress(1, steps) in after_kill and Progress(steps, steps) in after_kill
         survivors = [w for w in workers if w.pid != killed]
         assert len(survivors) == 1 and survivors[0].poll() is None
     finally:

@@ -35,7 +35,7 @@ def _config(tiny_config_path: Path, folder: Path, telegram: FakeTelegram) -> Pat
     doc["bot"]["data_dir"] = str(folder / "data")
     doc["telegram"]["api_base_url"] = telegram.api_base_url
     doc["telegram"]["file_base_url"] = telegram.file_base_url
-    doc["pipeline"]["steps"] = 40  # slower jobs, so some are still waiting when the process dies
+    doc["pipeline"]["steps"] = 150  # slower jobs (about a second), so some are still waiting when the process dies
     doc["queue"]["batch_window"] = 0.0
     doc["pipeline"]["max_batch"] = 1
     doc["bot"]["log_format"] = "json"

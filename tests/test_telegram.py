@@ -29,13 +29,14 @@ from bot.telegram import (
 )
 from pipeline.core.jobs import SHUTDOWN_REASON, Done
 from pipeline.core.local import LocalQueue
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, with_steps
 from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TOKEN = "555001:fake-telegram-token-claybot"  # not shaped like a real token
-EDIT_INTERVAL = 0.3  # the tests' status_edit_interval: short, so tiny jobs still show progress edits
+EDIT_INTERVAL = 0.1  # the tests' status_edit_interval: short, so tiny jobs still show progress edits
+PROGRESS_STEPS = 40  # a job of about 0.3 s on the tiny models: a few progress edits between position and picture
 LANDSCAPE, PORTRAIT = photo_bytes((128, 96)), photo_bytes((96, 128), fmt="PNG")
 ALICE, BOB = user(1001, "Alice"), user(1002, "Bob")
 ALICE_CHAT, GROUP = private_chat(ALICE), group_chat()
@@ -76,6 +77,12 @@ class Running:
         return [c for c in self.fake.calls_to("editMessageText")
                 if c.params["chat_id"] == status.params["chat_id"]
                 and c.params["message_id"] == status.result["message_id"]]
+
+
+@pytest.fixture(scope="module")
+def queue_gpu(tiny_config):
+    """The module's worker runs jobs long enough for progress edits."""
+    return with_steps(tiny_config.gpu(), PROGRESS_STEPS)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
