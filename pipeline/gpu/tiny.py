@@ -197,15 +197,18 @@ def _build_unet() -> UNet2DConditionModel:
 
 
 def _build_vae() -> AutoencoderKL:
-    """Build the tiny two-block AutoencoderKL (SDXL's scaling factor and force_upcast)."""
+    """Build the tiny four-block AutoencoderKL: SDXL's 8× smaller latents, scaling factor and force_upcast.
+
+    The 8× matters for speed, not only likeness: with a 2× VAE the tiny UNet's attention ran on 16 times as many
+    tokens, and a tiny img2img call took ~1.2 s instead of ~0.1 s, most of the test suite's time."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 64, 64),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,

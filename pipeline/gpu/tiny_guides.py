@@ -34,8 +34,8 @@ DETECTOR_SIZE = (240, 320)  # height, width
 def _controlnet(unet, seed: int):
     from diffusers import ControlNetModel
 
-    # the tiny VAE halves the size once, so the control image's embedding must also shrink by 2, not SDXL's 8
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    # the control image's embedding shrinks it 8× to the latents' size, as the tiny VAE does (and SDXL's)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
     generator = torch.Generator().manual_seed(seed + 11)
     zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
                   controlnet.controlnet_cond_embedding.conv_out]
