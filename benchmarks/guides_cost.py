@@ -188,11 +188,15 @@ def measure(config_path: Path, photo, step_counts: tuple[int, int], repeats: int
     stylizer = Stylizer(gpu)
     style = gpu.pipeline.default_style
     tags = stylizer.tagger([photo])
-    medians = {}
+    medians, ran = {}, {}
     for steps in step_counts:
+        # every part that reads the step count (the speed presets' plan too), or both counts time the same run
         stylizer.settings = gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update={"steps": steps})})
-        stylizer.guides.settings = stylizer.settings
-        stylizer.run([Photo(photo, 0)], style=style, strength=1.0, tags=tags)  # untimed: lazy initialisation
+        stylizer.guides.settings = stylizer.speed.settings = stylizer.settings
+        progress = []
+        stylizer.run([Photo(photo, 0)], style=style, strength=1.0, tags=tags,  # untimed: lazy initialisation
+                     on_step=lambda step, total: progress.append(step))
+        ran[str(steps)] = len(progress)
         times = []
         for i in range(repeats):
             if device.type == "cuda":
@@ -212,7 +216,7 @@ def measure(config_path: Path, photo, step_counts: tuple[int, int], repeats: int
     del stylizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"denoise_s": {str(k): v for k, v in medians.items()}, "per_step_s": per_step,
+    return {"denoise_s": {str(k): v for k, v in medians.items()}, "steps_run": ran, "per_step_s": per_step,
             "fixed_s": t1 - per_step * s1}
 
 
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                                            tagger_folder=tiny.tagger_folder, lora_rank=LORA_RANK, build_s=0.0)
             guides = {"controlnet": tiny.controlnet_folder, "depth": tiny.depth_folder,
                       "encoder": tiny.image_encoder_folder, "adapter": tiny.ip_adapter}
-            side, megapixels, dtype = 64, 0.0041, "float32"
+            # 256×256: 32×32 latents, big enough that a tiny step costs more than the timer's noise
+            side, megapixels, dtype = 256, 0.0656, "float32"
         else:
             models = gpu_speed.write_full_models(args.models_dir)
             guides = write_full_guide_models(args.models_dir.expanduser() / "guides", gpu_speed.SDXL_UNET_CONFIG,

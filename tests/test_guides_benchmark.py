@@ -29,6 +29,7 @@ def test_smoke_run_reports_the_cost_per_step_of_each_guide(tmp_path):
         # a slope over two step counts: reported, but on a busy 2-core machine its sign is noise (no timing checks)
         assert isinstance(run["per_step_s"], float) and math.isfinite(run["per_step_s"]), name
         assert set(run["denoise_s"]) == {"4", "16"}
+        assert run["steps_run"] == {"4": 4, "16": 16}, name  # the slope is over two different step counts
     assert report["per_step_ratio_to_none"]["none"] == 1.0
     assert "structure" in proc.stdout and "× none" in proc.stdout
 
