@@ -392,8 +392,10 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     if not args.template.is_file():
         raise ConfigError(f"{args.template}: no config to copy; pass --from path/to/config.toml")
     load_config(args.template, check_models=False)  # refuse to copy a broken template; its models are replaced
-    tiny = write_tiny_models(args.directory)
-    path = args.directory / "config.toml"
+    # absolute: the config resolves relative model paths from its own folder, not from where this ran
+    directory = args.directory.resolve()
+    tiny = write_tiny_models(directory)
+    path = directory / "config.toml"
     path.write_text(tiny_config_text(args.template.read_text(encoding="utf-8"), tiny), encoding="utf-8")
     load_config(path)
     print(f"wrote tiny models and {path}")

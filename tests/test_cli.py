@@ -25,17 +25,17 @@ PHOTO_SIZE = (160, 120)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def claybot(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def claybot(*args: str | Path, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(CLAYBOT), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=ENV)
+                          stdin=subprocess.DEVNULL, env=ENV, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    """`claybot tiny-models DIR`, run once for the module."""
+    """`claybot tiny-models DIR`, run once for the module, with DIR relative as `make demo` gives it."""
     assert CLAYBOT.is_file(), f"{CLAYBOT} missing: pip install -e . in the venv"
     directory = tmp_path_factory.mktemp("cli") / "tiny"
-    run = claybot("tiny-models", directory)
+    run = claybot("tiny-models", directory.name, cwd=directory.parent)
     assert run.returncode == 0, run.stderr
     assert f"wrote tiny models and {directory / 'config.toml'}" in run.stdout
     return directory
