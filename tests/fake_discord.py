@@ -231,10 +231,13 @@ class FakeDiscord:
 
     # -- what the tests send -----------------------------------------------------------------------------------------
 
-    async def dispatch(self, event: str, data: dict) -> None:
-        """Send a gateway event to the newest identified connection (the bot under test)."""
-        live = [c for c in self._connections if c.identified and not c.ws.closed]
-        assert live, "no bot is connected to the fake gateway"
+    async def dispatch(self, event: str, data: dict, *, connect_timeout: float = 30.0) -> None:
+        """Send a gateway event to the newest identified connection (the bot under test), once there is one: a bot
+        registers its commands before it connects to the gateway, and a test may act as soon as it sees them."""
+        deadline = time.monotonic() + connect_timeout
+        while not (live := [c for c in self._connections if c.identified and not c.ws.closed]):
+            assert time.monotonic() < deadline, "no bot is connected to the fake gateway"
+            await asyncio.sleep(0.02)
         connection = live[-1]
         if event == "INTERACTION_CREATE":
             self.interactions[data["token"]].sent_at = time.monotonic()
