@@ -201,7 +201,10 @@ async def test_with_no_worker_alive_waiting_users_are_told_and_a_returning_worke
             stop_worker(worker)
 
 
-async def test_keys_of_gone_chat_processes_and_dead_workers_do_not_pile_up(server, tiny_config_path, tmp_path):
+async def test_keys_of_gone_chat_processes_and_dead_workers_do_not_pile_up(server, tiny_config_path, tmp_path,
+                                                                          monkeypatch):
+    # consumers idle for a second, not ten, count as gone: the sweep is under test, not the waiting
+    monkeypatch.setattr("pipeline.core.redis_queue.IDLE_CONSUMER", 1.0)
     config = redis_config(tiny_config_path, tmp_path, server.url, heartbeat=0.5, no_worker_timeout=600.0)
     settings = load_config(config).queue
     horizon = max(settings.image_ttl, settings.result_ttl)
