@@ -75,10 +75,10 @@ def server(tmp_path):
     redis.stop()
 
 
-def with_steps(gpu, steps: int):
-    """Worker settings whose jobs run more denoising steps: long enough (tenths of a second on the tiny models) for
-    a status line to show progress, or for a test to act while a job runs."""
-    return gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update={"steps": steps})})
+def with_pipeline(gpu, **changes):
+    """Worker settings with some [pipeline] values changed. More ``steps`` make jobs long enough (tenths of a second
+    on the tiny models) for a status line to show progress, or for a test to act while a job runs."""
+    return gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update=changes)})
 
 
 def photo_bytes(size=(128, 96), color=(200, 120, 40), fmt="JPEG", **save_kwargs) -> bytes:

@@ -21,7 +21,7 @@ from cogs.admin import parse_emoji
 from cogs.clay import clay_command
 from pipeline.core.errors import ClaybotError
 from pipeline.core.safety import INPUT_REFUSED
-from tests.conftest import photo_bytes, with_steps
+from tests.conftest import photo_bytes, with_pipeline
 from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeInteraction
 from tests.test_guard import _sample, until
 
@@ -41,7 +41,7 @@ FAST_BUTTONS = ["Again", "Stronger", "Weaker", "Delete", "Best"]
 @pytest.fixture(scope="module")
 def queue_gpu(tiny_config):
     """Jobs of about 0.3 s on the tiny models: long enough for a status line to show progress."""
-    return with_steps(tiny_config.gpu(), 40)
+    return with_pipeline(tiny_config.gpu(), steps=40)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

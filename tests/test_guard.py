@@ -15,7 +15,7 @@ from bot.observability import Metrics
 from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from pipeline.core.safety import INPUT_REFUSED
-from tests.conftest import photo_bytes, with_steps
+from tests.conftest import photo_bytes, with_pipeline
 from tests.fake_telegram import FakeTelegram, group_chat, private_chat, user
 from tests.test_telegram import TOKEN, Running, with_telegram
 
@@ -45,7 +45,7 @@ def clock() -> Clock:
 @pytest.fixture(scope="module")
 def queue_gpu(tiny_config):
     """Jobs of about half a second: a person's second photo, sent right after the first, finds it still queued."""
-    return with_steps(tiny_config.gpu(), 60)
+    return with_pipeline(tiny_config.gpu(), steps=60)
 
 
 @pytest_asyncio.fixture(loop_scope="module")

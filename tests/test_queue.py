@@ -30,7 +30,7 @@ from pipeline.core.jobs import (
     StyleRequest,
 )
 from pipeline.core.local import LocalQueue
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, with_pipeline
 
 PHOTO = photo_bytes((128, 96))
 
@@ -39,7 +39,7 @@ PHOTO = photo_bytes((128, 96))
 async def running_queue(tiny_config, *, wait=True, pipeline=None, **queue_changes):
     gpu = tiny_config.gpu()
     if pipeline:
-        gpu = gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update=pipeline)})
+        gpu = with_pipeline(gpu, **pipeline)
     queue = LocalQueue(gpu, tiny_config.queue.model_copy(update=queue_changes))
     await queue.start()
     try:

@@ -27,7 +27,7 @@ from pipeline.core.jobs import BadRequest, Done, StyleRequest
 from pipeline.core.settings import SpeedSettings, StyleSettings
 from pipeline.core.sheet import cell_box, sheet_size
 from pipeline.gpu.speed import nominal_steps
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, with_pipeline
 
 PHOTO = photo_bytes((128, 96))
 
@@ -467,6 +467,6 @@ def test_fuse_qkv_does_not_bypass_the_speed_lora(tiny_config, tiny_models, prese
     from pipeline.gpu.stylizer import Stylizer
 
     gpu = _gpu(tiny_config, tiny_models, fast={**FAST, "lora": str(tiny_models.speed_lora)})
-    fused = Stylizer(gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update={"fuse_qkv": True})}))
+    fused = Stylizer(with_pipeline(gpu, fuse_qkv=True))
     assert "pipeline.fuse_qkv is skipped" in caplog.text
     assert _digest(_run(fused, photo, speed="fast")) == _digest(_run(presets_stylizer, photo, speed="fast"))

@@ -10,14 +10,13 @@ from PIL import Image
 from pipeline.core.images import decode_photo
 from pipeline.core.settings import StyleSettings
 from pipeline.gpu.stylizer import Photo, Stylizer
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, with_pipeline
 
 MAX_PIXELS = 40_000_000
 
 
 def _settings(tiny_config, **pipeline_changes):
-    gpu = tiny_config.gpu()
-    return gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update=pipeline_changes)})
+    return with_pipeline(tiny_config.gpu(), **pipeline_changes)
 
 
 def _with_styles(settings, styles: dict[str, StyleSettings]):

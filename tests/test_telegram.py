@@ -29,7 +29,7 @@ from bot.telegram import (
 )
 from pipeline.core.jobs import SHUTDOWN_REASON, Done
 from pipeline.core.local import LocalQueue
-from tests.conftest import photo_bytes, with_steps
+from tests.conftest import photo_bytes, with_pipeline
 from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -84,7 +84,7 @@ class Running:
 @pytest.fixture(scope="module")
 def queue_gpu(tiny_config):
     """The module's worker runs jobs long enough for progress edits."""
-    return with_steps(tiny_config.gpu(), PROGRESS_STEPS)
+    return with_pipeline(tiny_config.gpu(), steps=PROGRESS_STEPS)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
