@@ -393,10 +393,13 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.template}: no config to copy; pass --from path/to/config.toml")
     load_config(args.template, check_models=False)  # refuse to copy a broken template; its models are replaced
     # absolute: the config resolves relative model paths from its own folder, not from where this ran
-    directory = args.directory.resolve()
-    tiny = write_tiny_models(directory)
+    directory = args.directory.expanduser().resolve()
     path = directory / "config.toml"
-    path.write_text(tiny_config_text(args.template.read_text(encoding="utf-8"), tiny), encoding="utf-8")
+    try:
+        tiny = write_tiny_models(directory)
+        path.write_text(tiny_config_text(args.template.read_text(encoding="utf-8"), tiny), encoding="utf-8")
+    except OSError as err:
+        raise ClaybotError(f"{args.directory}: cannot write the tiny models there ({err.strerror})") from None
     load_config(path)
     print(f"wrote tiny models and {path}")
     print(f"guide models (for [styles.*.structure] / [styles.*.identity]): controlnet {tiny.controlnet_folder}, "

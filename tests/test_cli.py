@@ -149,6 +149,22 @@ def test_stylize_of_a_file_that_is_not_an_image_fails_with_a_message_and_no_trac
     assert not (tmp_path / "out.png").exists()
 
 
+def test_tiny_models_into_a_file_fails_with_a_message_and_no_traceback(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("not a folder\n", encoding="utf-8")
+    run = claybot("tiny-models", target)
+    assert run.returncode == 1
+    assert f"{target}: cannot write the tiny models there" in run.stderr and "Traceback" not in run.stderr
+    assert target.read_text(encoding="utf-8") == "not a folder\n"
+
+
+def test_tiny_models_expands_a_quoted_tilde_to_the_home_folder(tmp_path):
+    run = subprocess.run([str(CLAYBOT), "tiny-models", "~/models"], capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL, env={**ENV, "HOME": str(tmp_path)}, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "models" / "config.toml").is_file() and not (tmp_path / "~").exists()
+
+
 def test_check_loads_every_model_of_the_tiny_config(config_path):
     run = claybot("check", "--config", config_path)
     assert run.returncode == 0, run.stderr
