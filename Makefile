@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Test files are spread over this many processes (pytest-xdist; a file stays on one, so its shared worker does too).
 TEST_PROCS ?= 2
 
-.PHONY: install run demo test bench clean
+.PHONY: install run demo test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(PY) -m pytest -n $(TEST_PROCS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+# Style and common mistakes (ruff, configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Types of bot/, cogs/ and pipeline/ (mypy, configured in pyproject.toml).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) $(TINY) out
