@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 import json
+import threading
 from dataclasses import dataclass, field
 
 from aiohttp import web

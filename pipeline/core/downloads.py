@@ -129,13 +129,23 @@ def read_answer(resp: Any, deadline_at: float, limit: int = ANSWER_MAX) -> bytes
     if length.isdigit() and int(length) > limit:
         raise BadAnswer(f"announces {human(int(length))}, far more than the API gives (at most {human(limit)})")
     body = bytearray()
+    # Each read may wait only for what is left of the deadline (the socket is urllib3's public `connection.sock`;
+    # without it a stalled read waits for the request's own read timeout, the whole deadline, at most).
+    sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
     try:
-        for chunk in _chunks(resp, 64 * 1024):
+        while True:
+            left = deadline_at - time.monotonic()
+            if left <= 0:
+                raise BadAnswer("did not arrive within its deadline")
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = resp.raw.read1(64 * 1024, decode_content=True) if hasattr(resp.raw, "read1") else \
+                resp.raw.read(64 * 1024, decode_content=True)
+            if not chunk:
+                break
             body += chunk
             if len(body) > limit:
                 raise BadAnswer(f"goes on past {human(limit)}, far more than the API gives")
-            if time.monotonic() > deadline_at:
-                raise BadAnswer("did not arrive within its deadline")
     except (urllib3.exceptions.HTTPError, OSError) as err:
         if time.monotonic() > deadline_at or "timed out" in str(err).lower():
             raise BadAnswer("did not arrive within its deadline") from None
