@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import resource
 import signal
+import socket
+import threading
 from collections import namedtuple
 from pathlib import Path
 
@@ -228,3 +230,53 @@ def test_a_file_trickled_below_the_minimum_rate_is_cut_off_and_resumed_later(fak
     fake.requests.clear()
     assert models.resolve("civitai:10", KEY, store).read_bytes() == data
     assert [r["range"] for r in _storage(fake)] == [f"bytes={kept}-"]
+
+
+@pytest.fixture
+def raw_server():
+    """An HTTP server on 127.0.0.1 that answers every connection with the bytes given (headers no library writes)."""
+    servers: list[socket.socket] = []
+
+    def start(answer: bytes) -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+        servers.append(listener)
+
+        def serve() -> None:
+            for _ in range(8):  # bounded: a client retrying without end would still be let go
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}/clay.safetensors"
+
+    yield start
+    for listener in servers:
+        listener.close()
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"12abc", b"-5"])
+def test_a_content_length_that_is_no_number_is_ignored_not_a_traceback(raw_server, tmp_path, length):
+    # Byte 0xb2 reads as "²" (headers are latin-1), and int("²") fails though "²".isdigit() is true: such a header
+    # is ignored, as HTTP clients ignore it.
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\nConnection: close\r\n\r\n"
+    url = raw_server(head + LORA)
+    store = models.ModelStore(tmp_path / "cache", limits=DownloadLimits(retry_wait=0.02))
+
+    path = models.resolve(UrlModel(url=url, sha256=hashlib.sha256(LORA).hexdigest()), KEY, store)
+
+    assert path.read_bytes() == LORA  # read to the end of the connection, as HTTP says without a usable length
+
+
+def test_a_content_length_of_5000_digits_is_refused_as_too_large(raw_server, tmp_path):
+    # int() refuses more than 4300 digits; such a length is simply beyond any cap.
+    url = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n" + LORA)
+    store = models.ModelStore(tmp_path / "cache", limits=DownloadLimits(retry_wait=0.02))
+
+    with pytest.raises(ModelError, match=rf"^{KEY}: the download of {url} announces .* GB \(Content-Length\), more "
+                                         r"than pipeline\.max_download_gb = 8 allows"):
+        models.resolve(UrlModel(url=url, sha256=hashlib.sha256(LORA).hexdigest()), KEY, store)

@@ -125,9 +125,9 @@ def read_answer(resp: Any, deadline_at: float, limit: int = ANSWER_MAX) -> bytes
     """A streamed answer's body, refused past ``limit`` bytes or past the monotonic ``deadline_at``."""
     import urllib3
 
-    length = resp.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > limit:
-        raise BadAnswer(f"announces {human(int(length))}, far more than the API gives (at most {human(limit)})")
+    length = announced_length(resp)
+    if length is not None and length > limit:
+        raise BadAnswer(f"announces {human(length)}, far more than the API gives (at most {human(limit)})")
     body = bytearray()
     # Each read may wait only for what is left of the deadline (the socket is urllib3's public `connection.sock`;
     # without it a stalled read waits for the request's own read timeout, the whole deadline, at most).
@@ -234,7 +234,7 @@ def stream(session: Any, job: Download, limits: DownloadLimits,
             time.sleep(limits.retry_wait * attempt)
             logger.warning("%s: the download of %s was cut after %d bytes (%s); resuming", job.key, job.what,
                            got.bytes, failure)
-        headers = dict(job.headers)
+        headers = {**job.headers, "Accept-Encoding": "identity"}  # the bytes on the wire are the file's
         if got.bytes:
             headers["Range"] = f"bytes={got.bytes}-"
         try:
@@ -265,13 +265,13 @@ def stream(session: Any, job: Download, limits: DownloadLimits,
                     "Content-Range", "").startswith(f"bytes {got.bytes}-")
                 if not resumed:
                     got = _Received()
-                length = resp.headers.get("Content-Length", "")
-                if length.isdigit():
-                    if got.bytes + int(length) > cap:
+                length = announced_length(resp)
+                if length is not None:
+                    if got.bytes + length > cap:
                         part.unlink(missing_ok=True)
-                        raise too_large(job, limits, sent=got.bytes + int(length))
-                    check_space(part.parent, int(length), job.key, job.what)
-                total = got.bytes + int(length) if length.isdigit() else job.expected
+                        raise too_large(job, limits, sent=got.bytes + length)
+                    check_space(part.parent, length, job.key, job.what)
+                total = got.bytes + length if length is not None else job.expected
                 _write(resp, job, got, total, resumed, cap, limits)
             return got.hasher.hexdigest()
         except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
@@ -280,6 +280,14 @@ def stream(session: Any, job: Download, limits: DownloadLimits,
                 got = _Received()
     raise ModelError(f"{job.key}: the download of {job.what} failed {limits.attempts} times ({failure}); the part "
                      f"fetched so far is kept and resumed by the next try: {job.later}.")
+
+
+def announced_length(resp: Any) -> int | None:
+    """The Content-Length a response announces (None: none, or not a number); beyond any disk when absurdly long."""
+    text = resp.headers.get("Content-Length", "").strip()
+    if not re.fullmatch(r"[0-9]+", text):  # str.isdigit() takes "²" too, which int() refuses
+        return None
+    return int(text) if len(text) <= 18 else 10**18  # int() refuses more than 4300 digits
 
 
 class _Received:
