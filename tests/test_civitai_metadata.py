@@ -76,6 +76,7 @@ def test_metadata_announcing_a_huge_content_length_is_refused_unread(fake, store
     (b"[" * 200_000 + b"]" * 200_000, "is nested too deeply"),
     (b'{"files": [' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_000 + b"]}", "is nested too deeply"),
     (b"\xff\xfe not utf-8", "is not valid JSON"),
+    (b'{"modelId": ' + b"1" * 5000 + b"}", "is not valid JSON"),  # int() refuses more than 4300 digits
     (_file(sizeKB="120"), "the size of clay.safetensors is 120"),
     (_file(sizeKB=-5), "the size of clay.safetensors is -5"),
     (_file(sizeKB=[1]), r"the size of clay.safetensors is \[1\]"),

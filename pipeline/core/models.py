@@ -19,7 +19,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pipeline.core import civitai
-from pipeline.core.downloads import GB, Download, DownloadLimits, safe_file_name, stream
+from pipeline.core.downloads import GB, Download, DownloadLimits, printable, safe_file_name, stream
 from pipeline.core.errors import ModelError
 from pipeline.core.settings import ModelSpec, PipelineSettings, UrlModel
 
@@ -267,7 +267,8 @@ def _from_url(ref: ModelRef, key: str, cache: Path, how_to: str, limits: Downloa
             with requests.Session() as session:
                 session.headers["User-Agent"] = "claybot"
                 session.max_redirects = 5
-                digest = stream(session, Download(ref.value, part, key, ref.value, "the server", later), limits)
+                what = printable(ref.value, 500)  # quoted in log lines: no control character gets through
+                digest = stream(session, Download(ref.value, part, key, what, "the server", later), limits)
             if digest != ref.sha256:
                 part.unlink(missing_ok=True)
                 raise ModelError(f"{key}: the file downloaded from {ref.value} does not match sha256 {ref.sha256} "
