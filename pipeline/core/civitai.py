@@ -10,24 +10,36 @@ Forms understood (the version is always needed: it pins the file whose sha256 Ci
 The file is fetched through Civitai's public API: the version's metadata (``/api/v1/model-versions/{id}``) names
 the file and its SHA256; the download (``/api/download/models/{id}``, which redirects to storage) is streamed into
 the cache with a progress bar, resumed when the connection is cut, and kept only when its SHA256 matches. Only
-``.safetensors`` files are fetched. The API key, for models whose creators require a login, comes from the
+``.safetensors`` files are fetched, each within the limits of pipeline.core.downloads (a size cap, a minimum
+rate, a deadline and a 1 MB cap on the metadata). The API key, for models whose creators require a login, comes from the
 environment variable the config names and is sent only to the configured Civitai host (never logged, never in a
 message).
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from pipeline.core.downloads import (
+    BadAnswer,
+    Download,
+    DownloadLimits,
+    parse_json,
+    printable,
+    read_answer,
+    reason,
+    safe_file_name,
+    stream,
+)
 from pipeline.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -41,18 +53,11 @@ LORA_TYPES = ("lora", "locon", "lycoris", "dora")
 TYPES_FOR_KEY = {"pipeline.base_model": ("checkpoint", "model"), "pipeline.vae": ("vae",)}
 FOLDER_KEYS = ("tagger.model", "pipeline.base_config")  # need a folder of files; Civitai serves one file
 
-CONNECT_TIMEOUT = 5.0  # seconds to open a connection: an unreachable Civitai fails fast
-API_TIMEOUT = 20.0  # seconds for the version's metadata to arrive
-READ_TIMEOUT = 60.0  # seconds without a byte before a download counts as cut
-ATTEMPTS = 4  # tries of one download; each after the first resumes where the last one was cut
-CHUNK = 1 << 20
-
 _AIR = re.compile(
     r"^(?:urn:)?air:(?P<ecosystem>[^:]+):(?P<type>[^:]+):(?P<source>[^:]+):(?P<model>[^@+]+?)"
     r"(?:@(?P<version>[^+]*?))?(?:\+(?P<file>[^.]*))?(?:\.(?P<format>[^.]+))?$",
     re.IGNORECASE,
 )
-_SAFE_NAME = re.compile(r"[\w][\w .()+,'-]{0,200}\.safetensors", re.IGNORECASE)
 _HOW = "write civitai:<modelVersionId> or urn:air:sdxl:lora:civitai:<modelId>@<modelVersionId>"
 
 
@@ -158,7 +163,7 @@ def allowed_types(key: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class VersionFile:
-    """The file of a model version claybot fetches, as Civitai's API describes it."""
+    """The file of a model version claybot fetches, as Civitai's API describes it (names already made safe)."""
 
     name: str
     sha256: str
@@ -168,8 +173,8 @@ class VersionFile:
     title: str  # "model name · version name", for messages and `claybot models`
 
 
-def fetch(ref: CivitaiRef, key: str, cache: Path, *, base_url: str = CIVITAI_URL,
-          token_env: str = TOKEN_ENV) -> Path:
+def fetch(ref: CivitaiRef, key: str, cache: Path, *, base_url: str = CIVITAI_URL, token_env: str = TOKEN_ENV,
+          limits: DownloadLimits | None = None) -> Path:
     """The model version's .safetensors file in the cache: from an earlier download, or fetched and checked now."""
     from filelock import FileLock
 
@@ -183,10 +188,12 @@ def fetch(ref: CivitaiRef, key: str, cache: Path, *, base_url: str = CIVITAI_URL
             cached = _cached(folder)
             if cached is not None:
                 return cached
-            return _download(ref, key, folder, base_url.rstrip("/"), token_env)
-    except OSError as err:  # a full disk, a read-only cache (network failures are handled, and worded, inside)
-        raise ModelError(f"{key}: cannot write {ref.describe()} into {folder} ({err.strerror or err}); free some "
-                         "space, or set pipeline.cache_dir to a writable folder.") from None
+            return _download(ref, key, folder, base_url.rstrip("/"), token_env, limits or DownloadLimits())
+    except OSError as err:  # a read-only cache, a file in the way (network and write failures are worded inside)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise ModelError(f"{key}: cannot write {ref.describe()} into {folder} ({err.strerror or err}); "
+                         + ("free some space, or " if full else "") + "set pipeline.cache_dir to a writable folder."
+                         ) from None
 
 
 def cached_info(path: Path) -> dict:
@@ -197,7 +204,7 @@ def cached_info(path: Path) -> dict:
 def _record(folder: Path) -> dict:
     try:
         record = json.loads((folder / "civitai.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return record if isinstance(record, dict) else {}
 
@@ -205,29 +212,40 @@ def _record(folder: Path) -> dict:
 def _cached(folder: Path) -> Path | None:
     info = _record(folder)
     name = info.get("file", "")
+    if not isinstance(name, str) or not name or name != os.path.basename(name) or name.startswith("."):
+        return None
     path = folder / name
-    if name and path.is_file() and path.stat().st_size == info.get("size"):
+    if path.is_file() and path.stat().st_size == info.get("size"):
         return path
     return None
 
 
-def _download(ref: CivitaiRef, key: str, folder: Path, base: str, token_env: str) -> Path:
+def _download(ref: CivitaiRef, key: str, folder: Path, base: str, token_env: str, limits: DownloadLimits) -> Path:
     import requests
 
     token = os.environ.get(token_env, "").strip()
     session = requests.Session()
     session.headers["User-Agent"] = "claybot"
+    session.max_redirects = 5  # each hop may take the whole deadline: a redirect loop must end soon
     # requests drops the Authorization header when a redirect leaves this host, so storage never sees the key.
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     desc = ref.describe()
     later = f"run `claybot models` again later, or download it yourself and set {key} to its local path"
     try:
-        info = _version_file(session, ref, key, base, auth, token_env, later)
+        info = _version_file(session, ref, key, base, auth, token_env, later, limits)
         logger.info("fetching %s (%s, %s) from Civitai into %s", desc, info.title, info.name, folder)
         url = f"{base}/api/download/models/{ref.version_id}" + (f"?{info.download_query}" if info.download_query
                                                                   else "")
         part = folder / f"{info.name}.part"
-        digest = _stream(session, url, part, key, desc, info, auth, token_env, later)
+        job = Download(url, part, key, f"{desc} ({info.name})", "Civitai", later, info.size, "Civitai's API", auth)
+
+        def refuse(resp: Any) -> None:
+            # Civitai answers 401/403, or a login page instead of the file, when a creator requires a login.
+            if resp.status_code in (401, 403) or (
+                    resp.status_code < 400 and "text/html" in resp.headers.get("Content-Type", "")):
+                raise ModelError(_login_message(key, desc, resp.status_code, token_env, bool(auth)))
+
+        digest = stream(session, job, limits, refuse)
     finally:
         session.close()
     if digest != info.sha256:
@@ -244,141 +262,99 @@ def _download(ref: CivitaiRef, key: str, folder: Path, base: str, token_env: str
     return path
 
 
-def _version_file(session, ref: CivitaiRef, key: str, base: str, auth: dict, token_env: str,
-                  later: str) -> VersionFile:
+def _version_file(session: Any, ref: CivitaiRef, key: str, base: str, auth: dict, token_env: str, later: str,
+                  limits: DownloadLimits) -> VersionFile:
     """The version's metadata: which .safetensors file to fetch, its SHA256 and size; checked against the key."""
     import requests
 
     desc = ref.describe()
     url = f"{base}/api/v1/model-versions/{ref.version_id}"
+    deadline_at = time.monotonic() + limits.api_deadline
     try:
-        resp = session.get(url, headers=auth, timeout=(CONNECT_TIMEOUT, API_TIMEOUT))
+        resp = session.get(url, headers=auth, stream=True,
+                           timeout=(min(limits.connect_timeout, limits.api_deadline), limits.api_deadline))
     except requests.RequestException as err:
-        raise ModelError(f"{key}: cannot reach Civitai at {base} ({_reason(err)}). Connect this machine to the "
+        raise ModelError(f"{key}: cannot reach Civitai at {base} ({reason(err)}). Connect this machine to the "
                          f"internet and run `claybot models`, or download {desc} yourself and set {key} to its "
                          "local path.") from None
-    if resp.status_code == 404:
-        raise ModelError(f"{key}: Civitai has no published model version {ref.version_id} (HTTP 404). Check the "
-                         "number: it is the modelVersionId in the model page's URL.")
-    if resp.status_code in (401, 403):
-        raise ModelError(_login_message(key, desc, resp.status_code, token_env, bool(auth)))
-    if resp.status_code >= 400:
-        raise ModelError(f"{key}: Civitai answered HTTP {resp.status_code} about {desc}; {later}.")
+    with resp:
+        if resp.status_code == 404:
+            raise ModelError(f"{key}: Civitai has no published model version {ref.version_id} (HTTP 404). Check "
+                             "the number: it is the modelVersionId in the model page's URL.")
+        if resp.status_code in (401, 403):
+            raise ModelError(_login_message(key, desc, resp.status_code, token_env, bool(auth)))
+        if resp.status_code >= 400:
+            raise ModelError(f"{key}: Civitai answered HTTP {resp.status_code} about {desc}; {later}.")
+        try:
+            meta = parse_json(read_answer(resp, deadline_at))
+        except BadAnswer as err:
+            deadline = " (pipeline.civitai_api_deadline)" if "deadline" in str(err) else ""
+            raise ModelError(f"{key}: Civitai's answer about {desc} {err}{deadline}; {later}.") from None
     try:
-        meta = resp.json()
-        files = list(meta.get("files") or [])
-    except (ValueError, AttributeError, TypeError):
-        raise ModelError(f"{key}: Civitai's answer about {desc} is not the JSON its API gives; {later}.") from None
-    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-    title = " · ".join(str(part) for part in (model.get("name"), meta.get("name")) if part)
-    if ref.model_id is not None and meta.get("modelId") not in (None, ref.model_id):
-        raise ModelError(f"{key}: Civitai model version {ref.version_id} belongs to model {meta.get('modelId')}, "
+        return _describe_file(meta, ref, key, desc)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
+        # a shape no check below foresaw: still one line, naming the key
+        raise ModelError(f"{key}: Civitai's answer about {desc} is not the JSON its API gives "
+                         f"({type(err).__name__}); {later}.") from None
+
+
+def _describe_file(meta: object, ref: CivitaiRef, key: str, desc: str) -> VersionFile:
+    """The file to fetch, from the version's metadata; ModelError naming the key for anything malformed."""
+    broken = f"{key}: Civitai's answer about {desc} is not the JSON its API gives"
+    if not isinstance(meta, dict):
+        raise ModelError(f"{broken} (an object was expected).")
+    files, model = meta.get("files") or [], meta.get("model") or {}
+    if not isinstance(files, list) or not isinstance(model, dict):
+        raise ModelError(f"{broken} (files must be a list and model an object).")
+    title = " · ".join(printable(part, 100) for part in (model.get("name"), meta.get("name"))
+                       if isinstance(part, str) and part)
+    model_id = meta.get("modelId")
+    if ref.model_id is not None and model_id is not None and model_id != ref.model_id:
+        raise ModelError(f"{key}: Civitai model version {ref.version_id} belongs to model {printable(model_id, 40)}, "
                          f"not {ref.model_id}; check the AIR (…:civitai:<modelId>@<modelVersionId>).")
-    model_type = str(model.get("type") or "")
+    model_type = model.get("type") or ""
+    if not isinstance(model_type, str):
+        raise ModelError(f"{broken} (model.type is not a text).")
+    model_type = printable(model_type, 40)
     allowed = allowed_types(key)
     if model_type and allowed and model_type.lower() not in allowed:
-        raise ModelError(f"{key}: {desc} ({title}) is a {model_type}, and {key} needs a "
+        raise ModelError(f"{key}: {desc} ({title or 'no title'}) is a {model_type}, and {key} needs a "
                          f"{' or '.join(allowed[:2])}.")
     chosen = _choose_file(files, ref)
     if chosen is None:
-        names = ", ".join(str(f.get("name")) for f in files if isinstance(f, dict)) or "none"
+        names = ", ".join(printable(f.get("name"), 100) for f in files[:20] if isinstance(f, dict)) or "none"
         which = f".safetensors file with id {ref.file_id}" if ref.file_id else ".safetensors model file"
-        raise ModelError(f"{key}: {desc} ({title}) offers no {which} (its files: {names}); claybot loads only "
-                         ".safetensors files.")
-    hashes = chosen.get("hashes") if isinstance(chosen.get("hashes"), dict) else {}
-    sha256 = str(hashes.get("SHA256") or "").lower()
+        raise ModelError(f"{key}: {desc} ({title or 'no title'}) offers no {which} (its files: {names}); claybot "
+                         "loads only .safetensors files.")
+    listed = printable(chosen["name"], 100)
+    hashes = chosen.get("hashes")
+    sha256 = hashes.get("SHA256") if isinstance(hashes, dict) else None
+    sha256 = sha256.lower() if isinstance(sha256, str) else ""
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        raise ModelError(f"{key}: Civitai reports no SHA256 for {chosen['name']} of {desc}, so it cannot be checked; "
+        raise ModelError(f"{key}: Civitai reports no SHA256 for {listed} of {desc}, so it cannot be checked; "
                          f"download it yourself and set {key} to its local path.")
     size_kb = chosen.get("sizeKB")
-    name = os.path.basename(str(chosen["name"]))
-    if not _SAFE_NAME.fullmatch(name):  # the name becomes a path in the cache: nothing odd in it
+    if size_kb is not None and (isinstance(size_kb, bool) or not isinstance(size_kb, int | float)
+                                or not 0 <= size_kb < 1 << 40):
+        raise ModelError(f"{broken} (the size of {listed} is {printable(size_kb, 40)}).")
+    # the name becomes a path in the cache: nothing odd in it, and short enough in bytes for any file system
+    name = safe_file_name(os.path.basename(chosen["name"]), f"{ref.version_id}.safetensors")
+    if not name.lower().endswith(".safetensors"):
         name = f"{ref.version_id}.safetensors"
-    query = urlsplit(str(chosen.get("downloadUrl") or "")).query
-    return VersionFile(name, sha256, int(size_kb * 1024) if isinstance(size_kb, int | float) else None, query,
-                       model_type, title or desc)
+    download_url = chosen.get("downloadUrl")
+    query = urlsplit(download_url).query if isinstance(download_url, str) else ""
+    return VersionFile(name, sha256, round(size_kb * 1024) if size_kb is not None else None, query, model_type,
+                       title or desc)
 
 
 def _choose_file(files: list, ref: CivitaiRef) -> dict | None:
     """The .safetensors model file: the one the AIR names, else the primary one, else the first."""
-    usable = [f for f in files if isinstance(f, dict) and str(f.get("name", "")).lower().endswith(".safetensors")]
+    usable = [f for f in files if isinstance(f, dict) and isinstance(f.get("name"), str)
+              and f["name"].lower().endswith(".safetensors")]
     if ref.file_id is not None:
         return next((f for f in usable if f.get("id") == ref.file_id), None)
     models = [f for f in usable if f.get("type", "Model") == "Model"]
-    return next((f for f in models if f.get("primary")), models[0] if models else None)
-
-
-def _stream(session, url: str, part: Path, key: str, desc: str, info: VersionFile, auth: dict, token_env: str,
-            later: str) -> str:
-    """Download into ``part`` with a progress bar, resuming after a cut; the sha256 of what was written."""
-    import requests
-    import urllib3
-    from tqdm import tqdm
-
-    hasher = hashlib.sha256()
-    have = 0
-    if part.exists():  # an earlier run was cut: hash what it got, then ask for the rest
-        with part.open("rb") as old:
-            while chunk := old.read(CHUNK):
-                hasher.update(chunk)
-                have += len(chunk)
-    failure = ""
-    for attempt in range(ATTEMPTS):
-        if attempt:
-            time.sleep(float(attempt))
-            logger.warning("%s: the download of %s was cut after %d bytes (%s); resuming", key, info.name, have,
-                           failure)
-        headers = dict(auth)
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        try:
-            with session.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as resp:
-                if resp.status_code in (401, 403):
-                    raise ModelError(_login_message(key, desc, resp.status_code, token_env, bool(auth)))
-                if resp.status_code == 416:  # the part on disk is not a prefix of this file: start again
-                    part.unlink(missing_ok=True)
-                    hasher, have = hashlib.sha256(), 0
-                    failure = "HTTP 416"
-                    continue
-                if resp.status_code >= 400:
-                    raise ModelError(f"{key}: Civitai answered HTTP {resp.status_code} to the download of {desc}; "
-                                     f"{later}.")
-                if "text/html" in resp.headers.get("Content-Type", ""):
-                    # Civitai answers a login page, not the file, when a creator requires a login.
-                    raise ModelError(_login_message(key, desc, resp.status_code, token_env, bool(auth)))
-                resumed = have and resp.status_code == 206 and resp.headers.get("Content-Range", "").startswith(
-                    f"bytes {have}-")
-                if not resumed:
-                    hasher, have = hashlib.sha256(), 0
-                length = resp.headers.get("Content-Length")
-                total = have + int(length) if length and length.isdigit() else info.size
-                with part.open("ab" if resumed else "wb") as out, tqdm(
-                        total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                        desc=f"{key}: {info.name}", leave=False, disable=None) as bar:
-                    for chunk in _chunks(resp):
-                        out.write(chunk)
-                        hasher.update(chunk)
-                        have += len(chunk)
-                        bar.update(len(chunk))
-                        if info.size and have > info.size + CHUNK:  # a server that never stops must not fill the disk
-                            break
-            return hasher.hexdigest()
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
-            failure = _reason(err)
-            if not part.exists():  # could not even connect: the next try starts afresh
-                hasher, have = hashlib.sha256(), 0
-    raise ModelError(f"{key}: the download of {desc} ({info.name}) failed {ATTEMPTS} times ({failure}); the part "
-                     f"fetched so far is kept and resumed by the next try: {later}.")
-
-
-def _chunks(resp):
-    """The body as it arrives: ``read1`` hands over every byte received before a cut, so a resume loses none."""
-    raw = resp.raw
-    if not hasattr(raw, "read1"):  # urllib3 1.x
-        yield from resp.iter_content(CHUNK)
-        return
-    while chunk := raw.read1(CHUNK, decode_content=True):
-        yield chunk
+    return next((f for f in models if f.get("primary") is True), models[0] if models else None)
 
 
 def _login_message(key: str, desc: str, status: int, token_env: str, had_token: bool) -> str:
@@ -388,13 +364,3 @@ def _login_message(key: str, desc: str, status: int, token_env: str, had_token: 
     return (f"{key}: Civitai refused the API key in {token_env} for {desc} (HTTP {status}): check that the key is "
             "current and that its account may download this model (some need their terms accepted on the model "
             "page).")
-
-
-def _reason(err: Exception) -> str:
-    """A short, token-free reason for a network failure (requests' messages can carry whole URLs)."""
-    text = str(err)
-    for known in ("Name or service not known", "Connection refused", "timed out", "Temporary failure in name "
-                  "resolution", "Connection reset", "IncompleteRead", "Connection broken", "No route to host"):
-        if known.lower() in text.lower():
-            return f"{type(err).__name__}: {known}"
-    return type(err).__name__

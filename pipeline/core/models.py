@@ -19,6 +19,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pipeline.core import civitai
+from pipeline.core.downloads import GB, Download, DownloadLimits, printable, safe_file_name, stream
 from pipeline.core.errors import ModelError
 from pipeline.core.settings import ModelSpec, PipelineSettings, UrlModel
 
@@ -52,16 +53,21 @@ def allow_patterns(key: str) -> list[str] | None:
 
 @dataclass(frozen=True)
 class ModelStore:
-    """Where downloaded models are kept, and how Civitai is reached."""
+    """Where downloaded models are kept, how Civitai is reached, and how far one download may go."""
 
     cache_dir: Path
     civitai_url: str = civitai.CIVITAI_URL
     civitai_token_env: str = civitai.TOKEN_ENV
+    limits: DownloadLimits = DownloadLimits()
 
     @classmethod
     def of(cls, pipeline: PipelineSettings) -> ModelStore:
         """The store a config's [pipeline] section describes."""
-        return cls(Path(os.path.expanduser(pipeline.cache_dir)), pipeline.civitai_url, pipeline.civitai_token_env)
+        limits = DownloadLimits(max_file_bytes=int(pipeline.max_download_gb * GB),
+                                min_rate=pipeline.min_download_kb_per_s * 1024,
+                                api_deadline=pipeline.civitai_api_deadline)
+        return cls(Path(os.path.expanduser(pipeline.cache_dir)), pipeline.civitai_url, pipeline.civitai_token_env,
+                   limits)
 
 
 @dataclass(frozen=True)
@@ -153,8 +159,8 @@ def resolve(
     if ref.kind == "civitai":
         check_spec(spec, key)
         return civitai.fetch(civitai.parse_reference(ref.value), key, cache / "civitai",
-                             base_url=store.civitai_url, token_env=store.civitai_token_env)
-    return _from_url(ref, key, cache / "urls", how_to)
+                             base_url=store.civitai_url, token_env=store.civitai_token_env, limits=store.limits)
+    return _from_url(ref, key, cache, how_to, store.limits)
 
 
 def _from_hub(ref: ModelRef, key: str, cache: Path, allow_patterns: list[str] | None, how_to: str) -> Path:
@@ -238,24 +244,40 @@ def _network_reason(err: Exception) -> str:
     return type(err).__name__
 
 
-def _from_url(ref: ModelRef, key: str, cache: Path, how_to: str) -> Path:
-    import pooch
+def _from_url(ref: ModelRef, key: str, cache: Path, how_to: str, limits: DownloadLimits) -> Path:
+    """The file at an https URL, fetched once into ``cache/urls`` (bounded, resumed, checked) and reused."""
+    import requests
+    from filelock import FileLock
 
-    cache.mkdir(parents=True, exist_ok=True)
+    folder = cache / "urls"
     # The file name carries the digest so that two different files with one name never collide in the cache.
-    fname = f"{ref.sha256[:12]}-{ref.filename}"
+    suffix = Path(ref.filename).suffix.lower()
+    fallback = "model" + (suffix if suffix in MODEL_SUFFIXES else "")
+    path = folder / f"{ref.sha256[:12]}-{safe_file_name(ref.filename, fallback)}"
+    if path.is_file():  # only a file whose sha256 matched is ever moved to this name
+        return path
+    part = path.with_name(f"{path.name}.part")
+    later = how_to[0].lower() + how_to[1:].rstrip(".")
     try:
-        return Path(pooch.retrieve(ref.value, known_hash=f"sha256:{ref.sha256}", fname=fname, path=cache,
-                                   progressbar=True))
-    except ValueError as err:
-        if "hash" in str(err).lower():
-            raise ModelError(
-                f"{key}: the file downloaded from {ref.value} does not match sha256 {ref.sha256}. "
-                f"Check the sha256 in config.toml, or {how_to[0].lower()}{how_to[1:]}"
-            ) from None
-        raise ModelError(f"{key}: could not fetch {ref.value} ({err}). {how_to}") from None
-    except Exception as err:  # connection refused, DNS failure, HTTP errors
-        raise ModelError(f"{key}: could not fetch {ref.value} ({type(err).__name__}). {how_to}") from None
+        folder.mkdir(parents=True, exist_ok=True)
+        (cache / ".locks").mkdir(exist_ok=True)
+        with FileLock(str(cache / ".locks" / f"{path.name}.lock")):  # two workers on one cache: one download
+            if path.is_file():
+                return path
+            with requests.Session() as session:
+                session.headers["User-Agent"] = "claybot"
+                session.max_redirects = 5
+                what = printable(ref.value, 500)  # quoted in log lines: no control character gets through
+                digest = stream(session, Download(ref.value, part, key, what, "the server", later), limits)
+            if digest != ref.sha256:
+                part.unlink(missing_ok=True)
+                raise ModelError(f"{key}: the file downloaded from {ref.value} does not match sha256 {ref.sha256} "
+                                 f"(it has {digest}; it was deleted). Check the sha256 in config.toml, or {later}.")
+            os.replace(part, path)
+            return path
+    except OSError as err:  # a read-only cache, a file in the way (write failures are worded inside)
+        raise ModelError(f"{key}: cannot write {ref.value} into {folder} ({err.strerror or err}); set "
+                         "pipeline.cache_dir to a writable folder.") from None
 
 
 def describe_ref(ref: ModelRef) -> str:

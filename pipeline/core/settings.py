@@ -72,6 +72,11 @@ class PipelineSettings(Settings):
     # Civitai: where its API is (a mirror or a test server may stand in), and the variable holding an API key
     civitai_url: str = "https://civitai.com"
     civitai_token_env: str = "CIVITAI_TOKEN"
+    # download limits (Civitai and url + sha256 files): the largest file, the slowest transfer (averaged over a
+    # minute), and the deadline of one Civitai API answer
+    max_download_gb: Annotated[float, Field(gt=0.0, le=1024.0)] = 8.0
+    min_download_kb_per_s: Annotated[float, Field(gt=0.0, le=1_000_000.0)] = 50.0
+    civitai_api_deadline: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
     # speed switches (each measured by benchmarks/gpu_speed.py)
     attention: Literal["sdpa", "classic"] = "sdpa"
     channels_last: bool = False
