@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from pathlib import Path
 
 import av
@@ -139,17 +140,22 @@ def test_settings_out_of_range_are_refused(kwargs, message):
 
 @pytest.mark.parametrize(("picture", "megapixels", "multiple"), [
     ((640, 480), 0.4, 32), ((480, 640), 0.4, 32), ((1280, 720), 0.9, 32), ((1000, 1000), 0.4, 16),
-    ((8000, 1000), 0.4, 32), ((100, 100), 0.4, 32), ((4000, 3000), 0.0005, 32),
+    ((8000, 1000), 0.4, 32), ((1000, 8000), 0.4, 32), ((100, 100), 0.4, 32), ((128, 64), 0.006, 32),
+    ((3000, 2000), 4.0, 16),
 ])
 def test_clip_size_keeps_the_aspect_within_the_area_in_the_multiples_asked(picture, megapixels, multiple):
     width, height = clip_size(*picture, megapixels, multiple)
-    assert width % multiple == 0 and height % multiple == 0 and width >= multiple and height >= multiple
-    if width > multiple and height > multiple:  # not pinned at the minimum
-        assert width * height <= megapixels * 1e6
-        # within one multiple of the exact aspect on each side
-        assert abs(width / height - picture[0] / picture[1]) <= (picture[0] / picture[1]) * 2 * multiple / height
+    assert width % multiple == 0 and height % multiple == 0
+    assert width * height <= megapixels * 1e6
+    assert abs(math.log(width / height / (picture[0] / picture[1]))) <= 0.05
+    # as large as that allows: one multiple more on both sides would be over the area or off the aspect
+    assert (width + multiple) * (height + multiple) > megapixels * 1e6 or \
+        abs(math.log((width + multiple) / (height + multiple) / (picture[0] / picture[1]))) > 0.05
 
 
-def test_clip_size_of_wan_22s_own_size():
-    assert clip_size(1280, 704, 1280 * 704 / 1e6, 32) == (1280, 704)
+def test_clip_size_examples():
+    assert clip_size(1280, 704, 1280 * 704 / 1e6, 32) == (1280, 704)  # Wan 2.2's own size stays
     assert clip_size(1024, 768, 0.4, 32) == (704, 544)
+    assert clip_size(128, 64, 0.006, 32) == (64, 32)  # 2:1 at 2048 px, not 96×32 (3:1) at 3072
+    assert clip_size(4000, 3000, 0.0005, 32) == (32, 32)  # less than one multiple squared: the smallest
+    assert clip_size(1000, 8000, 0.0005, 32) == (32, 256)

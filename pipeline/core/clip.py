@@ -49,14 +49,29 @@ class EncodedClip:
     attempts: int  # encodings made (1 when the first fitted)
 
 
+ASPECT_SLACK = 0.05  # a clip's shape may be this far (in log ratio, ~5 %) from the picture's, for a larger clip
+
+
 def clip_size(width: int, height: int, megapixels: float, multiple: int) -> tuple[int, int]:
-    """The size a clip of a width×height picture is made at: the picture's aspect, at most ``megapixels``, sides in
-    multiples of ``multiple`` (what the model's VAE and patches divide by), at least one multiple each."""
+    """The size a clip of a width×height picture is made at: sides in multiples of ``multiple`` (what the model's VAE
+    and patches divide by), at most ``megapixels``, the largest such shape within ~5 % of the picture's aspect (or
+    the nearest, when none is that close); one multiple a side at the least."""
     if width < 1 or height < 1 or multiple < 1:
         raise ValueError(f"no clip size for a {width}×{height} picture in multiples of {multiple}")
-    scale = math.sqrt(megapixels * 1e6 / (width * height))
-    return (max(multiple, math.floor(width * scale / multiple) * multiple),
-            max(multiple, math.floor(height * scale / multiple) * multiple))
+    area, aspect, m = megapixels * 1e6 * (1 + 1e-9), width / height, multiple
+    shapes = []
+    for h in range(m, int(math.sqrt(area / aspect)) + 2 * m, m):
+        for w in {max(m, math.floor(h * aspect / m) * m), max(m, math.ceil(h * aspect / m) * m)}:
+            if w * h <= area:
+                shapes.append((w, h))
+    if not shapes:  # less than one multiple squared: the smallest shape of about the picture's aspect
+        return (max(m, round(aspect) * m), m) if aspect >= 1 else (m, max(m, round(1 / aspect) * m))
+
+    def error(shape: tuple[int, int]) -> float:
+        return abs(math.log(shape[0] / shape[1] / aspect))
+
+    slack = max(ASPECT_SLACK, min(error(shape) for shape in shapes))
+    return max((shape for shape in shapes if error(shape) <= slack), key=lambda s: (s[0] * s[1], -error(s)))
 
 
 def _check_frames(frames: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
