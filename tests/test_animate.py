@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tomllib
+from pathlib import Path
 
 import av
 import numpy as np
@@ -26,6 +28,7 @@ from pipeline.core.settings import AnimateSettings, GpuSettings, PipelineSetting
 from pipeline.gpu.animate import Animator, ClipTimeout, family_of, motion_prompt
 from pipeline.gpu.tiny_video import build_tokenizer, write_tiny_video_models
 
+ROOT = Path(__file__).resolve().parent.parent
 FRAMES = 9  # 4k+1 and 8k+1: both families' smallest clip with motion
 STEPS = 2
 
@@ -243,3 +246,19 @@ def test_animate_mistakes_name_their_key(tmp_path, raw, message):
 
 def test_max_mb_is_counted_in_mebibytes_as_discord_does(tmp_path):
     assert load({}, tmp_path).animate.max_bytes == 10 * 1024 * 1024
+
+
+def test_the_tiny_models_config_makes_clips_with_the_tiny_wan(tiny_video, tmp_path):
+    from bot.cli import ROOT_CONFIG, tiny_config_text
+    from pipeline.gpu.tiny import TinyModels
+
+    # Only the [animate] table matters here: the picture models' paths are not opened.
+    pictures = TinyModels(*(tmp_path / name for name in ("sdxl", "sdxl.safetensors", "k.safetensors",
+                                                         "d.safetensors", "wd14", "speed.safetensors")))
+    text = tiny_config_text(ROOT_CONFIG.read_text(encoding="utf-8"), pictures, tiny_video)
+    config = parse_config(tomllib.loads(text), base_dir=tmp_path, check_models=False)
+
+    assert config.animate.enabled and config.animate.model == str(tiny_video.wan_folder)
+    animator = Animator(config.gpu())
+    clip = animator.run(Image.open(ROOT / "examples" / "photo.jpg"), prompt="clay", seed=1)
+    assert clip.frames.shape == (9, 96, 128, 3) and clip.fps == 8
