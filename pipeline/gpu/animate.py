@@ -82,7 +82,9 @@ def _model_index(folder: Path) -> dict:
 class Animator:
     """The image-to-video pipeline, loaded once; ``run`` makes one clip from a picture."""
 
-    def __init__(self, settings: GpuSettings) -> None:
+    def __init__(self, settings: GpuSettings, *, pipe=None) -> None:
+        """Load ``animate.model``; or, given ``pipe`` (a pipeline built in memory, as the benchmark's full-size
+        random models are), use that as if it had been loaded."""
         from pipeline.gpu.stylizer import _quiet_libraries
 
         _quiet_libraries()
@@ -90,18 +92,27 @@ class Animator:
         self.device = pick_device(settings.pipeline.device)
         self.dtype = _pick_dtype(self.settings.dtype, self.device)
         started = time.perf_counter()
-        folder = models.resolve(self.settings.model, "animate.model", models.ModelStore.of(settings.pipeline),
-                                allow_patterns=VIDEO_FILES)
-        class_name = str(_model_index(folder).get("_class_name", ""))
+        folder: Path | None = None
+        if pipe is None:
+            folder = models.resolve(self.settings.model, "animate.model", models.ModelStore.of(settings.pipeline),
+                                    allow_patterns=VIDEO_FILES)
+            class_name = str(_model_index(folder).get("_class_name", ""))
+        else:
+            class_name = type(pipe).__name__
         detected = family_of(class_name)
         if detected is None:
-            raise ModelError(f"animate.model: {folder} holds a {class_name or 'nameless'} pipeline; claybot animates "
-                             "with Wan (WanImageToVideoPipeline) or LTX-Video (LTXConditionPipeline) models.")
+            raise ModelError(f"animate.model: {folder or 'the model'} holds a {class_name or 'nameless'} pipeline; "
+                             "claybot animates with Wan (WanImageToVideoPipeline) or LTX-Video "
+                             "(LTXConditionPipeline) models.")
         if self.settings.family not in ("auto", detected):
             raise ModelError(f"animate.family = {self.settings.family!r}, but animate.model is a {detected} model "
                              f"({class_name}); set family = \"{detected}\" or \"auto\".")
         self.family = detected
-        self.pipe = self._load(folder, class_name)
+        if folder is not None:
+            pipe = self._load(folder, class_name)
+        else:
+            pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
         try:
             check_frames(self.family, self.settings.frames, step=self._frame_step())
         except ValueError as err:
