@@ -137,6 +137,16 @@ def test_clip_to_mp4_plays_as_h264_on_twos_without_sound(animators, family):
     assert mean_error(decoded[0], decoded[1]) < 2.0
 
 
+@pytest.mark.parametrize(("image", "prompt", "size"), [
+    (Image.new("L", (1, 1), 90), "", (64, 64)),  # one grey pixel, no prompt: scaled up to the configured size
+    (Image.new("RGBA", (800, 100), (10, 200, 30, 0)), "clay, " * 2000, (160, 32)),  # 8:1, transparent, a huge prompt
+    (Image.new("P", (30, 90)), "ünïcödé 粘土 🎬", (32, 96)),
+])
+def test_odd_pictures_and_prompts_still_make_clips(animators, image, prompt, size):
+    clip = animators["wan"].run(image, prompt=prompt, seed=0)
+    assert clip.frames.shape == (FRAMES, size[1], size[0], 3)
+
+
 def test_an_older_ltx_folder_loads_as_ltx_image_to_video(tiny_video, tmp_path):
     folder = tmp_path / "ltx-0.9.1"
     shutil.copytree(tiny_video.ltx_folder, folder)

@@ -132,7 +132,8 @@ def test_frames_that_are_not_a_clip_are_refused(frames, message):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"fps": 0}, "fps"), ({"fps": 8, "hold": 5}, "hold"),
-                                                 ({"fps": 8, "crf": 51}, "crf")])
+                                                 ({"fps": 8, "crf": 51}, "crf"),
+                                                 ({"fps": 8, "max_bytes": 0}, "max_bytes")])
 def test_settings_out_of_range_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         encode_mp4(moving_square(2), **kwargs)
@@ -158,4 +159,5 @@ def test_clip_size_examples():
     assert clip_size(1024, 768, 0.4, 32) == (704, 544)
     assert clip_size(128, 64, 0.006, 32) == (64, 32)  # 2:1 at 2048 px, not 96×32 (3:1) at 3072
     assert clip_size(4000, 3000, 0.0005, 32) == (32, 32)  # less than one multiple squared: the smallest
-    assert clip_size(1000, 8000, 0.0005, 32) == (32, 256)
+    assert clip_size(1000, 8000, 0.0005, 32) == (32, 32)
+    assert clip_size(800, 100, 0.006, 32) == (160, 32)  # 8:1 does not fit 6000 px² in 32s: as long as it can

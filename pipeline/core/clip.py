@@ -55,7 +55,8 @@ ASPECT_SLACK = 0.05  # a clip's shape may be this far (in log ratio, ~5 %) from 
 def clip_size(width: int, height: int, megapixels: float, multiple: int) -> tuple[int, int]:
     """The size a clip of a width×height picture is made at: sides in multiples of ``multiple`` (what the model's VAE
     and patches divide by), at most ``megapixels``, the largest such shape within ~5 % of the picture's aspect (or
-    the nearest, when none is that close); one multiple a side at the least."""
+    the nearest, when none is that close); one multiple a side at the least, and a picture too thin for the area
+    gets a long side as long as the area allows."""
     if width < 1 or height < 1 or multiple < 1:
         raise ValueError(f"no clip size for a {width}×{height} picture in multiples of {multiple}")
     area, aspect, m = megapixels * 1e6 * (1 + 1e-9), width / height, multiple
@@ -64,8 +65,9 @@ def clip_size(width: int, height: int, megapixels: float, multiple: int) -> tupl
         for w in {max(m, math.floor(h * aspect / m) * m), max(m, math.ceil(h * aspect / m) * m)}:
             if w * h <= area:
                 shapes.append((w, h))
-    if not shapes:  # less than one multiple squared: the smallest shape of about the picture's aspect
-        return (max(m, round(aspect) * m), m) if aspect >= 1 else (m, max(m, round(1 / aspect) * m))
+    if not shapes:  # too thin for the area: the short side one multiple, the long side as long as the area allows
+        long = max(m, math.floor(area / m / m) * m)
+        return (long, m) if aspect >= 1 else (m, long)
 
     def error(shape: tuple[int, int]) -> float:
         return abs(math.log(shape[0] / shape[1] / aspect))
@@ -148,6 +150,8 @@ def encode_mp4(frames: Sequence[np.ndarray] | np.ndarray, fps: int, *, hold: int
         raise ValueError(f"fps must be 1–240 and hold 1–4 (got fps {fps}, hold {hold})")
     if not 0 <= crf <= CRF_MAX:
         raise ValueError(f"crf must be 0–{CRF_MAX} (got {crf})")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, or None for no limit (got {max_bytes})")
     checked = _check_frames(frames)
     height, width = checked[0].shape[:2]
     steps = _ladder(crf)
