@@ -388,6 +388,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_tiny_models(args: argparse.Namespace) -> int:
     """Write tiny models and DIR/config.toml: the template config with its models pointed at them."""
     from pipeline.gpu.tiny import write_tiny_models
+    from pipeline.gpu.tiny_video import write_tiny_video_models
 
     if not args.template.is_file():
         raise ConfigError(f"{args.template}: no config to copy; pass --from path/to/config.toml")
@@ -397,7 +398,8 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     path = directory / "config.toml"
     try:
         tiny = write_tiny_models(directory)
-        path.write_text(tiny_config_text(args.template.read_text(encoding="utf-8"), tiny), encoding="utf-8")
+        video = write_tiny_video_models(directory / "video")
+        path.write_text(tiny_config_text(args.template.read_text(encoding="utf-8"), tiny, video), encoding="utf-8")
     except OSError as err:
         raise ClaybotError(f"{args.directory}: cannot write the tiny models there ({err.strerror})") from None
     load_config(path)
@@ -405,12 +407,14 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     print(f"guide models (for [styles.*.structure] / [styles.*.identity]): controlnet {tiny.controlnet_folder}, "
           f"depth_model {tiny.depth_folder}, adapter {tiny.ip_adapter}, image_encoder {tiny.image_encoder_folder}, "
           f"face_detector {tiny.face_detector}")
+    print(f"image-to-video models (for [animate] model): wan {video.wan_folder}, ltx {video.ltx_folder}")
     print(f"try: claybot stylize photo.jpg -o out.png --config {path}")
     return 0
 
 
-def tiny_config_text(template: str, tiny) -> str:
-    """The template config (comments kept) with every model replaced by its tiny counterpart."""
+def tiny_config_text(template: str, tiny, video=None) -> str:
+    """The template config (comments kept) with every model replaced by its tiny counterpart (and clips on, made
+    by the tiny Wan model, when ``video`` names the tiny image-to-video models)."""
     import tomlkit
 
     doc = tomlkit.parse(template)
@@ -436,6 +440,10 @@ def tiny_config_text(template: str, tiny) -> str:
         fast.update({"lora": str(tiny.speed_lora), "lora_scale": 1.0, "scheduler": "euler_trailing",
                      "guidance_scale": 0.0, "steps": 4})
         speed["fast"] = fast
+    if video is not None:  # clips in seconds on the CPU: 9 frames (4k+1 and 8k+1) of about 128×96, 2 steps
+        doc.setdefault("animate", tomlkit.table()).update({
+            "enabled": True, "model": str(video.wan_folder), "family": "auto", "frames": 9, "fps": 8,
+            "steps": 2, "megapixels": 0.0123})
     return tomlkit.dumps(doc)
 
 

@@ -156,7 +156,8 @@ class Config(GpuSettings):
 
     def gpu(self) -> GpuSettings:
         """The part the pipeline worker needs, as pipeline's own type (the worker never imports bot/)."""
-        return GpuSettings(pipeline=self.pipeline, tagger=self.tagger, styles=self.styles, speed=self.speed)
+        return GpuSettings(pipeline=self.pipeline, tagger=self.tagger, styles=self.styles, speed=self.speed,
+                           animate=self.animate)
 
     def model_specs(self) -> dict[str, models.ModelSpec]:
         """Every model the config names, by its key."""
@@ -172,6 +173,8 @@ class Config(GpuSettings):
             specs.update(guide_specs(name, style))
         for name, preset in self.speed.items():
             specs[f"speed.{name}.lora"] = preset.lora
+        if self.animate.enabled:  # many GB more: fetched and checked only when clips are on
+            specs["animate.model"] = self.animate.model
         return {key: spec for key, spec in specs.items() if spec}
 
 
@@ -232,10 +235,11 @@ def _with_absolute_models(config: Config, base_dir: Path) -> Config:
               for name, s in config.styles.items()}
     speed = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
              for name, s in config.speed.items()}
+    animate = config.animate.model_copy(update={"model": models.absolutize(config.animate.model, base_dir)})
     data_dir = Path(os.path.expanduser(config.bot.data_dir))
     bot = config.bot.model_copy(update={"data_dir": str(data_dir if data_dir.is_absolute() else base_dir / data_dir)})
     return config.model_copy(update={"pipeline": pipeline, "tagger": tagger, "styles": styles, "speed": speed,
-                                     "bot": bot})
+                                     "animate": animate, "bot": bot})
 
 
 def _most_relevant(errors: list[dict]) -> dict:

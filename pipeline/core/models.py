@@ -36,8 +36,10 @@ CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt"]
 VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 TAGGER_FILES = ["model.onnx", "selected_tags.csv"]
 LORA_FILES = ["*.safetensors"]
+# An image-to-video pipeline: its transformers come in shards, and its T5 tokenizer may need spiece.model.
+VIDEO_FILES = [*DIFFUSERS_FILES, "*/diffusion_pytorch_model-*.safetensors", "*/*.model"]
 _FILES_FOR_KEY = {"pipeline.base_model": DIFFUSERS_FILES, "pipeline.base_config": CONFIG_FILES,
-                  "pipeline.vae": VAE_FILES, "tagger.model": TAGGER_FILES}
+                  "pipeline.vae": VAE_FILES, "tagger.model": TAGGER_FILES, "animate.model": VIDEO_FILES}
 
 PROBE_TIMEOUT = 3.0  # seconds a TCP connection to the Hub may take before it counts as unreachable
 _probes: dict[str, tuple[float, str | None]] = {}

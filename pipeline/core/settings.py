@@ -175,6 +175,14 @@ class IdentityGuide(Settings):
         return bool(self.adapter)
 
 
+class StyleAnimate(Settings):
+    """How a style's pictures move: the motion prompt a clip's tags are added to, and what to steer away from."""
+
+    prompt: str = "claymation stop-motion animation, subtle natural movement"
+    negative_prompt: str = ("blurry, distorted, deformed, morphing, flickering, jittery, static, still frame, "
+                            "low quality, text, watermark")
+
+
 class StyleSettings(Settings):
     """One style: a LoRA, its trigger words and weight, and how it treats the photo's tags."""
 
@@ -189,6 +197,61 @@ class StyleSettings(Settings):
     speed: str = DEFAULT_SPEED  # a [speed.*] preset, or "default": pipeline.steps, guidance_scale and scheduler
     structure: StructureGuide = Field(default_factory=StructureGuide)
     identity: IdentityGuide = Field(default_factory=IdentityGuide)
+    animate: StyleAnimate = Field(default_factory=StyleAnimate)
+
+
+# Image-to-video families: each VAE divides the frame count by this (so clips have k·step + 1 frames).
+FRAME_STEP = {"wan": 4, "ltx": 8}
+VideoFamily = Literal["wan", "ltx"]
+
+
+def check_frames(family: str, frames: int, step: int | None = None) -> None:
+    """Refuse a frame count the family's VAE cannot make (Wan: 4k+1, LTX: 8k+1; ``step``: a loaded model's own),
+    naming the nearest good ones."""
+    step = step or FRAME_STEP[family]
+    if frames % step == 1 and frames > 1:
+        return
+    below = max(step + 1, (frames - 1) // step * step + 1)
+    above = below if below > frames else below + step
+    choices = f"{below}" if below == above else f"{below} or {above}"
+    raise ValueError(f"{family} makes {step}k+1 frames (its VAE packs {step} frames into one) and {frames} is not "
+                     f"one; claybot does not round it: set {choices}")
+
+
+class AnimateSettings(Settings):
+    """The image-to-video model that turns a clay picture into a short clip, and how clips are made and encoded."""
+
+    enabled: bool = False
+    model: ModelSpec = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    family: Literal["auto", "wan", "ltx"] = "auto"  # auto: from the model's model_index.json
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
+    frames: Annotated[int, Field(ge=2, le=257)] = 73
+    fps: Annotated[int, Field(ge=1, le=60)] = 24
+    hold: bool = False  # "on twos": each frame shown twice, the file at 2 × fps
+    steps: Annotated[int, Field(ge=1, le=100)] = 30
+    guidance_scale: Annotated[float, Field(ge=0.0, le=20.0)] = 5.0
+    megapixels: Annotated[float, Field(gt=0.0, le=4.0)] = 0.4
+    enable_model_cpu_offload: bool = False
+    max_mb: Annotated[float, Field(gt=0.0, le=2000.0)] = 10.0
+    timeout: Annotated[float, Field(gt=0.0, le=7200.0)] = 600.0
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_fit_family(cls, frames: int, info: ValidationInfo) -> int:
+        family = info.data.get("family", "auto")
+        if family != "auto":  # else checked once the model is loaded and its family known (pipeline.gpu.animate)
+            check_frames(family, frames)
+        return frames
+
+    @property
+    def max_bytes(self) -> int:
+        """The size a clip file must fit in (max_mb in MiB, as Discord counts its attachment limit)."""
+        return int(self.max_mb * 1024 * 1024)
+
+    @property
+    def seconds(self) -> float:
+        """How long a clip plays once."""
+        return self.frames / self.fps
 
 
 class QueueSettings(Settings):
@@ -222,6 +285,7 @@ class GpuSettings(Settings):
     tagger: TaggerSettings = Field(default_factory=TaggerSettings)
     styles: dict[str, StyleSettings] = Field(default_factory=lambda: {"clay": StyleSettings()})
     speed: dict[str, SpeedSettings] = Field(default_factory=dict)
+    animate: AnimateSettings = Field(default_factory=AnimateSettings)
 
     @model_validator(mode="after")
     def _default_style_exists(self) -> GpuSettings:

@@ -1,0 +1,187 @@
+"""A clip's frames → an H.264 MP4 that plays and loops inline in chats, within a size limit.
+
+Torch-free (numpy, Pillow and PyAV, whose wheel ships FFmpeg with libx264): the worker encodes without the GPU, and
+anything may import it. The file has no audio track (Telegram's sendAnimation then loops it like a GIF) and its index
+(``moov``) comes first ("faststart"), so a chat client starts playing before the whole file is in. When the file is
+over ``max_bytes`` it is encoded again at a lower quality (CRF up), then smaller, until it fits or nothing is left
+to give up; each step is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.core.errors import ClaybotError
+
+logger = logging.getLogger(__name__)
+
+CRF_START = 20  # x264's constant rate factor: lower is better and bigger; 18–23 looks clean
+CRF_STEP = 6  # +6 roughly halves the size
+CRF_MAX = 38  # past this H.264 turns to mush: a smaller picture at a sane CRF looks better
+SCALES = (1.0, 0.75, 0.5, 0.35, 0.25)  # of each side, tried in turn once the CRF ladder is spent
+MIN_SIDE = 32  # px: smaller than this, a clip is not worth sending
+PRESET = "medium"  # x264's speed/size trade-off; a clip costs seconds of GPU, encoding is a small part
+
+
+class ClipTooLarge(ClaybotError):
+    """The clip cannot be made to fit the size limit (the message says which limit)."""
+
+
+@dataclass(frozen=True)
+class EncodedClip:
+    """An MP4 file and what it took to make it fit."""
+
+    data: bytes
+    width: int
+    height: int
+    frames: int  # frames in the file, each held frame counted as often as it is shown
+    fps: int  # the file's frame rate
+    crf: int
+    attempts: int  # encodings made (1 when the first fitted)
+
+
+ASPECT_SLACK = 0.05  # a clip's shape may be this far (in log ratio, ~5 %) from the picture's, for a larger clip
+
+
+def clip_size(width: int, height: int, megapixels: float, multiple: int) -> tuple[int, int]:
+    """The size a clip of a width×height picture is made at: sides in multiples of ``multiple`` (what the model's VAE
+    and patches divide by), at most ``megapixels``, the largest such shape within ~5 % of the picture's aspect (or
+    the nearest, when none is that close); one multiple a side at the least, and a picture too thin for the area
+    gets a long side as long as the area allows."""
+    if width < 1 or height < 1 or multiple < 1:
+        raise ValueError(f"no clip size for a {width}×{height} picture in multiples of {multiple}")
+    area, aspect, m = megapixels * 1e6 * (1 + 1e-9), width / height, multiple
+    shapes = []
+    for h in range(m, int(math.sqrt(area / aspect)) + 2 * m, m):
+        for w in {max(m, math.floor(h * aspect / m) * m), max(m, math.ceil(h * aspect / m) * m)}:
+            if w * h <= area:
+                shapes.append((w, h))
+    if not shapes:  # too thin for the area: the short side one multiple, the long side as long as the area allows
+        long = max(m, math.floor(area / m / m) * m)
+        return (long, m) if aspect >= 1 else (m, long)
+
+    def error(shape: tuple[int, int]) -> float:
+        return abs(math.log(shape[0] / shape[1] / aspect))
+
+    slack = max(ASPECT_SLACK, min(error(shape) for shape in shapes))
+    return max((shape for shape in shapes if error(shape) <= slack), key=lambda s: (s[0] * s[1], -error(s)))
+
+
+def _check_frames(frames: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """The frames as a list of H×W×3 uint8 arrays of one size, or a ValueError saying what is wrong."""
+    frames = list(frames)
+    if not frames:
+        raise ValueError("a clip needs at least one frame")
+    shape = frames[0].shape
+    for i, frame in enumerate(frames):
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frame {i} is {frame.dtype} {frame.shape}; frames are height×width×3 uint8 RGB")
+        if frame.shape != shape:
+            raise ValueError(f"frame {i} is {frame.shape[1]}×{frame.shape[0]}, frame 0 {shape[1]}×{shape[0]}")
+    return frames
+
+
+def _even_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The frame size at ``scale``: even sides (4:2:0 chroma halves them), at least MIN_SIDE unless the frames are
+    smaller than that already."""
+    def side(x: int) -> int:
+        floor = min(MIN_SIDE, x - x % 2) if x >= 2 else 2
+        return max(floor, int(x * scale) // 2 * 2)
+
+    return side(width), side(height)
+
+
+def _encode(frames: list[np.ndarray], size: tuple[int, int], fps: int, hold: int, crf: int, preset: str) -> bytes:
+    import av
+
+    rate = fps * hold
+    # faststart moves the index to the front in a second pass that reopens the file by name: a real file it is.
+    with tempfile.TemporaryDirectory(prefix="claybot-clip-") as folder:
+        path = Path(folder) / "clip.mp4"
+        _write(av, path, frames, size, rate, hold, crf, preset)
+        return path.read_bytes()
+
+
+def _write(av, path: Path, frames: list[np.ndarray], size: tuple[int, int], rate: int, hold: int, crf: int,
+           preset: str) -> None:
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"  # what every player (and Telegram's animation check) expects
+        stream.options = {"crf": str(crf), "preset": preset}
+        stream.codec_context.time_base = Fraction(1, rate)
+        shown = 0
+        for array in frames:
+            if (array.shape[1], array.shape[0]) != size:
+                array = np.asarray(Image.fromarray(array).resize(size, Image.Resampling.LANCZOS))
+            for _ in range(hold):  # "on twos": the same picture for two frames of the file
+                frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+                frame.pts = shown
+                frame.time_base = Fraction(1, rate)
+                container.mux(stream.encode(frame))
+                shown += 1
+        container.mux(stream.encode(None))  # flush the frames x264 held back for look-ahead
+
+
+def _ladder(start: int) -> list[tuple[float, int]]:
+    """(scale, crf) pairs in the order they are tried: the CRF up to CRF_MAX at full size, then smaller frames."""
+    steps = [(1.0, crf) for crf in range(start, CRF_MAX + 1, CRF_STEP)]
+    if steps[-1][1] != CRF_MAX:
+        steps.append((1.0, CRF_MAX))
+    for scale in SCALES[1:]:
+        steps += [(scale, CRF_MAX - CRF_STEP), (scale, CRF_MAX)]
+    return steps
+
+
+def encode_mp4(frames: Sequence[np.ndarray] | np.ndarray, fps: int, *, hold: int = 1, max_bytes: int | None = None,
+               crf: int = CRF_START, preset: str = PRESET) -> EncodedClip:
+    """Encode frames (height×width×3 uint8 RGB) as an H.264 MP4 without audio, each shown ``hold`` times at
+    ``fps × hold`` frames a second; lower the quality, then the size, until the file is at most ``max_bytes``."""
+    if not 1 <= fps <= 240 or hold not in (1, 2, 3, 4):
+        raise ValueError(f"fps must be 1–240 and hold 1–4 (got fps {fps}, hold {hold})")
+    if not 0 <= crf <= CRF_MAX:
+        raise ValueError(f"crf must be 0–{CRF_MAX} (got {crf})")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, or None for no limit (got {max_bytes})")
+    checked = _check_frames(frames)
+    height, width = checked[0].shape[:2]
+    steps = _ladder(crf)
+    attempts, index, tried = 0, 0, set()
+    size = (width, height)
+    while index < len(steps):
+        scale, step_crf = steps[index]
+        size = _even_size(width, height, scale)
+        if (size, step_crf) in tried:  # a tiny clip reaches its smallest size before the last scale
+            index += 1
+            continue
+        tried.add((size, step_crf))
+        data = _encode(checked, size, fps, hold, step_crf, preset)
+        attempts += 1
+        if max_bytes is None or len(data) <= max_bytes:
+            if attempts > 1:
+                logger.info("clip re-encoded to fit %d bytes: %d×%d at crf %d, %d bytes (%d encodings)",
+                            max_bytes, size[0], size[1], step_crf, len(data), attempts)
+            return EncodedClip(data, size[0], size[1], len(checked) * hold, fps * hold, step_crf, attempts)
+        logger.info("clip is %d bytes at %d×%d, crf %d: over the %d-byte limit", len(data), size[0], size[1],
+                    step_crf, max_bytes)
+        # Each CRF_STEP about halves the file: skip the steps that cannot be enough at this size.
+        index += 1
+        over = len(data) / max_bytes
+        while over > 2.5 and index < len(steps) and steps[index][0] == scale and steps[index][1] < CRF_MAX:
+            index += 1
+            over /= 2
+    raise ClipTooLarge(f"The clip does not fit in {_mib(max_bytes or 0)} even at {size[0]}×{size[1]} and the "
+                       f"lowest quality claybot sends (crf {CRF_MAX}).")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024 / 1024:.2f} MiB" if size >= 1024 * 1024 else f"{size} bytes"
