@@ -74,7 +74,7 @@ def measure(stylizer, photo, preset: str, strength: float, repeats: int) -> dict
             seconds.append(time.perf_counter() - started)
     finally:
         handle.remove()
-    plan = stylizer.speed.plan(preset, strength)
+    plan = stylizer.plan(style, strength, preset, stylizer.settings.pipeline.work_size(*photo.size))
     return {
         "preset": preset,
         "scheduler": sorted(schedulers),

@@ -692,7 +692,7 @@ def measure_claybot(name: str, config_path: Path, photo, batches: list[int], rep
                     worker_warm_up: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """claybot's real Stylizer under one config: load, (worker warm-up), per-batch figures. → (figures, facts)."""
     from bot.config import load_config
-    from pipeline.gpu.stylizer import Photo, Stylizer, denoising_steps
+    from pipeline.gpu.stylizer import Photo, Stylizer
 
     settings = load_config(config_path).gpu()
     style = settings.pipeline.default_style
@@ -700,8 +700,9 @@ def measure_claybot(name: str, config_path: Path, photo, batches: list[int], rep
     started = time.perf_counter()
     stylizer = Stylizer(settings)
     load_s = time.perf_counter() - started
-    plan = stylizer.speed.plan(settings.styles[style].speed, strength)  # the style's preset: what run() uses
-    n_steps = denoising_steps(plan.nominal_steps, strength)
+    # the style's preset: what run() uses
+    plan = stylizer.plan(style, strength, settings.styles[style].speed, settings.pipeline.work_size(*photo.size))
+    n_steps = plan.steps
     preset = {"name": plan.preset, "nominal_steps": plan.nominal_steps, "unet_steps": n_steps,
               "guidance_scale": plan.guidance_scale, "scheduler": type(plan.scheduler).__name__,
               "timestep_spacing": plan.scheduler.config.timestep_spacing,

@@ -190,9 +190,7 @@ def measure(config_path: Path, photo, step_counts: tuple[int, int], repeats: int
     tags = stylizer.tagger([photo])
     medians, ran = {}, {}
     for steps in step_counts:
-        # every part that reads the step count (the speed presets' plan too), or both counts time the same run
-        stylizer.settings = gpu.model_copy(update={"pipeline": gpu.pipeline.model_copy(update={"steps": steps})})
-        stylizer.guides.settings = stylizer.speed.settings = stylizer.settings
+        stylizer.set_steps(steps)
         progress = []
         stylizer.run([Photo(photo, 0)], style=style, strength=1.0, tags=tags,  # untimed: lazy initialisation
                      on_step=lambda step, total: progress.append(step))

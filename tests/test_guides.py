@@ -381,7 +381,7 @@ def test_the_structure_guide_samples_with_the_speed_presets_scheduler(tiny_confi
     assert control_pipe.scheduler.config.timestep_spacing == "trailing"
     used.clear()
     [best] = stylizer.run([photo], style="clay", strength=0.5, speed="default", on_step=on_step)
-    base = type(stylizer.speed.plan("default", 0.5).scheduler).__name__
+    base = type(stylizer.speed.scheduler("default")).__name__
     assert set(used) == {(base, tiny_config.pipeline.steps // 2)}
     assert np.abs(_pixels(fast.image) - _pixels(best.image)).mean() > 1.0
 

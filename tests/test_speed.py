@@ -207,6 +207,22 @@ def test_fast_preset_runs_exactly_four_unet_evaluations_without_guidance(presets
     assert type(presets_stylizer.pipe.scheduler).__name__ == "EulerDiscreteScheduler"  # the base one's back
 
 
+def test_a_call_sets_its_adapters_once_for_the_prompt_and_the_denoising(presets_stylizer, photo, monkeypatch):
+    # Setting adapters walks every LoRA layer of the UNet and both text encoders: once per picture, not per stage.
+    pipe, calls = presets_stylizer.pipe, []
+    set_adapters = pipe.set_adapters
+
+    def spy(names, adapter_weights=None):
+        calls.append((list(names), list(adapter_weights)))
+        return set_adapters(names, adapter_weights=adapter_weights)
+
+    monkeypatch.setattr(pipe, "set_adapters", spy)
+    with UnetCalls(presets_stylizer) as unet:
+        _run(presets_stylizer, photo, speed="fast")
+    assert calls == [(["speed_fast"], [1.0])]
+    assert len(unet.calls) == 4
+
+
 def test_default_preset_still_runs_its_guided_steps(presets_stylizer, photo, tiny_config):
     with UnetCalls(presets_stylizer) as unet:
         _run(presets_stylizer, photo, strength=0.5)

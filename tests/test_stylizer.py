@@ -70,6 +70,23 @@ def test_thirty_steps_at_strength_half_run_fifteen_unet_steps(tiny_config, photo
     assert progress == [(i, 15) for i in range(1, 16)]
 
 
+def test_changing_a_loaded_stylizers_steps_is_one_call_and_the_next_picture_runs_them(stylizer, photo):
+    # A benchmark sweeping step counts changes them on the loaded worker, with no model reloaded.
+    before = stylizer.settings.pipeline.steps
+    progress: list[tuple[int, int]] = []
+    try:
+        for steps, strength, expected in ((6, 1.0, 6), (24, 0.5, 12)):
+            stylizer.set_steps(steps)
+            progress.clear()
+            _run(stylizer, photo, strength=strength, on_step=lambda i, n: progress.append((i, n)))
+            assert progress == [(i, expected) for i in range(1, expected + 1)]
+        with pytest.raises(ValueError, match="steps"):
+            stylizer.set_steps(0)
+        assert stylizer.settings.pipeline.steps == 24  # a refused count changes nothing
+    finally:
+        stylizer.set_steps(before)
+
+
 def test_strength_zero_returns_the_photo(stylizer, photo):
     result = _run(stylizer, photo, strength=0.0)
     expected = photo.resize(result.image.size, Image.Resampling.LANCZOS)

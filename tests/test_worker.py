@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.core.images import decode_photo
 from pipeline.core.jobs import Done, StyleRequest
 from pipeline.core.local import LocalQueue
 from pipeline.gpu.stylizer import Stylizer
@@ -66,6 +67,17 @@ class ExplicitResults:
         return results
 
 
+class CountedCalls:
+    """The real tiny stylizer, recording each pipeline call's batch size and working size."""
+
+    def __init__(self, stylizer: Stylizer) -> None:
+        self.stylizer, self.settings, self.tagger, self.calls = stylizer, stylizer.settings, stylizer.tagger, []
+
+    def run(self, photos, **kwargs):
+        self.calls.append((len(photos), kwargs.get("size")))
+        return self.stylizer.run(photos, **kwargs)
+
+
 def _outcomes(sent: list[dict]) -> dict[str, str]:
     return {m["id"]: m.get("kind", "done") for m in sent if m["op"] in ("done", "failed")}
 
@@ -103,6 +115,25 @@ def test_the_result_is_tagged_again_and_held_to_the_same_rating(stylizer):
     sent = []  # where the chat allows it, the same result is sent
     run_batch(ExplicitResults(stylizer), _batch(4, max_rating=None), sent.append)
     assert _outcomes(sent) == {"job4": "done"}
+
+
+def test_a_batch_runs_as_one_pipeline_call_at_the_working_size_intake_settled(stylizer):
+    # By their headers, 502×783 and 128×96 both work at 128×128, so the queue batches them. Decoded, the tall photo
+    # is shrunk to 251×392, whose own working size is 64×128: the worker must not split the batch again over that.
+    p = stylizer.settings.pipeline
+    tall = photo_bytes((502, 783), fmt="PNG")
+    assert p.work_size(502, 783) == p.work_size(128, 96) == (128, 128)
+    shrunk = decode_photo(tall, max_pixels=40_000_000, keep_pixels=int(4 * p.megapixels * 1e6))
+    assert p.work_size(*shrunk.size) == (64, 128)
+    batch = _batch(1, 2)
+    batch["jobs"][0]["image"] = tall
+    gpu, sent = CountedCalls(stylizer), []
+    run_batch(gpu, batch, sent.append)
+    assert gpu.calls == [(2, (128, 128))]
+    assert [m["ids"] for m in sent if m["op"] == "started"] == [["job1", "job2"]]
+    done = {m["id"]: m["result"] for m in sent if m["op"] == "done"}
+    assert sorted(done) == ["job1", "job2"]
+    assert done["job1"]["width"] / done["job1"]["height"] == pytest.approx(502 / 783, rel=0.02)  # its own shape
 
 
 def test_out_of_memory_on_a_batch_retries_one_job_at_a_time(stylizer):

@@ -15,9 +15,10 @@ their model, and built on the already loaded img2img pipeline's components, so n
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from PIL import Image
 from pipeline.core import models
 from pipeline.core.errors import ModelError
 from pipeline.core.settings import GpuSettings, IdentityGuide, StructureGuide
+
+if TYPE_CHECKING:
+    from pipeline.gpu.stylizer import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -145,9 +149,11 @@ class Guides:
     """Every style's guides, loaded once; ``denoise`` runs a batch through the right pipeline."""
 
     def __init__(self, pipe, settings: GpuSettings, device: torch.device, dtype: torch.dtype) -> None:
-        self.pipe, self.settings, self.device, self.dtype = pipe, settings, device, dtype
+        self.pipe, self.device, self.dtype = pipe, device, dtype
+        # The styles' guide settings describe the models loaded here; each call's scales come in its Plan.
+        self.styles = settings.styles
         self._controlnets: dict[str, object] = {}  # by the model's description: styles naming one model share it
-        self._control_pipes: dict[str, object] = {}
+        self._control_pipes: dict[str, Any] = {}
         self._depth: dict[str, DepthEstimator] = {}
         self._detectors: dict[str, FaceDetector] = {}  # by the model's description, as styles may differ
         self._embed_shape: tuple[int, ...] | None = None
@@ -234,7 +240,7 @@ class Guides:
     def _control_pipe(self, style: str):
         from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
 
-        spec = models.describe(self.settings.styles[style].structure.controlnet)
+        spec = models.describe(self.styles[style].structure.controlnet)
         pipe = self._control_pipes.get(spec)
         if pipe is None or pipe.unet is not self.pipe.unet:  # built lazily: after a compiled UNet replaced the plain
             pipe = StableDiffusionXLControlNetImg2ImgPipeline.from_pipe(self.pipe, controlnet=self._controlnets[spec])
@@ -246,14 +252,14 @@ class Guides:
 
     def control_images(self, style: str, images: list[Image.Image]) -> list[Image.Image]:
         """The structure guide's control image of each (working-size) photo."""
-        guide = self.settings.styles[style].structure
+        guide = self.styles[style].structure
         if guide.kind == "canny":
             return [canny_image(image, guide.canny_low, guide.canny_high) for image in images]
         return self._depth[models.describe(guide.depth_model)](images)
 
     def faces(self, style: str, photos: list[Image.Image]) -> list[Image.Image | None]:
         """Each photo's face crop for the identity guide (the photo itself without a detector), None: no face."""
-        guide = self.settings.styles[style].identity
+        guide = self.styles[style].identity
         if not guide.face_detector:
             return list(photos)
         detector = self._detectors[models.describe(guide.face_detector)]
@@ -285,39 +291,45 @@ class Guides:
 
     # -- running -------------------------------------------------------------------------------------------------
 
+    def scales(self, style: str, overrides: Sequence[tuple[float | None, float | None]]
+               ) -> tuple[tuple[float, float], ...]:
+        """Each photo's (structure, identity) guide scale: its override, else the style's; 0 for a guide the style
+        does not have (so an override never splits a batch for nothing)."""
+        structure, identity = self.styles[style].structure, self.styles[style].identity
+        return tuple(((structure.scale if s is None else s) if structure.enabled else 0.0,
+                      (identity.scale if a is None else a) if identity.enabled else 0.0) for s, a in overrides)
+
     def denoise(
         self,
-        style: str,
+        plan: Plan,
         inputs: list[Image.Image],
-        scales: list[tuple[float | None, float | None]],
         call: dict,
         *,
-        n_steps: int,
         on_step: Callable[[int, int], None] | None,
     ) -> list[Image.Image]:
-        """Run ``inputs`` (working size) through the style's pipeline; ``call`` holds the per-photo tensors
-        (prompt embeds, generators) and shared arguments of a plain img2img call. ``scales``: each photo's
-        (structure, identity) scale override or None for the style's. Returns one image per input, in order."""
-        style_settings = self.settings.styles[style]
-        structure, identity = style_settings.structure, style_settings.identity
+        """Run ``inputs`` (working size) through the plan's style's pipeline; ``call`` holds the per-photo tensors
+        (prompt embeds, generators) and shared arguments of a plain img2img call. Returns one image per input, in
+        order.
+
+        The one place a batch splits into pipeline calls: a pipeline takes one ControlNet scale and one IP-Adapter
+        scale per call, and only here is it known which photos have a face (a face-less photo runs without the
+        identity guide)."""
+        style = plan.style
+        structure, identity = self.styles[style].structure, self.styles[style].identity
         faces: list[Image.Image | None] = [None] * len(inputs)
         if identity.enabled:
             faces = self.faces(style, inputs)
         groups: dict[tuple[float, float], _Group] = {}
-        for i, (structure_scale, identity_scale) in enumerate(scales):
-            s = structure.scale if structure_scale is None else structure_scale
-            if not structure.enabled:
-                s = 0.0  # no structure guide for this style: an override must not split the batch
-            a = identity.scale if identity_scale is None else identity_scale
-            if not identity.enabled or faces[i] is None:
+        for i, (s, a) in enumerate(plan.guide_scales):
+            if faces[i] is None:
                 a = 0.0  # no identity guide for this style, or no face in this photo
             group = groups.setdefault((s, a), _Group([], s, a, []))
             group.indices.append(i)
             group.faces.append(faces[i])
-        total = n_steps * len(groups)
+        total = plan.steps * len(groups)
         out: list[Image.Image | None] = [None] * len(inputs)
         for number, group in enumerate(groups.values()):
-            done = number * n_steps
+            done = number * plan.steps
 
             def step_end(pipe, step: int, timestep, callback_kwargs: dict, done=done) -> dict:
                 if on_step is not None:
@@ -330,14 +342,14 @@ class Guides:
             pipe = self.pipe
             if structure.enabled:
                 pipe = self._control_pipe(style)
-                pipe.scheduler = self.pipe.scheduler  # whatever sampler the caller set on the base pipeline
+                pipe.scheduler = plan.scheduler
                 kwargs["control_image"] = self.control_images(style, kwargs["image"])
                 kwargs["controlnet_conditioning_scale"] = group.structure_scale
                 kwargs["control_guidance_start"] = structure.start
                 kwargs["control_guidance_end"] = structure.end
             if self.identity_loaded:
                 self.pipe.set_ip_adapter_scale(group.identity_scale)
-                guidance = call["guidance_scale"] > 1.0
+                guidance = plan.guidance_scale > 1.0
                 kwargs["ip_adapter_image_embeds"] = [
                     e.to(self.dtype) for e in self._image_embeds(group.faces, guidance)
                 ]

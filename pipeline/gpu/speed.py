@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import ModelError
@@ -78,17 +77,6 @@ def denoising_steps(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """How one pipeline call runs under a preset."""
-
-    preset: str
-    scheduler: object  # a diffusers scheduler
-    nominal_steps: int  # num_inference_steps passed to diffusers
-    steps: int  # UNet steps that run: int(nominal_steps × strength)
-    guidance_scale: float
-
-
 def set_active_adapters(pipe, names: list[str], weights: list[float]) -> None:
     """Exactly these LoRA adapters act, at these weights; every other loaded adapter is not computed at all.
 
@@ -111,13 +99,15 @@ def adapter_name(preset: str) -> str:
 
 
 class SpeedPresets:
-    """Every [speed.*] preset of the config, loaded into one pipeline: LoRAs as adapters, schedulers built."""
+    """Every [speed.*] preset of the config, loaded into one pipeline: LoRAs as adapters, schedulers built.
+
+    Only what was loaded is kept here (samplers, adapters and their weights); each call's steps and guidance are
+    planned by the Stylizer from its own settings (``Stylizer.plan``)."""
 
     def __init__(self, pipe, settings: GpuSettings, resolve_lora: Callable[[ModelSpec, str], Path]) -> None:
-        self.settings = settings
         self.base_scheduler = pipe.scheduler
         self.schedulers = {DEFAULT_SPEED: self.base_scheduler}
-        self.adapters: dict[str, str] = {}  # preset → adapter name, for presets with a LoRA
+        self.adapters: dict[str, tuple[str, float]] = {}  # preset → (adapter name, weight), for presets with a LoRA
         for name, preset in settings.speed.items():
             self.schedulers[name] = build_scheduler(preset.scheduler, self.base_scheduler)
             if not preset.lora:
@@ -134,7 +124,7 @@ class SpeedPresets:
 
                 raise ModelError(f"{key}: {models.describe(preset.lora)} is not an SDXL LoRA claybot can load "
                                  f"({err})") from None
-            self.adapters[name] = adapter
+            self.adapters[name] = (adapter, preset.lora_scale)
         if settings.speed:
             logger.info("speed presets: %s", ", ".join(
                 f"{name} ({p.steps} steps, {p.scheduler}, guidance {p.guidance_scale:g}"
@@ -145,22 +135,12 @@ class SpeedPresets:
         """Whether any speed LoRA is in the pipeline (then adapters must be set on every call)."""
         return bool(self.adapters)
 
-    def active(self, preset: str) -> list[tuple[str, float]]:
-        """(adapter, weight) of the speed LoRA that acts under this preset: none for the default."""
-        if preset in self.adapters:
-            return [(self.adapters[preset], self.settings.speed[preset].lora_scale)]
-        return []
-
-    def plan(self, preset: str, strength: float) -> Plan:
-        """Scheduler, nominal steps, steps that run, and guidance for one call at this strength."""
-        p = self.settings.pipeline
+    def scheduler(self, preset: str):
+        """The sampler this preset runs with (the base model's own for the default)."""
         if preset not in self.schedulers:
             raise ValueError(f"no speed preset {preset!r} (have: {', '.join(self.schedulers)})")
-        scheduler = self.schedulers[preset]
-        if preset == DEFAULT_SPEED:
-            nominal, guidance = p.steps, p.guidance_scale
-        else:
-            speed = self.settings.speed[preset]
-            nominal = nominal_steps(speed.steps, strength, max_nominal_steps(scheduler))
-            guidance = speed.guidance_scale
-        return Plan(preset, scheduler, nominal, denoising_steps(nominal, strength), guidance)
+        return self.schedulers[preset]
+
+    def active(self, preset: str) -> list[tuple[str, float]]:
+        """(adapter, weight) of the speed LoRA that acts under this preset: none for the default."""
+        return [self.adapters[preset]] if preset in self.adapters else []

@@ -1,7 +1,9 @@
 """The GPU side of claybot: photo → WD14 tags → weighted prompt → SDXL img2img with the style's LoRA.
 
-Loads every model once; ``Stylizer.run`` then serves a batch of photos that share a style, a strength and a
-working size. Torch, diffusers and onnxruntime are imported here and nowhere on the chat side.
+Loads every model once; ``Stylizer.run`` then serves a batch of photos that share a style, a strength, a speed
+preset and a working size, under one ``Plan`` it makes per call. The Stylizer owns the worker's settings: the speed
+presets and the guides keep only what they loaded, and read each call's values from its plan. Torch, diffusers and
+onnxruntime are imported here and nowhere on the chat side.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # transformers warns at import about optional image processors claybot never uses.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -23,11 +26,17 @@ from pipeline.core import models  # noqa: E402
 from pipeline.core.errors import ModelError  # noqa: E402
 from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
 from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGGER_FILES, VAE_FILES  # noqa: E402
-from pipeline.core.settings import DEFAULT_SPEED, GpuSettings  # noqa: E402
+from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, PipelineSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
 from pipeline.gpu.guides import Guides  # noqa: E402
 from pipeline.gpu.prompt import build_prompt, prompt_tags  # noqa: E402
-from pipeline.gpu.speed import SpeedPresets, set_active_adapters  # noqa: E402
+from pipeline.gpu.speed import (  # noqa: E402
+    SpeedPresets,
+    denoising_steps,
+    max_nominal_steps,
+    nominal_steps,
+    set_active_adapters,
+)
 from pipeline.gpu.tagger import Tagger, Tags  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -58,9 +67,21 @@ class Stylized:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def denoising_steps(steps: int, strength: float) -> int:
-    """How many UNet steps img2img runs: diffusers skips the first ``(1 - strength)`` of the schedule."""
-    return min(int(steps * strength), steps)
+@dataclass(frozen=True)
+class Plan:
+    """How one pipeline call runs, decided once per call from the job's settled values and the worker's settings;
+    the prompt encoding, the speed preset's sampler and the guides all read it."""
+
+    style: str
+    strength: float
+    preset: str  # the speed preset
+    size: tuple[int, int]  # the working size every photo of the call is resized to
+    scheduler: Any  # a diffusers scheduler
+    nominal_steps: int  # num_inference_steps passed to diffusers
+    steps: int  # UNet steps that run: denoising_steps(nominal_steps, strength); 0: the photo is the answer
+    guidance_scale: float
+    adapters: tuple[tuple[str, float], ...] | None  # LoRA adapters that act, with weights; None: none to switch
+    guide_scales: tuple[tuple[float, float], ...]  # each photo's (structure, identity) scale; 0: that guide is off
 
 
 def pick_device(setting: str) -> torch.device:
@@ -94,6 +115,7 @@ class Stylizer:
         tagger_dir = models.resolve(settings.tagger.model, "tagger.model", cache, allow_patterns=TAGGER_FILES)
         self.tagger = Tagger(tagger_dir, settings.tagger, use_cuda=self.device.type == "cuda")
         self.pipe = self._load_pipeline()
+        self._style_adapters: list[str] = []  # styles whose LoRA stays a switchable adapter
         self._fused_all = self._load_loras()
         self.speed = SpeedPresets(self.pipe, settings, self._resolve_lora)  # after the style LoRA is fused
         self.guides = Guides(self.pipe, settings, self.device, self.dtype)  # before _speed_up compiles the UNet
@@ -175,7 +197,7 @@ class Stylizer:
             self.pipe.unload_lora_weights()
             logger.info("LoRA of style %r fused at scale %s", name, self.settings.styles[name].lora_scale)
             return True
-        self._adapters = loaded
+        self._style_adapters = loaded
         if loaded:
             logger.info("LoRAs of styles %s kept as switchable adapters", ", ".join(loaded))
         return not loaded
@@ -205,19 +227,54 @@ class Stylizer:
         enabled = [name for name in ("fuse_qkv", "channels_last", "compile", "resolution_buckets") if getattr(p, name)]
         logger.info("attention %s; speed switches on: %s", p.attention, ", ".join(enabled) or "none")
 
-    def _activate(self, style_name: str, speed: str = DEFAULT_SPEED) -> None:
-        """Make only this style's LoRA (if any), and the speed preset's (if any), act on the next call."""
+    def _adapters(self, style: str, speed: str) -> tuple[tuple[str, float], ...] | None:
+        """The LoRA adapters that act under this style and speed preset, with their weights; None when the
+        pipeline has none to switch (the only style LoRA fused, no speed LoRA)."""
         if self._fused_all and not self.speed.loaded:
-            return
+            return None
         # Weights rather than enable/disable_lora: PEFT's disable flag did not reliably reach the text encoders'
         # LoRA layers after a switch, and a zero weight is exactly "no LoRA".
-        names = [] if self._fused_all else list(self._adapters)
-        weights = [self.settings.styles[n].lora_scale if n == style_name else 0.0 for n in names]
+        styles = self.settings.styles
+        active = [(name, styles[name].lora_scale if name == style else 0.0) for name in self._style_adapters]
         # A speed LoRA acts only under its own preset; left out of the active list it is not computed at all.
-        for adapter, weight in self.speed.active(speed):
-            names.append(adapter)
-            weights.append(weight)
-        set_active_adapters(self.pipe, names, weights)
+        return (*active, *self.speed.active(speed))
+
+    def _set_adapters(self, adapters: tuple[tuple[str, float], ...] | None) -> None:
+        """Make exactly these adapters act on the next text encoding and denoising."""
+        if adapters is not None:
+            set_active_adapters(self.pipe, [name for name, _ in adapters], [weight for _, weight in adapters])
+
+    def _encoder(self, style: str, speed: str) -> PromptEncoder:
+        """The prompt encoder that only ever sees this style's (and this preset's) LoRAs."""
+        key = (style, speed) if self.speed.active(speed) else style
+        if key not in self._encoders:
+            self._encoders[key] = PromptEncoder(self.pipe, self.device)
+        return self._encoders[key]
+
+    # -- planning ------------------------------------------------------------------------------------------------
+
+    def set_steps(self, steps: int) -> None:
+        """Change pipeline.steps (the default preset's nominal steps) of this loaded worker: every later call
+        plans with it, no model reloaded. Benchmarks sweep step counts this way. ValueError for a count the config
+        would refuse."""
+        pipeline = PipelineSettings.model_validate({**self.settings.pipeline.model_dump(), "steps": steps})
+        self.settings = self.settings.model_copy(update={"pipeline": pipeline})
+
+    def plan(self, style: str, strength: float, speed: str, size: tuple[int, int],
+             guide_scales: Sequence[tuple[float | None, float | None]] = ()) -> Plan:
+        """How one call runs: the preset's sampler and guidance, the steps that run, the LoRA adapters that act and
+        each photo's guide scales (``guide_scales``: per photo, a (structure, identity) override or None)."""
+        scheduler = self.speed.scheduler(speed)
+        if speed == DEFAULT_SPEED:
+            # pipeline.steps is a nominal schedule, of which img2img runs the last `strength`
+            nominal, guidance = self.settings.pipeline.steps, self.settings.pipeline.guidance_scale
+        else:
+            # a preset's steps are the ones that run, at any strength
+            preset = self.settings.speed[speed]
+            nominal = nominal_steps(preset.steps, strength, max_nominal_steps(scheduler))
+            guidance = preset.guidance_scale
+        return Plan(style, strength, speed, size, scheduler, nominal, denoising_steps(nominal, strength), guidance,
+                    self._adapters(style, speed), self.guides.scales(style, guide_scales))
 
     # -- running -------------------------------------------------------------------------------------------------
 
@@ -228,7 +285,7 @@ class Stylizer:
         style = p.default_style
         if p.compile and p.resolution_buckets:
             shapes = [p.work_size(w, h) for w, h in SDXL_BUCKETS]
-            batch_sizes = range(1, p.max_batch + 1)
+            batch_sizes = list(range(1, p.max_batch + 1))
         else:
             shapes, batch_sizes = [p.work_size(1, 1)], [1]
         for shape in shapes:
@@ -240,11 +297,8 @@ class Stylizer:
     def encode(self, prompts: list[str], negative_prompt: str, *, style: str, speed: str = DEFAULT_SPEED
                ) -> Conditioning:
         """SDXL conditioning for prompts, with the style's (and the speed preset's) LoRA on the text encoders."""
-        self._activate(style, speed)
-        key = (style, speed) if self.speed.active(speed) else style
-        if key not in self._encoders:
-            self._encoders[key] = PromptEncoder(self.pipe, self.device)
-        return self._encoders[key](prompts, negative_prompt)
+        self._set_adapters(self._adapters(style, speed))
+        return self._encoder(style, speed)(prompts, negative_prompt)
 
     @torch.inference_mode()
     def run(
@@ -256,22 +310,27 @@ class Stylizer:
         on_step: StepCallback | None = None,
         tags: list[Tags] | None = None,
         speed: str | None = None,
+        size: tuple[int, int] | None = None,
     ) -> list[Stylized]:
         """Stylize a batch of photos that share style, strength, speed preset and working size; one result each.
 
         ``tags``: the photos' tags when the caller already has them (the worker tags first, for the SFW gate).
         ``speed``: a [speed.*] preset, or "default" (pipeline.steps, guidance_scale, the base scheduler); None: the
-        style's."""
-        settings, p = self.settings, self.settings.pipeline
+        style's. ``size``: the working size the queue settled for the batch; None: the photos' own, which must
+        agree."""
+        settings = self.settings
         style_settings = settings.styles[style]
         speed = style_settings.speed if speed is None else speed
         timings: dict[str, float] = {}
 
-        # 1. sizes: one working size for the whole batch
-        sizes = {p.work_size(*photo.image.size) for photo in photos}
-        if len(sizes) != 1:
-            raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
-        work = sizes.pop()
+        # 1. plan: one working size, sampler, steps, adapters and guide scales for the whole batch
+        if size is None:
+            sizes = {settings.pipeline.work_size(*photo.image.size) for photo in photos}
+            if len(sizes) != 1:
+                raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
+            size = sizes.pop()
+        plan = self.plan(style, strength, speed, size,
+                         [(photo.structure_scale, photo.identity_scale) for photo in photos])
 
         # 2. tag
         if tags is None:
@@ -279,32 +338,31 @@ class Stylizer:
             tags = self.tagger([photo.image for photo in photos])
             timings["tag"] = time.perf_counter() - started
 
-        # 3. prompt
+        # 3. prompt (the plan's adapters set once: they act on the text encoders and the UNet alike)
         started = time.perf_counter()
         tag_lists = [prompt_tags(t, settings.tagger, style_settings) for t in tags]
         prompts = [build_prompt(style_settings, tl, trigger_weight=photo.trigger_weight)
                    for tl, photo in zip(tag_lists, photos, strict=True)]
-        plan = self.speed.plan(speed, strength)  # scheduler, nominal steps, steps that run, guidance
-        n_steps = plan.steps
-        conditioning = self.encode(prompts, style_settings.negative_prompt, style=style, speed=speed) if n_steps \
-            else None
+        conditioning: Conditioning | None = None
+        if plan.steps:
+            self._set_adapters(plan.adapters)
+            self.pipe.scheduler = plan.scheduler  # every call sets its preset's sampler (the default's: the base)
+            conditioning = self._encoder(style, speed)(prompts, style_settings.negative_prompt)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the text encoders' GPU work counts as "prompt", not "denoise"
         timings["prompt"] = time.perf_counter() - started
 
-        # 4. denoise (VAE encode → noise to `strength` → n_steps UNet steps → VAE decode)
+        # 4. denoise (VAE encode → noise to `strength` → plan.steps UNet steps → VAE decode)
         started = time.perf_counter()
-        inputs = [photo.image.resize(work, Image.Resampling.LANCZOS) for photo in photos]
+        inputs = [photo.image.resize(plan.size, Image.Resampling.LANCZOS) for photo in photos]
         if conditioning is None:
             # Strength so low that no step runs: the answer is the photo itself (diffusers would crash decoding
             # an empty latent batch).
             images = [photo.image for photo in photos]
         else:
-            self._activate(style, speed)
             generators = [torch.Generator(device="cpu").manual_seed(photo.seed) for photo in photos]
-            self.pipe.scheduler = plan.scheduler  # every call sets its preset's sampler (the default's: the base)
             call = dict(
-                strength=strength,
+                strength=plan.strength,
                 num_inference_steps=plan.nominal_steps,
                 guidance_scale=plan.guidance_scale,
                 generator=generators,
@@ -315,14 +373,13 @@ class Stylizer:
                 output_type="pil",
             )
             # the style's structure/identity guides, if any, pick the pipeline (a batch may split by guide scale)
-            scales = [(photo.structure_scale, photo.identity_scale) for photo in photos]
-            images = self.guides.denoise(style, inputs, scales, call, n_steps=n_steps, on_step=on_step)
+            images = self.guides.denoise(plan, inputs, call, on_step=on_step)
         timings["denoise"] = time.perf_counter() - started
 
         # 5. back to the photo's exact aspect ratio (beside the photo itself, if the style says so)
         results = []
         for photo, image, tl, t, prompt in zip(photos, images, tag_lists, tags, prompts, strict=True):
-            size = output_size(*photo.image.size, p.megapixels)
+            size = output_size(*photo.image.size, settings.pipeline.megapixels)
             image = image.resize(size, Image.Resampling.LANCZOS)
             if style_settings.before_after:
                 image = side_by_side(photo.image.resize(size, Image.Resampling.LANCZOS), image)

@@ -122,12 +122,11 @@ def _run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
     max_pixels = int(p.max_input_megapixels * 1e6)
     # The worker never needs more than a few times its working area (the tagger needs far less).
     keep_pixels = int(4 * p.megapixels * 1e6)
-    groups: dict[tuple[int, int], list[DecodedJob]] = {}
+    decoded: list[DecodedJob] = []
     for job in message["jobs"]:
         started = time.perf_counter()
         try:
             image = decode_photo(job["image"], max_pixels=max_pixels, keep_pixels=keep_pixels)
-            size = p.work_size(*image.size)
         except TooLarge as err:
             _fail(send, job["id"], str(err), ErrorKind.TOO_LARGE)
             continue
@@ -145,12 +144,23 @@ def _run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
         photo = Photo(image, job["seed"], job.get("trigger_weight"), job.get("structure_scale"),
                       job.get("identity_scale"))
         timings = {"decode": time.perf_counter() - started}
-        groups.setdefault(size, []).append(DecodedJob(job["id"], photo, job.get("max_rating"), timings))
+        decoded.append(DecodedJob(job["id"], photo, job.get("max_rating"), timings))
     deadline = time.monotonic() + message["timeout"]
-    for group in groups.values():
-        group = _allowed(stylizer, group, send)
-        if group:
-            _run_group(stylizer, group, message, deadline, send)
+    # The queue grouped the batch by style, strength, speed and working size: it is one pipeline call, never
+    # regrouped here (only the guides may split it, by what only they see: a face or none).
+    group = _allowed(stylizer, decoded, send)
+    if group:
+        _run_group(stylizer, group, message, _settled_size(stylizer, message, group[0].id), deadline, send)
+
+
+def _settled_size(stylizer, message: dict[str, Any], job_id: str) -> tuple[int, int]:
+    """The batch's working size as intake settled it: from a photo's header, not from the decoded photo (shrunk
+    while decoding, it may round to another size)."""
+    from pipeline.core.images import probe_photo
+
+    p = stylizer.settings.pipeline
+    data = next(job["image"] for job in message["jobs"] if job["id"] == job_id)
+    return p.work_size(*probe_photo(data, max_pixels=int(p.max_input_megapixels * 1e6)))
 
 
 def _fail(send: Send, job_id: str, reason: str, kind: ErrorKind) -> None:
@@ -199,7 +209,8 @@ def _tag(stylizer, images: list, ids: list[str]) -> list:
     return [_tag(stylizer, [image], [job_id])[0] for image, job_id in zip(images, ids, strict=True)]
 
 
-def _run_group(stylizer, group: list[DecodedJob], message: dict[str, Any], deadline: float, send: Send) -> None:
+def _run_group(stylizer, group: list[DecodedJob], message: dict[str, Any], size: tuple[int, int], deadline: float,
+               send: Send) -> None:
     from pipeline.core.images import encode_png
 
     ids = [job.id for job in group]
@@ -217,7 +228,7 @@ def _run_group(stylizer, group: list[DecodedJob], message: dict[str, Any], deadl
     try:
         results = stylizer.run([job.photo for job in group], style=message["style"], strength=message["strength"],
                                on_step=on_step, tags=[job.tags for job in group],
-                               speed=message.get("speed", DEFAULT_SPEED))
+                               speed=message.get("speed", DEFAULT_SPEED), size=size)
     except _LinkDown:  # a progress message could not be sent: the connection is gone, no photo's fault
         raise
     except JobTimeout:
@@ -238,7 +249,7 @@ def _run_group(stylizer, group: list[DecodedJob], message: dict[str, Any], deadl
             return
         logger.warning("batch of %d ran out of GPU memory; retrying one job at a time", len(group))
         for job in group:
-            _run_group(stylizer, [job], message, deadline, send)
+            _run_group(stylizer, [job], message, size, deadline, send)
         return
 
     # The result is held to the same rating limit as the photo: img2img can add what the photo did not have.
