@@ -205,14 +205,14 @@ def write_wd14_vit_tagger(folder: Path, *, seed: int = 0, input_size: int = WD14
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = wd14_tag_rows() if rows is None else rows
+    tag_rows: list[tuple[str, int]] = wd14_tag_rows() if rows is None else rows
 
     class WD14(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             config = ViTConfig(**{**WD14_VIT_CONFIG, "image_size": input_size}, attn_implementation="eager")
             self.vit = ViTModel(config, add_pooling_layer=False)
-            self.head = torch.nn.Linear(config.hidden_size, len(rows))
+            self.head = torch.nn.Linear(config.hidden_size, len(tag_rows))
 
         def forward(self, bgr: torch.Tensor) -> torch.Tensor:
             rgb = bgr[..., [2, 1, 0]].permute(0, 3, 1, 2) / 127.5 - 1.0  # NHWC BGR 0–255 → NCHW RGB −1..1
@@ -224,8 +224,8 @@ def write_wd14_vit_tagger(folder: Path, *, seed: int = 0, input_size: int = WD14
         model = WD14().eval()
     with torch.no_grad():
         model.head.weight.normal_(0.0, 0.01)
-        bias = torch.full((len(rows),), -8.0)
-        for i, (name, _category) in enumerate(rows):
+        bias = torch.full((len(tag_rows),), -8.0)
+        for i, (name, _category) in enumerate(tag_rows):
             if name in PHOTO_TAGS or name == "general":
                 bias[i] = 8.0
         model.head.bias.copy_(bias)
@@ -238,7 +238,7 @@ def write_wd14_vit_tagger(folder: Path, *, seed: int = 0, input_size: int = WD14
     with (folder / "selected_tags.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["tag_id", "name", "category", "count"])
-        for i, (name, category) in enumerate(rows):
+        for i, (name, category) in enumerate(tag_rows):
             writer.writerow([i, name, category, 1_000_000 // (i + 1)])
     return folder
 
@@ -357,7 +357,7 @@ def tiny_models(folder: Path) -> TinyModels:
     listing = folder / "tiny-models.json"
     if listing.is_file():
         paths = json.loads(listing.read_text(encoding="utf-8"))
-        return TinyModels(**{k: Path(v) if v else None for k, v in paths.items()})
+        return TinyModels(**{k: Path(v) if v else None for k, v in paths.items()})  # type: ignore[arg-type]
     tiny = write_tiny_models(folder)
     listing.write_text(json.dumps({k: str(v) if v else None for k, v in vars(tiny).items()}), encoding="utf-8")
     return tiny

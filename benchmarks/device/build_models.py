@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         begun = time.perf_counter()
         write_full_guide_models(folder / "guides", SDXL_BASE.unet, "cuda")
         seconds["guides"] = time.perf_counter() - begun
-    report = {"mode": "smoke" if args.smoke else "full",
+    report: dict[str, Any] = {"mode": "smoke" if args.smoke else "full",
               "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
               "seconds": seconds, "total_s": time.perf_counter() - started, "bytes_on_disk": _size(folder)}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -128,22 +128,22 @@ def check(folder: Path, device: dict[str, str | None], limit_mib: float = LIMIT_
             problems.append(f"{name} is on the device already: carrying it would shadow the device's own")
         requires = [r for r in (Requirement(t) for t in meta.get_all("Requires-Dist") or []) if applies(r)]
         carried[name] = (meta["Version"], requires)
-    for name, (_version, requires) in carried.items():
+    for carrier, (_version, requires) in carried.items():
         for requirement in requires:
             dep = canonicalize_name(requirement.name)
             spec = SpecifierSet(str(requirement.specifier))
             if dep in carried:
                 if not spec.contains(Version(carried[dep][0]), prereleases=True):
-                    problems.append(f"{name} needs {requirement}, carried: {dep} {carried[dep][0]}")
+                    problems.append(f"{carrier} needs {requirement}, carried: {dep} {carried[dep][0]}")
             elif dep in device:
                 have = device[dep]
                 if have is None:
                     if str(spec):
-                        notes.append(f"{name} needs {requirement}: the device has {dep}, version not listed")
+                        notes.append(f"{carrier} needs {requirement}: the device has {dep}, version not listed")
                 elif not spec.contains(Version(have), prereleases=True):
-                    problems.append(f"{name} needs {requirement}, the device has {dep} {have}")
+                    problems.append(f"{carrier} needs {requirement}, the device has {dep} {have}")
             else:
-                problems.append(f"{name} needs {requirement}: neither carried nor on the device")
+                problems.append(f"{carrier} needs {requirement}: neither carried nor on the device")
     total = sum(p.stat().st_size for p in wheels)
     if total > limit_mib * 2**20:
         problems.append(f"{total / 2**20:.1f} MiB of wheels: over the {limit_mib:g} MiB this kit allows itself")
