@@ -256,3 +256,19 @@ def test_check_refuses_a_folder_the_device_could_not_install_or_import(wheels, t
     assert "needs huggingface-hub>=9, carried: huggingface-hub 1.0.0" in text
     assert wheels.check(tmp_path / "empty", device)[0] == [f"no wheels in {tmp_path / 'empty'}"]
     assert "over the 0.0001 MiB" in "\n".join(wheels.check(good, device, limit_mib=0.0001)[0])
+
+
+def test_gpu_run_without_the_wheels_says_what_to_do_and_stops(tmp_path):
+    # a checkout whose .whl/ never came along (the device tool's carry forgotten)
+    (tmp_path / "benchmarks" / "device").mkdir(parents=True)
+    for name in ("run.sh", "kit.py"):
+        target = tmp_path / "benchmarks" / "device" / name
+        target.write_bytes((KIT / name).read_bytes())
+        target.chmod(0o755)
+    out = tmp_path / "out"
+    proc = subprocess.run([str(tmp_path / "benchmarks" / "device" / "run.sh")], env={**os.environ, "OUT": str(out)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "estimate: at most" in proc.stdout  # the plan comes first, before anything can fail
+    assert "no wheels in .whl/: run benchmarks/device/prepare.sh here first and carry .whl" in proc.stdout
+    assert "no wheels in .whl/" in (out / "run.log").read_text(encoding="utf-8")

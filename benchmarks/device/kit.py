@@ -136,8 +136,9 @@ def run_step(command: list[str], env: dict[str, str], budget_s: int) -> tuple[in
                 break
             except subprocess.TimeoutExpired:
                 continue
-    except BaseException:
-        os.killpg(process.pid, signal.SIGKILL)
+    except BaseException:  # the driver itself stopped (Ctrl-C, the device call's limit): take the step along
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         raise
     return rc, time.monotonic() - started
 

@@ -33,10 +33,10 @@ kit() {
         timeout 40 "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .whl/*.whl || { echo "run.sh: installing the wheels failed"; return 2; }
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+        # Fail in seconds, with the name of what is missing, rather than in every step.
+        "$py" -c "import compel, diffusers, pydantic, tomlkit, onnxruntime, cv2, transformers, peft" || {
+            echo "run.sh: a package claybot needs is missing (see above)"; return 2; }
     fi
-    # Fail in seconds, with the name of what is missing, rather than in every step.
-    "$py" -c "import compel, diffusers, pydantic, tomlkit, onnxruntime, cv2, transformers, peft" || {
-        echo "run.sh: a package claybot needs is missing (see above)"; return 2; }
     echo "install: $((SECONDS - started)) s"
     "$py" benchmarks/device/kit.py --out "$OUT" --installed-in "$((SECONDS - started))" --planned "$@"
 }
