@@ -5,13 +5,14 @@
     .venv/bin/python benchmarks/gpu_speed.py --switch compile --json out/compile.json   # baseline + one switch
     .venv/bin/python benchmarks/gpu_speed.py --all-switches                            # baseline, each, all
     .venv/bin/python benchmarks/gpu_speed.py --preset fast --json out/fast.json        # baseline + [speed.fast]
-    # anywhere, in well under a minute on 2 CPU cores: the same code path on pipeline.gpu.tiny's models
+    # anywhere, on 2 CPU cores: the same code path on pipeline.gpu.tiny's models
     .venv/bin/python benchmarks/gpu_speed.py --smoke --json /tmp/smoke.json
+    # every GPU figure in one budgeted run on a device machine: benchmarks/device/run.sh (README: "GPU run kit")
     # anywhere, in seconds: the hard-coded full-size configs built on the meta device (parameter counts, FLOPs)
     .venv/bin/python benchmarks/gpu_speed.py --meta
 
 Real weights cannot be downloaded, and speed does not depend on weight values, so full-size mode BUILDS the published
-SDXL base architecture (UNet, VAE, CLIP ViT-L and OpenCLIP bigG text encoders; configs hard-coded below) and a
+SDXL base architecture (UNet, VAE, CLIP ViT-L and OpenCLIP bigG text encoders; pipeline.gpu.architectures) and a
 WD14 ViT-B/16 448 px tagger (10,861 tags, exported to ONNX) with random weights, plus a rank-32 LoRA on the UNet's
 attention projections, and runs claybot's REAL Stylizer on them through a generated config.toml: 1024×1024 photo,
 30 steps × strength 0.5 = 15 UNet steps with classifier-free guidance (UNet batch 2), LoRA fused, float16.
@@ -25,7 +26,8 @@ Reported, per configuration of the speed switches (baseline = all off; all = fus
 resolution_buckets) and for a bare, default diffusers StableDiffusionXLImg2ImgPipeline on the same model folder in
 the same process: per-stage times, UNet steps/s, peak GPU memory, throughput at batch 1, 2, 4, the speed-up ratio
 to the bare call, and the UNet's FLOP bound (FLOPs of one UNet forward × steps ÷ the device's peak dense fp16/bf16
-tensor throughput, --peak-tflops). Every figure also goes to --json.
+tensor throughput, --peak-tflops). Every figure also goes to --json, rewritten after each configuration ("complete":
+false until the last), so a run stopped early keeps what it measured. The models are benchmarks/bench_models.py's.
 
 Timing: every figure is the median of --repeats calls after one untimed first call per batch size (its time is
 reported as first_call_s: lazy initialisation, cuDNN autotuning and, with compile, compiling). Stages inside the
@@ -35,23 +37,17 @@ diffusers call are cut at the VAE encode and decode calls (CUDA events on a GPU,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
-import gc
 import json
-import math
 import os
 import platform
-import re
 import shutil
 import statistics
-import string
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,134 +55,27 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-
-# ----------------------------------------------------------------------------------------------------------------
-# The published SDXL base 1.0 architecture (stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/, text_encoder/,
-# text_encoder_2/ config.json), hard-coded: nothing is downloaded. `--meta` checks them against the published sizes.
-# ----------------------------------------------------------------------------------------------------------------
-
-SDXL_UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 128,
-    "in_channels": 4,
-    "out_channels": 4,
-    "center_input_sample": False,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "only_cross_attention": False,
-    "block_out_channels": (320, 640, 1280),
-    "layers_per_block": 2,
-    "downsample_padding": 1,
-    "mid_block_scale_factor": 1,
-    "act_fn": "silu",
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "cross_attention_dim": 2048,  # 768 (CLIP ViT-L) + 1280 (OpenCLIP bigG) hidden states, concatenated
-    "transformer_layers_per_block": (1, 2, 10),
-    "attention_head_dim": (5, 10, 20),  # diffusers' legacy name: these are the head COUNTS (64-wide heads)
-    "use_linear_projection": True,
-    "upcast_attention": None,
-    "resnet_time_scale_shift": "default",
-    "time_embedding_type": "positional",
-    "conv_in_kernel": 3,
-    "conv_out_kernel": 3,
-    "addition_embed_type": "text_time",
-    "addition_embed_type_num_heads": 64,
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,  # 6 size/crop conditions × 256 + 1280 pooled bigG
-}
-
-SDXL_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-    "force_upcast": True,  # SDXL's own VAE overflows in fp16: diffusers runs it in fp32
-}
-
-CLIP_VOCAB_SIZE = 49408
-CLIP_BOS_ID, CLIP_EOS_ID = 49406, 49407  # <|startoftext|>, <|endoftext|> (the largest id: argmax pooling)
-
-# CLIP ViT-L/14's text tower (text_encoder).
-CLIP_L_CONFIG: dict[str, Any] = {
-    "vocab_size": CLIP_VOCAB_SIZE,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-    "projection_dim": 768,
-    "bos_token_id": 0,
-    "eos_token_id": 2,  # as published: transformers then pools at argmax(input_ids), i.e. <|endoftext|>
-    "pad_token_id": 1,
-}
-
-# OpenCLIP ViT-bigG/14's text tower (text_encoder_2, with its projection).
-OPENCLIP_BIGG_CONFIG: dict[str, Any] = {
-    **CLIP_L_CONFIG,
-    "hidden_size": 1280,
-    "intermediate_size": 5120,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 20,
-    "hidden_act": "gelu",
-    "projection_dim": 1280,
-}
-
-# Parameter counts of the published SDXL base 1.0 weights.
-PUBLISHED_PARAMS = {
-    "unet": 2_567_463_684,
-    "text_encoder": 123_060_480,
-    "text_encoder_2": 694_659_840,
-    "vae": 83_653_863,
-}
-
-# madebyollin/sdxl-vae-fp16-fix (config.toml's pipeline.vae): the same architecture, weights that stay finite in
-# fp16, so diffusers does not upcast it. Random weights: only the config differs from the base VAE here.
-VAE_FP16_FIX_OVERRIDES = {"force_upcast": False}
-
-# WD14 (SmilingWolf/wd-vit-tagger-v3): a ViT-B/16 at 448 px with a sigmoid head over 10,861 tags.
-WD14_INPUT_SIZE = 448
-WD14_N_TAGS = 10_861
-WD14_N_GENERAL = 8_000
-WD14_VIT_CONFIG: dict[str, Any] = {
-    "image_size": WD14_INPUT_SIZE,
-    "patch_size": 16,
-    "num_channels": 3,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-6,
-}
-
-# What a WD14 tagger typically finds on a head-and-shoulders photo (34 tags; after the clay style drops the
-# "realistic"/"photo" ones, 30 = tagger.max_tags remain). The random tagger is biased to find exactly these, so
-# the prompt has the length of a real one.
-PHOTO_TAGS = (
-    "1girl", "solo", "realistic", "photorealistic", "photo_(medium)", "blurry", "long_hair", "looking_at_viewer",
-    "smile", "brown_hair", "brown_eyes", "outdoors", "upper_body", "shirt", "blurry_background", "day", "lips",
-    "white_shirt", "closed_mouth", "depth_of_field", "tree", "jewelry", "earrings", "sunlight", "parted_lips",
-    "teeth", "nose", "short_sleeves", "collarbone", "t-shirt", "portrait", "building", "standing", "sky",
+from bench_models import (  # noqa: E402
+    FAST_PRESET,
+    SWITCHES,
+    BenchModels,
+    bench_config_text,
+    bench_photo,
+    free_memory,
+    meta_param_counts,
+    quiet_libraries,
+    write_full_models,
+    write_smoke_models,
 )
+
+from pipeline.gpu.architectures import SDXL_BASE  # noqa: E402
 
 H100_SXM_PEAK_TFLOPS = 989.0  # dense fp16/bf16 tensor-core throughput, H100 SXM5 (H200: the same)
 KNOWN_PEAKS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
-SWITCHES = ("fuse_qkv", "channels_last", "compile", "resolution_buckets")
 CONFIGS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "all": {name: True for name in SWITCHES},
@@ -194,52 +83,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "classic_attention": {"attention": "classic"},
     "fast": {"speed": "fast"},  # the [speed.fast] preset (not a switch: a config table and the style's speed)
 }
-# The full-size [speed.fast]: SDXL-Lightning's settings (its 4-step LoRA is rank 64 on the UNet).
-FAST_PRESET = {"lora_scale": 1.0, "scheduler": "euler_trailing", "guidance_scale": 0.0, "steps": 4}
-SPEED_LORA_RANK = 64
-
-BUILD_VERSION = 1  # bump when what write_full_models writes changes, so cached models are rebuilt
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Building the full-size models
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def build_unet():
-    """SDXL base's UNet with random weights (on the current default device)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(**SDXL_UNET_CONFIG).eval()
-
-
-def build_vae(**overrides):
-    """SDXL base's VAE with random weights."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(**{**SDXL_VAE_CONFIG, **overrides}).eval()
-
-
-def build_text_encoders():
-    """CLIP ViT-L (CLIPTextModel) and OpenCLIP bigG (CLIPTextModelWithProjection) with random weights."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    return (CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG)).eval(),
-            CLIPTextModelWithProjection(CLIPTextConfig(**OPENCLIP_BIGG_CONFIG)).eval())
-
-
-def meta_param_counts() -> dict[str, dict[str, float]]:
-    """Build every full-size component on the meta device (no memory, no init) and count its parameters."""
-    with torch.device("meta"):
-        unet, vae = build_unet(), build_vae()
-        text_encoder, text_encoder_2 = build_text_encoders()
-    counts = {}
-    for name, module in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2),
-                         ("vae", vae)):
-        n = sum(p.numel() for p in module.parameters())
-        counts[name] = {"params": n, "published": PUBLISHED_PARAMS[name],
-                        "rel_diff": n / PUBLISHED_PARAMS[name] - 1.0}
-    return counts
+_FLOPS: dict[str, int] = {}  # the report is rewritten after each run: count each shape once
 
 
 def unet_forward_flops(unet_config: dict, *, batch: int, latent_hw: tuple[int, int], tokens: int) -> int:
@@ -253,6 +99,9 @@ def unet_forward_flops(unet_config: dict, *, batch: int, latent_hw: tuple[int, i
     from torch.utils.flop_counter import FlopCounterMode
 
     config = dict(unet_config)
+    key = json.dumps([config, batch, latent_hw, tokens], sort_keys=True, default=str)
+    if key in _FLOPS:
+        return _FLOPS[key]
     pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config).eval()
@@ -262,323 +111,8 @@ def unet_forward_flops(unet_config: dict, *, batch: int, latent_hw: tuple[int, i
         timestep = torch.full((batch,), 500.0)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         unet(sample, timestep, encoder_hidden_states=hidden, added_cond_kwargs=cond)
-    return int(counter.get_total_flops())
-
-
-# -- a word-level CLIP tokenizer ---------------------------------------------------------------------------------
-
-_WORD = re.compile(r"[^\W\d_]+")  # letter runs: the words CLIP's pre-tokenizer cuts text into
-
-
-def words_of(texts: Iterable[str]) -> list[str]:
-    """Distinct lower-case letter words in texts, in first-seen order."""
-    seen: dict[str, None] = {}
-    for text in texts:
-        for word in _WORD.findall(text.lower()):
-            seen.setdefault(word, None)
-    return list(seen)
-
-
-def write_word_tokenizer(folder: Path, words: Iterable[str], *, pad_token: str) -> None:
-    """A CLIPTokenizer whose vocabulary holds each given word whole, so each costs ONE token, as in real CLIP.
-
-    The real CLIP BPE vocabulary (49,408 tokens) cannot be downloaded here. A char-level tokenizer (as in
-    pipeline.gpu.tiny) would spend one token per character: a 30-tag prompt would become ~300 tokens instead of ~90,
-    i.e. five 77-token chunks instead of two, and the UNet's cross-attention would attend to ~385 keys instead of
-    154 — a slower, wrong benchmark. Real CLIP keeps common tag words (hair, eyes, smile, shirt…) whole and splits
-    digits and punctuation exactly as this tokenizer does (same pre-tokenizer), so the counts agree closely; a rare
-    word (e.g. "claymation") may be 2 tokens in real CLIP and 1 here.
-
-    BPE needs merges to build each word from its characters. They are chained from the END of the word: the last
-    character carries ``</w>``, and every merge is (character, a word ending with ``</w>``), so at each step exactly
-    one merge applies and every listed word ends as a single token, whatever the other words are.
-    """
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-
-    def add(token: str) -> None:
-        vocab.setdefault(token, len(vocab))
-
-    for char in string.printable.strip():
-        add(char)
-        add(char + "</w>")
-    merges: dict[tuple[str, str], None] = {}
-    for word in words:
-        suffix = word[-1] + "</w>"
-        add(suffix)
-        for char in reversed(word[:-1]):
-            merges.setdefault((char, suffix), None)
-            suffix = char + suffix
-            add(suffix)
-    if len(vocab) > CLIP_BOS_ID:
-        raise ValueError(f"{len(vocab)} tokens do not fit CLIP's vocabulary of {CLIP_VOCAB_SIZE}")
-    vocab["<|startoftext|>"] = CLIP_BOS_ID
-    vocab["<|endoftext|>"] = CLIP_EOS_ID
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-                                       encoding="utf-8")
-    # model_max_length MUST be given, or encoding fails with "OverflowError: int too big to convert".
-    tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                              model_max_length=77, pad_token=pad_token)
-    tokenizer.save_pretrained(str(folder))
-
-
-# -- the WD14 tagger ---------------------------------------------------------------------------------------------
-
-_ADJECTIVES = """red orange yellow green blue purple pink white black grey brown silver gold striped checkered
-    dotted long short large small open closed torn wet round pointy frilled layered plaid fur leather lace
-    sleeveless hooded high low bare crossed""".split()
-_NOUNS = """hair eyes shirt dress skirt jacket coat hat ribbon bow gloves boots shoes socks scarf necktie collar
-    sleeves belt bag umbrella flower tree sky cloud water sea river building window door chair table cup book
-    phone car bicycle dog cat bird fish horse wings tail horns ears mouth teeth hand fingers legs background
-    border frame light shadow""".split()
-_SYLLABLES = "ka ri to mi na sa ha yu ko ne ro shi ta ki ru mo a e i o u".split()
-
-
-def wd14_tag_rows(n_tags: int = WD14_N_TAGS, n_general: int = WD14_N_GENERAL) -> list[tuple[str, int]]:
-    """(name, category) rows of a selected_tags.csv: 4 ratings (9), general tags (0), character tags (4).
-
-    PHOTO_TAGS come first among the general tags; the rest are made-up but tag-shaped names.
-    """
-    rows = [(name, 9) for name in ("general", "sensitive", "questionable", "explicit")]
-    general = list(PHOTO_TAGS)
-    taken = set(general)
-    for adjective_2 in ["", *_ADJECTIVES]:
-        for adjective in _ADJECTIVES:
-            for noun in _NOUNS:
-                name = "_".join(w for w in (adjective_2, adjective, noun) if w)
-                if len(general) < n_general and name not in taken and adjective_2 != adjective:
-                    general.append(name)
-                    taken.add(name)
-    rows += [(name, 0) for name in general]
-    n_characters = n_tags - len(rows)
-    s = len(_SYLLABLES)
-    for i in range(n_characters):
-        first = _SYLLABLES[i % s] + _SYLLABLES[(i // s) % s] + _SYLLABLES[(i // s // s) % s]
-        rows.append((f"{first}_({_SYLLABLES[(i * 7) % s]}{_SYLLABLES[(i * 3) % s]}_series)", 4))
-    return rows
-
-
-def write_wd14_vit_tagger(folder: Path, *, seed: int = 0, input_size: int = WD14_INPUT_SIZE,
-                          rows: list[tuple[str, int]] | None = None) -> Path:
-    """A full-size WD14-architecture tagger in the SmilingWolf layout: model.onnx + selected_tags.csv.
-
-    transformers' ViTModel (ViT-B/16 at input_size px, random weights) → token mean → linear → sigmoid, with the
-    real taggers' input convention inside the graph: NHWC, float32, BGR, 0–255, dynamic batch. The head's biases
-    make PHOTO_TAGS (and the "general" rating) score ~1 and everything else ~0, so every photo gets a realistic
-    30-tag prompt.
-    """
-    import csv
-
-    from transformers import ViTConfig, ViTModel
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = wd14_tag_rows() if rows is None else rows
-
-    class WD14(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            config = ViTConfig(**{**WD14_VIT_CONFIG, "image_size": input_size}, attn_implementation="eager")
-            self.vit = ViTModel(config, add_pooling_layer=False)
-            self.head = torch.nn.Linear(config.hidden_size, len(rows))
-
-        def forward(self, bgr: torch.Tensor) -> torch.Tensor:
-            rgb = bgr[..., [2, 1, 0]].permute(0, 3, 1, 2) / 127.5 - 1.0  # NHWC BGR 0–255 → NCHW RGB −1..1
-            features = self.vit(pixel_values=rgb).last_hidden_state.mean(dim=1)
-            return torch.sigmoid(self.head(features))
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = WD14().eval()
-    with torch.no_grad():
-        model.head.weight.normal_(0.0, 0.01)
-        bias = torch.full((len(rows),), -8.0)
-        for i, (name, _category) in enumerate(rows):
-            if name in PHOTO_TAGS or name == "general":
-                bias[i] = 8.0
-        model.head.bias.copy_(bias)
-    example = torch.full((1, input_size, input_size, 3), 127.0)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(folder / "model.onnx"), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    with (folder / "selected_tags.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["tag_id", "name", "category", "count"])
-        for i, (name, category) in enumerate(rows):
-            writer.writerow([i, name, category, 1_000_000 // (i + 1)])
-    return folder
-
-
-# -- everything --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BenchModels:
-    """Where the benchmark's models are."""
-
-    sdxl_folder: Path  # a diffusers folder (the bare call and the Stylizer both load it)
-    vae_folder: Path | None  # the VAE the Stylizer's config names ("" = the folder's own)
-    lora: Path
-    tagger_folder: Path
-    lora_rank: int
-    build_s: float
-    speed_lora: Path | None = None  # the [speed.fast] preset's LoRA
-
-
-def _prompt_texts() -> list[str]:
-    """Everything the prompts may hold: every tag, and the template config's style texts."""
-    import tomllib
-
-    from pipeline.gpu.prompt import tag_text
-
-    texts = [tag_text(name) for name, _ in wd14_tag_rows()]
-    config = tomllib.loads((ROOT / "config.toml").read_text(encoding="utf-8"))
-    for style in config.get("styles", {}).values():
-        texts += [style.get("trigger_words", ""), style.get("negative_prompt", ""), *style.get("clashing_tags", [])]
-    return texts + list(config.get("tagger", {}).get("drop_tags", []))
-
-
-def _lora_state_dict(unet, rank: int, seed: int) -> dict[str, torch.Tensor]:
-    """A diffusers/PEFT-format LoRA on every attention projection (to_q/k/v/out.0) of the UNet's transformers."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, module in unet.named_modules():
-        if ".transformer_blocks." in name and name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
-            down = torch.randn(rank, module.in_features, generator=generator) / math.sqrt(module.in_features)
-            up = torch.randn(module.out_features, rank, generator=generator) * 0.01
-            state[f"unet.{name}.lora_A.weight"] = down.half()
-            state[f"unet.{name}.lora_B.weight"] = up.half()
-    return state
-
-
-def write_full_models(folder: Path, *, lora_rank: int = 32, rebuild: bool = False) -> BenchModels:
-    """Build the full-size models with random weights into folder (once: reused while BUILD_VERSION matches)."""
-    folder = Path(folder).expanduser()
-    marker = folder / "bench-models.json"
-    paths = dict(sdxl_folder=folder / "sdxl-base-random", vae_folder=folder / "vae-fp16-fix-random",
-                 lora=folder / f"clay-lora-r{lora_rank}.safetensors", tagger_folder=folder / "wd14-vit-448-random")
-    wanted = {"version": BUILD_VERSION, "lora_rank": lora_rank}
-    if not rebuild and marker.is_file():
-        built = json.loads(marker.read_text(encoding="utf-8"))
-        if {k: built.get(k) for k in wanted} == wanted:
-            return BenchModels(**paths, lora_rank=lora_rank, build_s=0.0, speed_lora=write_speed_lora(folder))
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
-    from safetensors.torch import save_file
-    from transformers import CLIPTokenizer
-
-    from pipeline.gpu.tiny import SDXL_SCHEDULER_CONFIG
-
-    started = time.perf_counter()
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    build_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # random init is fast on a GPU
-    print(f"building full-size SDXL + WD14 with random weights into {folder} (on {build_device}) …", flush=True)
-    with torch.random.fork_rng(devices=[]), torch.device(build_device):
-        torch.manual_seed(0)
-        unet, vae = build_unet().half(), build_vae().half()
-        text_encoder, text_encoder_2 = (m.half() for m in build_text_encoders())
-    with tempfile.TemporaryDirectory() as tmp:
-        words = words_of(_prompt_texts())
-        write_word_tokenizer(Path(tmp) / "tokenizer", words, pad_token="<|endoftext|>")
-        write_word_tokenizer(Path(tmp) / "tokenizer_2", words, pad_token="!")  # SDXL's 2nd tokenizer pads with "!"
-        tokenizers = [CLIPTokenizer.from_pretrained(str(Path(tmp) / name)) for name in ("tokenizer", "tokenizer_2")]
-    pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizers[0],
-        tokenizer_2=tokenizers[1], unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
-        requires_aesthetics_score=False, force_zeros_for_empty_prompt=True,
-    )
-    pipe.save_pretrained(str(paths["sdxl_folder"]), safe_serialization=True)
-    # transformers 5 saves only tokenizer.json; keep the classic vocab.json + merges.txt too (as gpu.tiny does).
-    write_word_tokenizer(paths["sdxl_folder"] / "tokenizer", words, pad_token="<|endoftext|>")
-    write_word_tokenizer(paths["sdxl_folder"] / "tokenizer_2", words, pad_token="!")
-    vae.register_to_config(**VAE_FP16_FIX_OVERRIDES)
-    vae.save_pretrained(str(paths["vae_folder"]), safe_serialization=True)
-    save_file(_lora_state_dict(unet, lora_rank, seed=1), str(paths["lora"]), metadata={"format": "pt"})
-    del pipe, unet, vae, text_encoder, text_encoder_2
-    _free_memory()
-    write_wd14_vit_tagger(paths["tagger_folder"])
-    build_s = time.perf_counter() - started
-    marker.write_text(json.dumps({**wanted, "build_s": build_s}), encoding="utf-8")
-    print(f"built in {build_s:.0f} s", flush=True)
-    return BenchModels(**paths, lora_rank=lora_rank, build_s=build_s, speed_lora=write_speed_lora(folder))
-
-
-def write_speed_lora(folder: Path) -> Path:
-    """A random rank-64 speed LoRA for the full-size UNet (written once; built from a meta-device UNet, no memory)."""
-    from safetensors.torch import save_file
-
-    path = Path(folder).expanduser() / f"speed-lora-r{SPEED_LORA_RANK}.safetensors"
-    if not path.is_file():
-        with torch.device("meta"):
-            unet = build_unet()
-        save_file(_lora_state_dict(unet, SPEED_LORA_RANK, seed=2), str(path), metadata={"format": "pt"})
-    return path
-
-
-def write_smoke_models(folder: Path) -> BenchModels:
-    """pipeline.gpu.tiny's models: tiny SDXL diffusers folder, kohya LoRA (rank 4), 32 px WD14-shaped tagger."""
-    from pipeline.gpu.tiny import LORA_RANK, write_tiny_models
-
-    started = time.perf_counter()
-    tiny = write_tiny_models(folder)
-    return BenchModels(sdxl_folder=tiny.sdxl_folder, vae_folder=None, lora=tiny.lora_kohya,
-                       tagger_folder=tiny.tagger_folder, lora_rank=LORA_RANK, build_s=time.perf_counter() - started,
-                       speed_lora=tiny.speed_lora)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configs, photos, clocks
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def bench_config_text(template: str, models: BenchModels, *, device: str, dtype: str, steps: int,
-                      megapixels: float, switches: dict[str, Any]) -> str:
-    """The template config (comments kept) with the models pointed at ours, one style, and the given switches."""
-    import tomlkit
-
-    doc = tomlkit.parse(template)
-    pipeline = doc.setdefault("pipeline", tomlkit.table())
-    pipeline["base_model"] = str(models.sdxl_folder)
-    pipeline["base_config"] = str(models.sdxl_folder)
-    pipeline["vae"] = str(models.vae_folder) if models.vae_folder else ""
-    pipeline["device"] = device
-    pipeline["dtype"] = dtype
-    pipeline["steps"] = steps
-    pipeline["megapixels"] = megapixels
-    pipeline["cache_dir"] = str(models.sdxl_folder.parent / "cache")
-    for name in SWITCHES:
-        pipeline[name] = bool(switches.get(name, False))
-    pipeline["attention"] = switches.get("attention", "sdpa")
-    doc.setdefault("tagger", tomlkit.table())["model"] = str(models.tagger_folder)
-    default = str(pipeline.get("default_style", "clay"))
-    styles = doc["styles"]
-    for name in [n for n in styles if n != default]:  # one style with one LoRA: the Stylizer fuses it
-        del styles[name]
-    styles[default]["lora"] = str(models.lora)
-    if switches.get("speed"):
-        preset = tomlkit.table()
-        preset.update({"lora": str(models.speed_lora), **FAST_PRESET})
-        speed = tomlkit.table(is_super_table=True)
-        speed[switches["speed"]] = preset
-        doc["speed"] = speed
-        styles[default]["speed"] = switches["speed"]
-    return tomlkit.dumps(doc)
-
-
-def bench_photo(side: int):
-    """The repository's example photo, centre-cropped to a square of side × side pixels."""
-    from PIL import Image
-
-    image = Image.open(ROOT / "examples" / "photo.jpg").convert("RGB")
-    w, h = image.size
-    s = min(w, h)
-    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return image.resize((side, side), Image.Resampling.LANCZOS)
+    _FLOPS[key] = int(counter.get_total_flops())
+    return _FLOPS[key]
 
 
 class Clock:
@@ -634,14 +168,6 @@ class VaeStages:
             "unet": seconds(self.encodes[-1][1], self.decodes[0][0]),
             "vae_decode": sum(seconds(a, b) for a, b in self.decodes),
         }
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    with contextlib.suppress(Exception):
-        torch._dynamo.reset()
 
 
 def _peak_memory(device: torch.device) -> int | None:
@@ -746,7 +272,7 @@ def measure_claybot(name: str, config_path: Path, photo, batches: list[int], rep
         unet_config=dict(stylizer.pipe.unet.config), vae_scale_factor=stylizer.pipe.vae_scale_factor,
         device=str(device),
     )
-    return figures, facts  # the models are freed when the caller calls _free_memory()
+    return figures, facts  # the models are freed when the caller calls free_memory()
 
 
 def measure_bare(models: BenchModels, *, prompt: str, negative_prompt: str, image, steps: int, strength: float,
@@ -940,16 +466,6 @@ def format_report(report: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _quiet_libraries() -> None:
-    """No per-component progress bars or notices while building and loading."""
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
-
-
 def print_meta(peak_tflops: float) -> dict[str, Any]:
     """Parameter counts of the hard-coded configs (meta device) and the full-size UNet's FLOPs at 1024²."""
     counts = meta_param_counts()
@@ -958,12 +474,12 @@ def print_meta(peak_tflops: float) -> dict[str, Any]:
         print(f"  {name:<15} {c['params']:>14,} params   published {c['published']:>14,}   {c['rel_diff']:+.4%}")
     flops = {}
     for tokens in (77, 154):
-        flops[tokens] = unet_forward_flops(SDXL_UNET_CONFIG, batch=2, latent_hw=(128, 128), tokens=tokens)
+        flops[tokens] = unet_forward_flops(SDXL_BASE.unet, batch=2, latent_hw=(128, 128), tokens=tokens)
         print(f"  UNet forward, latent (2, 4, 128, 128) = 1024×1024 with CFG, {tokens} tokens: "
               f"{flops[tokens] / 1e12:.4f} TFLOP; × 15 steps ÷ {peak_tflops:g} TFLOP/s = "
               f"{flops[tokens] * 15 / (peak_tflops * 1e12) * 1000:.1f} ms (a bound, not a measurement)")
     # [speed.fast]: 4 steps, no guidance, so one latent per UNet forward
-    fast = unet_forward_flops(SDXL_UNET_CONFIG, batch=1, latent_hw=(128, 128), tokens=154)
+    fast = unet_forward_flops(SDXL_BASE.unet, batch=1, latent_hw=(128, 128), tokens=154)
     steps = FAST_PRESET["steps"]
     print(f"  [speed.fast]: UNet forward, latent (1, 4, 128, 128), no guidance, 154 tokens: {fast / 1e12:.4f} TFLOP; "
           f"× {steps} steps ÷ {peak_tflops:g} TFLOP/s = {fast * steps / (peak_tflops * 1e12) * 1000:.1f} ms "
@@ -988,6 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", action="append", default=[], choices=["fast"],
                         help="also measure the [speed.fast] preset (4-step LoRA, Euler trailing, no guidance)")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare diffusers call")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="only the configurations named (benchmarks/device/run.sh measures the baseline once)")
     parser.add_argument("--batches", default=None, help="comma list; default 1,2,4 (smoke: 1,2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per batch size; default 3 (smoke: 2)")
     parser.add_argument("--steps", type=int, default=None,
@@ -997,6 +515,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the Stylizer's VAE in full mode: an fp16-fix-shaped one (force_upcast false, as "
                              "config.toml's madebyollin/sdxl-vae-fp16-fix) or the base folder's (upcast to fp32)")
     parser.add_argument("--compile", action="store_true", help="smoke mode: really compile (slow on the CPU)")
+    parser.add_argument("--compile-backend", choices=["eager", "aot_eager"],
+                        help="torch.compile traces whole graphs (fullgraph, as claybot asks) but hands them to this "
+                             "backend instead of inductor: the compile path without minutes of code generation")
     parser.add_argument("--worker-warm-up", action="store_true",
                         help="also time Stylizer.warm_up() (with compile + buckets: every bucket × batch size)")
     parser.add_argument("--peak-tflops", type=float, default=H100_SXM_PEAK_TFLOPS,
@@ -1005,6 +526,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=Path(os.environ.get("CLAYBOT_BENCH_MODELS", "~/.cache/claybot/gpu-bench")),
                         help="full mode: where the random-weight models are built once and reused")
     parser.add_argument("--rebuild", action="store_true", help="full mode: rebuild the models")
+    parser.add_argument("--tiny-models", type=Path,
+                        help="smoke mode: pipeline.gpu.tiny's models here, written once and reused (default: a "
+                             "scratch folder, removed after)")
     parser.add_argument("--lora-rank", type=int, default=32)
     args = parser.parse_args(argv)
     if not (args.full or args.smoke or args.meta or args.cpu_check):
@@ -1032,13 +556,15 @@ def main(argv: list[str] | None = None) -> int:
 
     smoke, cpu_check = args.smoke, args.cpu_check
     steps = args.steps or (10 if smoke else 2 if cpu_check else 30)
-    _quiet_libraries()
+    quiet_libraries()
     batches = [int(b) for b in (args.batches or ("1,2" if smoke else "1" if cpu_check else "1,2,4")).split(",")]
     repeats = args.repeats or (2 if smoke else 1 if cpu_check else 3)
     names = ["baseline", *args.switch] if args.switch else ["baseline"] if cpu_check else ["baseline", "all"]
     if args.all_switches:
         names = ["baseline", *SWITCHES, "all"]
     names = list(dict.fromkeys([*names, *args.preset]))
+    if args.no_baseline:
+        names = [n for n in names if n != "baseline"] or names
     notes: list[str] = []
     if smoke:
         notes.append("smoke mode: tiny random models on the CPU; checks that the script runs, not speed; the FLOP "
@@ -1050,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.compile and any(CONFIGS[n].get("compile") for n in names):
             notes.append("compile skipped on the CPU (pass --compile to compile anyway): 'all' runs without it")
     device = torch.device("cuda" if args.full and not cpu_check else "cpu")
+    if args.compile_backend:
+        _compile_with(args.compile_backend)
+        notes.append(f"torch.compile used the {args.compile_backend!r} backend (graphs traced, no inductor code)")
     info = detect_device()
     if args.full:
         peak = known_peak(info["name"])
@@ -1060,8 +589,9 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = None
     if smoke:
-        scratch = Path(tempfile.mkdtemp(prefix="claybot-gpu-speed-"))
-        models = write_smoke_models(scratch / "models")
+        if args.tiny_models is None:
+            scratch = Path(tempfile.mkdtemp(prefix="claybot-gpu-speed-"))
+        models = write_smoke_models(args.tiny_models or scratch / "models")
         side, megapixels, dtype = 64, 0.0041, "float32"  # 64×64: the tiny models are about plumbing, not pixels
     else:
         models = write_full_models(args.models_dir, lora_rank=args.lora_rank, rebuild=args.rebuild)
@@ -1073,9 +603,38 @@ def main(argv: list[str] | None = None) -> int:
     config_dir = Path(tempfile.mkdtemp(prefix="claybot-gpu-speed-config-"))
     template = (ROOT / "config.toml").read_text(encoding="utf-8")
 
+    runs: dict[str, Any] = {}
+    facts: dict[str, Any] = {}
+
+    def assemble(complete: bool) -> dict[str, Any]:
+        """The report of the runs measured so far."""
+        speedup = {}
+        if "bare" in runs:
+            for name in (n for n in runs if n != "bare"):
+                speedup[name] = {b: runs["bare"]["batches"][b]["seconds"] / runs[name]["batches"][b]["seconds"]
+                                 for b in runs[name]["batches"] if b in runs["bare"]["batches"]}
+        vs_baseline = {}
+        if "baseline" in runs:
+            base = runs["baseline"]["batches"]
+            vs_baseline = {name: {b: base[b]["seconds"] / run["batches"][b]["seconds"] for b in run["batches"]}
+                           for name, run in runs.items() if name not in ("bare", "baseline")}
+        return {
+            "mode": "smoke" if smoke else "cpu-check" if cpu_check else "full",
+            "complete": complete,  # false while later configurations are still to come (or were cut short)
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "device": info,
+            "setup": {**{k: v for k, v in facts.items() if k != "unet_config"}, "photo": list(photo.size),
+                      "batches": batches, "repeats": repeats, "lora_rank": models.lora_rank,
+                      "build_s": models.build_s, "models": str(models.sdxl_folder.parent),
+                      "vae": str(models.vae_folder) if models.vae_folder else "the base folder's"},
+            "runs": runs,
+            "speedup_vs_bare": speedup,
+            "speedup_vs_baseline": vs_baseline,
+            "flops": flop_bound(facts["unet_config"], facts, runs, args.peak_tflops),
+            "notes": notes,
+        }
+
     try:
-        runs: dict[str, Any] = {}
-        facts: dict[str, Any] = {}
         for name in names:
             switches = dict(CONFIGS[name])
             if (smoke or cpu_check) and not args.compile:
@@ -1089,10 +648,11 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             runs[name], run_facts = measure_claybot(name, path, photo, batches, repeats,
                                                     worker_warm_up=args.worker_warm_up)
-            _free_memory()
+            free_memory()
             runs[name]["switches"] = switches
             facts = facts or run_facts
-        if not args.no_bare:
+            write_json(args.json, assemble(complete=False))  # a run cut short later keeps this one
+        if not args.no_bare and facts:
             print("measuring the bare diffusers call", flush=True)
             from PIL import Image
 
@@ -1104,47 +664,47 @@ def main(argv: list[str] | None = None) -> int:
                 image=work_image, steps=facts["steps"], strength=facts["strength"],
                 guidance_scale=facts["guidance_scale"], dtype=getattr(torch, facts["dtype"]), device=device,
                 batches=batches, repeats=repeats, n_steps=facts["n_steps"])
-            _free_memory()
+            free_memory()
             if runs["bare"]["vae_force_upcast"] and models.vae_folder is not None:
                 notes.append("the bare call uses the model folder's own VAE (force_upcast: encode/decode in fp32); "
                              "claybot's config names an fp16-fix-shaped VAE, as config.toml does (--vae base "
                              "gives claybot the folder's VAE too)")
-        speedup = {}
-        if "bare" in runs:
-            for name in (n for n in runs if n != "bare"):
-                speedup[name] = {b: runs["bare"]["batches"][b]["seconds"] / runs[name]["batches"][b]["seconds"]
-                                 for b in runs[name]["batches"]}
-        vs_baseline = {}
-        if "baseline" in runs:
-            base = runs["baseline"]["batches"]
-            vs_baseline = {name: {b: base[b]["seconds"] / run["batches"][b]["seconds"] for b in run["batches"]}
-                           for name, run in runs.items() if name not in ("bare", "baseline")}
-        unet_config = facts.pop("unet_config")
-        report = {
-            "mode": "smoke" if smoke else "cpu-check" if cpu_check else "full",
-            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "device": info,
-            "setup": {**facts, "photo": list(photo.size), "batches": batches, "repeats": repeats,
-                      "lora_rank": models.lora_rank, "build_s": models.build_s,
-                      "models": str(models.sdxl_folder.parent),
-                      "vae": str(models.vae_folder) if models.vae_folder else "the base folder's"},
-            "runs": runs,
-            "speedup_vs_bare": speedup,
-            "speedup_vs_baseline": vs_baseline,
-            "flops": flop_bound(unet_config, facts, runs, args.peak_tflops),
-            "notes": notes,
-        }
     finally:
         shutil.rmtree(config_dir, ignore_errors=True)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    if not facts:
+        print("gpu_speed: no configuration was measured (compile is skipped on the CPU without --compile)",
+              file=sys.stderr)
+        return 1
+    report = assemble(complete=True)
     print()
     print(format_report(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        write_json(args.json, report)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _compile_with(backend: str) -> None:
+    """Make torch.compile use backend (the Stylizer asks for inductor's modes; other backends take none)."""
+    compile_ = torch.compile
+
+    def compile_with_backend(model=None, **kwargs):
+        kwargs.pop("mode", None)
+        return compile_(model, **{**kwargs, "backend": backend})
+
+    torch.compile = compile_with_backend
+
+
+def write_json(path: Path | None, report: dict[str, Any]) -> None:
+    """Write the report whole or not at all (a step killed mid-write leaves the previous one)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    partial.replace(path)
 
 
 if __name__ == "__main__":

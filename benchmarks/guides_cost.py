@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,11 @@ def print_meta() -> dict[str, Any]:
     """Parameter counts of the full-size guide architectures, built on the meta device."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
-    from gpu_speed import SDXL_UNET_CONFIG
 
+    from pipeline.gpu.architectures import SDXL_BASE
     from pipeline.gpu.tiny_guides import attention_width
+
+    SDXL_UNET_CONFIG = SDXL_BASE.unet
 
     counts: dict[str, Any] = {}
     with torch.device("meta"):
@@ -228,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--steps", default=None, help="two step counts, e.g. 4,12 (smoke) or 10,30 (full)")
     parser.add_argument("--models-dir", type=Path, default=Path("~/.cache/claybot-bench"))
+    parser.add_argument("--tiny-models", type=Path,
+                        help="smoke mode: pipeline.gpu.tiny's models here, written once and reused")
     args = parser.parse_args(argv)
     if not (args.smoke or args.full or args.meta):
         args.full, args.smoke = torch.cuda.is_available(), not torch.cuda.is_available()
@@ -239,49 +244,57 @@ def main(argv: list[str] | None = None) -> int:
         print("guides_cost: --full needs a CUDA GPU (try --smoke or --meta here)", file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore")
-    import gpu_speed
+    import bench_models
 
-    gpu_speed._quiet_libraries()
+    from pipeline.gpu.architectures import SDXL_BASE
+
+    bench_models.quiet_libraries()
     device = torch.device("cuda" if args.full else "cpu")
     steps = tuple(int(s) for s in (args.steps or ("4,16" if args.smoke else "10,30")).split(","))
     repeats = args.repeats or (3 if args.smoke else 3)
     scratch = Path(tempfile.mkdtemp(prefix="claybot-guides-cost-"))
     try:
         if args.smoke:
-            from pipeline.gpu.tiny import LORA_RANK, write_tiny_models
+            from pipeline.gpu.tiny import LORA_RANK
 
-            tiny = write_tiny_models(scratch / "models")
-            models = gpu_speed.BenchModels(sdxl_folder=tiny.sdxl_folder, vae_folder=None, lora=tiny.lora_kohya,
-                                           tagger_folder=tiny.tagger_folder, lora_rank=LORA_RANK, build_s=0.0)
+            tiny = bench_models.tiny_models(args.tiny_models or scratch / "models")
+            models = bench_models.BenchModels(sdxl_folder=tiny.sdxl_folder, vae_folder=None, lora=tiny.lora_kohya,
+                                              tagger_folder=tiny.tagger_folder, lora_rank=LORA_RANK, build_s=0.0)
             guides = {"controlnet": tiny.controlnet_folder, "depth": tiny.depth_folder,
                       "encoder": tiny.image_encoder_folder, "adapter": tiny.ip_adapter}
             # 256×256: 32×32 latents, big enough that a tiny step costs more than the timer's noise
             side, megapixels, dtype = 256, 0.0656, "float32"
         else:
-            models = gpu_speed.write_full_models(args.models_dir)
-            guides = write_full_guide_models(args.models_dir.expanduser() / "guides", gpu_speed.SDXL_UNET_CONFIG,
-                                             "cuda")
+            models = bench_models.write_full_models(args.models_dir)
+            guides = write_full_guide_models(args.models_dir.expanduser() / "guides", SDXL_BASE.unet, "cuda")
             side, megapixels, dtype = 1024, 1.0, "float16"
-        base = gpu_speed.bench_config_text((ROOT / "config.toml").read_text(encoding="utf-8"), models,
+        base = bench_models.bench_config_text((ROOT / "config.toml").read_text(encoding="utf-8"), models,
                                            device=device.type, dtype=dtype, steps=steps[0], megapixels=megapixels,
                                            switches={})
-        photo = gpu_speed.bench_photo(side)
-        runs = {}
+        photo = bench_models.bench_photo(side)
+        runs: dict[str, Any] = {}
+
+        def report_of(complete: bool) -> dict[str, Any]:
+            none = runs["none"]["per_step_s"]
+            return {"mode": "smoke" if args.smoke else "full", "complete": complete,
+                    "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                    "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    "versions": {name: metadata.version(name) for name in ("torch", "diffusers", "transformers")},
+                    "photo": [side, side], "step_counts": list(steps), "repeats": repeats, "runs": runs,
+                    "per_step_ratio_to_none": {k: v["per_step_s"] / none for k, v in runs.items()},
+                    "notes": ["smoke: tiny random models on the CPU; the ratios are the tiny models', not SDXL's"]
+                    if args.smoke else []}
+
         for which in CONFIGS:
             path = scratch / f"{which}.toml"
             path.write_text(guided_config(base, guides, which), encoding="utf-8")
             print(f"measuring guides: {which}", flush=True)
             runs[which] = measure(path, photo, steps, repeats, device)
+            _write(args.json, report_of(complete=False), quiet=True)  # a run cut short later keeps this one
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     none = runs["none"]["per_step_s"]
-    report = {"mode": "smoke" if args.smoke else "full",
-              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "photo": [side, side], "step_counts": list(steps), "repeats": repeats, "runs": runs,
-              "per_step_ratio_to_none": {k: v["per_step_s"] / none for k, v in runs.items()},
-              "notes": ["smoke: tiny random models on the CPU; the ratios are the tiny models', not SDXL's"]
-              if args.smoke else []}
+    report = report_of(complete=True)
     print()
     print(f"guides' cost, {report['mode']} mode ({report['device']}, {side}×{side}, steps {steps[0]} and {steps[1]}, "
           f"median of {repeats})")
@@ -295,11 +308,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write(path: Path | None, report: dict) -> None:
+def _write(path: Path | None, report: dict, quiet: bool = False) -> None:
+    """Write the report whole or not at all (a run killed mid-write leaves the previous one)."""
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-        print(f"wrote {path}")
+        partial = path.with_name(path.name + ".part")
+        partial.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        partial.replace(path)
+        if not quiet:
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

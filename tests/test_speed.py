@@ -450,28 +450,6 @@ def test_fast_preset_benchmark_counts_at_least_five_times_fewer_unet_evaluations
     assert "UNet evaluations / picture" in proc.stdout and "7.50×" in proc.stdout
 
 
-def test_gpu_speed_smoke_measures_the_fast_preset_beside_the_baseline(tmp_path):
-    out = tmp_path / "smoke.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_speed.py"), "--smoke", "--preset", "fast",
-                           "--switch", "fuse_qkv", "--batches", "1", "--repeats", "1", "--no-bare", "--json",
-                           str(out)], capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text(encoding="utf-8"))
-    runs = report["runs"]
-    assert list(runs) == ["baseline", "fuse_qkv", "fast"]
-    assert runs["baseline"]["preset"]["name"] == "default"
-    assert runs["baseline"]["preset"]["unet_evaluations_per_image"] == 10  # smoke: 10 steps × 0.5, guided
-    fast = runs["fast"]["preset"]
-    assert (fast["name"], fast["unet_steps"], fast["nominal_steps"], fast["unet_evaluations_per_image"]) == \
-        ("fast", 4, 8, 4)
-    assert (fast["scheduler"], fast["timestep_spacing"], fast["guidance_scale"]) == \
-        ("EulerDiscreteScheduler", "trailing", 0.0)
-    per_run = report["flops"]["per_run"]
-    assert per_run["fast"]["bound_s"] < per_run["baseline"]["bound_s"]
-    assert "speed preset of 'fast': [speed.fast] 4 UNet steps" in proc.stdout
-
-
 def test_telegram_help_names_the_presets_only_when_there_are_some(tiny_config):
     from bot.telegram import help_text
 

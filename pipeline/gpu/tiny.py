@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import math
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,26 +33,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from pipeline.gpu.architectures import TINY, build_text_encoders, build_unet, build_vae, char_vocab
+
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTokenizer
 
 logger = logging.getLogger(__name__)
 
-# Sizes of the tiny SDXL. The two text encoders have different widths on purpose: from_single_file tells
-# them apart by width (with equal widths it loads encoder 1's weights into encoder 2).
-TEXT_HIDDEN_1 = 32
-TEXT_HIDDEN_2 = 64
-TEXT_PROJECTION_DIM = 64
-ADDITION_TIME_EMBED_DIM = 8
-CROSS_ATTENTION_DIM = TEXT_HIDDEN_1 + TEXT_HIDDEN_2  # 96
-PROJECTION_CLASS_INPUT_DIM = 6 * ADDITION_TIME_EMBED_DIM + TEXT_PROJECTION_DIM  # 112
 LORA_RANK = 4
 LORA_ALPHA = 2.0
 # Standard deviation of the random lora_up weights (before the alpha / rank scale): large enough that the LoRA
 # visibly changes a tiny img2img result.
 LORA_UP_STD = 1.0
-VAE_SCALING_FACTOR = 0.13025
 
 SDXL_SCHEDULER_CONFIG: dict[str, object] = {
     "num_train_timesteps": 1000,
@@ -112,25 +104,12 @@ class TinyModels:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _tokenizer_vocab() -> dict[str, int]:
-    """Return a char-level CLIP vocabulary: every character alone and with ``</w>``, then the special tokens."""
-    chars = list(string.punctuation) + list(string.digits) + list(string.ascii_lowercase)
-    vocab: dict[str, int] = {}
-    for char in chars:
-        vocab[char] = len(vocab)
-    for char in chars:
-        vocab[char + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)  # the largest id, as in the real CLIP vocabulary (argmax pooling)
-    return vocab
-
-
 def _write_tokenizer(folder: Path, pad_token: str) -> None:
     """Write a char-level CLIPTokenizer (vocab.json, merges.txt and the transformers files) to folder."""
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(_tokenizer_vocab(), ensure_ascii=False), encoding="utf-8")
+    (folder / "vocab.json").write_text(json.dumps(char_vocab(), ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     # model_max_length MUST be set: without it encoding fails with "OverflowError: int too big to convert".
     tokenizer = CLIPTokenizer(
@@ -149,75 +128,6 @@ def _load_tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
-def _build_text_encoders() -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
-    """Build the two tiny CLIP text encoders (widths 32 and 64)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    vocab = _tokenizer_vocab()
-    common = {
-        "vocab_size": len(vocab),
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 77,
-        "hidden_act": "gelu",
-        "bos_token_id": vocab["<|startoftext|>"],
-        "eos_token_id": vocab["<|endoftext|>"],
-        "pad_token_id": vocab["<|endoftext|>"],
-    }
-    config_1 = CLIPTextConfig(
-        hidden_size=TEXT_HIDDEN_1, intermediate_size=2 * TEXT_HIDDEN_1, projection_dim=TEXT_HIDDEN_1, **common
-    )
-    config_2 = CLIPTextConfig(
-        hidden_size=TEXT_HIDDEN_2, intermediate_size=2 * TEXT_HIDDEN_2, projection_dim=TEXT_PROJECTION_DIM, **common
-    )
-    return CLIPTextModel(config_1).eval(), CLIPTextModelWithProjection(config_2).eval()
-
-
-def _build_unet() -> UNet2DConditionModel:
-    """Build the tiny SDXL-shaped UNet2DConditionModel."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        transformer_layers_per_block=(1, 2),
-        attention_head_dim=(2, 4),
-        cross_attention_dim=CROSS_ATTENTION_DIM,
-        norm_num_groups=1,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=ADDITION_TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=PROJECTION_CLASS_INPUT_DIM,
-    ).eval()
-
-
-def _build_vae() -> AutoencoderKL:
-    """Build the tiny four-block AutoencoderKL: SDXL's 8× smaller latents, scaling factor and force_upcast.
-
-    The 8× matters for speed, not only likeness: with a 2× VAE the tiny UNet's attention ran on 16 times as many
-    tokens, and a tiny img2img call took ~1.2 s instead of ~0.1 s, most of the test suite's time."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 64, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=VAE_SCALING_FACTOR,
-        force_upcast=True,
-    ).eval()
-
-
 def _build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
     """Build the tiny random-weight StableDiffusionXLImg2ImgPipeline in memory."""
     import tempfile
@@ -226,9 +136,9 @@ def _build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLImg2ImgPipeline
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = _build_unet()
-        vae = _build_vae()
-        text_encoder, text_encoder_2 = _build_text_encoders()
+        unet = build_unet(TINY)
+        vae = build_vae(TINY)
+        text_encoder, text_encoder_2 = build_text_encoders(TINY)
     with tempfile.TemporaryDirectory() as tmp:
         _write_tokenizer(Path(tmp) / "tokenizer", pad_token="<|endoftext|>")
         _write_tokenizer(Path(tmp) / "tokenizer_2", pad_token="!")  # SDXL's second tokenizer pads with "!"
