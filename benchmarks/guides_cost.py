@@ -194,9 +194,9 @@ def measure(config_path: Path, photo, step_counts: tuple[int, int], repeats: int
     medians, ran = {}, {}
     for steps in step_counts:
         stylizer.set_steps(steps)
-        progress = []
+        progress: list[int] = []
         stylizer.run([Photo(photo, 0)], style=style, strength=1.0, tags=tags,  # untimed: lazy initialisation
-                     on_step=lambda step, total: progress.append(step))
+                     on_step=lambda step, total, seen=progress: seen.append(step))
         ran[str(steps)] = len(progress)
         times = []
         for i in range(repeats):
