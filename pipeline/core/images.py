@@ -134,6 +134,26 @@ def png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
         position += 12 + length  # length, type, data, CRC
 
 
+# A result is a worker's PNG of at most pipeline.megapixels (4 at most), plus the working size's rounding slack.
+MAX_RESULT_PIXELS = int(4e6 * (1 + AREA_SLACK))
+
+
+def check_result_png(data: bytes, *, max_pixels: int = MAX_RESULT_PIXELS) -> tuple[int, int]:
+    """The size of a result image from its header alone; BadImage unless it is a PNG as a worker makes them: at
+    most ``max_pixels``, and no more bytes than its pixels would take stored uncompressed."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise BadImage(f"it is not a PNG ({len(data):,} bytes starting {data[:8]!r})")
+    for _ in png_chunks(data):
+        pass
+    with _read_errors():
+        width, height = Image.open(io.BytesIO(data), formats=["PNG"]).size
+    if width * height > max_pixels:
+        raise BadImage(f"it is {width}×{height} pixels, over {max_pixels:,}")
+    if len(data) > 8 * width * height + 2**20:  # 16-bit RGBA, stored, with a megabyte of metadata
+        raise BadImage(f"it is {len(data):,} bytes for {width}×{height} pixels")
+    return width, height
+
+
 def decode_photo(data: bytes, *, max_pixels: int, keep_pixels: int | None = None,
                  max_bytes: int | None = None) -> Image.Image:
     """Decode uploaded bytes into an upright RGB image, refusing what is not a photo or is too large.
