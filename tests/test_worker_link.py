@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import Pipe
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,8 @@ def test_a_flood_of_silent_strangers_neither_keeps_a_real_client_out_nor_floods_
     finally:
         taker.join(timeout=10)
         connections.close()  # the count held back is logged on the way out
-    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelno >= logging.WARNING and "127.0.0.1" in record.getMessage()]
     assert len(warnings) <= 3, warnings[:10]
     assert warnings[0].startswith("refused a connection from 127.0.0.1: ")
     held = int(warnings[-1].split()[1])  # "refused N more connection(s) in S s (the latest from ...)"
@@ -151,17 +153,37 @@ def test_a_flood_of_silent_strangers_neither_keeps_a_real_client_out_nor_floods_
 
 def test_strangers_push_out_their_own_oldest_handshakes_never_another_address_nor_a_proven_one():
     pending = link._Pending(most=8, most_per_peer=4)
-    proven, other = object(), object()
+    pairs = [Pipe() for _ in range(26)]  # (the worker's end, the peer's end)
+    proven, other, flood, more = pairs[0][0], pairs[1][0], [a for a, _ in pairs[2:22]], [a for a, _ in pairs[22:]]
     assert pending.add(proven, "10.0.0.1") is None
     pending.proven(proven)
     assert pending.add(other, "10.0.0.2") is None
-    flood = [object() for _ in range(20)]
     pushed = [pending.add(conn, "10.0.0.66") for conn in flood]
     assert pushed[:4] == [None] * 4 and pushed[4:] == flood[:16]  # each newcomer pushes out its own oldest
-    more = [object() for _ in range(4)]  # from other addresses, past the total: the most crowded address gives way
+    # From other addresses, past the total: the most crowded address gives way.
     assert [pending.add(conn, f"10.0.1.{n}") for n, conn in enumerate(more)] == [None, None, *flood[16:18]]
     assert pending.remove(proven) is None and pending.remove(other) is None
     assert pending.remove(flood[0]) == "pushed out by newer connections before it proved the key"
+    with pytest.raises(EOFError):  # hung up on: a stranger pushed out hears so at once
+        pairs[2][1].recv()
+    for conn, peer in pairs:
+        conn.close()
+        peer.close()
+
+
+def test_a_frame_over_the_bound_or_that_does_not_decode_closes_the_link_unread():
+    worker_end, chat_end = Pipe()
+    worker_end.send({"op": "ready"})
+    assert link.receive(chat_end, link.ANSWER_LIMIT) == {"op": "ready"}
+    os.write(worker_end.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 2**40))  # 1 TB announced
+    with pytest.raises(link.FrameTooLarge, match="more than the 67,108,864 bytes allowed"):
+        link.receive(chat_end, link.ANSWER_LIMIT)
+    assert chat_end.closed
+    worker_end, chat_end = Pipe()
+    worker_end.send_bytes(b"\x80\x05not a pickle")
+    with pytest.raises(link.BadMessage, match="does not decode"):
+        link.receive(chat_end, link.ANSWER_LIMIT)
+    assert chat_end.closed
 
 
 def test_connecting_gives_up_on_a_peer_that_never_answers():

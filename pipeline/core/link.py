@@ -1,10 +1,12 @@
 """The link between a chat process and a foreground `claybot worker` (queue.worker_address): address, key,
-and an authenticated connection on each side, every step under a deadline.
+an authenticated connection on each side, every step under a deadline, and the one framed receive both sides use.
 
-It is multiprocessing's connection protocol (an HMAC challenge both ways, then pickled frames), so after the
+It is multiprocessing's connection protocol (an HMAC challenge both ways, then length-framed pickles), so after the
 handshake each side trusts what the other sends: the link belongs on a private network or a Unix socket. What
-this module adds is time limits: a peer that connects and says nothing is dropped after HANDSHAKE_TIMEOUT, in its
-own thread, so it never holds up anyone else. Torch-free: the chat side imports it.
+this module adds is limits: each handshake runs in its own thread and must prove the key within HANDSHAKE_TIMEOUT;
+a flood of strangers pushes out its own oldest handshakes, not a real client's; refusals are logged at most once a
+minute, with a count; and a message longer than its side's bound is refused from its length header. Torch-free:
+the chat side imports it.
 """
 
 from __future__ import annotations
@@ -159,8 +161,11 @@ class _Pending:
         self._started: dict[Connection, tuple[float, str, bool]] = {}  # started, peer, proven; oldest first
         self._dropped: dict[Connection, str] = {}  # taken out before their handshake ended: why
 
+    # A connection is hung up on and closed only under the lock, so a descriptor is never shut down after its
+    # handshake thread closed it (and the number went to another socket).
+
     def add(self, conn: Connection, peer: str) -> Connection | None:
-        """Register a new handshake; the one it pushes out, if any (its socket is shut down by the caller)."""
+        """Register a new handshake; the one it pushes out, if any (hung up on: its thread's read ends)."""
         with self._lock:
             strangers = [(c, p) for c, (_, p, proven) in self._started.items() if not proven]
             mine = [c for c, p in strangers if p == peer]
@@ -174,6 +179,7 @@ class _Pending:
             if victim is not None:
                 del self._started[victim]
                 self._dropped[victim] = "pushed out by newer connections before it proved the key"
+                _hang_up(victim)
             self._started[conn] = (time.monotonic(), peer, False)
             return victim
 
@@ -184,20 +190,23 @@ class _Pending:
                 started, peer, _ = self._started[conn]
                 self._started[conn] = (started, peer, True)
 
-    def remove(self, conn: Connection) -> str | None:
-        """Done with this handshake; why it was taken out meanwhile (pushed out, too slow), or None."""
+    def remove(self, conn: Connection, *, close: bool = False) -> str | None:
+        """Done with this handshake (and the connection, with ``close``); why it was taken out meanwhile (pushed
+        out, too slow), or None."""
         with self._lock:
             self._started.pop(conn, None)
+            if close:
+                conn.close()
             return self._dropped.pop(conn, None)
 
-    def expired(self, deadline: float, why: str) -> list[Connection]:
-        """Take out the handshakes started before ``deadline`` (monotonic)."""
+    def expire(self, deadline: float, why: str) -> None:
+        """Hang up on the handshakes started before ``deadline`` (monotonic)."""
         with self._lock:
             late = [conn for conn, (started, _, _) in self._started.items() if started < deadline]
             for conn in late:
                 del self._started[conn]
                 self._dropped[conn] = why
-            return late
+                _hang_up(conn)
 
 
 class _Refusals:
@@ -262,8 +271,7 @@ def listen(address: str, authkey: bytes, *, timeout: float = HANDSHAKE_TIMEOUT,
             pending.proven(conn)
             answer_challenge(conn, authkey)  # and we prove it
         except Exception as err:  # a wrong key, a silent or garbled peer, one that went away or was pushed out
-            refusals.note(peer, pending.remove(conn) or str(err) or type(err).__name__)
-            conn.close()
+            refusals.note(peer, pending.remove(conn, close=True) or str(err) or type(err).__name__)
             return
         dropped = pending.remove(conn)
         if dropped is None:
@@ -271,7 +279,7 @@ def listen(address: str, authkey: bytes, *, timeout: float = HANDSHAKE_TIMEOUT,
             ready.put(conn)
         else:  # proven, but past the deadline: it was hung up on
             refusals.note(peer, dropped)
-            conn.close()
+            pending.remove(conn, close=True)
 
     def accept_loop(listener: Listener) -> None:
         while not closed.is_set():
@@ -283,17 +291,14 @@ def listen(address: str, authkey: bytes, *, timeout: float = HANDSHAKE_TIMEOUT,
                     closed.wait(0.1)
                 continue
             peer = _peer_name(listener.last_accepted)
-            pushed_out = pending.add(conn, peer)
-            if pushed_out is not None:
-                _hang_up(pushed_out)
+            pending.add(conn, peer)
             threading.Thread(target=handshake, args=(conn, peer), name="claybot-worker-handshake",
                              daemon=True).start()
 
     def reaper() -> None:
         """One thread hangs up on every handshake past its deadline (not a timer per connection)."""
         while not closed.wait(min(0.1, timeout / 4)):
-            for conn in pending.expired(time.monotonic() - timeout, f"no handshake within {timeout:g}s"):
-                _hang_up(conn)
+            pending.expire(time.monotonic() - timeout, f"no handshake within {timeout:g}s")
             refusals.flush()
 
     closed = threading.Event()
@@ -306,6 +311,7 @@ def listen(address: str, authkey: bytes, *, timeout: float = HANDSHAKE_TIMEOUT,
                 yield ready.get()
         finally:
             closed.set()
+            pending.expire(float("inf"), "the worker stopped listening")
             refusals.flush(due_only=False)
 
 
