@@ -246,8 +246,8 @@ def _wide_to_l(image: Image.Image) -> Image.Image:
     """16/32-bit and float greyscale → 8-bit L. Pillow's own conversion clips values to 255, so the range is scaled
     down instead, a band of rows at a time: whole-image copies (numpy's of the pixels, then a float one) of a 40 MP
     photo would take over 1 GB."""
-    low, high = image.getextrema()
-    peak = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
+    high = image.getextrema()[1]  # a single band: (low, high) as numbers
+    peak = 65535.0 if image.mode.startswith("I;16") or float(high) > 255 else 255.0  # type: ignore[arg-type]
     width, height = image.size
     out = Image.new("L", image.size)
     rows = max(1, (1 << 20) // max(1, width))

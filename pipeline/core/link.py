@@ -292,8 +292,12 @@ def listen(address: str, authkey: bytes, *, timeout: float = HANDSHAKE_TIMEOUT,
                 continue
             peer = _peer_name(listener.last_accepted)
             pending.add(conn, peer)
-            threading.Thread(target=handshake, args=(conn, peer), name="claybot-worker-handshake",
-                             daemon=True).start()
+            try:
+                threading.Thread(target=handshake, args=(conn, peer), name="claybot-worker-handshake",
+                                 daemon=True).start()
+            except RuntimeError as err:  # no thread to be had: this one is refused, the loop goes on
+                pending.remove(conn, close=True)
+                refusals.note(peer, str(err))
 
     def reaper() -> None:
         """One thread hangs up on every handshake past its deadline (not a timer per connection)."""
