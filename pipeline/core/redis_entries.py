@@ -43,7 +43,7 @@ class BadEntry(ValueError):
 def decode_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
     """A stream entry's fields as text; BadEntry when they are not UTF-8 or one is far longer than claybot writes."""
     for name, value in raw.items():
-        if len(name) > MAX_FIELD or len(value) > MAX_FIELD:
+        if _size(name) > MAX_FIELD or _size(value) > MAX_FIELD:
             job_id, owner = identity(raw)
             unit = "bytes" if isinstance(value, bytes) else "characters"
             raise BadEntry(f"field {quoted(name)} is {len(value):,} {unit} long (at most {MAX_FIELD:,})",
@@ -59,7 +59,7 @@ def identity(raw: Mapping[Any, Any]) -> tuple[str | None, str | None]:
     """The job id and owner a damaged entry still names, when it names them plausibly."""
     def name(field: str) -> str | None:
         value = raw.get(field, raw.get(field.encode()))
-        if value is None or len(value) > MAX_NAME:
+        if value is None or _size(value) > MAX_NAME:
             return None
         try:
             value = _text(value) if value is not None else None
@@ -73,7 +73,8 @@ def identity(raw: Mapping[Any, Any]) -> tuple[str | None, str | None]:
 def dead_letter(source: str, entry_id: str, raw: Mapping[Any, Any], reason: str) -> dict[str, str]:
     """The fields of a bad entry's record in the dead-letter stream: where it was, why, and what it held."""
     # Each field cut before it is decoded: a 100 MB one must not be copied (twice) to keep 2000 characters of it.
-    kept = {_text(k[:MAX_NAME], errors="replace"): _text(v[:KEPT_CHARS], errors="replace") for k, v in raw.items()}
+    kept = {_text(_cut(k, MAX_NAME), errors="replace"): _text(_cut(v, KEPT_CHARS), errors="replace")
+            for k, v in raw.items()}
     return {"source": source, "entry": entry_id, "reason": reason[:KEPT_CHARS], "at": f"{time.time():.3f}",
             "fields": json.dumps(kept, ensure_ascii=False)[:KEPT_CHARS]}
 
@@ -220,6 +221,14 @@ def _number(fields: Mapping[str, str], name: str, low: float, high: float, *, wh
         kind = "a whole number" if whole else "a number"
         raise ValueError(f"{name} {quoted(fields[name], 40)} is not {kind} from {low:.10g} to {high:.10g}")
     return value
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, bytes | str) else 0
+
+
+def _cut(value: Any, most: int) -> Any:
+    return value[:most] if isinstance(value, bytes | str) else value
 
 
 def _text(value: Any, errors: str = "strict") -> str:
