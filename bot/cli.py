@@ -237,7 +237,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run a pipeline worker in the foreground: on the Redis stream, or serving queue.worker_address."""
     import signal
 
-    from pipeline.core.link import worker_key
+    from pipeline.core.link import batch_limit, worker_key
     from pipeline.gpu.worker import listen, serve
 
     config = load_config(args.config)
@@ -257,7 +257,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not key:
         raise ConfigError(f"set the environment variable {config.queue.worker_key_env} to a shared secret first")
     try:
-        serve(config.gpu(), listen(address, key))
+        gpu = config.gpu()
+        most = batch_limit(int(config.bot.max_photo_mb * 2**20), gpu.pipeline.max_batch)
+        serve(gpu, listen(address, key), max_message=most)
     except KeyboardInterrupt:
         print("claybot worker: stopped", file=sys.stderr)
     return 0

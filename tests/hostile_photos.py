@@ -54,6 +54,26 @@ def palette_bomb(width: int = 8000, height: int = 5000) -> bytes:
     return png(width, height, bit_depth=1, color_type=3, palette=b"\xff\x00\x00\x00\x00\xff")
 
 
+def chunk_flood(chunks: int = 1_700_000) -> bytes:
+    """A 64×48 PNG with ``chunks`` empty private chunks around its pixels (20 MB at 1.7 million): Pillow reads
+    each one in Python and keeps it."""
+    empty = _chunk(b"prVt", b"")
+    return png(64, 48, before_idat=empty * (chunks // 2), after_idat=empty * (chunks - chunks // 2))
+
+
+def split_idat(data: bytes, piece: int = 8192) -> bytes:
+    """The same PNG with its pixel data cut into IDAT chunks of ``piece`` bytes (libpng's default is 8 KB)."""
+    start = data.index(b"IDAT") - 4
+    idat = bytearray()
+    position = start
+    while data[position + 4:position + 8] == b"IDAT":
+        length = int.from_bytes(data[position:position + 4], "big")
+        idat += data[position + 8:position + 8 + length]
+        position += 12 + length
+    pieces = b"".join(_chunk(b"IDAT", bytes(idat[i:i + piece])) for i in range(0, len(idat), piece))
+    return data[:start] + pieces + data[position:]
+
+
 def animated_gif(frames: int = 200, size: tuple[int, int] = (256, 256)) -> bytes:
     """An animated GIF of many frames (only the first is wanted)."""
     images = [Image.new("P", size, i % 256) for i in range(frames)]

@@ -13,20 +13,24 @@ import logging
 import os
 import signal
 import time
+import tracemalloc
 
 import pytest
 import redis.asyncio as redis
 
 from bot.config import load_config
+from pipeline.core.errors import quoted
 from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, QueueBusy, StyleRequest
-from pipeline.core.redis_entries import BAD_ENTRY_REASON, DEAD_MAXLEN
+from pipeline.core.redis_entries import BAD_ENTRY_REASON, DEAD_MAXLEN, BadEntry, dead_letter, parse_event, parse_job
 from pipeline.core.redis_queue import GROUP, NO_WORKER_REASON, RedisQueue, redis_status
 from pipeline.core.status import render
 from tests.conftest import photo_bytes
 from tests.redis_server import redis_config, redis_queue, start_worker, stop_worker
 
 PHOTO = photo_bytes((128, 96))
-RESULT = {"width": 1, "height": 1, "tags": [], "prompt": "p", "seed": 1, "style": "clay", "strength": 0.5}
+RESULT = {"width": 2, "height": 1, "tags": [], "prompt": "p", "seed": 1, "style": "clay", "strength": 0.5}
+RESULT_PNG = photo_bytes((2, 1), fmt="PNG")  # what a worker stores for RESULT
+HUGE = 100 * 2**20
 
 
 async def _events(handle, timeout: float = 30.0) -> list:
@@ -65,39 +69,49 @@ async def test_a_malformed_event_is_dead_lettered_once_and_the_answers_behind_it
     queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
-        told_of_damage, delivered, bad_result = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in (1, 2, 3)]
+        told_of_damage, delivered, bad_result, forged, huge_op = [
+            await queue.submit(StyleRequest(PHOTO, seed=s)) for s in (1, 2, 3, 4, 5)]
         stream = queue.keys.events("chat-a")
         await queue.redis.set(queue.keys.result(delivered.id), json.dumps(RESULT))
-        await queue.redis.set(queue.keys.result_image(delivered.id), b"png")
+        await queue.redis.set(queue.keys.result_image(delivered.id), RESULT_PNG)
         await queue.redis.set(queue.keys.result(bad_result.id), b"{not json")
-        await queue.redis.set(queue.keys.result_image(bad_result.id), b"png")
+        await queue.redis.set(queue.keys.result_image(bad_result.id), RESULT_PNG)
+        await queue.redis.set(queue.keys.result(forged.id), json.dumps(RESULT | {"width": 1}))
+        await queue.redis.set(queue.keys.result_image(forged.id), b"GIF89a not a PNG")  # past a content check
         bad = [await queue.redis.xadd(stream, fields) for fields in (
             {"op": "failed", "id": told_of_damage.id, "reason": "boom", "kind": "exploded"},  # a kind nobody knows
             {"op": "teleport", "id": "someone"},
             {"op": b"\xff\xfe", "id": b"\xc3\x28"},  # not text at all
             {"op": "progress", "id": delivered.id, "step": "many", "total": "?"},
             {"id": "nobody"},
+            {"op": "\x1b[2J" + "x" * (30 * 2**20), "id": huge_op.id},  # 30 MB, starting with "clear the screen"
         )]
         await queue.redis.xadd(stream, {"op": "progress", "id": delivered.id, "step": 1, "total": 2})
         await queue.redis.xadd(stream, {"op": "done", "id": bad_result.id})
+        await queue.redis.xadd(stream, {"op": "done", "id": forged.id})
         last = await queue.redis.xadd(stream, {"op": "done", "id": delivered.id})
 
         events = await _events(delivered)
-        assert isinstance(events[-1], Done) and events[-1].image == b"png"
+        assert isinstance(events[-1], Done) and events[-1].image == RESULT_PNG
         assert [e for e in events if isinstance(e, Progress)] == [Progress(1, 2)]  # the damaged one is skipped
-        assert (await _events(told_of_damage))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
-        assert (await _events(bad_result))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
+        for handle in (told_of_damage, bad_result, forged, huge_op):
+            assert (await _events(handle))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
 
         await asyncio.sleep(2.5)  # more reads: nothing is read (or logged) twice
         dead = await _dead(queue)
-        assert [fields["entry"] for _, fields in dead[:5]] == [entry.decode() for entry in bad]
+        assert [fields["entry"] for _, fields in dead[:6]] == [entry.decode() for entry in bad]
         reasons = [fields["reason"] for _, fields in dead]
         assert "unknown kind 'exploded'" in reasons[0] and "unknown event 'teleport'" in reasons[1]
         assert "not UTF-8" in reasons[2] and "bad progress event" in reasons[3] and "without an op" in reasons[4]
-        assert dead[5][1]["source"] == queue.keys.result(bad_result.id) and "bad result" in reasons[5]
-        assert len(dead) == 6
+        assert "field b'op' is 31,457,284 bytes long" in reasons[5]
+        assert dead[6][1]["source"] == queue.keys.result(bad_result.id) and "bad result" in reasons[6]
+        assert dead[7][1]["source"] == queue.keys.result(forged.id) and "it is not a PNG" in reasons[7]
+        assert len(dead) == 8
         for entry in bad:
             assert sum(entry.decode() in record.getMessage() for record in caplog.records) == 1, entry
+        assert max(len(record.getMessage()) for record in caplog.records) < 1000
+        assert max(len(fields["fields"]) for _, fields in dead) < 3000
+        assert not any("\x1b" in record.getMessage() for record in caplog.records)  # escaped, never raw
         assert await queue.redis.get(queue.keys.cursor("chat-a")) == last
         assert not await queue.redis.hgetall(queue.keys.journal("chat-a"))  # every job answered
     finally:
@@ -112,16 +126,19 @@ async def test_a_malformed_job_is_acknowledged_once_and_the_worker_keeps_serving
     try:
         await _until(queue.workers, 120, "the worker did not come up")
         unknown_style = await _recovered_job(queue, "0123456789ab")  # e.g. written by a differently configured chat
+        huge_style = await _recovered_job(queue, "0123456789cd")
         good = {"owner": "chat-a", "key": "k", "style": "clay", "strength": "0.5", "seed": "1", "timeout": "60"}
         bad = [await queue.redis.xadd(queue.keys.jobs, fields) for fields in (
             {"garbage": "yes"},
             good | {"id": unknown_style.id, "style": "watercolor"},
             good | {"id": "feedfacecafe", "strength": "lots"},
             good | {"id": b"\xff\xfe", "seed": b"\x80"},
+            good | {"id": huge_style.id, "style": b"\x1b[2J\n" + bytes(HUGE)},  # 100 MB, a newline, ANSI codes
         )]
         after = await queue.submit(StyleRequest(PHOTO, seed=7))
         assert (await after.result(timeout=180)).seed == 7  # served past the bad entries
-        assert (await _events(unknown_style))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
+        for handle in (unknown_style, huge_style):
+            assert (await _events(handle))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
 
         await asyncio.sleep(3.0)  # several claim_idle periods: nothing is claimed again
         assert await queue.redis.xlen(queue.keys.jobs) == 0
@@ -132,13 +149,48 @@ async def test_a_malformed_job_is_acknowledged_once_and_the_worker_keeps_serving
         assert {fields["source"] for _, fields in dead} == {queue.keys.jobs}
         assert "style 'watercolor' is not one of this worker's" in dead[1][1]["reason"]
         assert "strength 'lots' is not a number" in dead[2][1]["reason"]
+        assert "field b'style' is 104,857,605 bytes long" in dead[4][1]["reason"]
         assert worker.poll() is None
     finally:
         await queue.close()
         stop_worker(worker)
     log = (tmp_path / "w0.log").read_text(encoding="utf-8")
     for entry in bad:
-        assert log.count(f"dropping bad job entry {entry.decode()}") == 1, log
+        assert log.count(f"dropping bad job entry {entry.decode()}") == 1, log[-5000:]
+    assert max(len(line) for line in log.splitlines()) < 1000 and "\x1b" not in log
+
+
+def test_a_huge_field_is_refused_without_being_copied_and_named_shortly():
+    # Before: the 100 MB style became a 400 MB log line, and the worker peaked at 3.2 GB.
+    job = {b"id": b"feedfacecafe", b"owner": b"chat-a", b"key": b"k", b"strength": b"0.5", b"seed": b"1",
+           b"timeout": b"60", b"style": "\x1b[31m\u00e9".encode() * (HUGE // 7)}
+    event = {b"op": b"\n" * HUGE, b"id": b"feedfacecafe"}
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadEntry) as bad_job:
+            parse_job("1-0", job, {"clay"})
+        with pytest.raises(BadEntry) as bad_event:
+            parse_event(event)
+        letters = [dead_letter("claybot:jobs", "1-0", job, str(bad_job.value)),
+                   dead_letter("claybot:events:chat-a", "1-1", event, str(bad_event.value))]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000  # the fields were never decoded or copied whole
+    assert bad_job.value.job_id == "feedfacecafe" and bad_job.value.owner == "chat-a"  # its user is still told
+    for err in (bad_job.value, bad_event.value):
+        assert len(str(err)) < 200 and "\n" not in str(err) and "\x1b" not in str(err)
+    assert all(sum(map(len, letter.values())) < 3000 for letter in letters)
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("watercolor", "'watercolor'"),
+    ("\x1b[31mred\nforged line", "'\\x1b[31mred\\nforged line'"),
+    ("y" * 100, "'" + "y" * 80 + "'… (100 characters)"),
+    (b"\xff" * 1000, "b'" + "\\xff" * 80 + "'… (1,000 bytes)"),
+])
+def test_a_quoted_value_is_short_escaped_and_says_how_long_it_was(value, shown):
+    assert quoted(value) == shown
 
 
 async def test_max_queue_holds_when_redis_reports_no_lag(server, tiny_config_path, tmp_path, monkeypatch):
@@ -314,7 +366,7 @@ async def test_the_dead_letter_stream_stays_bounded(server, tiny_config_path, tm
                 pipe.xadd(stream, {"op": "teleport", "id": f"nobody-{n}"})
             await pipe.execute()
         await queue.redis.set(queue.keys.result(handle.id), json.dumps(RESULT))
-        await queue.redis.set(queue.keys.result_image(handle.id), b"png")
+        await queue.redis.set(queue.keys.result_image(handle.id), RESULT_PNG)
         await queue.redis.xadd(stream, {"op": "done", "id": handle.id})
         assert isinstance((await _events(handle, timeout=60))[-1], Done)
         dead = await queue.redis.xrange(queue.keys.dead, "-", "+", count=1)

@@ -173,7 +173,7 @@ async def test_a_job_completed_twice_is_answered_once(server, tiny_config_path, 
         meta = {"width": 1, "height": 1, "tags": [], "prompt": "p", "seed": 1, "style": "clay", "strength": 0.5,
                 "ratings": {}, "timings": {}}
         await queue.redis.set(queue.keys.result(handle.id), json.dumps(meta))
-        await queue.redis.set(queue.keys.result_image(handle.id), b"png")
+        await queue.redis.set(queue.keys.result_image(handle.id), photo_bytes((1, 1), fmt="PNG"))
         for _ in range(2):
             await queue.redis.xadd(queue.keys.events("chat-a"), {"op": "done", "id": handle.id})
         events = await _events(handle, timeout=30)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import Pipe
 from pathlib import Path
 
 import pytest
@@ -73,6 +77,115 @@ def test_a_silent_peer_is_dropped_and_a_real_one_served_meanwhile(tmp_path, unix
         connections.close()
 
 
+class Flood:
+    """``count`` silent strangers, each reconnecting as soon as the worker hangs up, until stopped (or ``seconds``
+    have passed); ``opened`` counts their connections."""
+
+    def __init__(self, port: int, count: int = 40, seconds: float = 60.0) -> None:
+        self.port, self.end, self.opened = port, time.monotonic() + seconds, 0
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._stranger, daemon=True) for _ in range(count)]
+
+    def _stranger(self) -> None:
+        while not self.stop.is_set() and time.monotonic() < self.end:
+            try:
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            except OSError:
+                continue
+            self.opened += 1
+            with sock:
+                sock.settimeout(0.5)
+                while not self.stop.is_set():
+                    try:
+                        if not sock.recv(4096):
+                            break  # hung up on: come straight back
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+
+    def __enter__(self) -> Flood:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
+def test_a_flood_of_silent_strangers_neither_keeps_a_real_client_out_nor_floods_the_log(caplog):
+    # Before: 40 strangers kept the 32 pending handshakes full, the real client was refused on 8 of 10 tries, and
+    # the worker logged 71,570 warnings in 20 s.
+    caplog.set_level(logging.INFO, logger="pipeline.core.link")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    connections = link.listen(address, b"key")
+    served: list = []
+    taker = threading.Thread(target=lambda: served.extend(next(connections) for _ in range(10)), daemon=True)
+    taker.start()
+    _raw_connection(address).close()  # the listener is up
+    try:
+        with Flood(port) as flood:
+            while flood.opened < 200:  # the flood is on
+                threading.Event().wait(0.05)
+            for attempt in range(10):
+                conn = link.connect(address, b"key")  # raises on a refusal
+                for _ in range(200):
+                    if len(served) > attempt:
+                        break
+                    threading.Event().wait(0.05)
+                served[attempt].send({"op": "ready", "n": attempt})
+                assert conn.recv() == {"op": "ready", "n": attempt}
+                conn.close()
+            opened = flood.opened
+    finally:
+        taker.join(timeout=10)
+        connections.close()  # the count held back is logged on the way out
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelno >= logging.WARNING and "127.0.0.1" in record.getMessage()]
+    assert len(warnings) <= 3, warnings[:10]
+    assert warnings[0].startswith("refused a connection from 127.0.0.1: ")
+    held = int(warnings[-1].split()[1])  # "refused N more connection(s) in S s (the latest from ...)"
+    assert warnings[-1].startswith("refused ") and held >= opened // 2, (warnings, opened)
+
+
+def test_strangers_push_out_their_own_oldest_handshakes_never_another_address_nor_a_proven_one():
+    pending = link._Pending(most=8, most_per_peer=4)
+    pairs = [Pipe() for _ in range(26)]  # (the worker's end, the peer's end)
+    proven, other, flood, more = pairs[0][0], pairs[1][0], [a for a, _ in pairs[2:22]], [a for a, _ in pairs[22:]]
+    assert pending.add(proven, "10.0.0.1") is None
+    pending.proven(proven)
+    assert pending.add(other, "10.0.0.2") is None
+    pushed = [pending.add(conn, "10.0.0.66") for conn in flood]
+    assert pushed[:4] == [None] * 4 and pushed[4:] == flood[:16]  # each newcomer pushes out its own oldest
+    # From other addresses, past the total: the most crowded address gives way.
+    assert [pending.add(conn, f"10.0.1.{n}") for n, conn in enumerate(more)] == [None, None, *flood[16:18]]
+    assert pending.remove(proven) is None and pending.remove(other) is None
+    assert pending.remove(flood[0]) == "pushed out by newer connections before it proved the key"
+    with pytest.raises(EOFError):  # hung up on: a stranger pushed out hears so at once
+        pairs[2][1].recv()
+    for conn, peer in pairs:
+        conn.close()
+        peer.close()
+
+
+def test_a_frame_over_the_bound_or_that_does_not_decode_closes_the_link_unread():
+    worker_end, chat_end = Pipe()
+    worker_end.send({"op": "ready"})
+    assert link.receive(chat_end, link.ANSWER_LIMIT) == {"op": "ready"}
+    os.write(worker_end.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 2**40))  # 1 TB announced
+    with pytest.raises(link.FrameTooLarge, match="more than the 67,108,864 bytes allowed"):
+        link.receive(chat_end, link.ANSWER_LIMIT)
+    assert chat_end.closed
+    worker_end, chat_end = Pipe()
+    worker_end.send_bytes(b"\x80\x05not a pickle")
+    with pytest.raises(link.BadMessage, match="does not decode"):
+        link.receive(chat_end, link.ANSWER_LIMIT)
+    assert chat_end.closed
+
+
 def test_connecting_gives_up_on_a_peer_that_never_answers():
     with socket.socket() as server:  # listens (so the TCP connect succeeds) and never says a word
         server.bind(("127.0.0.1", 0))
@@ -95,8 +208,8 @@ def test_a_wrong_key_is_refused_on_both_sides(tmp_path):
         link.connect(address, b"wrong", timeout=5.0)
 
 
-async def test_a_silent_client_does_not_stop_a_real_client_of_claybot_worker(tiny_config, tiny_config_path, tmp_path,
-                                                                            monkeypatch):
+async def test_claybot_worker_drops_silent_strangers_and_a_forged_frame_and_serves_a_real_client(
+        tiny_config, tiny_config_path, tmp_path, monkeypatch):
     address = f"127.0.0.1:{_free_port()}"
     claybot = Path(sys.executable).parent / "claybot"
     log_path = tmp_path / "worker.log"
@@ -112,6 +225,13 @@ async def test_a_silent_client_does_not_stop_a_real_client_of_claybot_worker(tin
             await asyncio.sleep(0.2)
         host, port = address.rsplit(":", 1)
         strangers = [socket.create_connection((host, int(port))) for _ in range(3)]  # connect, then say nothing
+        # A key holder announces a frame of 2^40 bytes (before: MemoryError, and the worker was gone).
+        forger = await asyncio.to_thread(link.connect, address, b"test-secret")
+        assert (await asyncio.to_thread(forger.recv))["op"] == "ready"
+        os.write(forger.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 2**40))
+        with pytest.raises((EOFError, ConnectionResetError)):
+            await asyncio.to_thread(forger.recv)  # hung up on
+        forger.close()
         monkeypatch.setenv("CLAYBOT_WORKER_KEY", "test-secret")
         queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"worker_address": address}))
         await queue.start()
@@ -121,11 +241,13 @@ async def test_a_silent_client_does_not_stop_a_real_client_of_claybot_worker(tin
             assert isinstance(done, Done) and done.seed == 3
         finally:
             await queue.close(grace=5)
-        for _ in range(100):  # the strangers are dropped after the handshake deadline
-            if log_path.read_text().count("refused a connection") >= 3:
-                break
-            await asyncio.sleep(0.2)
-        assert log_path.read_text().count("refused a connection") >= 3
+        for stranger in strangers:  # hung up on after the handshake deadline: the challenge, then EOF
+            stranger.settimeout(30)
+            received = b""
+            while chunk := await asyncio.to_thread(stranger.recv, 4096):
+                received += chunk
+            assert b"#CHALLENGE#" in received
+        assert "closing a queue connection: a message announced more than the" in log_path.read_text()
         assert worker.poll() is None
     finally:
         for stranger in strangers:

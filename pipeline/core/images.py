@@ -10,6 +10,7 @@ import io
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,12 +37,22 @@ MAX_ASPECT = 8.0
 # How far rounding the sides to multiples of 64 may take the working area above pipeline.megapixels: SDXL's own
 # 1024×1024 (and its other buckets) are up to 5 % over 1 MP, and they must stay reachable at megapixels = 1.
 AREA_SLACK = 0.05
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A photo's PNG has a few chunks besides its pixel data, and encoders cut the pixel data into pieces of 8 KB or
+# more (libpng's default). Pillow reads every chunk in Python and keeps the private ones: 1.7 million empty chunks
+# in 20 MB cost seconds of CPU and ~200 MB per open. So a PNG may have MAX_PNG_CHUNKS chunks, plus one for every
+# PNG_CHUNK_BYTES of file (a 40 MB PNG in 8 KB pieces has ~5000 and is taken), and is refused from the walk alone.
+MAX_PNG_CHUNKS = 4096
+PNG_CHUNK_BYTES = 8192
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Open from the header alone: refuse non-images, unsupported formats and decompression bombs early."""
     if not data:
         raise BadImage("That file is empty.")
+    if data.startswith(PNG_SIGNATURE):
+        for _ in png_chunks(data):  # before Pillow reads them one by one
+            pass
     with _read_errors():
         image = Image.open(io.BytesIO(data))
     width, height = image.size
@@ -95,20 +106,52 @@ def _header_exif(image: Image.Image, data: bytes) -> Image.Exif:
     chunk after the pixel data, so for PNG the chunks are walked here instead (lengths and names only)."""
     if image.format != "PNG":
         return image.getexif()
-    position = 8  # after the signature
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position:position + 4], "big")
-        kind = data[position + 4:position + 8]
+    for kind, start, length in png_chunks(data):
         if kind == b"eXIf":
             exif = Image.Exif()
-            exif.load(data[position + 8:position + 8 + length])
+            exif.load(data[start:start + length])
             return exif
-        if kind == b"IEND":
-            break
-        position += 12 + length  # length, type, data, CRC
     # No eXIf chunk: what the chunks before the pixels hold (a "Raw profile type exif" text, an XMP orientation),
     # read by Pillow's generic getexif(), which loads nothing.
     return Image.Image.getexif(image)
+
+
+def png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, start of its data, length) of each chunk of a PNG up to IEND, from lengths and names alone;
+    BadImage once there are more than a photo has (MAX_PNG_CHUNKS, plus one per PNG_CHUNK_BYTES of file)."""
+    most = MAX_PNG_CHUNKS + len(data) // PNG_CHUNK_BYTES
+    position, count = len(PNG_SIGNATURE), 0
+    while position + 8 <= len(data):
+        count += 1
+        if count > most:
+            raise BadImage(f"That PNG is cut into over {most:,} pieces, far more than a picture needs; "
+                           "please save it again as an ordinary PNG or JPEG and send that.")
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        yield kind, position + 8, length
+        if kind == b"IEND":
+            return
+        position += 12 + length  # length, type, data, CRC
+
+
+# A result is a worker's PNG of at most pipeline.megapixels (4 at most), plus the working size's rounding slack.
+MAX_RESULT_PIXELS = int(4e6 * (1 + AREA_SLACK))
+
+
+def check_result_png(data: bytes, *, max_pixels: int = MAX_RESULT_PIXELS) -> tuple[int, int]:
+    """The size of a result image from its header alone; BadImage unless it is a PNG as a worker makes them: at
+    most ``max_pixels``, and no more bytes than its pixels would take stored uncompressed."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise BadImage(f"it is not a PNG ({len(data):,} bytes starting {data[:8]!r})")
+    for _ in png_chunks(data):
+        pass
+    with _read_errors():
+        width, height = Image.open(io.BytesIO(data), formats=["PNG"]).size
+    if width * height > max_pixels:
+        raise BadImage(f"it is {width}×{height} pixels, over {max_pixels:,}")
+    if len(data) > 8 * width * height + 2**20:  # 16-bit RGBA, stored, with a megabyte of metadata
+        raise BadImage(f"it is {len(data):,} bytes for {width}×{height} pixels")
+    return width, height
 
 
 def decode_photo(data: bytes, *, max_pixels: int, keep_pixels: int | None = None,
@@ -203,8 +246,8 @@ def _wide_to_l(image: Image.Image) -> Image.Image:
     """16/32-bit and float greyscale → 8-bit L. Pillow's own conversion clips values to 255, so the range is scaled
     down instead, a band of rows at a time: whole-image copies (numpy's of the pixels, then a float one) of a 40 MP
     photo would take over 1 GB."""
-    low, high = image.getextrema()
-    peak = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
+    high = image.getextrema()[1]  # a single band: (low, high) as numbers
+    peak = 65535.0 if image.mode.startswith("I;16") or float(high) > 255 else 255.0  # type: ignore[arg-type]
     width, height = image.size
     out = Image.new("L", image.size)
     rows = max(1, (1 << 20) // max(1, width))

@@ -39,7 +39,7 @@ from pipeline.core.jobs import (
     job_message,
     new_job_id,
 )
-from pipeline.core.link import connect, worker_key
+from pipeline.core.link import ANSWER_LIMIT, BadMessage, connect, receive, worker_key
 from pipeline.core.settings import GpuSettings, QueueSettings
 from pipeline.core.status import History, write_atomically
 
@@ -296,7 +296,10 @@ class LocalQueue:
         """Reader thread: worker messages → the event loop, then the worker's exit."""
         while True:
             try:
-                message = conn.recv()
+                message = receive(conn, ANSWER_LIMIT)
+            except BadMessage as err:  # the connection is closed: as when the worker dies
+                logger.warning("dropping the worker's connection: %s", err)
+                break
             except (EOFError, OSError):
                 break
             self._call(self._on_message, generation, message)

@@ -16,6 +16,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core.errors import BadImage, quoted
+from pipeline.core.images import check_result_png
 from pipeline.core.jobs import MAX_SEED, Done, ErrorKind, Failed, Progress, Started
 from pipeline.core.safety import RATINGS
 
@@ -23,6 +25,9 @@ DEAD_MAXLEN = 1000
 BAD_ENTRY_REASON = "Something went wrong passing your photo between claybot's parts; please send it again."
 KEPT_CHARS = 2000  # of a bad entry's fields, in its dead letter
 MAX_NAME = 256  # job ids and owner names longer than this are not names
+# Every field claybot writes is short (names, numbers, a reason): one longer than this is refused before it is
+# decoded or copied (a 100 MB style field once became a 400 MB log line and a 3.2 GB worker peak).
+MAX_FIELD = 64 * 1024
 
 
 class BadEntry(ValueError):
@@ -36,7 +41,13 @@ class BadEntry(ValueError):
 
 
 def decode_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """A stream entry's fields as text; BadEntry when they are not UTF-8."""
+    """A stream entry's fields as text; BadEntry when they are not UTF-8 or one is far longer than claybot writes."""
+    for name, value in raw.items():
+        if _size(name) > MAX_FIELD or _size(value) > MAX_FIELD:
+            job_id, owner = identity(raw)
+            unit = "bytes" if isinstance(value, bytes) else "characters"
+            raise BadEntry(f"field {quoted(name)} is {len(value):,} {unit} long (at most {MAX_FIELD:,})",
+                           job_id=job_id, owner=owner)
     try:
         return {_text(k): _text(v) for k, v in raw.items()}
     except UnicodeDecodeError as err:
@@ -48,6 +59,8 @@ def identity(raw: Mapping[Any, Any]) -> tuple[str | None, str | None]:
     """The job id and owner a damaged entry still names, when it names them plausibly."""
     def name(field: str) -> str | None:
         value = raw.get(field, raw.get(field.encode()))
+        if value is None or _size(value) > MAX_NAME:
+            return None
         try:
             value = _text(value) if value is not None else None
         except UnicodeDecodeError:
@@ -59,7 +72,9 @@ def identity(raw: Mapping[Any, Any]) -> tuple[str | None, str | None]:
 
 def dead_letter(source: str, entry_id: str, raw: Mapping[Any, Any], reason: str) -> dict[str, str]:
     """The fields of a bad entry's record in the dead-letter stream: where it was, why, and what it held."""
-    kept = {_text(k, errors="replace"): _text(v, errors="replace") for k, v in raw.items()}
+    # Each field cut before it is decoded: a 100 MB one must not be copied (twice) to keep 2000 characters of it.
+    kept = {_text(_cut(k, MAX_NAME), errors="replace"): _text(_cut(v, KEPT_CHARS), errors="replace")
+            for k, v in raw.items()}
     return {"source": source, "entry": entry_id, "reason": reason[:KEPT_CHARS], "at": f"{time.time():.3f}",
             "fields": json.dumps(kept, ensure_ascii=False)[:KEPT_CHARS]}
 
@@ -97,15 +112,15 @@ def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str],
             raise ValueError("no job id or owner")
         style = fields.get("style", "")
         if style not in styles:
-            raise ValueError(f"style {style!r} is not one of this worker's ({', '.join(sorted(styles))})")
+            raise ValueError(f"style {quoted(style)} is not one of this worker's ({', '.join(sorted(styles))})")
         max_rating = fields.get("max_rating") or None
         if max_rating is not None and max_rating not in RATINGS:
-            raise ValueError(f"max_rating {max_rating!r} is not one of {', '.join(RATINGS)}")
+            raise ValueError(f"max_rating {quoted(max_rating)} is not one of {', '.join(RATINGS)}")
         if not fields.get("key"):
             raise ValueError("no batch key")
         speed = fields.get("speed") or "default"
         if speed not in speeds:
-            raise ValueError(f"speed preset {speed!r} is not one of this worker's ({', '.join(speeds)})")
+            raise ValueError(f"speed preset {quoted(speed)} is not one of this worker's ({', '.join(speeds)})")
         weight = fields.get("trigger_weight")
         return JobEntry(
             entry_id=entry_id, id=job_id, owner=owner, key=fields["key"], style=style,
@@ -129,7 +144,7 @@ def parse_event(raw: Mapping[Any, Any]) -> tuple[str, Started | Progress | Faile
     job_id, _ = identity(fields)
     op = fields.get("op")
     if job_id is None:
-        raise BadEntry(f"{op or 'event'} naming no job")
+        raise BadEntry(f"{quoted(op) if op else 'event'} naming no job")
     try:
         if op == "started":
             size = fields.get("batch_size")
@@ -146,9 +161,9 @@ def parse_event(raw: Mapping[Any, Any]) -> tuple[str, Started | Progress | Faile
         if not reason:
             raise BadEntry("failed event without a reason", job_id=job_id)
         if kind not in ErrorKind._value2member_map_:
-            raise BadEntry(f"failed event of unknown kind {kind!r}", job_id=job_id)
+            raise BadEntry(f"failed event of unknown kind {quoted(kind)}", job_id=job_id)
         return job_id, Failed(reason[:KEPT_CHARS], ErrorKind(kind))
-    raise BadEntry(f"unknown event {op!r}" if op else "event without an op", job_id=job_id)
+    raise BadEntry(f"unknown event {quoted(op)}" if op else "event without an op", job_id=job_id)
 
 
 # -- results ------------------------------------------------------------------------------------------------------
@@ -159,7 +174,8 @@ _RESULT_TYPES: dict[str, type | tuple[type, ...]] = {
 
 
 def parse_result(job_id: str, meta: bytes, image: bytes) -> Done:
-    """A stored result as the Done its user gets; BadEntry when the description is damaged."""
+    """A stored result as the Done its user gets; BadEntry when the description is damaged or the image is not
+    what a worker makes (a PNG of a sane size, the size the description gives)."""
     try:
         described = json.loads(meta)
         if not isinstance(described, dict):
@@ -169,8 +185,14 @@ def parse_result(job_id: str, meta: bytes, image: bytes) -> Done:
                 raise ValueError(f"{name} is not {getattr(kind, '__name__', 'a number')}")
         if not all(isinstance(tag, str) for tag in described.get("tags", [])):
             raise ValueError("tags are not text")
+        size = check_result_png(image)
+        if size != (described.get("width"), described.get("height")):
+            raise ValueError(f"the image is {size[0]}×{size[1]}, its description says "
+                             f"{quoted(described.get('width'), 20)}×{quoted(described.get('height'), 20)}")
         return Done(image=image, **described)
-    except (ValueError, TypeError) as err:  # TypeError: missing or unknown fields
+    except TypeError as err:  # missing or unknown fields, named in the message
+        raise BadEntry(f"bad result: {quoted(str(err), 200)}", job_id=job_id) from None
+    except (ValueError, BadImage) as err:
         raise BadEntry(f"bad result: {err}", job_id=job_id) from None
 
 
@@ -194,11 +216,19 @@ def _number(fields: Mapping[str, str], name: str, low: float, high: float, *, wh
     except KeyError:
         raise ValueError(f"no {name}") from None
     except ValueError:
-        raise ValueError(f"{name} {fields[name][:40]!r} is not a number") from None
+        raise ValueError(f"{name} {quoted(fields[name], 40)} is not a number") from None
     if not low <= value <= high or whole and not value.is_integer():
         kind = "a whole number" if whole else "a number"
-        raise ValueError(f"{name} {fields[name][:40]!r} is not {kind} from {low:.10g} to {high:.10g}")
+        raise ValueError(f"{name} {quoted(fields[name], 40)} is not {kind} from {low:.10g} to {high:.10g}")
     return value
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, bytes | str) else 0
+
+
+def _cut(value: Any, most: int) -> Any:
+    return value[:most] if isinstance(value, bytes | str) else value
 
 
 def _text(value: Any, errors: str = "strict") -> str:

@@ -33,6 +33,7 @@ import socket
 import time
 from typing import Any
 
+from pipeline.core.errors import quoted
 from pipeline.core.intake import take_in
 from pipeline.core.jobs import (
     SHUTDOWN_REASON,
@@ -293,10 +294,11 @@ class RedisQueue:
                                        reply_to=meta["reply_to"], speed=meta.get("speed"))
             except (ValueError, TypeError, KeyError) as err:  # the front end's own journal still has the job
                 source = self.keys.journal(self.owner)
-                logger.error("dropping bad journal entry %r of %s: %r (kept in %s)", raw_id, source, err,
-                             self.keys.dead)
+                logger.error("dropping bad journal entry %s of %s: %s (kept in %s)", quoted(raw_id), source,
+                             quoted(repr(err), 200), self.keys.dead)
                 await self.redis.xadd(self.keys.dead, dead_letter(source, text(raw_id, errors="replace"),
-                                                                  {"journal": raw}, f"bad journal entry: {err!r}"),
+                                                                  {"journal": raw},
+                                                                  f"bad journal entry: {quoted(repr(err), 200)}"),
                                       maxlen=DEAD_MAXLEN, approximate=False)
                 await self.redis.hdel(source, raw_id)
                 continue
@@ -371,7 +373,8 @@ class RedisQueue:
             await self._bad_entry(stream, entry_id, fields, err)
         except Exception as err:  # a bug of ours must not hold up every answer behind this event either
             logger.exception("event %s on %s could not be handled", entry_id, stream)
-            await self._bad_entry(stream, entry_id, fields, BadEntry(repr(err), job_id=identity(fields)[0]))
+            await self._bad_entry(stream, entry_id, fields,
+                                  BadEntry(quoted(repr(err), 200), job_id=identity(fields)[0]))
 
     async def _bad_entry(self, source: str, entry_id: str, fields: dict, err: BadEntry) -> None:
         """Log it once, keep it in the dead-letter stream, and answer the job it names if nothing else will."""
@@ -463,7 +466,8 @@ class RedisQueue:
             try:
                 beats[text(name)] = parse_heartbeat(value)["seen"]
             except (BadEntry, UnicodeDecodeError) as err:
-                logger.error("removing bad heartbeat %r from %s: %s", name, self.keys.workers, err)
+                logger.error("removing bad heartbeat %s from %s: %s", quoted(name), self.keys.workers,
+                             quoted(str(err), 200))
                 garbage.append(name)
         if garbage:
             await self.redis.hdel(self.keys.workers, *garbage)
@@ -477,7 +481,8 @@ class RedisQueue:
         group (a worker that comes back is added again by its next read)."""
         now = time.time()
         if gone := [name for name, seen in beats.items() if now - seen > WORKER_FORGET]:
-            logger.info("forgetting %d worker(s) silent for over an hour: %s", len(gone), ", ".join(gone))
+            logger.info("forgetting %d worker(s) silent for over an hour: %s", len(gone),
+                        ", ".join(quoted(name) for name in gone[:10]))
             await self.redis.hdel(self.keys.workers, *gone)
         alive = {name for name, seen in beats.items() if now - seen < 3 * self.settings.heartbeat}
         for consumer in await self.redis.xinfo_consumers(self.keys.jobs, GROUP):

@@ -43,8 +43,11 @@ class JobTimeout(Exception):
     """Raised from the step callback when a batch runs past its time limit."""
 
 
-def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True) -> None:
-    """Load the models once, then for each connection: announce readiness and answer batches until it closes."""
+def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True,
+          max_message: int | None = None) -> None:
+    """Load the models once, then for each connection: announce readiness and answer batches until it closes.
+    A message longer than ``max_message`` bytes closes its connection unread (None: the spawned child's pipe)."""
+    from pipeline.core.link import BadMessage, FrameTooLarge, receive
     from pipeline.core.status import gpu_memory_mb
     from pipeline.gpu.stylizer import Stylizer
 
@@ -67,12 +70,15 @@ def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True)
         try:
             conn.send(ready)
             while True:
-                message = conn.recv()
+                message = receive(conn, max_message)
                 if message.get("op") == "stop":
                     return
                 if message.get("op") == "batch":
                     run_batch(stylizer, message, conn.send)
                     conn.send({"op": "idle", "gpu_memory_mb": gpu_memory_mb()})
+        except BadMessage as err:
+            bound = " (bot.max_photo_mb × pipeline.max_batch)" if isinstance(err, FrameTooLarge) else ""
+            logger.warning("closing a queue connection: %s%s", err, bound)
         except (EOFError, OSError):
             logger.info("queue connection closed")
         finally:
