@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.core import link
-from pipeline.core.jobs import Done, StyleRequest
+from pipeline.core.jobs import Done
 from pipeline.core.local import LocalQueue
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, submit
 
 
 def _free_port() -> int:
@@ -117,7 +117,7 @@ async def test_a_silent_client_does_not_stop_a_real_client_of_claybot_worker(tin
         await queue.start()
         try:
             await queue.wait_ready(timeout=60)
-            done = await (await queue.submit(StyleRequest(photo_bytes(), seed=3))).result(timeout=120)
+            done = await (await submit(queue, photo_bytes(), seed=3)).result(timeout=120)
             assert isinstance(done, Done) and done.seed == 3
         finally:
             await queue.close(grace=5)

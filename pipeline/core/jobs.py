@@ -1,7 +1,9 @@
-"""Job types and the queue interface shared by the chat side and the GPU side.
+"""The protocol between the chat side and the GPU side: the job, its events, the worker's messages, the queue.
 
-Importing this module never imports torch, diffusers or onnxruntime: the chat process uses it to submit jobs and
-await their events while the GPU work happens in another process.
+A request becomes one ``Job`` at intake (``pipeline.core.intake``), its events come back as ``Queued``, ``Started``,
+``Progress``, then ``Done`` or ``Failed``; a queue and its worker exchange ``Batch``/``Stop`` and ``Ready``/
+``Fatal``/``Update``/``Idle``. These types are the protocol's documentation; ``pipeline.core.codec`` is its one
+wire format. Importing this module never imports torch, diffusers or onnxruntime.
 """
 
 from __future__ import annotations
@@ -47,27 +49,6 @@ def check_strength(value: float) -> float:
     if not MIN_STRENGTH <= value <= MAX_STRENGTH:
         raise BadRequest(f"Strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}, not {value:g}.")
     return value
-
-
-@dataclass(frozen=True)
-class StyleRequest:
-    """What a user asked for. ``None`` means the configured default; ``reply_to`` belongs to the front end."""
-
-    image: bytes
-    style: str | None = None
-    strength: float | None = None
-    seed: int | None = None
-    reply_to: Any = None
-    trigger_weight: float | None = None  # operators' sweeps only; users get the style's weight
-    structure_scale: float | None = None  # operators' sweeps only: the style's guide scales otherwise
-    identity_scale: float | None = None
-    max_rating: str | None = None  # the most the chat allows (pipeline.core.safety.RATINGS); None: anything
-    speed: str | None = None  # a [speed.*] preset ("fast") or "default"; None: the style's
-
-    def __repr__(self) -> str:  # never put image bytes in a log line
-        return (f"StyleRequest(<{len(self.image)} bytes>, style={self.style!r}, strength={self.strength!r}, "
-                f"seed={self.seed!r}, reply_to={self.reply_to!r}, max_rating={self.max_rating!r}, "
-                f"speed={self.speed!r})")
 
 
 class Kind(StrEnum):
@@ -272,19 +253,6 @@ def busy_message(waiting: int, limit: int) -> str:
             "Please try again in a few minutes.")
 
 
-def job_message(job_id: str, image: bytes, options) -> dict[str, Any]:
-    """One job of a batch message; ``options`` has the job's seed, trigger_weight and max_rating."""
-    return {"id": job_id, "image": image, "seed": options.seed, "trigger_weight": options.trigger_weight,
-            "max_rating": options.max_rating, "structure_scale": options.structure_scale,
-            "identity_scale": options.identity_scale}
-
-
-def batch_message(intake, jobs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
-    """The worker's batch message: jobs (see ``job_message``) sharing style, strength, speed and working size."""
-    return {"op": "batch", "style": intake.style, "strength": intake.strength, "speed": intake.speed,
-            "timeout": timeout, "jobs": jobs}
-
-
 def new_job_id() -> str:
     """A short random id for logs and replies."""
     return secrets.token_hex(6)
@@ -293,9 +261,9 @@ def new_job_id() -> str:
 class JobHandle:
     """What a submitter holds: the job's events in order, its result, and cancel-before-start."""
 
-    def __init__(self, job_id: str, request: StyleRequest, canceller=None) -> None:
+    def __init__(self, job_id: str, job: Job, canceller=None) -> None:
         self.id = job_id
-        self.request = request
+        self.job = job
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._final: Done | Failed | None = None
         self._canceller = canceller
@@ -351,7 +319,7 @@ class JobQueue(Protocol):
         """Wait until jobs can be served (local: the worker loaded its models; Redis: the server answers); what is
         known of the worker (``device``, …)."""
 
-    async def submit(self, request: StyleRequest) -> JobHandle:
+    async def submit(self, job: Job) -> JobHandle:
         """Queue a settled job (``pipeline.core.intake.take_in``); raises QueueBusy when full and QueueClosed when
         shutting down."""
 

@@ -1,8 +1,9 @@
 """The link between a chat process and a foreground `claybot worker` (queue.worker_address): address, key,
 and an authenticated connection on each side, every step under a deadline.
 
-It is multiprocessing's connection protocol (an HMAC challenge both ways, then pickled frames), so after the
-handshake each side trusts what the other sends: the link belongs on a private network or a Unix socket. What
+It is multiprocessing's connection protocol (an HMAC challenge both ways, then length-prefixed frames carrying
+``pipeline.core.codec`` bytes, never pickle); nothing is encrypted: the link belongs on a private network or a
+Unix socket. What
 this module adds is time limits: a peer that connects and says nothing is dropped after HANDSHAKE_TIMEOUT, in its
 own thread, so it never holds up anyone else. Torch-free: the chat side imports it.
 """

@@ -255,20 +255,21 @@ class Stylizer:
         strength: float,
         on_step: StepCallback | None = None,
         tags: list[Tags] | None = None,
-        speed: str | None = None,
+        speed: str = DEFAULT_SPEED,
+        work_size: tuple[int, int] | None = None,
     ) -> list[Stylized]:
         """Stylize a batch of photos that share style, strength, speed preset and working size; one result each.
 
+        The worker passes what its jobs settled at intake (``pipeline.core.jobs.Job``): nothing is decided here.
         ``tags``: the photos' tags when the caller already has them (the worker tags first, for the SFW gate).
-        ``speed``: a [speed.*] preset, or "default" (pipeline.steps, guidance_scale, the base scheduler); None: the
-        style's."""
+        ``speed``: a [speed.*] preset, or "default" (pipeline.steps, guidance_scale, the base scheduler).
+        ``work_size``: the jobs' working size; None only for direct callers (tests, warm-up) of one photo size."""
         settings, p = self.settings, self.settings.pipeline
         style_settings = settings.styles[style]
-        speed = style_settings.speed if speed is None else speed
         timings: dict[str, float] = {}
 
         # 1. sizes: one working size for the whole batch
-        sizes = {p.work_size(*photo.image.size) for photo in photos}
+        sizes = {work_size} if work_size is not None else {p.work_size(*photo.image.size) for photo in photos}
         if len(sizes) != 1:
             raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
         work = sizes.pop()
