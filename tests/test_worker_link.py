@@ -132,3 +132,40 @@ async def test_a_silent_client_does_not_stop_a_real_client_of_claybot_worker(tin
             stranger.close()
         worker.terminate()
         worker.wait(timeout=30)
+
+
+async def test_frames_that_are_not_messages_are_skipped_and_the_job_is_still_answered(tiny_config, tmp_path,
+                                                                                     monkeypatch, caplog):
+    # A worker of another version (or a broken one) on the link: its garbage is logged and skipped, never run or
+    # fatal to the chat process, and the job it held is answered when the worker says the batch is over.
+    from pipeline.core import codec
+    from pipeline.core.jobs import CRASH_REASON, ErrorKind, Failed, Idle, JobFailed, Ready, Started, Update
+
+    address = str(tmp_path / "worker.sock")
+    connections = link.listen(address, b"key", timeout=5.0)
+
+    def broken_worker() -> None:
+        conn = next(connections)
+        conn.send_bytes(codec.encode(Ready("cpu", "float32", 4)))
+        batch = codec.decode(conn.recv_bytes())
+        conn.send_bytes(b"\x80\x04\x95garbage, or a pickle")
+        conn.send_bytes(codec.encode(Update((batch.tasks[0].id,), Started(1)))[:-1])  # truncated
+        conn.send_bytes(codec.encode(Idle()))
+        conn.recv_bytes()  # until the queue hangs up
+
+    threading.Thread(target=broken_worker, daemon=True).start()
+    monkeypatch.setenv("CLAYBOT_WORKER_KEY", "key")
+    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"worker_address": address,
+                                                                                "batch_window": 0.0}))
+    await queue.start()
+    try:
+        assert (await queue.wait_ready(timeout=30))["device"] == "cpu"
+        handle = await submit(queue, photo_bytes(), seed=1)
+        with pytest.raises(JobFailed) as failed:
+            await handle.result(timeout=30)
+        assert failed.value.failed == Failed(CRASH_REASON, ErrorKind.INTERNAL)
+    finally:
+        await queue.close(grace=1)
+        connections.close()
+    errors = [r.getMessage() for r in caplog.records if "not a message" in r.getMessage()]
+    assert len(errors) == 2 and "not a claybot frame" in errors[0] and "truncated frame" in errors[1]

@@ -298,9 +298,9 @@ class LocalQueue:
                 break
             try:
                 message = codec.decode(data)
-            except codec.CodecError as err:  # a worker of another version, or a bug: its jobs get no answer from it
-                logger.error("dropping the worker's connection: it sent what is not a message (%s)", err)
-                break
+            except codec.CodecError as err:  # a worker of another version, or a bug: skipped; its "idle" (or the
+                logger.error("the worker sent what is not a message: %s", err)  # watchdog) answers the jobs
+                continue
             self._call(self._on_message, generation, message)
         if process is None:
             self._call(self._on_exit, generation, None)
