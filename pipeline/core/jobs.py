@@ -52,7 +52,8 @@ def check_strength(value: float) -> float:
 
 
 class Kind(StrEnum):
-    """What a job makes. A new kind is a new member here (plus its options on ``Job``), not a new path."""
+    """What a job makes. A new kind is a member here plus its own options as ``Job`` fields with defaults (intake
+    settles them; the codec, the queues and the journal carry them with no change), not a new path."""
 
     PICTURE = "picture"
 
