@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bot.cli import ROOT_CONFIG, tiny_config_text  # noqa: E402
 from bot.config import Config, load_config  # noqa: E402
-from pipeline.core.jobs import StyleRequest  # noqa: E402
+from pipeline.core.intake import take_in  # noqa: E402
 from pipeline.core.local import LocalQueue  # noqa: E402
 from pipeline.gpu.prompt import plain_text  # noqa: E402
 
@@ -91,12 +91,12 @@ async def queued_calls(config: Config, n: int, strength: float, *, concurrent: b
         photo = sample_photo()
         started = time.perf_counter()
         if concurrent:
-            handles = [await queue.submit(StyleRequest(photo, strength=strength, seed=s)) for s in range(n)]
+            handles = [await queue.submit(await take_in(queue.gpu, photo, strength=strength, seed=s)) for s in range(n)]
             results = await asyncio.gather(*(h.result(timeout=600) for h in handles))
         else:
             results = []
             for seed in range(n):
-                handle = await queue.submit(StyleRequest(photo, strength=strength, seed=seed))
+                handle = await queue.submit(await take_in(queue.gpu, photo, strength=strength, seed=seed))
                 results.append(await handle.result(timeout=600))
         return time.perf_counter() - started, results[-1].prompt
     finally:
@@ -106,7 +106,7 @@ async def queued_calls(config: Config, n: int, strength: float, *, concurrent: b
 CHAT_SIDE = textwrap.dedent("""
     import time
     started = time.perf_counter()
-    from pipeline.core.jobs import StyleRequest
+    from pipeline.core.intake import take_in
     from pipeline.core.local import LocalQueue
     from bot.config import load_config
     import_s = time.perf_counter() - started
@@ -117,7 +117,7 @@ CHAT_SIDE = textwrap.dedent("""
         queue = LocalQueue(config.gpu(), config.queue)
         await queue.start()
         photo = open(sys.argv[2], "rb").read()
-        handles = [await queue.submit(StyleRequest(photo, seed=s)) for s in range(int(sys.argv[3]))]
+        handles = [await queue.submit(await take_in(queue.gpu, photo, seed=s)) for s in range(int(sys.argv[3]))]
         await asyncio.gather(*(h.result(timeout=600) for h in handles))
         await queue.close()
 

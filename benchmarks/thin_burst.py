@@ -33,7 +33,8 @@ from queue_overhead import ensure_config  # noqa: E402
 
 from bot.config import load_config  # noqa: E402
 from bot.discord_client import source_copy  # noqa: E402
-from pipeline.core.jobs import Done, Failed, StyleRequest  # noqa: E402
+from pipeline.core.intake import take_in  # noqa: E402
+from pipeline.core.jobs import Done, Failed, JobFailed  # noqa: E402
 from pipeline.core.local import LocalQueue  # noqa: E402
 from tests import hostile_photos  # noqa: E402
 
@@ -60,7 +61,10 @@ def burst_photos() -> dict[str, bytes]:
 
 async def one(queue: LocalQueue, name: str, data: bytes, max_input_pixels: int) -> str:
     """Submit one photo, wait for its answer, then make its Discord copy; its outcome's name."""
-    handle = await queue.submit(StyleRequest(data))
+    try:
+        handle = await queue.submit(await take_in(queue.gpu, data))
+    except JobFailed as err:  # refused at intake from its header
+        return f"{name}: {err.kind.value}"
     final = None
     async for event in handle.events():
         final = event if isinstance(event, Done | Failed) else final

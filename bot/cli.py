@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -15,8 +15,8 @@ from bot.config import Config, ConfigError, load_config, token
 from bot.observability import setup_logging
 from bot.service import open_queue, run_claybot, status_file
 from pipeline.core.errors import ClaybotError
-from pipeline.core.images import probe_photo
-from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Done, Failed, Progress, StyleRequest
+from pipeline.core.intake import take_in
+from pipeline.core.jobs import BadRequest, Done, Failed, Job, Progress, check_strength
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ def _strength(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not MIN_STRENGTH <= value <= MAX_STRENGTH:
-        raise argparse.ArgumentTypeError(f"strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}, "
-                                         f"got {value:g}")
-    return value
+    try:
+        return check_strength(value)
+    except BadRequest as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,20 +109,12 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_stylize(args: argparse.Namespace) -> int:
     """Stylize one photo through the same queue and worker as the chat front ends, and print what was done."""
     config = load_config(args.config)
-    style = args.style or config.pipeline.default_style
-    if style not in config.styles:
-        raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
-    strength = config.styles[style].default_strength if args.strength is None else args.strength
-    seed = secrets.randbelow(MAX_SEED + 1) if args.seed is None else args.seed
     try:
         data = args.photo.read_bytes()
     except OSError as err:
         raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
-    probe_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))  # refuse before loading models
-    if args.speed is not None and args.speed not in config.speed_names():
-        raise ConfigError(f"--speed {args.speed!r}: no such preset (have: {', '.join(config.speed_names())})")
-    request = StyleRequest(data, style=style, strength=strength, seed=seed, speed=args.speed)
-    result = asyncio.run(_stylize(config, request, args.verbose))
+    job = _take_in(config, data, style=args.style, strength=args.strength, seed=args.seed, speed=args.speed)
+    result = asyncio.run(_stylize(config, job, args.verbose))
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(result.image)
@@ -148,11 +140,20 @@ async def _ready_queue(config: Config, verbose: bool):
         await queue.close(grace=0)
 
 
-async def _stylize(config: Config, request: StyleRequest, verbose: bool) -> Done:
+def _take_in(config: Config, data: bytes, **options) -> Job:
+    """The settled job of a command line's photo and options, before any model loads (``take_in``); an option
+    the config does not allow is a usage error."""
+    try:
+        return asyncio.run(take_in(config, data, **options))
+    except BadRequest as err:
+        raise ConfigError(str(err)) from None
+
+
+async def _stylize(config: Config, job: Job, verbose: bool) -> Done:
     from tqdm import tqdm
 
     async with _ready_queue(config, verbose) as queue:
-        handle = await queue.submit(request)
+        handle = await queue.submit(job)
         with tqdm(desc="stylizing", unit="step", file=sys.stderr, leave=False) as bar:
             async for event in handle.events():
                 if isinstance(event, Progress):
@@ -292,14 +293,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.core.sheet import contact_sheet
 
     config = load_config(args.config)
-    style = args.style or config.pipeline.default_style
-    if style not in config.styles:
-        raise ConfigError(f"--style {style!r}: no such style (have: {', '.join(sorted(config.styles))})")
     for strength in args.strengths:
         _strength(str(strength))
     unknown = [name for name in args.presets or [] if name not in config.speed_names()]
     if unknown:
         raise ConfigError(f"--presets: no speed preset {unknown[0]!r} (have: {', '.join(config.speed_names())})")
+    try:
+        data = args.photo.read_bytes()
+    except OSError as err:
+        raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
+    base = _take_in(config, data, style=args.style, seed=args.seed)  # one settled job; each cell varies it
+    style, seed = base.style, base.seed
     rows, row_name = args.weights, "weight"
     if args.guide:
         guide = getattr(config.styles[style], args.guide)
@@ -310,17 +314,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if any(not 0.0 <= scale <= 2.0 for scale in args.guide_scales):
             raise ConfigError("--guide-scales: each scale must be between 0 and 2")
         rows, row_name = args.guide_scales, f"{args.guide} scale"
-    seed = secrets.randbelow(MAX_SEED + 1) if args.seed is None else args.seed
-    try:
-        data = args.photo.read_bytes()
-    except OSError as err:
-        raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
     original = decode_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))
-    def request(strength: float, row: float, preset: str | None) -> StyleRequest:
-        options = {f"{args.guide}_scale": row} if args.guide else {"trigger_weight": row}
-        return StyleRequest(data, style=style, strength=strength, seed=seed, speed=preset, **options)
 
-    requests = {(strength, row, preset) if args.presets else (strength, row): request(strength, row, preset)
+    def cell(strength: float, row: float, preset: str | None) -> Job:
+        job = dataclasses.replace(base, strength=strength, speed=preset or base.speed)
+        if args.guide:
+            return dataclasses.replace(job, **{f"{args.guide}_scale": row})  # type: ignore[arg-type]
+        return dataclasses.replace(job, trigger_weight=row)
+
+    requests = {(strength, row, preset) if args.presets else (strength, row): cell(strength, row, preset)
                 for row in rows for strength in args.strengths for preset in args.presets or [None]}
     results = asyncio.run(_run_all(config, requests, args.verbose))
     images = {key: Image.open(io.BytesIO(done.image)).convert("RGB") for key, done in results.items()}

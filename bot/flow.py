@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ from bot.config import Config
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
 from bot.observability import Metrics, job_context
 from bot.store import ClaybotDatabase
+from pipeline.core import jobs
 from pipeline.core.errors import ClaybotError
+from pipeline.core.intake import take_in
 from pipeline.core.jobs import (
-    MAX_SEED,
     MAX_STRENGTH,
     MIN_STRENGTH,
     BadRequest,
@@ -38,7 +38,6 @@ from pipeline.core.jobs import (
     QueueClosed,
     Queued,
     Started,
-    StyleRequest,
 )
 
 logger = logging.getLogger(__name__)
@@ -223,10 +222,11 @@ def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, st
 
 
 def check_strength(value: float) -> float:
-    """A strength within the range users may ask for."""
-    if not MIN_STRENGTH <= value <= MAX_STRENGTH:
-        raise UserError(f"Strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}, not {value:g}. {USAGE}")
-    return value
+    """A strength within the range users may ask for (the jobs' one rule), refused with the usage line."""
+    try:
+        return jobs.check_strength(value)
+    except BadRequest as err:
+        raise UserError(f"{err} {USAGE}") from None
 
 
 def stronger(strength: float) -> float:
@@ -303,6 +303,10 @@ class RequestFlow:
                             ask.chat_id)
         except (UserError, BadRequest) as err:
             await request.refuse("bad_input", str(err))
+        except JobFailed as err:  # intake could not use the photo
+            if self.metrics is not None:
+                self.metrics.failure(err.kind.value)
+            await request.refuse(outcome_of(err.kind), str(err))
         except (QueueBusy, QueueClosed) as err:
             await request.refuse(NOT_COUNTED, str(err))
         except Exception:
@@ -313,13 +317,7 @@ class RequestFlow:
 
     async def _handle(self, request: _Request, platform_limit: int | None) -> None:
         ask = request.ask
-        # 1. options and size, before any download
-        if ask.strength is not None:
-            check_strength(ask.strength)
-        if ask.style is not None and ask.style not in self.config.styles:
-            raise UserError(f"There is no style {ask.style!r}; try {', '.join(sorted(self.config.styles))}.")
-        if ask.speed is not None and ask.speed not in self.config.speed_names():
-            raise UserError(f"There is no speed {ask.speed[:20]!r}; try {', '.join(self.config.speed_names())}.")
+        # 1. size, before any download (the options are intake's to check, once)
         self.check_size(ask.size, platform_limit)
 
         # 2. limits (a ticket in the journal, or RateLimited saying when to ask again)
@@ -332,17 +330,15 @@ class RequestFlow:
         data = await ask.download()
         self.check_size(len(data), platform_limit)
 
-        # 4. queue
-        seed = ask.seed if ask.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        style_request = StyleRequest(data, style=ask.style, strength=ask.strength, seed=seed, speed=ask.speed,
-                                     reply_to=(ask.platform, ask.chat_id),
-                                     max_rating=self.config.safety.limit(ask.nsfw))
-        handle = await self.queue.submit(style_request)
+        # 4. intake: one settled job (BadRequest for an option the config lacks, JobFailed for a bad photo), queued
+        job = await take_in(self.config, data, style=ask.style, strength=ask.strength, seed=ask.seed, speed=ask.speed,
+                            max_rating=self.config.safety.limit(ask.nsfw), reply_to=(ask.platform, ask.chat_id))
+        handle = await self.queue.submit(job)
         request.submitted = time.monotonic()
         with job_context(handle.id):
             logger.info("job %s from %s user %s in %s", handle.id, ask.platform, ask.user_id, ask.chat_id)
             if request.ticket is not None:
-                await self.journal.queued(request.ticket, handle.id, style_request)
+                await self.journal.queued(request.ticket, handle.id, job)
                 request.reply.on_first_status = lambda: self._note_placeholder(request)
             await self._follow(handle, request)
 
@@ -434,12 +430,12 @@ class RequestFlow:
 
     async def _submit_again(self, entry: Entry, front_end: FrontEnd) -> JobHandle | None:
         """The queue lost the job with the old process (local backend): submit it again from the journal."""
-        if entry.request is None or entry.attempts >= MAX_RECOVERIES:
-            text = LOST_DOWNLOADING if entry.request is None else GAVE_UP
+        if entry.job is None or entry.attempts >= MAX_RECOVERIES:
+            text = LOST_DOWNLOADING if entry.job is None else GAVE_UP
             await _safely(front_end.deliver(entry.chat_id, None, text, entry.answer_to))
             return None
         try:
-            handle = await self.queue.submit(entry.request)
+            handle = await self.queue.submit(entry.job)  # the same job: same seed, same working size
         except (QueueBusy, QueueClosed, BadRequest) as err:
             await _safely(front_end.deliver(entry.chat_id, None, str(err), entry.answer_to))
             return None
@@ -471,10 +467,10 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
     """Answer a job accepted before a restart, in the chat it came from (``reply_to`` is (platform, chat id));
     the outcome, or None when there is no front end to answer through."""
     try:
-        platform, chat_id = handle.request.reply_to
+        platform, chat_id = handle.job.reply_to
         front_end = front_ends[platform]
     except (TypeError, ValueError, KeyError):
-        logger.warning("recovered job %s has no front end to answer through (%r)", handle.id, handle.request.reply_to)
+        logger.warning("recovered job %s has no front end to answer through (%r)", handle.id, handle.job.reply_to)
         return None
     try:
         done = await handle.result()

@@ -1,7 +1,8 @@
 """The journal of accepted jobs, in claybot's SQLite database: the rate limits, and nothing lost to a restart.
 
 Every request let past the limits gets a row (a *ticket*) before its photo is downloaded: who asked, in which chat,
-where to answer. Once queued, the row keeps the request and the photo; once answered, the photo is dropped and the
+where to answer. Once queued, the row keeps the settled job (its codec header, and the photo beside it), so a
+restarted process runs the same job again (same seed, same working size); once answered, the photo is dropped and the
 row stays a day, so the limits' windows and the usage counts survive restarts too. A chat process that starts again
 finds every row still unanswered and answers it (``RequestFlow.recover``): none is silently dropped.
 
@@ -12,6 +13,7 @@ inside the same transaction that adds the new row, so requests arriving together
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import time
@@ -21,8 +23,11 @@ from typing import Any
 
 from bot.config import LimitSettings
 from bot.store import ClaybotDatabase
+from pipeline.core import codec
 from pipeline.core.errors import ClaybotError
-from pipeline.core.jobs import StyleRequest
+from pipeline.core.jobs import Job
+
+logger = logging.getLogger(__name__)
 
 KEEP_ANSWERED = 86400.0  # seconds a row stays after its answer: the longest window, and a day of usage counts
 PRUNE_EVERY = 600.0
@@ -50,9 +55,9 @@ class Entry:
     user_id: str
     chat_id: str
     answer_to: dict[str, Any]
-    state: str  # "reserved": the photo was still being downloaded; "queued": request and photo are here
+    state: str  # "reserved": the photo was still being downloaded; "queued": the job and its photo are here
     job_id: str | None
-    request: StyleRequest | None
+    job: Job | None
     attempts: int
 
 
@@ -141,13 +146,12 @@ class Journal:
                                         f"please ask again {wait_text(wait)}.", wait)
         return worst
 
-    async def queued(self, ticket: int, job_id: str, request: StyleRequest) -> None:
-        """The job is in the queue: keep what is needed to run it again after a restart."""
-        options = {"style": request.style, "strength": request.strength, "seed": request.seed,
-                   "max_rating": request.max_rating, "reply_to": request.reply_to, "speed": request.speed}
+    async def queued(self, ticket: int, job_id: str, job: Job) -> None:
+        """The job is in the queue: keep it, to run it again after a restart."""
+        header, (image,) = codec.dump(job)
         await self.store.run(lambda db: db.execute(
             "UPDATE jobs SET state = 'queued', job_id = ?, request = ?, image = ? WHERE ticket = ?",
-            (job_id, json.dumps(options), request.image, ticket)))
+            (job_id, header.decode(), image, ticket)))
 
     async def answer_to(self, ticket: int, answer_to: dict[str, Any]) -> None:
         """Where to answer, updated (the status message shown meanwhile)."""
@@ -173,11 +177,15 @@ class Journal:
             "FROM jobs WHERE state != 'answered' ORDER BY ticket").fetchall())
         entries = []
         for ticket, platform, user_id, chat_id, answer_to, state, job_id, request, image, attempts in rows:
-            options = json.loads(request) if request else None
-            if options and isinstance(options.get("reply_to"), list):
-                options["reply_to"] = tuple(options["reply_to"])
-            entries.append(Entry(ticket, platform, user_id, chat_id, json.loads(answer_to), state, job_id,
-                                 StyleRequest(bytes(image), **options) if options and image else None, attempts))
+            job = None
+            if request and image is not None:
+                try:
+                    job = codec.load(request, [bytes(image)], expect=(Job,), what="job")
+                except codec.CodecError as err:  # answered as a photo lost in the restart, not run as something else
+                    logger.error("journal: ticket %d holds no job claybot can run (%s)", ticket, err)
+            assert job is None or isinstance(job, Job)
+            entries.append(Entry(ticket, platform, user_id, chat_id, json.loads(answer_to), state, job_id, job,
+                                 attempts))
         return entries
 
     async def usage(self, since: float) -> dict[str, int]:

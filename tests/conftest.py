@@ -111,3 +111,21 @@ async def kill_if_running(process: asyncio.subprocess.Process | None) -> None:
     if process is not None and process.returncode is None:
         process.kill()
         await process.wait()
+
+
+async def submit(queue, image: bytes, **options):
+    """Settle a job as the request flow does (``take_in``, under the queue's config), then queue it."""
+    from pipeline.core.intake import take_in
+
+    return await queue.submit(await take_in(queue.gpu, image, **options))
+
+
+def settled_job(gpu, image: bytes | None = None, **options):
+    """A job as intake settles it for an ordinary photo, carrying ``image`` whatever it is: what a worker gets
+    from a chat process that did not (or could not) look at the photo first."""
+    import dataclasses
+
+    from pipeline.core.intake import take_in
+
+    job = asyncio.run(take_in(gpu, photo_bytes(), **options))
+    return job if image is None else dataclasses.replace(job, image=image)

@@ -43,3 +43,20 @@ def test_the_torch_free_core_never_imports_the_gpu_half_at_module_level():
             with open(os.path.join(core, name), encoding="utf-8") as f:
                 top_level = [line for line in f if line.startswith(("import ", "from "))]
             assert not [line for line in top_level if "pipeline.gpu" in line], name
+
+
+def test_the_torch_free_core_names_no_gpu_library_even_inside_a_function():
+    # A lazy `import torch` in pipeline/core would load it into the chat process the first time that path runs.
+    import ast
+
+    core = os.path.join(ROOT, "pipeline", "core")
+    found = []
+    for name in sorted(os.listdir(core)):
+        if name.endswith(".py"):
+            with open(os.path.join(core, name), encoding="utf-8") as f:
+                tree = ast.parse(f.read(), name)
+            for node in ast.walk(tree):
+                modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                           else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                found += [f"{name}:{node.lineno} {m}" for m in modules if m.split(".")[0] in GPU_LIBRARIES]
+    assert found == []

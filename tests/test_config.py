@@ -166,3 +166,22 @@ def test_tokens_come_from_the_environment_only(monkeypatch):
     assert token("CLAYBOT_TEST_TOKEN") == "123:abc"
     monkeypatch.delenv("CLAYBOT_TEST_TOKEN")
     assert token("CLAYBOT_TEST_TOKEN") is None
+
+
+def test_a_style_that_leaves_keys_out_gets_the_clay_defaults(tiny_models, tmp_path):
+    # A new style of one line: the tagger's "photo (medium), realistic" must not go into its clay prompt, and it
+    # gets the negative prompt a clay style needs; the shipped style's values are the same defaults.
+    from pipeline.gpu.prompt import prompt_tags
+    from pipeline.gpu.tagger import Tags
+
+    raw = _without_local_models(_root(), tiny_models)
+    raw["styles"]["plasticine"] = {"trigger_words": "plasticine"}
+    raw["styles"]["bare"] = {"negative_prompt": "", "clashing_tags": []}  # turned off on purpose: stays off
+    config = _parse(tmp_path, raw)
+    new, clay, bare = (config.styles[name] for name in ("plasticine", "clay", "bare"))
+    assert (new.negative_prompt, new.clashing_tags) == (clay.negative_prompt, clay.clashing_tags)
+    assert "photorealistic" in new.negative_prompt
+    tags = Tags(general=[("photo (medium)", 0.9), ("realistic", 0.8), ("1girl", 0.7)], characters=[], ratings={})
+    assert prompt_tags(tags, config.tagger, new) == ["1girl"]
+    assert (bare.negative_prompt, bare.clashing_tags) == ("", [])
+    assert prompt_tags(tags, config.tagger, bare) == ["photo (medium)", "realistic", "1girl"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -350,19 +351,20 @@ def test_sweep_of_a_guide_the_style_lacks_says_which_key_to_set(faithful_config,
 
 
 async def test_a_sweeps_guide_scales_reach_the_worker_through_either_queue(tiny_config):
-    """StyleRequest → intake → (local) job message, and → Redis stream fields → (Redis) job message."""
+    """Intake → (local) a codec frame, and → Redis stream fields → (Redis) a job entry: the same settled job."""
+    from pipeline.core import codec
     from pipeline.core.intake import take_in
-    from pipeline.core.jobs import StyleRequest, job_message
-    from pipeline.core.redis_entries import parse_job
+    from pipeline.core.jobs import Batch, Task
+    from pipeline.core.redis_entries import job_fields, parse_job
 
-    request = StyleRequest(photo_bytes(), seed=1, structure_scale=0.25, identity_scale=1.5)
-    intake = await take_in(tiny_config.gpu(), request)
-    local = job_message("a", b"", intake)
-    assert (local["structure_scale"], local["identity_scale"]) == (0.25, 1.5)
-    fields = {"id": "a", "owner": "o", "key": intake.batch_key, "style": "clay", "strength": "0.5", "seed": "1",
-              "timeout": "9", "structure_scale": "0.25", "identity_scale": ""}  # as redis_queue writes them
-    remote = job_message("a", b"", parse_job("1-0", fields, tiny_config.styles, tiny_config.speed_names()))
-    assert (remote["structure_scale"], remote["identity_scale"]) == (0.25, None)
+    job = await take_in(tiny_config.gpu(), photo_bytes(), seed=1, structure_scale=0.25)
+    [local] = codec.decode(codec.encode(Batch((Task("a", job),), 9.0))).tasks
+    style = tiny_config.styles["clay"]
+    assert (local.job.structure_scale, local.job.identity_scale) == (0.25, style.identity.scale)  # unset: the style's
+    fields = job_fields("a", "o", job, 9.0, 0.0)  # as redis_queue writes them
+    remote = parse_job("1-0", fields, tiny_config.styles, tiny_config.speed_names()).job
+    assert (remote.structure_scale, remote.identity_scale) == (0.25, style.identity.scale)
+    assert remote == dataclasses.replace(local.job, image=b"")  # the photo travels apart
 
 
 def test_the_structure_guide_samples_with_the_speed_presets_scheduler(tiny_config, tiny_models):

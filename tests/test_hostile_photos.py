@@ -4,6 +4,7 @@ worker down, and never blow up the chat process (issue 13, parts 1 and 5)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -19,12 +20,12 @@ from PIL import Image
 
 from pipeline.core.errors import BadImage
 from pipeline.core.images import AREA_SLACK, SDXL_BUCKETS, decode_photo, output_size, probe_photo, working_size
-from pipeline.core.jobs import Done, ErrorKind, Failed, StyleRequest
+from pipeline.core.jobs import Batch, Done, ErrorKind, Failed, JobFailed, Progress, Task
 from pipeline.core.local import LocalQueue
 from pipeline.gpu.stylizer import Stylizer
 from pipeline.gpu.worker import ENCODE_REASON, INTERNAL_REASON, TAG_REASON, run_batch
 from tests import hostile_photos
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, settled_job, submit
 from tests.redis_server import redis_config, start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,26 +166,27 @@ class FailsOn:
         return results
 
 
-def _batch(photos: dict[str, bytes], **extra) -> dict:
-    return {"op": "batch", "style": "clay", "strength": 0.5, "timeout": 60, **extra,
-            "jobs": [{"id": name, "image": data, "seed": 1, "max_rating": None} for name, data in photos.items()]}
+def _batch(stylizer, photos: dict[str, bytes]) -> Batch:
+    return Batch(tuple(Task(name, settled_job(stylizer.settings, data, seed=1, strength=0.5))
+                       for name, data in photos.items()), 60)
 
 
-def _answers(sent: list[dict]) -> dict[str, tuple[str, str | None]]:
-    return {m["id"]: (m["op"], m.get("reason")) for m in sent if m["op"] in ("done", "failed")}
+def _answers(sent: list) -> dict[str, tuple[str, str | None]]:
+    return {m.ids[0]: ("done", None) if isinstance(m.event, Done) else ("failed", m.event.reason)
+            for m in sent if isinstance(m.event, Done | Failed)}
 
 
 @pytest.mark.parametrize(("stage", "reason"), [("tag", TAG_REASON), ("encode", ENCODE_REASON)])
 def test_a_photo_that_breaks_a_stage_fails_alone_and_its_companion_is_served(stylizer, stage, reason):
     photos = {"red": photo_bytes((128, 96), color=RED, fmt="PNG"), "ok": photo_bytes((128, 96))}
     sent = []
-    run_batch(FailsOn(stylizer, stage), _batch(photos), sent.append)
+    run_batch(FailsOn(stylizer, stage), _batch(stylizer, photos), sent.append)
     assert _answers(sent) == {"red": ("failed", reason), "ok": ("done", None)}
 
 
 def test_a_fault_outside_the_stages_fails_every_unanswered_job_and_returns(stylizer):
-    batch = _batch({"a": photo_bytes(), "b": b"not an image"})
-    del batch["timeout"]  # as a bug would: the loop cannot run the batch at all
+    batch = _batch(stylizer, {"a": photo_bytes(), "b": b"not an image"})
+    batch = dataclasses.replace(batch, timeout=None)  # as a bug would: the loop cannot run the batch at all
     sent = []
     run_batch(stylizer, batch, sent.append)
     assert _answers(sent) == {"b": ("failed", "That file is not an image I can read."),
@@ -194,11 +196,11 @@ def test_a_fault_outside_the_stages_fails_every_unanswered_job_and_returns(styli
 def test_a_connection_lost_mid_batch_ends_the_batch_instead_of_failing_its_jobs(stylizer):
     # The queue went away: that is for the serving loop (it waits for the next queue), not a photo's failure.
     def send(message):
-        if message["op"] == "progress":
+        if isinstance(message.event, Progress):
             raise BrokenPipeError("the queue hung up")
 
     with pytest.raises(BrokenPipeError):
-        run_batch(stylizer, _batch({"a": photo_bytes()}), send)
+        run_batch(stylizer, _batch(stylizer, {"a": photo_bytes()}), send)
 
 
 def test_deep_and_palette_bombs_are_shrunk_while_decoding_in_the_worker():
@@ -269,18 +271,19 @@ async def test_hostile_photos_fail_clearly_or_succeed_and_the_same_worker_serves
     try:
         pid = (await queue.wait_ready(timeout=120))["pid"]
         # The chat side refuses a thin photo from its header: it never reaches the worker.
-        assert await _answer(await queue.submit(StyleRequest(hostile_photos.thin(30000, 40))), timeout=10) == Failed(
-            THIN_30000, ErrorKind.BAD_IMAGE)
+        with pytest.raises(JobFailed) as refused:
+            await submit(queue, hostile_photos.thin(30000, 40))
+        assert refused.value.failed == Failed(THIN_30000, ErrorKind.BAD_IMAGE)
         _as_an_old_chat_process(monkeypatch)
         for name, (data, refusal) in HOSTILE.items():
-            answer = await _answer(await queue.submit(StyleRequest(data, seed=1)))
+            answer = await _answer(await submit(queue, data, seed=1))
             if refusal:
                 assert answer == Failed(refusal, ErrorKind.BAD_IMAGE), name
             else:
                 assert isinstance(answer, Done), (name, answer)
             assert queue.worker_info["pid"] == pid, name
         # Then an ordinary photo, from the same worker process.
-        assert isinstance(await _answer(await queue.submit(StyleRequest(photo_bytes(), seed=2))), Done)
+        assert isinstance(await _answer(await submit(queue, photo_bytes(), seed=2)), Done)
         assert queue.worker_info["pid"] == pid and queue.stats.worker_starts == 1 and queue.stats.retried == 0
     finally:
         await queue.close(grace=5)
@@ -306,9 +309,9 @@ async def test_the_redis_worker_answers_thin_photos_and_serves_the_next(tiny_con
             await asyncio.sleep(0.2)
         (name, info), = (await queue.workers()).items()
         for data, refusal in (HOSTILE["thin 30000×40"][:2], HOSTILE["thin 200000×8"][:2]):
-            answer = await _answer(await queue.submit(StyleRequest(data, seed=1)))
+            answer = await _answer(await submit(queue, data, seed=1))
             assert answer == Failed(refusal, ErrorKind.BAD_IMAGE)
-        assert isinstance(await _answer(await queue.submit(StyleRequest(photo_bytes(), seed=2))), Done)
+        assert isinstance(await _answer(await submit(queue, photo_bytes(), seed=2)), Done)
         assert worker.poll() is None
         assert (await queue.workers())[name]["pid"] == info["pid"]
     finally:

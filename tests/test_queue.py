@@ -21,16 +21,16 @@ from pipeline.core.jobs import (
     Done,
     ErrorKind,
     Failed,
+    Idle,
     JobFailed,
     Progress,
     QueueBusy,
     QueueClosed,
     Queued,
     Started,
-    StyleRequest,
 )
 from pipeline.core.local import LocalQueue
-from tests.conftest import photo_bytes, with_pipeline
+from tests.conftest import photo_bytes, submit, with_pipeline
 
 PHOTO = photo_bytes((128, 96))
 
@@ -65,15 +65,14 @@ def test_the_chat_side_never_imports_torch(tiny_config_path):
     script = textwrap.dedent(f"""
         import asyncio, json, sys
         from bot.config import load_config
-        from pipeline.core.jobs import StyleRequest
         from pipeline.core.local import LocalQueue
-        from tests.conftest import photo_bytes
+        from tests.conftest import photo_bytes, submit
 
         async def main():
             config = load_config({str(tiny_config_path)!r})
             queue = LocalQueue(config.gpu(), config.queue)
             await queue.start()
-            handle = await queue.submit(StyleRequest(photo_bytes(), seed=1))
+            handle = await submit(queue, photo_bytes(), seed=1)
             done = await handle.result(timeout=120)
             await queue.close()
             return len(done.image)
@@ -93,8 +92,8 @@ def test_the_chat_side_never_imports_torch(tiny_config_path):
 async def test_events_arrive_in_order_with_positions_and_step_progress(tiny_config):
     async with running_queue(tiny_config, batch_window=0.0) as queue:
         # Different strengths never share a batch, so the second waits behind the first.
-        first = await queue.submit(StyleRequest(PHOTO, strength=0.5, seed=1))
-        second = await queue.submit(StyleRequest(PHOTO, strength=0.6, seed=2))
+        first = await submit(queue, PHOTO, strength=0.5, seed=1)
+        second = await submit(queue, PHOTO, strength=0.6, seed=2)
         first_events, second_events = await asyncio.gather(collect(first), collect(second))
 
     assert first_events[0] == Queued(1)
@@ -115,11 +114,11 @@ async def test_events_arrive_in_order_with_positions_and_step_progress(tiny_conf
 
 async def test_compatible_jobs_share_one_batch_and_match_their_solo_images(tiny_config):
     async with running_queue(tiny_config, batch_window=1.0) as queue:
-        together = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in (11, 12)]
+        together = [await submit(queue, PHOTO, seed=s) for s in (11, 12)]
         together_events = await asyncio.gather(*(collect(h) for h in together))
         alone = []
         for seed in (11, 12):
-            alone.append(await (await queue.submit(StyleRequest(PHOTO, seed=seed))).result(timeout=120))
+            alone.append(await (await submit(queue, PHOTO, seed=seed)).result(timeout=120))
         assert queue.stats.batches == [2, 1, 1]
 
     for events, solo in zip(together_events, alone, strict=True):
@@ -133,7 +132,7 @@ async def test_compatible_jobs_share_one_batch_and_match_their_solo_images(tiny_
 
 async def test_a_worker_killed_mid_job_is_restarted_and_the_job_answered(tiny_config):
     async with running_queue(tiny_config, pipeline={"steps": 100}) as queue:
-        handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=5))
+        handle = await submit(queue, PHOTO, strength=1.0, seed=5)
         pid = queue.worker_info["pid"]
         events = []
         async for event in handle.events():
@@ -146,12 +145,12 @@ async def test_a_worker_killed_mid_job_is_restarted_and_the_job_answered(tiny_co
         assert queue.stats.worker_starts == 2 and queue.stats.retried == 1
         assert queue.worker_info["pid"] != pid
         # The restarted worker serves new jobs as usual.
-        assert (await (await queue.submit(StyleRequest(PHOTO, seed=6))).result(timeout=120)).image
+        assert (await (await submit(queue, PHOTO, seed=6)).result(timeout=120)).image
 
 
 async def test_a_job_whose_worker_dies_twice_fails_with_a_reason(tiny_config):
     async with running_queue(tiny_config, max_retries=0, pipeline={"steps": 100}) as queue:
-        handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=5))
+        handle = await submit(queue, PHOTO, strength=1.0, seed=5)
         async for event in handle.events():
             if isinstance(event, Progress):
                 os.kill(queue.worker_info["pid"], signal.SIGKILL)
@@ -163,18 +162,18 @@ async def test_a_job_whose_worker_dies_twice_fails_with_a_reason(tiny_config):
 
 async def test_a_full_queue_answers_busy_at_once(tiny_config):
     async with running_queue(tiny_config, wait=False, max_queue=2) as queue:
-        first = await queue.submit(StyleRequest(PHOTO, seed=1))
-        await queue.submit(StyleRequest(PHOTO, seed=2))
+        first = await submit(queue, PHOTO, seed=1)
+        await submit(queue, PHOTO, seed=2)
         with pytest.raises(QueueBusy, match=r"2 photos are already waiting \(the limit is 2\)"):
-            await asyncio.wait_for(queue.submit(StyleRequest(PHOTO, seed=3)), 1.0)
+            await asyncio.wait_for(submit(queue, PHOTO, seed=3), 1.0)
         assert first.cancel()  # not started yet: cancelled, and its place is freed
         assert (await collect(first))[-1] == Failed("Cancelled.", ErrorKind.CANCELLED)
-        await queue.submit(StyleRequest(PHOTO, seed=4))
+        await submit(queue, PHOTO, seed=4)
 
 
 async def test_a_job_over_its_time_limit_fails_with_its_reason(tiny_config):
     async with running_queue(tiny_config, job_timeout=0.3, pipeline={"steps": 150}) as queue:
-        handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=1))
+        handle = await submit(queue, PHOTO, strength=1.0, seed=1)
         events = await collect(handle)
         assert isinstance(events[-1], Failed)
         assert events[-1].kind is ErrorKind.TIMEOUT
@@ -187,8 +186,8 @@ async def test_shutdown_answers_waiting_jobs_with_shutting_down(tiny_config):
     queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"batch_window": 0.0}))
     await queue.start()
     await queue.wait_ready(timeout=120)
-    running = await queue.submit(StyleRequest(PHOTO, strength=0.5, seed=1))
-    waiting = [await queue.submit(StyleRequest(PHOTO, strength=0.7 + i / 10, seed=i)) for i in range(2)]
+    running = await submit(queue, PHOTO, strength=0.5, seed=1)
+    waiting = [await submit(queue, PHOTO, strength=0.7 + i / 10, seed=i) for i in range(2)]
     async for event in running.events():
         if isinstance(event, Started):
             break
@@ -198,14 +197,15 @@ async def test_shutdown_answers_waiting_jobs_with_shutting_down(tiny_config):
         events = await collect(handle, timeout=1)
         assert events[-1].kind is ErrorKind.SHUTTING_DOWN and "restarting" in events[-1].reason
     with pytest.raises(QueueClosed):
-        await queue.submit(StyleRequest(PHOTO))
+        await submit(queue, PHOTO)
 
 
 async def test_a_bad_photo_fails_alone_with_its_own_message(tiny_config):
     async with running_queue(tiny_config) as queue:
-        bad = await queue.submit(StyleRequest(b"GIF89a this is no image", seed=1))
-        good = await queue.submit(StyleRequest(PHOTO, seed=1))
-        assert (await collect(bad))[-1] == Failed("That file is not an image I can read.", ErrorKind.BAD_IMAGE)
+        with pytest.raises(JobFailed) as bad:  # refused at intake, from its header: it never takes a place
+            await submit(queue, b"GIF89a this is no image", seed=1)
+        good = await submit(queue, PHOTO, seed=1)
+        assert bad.value.failed == Failed("That file is not an image I can read.", ErrorKind.BAD_IMAGE)
         assert isinstance((await collect(good))[-1], Done)
 
 
@@ -218,12 +218,12 @@ async def test_a_job_submitted_before_the_worker_says_idle_waits_for_it_instead_
         on_message = queue._on_message
 
         def late_idle(generation, message):
-            if message.get("op") == "idle":
+            if isinstance(message, Idle):
                 loop.call_later(1.0, on_message, generation, message)
             else:
                 on_message(generation, message)
 
         queue._on_message = late_idle
-        first = await (await queue.submit(StyleRequest(PHOTO, strength=0.5, seed=1))).result(timeout=120)
-        second = await (await queue.submit(StyleRequest(PHOTO, strength=0.6, seed=2))).result(timeout=120)
+        first = await (await submit(queue, PHOTO, strength=0.5, seed=1)).result(timeout=120)
+        second = await (await submit(queue, PHOTO, strength=0.6, seed=2)).result(timeout=120)
     assert first.seed == 1 and second.seed == 2

@@ -19,12 +19,22 @@ import pytest
 import redis.asyncio as redis
 
 from bot.config import load_config
+from pipeline.core import codec
 from pipeline.core.errors import quoted
-from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, QueueBusy, StyleRequest
-from pipeline.core.redis_entries import BAD_ENTRY_REASON, DEAD_MAXLEN, BadEntry, dead_letter, parse_event, parse_job
+from pipeline.core.intake import take_in
+from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, QueueBusy
+from pipeline.core.redis_entries import (
+    BAD_ENTRY_REASON,
+    DEAD_MAXLEN,
+    BadEntry,
+    dead_letter,
+    job_fields,
+    parse_event,
+    parse_job,
+)
 from pipeline.core.redis_queue import GROUP, NO_WORKER_REASON, RedisQueue, redis_status
 from pipeline.core.status import render
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, submit
 from tests.redis_server import redis_config, redis_queue, start_worker, stop_worker
 
 PHOTO = photo_bytes((128, 96))
@@ -55,8 +65,8 @@ async def _dead(queue: RedisQueue) -> list[tuple[str, dict[str, str]]]:
 
 async def _recovered_job(queue: RedisQueue, job_id: str):
     """A job this chat process waits for, as after a restart: in its journal, with its photo stored."""
-    meta = {"reply_to": None, "style": "clay", "strength": 0.5, "seed": 1, "submitted": time.time()}
-    await queue.redis.hset(queue.keys.journal(queue.owner), job_id, json.dumps(meta))
+    header, _ = codec.dump(await take_in(queue.gpu, PHOTO, seed=1))  # as RedisQueue.submit journals a job
+    await queue.redis.hset(queue.keys.journal(queue.owner), job_id, header)
     await queue.redis.set(queue.keys.image(job_id), PHOTO)
     [handle] = [h for h in await queue.recover() if h.id == job_id]
     return handle
@@ -70,7 +80,7 @@ async def test_a_malformed_event_is_dead_lettered_once_and_the_answers_behind_it
     await queue.start()
     try:
         told_of_damage, delivered, bad_result, forged, huge_op = [
-            await queue.submit(StyleRequest(PHOTO, seed=s)) for s in (1, 2, 3, 4, 5)]
+            await submit(queue, PHOTO, seed=s) for s in (1, 2, 3, 4, 5)]
         stream = queue.keys.events("chat-a")
         await queue.redis.set(queue.keys.result(delivered.id), json.dumps(RESULT))
         await queue.redis.set(queue.keys.result_image(delivered.id), RESULT_PNG)
@@ -127,7 +137,7 @@ async def test_a_malformed_job_is_acknowledged_once_and_the_worker_keeps_serving
         await _until(queue.workers, 120, "the worker did not come up")
         unknown_style = await _recovered_job(queue, "0123456789ab")  # e.g. written by a differently configured chat
         huge_style = await _recovered_job(queue, "0123456789cd")
-        good = {"owner": "chat-a", "key": "k", "style": "clay", "strength": "0.5", "seed": "1", "timeout": "60"}
+        good = job_fields("-", "chat-a", await take_in(queue.gpu, PHOTO, seed=1), 60.0, time.time())
         bad = [await queue.redis.xadd(queue.keys.jobs, fields) for fields in (
             {"garbage": "yes"},
             good | {"id": unknown_style.id, "style": "watercolor"},
@@ -135,7 +145,7 @@ async def test_a_malformed_job_is_acknowledged_once_and_the_worker_keeps_serving
             good | {"id": b"\xff\xfe", "seed": b"\x80"},
             good | {"id": huge_style.id, "style": b"\x1b[2J\n" + bytes(HUGE)},  # 100 MB, a newline, ANSI codes
         )]
-        after = await queue.submit(StyleRequest(PHOTO, seed=7))
+        after = await submit(queue, PHOTO, seed=7)
         assert (await after.result(timeout=180)).seed == 7  # served past the bad entries
         for handle in (unknown_style, huge_style):
             assert (await _events(handle))[-1] == Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)
@@ -168,7 +178,7 @@ def test_a_huge_field_is_refused_without_being_copied_and_named_shortly():
     tracemalloc.start()
     try:
         with pytest.raises(BadEntry) as bad_job:
-            parse_job("1-0", job, {"clay"})
+            parse_job("1-0", job, {"clay"}, {"default"})
         with pytest.raises(BadEntry) as bad_event:
             parse_event(event)
         letters = [dead_letter("claybot:jobs", "1-0", job, str(bad_job.value)),
@@ -198,14 +208,14 @@ async def test_max_queue_holds_when_redis_reports_no_lag(server, tiny_config_pat
     queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
-        handles = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in range(3)]
+        handles = [await submit(queue, PHOTO, seed=s) for s in range(3)]
         assert handles[1].cancel()  # deleted from the middle of the stream: Redis 7 stops reporting the lag
         assert (await _events(handles[1]))[-1].kind is ErrorKind.CANCELLED
         [group] = await queue.redis.xinfo_groups(queue.keys.jobs)
         assert group["lag"] is None
-        await queue.submit(StyleRequest(PHOTO, seed=3))
+        await submit(queue, PHOTO, seed=3)
         with pytest.raises(QueueBusy, match="3 photos are already waiting"):
-            await queue.submit(StyleRequest(PHOTO, seed=4))
+            await submit(queue, PHOTO, seed=4)
 
         # Redis 6 reports no lag at all.
         real = queue.redis.xinfo_groups
@@ -215,10 +225,10 @@ async def test_max_queue_holds_when_redis_reports_no_lag(server, tiny_config_pat
 
         monkeypatch.setattr(queue.redis, "xinfo_groups", redis6_xinfo_groups)
         with pytest.raises(QueueBusy, match="3 photos are already waiting"):
-            await queue.submit(StyleRequest(PHOTO, seed=5))
+            await submit(queue, PHOTO, seed=5)
         assert handles[0].cancel()
         await _events(handles[0])
-        await queue.submit(StyleRequest(PHOTO, seed=6))  # a freed place is taken again
+        await submit(queue, PHOTO, seed=6)  # a freed place is taken again
     finally:
         await queue.close()
 
@@ -231,17 +241,17 @@ async def test_with_no_worker_alive_waiting_users_are_told_and_a_returning_worke
     await queue.start()
     worker = None
     try:
-        first = await queue.submit(StyleRequest(PHOTO, seed=1))
+        first = await submit(queue, PHOTO, seed=1)
         assert (await _events(first, timeout=20))[-1] == Failed(NO_WORKER_REASON, ErrorKind.BUSY)
         assert await queue.redis.xlen(queue.keys.jobs) == 0 and not await queue.redis.exists(queue.keys.image(first.id))
         with pytest.raises(QueueBusy, match="No picture maker is running"):  # later ones hear it at once
-            await queue.submit(StyleRequest(PHOTO, seed=2))
+            await submit(queue, PHOTO, seed=2)
 
         worker = start_worker(config, "w0")
         # The worker beats while it loads its models: a job sent then waits for it instead of being turned away,
         # and takes the place the first job freed (max_queue is 1).
         await _until(lambda: queue.redis.hlen(queue.keys.workers), 120, "the worker never beat")
-        third = await _until(lambda: _submitted(queue, StyleRequest(PHOTO, seed=3)), 10, "still refused")
+        third = await _until(lambda: _submitted(queue, PHOTO, seed=3), 10, "still refused")
         assert (await third.result(timeout=180)).seed == 3
         pid = worker.pid
         stop_worker(worker)  # a clean stop: the worker leaves the hash and the consumer group
@@ -262,7 +272,7 @@ async def test_keys_of_gone_chat_processes_and_dead_workers_do_not_pile_up(serve
     horizon = max(settings.image_ttl, settings.result_ttl)
     gone = redis_queue(config, "chat-gone")
     await gone.start()
-    job = await gone.submit(StyleRequest(PHOTO, seed=1))
+    job = await submit(gone, PHOTO, seed=1)
     await gone.redis.xadd(gone.keys.events("chat-gone"), {"op": "started", "id": job.id})
     await _until(lambda: gone.redis.exists(gone.keys.cursor("chat-gone")), 10, "no cursor written")
     await gone.close()  # and never comes back
@@ -296,9 +306,9 @@ async def test_keys_of_gone_chat_processes_and_dead_workers_do_not_pile_up(serve
         await client.aclose()
 
 
-async def _submitted(queue: RedisQueue, request: StyleRequest):
+async def _submitted(queue: RedisQueue, image: bytes, **options):
     try:
-        return await queue.submit(request)
+        return await submit(queue, image, **options)
     except QueueBusy as err:
         assert "No picture maker" in str(err)  # until the chat process has seen the worker beat twice
         return None
@@ -322,7 +332,7 @@ async def test_a_killed_worker_is_not_mistaken_for_a_live_one(server, tiny_confi
         [info] = (await _until(queue.workers, 120, "the worker did not come up")).values()
         os.kill(info["pid"], signal.SIGKILL)
         worker.wait(timeout=30)
-        handle = await queue.submit(StyleRequest(PHOTO, seed=1))
+        handle = await submit(queue, PHOTO, seed=1)
         assert (await _events(handle, timeout=30))[-1] == Failed(NO_WORKER_REASON, ErrorKind.BUSY)
         assert await queue.redis.hlen(queue.keys.workers) == 1  # shown as NOT RUNNING by `claybot status` for an hour
     finally:
@@ -347,7 +357,7 @@ async def test_a_worker_serves_again_after_redis_comes_back_empty(server, tiny_c
     try:
         await _until(queue.workers, 120, "the worker did not come up")
         await queue.redis.flushall()
-        handle = await queue.submit(StyleRequest(PHOTO, seed=4))
+        handle = await submit(queue, PHOTO, seed=4)
         assert (await handle.result(timeout=180)).seed == 4
     finally:
         await queue.close()
@@ -359,7 +369,7 @@ async def test_the_dead_letter_stream_stays_bounded(server, tiny_config_path, tm
     queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
-        handle = await queue.submit(StyleRequest(PHOTO, seed=1))
+        handle = await submit(queue, PHOTO, seed=1)
         stream = queue.keys.events("chat-a")
         async with queue.redis.pipeline(transaction=False) as pipe:
             for n in range(DEAD_MAXLEN + 50):

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from bot.config import load_config
-from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, Queued, Started, StyleRequest
+from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, Queued, Started
 from pipeline.core.redis_queue import RedisQueue, redis_status
 from pipeline.core.status import render
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, submit
 from tests.redis_server import redis_config, redis_queue, start_worker, stop_worker
 
 PHOTO = photo_bytes((128, 96))
@@ -43,7 +43,7 @@ async def test_two_workers_share_a_burst_of_eight_jobs(server, tiny_config_path,
     await queue.start()
     try:
         await _wait_for_workers(queue, 2)
-        handles = [await queue.submit(StyleRequest(PHOTO, strength=0.3 + i / 20, seed=i)) for i in range(8)]
+        handles = [await submit(queue, PHOTO, strength=0.3 + i / 20, seed=i) for i in range(8)]
         results = await asyncio.gather(*(_events(h) for h in handles))
         for i, events in enumerate(results):
             finals = [e for e in events if isinstance(e, Done | Failed)]
@@ -76,7 +76,7 @@ async def test_a_worker_killed_mid_job_leaves_it_to_the_other(server, tiny_confi
     try:
         await _wait_for_workers(queue, 2)
         settings = load_config(config)
-        handle = await queue.submit(StyleRequest(PHOTO, strength=1.0, seed=9))
+        handle = await submit(queue, PHOTO, strength=1.0, seed=9)
         killed, after_kill = None, []
         async for event in handle.events():
             if killed is not None:
@@ -106,7 +106,7 @@ async def test_jobs_waiting_survive_a_redis_restart(server, tiny_config_path, tm
     queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
-        handles = [await queue.submit(StyleRequest(PHOTO, seed=s)) for s in range(3)]
+        handles = [await submit(queue, PHOTO, seed=s) for s in range(3)]
         server.kill()  # no worker yet: the jobs are only in Redis's append-only file
         server.start()
         worker = start_worker(config, "w0")
@@ -123,9 +123,9 @@ async def test_a_restarted_chat_process_answers_its_jobs(server, tiny_config_pat
     config = redis_config(tiny_config_path, tmp_path, server.url)
     before = redis_queue(config, "chat-a")
     await before.start()
-    replies = [{"chat": 42, "message": 7 + s} for s in range(2)]
+    replies = [("telegram", str(7 + s)) for s in range(2)]  # (platform, chat): where to answer
     for seed, reply_to in enumerate(replies):
-        await before.submit(StyleRequest(PHOTO, seed=seed, reply_to=reply_to))
+        await submit(before, PHOTO, seed=seed, reply_to=reply_to)
     await before.close()  # the chat process goes away with its jobs accepted but unanswered
 
     worker = start_worker(config, "w0")
@@ -133,7 +133,8 @@ async def test_a_restarted_chat_process_answers_its_jobs(server, tiny_config_pat
     await after.start()
     try:
         recovered = await after.recover()
-        assert sorted(h.request.reply_to["message"] for h in recovered) == [7, 8]
+        assert sorted(h.job.reply_to[1] for h in recovered) == ["7", "8"]
+        assert sorted(h.job.seed for h in recovered) == [0, 1]  # the same settled jobs, from the journal
         results = await asyncio.gather(*(h.result(timeout=180) for h in recovered))
         assert sorted(done.seed for done in results) == [0, 1]
         assert await after.recover() == []  # answered: nothing left to recover
@@ -149,8 +150,8 @@ async def test_a_second_chat_process_never_receives_the_first_ones_results(serve
     await first.start()
     await second.start()
     try:
-        a = await first.submit(StyleRequest(PHOTO, seed=1))
-        b = await second.submit(StyleRequest(PHOTO, seed=2))
+        a = await submit(first, PHOTO, seed=1)
+        b = await submit(second, PHOTO, seed=2)
         assert (await a.result(timeout=180)).seed == 1
         assert (await b.result(timeout=180)).seed == 2
         for queue, own, other in ((first, a, b), (second, b, a)):
@@ -169,7 +170,7 @@ async def test_a_job_completed_twice_is_answered_once(server, tiny_config_path, 
     queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
-        handle = await queue.submit(StyleRequest(PHOTO, seed=1))
+        handle = await submit(queue, PHOTO, seed=1)
         meta = {"width": 1, "height": 1, "tags": [], "prompt": "p", "seed": 1, "style": "clay", "strength": 0.5,
                 "ratings": {}, "timings": {}}
         await queue.redis.set(queue.keys.result(handle.id), json.dumps(meta))
@@ -190,10 +191,10 @@ async def test_a_full_shared_queue_answers_busy(server, tiny_config_path, tmp_pa
     queue = redis_queue(config, "chat-a")
     await queue.start()
     try:
-        first = await queue.submit(StyleRequest(PHOTO, seed=1))
-        await queue.submit(StyleRequest(PHOTO, seed=2))
+        first = await submit(queue, PHOTO, seed=1)
+        await submit(queue, PHOTO, seed=2)
         with pytest.raises(QueueBusy, match="the limit is 2"):
-            await queue.submit(StyleRequest(PHOTO, seed=3))
+            await submit(queue, PHOTO, seed=3)
         assert first.cancel()
         assert (await _events(first, timeout=10))[-1] == Failed("Cancelled.", ErrorKind.CANCELLED)
     finally:

@@ -13,7 +13,7 @@ from bot.config import load_config
 from bot.flow import RequestFlow
 from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
-from pipeline.core.jobs import StyleRequest
+from pipeline.core.intake import take_in
 from pipeline.core.redis_queue import RedisQueue
 from tests.conftest import photo_bytes
 from tests.fake_telegram import FakeTelegram, private_chat, user
@@ -25,11 +25,11 @@ ALICE, BOB = user(1001, "Alice"), user(1002, "Bob")
 
 async def _accept(flow: RequestFlow, who: dict, seed: int, message_id: int) -> None:
     """What RequestFlow.handle does up to the queue: a ticket in the journal, the job in Redis, the photo kept."""
-    request = StyleRequest(photo_bytes((128, 96)), seed=seed, reply_to=("telegram", str(who["id"])))
+    job = await take_in(flow.queue.gpu, photo_bytes((128, 96)), seed=seed, reply_to=("telegram", str(who["id"])))
     ticket = await flow.journal.admit("telegram", str(who["id"]), str(who["id"]), str(who["id"]),
                                       {"message_id": message_id})
-    handle = await flow.queue.submit(request)
-    await flow.journal.queued(ticket, handle.id, request)
+    handle = await flow.queue.submit(job)
+    await flow.journal.queued(ticket, handle.id, job)
 
 
 async def test_jobs_accepted_before_a_restart_are_answered_in_their_chat(tiny_config_path, tmp_path):

@@ -23,11 +23,11 @@ from PIL import Image
 from bot.config import ConfigError, parse_config
 from pipeline.core.images import decode_photo
 from pipeline.core.intake import take_in
-from pipeline.core.jobs import BadRequest, Done, StyleRequest
+from pipeline.core.jobs import BadRequest, Done
 from pipeline.core.settings import SpeedSettings, StyleSettings
 from pipeline.core.sheet import cell_box, sheet_size
 from pipeline.gpu.speed import nominal_steps
-from tests.conftest import photo_bytes, with_pipeline
+from tests.conftest import photo_bytes, submit, with_pipeline
 
 PHOTO = photo_bytes((128, 96))
 
@@ -110,20 +110,20 @@ def test_a_relative_speed_lora_is_found_beside_the_config(tiny_models):
 
 async def test_an_unknown_preset_is_refused_with_the_ones_there_are(tiny_config):
     with pytest.raises(BadRequest, match=r"There is no speed preset called 'turbo'; try: default, fast\."):
-        await take_in(tiny_config.gpu(), StyleRequest(PHOTO, speed="turbo"))
+        await take_in(tiny_config.gpu(), PHOTO, speed="turbo")
     with pytest.raises(BadRequest, match="no speed preset"):
-        await take_in(tiny_config.gpu(), StyleRequest(PHOTO, speed="x" * 10_000))
+        await take_in(tiny_config.gpu(), PHOTO, speed="x" * 10_000)
 
 
 async def test_presets_come_from_the_request_or_else_the_style_and_never_share_a_batch(tiny_config):
     gpu = tiny_config.gpu()
-    default = await take_in(gpu, StyleRequest(PHOTO))
-    fast = await take_in(gpu, StyleRequest(PHOTO, speed="fast"))
+    default = await take_in(gpu, PHOTO)
+    fast = await take_in(gpu, PHOTO, speed="fast")
     assert (default.speed, fast.speed) == ("default", "fast")
     assert default.batch_key != fast.batch_key
     fast_style = gpu.model_copy(update={"styles": {"clay": gpu.styles["clay"].model_copy(update={"speed": "fast"})}})
-    assert (await take_in(fast_style, StyleRequest(PHOTO))).speed == "fast"
-    assert (await take_in(fast_style, StyleRequest(PHOTO, speed="default"))).speed == "default"
+    assert (await take_in(fast_style, PHOTO)).speed == "fast"
+    assert (await take_in(fast_style, PHOTO, speed="default")).speed == "default"
 
 
 # -- the stylizer, for real ------------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ async def test_fast_and_default_jobs_never_share_a_batch(tiny_config):
     await queue.start()
     try:
         await queue.wait_ready(timeout=120)
-        handles = [await queue.submit(StyleRequest(PHOTO, seed=s, speed=speed))
+        handles = [await submit(queue, PHOTO, seed=s, speed=speed)
                    for s, speed in ((1, "fast"), (2, None), (3, "fast"), (4, None))]
         done = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 180)
         assert sorted(queue.stats.batches) == [2, 2]

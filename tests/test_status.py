@@ -6,13 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomlkit
 
 from bot.config import load_config
-from pipeline.core.jobs import StyleRequest
+from pipeline.core.jobs import JobFailed
 from pipeline.core.local import LocalQueue
 from pipeline.core.status import percentile, render, summarize
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, submit
 
 CLAYBOT = Path(sys.executable).parent / "claybot"
 
@@ -36,9 +37,9 @@ async def test_status_shows_a_job_that_just_finished_and_the_live_worker(tiny_co
     await queue.start()
     try:
         await queue.wait_ready(timeout=120)
-        await (await queue.submit(StyleRequest(photo_bytes(), seed=1))).result(timeout=120)
-        bad = await queue.submit(StyleRequest(b"not an image", seed=2))
-        assert bad.finished
+        await (await submit(queue, photo_bytes(), seed=1)).result(timeout=120)
+        with pytest.raises(JobFailed):
+            await submit(queue, b"not an image", seed=2)
         shown = _status(config_path)
         pid = queue.worker_info["pid"]
     finally:

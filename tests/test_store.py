@@ -117,3 +117,25 @@ async def test_the_file_lives_in_the_data_dir_and_is_plain_sqlite(tmp_path):
         await store.set("discord:guild:1", "reaction_emoji", "🏺")
     rows = sqlite3.connect(path).execute("SELECT scope, key, value FROM settings").fetchall()
     assert rows == [("discord:guild:1", "reaction_emoji", '"🏺"')]
+
+
+async def test_the_journal_gives_back_the_same_settled_job_and_refuses_a_damaged_one(tmp_path, caplog):
+    # After a restart the local backend runs the journal's job again: the same seed, working size and options.
+    from bot.config import LimitSettings
+    from bot.journal import Journal
+    from pipeline.core.jobs import Job
+
+    job = Job(b"\xff\xd8 photo", "clay", 0.6, "fast", 424242, (832, 640), 1.5, 0.8, 0.6, max_rating="general",
+              reply_to=("telegram", "-100"))
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
+        journal = Journal(store, LimitSettings())
+        kept = await journal.admit("telegram", "1", "-100", "-100", {"message_id": 5})
+        await journal.queued(kept, "abc", job)
+        damaged = await journal.admit("telegram", "2", "-100", "-100", {"message_id": 6})
+        await journal.queued(damaged, "def", job)
+        await store.run(lambda db: db.execute("UPDATE jobs SET request = '{\"op\": \"job\"}' WHERE ticket = ?",
+                                              (damaged,)))
+        first, second = await journal.unanswered()
+    assert (first.job_id, first.job) == ("abc", job)
+    assert second.job is None  # answered as lost in the restart, never run as something else
+    assert "holds no job claybot can run" in caplog.text

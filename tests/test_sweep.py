@@ -12,10 +12,9 @@ import numpy as np
 from PIL import Image
 
 from bot.config import load_config
-from pipeline.core.jobs import StyleRequest
 from pipeline.core.local import LocalQueue
 from pipeline.core.sheet import LABEL_HEIGHT, cell_box, sheet_size
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, submit
 
 CLAYBOT = Path(sys.executable).parent / "claybot"
 STRENGTHS, WEIGHTS, SEED = [0.3, 0.6], [1.0, 2.0], 5
@@ -57,8 +56,8 @@ async def test_sweep_sheet_has_the_grid_size_labels_and_the_single_run_images(ti
     try:
         for strength in STRENGTHS:
             for weight in WEIGHTS:
-                request = StyleRequest(photo.read_bytes(), strength=strength, seed=SEED, trigger_weight=weight)
-                done = await (await queue.submit(request)).result(timeout=120)
+                handle = await submit(queue, photo.read_bytes(), strength=strength, seed=SEED, trigger_weight=weight)
+                done = await handle.result(timeout=120)
                 alone = _pixels(Image.open(io.BytesIO(done.image)))
                 assert np.abs(crop(strength, weight) - alone).mean() < 0.5, (strength, weight)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import socket
@@ -15,11 +16,11 @@ import pytest
 from PIL import Image
 
 from pipeline.core.images import decode_photo
-from pipeline.core.jobs import Done, StyleRequest
+from pipeline.core.jobs import Batch, Done, ErrorKind, Failed, Started, Task, Update
 from pipeline.core.local import LocalQueue
 from pipeline.gpu.stylizer import Stylizer
 from pipeline.gpu.worker import run_batch
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, settled_job, submit
 
 
 class OutOfMemoryError(RuntimeError):
@@ -45,10 +46,9 @@ def stylizer(tiny_config) -> Stylizer:
     return Stylizer(tiny_config.gpu())
 
 
-def _batch(*seeds: int, image: bytes | None = None, max_rating: str | None = None) -> dict:
-    return {"op": "batch", "style": "clay", "strength": 0.5, "timeout": 60,
-            "jobs": [{"id": f"job{seed}", "image": image or photo_bytes(), "seed": seed, "max_rating": max_rating}
-                     for seed in seeds]}
+def _batch(stylizer, *seeds: int, image: bytes | None = None, max_rating: str | None = None, more=()) -> Batch:
+    return Batch(tuple(Task(f"job{seed}", settled_job(stylizer.settings, image, seed=seed, strength=0.5,
+                                                      max_rating=max_rating)) for seed in seeds) + tuple(more), 60)
 
 
 RED = photo_bytes((64, 64), color=(255, 0, 0), fmt="PNG")  # the tiny tagger rates pure red "explicit"
@@ -74,34 +74,38 @@ class CountedCalls:
         self.stylizer, self.settings, self.tagger, self.calls = stylizer, stylizer.settings, stylizer.tagger, []
 
     def run(self, photos, **kwargs):
-        self.calls.append((len(photos), kwargs.get("size")))
+        self.calls.append((len(photos), kwargs.get("work_size")))
         return self.stylizer.run(photos, **kwargs)
 
 
-def _outcomes(sent: list[dict]) -> dict[str, str]:
-    return {m["id"]: m.get("kind", "done") for m in sent if m["op"] in ("done", "failed")}
+def _answers(sent: list) -> dict[str, Done | Failed]:
+    return {m.ids[0]: m.event for m in sent if isinstance(m, Update) and isinstance(m.event, Done | Failed)}
+
+
+def _outcomes(sent: list) -> dict[str, str]:
+    return {job_id: "done" if isinstance(e, Done) else e.kind.value for job_id, e in _answers(sent).items()}
 
 
 def test_a_photo_over_the_chats_rating_is_refused_before_stylizing_and_its_companions_still_run(stylizer):
     from pipeline.core.safety import INPUT_REFUSED
 
     assert stylizer.tagger([Image.open(io.BytesIO(RED))])[0].rating == "explicit"
-    batch = _batch(1, max_rating="sensitive")
-    batch["jobs"].append({"id": "red", "image": RED, "seed": 2, "max_rating": "sensitive"})
+    red = Task("red", settled_job(stylizer.settings, RED, seed=2, strength=0.5, max_rating="sensitive"))
+    batch = _batch(stylizer, 1, max_rating="sensitive", more=[red])
     sent = []
     run_batch(stylizer, batch, sent.append)
     assert _outcomes(sent) == {"job1": "done", "red": "not_allowed"}
-    refusal = next(m for m in sent if m["id"] == "red" if m["op"] == "failed")
-    assert refusal["reason"] == INPUT_REFUSED
-    assert all("red" not in m.get("ids", ()) for m in sent)  # never started: no GPU time spent on it
+    assert _answers(sent)["red"].reason == INPUT_REFUSED
+    started = [m for m in sent if not isinstance(m.event, Done | Failed)]
+    assert started and all("red" not in m.ids for m in started)  # never started: no GPU time spent on it
 
 
 def test_a_chat_that_allows_everything_gets_the_explicit_photo_stylized(stylizer):
     sent = []
-    run_batch(stylizer, _batch(3, image=RED, max_rating=None), sent.append)
+    run_batch(stylizer, _batch(stylizer, 3, image=RED, max_rating=None), sent.append)
     assert _outcomes(sent) == {"job3": "done"}
     sent = []
-    run_batch(stylizer, _batch(3, image=RED, max_rating="explicit"), sent.append)
+    run_batch(stylizer, _batch(stylizer, 3, image=RED, max_rating="explicit"), sent.append)
     assert _outcomes(sent) == {"job3": "done"}
 
 
@@ -109,11 +113,11 @@ def test_the_result_is_tagged_again_and_held_to_the_same_rating(stylizer):
     from pipeline.core.safety import OUTPUT_REFUSED
 
     sent = []
-    run_batch(ExplicitResults(stylizer), _batch(4, 5, max_rating="sensitive"), sent.append)
+    run_batch(ExplicitResults(stylizer), _batch(stylizer, 4, 5, max_rating="sensitive"), sent.append)
     assert _outcomes(sent) == {"job4": "not_allowed", "job5": "not_allowed"}
-    assert {m["reason"] for m in sent if m["op"] == "failed"} == {OUTPUT_REFUSED}
+    assert {e.reason for e in _answers(sent).values()} == {OUTPUT_REFUSED}
     sent = []  # where the chat allows it, the same result is sent
-    run_batch(ExplicitResults(stylizer), _batch(4, max_rating=None), sent.append)
+    run_batch(ExplicitResults(stylizer), _batch(stylizer, 4, max_rating=None), sent.append)
     assert _outcomes(sent) == {"job4": "done"}
 
 
@@ -125,30 +129,32 @@ def test_a_batch_runs_as_one_pipeline_call_at_the_working_size_intake_settled(st
     assert p.work_size(502, 783) == p.work_size(128, 96) == (128, 128)
     shrunk = decode_photo(tall, max_pixels=40_000_000, keep_pixels=int(4 * p.megapixels * 1e6))
     assert p.work_size(*shrunk.size) == (64, 128)
-    batch = _batch(1, 2)
-    batch["jobs"][0]["image"] = tall
+    batch = _batch(stylizer, 1, 2)
+    batch = Batch((Task("job1", dataclasses.replace(batch.tasks[0].job, image=tall)),) + batch.tasks[1:], 60)
+    assert {task.job.work_size for task in batch.tasks} == {(128, 128)}
     gpu, sent = CountedCalls(stylizer), []
     run_batch(gpu, batch, sent.append)
     assert gpu.calls == [(2, (128, 128))]
-    assert [m["ids"] for m in sent if m["op"] == "started"] == [["job1", "job2"]]
-    done = {m["id"]: m["result"] for m in sent if m["op"] == "done"}
+    assert [m.ids for m in sent if isinstance(m, Update) and isinstance(m.event, Started)] == [("job1", "job2")]
+    done = _answers(sent)
     assert sorted(done) == ["job1", "job2"]
-    assert done["job1"]["width"] / done["job1"]["height"] == pytest.approx(502 / 783, rel=0.02)  # its own shape
+    assert all(isinstance(event, Done) for event in done.values())
+    assert done["job1"].width / done["job1"].height == pytest.approx(502 / 783, rel=0.02)  # its own shape
 
 
 def test_out_of_memory_on_a_batch_retries_one_job_at_a_time(stylizer):
     gpu, sent = SmallGpu(stylizer), []
-    run_batch(gpu, _batch(1, 2, 3), sent.append)
+    run_batch(gpu, _batch(stylizer, 1, 2, 3), sent.append)
     assert gpu.batch_sizes == [3, 1, 1, 1]
-    done = {m["id"]: m["result"] for m in sent if m["op"] == "done"}
+    done = _answers(sent)
     assert sorted(done) == ["job1", "job2", "job3"]
-    assert not [m for m in sent if m["op"] == "failed"]
+    assert all(isinstance(event, Done) for event in done.values())
     # Each answer is the one its seed gives when run alone.
     alone = []
-    run_batch(stylizer, _batch(2), alone.append)
-    solo = next(m["result"] for m in alone if m["op"] == "done")
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(done["job2"]["image"]))),
-                          np.asarray(Image.open(io.BytesIO(solo["image"]))))
+    run_batch(stylizer, _batch(stylizer, 2), alone.append)
+    solo = _answers(alone)["job2"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(done["job2"].image))),
+                          np.asarray(Image.open(io.BytesIO(solo.image))))
 
 
 def test_out_of_memory_on_a_single_job_fails_it_as_too_large(stylizer):
@@ -157,10 +163,10 @@ def test_out_of_memory_on_a_single_job_fails_it_as_too_large(stylizer):
             raise OutOfMemoryError("CUDA out of memory")
 
     sent = []
-    run_batch(NoGpu(stylizer), _batch(1), sent.append)
-    failed = [m for m in sent if m["op"] == "failed"]
-    assert failed == [{"op": "failed", "id": "job1", "kind": "too_large",
-                       "reason": "The GPU ran out of memory on this photo; please try a smaller one."}]
+    run_batch(NoGpu(stylizer), _batch(stylizer, 1), sent.append)
+    failed = [m for m in sent if isinstance(m.event, Failed)]
+    assert failed == [Update(("job1",), Failed("The GPU ran out of memory on this photo; please try a smaller one.",
+                                               ErrorKind.TOO_LARGE))]
 
 
 def _free_port() -> int:
@@ -184,7 +190,7 @@ async def test_queue_uses_a_foreground_worker_over_a_local_socket(tiny_config, t
             try:
                 info = await queue.wait_ready(timeout=120)
                 assert info["device"] == "cpu"
-                done = await (await queue.submit(StyleRequest(photo_bytes(), seed=3))).result(timeout=120)
+                done = await (await submit(queue, photo_bytes(), seed=3)).result(timeout=120)
                 assert isinstance(done, Done) and done.seed == 3
             finally:
                 await queue.close(grace=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core import link
-from pipeline.core.jobs import Done, StyleRequest
+from pipeline.core import codec, link
+from pipeline.core.jobs import Done, Ready
 from pipeline.core.local import LocalQueue
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, submit
 
 
 def _free_port() -> int:
@@ -171,17 +172,12 @@ def test_strangers_push_out_their_own_oldest_handshakes_never_another_address_no
         peer.close()
 
 
-def test_a_frame_over_the_bound_or_that_does_not_decode_closes_the_link_unread():
+def test_a_frame_over_the_bound_closes_the_link_unread():
     worker_end, chat_end = Pipe()
-    worker_end.send({"op": "ready"})
-    assert link.receive(chat_end, link.ANSWER_LIMIT) == {"op": "ready"}
+    worker_end.send_bytes(codec.encode(Ready("cpu", "float32", 1)))
+    assert codec.decode(link.receive(chat_end, link.ANSWER_LIMIT)) == Ready("cpu", "float32", 1)
     os.write(worker_end.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 2**40))  # 1 TB announced
     with pytest.raises(link.FrameTooLarge, match="more than the 67,108,864 bytes allowed"):
-        link.receive(chat_end, link.ANSWER_LIMIT)
-    assert chat_end.closed
-    worker_end, chat_end = Pipe()
-    worker_end.send_bytes(b"\x80\x05not a pickle")
-    with pytest.raises(link.BadMessage, match="does not decode"):
         link.receive(chat_end, link.ANSWER_LIMIT)
     assert chat_end.closed
 
@@ -227,17 +223,17 @@ async def test_claybot_worker_drops_silent_strangers_and_a_forged_frame_and_serv
         strangers = [socket.create_connection((host, int(port))) for _ in range(3)]  # connect, then say nothing
         # A key holder announces a frame of 2^40 bytes (before: MemoryError, and the worker was gone).
         forger = await asyncio.to_thread(link.connect, address, b"test-secret")
-        assert (await asyncio.to_thread(forger.recv))["op"] == "ready"
+        assert isinstance(codec.decode(await asyncio.to_thread(forger.recv_bytes)), Ready)
         os.write(forger.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 2**40))
         with pytest.raises((EOFError, ConnectionResetError)):
-            await asyncio.to_thread(forger.recv)  # hung up on
+            await asyncio.to_thread(forger.recv_bytes)  # hung up on
         forger.close()
         monkeypatch.setenv("CLAYBOT_WORKER_KEY", "test-secret")
         queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"worker_address": address}))
         await queue.start()
         try:
             await queue.wait_ready(timeout=60)
-            done = await (await queue.submit(StyleRequest(photo_bytes(), seed=3))).result(timeout=120)
+            done = await (await submit(queue, photo_bytes(), seed=3)).result(timeout=120)
             assert isinstance(done, Done) and done.seed == 3
         finally:
             await queue.close(grace=5)
@@ -254,3 +250,41 @@ async def test_claybot_worker_drops_silent_strangers_and_a_forged_frame_and_serv
             stranger.close()
         worker.terminate()
         worker.wait(timeout=30)
+
+
+async def test_frames_that_are_not_messages_are_skipped_and_the_job_is_still_answered(tiny_config, tmp_path,
+                                                                                     monkeypatch, caplog):
+    # A worker of another version (or a broken one) on the link: its garbage is logged and skipped, never run or
+    # fatal to the chat process, and the job it held is answered when the worker says the batch is over.
+    from pipeline.core import codec
+    from pipeline.core.jobs import CRASH_REASON, ErrorKind, Failed, Idle, JobFailed, Ready, Started, Update
+
+    address = str(tmp_path / "worker.sock")
+    connections = link.listen(address, b"key", timeout=5.0)
+
+    def broken_worker() -> None:
+        conn = next(connections)
+        conn.send_bytes(codec.encode(Ready("cpu", "float32", 4)))
+        batch = codec.decode(conn.recv_bytes())
+        conn.send_bytes(b"\x80\x04\x95garbage, or a pickle")
+        conn.send_bytes(codec.encode(Update((batch.tasks[0].id,), Started(1)))[:-1])  # truncated
+        conn.send_bytes(codec.encode(Idle()))
+        with contextlib.suppress(EOFError, OSError):
+            conn.recv_bytes()  # until the queue hangs up
+
+    threading.Thread(target=broken_worker, daemon=True).start()
+    monkeypatch.setenv("CLAYBOT_WORKER_KEY", "key")
+    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"worker_address": address,
+                                                                                "batch_window": 0.0}))
+    await queue.start()
+    try:
+        assert (await queue.wait_ready(timeout=30))["device"] == "cpu"
+        handle = await submit(queue, photo_bytes(), seed=1)
+        with pytest.raises(JobFailed) as failed:
+            await handle.result(timeout=30)
+        assert failed.value.failed == Failed(CRASH_REASON, ErrorKind.INTERNAL)
+    finally:
+        await queue.close(grace=1)
+        connections.close()
+    errors = [r.getMessage() for r in caplog.records if "not a message" in r.getMessage()]
+    assert len(errors) == 2 and "not a claybot frame" in errors[0] and "truncated frame" in errors[1]

@@ -1,7 +1,9 @@
-"""Job types and the queue interface shared by the chat side and the GPU side.
+"""The protocol between the chat side and the GPU side: the job, its events, the worker's messages, the queue.
 
-Importing this module never imports torch, diffusers or onnxruntime: the chat process uses it to submit jobs and
-await their events while the GPU work happens in another process.
+A request becomes one ``Job`` at intake (``pipeline.core.intake``), its events come back as ``Queued``, ``Started``,
+``Progress``, then ``Done`` or ``Failed``; a queue and its worker exchange ``Batch``/``Stop`` and ``Ready``/
+``Fatal``/``Update``/``Idle``. These types are the protocol's documentation; ``pipeline.core.codec`` is its one
+wire format. Importing this module never imports torch, diffusers or onnxruntime.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from pipeline.core.errors import ClaybotError
+from pipeline.core.safety import RATINGS
 
 
 class ErrorKind(StrEnum):
@@ -29,31 +32,78 @@ class ErrorKind(StrEnum):
     INTERNAL = "internal"
 
 
-@dataclass(frozen=True)
-class StyleRequest:
-    """What a user asked for. ``None`` means the configured default; ``reply_to`` belongs to the front end."""
-
-    image: bytes
-    style: str | None = None
-    strength: float | None = None
-    seed: int | None = None
-    reply_to: Any = None
-    trigger_weight: float | None = None  # operators' sweeps only; users get the style's weight
-    structure_scale: float | None = None  # operators' sweeps only: the style's guide scales otherwise
-    identity_scale: float | None = None
-    max_rating: str | None = None  # the most the chat allows (pipeline.core.safety.RATINGS); None: anything
-    speed: str | None = None  # a [speed.*] preset ("fast") or "default"; None: the style's
-
-    def __repr__(self) -> str:  # never put image bytes in a log line
-        return (f"StyleRequest(<{len(self.image)} bytes>, style={self.style!r}, strength={self.strength!r}, "
-                f"seed={self.seed!r}, reply_to={self.reply_to!r}, max_rating={self.max_rating!r}, "
-                f"speed={self.speed!r})")
-
-
 # What a user, the config and the command line may ask for: 0 would leave the photo as it is (and img2img runs no
 # step at all), 1 ignores it.
 MIN_STRENGTH, MAX_STRENGTH = 0.05, 1.0
 MAX_SEED = 2**31 - 1  # seeds are 0…MAX_SEED: what Discord's option allows, and any generator takes
+MAX_WEIGHT = 4.0  # a trigger weight (StyleSettings.trigger_weight allows the same)
+MAX_GUIDE_SCALE = 2.0  # a structure or identity guide's scale (as StructureGuide/IdentityGuide allow)
+
+
+class BadRequest(ClaybotError):
+    """A style, strength or other option the config does not allow; the message is for the user."""
+
+
+def check_strength(value: float) -> float:
+    """A strength within the range users may ask for (the one rule, for parsers and jobs alike)."""
+    if not MIN_STRENGTH <= value <= MAX_STRENGTH:
+        raise BadRequest(f"Strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}, not {value:g}.")
+    return value
+
+
+class Kind(StrEnum):
+    """What a job makes. A new kind is a member here plus its own options as ``Job`` fields with defaults (intake
+    settles them; the codec, the queues and the journal carry them with no change), not a new path."""
+
+    PICTURE = "picture"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request with every default settled (at intake, in the chat process): what the worker runs, as it is.
+
+    Built by ``pipeline.core.intake.take_in``; carried as it is by every queue backend and the journal
+    (``pipeline.core.codec``). Nothing downstream decides a default again. ``image`` is the photo's bytes (empty
+    where it travels apart from the job, e.g. Redis's ``image:<id>``); ``reply_to`` is (platform, chat id), where a
+    restarted chat process answers."""
+
+    image: bytes
+    style: str
+    strength: float
+    speed: str  # a [speed.*] preset, or "default"
+    seed: int
+    work_size: tuple[int, int]  # (width, height) the photo is stylized at
+    trigger_weight: float  # the style's, unless an operator's sweep varies it
+    structure_scale: float  # the style's structure guide scale (unused when it has none)
+    identity_scale: float  # the style's identity guide scale (unused when it has none)
+    max_rating: str | None = None  # the most the chat allows (pipeline.core.safety.RATINGS); None: anything
+    kind: Kind = Kind.PICTURE
+    reply_to: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        check_strength(self.strength)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise BadRequest(f"Seed must be a whole number from 0 to {MAX_SEED}, not {self.seed}.")
+        if not 0.0 <= self.trigger_weight <= MAX_WEIGHT:
+            raise BadRequest(f"trigger_weight must be from 0 to {MAX_WEIGHT:g}, not {self.trigger_weight:g}.")
+        for name in ("structure_scale", "identity_scale"):
+            if not 0.0 <= getattr(self, name) <= MAX_GUIDE_SCALE:
+                raise BadRequest(f"{name} must be from 0 to {MAX_GUIDE_SCALE:g}, not {getattr(self, name):g}.")
+        if self.max_rating is not None and self.max_rating not in RATINGS:
+            raise BadRequest(f"max_rating must be one of {', '.join(RATINGS)}, not {self.max_rating[:40]!r}.")
+        if len(self.work_size) != 2 or min(self.work_size) < 1:
+            raise BadRequest(f"work_size must be a width and a height, not {self.work_size!r}.")
+
+    @property
+    def batch_key(self) -> str:
+        """Jobs with equal keys can share one pipeline call (seeds, trigger weights and guide scales may differ)."""
+        w, h = self.work_size
+        return f"{self.kind}|{self.style}|{self.strength:g}|{w}x{h}|{self.speed}"
+
+    def __repr__(self) -> str:  # never put image bytes in a log line
+        return (f"Job({self.kind}, <{len(self.image)} bytes>, style={self.style!r}, strength={self.strength:g}, "
+                f"speed={self.speed!r}, seed={self.seed}, work_size={self.work_size}, "
+                f"max_rating={self.max_rating!r}, reply_to={self.reply_to!r})")
 
 
 # -- events, in the order a handle yields them ----------------------------------------------------------------------
@@ -112,16 +162,73 @@ class Failed:
 Event = Queued | Started | Progress | Done | Failed
 
 
+# -- what a queue and a worker say to each other (pipeline.core.codec turns these into bytes and back) ---------------
+# Queue → worker: Batch, then Stop at the end. Worker → queue: Ready (or Fatal) once, then per batch an Update per
+# event (Started and Progress for the jobs running together, Done or Failed for each job) and Idle when it is over.
+
+
+@dataclass(frozen=True)
+class Task:
+    """One job of a batch, under the id its queue gave it."""
+
+    id: str
+    job: Job
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Queue → worker: jobs sharing one batch key, to run together within ``timeout`` seconds."""
+
+    tasks: tuple[Task, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Queue → worker: finish and exit."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Worker → queue: the models are loaded; jobs may come."""
+
+    device: str
+    dtype: str
+    max_batch: int
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """Worker → queue: the worker cannot start (``message`` names the config key or file)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Update:
+    """Worker → queue: an event of these jobs (Started and Progress for a group; Done and Failed for one job)."""
+
+    ids: tuple[str, ...]
+    event: Event
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Worker → queue: the batch is over; every job of it was answered."""
+
+    gpu_memory_mb: float | None = None
+
+
+Message = Job | Queued | Started | Progress | Done | Failed | Task | Batch | Stop | Ready | Fatal | Update | Idle
+
+
 class JobFailed(ClaybotError):
-    """Raised by ``JobHandle.result`` when the job failed."""
+    """Raised by ``JobHandle.result`` when the job failed, and by intake for a photo that cannot be used."""
 
     def __init__(self, failed: Failed) -> None:
         super().__init__(failed.reason)
+        self.failed = failed
         self.kind = failed.kind
-
-
-class BadRequest(ClaybotError):
-    """A style or strength the config does not allow; the message is for the user."""
 
 
 class QueueBusy(ClaybotError):
@@ -147,19 +254,6 @@ def busy_message(waiting: int, limit: int) -> str:
             "Please try again in a few minutes.")
 
 
-def job_message(job_id: str, image: bytes, options) -> dict[str, Any]:
-    """One job of a batch message; ``options`` has the job's seed, trigger_weight and max_rating."""
-    return {"id": job_id, "image": image, "seed": options.seed, "trigger_weight": options.trigger_weight,
-            "max_rating": options.max_rating, "structure_scale": options.structure_scale,
-            "identity_scale": options.identity_scale}
-
-
-def batch_message(intake, jobs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
-    """The worker's batch message: jobs (see ``job_message``) sharing style, strength, speed and working size."""
-    return {"op": "batch", "style": intake.style, "strength": intake.strength, "speed": intake.speed,
-            "timeout": timeout, "jobs": jobs}
-
-
 def new_job_id() -> str:
     """A short random id for logs and replies."""
     return secrets.token_hex(6)
@@ -168,9 +262,9 @@ def new_job_id() -> str:
 class JobHandle:
     """What a submitter holds: the job's events in order, its result, and cancel-before-start."""
 
-    def __init__(self, job_id: str, request: StyleRequest, canceller=None) -> None:
+    def __init__(self, job_id: str, job: Job, canceller=None) -> None:
         self.id = job_id
-        self.request = request
+        self.job = job
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._final: Done | Failed | None = None
         self._canceller = canceller
@@ -226,8 +320,9 @@ class JobQueue(Protocol):
         """Wait until jobs can be served (local: the worker loaded its models; Redis: the server answers); what is
         known of the worker (``device``, …)."""
 
-    async def submit(self, request: StyleRequest) -> JobHandle:
-        """Queue a job; raises QueueBusy when full and QueueClosed when shutting down."""
+    async def submit(self, job: Job) -> JobHandle:
+        """Queue a settled job (``pipeline.core.intake.take_in``); raises QueueBusy when full and QueueClosed when
+        shutting down."""
 
     async def recover(self) -> list[JobHandle]:
         """After a restart, handles for this process's accepted jobs that the queue still holds (Redis); none where

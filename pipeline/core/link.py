@@ -1,12 +1,12 @@
 """The link between a chat process and a foreground `claybot worker` (queue.worker_address): address, key,
 an authenticated connection on each side, every step under a deadline, and the one framed receive both sides use.
 
-It is multiprocessing's connection protocol (an HMAC challenge both ways, then length-framed pickles), so after the
-handshake each side trusts what the other sends: the link belongs on a private network or a Unix socket. What
-this module adds is limits: each handshake runs in its own thread and must prove the key within HANDSHAKE_TIMEOUT;
-a flood of strangers pushes out its own oldest handshakes, not a real client's; refusals are logged at most once a
-minute, with a count; and a message longer than its side's bound is refused from its length header. Torch-free:
-the chat side imports it.
+It is multiprocessing's connection protocol (an HMAC challenge both ways, then length-prefixed frames carrying
+``pipeline.core.codec`` bytes, never pickle); nothing is encrypted, and after the handshake each side trusts what
+the other sends: the link belongs on a private network or a Unix socket. What this module adds is limits: each
+handshake runs in its own thread and must prove the key within HANDSHAKE_TIMEOUT; a flood of strangers pushes out
+its own oldest handshakes, not a real client's; refusals are logged at most once a minute, with a count; and a
+message longer than its side's bound is refused from its length header. Torch-free: the chat side imports it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
-from multiprocessing.reduction import ForkingPickler
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -102,25 +100,20 @@ def batch_limit(max_photo_bytes: int, max_batch: int) -> int:
     return max_batch * max_photo_bytes + MESSAGE_SLACK
 
 
-def receive(conn: Connection, most: int | None) -> Any:
-    """The next message on a link (both sides read through here). A frame announcing more than ``most`` bytes is
-    refused from its header: the connection is closed and FrameTooLarge raised. EOFError/OSError when the link is
-    gone; BadMessage (the connection closed) for a frame that does not decode. ``most`` None: no bound (the local
-    worker's pipe, from its own parent)."""
+def receive(conn: Connection, most: int | None) -> bytes:
+    """The next frame on a link (both sides read through here; ``pipeline.core.codec`` decodes it). A frame
+    announcing more than ``most`` bytes is refused from its header: the connection is closed and FrameTooLarge
+    raised. EOFError/OSError when the link is gone. ``most`` None: no bound (the local worker's pipe, from its own
+    parent)."""
     if conn.closed:
         raise OSError("the link is closed")
     try:
-        frame = conn.recv_bytes(most)
+        return conn.recv_bytes(most)
     except OSError:
         if not conn.closed and conn.readable:
             raise
         conn.close()  # recv_bytes left the unread frame in the socket: nothing more can be read from it
         raise FrameTooLarge(f"a message announced more than the {most:,} bytes allowed") from None
-    try:
-        return ForkingPickler.loads(frame)
-    except Exception as err:  # unpickling can raise anything: treated as a garbled peer, whose link ends
-        conn.close()
-        raise BadMessage(f"a message that does not decode ({type(err).__name__})") from err
 
 
 def connect(address: str, authkey: bytes, *, timeout: float = CONNECT_TIMEOUT) -> Connection:

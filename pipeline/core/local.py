@@ -19,24 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import codec
 from pipeline.core.errors import ClaybotError, ModelError
-from pipeline.core.intake import Intake, take_in
 from pipeline.core.jobs import (
     CRASH_REASON,
     SHUTDOWN_REASON,
+    Batch,
     Done,
     ErrorKind,
     Failed,
+    Fatal,
+    Idle,
+    Job,
     JobHandle,
-    Progress,
+    Message,
     QueueBusy,
     QueueClosed,
     Queued,
-    Started,
-    StyleRequest,
-    batch_message,
+    Ready,
+    Stop,
+    Task,
+    Update,
     busy_message,
-    job_message,
     new_job_id,
 )
 from pipeline.core.link import ANSWER_LIMIT, BadMessage, connect, receive, worker_key
@@ -50,10 +54,11 @@ UNAVAILABLE_REASON = "The picture engine is not available right now; please try 
 
 @dataclass(eq=False)
 class QueuedJob:
+    """A job this queue holds until it is answered: its handle, and its place and tries."""
+
     id: str
     handle: JobHandle
-    image: bytes
-    intake: Intake
+    job: Job
     submitted: float
     attempts: int = 0
     position: int = 0
@@ -145,30 +150,23 @@ class LocalQueue:
 
     # -- submitting ------------------------------------------------------------------------------------------------
 
-    async def submit(self, request: StyleRequest) -> JobHandle:
-        """Queue a job and return its handle; QueueBusy/QueueClosed at once, bad photos fail on the handle."""
+    async def submit(self, job: Job) -> JobHandle:
+        """Queue a settled job and return its handle; QueueBusy/QueueClosed at once."""
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
-        handle = JobHandle(new_job_id(), request, canceller=self._cancel)
-        intake = await take_in(self.gpu, request)
-        if isinstance(intake, Failed):
-            handle.push(intake)
-            self._count_failure(intake.kind)
-            return handle
-        if self._closing:
-            raise QueueClosed(SHUTDOWN_REASON)
+        handle = JobHandle(new_job_id(), job, canceller=self._cancel)
         if len(self._pending) >= self.settings.max_queue:
             self._count_failure(ErrorKind.BUSY)
             raise QueueBusy(busy_message(len(self._pending), self.settings.max_queue))
         if self._fatal:
             handle.push(Failed(UNAVAILABLE_REASON, ErrorKind.INTERNAL))
             return handle
-        job = QueuedJob(handle.id, handle, request.image, intake, time.monotonic())
-        self._pending.append(job)
-        job.position = len(self._in_flight) + len(self._pending)
-        handle.push(Queued(job.position))
-        logger.info("job %s queued at #%d (style %s, strength %g, seed %d)", job.id, job.position, intake.style,
-                    intake.strength, intake.seed)
+        queued = QueuedJob(handle.id, handle, job, time.monotonic())
+        self._pending.append(queued)
+        queued.position = len(self._in_flight) + len(self._pending)
+        handle.push(Queued(queued.position))
+        logger.info("job %s queued at #%d (style %s, strength %g, seed %d)", queued.id, queued.position, job.style,
+                    job.strength, job.seed)
         self._wake.set()
         return handle
 
@@ -206,7 +204,7 @@ class LocalQueue:
     def _next_batch(self) -> tuple[list[QueuedJob], float]:
         """The oldest job with up to max_batch compatible companions; or how long to wait for more."""
         first = self._pending[0]
-        batch = [job for job in self._pending if job.intake.batch_key == first.intake.batch_key]
+        batch = [job for job in self._pending if job.job.batch_key == first.job.batch_key]
         batch = batch[: self.gpu.pipeline.max_batch]
         waited = time.monotonic() - first.submitted
         if len(batch) < self.gpu.pipeline.max_batch and waited < self.settings.batch_window:
@@ -220,12 +218,11 @@ class LocalQueue:
         self._idle.clear()
         self._batch_started = time.monotonic()
         self.stats.batches.append(len(batch))
-        message = batch_message(batch[0].intake, [job_message(job.id, job.image, job.intake) for job in batch],
-                                self.settings.job_timeout)
+        message = codec.encode(Batch(tuple(Task(job.id, job.job) for job in batch), self.settings.job_timeout))
         self._announce_positions()
         conn = self._conn
         try:
-            await asyncio.to_thread(conn.send, message)
+            await asyncio.to_thread(conn.send_bytes, message)
         except (OSError, ValueError):  # the worker died between ready and now: its exit handler retries the batch
             logger.warning("could not hand batch %s to the worker", [job.id for job in batch])
 
@@ -296,12 +293,17 @@ class LocalQueue:
         """Reader thread: worker messages → the event loop, then the worker's exit."""
         while True:
             try:
-                message = receive(conn, ANSWER_LIMIT)
+                data = receive(conn, ANSWER_LIMIT)
             except BadMessage as err:  # the connection is closed: as when the worker dies
                 logger.warning("dropping the worker's connection: %s", err)
                 break
             except (EOFError, OSError):
                 break
+            try:
+                message = codec.decode(data)
+            except codec.CodecError as err:  # a worker of another version, or a bug: skipped; its "idle" (or the
+                logger.error("the worker sent what is not a message: %s", err)  # watchdog) answers the jobs
+                continue
             self._call(self._on_message, generation, message)
         if process is None:
             self._call(self._on_exit, generation, None)
@@ -315,53 +317,53 @@ class LocalQueue:
         except RuntimeError:  # the loop is closed: nobody is left to tell
             pass
 
-    def _on_message(self, generation: int, message: dict[str, Any]) -> None:
+    def _on_message(self, generation: int, message: Message) -> None:
         if generation != self._generation:
             return
-        op = message["op"]
-        if op == "ready":
+        if isinstance(message, Ready):
             pid = self._process.pid if self._process else None
-            self.worker_info = {k: v for k, v in message.items() if k != "op"} | {"pid": pid}
+            self.worker_info = {"device": message.device, "dtype": message.dtype, "max_batch": message.max_batch,
+                                "pid": pid}
             self._startup_failures = 0
-            logger.info("worker ready on %s (%s)", message["device"], message["dtype"])
+            logger.info("worker ready on %s (%s)", message.device, message.dtype)
             self._ready.set()
             self._wake.set()
             self._write_status()
-        elif op == "fatal":
-            self._fatal = message["message"]
+        elif isinstance(message, Fatal):
+            self._fatal = message.message
             logger.error("the pipeline worker cannot start: %s", self._fatal)
             for job in [*self._pending, *self._in_flight.values()]:
                 self._fail(job, UNAVAILABLE_REASON, ErrorKind.INTERNAL)
             self._pending.clear()
             self._ready.set()
-        elif op == "started":
-            for job in self._jobs(message["ids"]):
-                job.handle.push(Started(len(message["ids"])))
-        elif op == "progress":
-            for job in self._jobs(message["ids"]):
-                job.handle.push(Progress(message["step"], message["total"]))
-        elif op == "done":
-            job = self._in_flight.pop(message["id"], None)
-            if job is not None and not job.answered:
-                job.answered = True
-                done = Done(**message["result"])
-                job.handle.push(done)
-                self.stats.done += 1
-                self._record(job, "done")
-                logger.info("job %s done: %s", job.id,
-                            " ".join(f"{k}={v:.2f}s" for k, v in done.timings.items()))
-        elif op == "failed":
-            job = self._in_flight.pop(message["id"], None)
-            if job is not None:
-                self._fail(job, message["reason"], ErrorKind(message["kind"]))
-        elif op == "idle":
-            self.worker_info["gpu_memory_mb"] = message.get("gpu_memory_mb")
+        elif isinstance(message, Update):
+            self._on_update(message)
+        elif isinstance(message, Idle):
+            self.worker_info["gpu_memory_mb"] = message.gpu_memory_mb
             for job in list(self._in_flight.values()):  # never leave a job without an answer
                 self._fail(job, CRASH_REASON, ErrorKind.INTERNAL)
             self._in_flight.clear()
             self._idle.set()
             self._announce_positions()
             self._wake.set()
+
+    def _on_update(self, update: Update) -> None:
+        event = update.event
+        if isinstance(event, Done):
+            job = self._in_flight.pop(update.ids[0], None) if update.ids else None
+            if job is not None and not job.answered:
+                job.answered = True
+                job.handle.push(event)
+                self.stats.done += 1
+                self._record(job, "done")
+                logger.info("job %s done: %s", job.id, " ".join(f"{k}={v:.2f}s" for k, v in event.timings.items()))
+        elif isinstance(event, Failed):
+            for job_id in update.ids:
+                if (job := self._in_flight.pop(job_id, None)) is not None:
+                    self._fail(job, event.reason, event.kind)
+        else:
+            for job in self._jobs(update.ids):
+                job.handle.push(event)
 
     def _on_exit(self, generation: int, exitcode: int | None) -> None:
         if generation != self._generation:
@@ -408,7 +410,7 @@ class LocalQueue:
                 _hang_up(conn)
             return
         try:
-            conn.send({"op": "stop"})
+            conn.send_bytes(codec.encode(Stop()))
         except (OSError, ValueError):
             pass
         await asyncio.to_thread(process.join, 5.0)
@@ -419,7 +421,7 @@ class LocalQueue:
 
     # -- answers ---------------------------------------------------------------------------------------------------
 
-    def _jobs(self, ids: list[str]) -> list[QueuedJob]:
+    def _jobs(self, ids: tuple[str, ...]) -> list[QueuedJob]:
         return [self._in_flight[i] for i in ids if i in self._in_flight]
 
     def _fail(self, job: QueuedJob, reason: str, kind: ErrorKind) -> None:

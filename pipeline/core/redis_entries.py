@@ -16,10 +16,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core import codec
 from pipeline.core.errors import BadImage, quoted
 from pipeline.core.images import check_result_png
-from pipeline.core.jobs import MAX_SEED, Done, ErrorKind, Failed, Progress, Started
-from pipeline.core.safety import RATINGS
+from pipeline.core.jobs import Done, Failed, Job, Progress, Started
 
 DEAD_MAXLEN = 1000
 BAD_ENTRY_REASON = "Something went wrong passing your photo between claybot's parts; please send it again."
@@ -84,58 +84,61 @@ def dead_letter(source: str, entry_id: str, raw: Mapping[Any, Any], reason: str)
 
 @dataclass(frozen=True)
 class JobEntry:
-    """One job of the shared stream, checked."""
+    """One job of the shared stream, checked: the job (its photo is under ``image:<id>``, not here) and what the
+    stream adds to track it in flight."""
 
     entry_id: str
     id: str
     owner: str
-    key: str
-    style: str
-    strength: float
-    seed: int
-    trigger_weight: float | None
-    max_rating: str | None
+    key: str  # the job's batch key, read raw by workers looking for companions
     timeout: float
     submitted: float
-    speed: str = "default"  # entries queued before speed presets existed have none
-    structure_scale: float | None = None  # a sweep's guide scales; None: the style's
-    identity_scale: float | None = None
+    job: Job
 
 
-def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str],
-              speeds: Collection[str] = ("default",)) -> JobEntry:
-    """A job entry as a worker with these ``styles`` can run it; BadEntry naming what is wrong."""
+TRACKING = ("id", "owner", "key", "timeout", "submitted")  # a job entry's fields besides the job's own
+
+
+def job_fields(job_id: str, owner: str, job: Job, timeout: float, submitted: float) -> dict[str, str]:
+    """A job's entry on the shared stream: the job's fields (``codec.text_fields``, no photo) and the tracking."""
+    fields, _ = codec.text_fields(job)
+    return fields | {"id": job_id, "owner": owner, "key": job.batch_key, "timeout": repr(timeout),
+                     "submitted": repr(submitted)}
+
+
+def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str], speeds: Collection[str]) -> JobEntry:
+    """A job entry as a worker with these ``styles`` and speed presets can run it; BadEntry naming what is wrong."""
     fields = decode_fields(raw)
     job_id, owner = identity(fields)
     try:
         if job_id is None or owner is None:
             raise ValueError("no job id or owner")
-        style = fields.get("style", "")
-        if style not in styles:
-            raise ValueError(f"style {quoted(style)} is not one of this worker's ({', '.join(sorted(styles))})")
-        max_rating = fields.get("max_rating") or None
-        if max_rating is not None and max_rating not in RATINGS:
-            raise ValueError(f"max_rating {quoted(max_rating)} is not one of {', '.join(RATINGS)}")
         if not fields.get("key"):
             raise ValueError("no batch key")
-        speed = fields.get("speed") or "default"
-        if speed not in speeds:
-            raise ValueError(f"speed preset {quoted(speed)} is not one of this worker's ({', '.join(speeds)})")
-        weight = fields.get("trigger_weight")
-        return JobEntry(
-            entry_id=entry_id, id=job_id, owner=owner, key=fields["key"], style=style,
-            strength=_number(fields, "strength", 0.0, 1.0), seed=int(_number(fields, "seed", 0, MAX_SEED, whole=True)),
-            trigger_weight=_number(fields, "trigger_weight", 0.0, 4.0) if weight else None,
-            max_rating=max_rating, timeout=_number(fields, "timeout", 1e-3, 3600.0),
-            submitted=_number(fields, "submitted", 0.0, 1e11) if fields.get("submitted") else time.time(),
-            speed=speed,
-            structure_scale=_number(fields, "structure_scale", 0.0, 2.0) if fields.get("structure_scale") else None,
-            identity_scale=_number(fields, "identity_scale", 0.0, 2.0) if fields.get("identity_scale") else None)
-    except ValueError as err:
+        job = codec.from_fields({k: v for k, v in fields.items() if k not in TRACKING}, [b""], expect=(Job,),
+                                what="job")
+        assert isinstance(job, Job)
+        # The chat process that wrote it may have another config: these are this worker's, not intake's, checks.
+        if job.style not in styles:
+            raise ValueError(f"style {quoted(job.style)} is not one of this worker's ({', '.join(sorted(styles))})")
+        if job.speed not in speeds:
+            raise ValueError(f"speed preset {quoted(job.speed)} is not one of this worker's ({', '.join(speeds)})")
+        return JobEntry(entry_id=entry_id, id=job_id, owner=owner, key=fields["key"], job=job,
+                        timeout=_number(fields, "timeout", 1e-3, 3600.0),
+                        submitted=_number(fields, "submitted", 0.0, 1e11))
+    except ValueError as err:  # CodecError is a ValueError
         raise BadEntry(f"bad job entry: {err}", job_id=job_id, owner=owner) from None
 
 
 # -- events (an owner's stream) -----------------------------------------------------------------------------------
+
+EVENTS = (Started, Progress, Failed)  # "done" carries no fields: the answer is in the result keys
+
+
+def event_fields(job_id: str, event: Started | Progress | Failed | None) -> dict[str, str]:
+    """An owner's event entry (``None``: "done", its result stored)."""
+    fields = codec.text_fields(event)[0] if event is not None else {"op": "done"}
+    return fields | {"id": job_id}
 
 
 def parse_event(raw: Mapping[Any, Any]) -> tuple[str, Started | Progress | Failed | None]:
@@ -145,55 +148,44 @@ def parse_event(raw: Mapping[Any, Any]) -> tuple[str, Started | Progress | Faile
     op = fields.get("op")
     if job_id is None:
         raise BadEntry(f"{quoted(op) if op else 'event'} naming no job")
-    try:
-        if op == "started":
-            size = fields.get("batch_size")
-            return job_id, Started(int(_number(fields, "batch_size", 1, 1024, whole=True)) if size else 1)
-        if op == "progress":
-            total = int(_number(fields, "total", 1, 100_000, whole=True))
-            return job_id, Progress(int(_number(fields, "step", 0, total, whole=True)), total)
-    except ValueError as err:
-        raise BadEntry(f"bad {op} event: {err}", job_id=job_id, fatal=False) from None
     if op == "done":
         return job_id, None
-    if op == "failed":
-        reason, kind = fields.get("reason", ""), fields.get("kind", "")
-        if not reason:
+    try:
+        event = codec.from_fields({k: v for k, v in fields.items() if k != "id"}, expect=EVENTS, what="event")
+    except codec.CodecError as err:
+        if op in ("started", "progress"):  # a damaged progress report: the answer still comes
+            raise BadEntry(f"bad {op} event: {err}", job_id=job_id, fatal=False) from None
+        raise BadEntry(f"bad {op} event: {err}" if op == "failed" else str(err), job_id=job_id) from None
+    if isinstance(event, Failed):
+        if not event.reason:
             raise BadEntry("failed event without a reason", job_id=job_id)
-        if kind not in ErrorKind._value2member_map_:
-            raise BadEntry(f"failed event of unknown kind {quoted(kind)}", job_id=job_id)
-        return job_id, Failed(reason[:KEPT_CHARS], ErrorKind(kind))
-    raise BadEntry(f"unknown event {quoted(op)}" if op else "event without an op", job_id=job_id)
+        event = Failed(event.reason[:KEPT_CHARS], event.kind)
+    assert isinstance(event, Started | Progress | Failed)
+    return job_id, event
 
 
 # -- results ------------------------------------------------------------------------------------------------------
 
-_RESULT_TYPES: dict[str, type | tuple[type, ...]] = {
-    "width": int, "height": int, "tags": list, "prompt": str, "seed": int, "style": str, "strength": (int, float),
-    "ratings": dict, "timings": dict}
+
+def result_parts(done: Done) -> tuple[bytes, bytes]:
+    """A result as stored: its description (``result:<id>``) and its picture (``result:<id>:image``)."""
+    header, (image,) = codec.dump(done)
+    return header, image
 
 
 def parse_result(job_id: str, meta: bytes, image: bytes) -> Done:
     """A stored result as the Done its user gets; BadEntry when the description is damaged or the image is not
     what a worker makes (a PNG of a sane size, the size the description gives)."""
     try:
-        described = json.loads(meta)
-        if not isinstance(described, dict):
-            raise ValueError("not a JSON object")
-        for name, kind in _RESULT_TYPES.items():
-            if name in described and not isinstance(described[name], kind):
-                raise ValueError(f"{name} is not {getattr(kind, '__name__', 'a number')}")
-        if not all(isinstance(tag, str) for tag in described.get("tags", [])):
-            raise ValueError("tags are not text")
+        done = codec.load(meta, [image], expect=(Done,), what="result")
+        assert isinstance(done, Done)
         size = check_result_png(image)
-        if size != (described.get("width"), described.get("height")):
-            raise ValueError(f"the image is {size[0]}×{size[1]}, its description says "
-                             f"{quoted(described.get('width'), 20)}×{quoted(described.get('height'), 20)}")
-        return Done(image=image, **described)
-    except TypeError as err:  # missing or unknown fields, named in the message
-        raise BadEntry(f"bad result: {quoted(str(err), 200)}", job_id=job_id) from None
-    except (ValueError, BadImage) as err:
+        if size != (done.width, done.height):
+            raise ValueError(f"the image is {size[0]}×{size[1]}, its description says {done.width}×{done.height}")
+    except (ValueError, BadImage) as err:  # CodecError is a ValueError
         raise BadEntry(f"bad result: {err}", job_id=job_id) from None
+    assert isinstance(done, Done)
+    return done
 
 
 # -- heartbeats ---------------------------------------------------------------------------------------------------

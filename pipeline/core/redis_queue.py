@@ -2,15 +2,15 @@
 
 Layout (every key under ``queue.redis_prefix``, "claybot" by default):
 
-- ``jobs`` — a stream read by the consumer group ``workers``: one entry per accepted job (its options, the
-  owning chat process, the batch key). Workers acknowledge AND delete an entry once it is answered, so the
-  stream holds only live jobs; an entry left pending by a worker that died is claimed by another after
-  ``queue.claim_idle`` seconds (at-least-once delivery).
+- ``jobs`` — a stream read by the consumer group ``workers``: one entry per accepted job (the job's fields as
+  ``pipeline.core.codec`` writes them, the owning chat process, the batch key). Workers acknowledge AND delete
+  an entry once it is answered, so the stream holds only live jobs; an entry left pending by a worker that died
+  is claimed by another after ``queue.claim_idle`` seconds (at-least-once delivery).
 - ``image:<id>`` — the photo's bytes, expiring after ``queue.image_ttl``.
 - ``events:<owner>`` — a stream per chat process ("owner"): started / progress / done / failed for its jobs
   only, trimmed to a bounded length and expiring when idle; ``cursor:<owner>`` remembers how far it was read.
-- ``journal:<owner>`` — the owner's accepted, unanswered jobs and where to answer them (``reply_to``, which must
-  be JSON); a restarted chat process recovers them from here.
+- ``journal:<owner>`` — the owner's accepted, unanswered jobs (each job's codec header, ``reply_to`` included, no
+  photo); a restarted chat process recovers them from here.
 - ``result:<id>`` / ``result:<id>:image`` — a finished job's answer, expiring after ``queue.result_ttl``;
   ``answered:<id>`` makes the answer visible once even if two workers finish the same job.
 - ``workers`` — a hash of workers' heartbeats (device, batch size, jobs done), for `claybot status`; a worker not
@@ -33,20 +33,20 @@ import socket
 import time
 from typing import Any
 
+from pipeline.core import codec
 from pipeline.core.errors import quoted
-from pipeline.core.intake import take_in
 from pipeline.core.jobs import (
     SHUTDOWN_REASON,
     Done,
     ErrorKind,
     Failed,
+    Job,
     JobHandle,
     Progress,
     QueueBusy,
     QueueClosed,
     Queued,
     Started,
-    StyleRequest,
     busy_message,
     new_job_id,
 )
@@ -57,6 +57,7 @@ from pipeline.core.redis_entries import (
     BadEntry,
     dead_letter,
     identity,
+    job_fields,
     parse_event,
     parse_heartbeat,
     parse_result,
@@ -240,15 +241,11 @@ class RedisQueue:
         """Jobs this process is waiting on."""
         return len(self._handles)
 
-    async def submit(self, request: StyleRequest) -> JobHandle:
+    async def submit(self, job: Job) -> JobHandle:
         """Store the photo and add the job to the stream; QueueBusy when the shared queue is full."""
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
-        handle = JobHandle(new_job_id(), request, canceller=self._cancel)
-        intake = await take_in(self.gpu, request)
-        if isinstance(intake, Failed):
-            handle.push(intake)
-            return handle
+        handle = JobHandle(new_job_id(), job, canceller=self._cancel)
         if time.time() - self._worker_seen >= self.settings.no_worker_timeout:
             raise QueueBusy(NO_WORKER_REASON)  # say so at once rather than after another no_worker_timeout
         waiting, running = await queue_depth(self.redis, self.keys, limit=self.settings.max_queue)
@@ -256,27 +253,19 @@ class RedisQueue:
             raise QueueBusy(busy_message(waiting, self.settings.max_queue))
         job_id = handle.id
         self._handles[job_id] = handle
-        journal = {"reply_to": request.reply_to, "style": intake.style, "strength": intake.strength,
-                   "seed": intake.seed, "speed": intake.speed, "submitted": time.time()}
-        entry = {"id": job_id, "owner": self.owner, "submitted": time.time(), "key": intake.batch_key,
-                 "style": intake.style,
-                 "strength": intake.strength, "seed": intake.seed, "speed": intake.speed,
-                 "trigger_weight": "" if intake.trigger_weight is None else intake.trigger_weight,
-                 "max_rating": intake.max_rating or "",
-                 "structure_scale": "" if intake.structure_scale is None else intake.structure_scale,
-                 "identity_scale": "" if intake.identity_scale is None else intake.identity_scale,
-                 "timeout": self.settings.job_timeout}
+        journal, _ = codec.dump(job)
+        entry = job_fields(job_id, self.owner, job, self.settings.job_timeout, time.time())
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.image(job_id), request.image, ex=int(self.settings.image_ttl))
-            pipe.hset(self.keys.journal(self.owner), job_id, json.dumps(journal))
+            pipe.set(self.keys.image(job_id), job.image, ex=int(self.settings.image_ttl))
+            pipe.hset(self.keys.journal(self.owner), job_id, journal)
             pipe.expire(self.keys.journal(self.owner), self._key_ttl)
-            pipe.xadd(self.keys.jobs, {k: str(v) for k, v in entry.items()})
+            pipe.xadd(self.keys.jobs, entry)
             *_, entry_id = await pipe.execute()
         self._entries[job_id] = self._entry_ids[job_id] = text(entry_id)
         self._since[job_id] = time.time()
         handle.push(Queued(waiting + running + 1))
         logger.info("job %s queued in redis at #%d (style %s, strength %g, seed %d)", job_id, waiting + running + 1,
-                    intake.style, intake.strength, intake.seed)
+                    job.style, job.strength, job.seed)
         return handle
 
     async def status(self) -> dict[str, Any]:
@@ -289,9 +278,8 @@ class RedisQueue:
         handles = []
         for raw_id, raw in journal.items():
             try:
-                job_id, meta = text(raw_id), json.loads(raw)
-                request = StyleRequest(b"", style=meta["style"], strength=meta["strength"], seed=meta["seed"],
-                                       reply_to=meta["reply_to"], speed=meta.get("speed"))
+                job_id = text(raw_id)
+                job = codec.load(raw, [b""], expect=(Job,), what="job")  # the photo is under image:<id>
             except (ValueError, TypeError, KeyError) as err:  # the front end's own journal still has the job
                 source = self.keys.journal(self.owner)
                 logger.error("dropping bad journal entry %s of %s: %s (kept in %s)", quoted(raw_id), source,
@@ -302,7 +290,8 @@ class RedisQueue:
                                       maxlen=DEAD_MAXLEN, approximate=False)
                 await self.redis.hdel(source, raw_id)
                 continue
-            handle = self._handles.get(job_id) or JobHandle(job_id, request)
+            assert isinstance(job, Job)
+            handle = self._handles.get(job_id) or JobHandle(job_id, job)
             self._handles[job_id] = handle
             self._since.setdefault(job_id, time.time())
             handles.append(handle)

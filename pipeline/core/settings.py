@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH
+from pipeline.core.jobs import MAX_GUIDE_SCALE, MAX_STRENGTH, MAX_WEIGHT, MIN_STRENGTH
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -133,7 +133,7 @@ class StructureGuide(Settings):
     controlnet: ModelSpec = ""
     kind: Literal["depth", "canny"] = "depth"
     depth_model: ModelSpec = "depth-anything/Depth-Anything-V2-Small-hf"  # only for kind = "depth"
-    scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
+    scale: Annotated[float, Field(ge=0.0, le=MAX_GUIDE_SCALE)] = 0.8
     start: Fraction = 0.0
     end: Fraction = 1.0
     canny_low: Annotated[int, Field(ge=0, le=255)] = 100
@@ -166,7 +166,7 @@ class IdentityGuide(Settings):
     adapter: ModelSpec = ""
     image_encoder: ModelSpec = "h94/IP-Adapter:models/image_encoder"
     face_detector: ModelSpec = ""  # "" = no detector: the whole photo, centre-cropped by the image encoder
-    scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.6
+    scale: Annotated[float, Field(ge=0.0, le=MAX_GUIDE_SCALE)] = 0.6
     face_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.7
     face_margin: Annotated[float, Field(ge=0.0, le=2.0)] = 0.4
 
@@ -181,18 +181,23 @@ class StyleAnimate(Settings):
     prompt: str = "claymation stop-motion animation, subtle natural movement"
     negative_prompt: str = ("blurry, distorted, deformed, morphing, flickering, jittery, static, still frame, "
                             "low quality, text, watermark")
+# A clay style's defaults, declared once: a [styles.X] table that leaves a key out gets these (an empty value in
+# the table turns one off). Without them the tagger's "photo (medium), realistic" would go into a clay prompt.
+CLAY_NEGATIVE_PROMPT = ("photo, photorealistic, realistic, blurry, lowres, jpeg artifacts, deformed, bad anatomy, "
+                        "watermark, text")
+CLAY_CLASHING_TAGS = ("realistic", "photorealistic", "photo (medium)", "photo background", "blurry", "film grain")
 
 
 class StyleSettings(Settings):
-    """One style: a LoRA, its trigger words and weight, and how it treats the photo's tags."""
+    """One style: a LoRA, its trigger words and weight, and how it treats the photo's tags (clay's by default)."""
 
     lora: ModelSpec = ""
     lora_scale: Annotated[float, Field(ge=0.0, le=4.0)] = 1.0
     trigger_words: str = ""
-    trigger_weight: Annotated[float, Field(ge=0.0, le=4.0)] = 2.0
+    trigger_weight: Annotated[float, Field(ge=0.0, le=MAX_WEIGHT)] = 2.0
     default_strength: Strength = 0.5
-    negative_prompt: str = ""
-    clashing_tags: list[str] = Field(default_factory=list)
+    negative_prompt: str = CLAY_NEGATIVE_PROMPT
+    clashing_tags: list[str] = Field(default_factory=lambda: list(CLAY_CLASHING_TAGS))
     before_after: bool = False
     speed: str = DEFAULT_SPEED  # a [speed.*] preset, or "default": pipeline.steps, guidance_scale and scheduler
     structure: StructureGuide = Field(default_factory=StructureGuide)

@@ -87,12 +87,3 @@ def render(status: dict[str, Any]) -> str:
     if summary["p50"] is not None:
         lines.append(f"job time: p50 {summary['p50']:.2f}s, p95 {summary['p95']:.2f}s (submit to answer)")
     return "\n".join(lines)
-
-
-def gpu_memory_mb() -> float | None:
-    """Memory the worker's tensors hold on the GPU, when there is one (worker side only)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.memory_allocated() / 2**20

@@ -9,6 +9,7 @@ told, so it is never claimed again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,12 +18,20 @@ import threading
 import time
 from typing import Any
 
-from pipeline.core.jobs import CRASH_REASON, ErrorKind, batch_message, job_message
-from pipeline.core.redis_entries import BAD_ENTRY_REASON, DEAD_MAXLEN, BadEntry, JobEntry, dead_letter, parse_job
+from pipeline.core.jobs import CRASH_REASON, Batch, Done, ErrorKind, Failed, Message, Progress, Started, Task, Update
+from pipeline.core.redis_entries import (
+    BAD_ENTRY_REASON,
+    DEAD_MAXLEN,
+    BadEntry,
+    JobEntry,
+    dead_letter,
+    event_fields,
+    parse_job,
+    result_parts,
+)
 from pipeline.core.redis_queue import EVENTS_MAXLEN, GROUP, Keys, text
 from pipeline.core.settings import GpuSettings, QueueSettings
-from pipeline.core.status import gpu_memory_mb
-from pipeline.gpu.worker import run_batch
+from pipeline.gpu.worker import gpu_memory_mb, run_batch
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +175,7 @@ class RedisWorker:
                 pipe.zadd(self.keys.history, {json.dumps([now, 0.0, "bad_entry", err.job_id]): now})
             pipe.execute()
         if err.job_id and err.owner:
-            self._event(err.owner, {"op": "failed", "id": err.job_id, "reason": BAD_ENTRY_REASON,
-                                    "kind": ErrorKind.INTERNAL.value})
+            self._event(err.owner, event_fields(err.job_id, Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL)))
         self.stats["failed"] += 1
 
     def _claim_stale(self) -> list[JobEntry]:
@@ -208,60 +216,59 @@ class RedisWorker:
             self.in_hand = set()
 
     def _serve_groups(self, jobs: list[JobEntry]) -> None:
-        groups: dict[str, list[tuple[JobEntry, bytes]]] = {}
-        for job in jobs:
-            if self.redis.exists(self.keys.cancelled(job.id)):
-                self._ack(job)
+        # Entries of one batch key read together are one batch: the key says they may share a pipeline call.
+        groups: dict[str, list[Task]] = {}
+        by_id: dict[str, JobEntry] = {}
+        for entry in jobs:
+            if self.redis.exists(self.keys.cancelled(entry.id)):
+                self._ack(entry)
                 continue
-            image = self.redis.get(self.keys.image(job.id))
+            image = self.redis.get(self.keys.image(entry.id))
             if image is None:
-                self._answer_failed(job, EXPIRED_REASON, ErrorKind.INTERNAL)
+                self._answer_failed(entry, EXPIRED_REASON, ErrorKind.INTERNAL)
                 continue
-            groups.setdefault(job.key, []).append((job, image))
-        for group in groups.values():
-            by_id = {job.id: job for job, _ in group}
-            first = group[0][0]
-            message = batch_message(first, [job_message(job.id, image, job) for job, image in group], first.timeout)
+            by_id[entry.id] = entry
+            groups.setdefault(entry.key, []).append(Task(entry.id, dataclasses.replace(entry.job, image=image)))
+        for tasks in groups.values():
             self.stats["busy"] = True
             self.stats["batches"] += 1
             try:
-                run_batch(self.stylizer, message, lambda m, by_id=by_id: self._relay(m, by_id))
+                run_batch(self.stylizer, Batch(tuple(tasks), by_id[tasks[0].id].timeout),
+                          lambda message: self._relay(message, by_id))
             finally:
                 self.stats["busy"] = False
 
-    def _relay(self, message: dict[str, Any], jobs: dict[str, JobEntry]) -> None:
+    def _relay(self, message: Message, jobs: dict[str, JobEntry]) -> None:
         """The worker loop's messages → the owners' event streams (and the result store)."""
-        op = message["op"]
-        if op in ("started", "progress"):
-            for job_id in message["ids"]:
-                fields = {"op": op, "id": job_id}
-                fields |= ({"batch_size": len(message["ids"])} if op == "started"
-                           else {"step": message["step"], "total": message["total"]})
-                self._event(jobs[job_id].owner, fields)
-        elif op == "done":
-            job = jobs[message["id"]]
-            result = dict(message["result"])
-            image = result.pop("image")
+        if not isinstance(message, Update):
+            return
+        event = message.event
+        if isinstance(event, Done):
+            job = jobs[message.ids[0]]
+            meta, image = result_parts(event)
             ttl = int(self.settings.result_ttl)
             with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(self.keys.result(job.id), json.dumps(result), ex=ttl)
+                pipe.set(self.keys.result(job.id), meta, ex=ttl)
                 pipe.set(self.keys.result_image(job.id), image, ex=ttl)
                 pipe.execute()
-            self._event(job.owner, {"op": "done", "id": job.id})
+            self._event(job.owner, event_fields(job.id, None))
             self._ack(job, "done")
             self.stats["done"] += 1
-        elif op == "failed":
-            job = jobs[message["id"]]
-            self._answer_failed(job, message["reason"], ErrorKind(message["kind"]))
+        elif isinstance(event, Failed):
+            for job_id in message.ids:
+                self._answer_failed(jobs[job_id], event.reason, event.kind)
+        elif isinstance(event, Started | Progress):
+            for job_id in message.ids:
+                self._event(jobs[job_id].owner, event_fields(job_id, event))
 
     def _answer_failed(self, job: JobEntry, reason: str, kind: ErrorKind) -> None:
-        self._event(job.owner, {"op": "failed", "id": job.id, "reason": reason, "kind": kind.value})
+        self._event(job.owner, event_fields(job.id, Failed(reason, kind)))
         self._ack(job, kind.value)
         self.stats["failed"] += 1
 
-    def _event(self, owner: str, fields: dict[str, Any]) -> None:
+    def _event(self, owner: str, fields: dict[str, str]) -> None:
         stream = self.keys.events(owner)
-        self.redis.xadd(stream, {k: str(v) for k, v in fields.items()}, maxlen=EVENTS_MAXLEN, approximate=True)
+        self.redis.xadd(stream, fields, maxlen=EVENTS_MAXLEN, approximate=True)
         self.redis.expire(stream, int(self.settings.result_ttl))
 
     def _ack(self, job: JobEntry, outcome: str | None = None) -> None:

@@ -309,27 +309,26 @@ class Stylizer:
         strength: float,
         on_step: StepCallback | None = None,
         tags: list[Tags] | None = None,
-        speed: str | None = None,
-        size: tuple[int, int] | None = None,
+        speed: str = DEFAULT_SPEED,
+        work_size: tuple[int, int] | None = None,
     ) -> list[Stylized]:
         """Stylize a batch of photos that share style, strength, speed preset and working size; one result each.
 
+        The worker passes what its jobs settled at intake (``pipeline.core.jobs.Job``): nothing is decided here.
         ``tags``: the photos' tags when the caller already has them (the worker tags first, for the SFW gate).
-        ``speed``: a [speed.*] preset, or "default" (pipeline.steps, guidance_scale, the base scheduler); None: the
-        style's. ``size``: the working size the queue settled for the batch; None: the photos' own, which must
-        agree."""
+        ``speed``: a [speed.*] preset, or "default" (pipeline.steps, guidance_scale, the base scheduler).
+        ``work_size``: the jobs' working size; None only for direct callers (tests, warm-up) of one photo size."""
         settings = self.settings
         style_settings = settings.styles[style]
-        speed = style_settings.speed if speed is None else speed
         timings: dict[str, float] = {}
 
         # 1. plan: one working size, sampler, steps, adapters and guide scales for the whole batch
-        if size is None:
+        if work_size is None:
             sizes = {settings.pipeline.work_size(*photo.image.size) for photo in photos}
             if len(sizes) != 1:
                 raise ValueError(f"a batch must share one working size, got {sorted(sizes)}")
-            size = sizes.pop()
-        plan = self.plan(style, strength, speed, size,
+            work_size = sizes.pop()
+        plan = self.plan(style, strength, speed, work_size,
                          [(photo.structure_scale, photo.identity_scale) for photo in photos])
 
         # 2. tag

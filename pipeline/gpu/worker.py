@@ -2,12 +2,8 @@
 
 The same loop runs as the local queue's spawned child and as ``claybot worker`` in the foreground. Torch and
 the models are imported inside the functions, so importing this module (as the parent must, to name the child's
-entry point) stays light.
-
-Messages are dicts. In: ``{"op": "batch", "jobs": [{"id", "image", "seed", "trigger_weight", "max_rating"}], "style",
-"strength", "speed", "timeout"}`` and ``{"op": "stop"}``. Out: ``ready`` (device, dtype, max_batch), ``fatal``
-(message), then per batch ``started``, ``progress`` (step, total), ``done`` (result) or ``failed`` (reason, kind) for
-every job, and ``idle`` when the batch is over.
+entry point) stays light. What it reads and sends are the messages of ``pipeline.core.jobs`` (``Batch``, ``Stop``;
+``Ready``, ``Fatal``, ``Update``, ``Idle``), as ``pipeline.core.codec`` frames.
 """
 
 from __future__ import annotations
@@ -15,17 +11,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core import codec
 from pipeline.core.errors import BadImage, ClaybotError, TooLarge
-from pipeline.core.jobs import ErrorKind
+from pipeline.core.jobs import (
+    Batch,
+    Done,
+    ErrorKind,
+    Failed,
+    Fatal,
+    Idle,
+    Message,
+    Progress,
+    Ready,
+    Started,
+    Stop,
+    Task,
+    Update,
+)
 from pipeline.core.safety import INPUT_REFUSED, OUTPUT_REFUSED, over_limit
-from pipeline.core.settings import DEFAULT_SPEED, GpuSettings
+from pipeline.core.settings import GpuSettings
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], None]
+Send = Callable[[Message], None]
 
 INTERNAL_REASON = "Something went wrong while making your clay picture; please try again."
 OOM_REASON = "The GPU ran out of memory on this photo; please try a smaller one."
@@ -48,7 +59,6 @@ def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True,
     """Load the models once, then for each connection: announce readiness and answer batches until it closes.
     A message longer than ``max_message`` bytes closes its connection unread (None: the spawned child's pipe)."""
     from pipeline.core.link import BadMessage, FrameTooLarge, receive
-    from pipeline.core.status import gpu_memory_mb
     from pipeline.gpu.stylizer import Stylizer
 
     connections = iter(connections)
@@ -62,20 +72,28 @@ def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True,
         logger.error("%s", err)
         conn = next(connections, None)
         if conn is not None:
-            conn.send({"op": "fatal", "message": str(err)})
+            conn.send_bytes(codec.encode(Fatal(str(err))))
         raise
-    ready = {"op": "ready", "device": str(stylizer.device), "dtype": str(stylizer.dtype).removeprefix("torch."),
-             "max_batch": settings.pipeline.max_batch}
+    ready = codec.encode(Ready(str(stylizer.device), str(stylizer.dtype).removeprefix("torch."),
+                               settings.pipeline.max_batch))
     for conn in connections:
+        def send(message: Message, conn=conn) -> None:
+            conn.send_bytes(codec.encode(message))
+
         try:
-            conn.send(ready)
+            conn.send_bytes(ready)
             while True:
-                message = receive(conn, max_message)
-                if message.get("op") == "stop":
+                try:
+                    message = codec.decode(receive(conn, max_message))
+                except codec.CodecError as err:  # a queue of another version: its jobs fail as "crashed"
+                    logger.error("the queue sent what is not a message (%s)", err)
+                    send(Idle(gpu_memory_mb()))
+                    continue
+                if isinstance(message, Stop):
                     return
-                if message.get("op") == "batch":
-                    run_batch(stylizer, message, conn.send)
-                    conn.send({"op": "idle", "gpu_memory_mb": gpu_memory_mb()})
+                if isinstance(message, Batch):
+                    run_batch(stylizer, message, send)
+                    send(Idle(gpu_memory_mb()))
         except BadMessage as err:
             bound = " (bot.max_photo_mb × pipeline.max_batch)" if isinstance(err, FrameTooLarge) else ""
             logger.warning("closing a queue connection: %s%s", err, bound)
@@ -93,34 +111,47 @@ def listen(address: str, authkey: bytes) -> Iterator:
     return listen_on(address, authkey)
 
 
-def run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
+def run_batch(stylizer, batch: Batch, send: Send) -> None:
     """Decode, stylize and answer every job of one batch; a bad photo fails alone, never its companions.
 
     Nothing one photo does may end the worker: whatever escapes the stages below fails the jobs of this batch
     that have no answer yet (each with a reason), and the worker goes on to the next batch."""
     answered: set[str] = set()
 
-    def tracked(answer: dict[str, Any]) -> None:
+    def tracked(message: Message) -> None:
         try:
-            send(answer)
+            send(message)
         except Exception as err:
             raise _LinkDown from err
-        if answer.get("op") in ("done", "failed"):
-            answered.add(answer["id"])
+        if isinstance(message, Update) and isinstance(message.event, Done | Failed):
+            answered.update(message.ids)
 
     try:
-        _run_batch(stylizer, message, tracked)
+        _run_batch(stylizer, batch, tracked)
     except _LinkDown as down:
         raise down.__cause__ from None
     except Exception:
-        jobs = message.get("jobs") if isinstance(message.get("jobs"), list) else []
-        logger.exception("batch %s failed outside its stages", [job.get("id") for job in jobs])
-        for job in jobs:
-            if job.get("id") is not None and job["id"] not in answered:
-                send({"op": "failed", "id": job["id"], "reason": INTERNAL_REASON, "kind": ErrorKind.INTERNAL.value})
+        logger.exception("batch %s failed outside its stages", [task.id for task in batch.tasks])
+        for task in batch.tasks:
+            if task.id not in answered:
+                _fail(send, task.id, INTERNAL_REASON, ErrorKind.INTERNAL)
 
 
-def _run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
+@dataclass
+class DecodedJob:
+    """One job of a batch with its photo decoded (and, once tagged, its tags)."""
+
+    task: Task
+    photo: Any  # pipeline.gpu.stylizer.Photo
+    timings: dict[str, float] = field(default_factory=dict)
+    tags: Any = None  # pipeline.gpu.tagger.Tags
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+
+def _run_batch(stylizer, batch: Batch, send: Send) -> None:
     from pipeline.core.images import decode_photo
     from pipeline.gpu.stylizer import Photo
 
@@ -128,64 +159,44 @@ def _run_batch(stylizer, message: dict[str, Any], send: Send) -> None:
     max_pixels = int(p.max_input_megapixels * 1e6)
     # The worker never needs more than a few times its working area (the tagger needs far less).
     keep_pixels = int(4 * p.megapixels * 1e6)
-    decoded: list[DecodedJob] = []
-    for job in message["jobs"]:
-        started = time.perf_counter()
+    group: list[DecodedJob] = []
+    for task in batch.tasks:
+        job, started = task.job, time.perf_counter()
         try:
-            image = decode_photo(job["image"], max_pixels=max_pixels, keep_pixels=keep_pixels)
+            image = decode_photo(job.image, max_pixels=max_pixels, keep_pixels=keep_pixels)
         except TooLarge as err:
-            _fail(send, job["id"], str(err), ErrorKind.TOO_LARGE)
+            _fail(send, task.id, str(err), ErrorKind.TOO_LARGE)
             continue
         except BadImage as err:
-            _fail(send, job["id"], str(err), ErrorKind.BAD_IMAGE)
+            _fail(send, task.id, str(err), ErrorKind.BAD_IMAGE)
             continue
         except MemoryError:
-            logger.warning("job %s: out of memory while decoding", job["id"])
-            _fail(send, job["id"], MEMORY_REASON, ErrorKind.TOO_LARGE)
+            logger.warning("job %s: out of memory while decoding", task.id)
+            _fail(send, task.id, MEMORY_REASON, ErrorKind.TOO_LARGE)
             continue
         except Exception:  # a decoder bug or a file Pillow chokes on in a way it does not name
-            logger.exception("job %s: the photo could not be decoded", job["id"])
-            _fail(send, job["id"], DECODE_REASON, ErrorKind.BAD_IMAGE)
+            logger.exception("job %s: the photo could not be decoded", task.id)
+            _fail(send, task.id, DECODE_REASON, ErrorKind.BAD_IMAGE)
             continue
-        photo = Photo(image, job["seed"], job.get("trigger_weight"), job.get("structure_scale"),
-                      job.get("identity_scale"))
-        timings = {"decode": time.perf_counter() - started}
-        decoded.append(DecodedJob(job["id"], photo, job.get("max_rating"), timings))
-    deadline = time.monotonic() + message["timeout"]
-    # The queue grouped the batch by style, strength, speed and working size: it is one pipeline call, never
-    # regrouped here (only the guides may split it, by what only they see: a face or none).
-    group = _allowed(stylizer, decoded, send)
+        photo = Photo(image, job.seed, job.trigger_weight, job.structure_scale, job.identity_scale)
+        group.append(DecodedJob(task, photo, {"decode": time.perf_counter() - started}))
+    deadline = time.monotonic() + batch.timeout
+    # The queue grouped the batch by style, strength, speed and working size (settled at intake, from the photos'
+    # headers): it is one pipeline call, never regrouped here (only the guides may split it, by what only they
+    # see: a face or none).
+    group = _allowed(stylizer, group, send)
     if group:
-        _run_group(stylizer, group, message, _settled_size(stylizer, message, group[0].id), deadline, send)
-
-
-def _settled_size(stylizer, message: dict[str, Any], job_id: str) -> tuple[int, int]:
-    """The batch's working size as intake settled it: from a photo's header, not from the decoded photo (shrunk
-    while decoding, it may round to another size)."""
-    from pipeline.core.images import probe_photo
-
-    p = stylizer.settings.pipeline
-    data = next(job["image"] for job in message["jobs"] if job["id"] == job_id)
-    return p.work_size(*probe_photo(data, max_pixels=int(p.max_input_megapixels * 1e6)))
+        _run_group(stylizer, group, batch.timeout, deadline, send)
 
 
 def _fail(send: Send, job_id: str, reason: str, kind: ErrorKind) -> None:
-    send({"op": "failed", "id": job_id, "reason": reason, "kind": kind.value})
-
-
-@dataclass
-class DecodedJob:
-    """One decoded job of a batch."""
-
-    id: str
-    photo: Any  # pipeline.gpu.stylizer.Photo
-    max_rating: str | None
-    timings: dict[str, float]
-    tags: Any = None  # pipeline.gpu.tagger.Tags, once tagged
+    send(Update((job_id,), Failed(reason, kind)))
 
 
 def _allowed(stylizer, group: list[DecodedJob], send: Send) -> list[DecodedJob]:
     """Tag the photos once (the prompt uses the same tags) and refuse those over their chat's rating limit."""
+    if not group:
+        return []
     started = time.perf_counter()
     tags = _tag(stylizer, [job.photo.image for job in group], [job.id for job in group])
     seconds = (time.perf_counter() - started) / len(group)
@@ -195,9 +206,10 @@ def _allowed(stylizer, group: list[DecodedJob], send: Send) -> list[DecodedJob]:
             _fail(send, job.id, TAG_REASON, ErrorKind.INTERNAL)
             continue
         job.tags, job.timings["tag"] = job_tags, seconds
-        if over_limit(job_tags.ratings, job.max_rating):
-            logger.info("job %s refused: rated %s, the chat allows up to %s", job.id, job_tags.rating, job.max_rating)
-            send({"op": "failed", "id": job.id, "reason": INPUT_REFUSED, "kind": ErrorKind.NOT_ALLOWED.value})
+        max_rating = job.task.job.max_rating
+        if over_limit(job_tags.ratings, max_rating):
+            logger.info("job %s refused: rated %s, the chat allows up to %s", job.id, job_tags.rating, max_rating)
+            _fail(send, job.id, INPUT_REFUSED, ErrorKind.NOT_ALLOWED)
         else:
             allowed.append(job)
     return allowed
@@ -215,37 +227,36 @@ def _tag(stylizer, images: list, ids: list[str]) -> list:
     return [_tag(stylizer, [image], [job_id])[0] for image, job_id in zip(images, ids, strict=True)]
 
 
-def _run_group(stylizer, group: list[DecodedJob], message: dict[str, Any], size: tuple[int, int], deadline: float,
-               send: Send) -> None:
+def _run_group(stylizer, group: list[DecodedJob], timeout: float, deadline: float, send: Send) -> None:
     from pipeline.core.images import encode_png
 
-    ids = [job.id for job in group]
-    send({"op": "started", "ids": ids})
+    ids = tuple(job.id for job in group)
+    first = group[0].task.job  # the batch's shared style, strength, speed and working size
+    send(Update(ids, Started(len(ids))))
 
     def on_step(step: int, total: int) -> None:
-        send({"op": "progress", "ids": ids, "step": step, "total": total})
+        send(Update(ids, Progress(step, total)))
         if time.monotonic() > deadline:
             raise JobTimeout
 
     def fail_all(reason: str, kind: ErrorKind) -> None:
         for job_id in ids:
-            send({"op": "failed", "id": job_id, "reason": reason, "kind": kind.value})
+            _fail(send, job_id, reason, kind)
 
     try:
-        results = stylizer.run([job.photo for job in group], style=message["style"], strength=message["strength"],
-                               on_step=on_step, tags=[job.tags for job in group],
-                               speed=message.get("speed", DEFAULT_SPEED), size=size)
+        results = stylizer.run([job.photo for job in group], style=first.style, strength=first.strength,
+                               speed=first.speed, work_size=first.work_size, on_step=on_step,
+                               tags=[job.tags for job in group])
     except _LinkDown:  # a progress message could not be sent: the connection is gone, no photo's fault
         raise
     except JobTimeout:
-        minutes = message["timeout"] / 60
-        limit = f"{message['timeout']:g} seconds" if message["timeout"] < 120 else f"{minutes:g} minutes"
+        limit = f"{timeout:g} seconds" if timeout < 120 else f"{timeout / 60:g} minutes"
         fail_all(f"This took longer than the {limit} limit and was stopped; please try again later.",
                  ErrorKind.TIMEOUT)
         return
     except Exception as err:
         if not _is_out_of_memory(err):
-            logger.exception("batch %s failed", ids)
+            logger.exception("batch %s failed", list(ids))
             fail_all(INTERNAL_REASON, ErrorKind.INTERNAL)
             return
         _free_gpu_memory()
@@ -255,23 +266,24 @@ def _run_group(stylizer, group: list[DecodedJob], message: dict[str, Any], size:
             return
         logger.warning("batch of %d ran out of GPU memory; retrying one job at a time", len(group))
         for job in group:
-            _run_group(stylizer, [job], message, size, deadline, send)
+            _run_group(stylizer, [job], timeout, deadline, send)
         return
 
     # The result is held to the same rating limit as the photo: img2img can add what the photo did not have.
     started = time.perf_counter()
-    checked = [job.max_rating is not None for job in group]
+    checked = [job.task.job.max_rating is not None for job in group]
     to_check = [(result.image, job.id) for job, result, check in zip(group, results, checked, strict=True) if check]
     output_tags = iter(_tag(stylizer, [image for image, _ in to_check], [i for _, i in to_check]) if to_check else [])
     check_s = (time.perf_counter() - started) / len(group)
     for job, result, check in zip(group, results, checked, strict=True):
+        max_rating = job.task.job.max_rating
         job_tags = next(output_tags) if check else None
         if check and job_tags is None:  # a result that cannot be checked is not sent: the chat asked for the check
             _fail(send, job.id, TAG_REASON, ErrorKind.INTERNAL)
             continue
-        if check and over_limit(job_tags.ratings, job.max_rating):
-            logger.info("job %s: the result was over the chat's rating limit %s; not sent", job.id, job.max_rating)
-            send({"op": "failed", "id": job.id, "reason": OUTPUT_REFUSED, "kind": ErrorKind.NOT_ALLOWED.value})
+        if check and over_limit(job_tags.ratings, max_rating):
+            logger.info("job %s: the result was over the chat's rating limit %s; not sent", job.id, max_rating)
+            _fail(send, job.id, OUTPUT_REFUSED, ErrorKind.NOT_ALLOWED)
             continue
         started = time.perf_counter()
         try:
@@ -281,16 +293,23 @@ def _run_group(stylizer, group: list[DecodedJob], message: dict[str, Any], size:
             _fail(send, job.id, ENCODE_REASON, ErrorKind.INTERNAL)
             continue
         timings = {**job.timings, **result.timings, "check": check_s, "encode": time.perf_counter() - started}
-        send({"op": "done", "id": job.id, "result": {
-            "image": png, "width": result.image.width, "height": result.image.height, "tags": result.tags,
-            "prompt": result.prompt, "seed": result.seed, "style": message["style"],
-            "strength": message["strength"], "ratings": result.ratings, "timings": timings,
-            "speed": message.get("speed", DEFAULT_SPEED),
-        }})
+        send(Update((job.id,), Done(
+            image=png, width=result.image.width, height=result.image.height, tags=result.tags, prompt=result.prompt,
+            seed=result.seed, style=first.style, strength=first.strength, ratings=result.ratings, timings=timings,
+            speed=first.speed)))
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
     return type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
+
+
+def gpu_memory_mb() -> float | None:
+    """Memory the worker's tensors hold on the GPU, when there is one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.memory_allocated() / 2**20
 
 
 def _free_gpu_memory() -> None:
