@@ -705,7 +705,8 @@ class DiscordFrontEnd:
         if self.bot is not None:
             self.bot.taking = False
 
-    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
+    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any],
+                      source: bytes | None = None) -> None:
         """A recovered job's answer, posted in its channel (its interaction token is long gone), replying to the
         message reacted to when there was one."""
         channel = self.bot.get_channel(int(chat_id)) or await self.bot.fetch_channel(int(chat_id))

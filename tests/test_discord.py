@@ -56,14 +56,14 @@ async def fake():
 def config(tiny_config, fake, tmp_path_factory):
     discord_settings = tiny_config.discord.model_copy(update={
         "api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "guild_ready_timeout": 0.05,
-        "message_content_intent": True})
+        "message_content_intent": True, "status_edit_interval": 0.1})
     bot_settings = tiny_config.bot.model_copy(update={"data_dir": str(tmp_path_factory.mktemp("discord-data"))})
     return tiny_config.model_copy(update={"discord": discord_settings, "bot": bot_settings})
 
 
 @contextlib.asynccontextmanager
 async def running_front_end(config, queue, token=TOKEN, flow=None):
-    front_end = DiscordFrontEnd(config, flow or RequestFlow(queue, config, min_edit_interval=0.05), token)
+    front_end = DiscordFrontEnd(config, flow or RequestFlow(queue, config), token)
     await asyncio.wait_for(front_end.start(), 30)
     try:
         yield front_end
@@ -462,7 +462,7 @@ async def test_a_person_over_their_limit_is_told_once_however_often_they_react_a
     limits = {"user_per_minute": 1, "user_per_hour": 0, "chat_per_minute": 0, "chat_per_hour": 0, "user_queued": 0}
     limited = config.model_copy(update={"limits": config.limits.model_copy(update=limits)})
     # The same database as the module's bot (as a restarted process would have): the commands are not synced again.
-    flow = RequestFlow(queue, limited, min_edit_interval=0.05, store=front_end.store, metrics=Metrics())
+    flow = RequestFlow(queue, limited, store=front_end.store, metrics=Metrics())
     async with running_front_end(limited, queue, flow=flow):
         first = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
         await fake.react(first, fake.alice)
