@@ -14,12 +14,14 @@ import pytest_asyncio
 from discord import app_commands
 from PIL import Image
 
-from bot.discord_client import ClayBot, DiscordFrontEnd, fit_upload, guild_scope
+from bot.discord_client import ClayBot, DiscordFrontEnd, guild_scope
+from bot.discord_photos import fit_upload
 from bot.flow import RequestFlow, UserError
 from bot.observability import Metrics
 from cogs.admin import parse_emoji
 from cogs.clay import clay_command
 from pipeline.core.errors import ClaybotError
+from pipeline.core.local import LocalQueue
 from pipeline.core.safety import INPUT_REFUSED
 from tests.conftest import photo_bytes, with_pipeline
 from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeInteraction
@@ -490,6 +492,106 @@ async def test_reactions_with_other_emoji_and_on_messages_without_images_are_ign
     await fake.react(without, fake.alice)
     await barrier(fake, bot)
     assert not replies_to(fake, with_photo) and not replies_to(fake, without)
+
+
+# -- someone else's photo, and deleted photos ------------------------------------------------------------------------
+
+
+def buttons_of(message: dict) -> list[str]:
+    return [button["label"] for row in message["components"] for button in row["components"]]
+
+
+async def picture_of_bobs_photo(fake: FakeDiscord, how: str) -> tuple[dict, int]:
+    """Bob's photo message, and the picture Alice asked for of it (by reacting, or with "Clay it")."""
+    message = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+    if how == "reaction":
+        await fake.react(message, fake.alice)
+        _, final = await reaction_answer(fake, message)
+        return message, int(final.path.rsplit("/", 1)[1])
+    interaction = await fake.context_menu("Clay it", message, fake.alice)
+    await fake.wait_for(result_of(interaction), timeout=JOB)
+    return message, interaction.original
+
+
+@pytest.mark.parametrize("how", ["reaction", "clay it"])
+async def test_the_photos_author_may_delete_a_picture_someone_else_asked_for(bot, fake, how):
+    _, result = await picture_of_bobs_photo(fake, how)
+    refused = await fake.press(result, "Delete", fake.admin)  # neither asked for it nor posted the photo
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{refused.token}/callback"), timeout=10)
+    assert answer.json["data"]["flags"] == EPHEMERAL and "Only the person who asked" in answer.json["data"]["content"]
+    assert result in fake.messages
+
+    allowed = await fake.press(result, "Delete", fake.bob)
+    await fake.wait_for(lambda call: call.method == "DELETE" and allowed.token in call.path, timeout=10)
+    assert result not in fake.messages
+
+
+@pytest.mark.parametrize("how", ["reaction", "clay it"])
+async def test_pictures_of_a_deleted_photo_stop_offering_re_runs(bot, fake, how):
+    message, result = await picture_of_bobs_photo(fake, how)
+    assert buttons_of(fake.messages[result]) == BUTTONS
+    assert "source.jpg" in [a["filename"] for a in fake.messages[result]["attachments"]]
+    mark = len(fake.calls)
+
+    await fake.delete_message(message)  # Bob takes his photo down
+
+    await fake.wait_for(lambda call: call.method == "PATCH" and call.path.endswith(f"/messages/{result}"),
+                        after=mark, timeout=10)
+    left = fake.messages[result]
+    assert buttons_of(left) == ["Delete"]  # no Again, Stronger, Weaker, Fast
+    assert [a["filename"] for a in left["attachments"]] == ["clay.png"]  # the copy of his photo is gone
+    assert "thumbnail" not in left["embeds"][0] and left["embeds"][0]["image"]
+    allowed = await fake.press(result, "Delete", fake.bob)  # and he can still remove the picture itself
+    await fake.wait_for(lambda call: call.method == "DELETE" and allowed.token in call.path, timeout=10)
+    assert result not in fake.messages
+
+
+async def test_a_re_run_of_a_photo_deleted_unseen_says_the_photo_is_gone(bot, fake):
+    message, result = await picture_of_bobs_photo(fake, "reaction")
+    del fake.messages[int(message["id"])]  # deleted while claybot was not running: no event ever reached it
+    downloads, mark = len(fake.downloads), len(fake.calls)
+
+    press = await fake.press(result, "Again", fake.alice)
+
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{press.token}/callback"), timeout=10)
+    assert answer.json["data"]["flags"] == EPHEMERAL and "deleted" in answer.json["data"]["content"]
+    await fake.wait_for(lambda call: call.method == "PATCH" and call.path.endswith(f"/messages/{result}"),
+                        after=mark, timeout=10)
+    assert buttons_of(fake.messages[result]) == ["Delete"]
+    assert len(fake.downloads) == downloads  # no new picture was started
+    assert not [call for call in fake.calls_of(press) if call.files]
+
+
+async def test_a_picture_sent_after_a_restart_has_the_embed_and_buttons_of_a_live_one(bot, front_end, config, queue,
+                                                                                      fake, tmp_path, monkeypatch):
+    _, live = await clay(fake, fake.alice, strength=0.6, seed=42)
+    # A process that accepted the same request, then died before answering it: its worker never came, and it was
+    # killed (its request task cancelled: nothing of it ran on the way down). Its journal is the module's database.
+    monkeypatch.setenv("CLAYBOT_WORKER_KEY", "test-secret")
+    stuck = LocalQueue(config.gpu(), config.queue.model_copy(update={"worker_address": str(tmp_path / "none.sock")}))
+    await stuck.start()
+    try:
+        dying = RequestFlow(stuck, config, store=front_end.store)
+        async with running_front_end(config, stuck, flow=dying) as old:
+            asked = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO), strength=0.6, seed=42)
+            await fake.wait_for(lambda call: call.method == "PATCH" and asked.token in call.path
+                                and "oven" in ((call.json or {}).get("content") or ""), timeout=JOB)
+            for task in list(old.bot.running.tasks):
+                task.cancel()
+    finally:
+        await stuck.close(grace=0)
+
+    restarted = RequestFlow(queue, config, store=front_end.store)
+    async with running_front_end(config, queue, flow=restarted) as new:
+        mark = len(fake.calls)
+        assert await restarted.recover({"discord": new}, await restarted.unanswered()) == 1
+        after = await fake.wait_for(lambda call: call.method == "POST" and call.path.endswith("/messages")
+                                    and bool(call.files), after=mark, timeout=JOB)
+        await asyncio.gather(*restarted.recovering.tasks)
+    assert after.json["embeds"] == live.json["embeds"]  # the same embed: fields, tags, picture, copy of the photo
+    assert after.json["components"] == live.json["components"]  # the same buttons, carrying the same request
+    assert sorted(after.files) == sorted(live.files) == ["clay.png", "source.jpg"]
+    assert after.json["content"].startswith(f"<@{fake.alice['id']}>")
 
 
 # -- /claysettings ----------------------------------------------------------------------------------------------------
