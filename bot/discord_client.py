@@ -91,6 +91,21 @@ def answer_to(requester: discord.abc.User, photo: PhotoMessage | None) -> dict[s
     return where
 
 
+def recorded(answer_to: dict[str, Any]) -> tuple[Requester, PhotoMessage | None]:
+    """``answer_to``'s requester and photo message, as the journal kept them (anything unreadable: unknown)."""
+    try:
+        requester = Requester(int(answer_to.get("requester") or 0), str(answer_to.get("requester_name") or ""))
+    except (TypeError, ValueError):
+        requester = Requester(0, "")
+    try:
+        kept: Any = answer_to.get("photo") or ()
+        guild_id, channel_id, message_id, author_id = kept
+        photo = PhotoMessage(int(guild_id) if guild_id else None, int(channel_id), int(message_id), int(author_id))
+    except (TypeError, ValueError):
+        photo = None
+    return requester, photo
+
+
 def emoji_key(text: str) -> str:
     """What makes two spellings of a reaction emoji the same: a custom emoji's id, a Unicode emoji sans VS16."""
     match = re.fullmatch(r"<a?:\w+:(\d+)>", text.strip())
@@ -370,8 +385,7 @@ class DiscordFrontEnd:
         if done is None:
             await channel.send(text, reference=reference)
         else:
-            requester = Requester(int(answer_to.get("requester") or 0), str(answer_to.get("requester_name") or ""))
-            photo = PhotoMessage(*answer_to["photo"]) if answer_to.get("photo") else None
+            requester, photo = recorded(answer_to)
             guild = getattr(channel, "guild", None)
             limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
             message = await build_result(self.config, done, source, requester, limit, photo)

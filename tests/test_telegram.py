@@ -68,6 +68,17 @@ class Running:
             lambda c: c.method == "deleteMessage" and c.params["message_id"] == status.result["message_id"],
             answered=True, timeout=timeout)
 
+    async def handled(self) -> Call:
+        """Wait until every update sent so far was handled and every request it started has ended (updates are
+        handled in order: once a later /help is answered, the earlier ones were); the /help answer (in the group,
+        where it quotes the command)."""
+        asked = await self.fake.send_text(GROUP, BOB, "/help")
+        answer = await self.text_for(asked)
+        tasks = [task for task in self.front_end.requests.running.tasks if not task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=60)
+        return answer
+
     def edits_of(self, status: Call) -> list[Call]:
         return [c for c in self.fake.calls_to("editMessageText")
                 if c.params["chat_id"] == status.params["chat_id"]
@@ -208,8 +219,9 @@ async def test_reply_clay_to_a_photo_in_a_group_answers_the_photo(telegram):
 async def test_reaction_with_the_configured_emoji_on_a_photo_the_bot_saw_is_stylized(telegram):
     photo = await telegram.fake.send_photo(GROUP, ALICE, PORTRAIT)
     await telegram.fake.react(GROUP, BOB, photo["message_id"], "👍")  # not the configured emoji: nothing
-    await asyncio.sleep(0.5)
-    assert not telegram.fake.calls_to("sendMessage", "getFile")
+    await telegram.handled()
+    assert not telegram.fake.calls_to("getFile")
+    assert not [c for c in telegram.fake.calls_to("sendMessage") if c.reply_to == photo["message_id"]]
 
     await telegram.fake.react(GROUP, BOB, photo["message_id"], "🗿", old=("👍",))
 
@@ -270,6 +282,7 @@ async def test_a_picture_sent_after_a_restart_has_the_caption_and_buttons_of_a_l
             asked = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.6")
             live = await running.picture_for(asked)
             seed = check_picture(live, (128, 96), strength=0.6)
+            await running.handled()  # that request has ended: answered in the journal too
             # What a process that died while making the same picture of a photo in the group left in its journal:
             # the request, its photo, and the message to answer. The restarted process runs it again.
             photo = await fake.send_photo(GROUP, BOB, LANDSCAPE)
@@ -301,8 +314,9 @@ async def test_a_button_whose_photo_is_gone_says_so_at_once(telegram):
     answer = await telegram.fake.wait_for(lambda c: c.method == "answerCallbackQuery")
     assert answer.params["callback_query_id"] == query_id and answer.params["show_alert"] == "true"
     assert "original photo" in answer.params["text"]
-    await asyncio.sleep(0.3)
-    assert not telegram.fake.calls_to("getFile", "sendMessage")
+    help_answer = await telegram.handled()
+    assert not telegram.fake.calls_to("getFile")
+    assert telegram.fake.calls_to("sendMessage") == [help_answer]
 
 
 # -- bad input ------------------------------------------------------------------------------------------------------
@@ -314,7 +328,7 @@ async def test_a_file_over_the_download_limit_is_refused_before_any_download(tel
     refusal = await telegram.text_for(photo)
 
     assert "23.8 MB" in refusal.params["text"] and "20 MB" in refusal.params["text"]
-    await asyncio.sleep(0.3)
+    await telegram.handled()  # the request has ended
     assert not telegram.fake.calls_to("getFile", "download", "sendPhoto")
 
 
@@ -399,12 +413,10 @@ async def test_a_corrupt_jpeg_gets_a_clear_reason_and_the_next_user_is_served(te
 
 async def test_a_reaction_on_a_message_the_bot_never_saw_is_ignored_quietly(telegram, caplog):
     await telegram.fake.react(GROUP, BOB, 123456, "🗿")
-    await asyncio.sleep(0.5)
-    assert not telegram.fake.calls_to("sendMessage", "getFile")
+    help_answer = await telegram.handled()  # and the bot goes on answering
+    assert not telegram.fake.calls_to("getFile")
+    assert telegram.fake.calls_to("sendMessage") == [help_answer]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-    help_asked = await telegram.fake.send_text(GROUP, BOB, "/help")
-    await telegram.text_for(help_asked)
 
 
 # -- talking ---------------------------------------------------------------------------------------------------------
@@ -653,11 +665,11 @@ async def test_bad_speed_in_button_data_is_refused_with_a_clear_line(telegram, d
     answer = await telegram.fake.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
     assert answer.params["callback_query_id"] == query_id and answer.params["show_alert"] == "true"
     assert all(w in answer.params["text"] for w in words), answer.params["text"]
-    await asyncio.sleep(0.3)
-    assert not [c for c in telegram.fake.calls[mark:] if c.method in ("getFile", "sendMessage")]
-    # and the bot still serves the next person
+    # the bot still serves the next person; by then the press was handled (in order) without a request
     asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.5")
     check_picture(await telegram.picture_for(asked), (128, 96), strength=0.5)
+    assert len([c for c in telegram.fake.calls[mark:] if c.method == "getFile"]) == 1  # the next person's
+    assert all(c.reply_to == asked["message_id"] for c in telegram.fake.calls[mark:] if c.method == "sendMessage")
 
 
 async def test_the_fast_best_button_shows_only_when_the_config_has_presets():
