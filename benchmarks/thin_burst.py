@@ -5,7 +5,7 @@ palette-bombed photos goes through the real local queue and worker (tiny models;
 
 Each of ``--copies`` rounds submits, all at once: a 30000×40 and a 200000×8 PNG (a few KB each), a 16-bit
 greyscale PNG and a 1-bit palette PNG of 40 MP each (75 KB and 5 KB), an animated GIF of 200 frames and an 8:1
-photo; the chat process also makes the Discord result's copy of every photo (bot.discord_client.source_copy), as the
+photo; the chat process also makes the Discord result's copy of every photo (bot.discord_photos.source_copy), as the
 Discord front end does. ``--past-the-header`` turns the chat side's header check off, as in a chat process from
 before the aspect bound, so the worker meets the thin photos too. The line to read:
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from queue_overhead import ensure_config  # noqa: E402
 
 from bot.config import load_config  # noqa: E402
-from bot.discord_client import source_copy  # noqa: E402
+from bot.discord_photos import source_copy  # noqa: E402
 from pipeline.core.intake import take_in  # noqa: E402
 from pipeline.core.jobs import Done, Failed, JobFailed  # noqa: E402
 from pipeline.core.local import LocalQueue  # noqa: E402

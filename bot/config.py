@@ -124,6 +124,7 @@ class DiscordSettings(Settings):
     # 0: slash commands are registered globally; a server id: registered there only, updated instantly.
     test_guild_id: Annotated[int, Field(ge=0)] = 0
     guild_ready_timeout: Annotated[float, Field(ge=0.0, le=60.0)] = 2.0
+    status_edit_interval: Annotated[float, Field(ge=0.1, le=60.0)] = 1.5
     # "" = discord.py's own; overrides for proxies and local testing (issue 9).
     api_base_url: str = ""
     gateway_url: str = ""

@@ -1,25 +1,22 @@
-"""The Discord front end: a discord.py bot whose cogs turn /clay, the "Clay it" context menu and emoji reactions
-into requests of the shared flow, and show the flow's progress and answers the Discord way.
+"""The Discord front end: a discord.py bot (``ClayBot``, its services passed to its constructor, its features
+loaded as cogs in ``setup_hook``) and ``DiscordFrontEnd``, as `claybot run` drives it.
 
 Interactions are deferred at once and answered by editing their original response; a job that would outlive the
-15-minute interaction token answers in the channel instead. The result message carries the photo it was made from
-(``source.jpg``, the embed's thumbnail) and buttons whose ``custom_id`` holds the rest of the state, so the buttons
-keep working after a restart without anything stored.
+15-minute interaction token answers in the channel instead. The pieces: bot/discord_photos.py (which image, where it
+was posted, fetching and fitting it), bot/discord_render.py (how a result looks, live and after a restart),
+bot/discord_buttons.py (the buttons' state in their custom ids, who may press), bot/discord_reply.py (one request's
+answers); the cogs: clay (/clay, "Clay it"), reactions, results (button presses, deleted photos), admin.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime
 import hashlib
-import io
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,367 +26,27 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 from discord.gateway import DiscordWebSocket
-from PIL import Image
 
 from bot.config import Config, ConfigError
-from bot.flow import (
-    CLOSE_GRACE,
-    Ask,
-    RequestFlow,
-    RunningRequests,
-    UserError,
-    button_speed,
-    is_image,
-    not_an_image,
-    shorten,
-    speed_toggle,
-    toggle_label,
-    user_line,
-    variant,
-)
+from bot.discord_buttons import RESTARTING, ResultButton
+from bot.discord_photos import DiscordImage, PhotoMessage, find_photo
+from bot.discord_render import Requester, build_result
+from bot.discord_reply import RESULT_EVENT, ChannelReply, InteractionReply
+from bot.flow import CLOSE_GRACE, Ask, RequestFlow, RunningRequests, UserError, user_line
 from bot.store import ClaybotDatabase, store_path
-from pipeline.core.errors import BadImage, ClaybotError
-from pipeline.core.images import decode_thumbnail
+from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import Done
 
 logger = logging.getLogger(__name__)
 
-COGS = ("cogs.clay", "cogs.reactions", "cogs.admin")
-RESTARTING = "claybot is restarting; please try again in a minute."
+COGS = ("cogs.clay", "cogs.reactions", "cogs.results", "cogs.admin")
 NO_IMAGE = "That message has no image I can use: reply to one with a photo attached or an image link."
-SOURCE_NAME = "source.jpg"  # the photo a result was made from, carried by the result message for its buttons
-SOURCE_MAX_PIXELS = 2_000_000  # above SDXL's working size, so "Again" on the copy matches the original
 STYLE_NAME = re.compile(r"[\w.-]{1,32}")  # style names travel in button custom ids (100 characters at most)
-CLAY_COLOUR = discord.Colour(0xB86B3C)
 START_TIMEOUT = 60.0
 
 # discord.py's own endpoints, restored when the config names none (they are class attributes of the library)
 DISCORD_API = discord.http.Route.BASE
 DISCORD_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
-
-
-# -- photos ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DiscordImage:
-    """An image on Discord a request can use (an attachment, an image embed), known from its metadata before it
-    is downloaded."""
-
-    filename: str
-    content_type: str | None
-    size: int | None
-    read: Callable[[], Awaitable[bytes]]
-
-    @classmethod
-    def from_attachment(cls, attachment: discord.Attachment) -> DiscordImage:
-        """An attached file (downloaded through discord.py's client)."""
-        return cls(attachment.filename, attachment.content_type, attachment.size, attachment.read)
-
-    def check(self, flow: RequestFlow, platform_limit: int | None) -> None:
-        """Refuse what is not an image or is too large, before anything is downloaded."""
-        if not is_image(self.content_type, self.filename):
-            raise not_an_image(self.content_type)
-        flow.check_size(self.size, platform_limit)
-
-
-def find_photo(message: discord.Message, session: aiohttp.ClientSession, max_bytes: int) -> DiscordImage | None:
-    """The first image of a message: an attached image, else an image embed (a posted image link)."""
-    for attachment in message.attachments:
-        if is_image(attachment.content_type, attachment.filename):
-            return DiscordImage.from_attachment(attachment)
-    for embed in message.embeds:
-        media = embed.image if embed.image.proxy_url else embed.thumbnail if embed.type == "image" else None
-        if media is not None and media.proxy_url:
-            # Discord's media proxy, never the URL someone posted: it is Discord that fetched that one.
-            url = media.proxy_url
-            name = yarl.URL(url).name or "image"
-            return DiscordImage(name, "image/*", None, lambda url=url: fetch_capped(session, url, max_bytes))
-    return None
-
-
-async def fetch_capped(session: aiohttp.ClientSession, url: str, max_bytes: int) -> bytes:
-    """Download an image of unknown size, giving up as soon as it passes ``max_bytes``."""
-    too_large = UserError(f"That image is larger than the {max_bytes / 2**20:.0f} MB I can take.")
-    async with session.get(url) as response:
-        if response.status != 200:
-            raise UserError(f"I could not download that image (Discord answered {response.status}).")
-        if not is_image(response.headers.get("Content-Type"), url):
-            raise not_an_image(response.headers.get("Content-Type"))
-        if response.content_length is not None and response.content_length > max_bytes:
-            raise too_large
-        data = bytearray()
-        async for chunk in response.content.iter_chunked(1 << 16):
-            data += chunk
-            if len(data) > max_bytes:
-                raise too_large
-    return bytes(data)
-
-
-def fit_upload(png: bytes, limit: int, name: str = "clay") -> tuple[bytes, str]:
-    """The result as a PNG when it fits the upload limit, else as a high-quality JPEG or WebP (smaller if need be)."""
-    if len(png) <= limit:
-        return png, f"{name}.png"
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    width, height = image.size
-    for scale in (1.0, 0.75, 0.5, 0.35, 0.25):
-        candidate = image if scale == 1.0 else image.resize(
-            (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.LANCZOS)
-        for fmt, quality in (("JPEG", 92), ("WEBP", 90), ("JPEG", 80), ("WEBP", 75), ("JPEG", 65)):
-            buffer = io.BytesIO()
-            candidate.save(buffer, format=fmt, quality=quality)
-            if buffer.tell() <= limit:
-                return buffer.getvalue(), f"{name}.{'jpg' if fmt == 'JPEG' else 'webp'}"
-    raise UserError("The picture came out too large to upload here.")
-
-
-def source_copy(data: bytes, limit: int, *, max_input_pixels: int) -> bytes | None:
-    """The photo as the JPEG a result message carries for its buttons; None when there is no room for it."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.format == "JPEG" and image.width * image.height <= SOURCE_MAX_PIXELS and len(data) <= limit:
-            return data  # already a small JPEG (e.g. the source.jpg of an earlier result): no generational loss
-        # The chat process decodes only a bounded copy (reduced while decoding, one at a time, under a budget);
-        # a photo too large for that goes without its copy rather than taking the process's memory.
-        image = decode_thumbnail(data, max_pixels=max_input_pixels, thumb_pixels=SOURCE_MAX_PIXELS)
-    except (BadImage, OSError, MemoryError) as err:
-        logger.info("no copy of the photo on the result: %s", err)
-        return None
-    scale = min(1.0, (SOURCE_MAX_PIXELS / (image.width * image.height)) ** 0.5)
-    for quality in (90, 80, 70):
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        buffer = io.BytesIO()
-        image.resize(size, Image.Resampling.LANCZOS).save(buffer, format="JPEG", quality=quality)
-        if buffer.tell() <= limit:
-            return buffer.getvalue()
-        scale *= 0.7
-    return None
-
-
-# -- result messages and their buttons ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResultState:
-    """What a result's buttons need besides the photo: who asked, and how it was made."""
-
-    requester: int
-    style: str  # "": the default style (a custom id too long for the style's name)
-    strength: float
-    seed: int
-    speed: str | None = None  # the speed preset; None (buttons from before presets): the style's own
-
-    def custom_id(self, action: str) -> str:
-        """The button's custom id (Discord allows 100 characters): ``clay:action:requester:style:strength:seed``,
-        then ``:speed`` when it has one. Should a long style and a long preset name not fit together, the style is
-        left out (the default style), as Telegram's buttons do."""
-        speed = "" if self.speed is None else f":{self.speed}"
-        custom_id = f"clay:{action}:{self.requester}:{self.style}:{self.strength:g}:{self.seed}{speed}"
-        if len(custom_id) > MAX_CUSTOM_ID:
-            custom_id = f"clay:{action}:{self.requester}::{self.strength:g}:{self.seed}{speed}"
-        return custom_id
-
-
-MAX_CUSTOM_ID = 100  # Discord's limit on a component's custom id
-
-
-BUTTONS = {  # action: (label, emoji, style)
-    "again": ("Again", "\N{GAME DIE}", discord.ButtonStyle.primary),
-    "stronger": ("Stronger", "\N{HEAVY PLUS SIGN}", discord.ButtonStyle.secondary),
-    "weaker": ("Weaker", "\N{HEAVY MINUS SIGN}", discord.ButtonStyle.secondary),
-    "delete": ("Delete", "\N{WASTEBASKET}", discord.ButtonStyle.danger),
-}
-TOGGLE = {"Fast": "\N{HIGH VOLTAGE SIGN}", "Best": "\N{DIRECT HIT}"}  # the "speed" button: same picture, other preset
-
-
-class ResultButton(
-    discord.ui.DynamicItem[discord.ui.Button],
-    # the speed part is read loosely here and checked against the config when pressed, so a preset the config no
-    # longer has gets an answer that says so instead of a silent "interaction failed"
-    template=r"clay:(?P<action>again|stronger|weaker|delete|speed):(?P<requester>\d+):(?P<style>[\w.-]*)"
-             r":(?P<strength>\d*\.?\d+):(?P<seed>\d+)(?::(?P<speed>[^:]*))?",
-):
-    """One of a result's buttons; its state lives in its custom id, so it works after a restart."""
-
-    def __init__(self, action: str, state: ResultState) -> None:
-        if action == "speed":  # Fast / Best: the state holds the preset it switches to
-            label = toggle_label(state.speed or "default")
-            emoji, style = TOGGLE[label], discord.ButtonStyle.secondary
-        else:
-            label, emoji, style = BUTTONS[action]
-        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=state.custom_id(action)))
-        self.action, self.state = action, state
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str], /) -> ResultButton:
-        state = ResultState(int(match["requester"]), match["style"], float(match["strength"]), int(match["seed"]),
-                            match["speed"])
-        return cls(match["action"], state)
-
-    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        if self.action == "delete" and interaction.user.id != self.state.requester:
-            await interaction.response.send_message("Only the person who asked for this picture can delete it.",
-                                                    ephemeral=True)
-            return False
-        return True
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot: ClayBot = interaction.client  # type: ignore[assignment]
-        try:
-            await bot.press(interaction, self.action, self.state)
-        except Exception as err:  # discord.py would only log it; the user gets an answer too
-            await bot.report(interaction, err)
-
-
-class ResultView(discord.ui.View):
-    """Again · Stronger · Weaker · Delete, and Fast / Best (``toggle``: the other preset) when the config has
-    presets; persistent (no timeout)."""
-
-    def __init__(self, state: ResultState, toggle: str | None = None) -> None:
-        super().__init__(timeout=None)
-        for action in BUTTONS:
-            self.add_item(ResultButton(action, state))
-        if toggle is not None:
-            self.add_item(ResultButton("speed", dataclasses.replace(state, speed=toggle)))
-
-
-@dataclass
-class ResultMessage:
-    """Everything a result message is made of."""
-
-    embed: discord.Embed
-    files: list[discord.File]
-    view: ResultView
-
-
-async def build_result(bot: ClayBot, done: Done, source: bytes | None, requester: discord.abc.User,
-                       limit: int) -> ResultMessage:
-    """The embed (style, strength, seed, tags), the image fitted to the upload limit, the photo, the buttons."""
-    max_input_pixels = int(bot.config.pipeline.max_input_megapixels * 1e6)
-    copy = None
-    if source is not None:
-        copy = await asyncio.to_thread(source_copy, source, limit // 4, max_input_pixels=max_input_pixels)
-    image, name = await asyncio.to_thread(fit_upload, done.image, limit - len(copy or b""))
-    embed = discord.Embed(title="Your clay picture", colour=CLAY_COLOUR,
-                          description=shorten(", ".join(done.tags), 300) if done.tags else "no tags")
-    embed.add_field(name="Style", value=done.style)
-    embed.add_field(name="Strength", value=f"{done.strength:g}")
-    embed.add_field(name="Seed", value=str(done.seed))
-    if done.speed != "default":
-        embed.add_field(name="Speed", value=done.speed)
-    embed.set_image(url=f"attachment://{name}")
-    files = [discord.File(io.BytesIO(image), filename=name)]
-    if copy is not None:
-        embed.set_thumbnail(url=f"attachment://{SOURCE_NAME}")
-        files.append(discord.File(io.BytesIO(copy), filename=SOURCE_NAME))
-    embed.set_footer(text=f"for {requester.display_name}")
-    view = ResultView(ResultState(requester.id, done.style, done.strength, done.seed, done.speed),
-                      toggle=speed_toggle(done.speed, bot.config.speed_names()))
-    return ResultMessage(embed, files, view)
-
-
-# -- replies: how the flow's status lines and answers look on Discord -----------------------------------------------
-
-
-class _KeepsPhoto:
-    """A reply that remembers the downloaded photo: its result message carries it for the buttons."""
-
-    source: bytes | None = None
-
-    def keep_source(self, read: Callable[[], Awaitable[bytes]]) -> Callable[[], Awaitable[bytes]]:
-        """The download, remembering the photo."""
-        async def download() -> bytes:
-            self.source = await read()
-            return self.source
-        return download
-
-
-class InteractionReply(_KeepsPhoto):
-    """A request from an interaction: progress and answer in its original response, in the channel once too late."""
-
-    private = True  # its refusals are ephemeral: only the person who asked sees them
-
-    def __init__(self, bot: ClayBot, interaction: discord.Interaction) -> None:
-        self.bot, self.interaction = bot, interaction
-        self.shown = False  # while nothing is shown, Discord would turn a follow-up into the (public) response
-
-    def token_alive(self) -> bool:
-        """Whether the interaction token still has time for an answer (15 minutes minus the bot's margin)."""
-        margin = datetime.timedelta(seconds=self.bot.token_margin)
-        return discord.utils.utcnow() < self.interaction.expires_at - margin
-
-    async def status(self, text: str) -> None:
-        if self.token_alive():
-            await self.interaction.edit_original_response(content=text)
-            self.shown = True
-
-    async def result(self, done: Done, caption: str) -> None:
-        user = self.interaction.user
-        message = await build_result(self.bot, done, self.source, user, self.interaction.filesize_limit)
-        if self.token_alive():
-            await self.interaction.edit_original_response(content=None, embed=message.embed,
-                                                          attachments=message.files, view=message.view)
-        else:
-            await self._channel().send(f"{user.mention} here is your clay picture.", embed=message.embed,
-                                       files=message.files, view=message.view)
-
-    async def error(self, text: str) -> None:
-        if not self.token_alive():
-            await self._channel().send(f"{self.interaction.user.mention} {text}")
-            return
-        if not self.shown:  # end the "thinking" state first, or the follow-up would become the public response
-            await self.interaction.edit_original_response(content="Checking your photo…")
-        await self.interaction.followup.send(text, ephemeral=True)
-        await self.interaction.delete_original_response()
-
-    def placeholder(self) -> dict[str, Any]:
-        """Nothing a restarted process could remove: the response goes with the interaction's token."""
-        return {}
-
-    def _channel(self) -> discord.abc.Messageable:
-        channel = self.interaction.channel
-        if isinstance(channel, discord.abc.Messageable):
-            return channel
-        return self.bot.get_partial_messageable(self.interaction.channel_id or 0, guild_id=self.interaction.guild_id)
-
-
-class ChannelReply(_KeepsPhoto):
-    """A request from a reaction: a reply to the photo's message that mentions who reacted, edited as it goes."""
-
-    private = False  # a reply in the channel, seen by everyone there
-
-    def __init__(self, bot: ClayBot, message: discord.Message, member: discord.Member) -> None:
-        self.bot, self.message, self.member = bot, message, member
-        self.answer: discord.Message | None = None
-        guild = member.guild
-        self.limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
-
-    async def status(self, text: str) -> None:
-        await self._show(f"{self.member.mention} {text}")
-
-    def placeholder(self) -> dict[str, Any]:
-        """The status reply, for a restarted process to remove."""
-        return {"status_message_id": self.answer.id} if self.answer is not None else {}
-
-    async def result(self, done: Done, caption: str) -> None:
-        message = await build_result(self.bot, done, self.source, self.member, self.limit)
-        await self._show(self.member.mention, embed=message.embed, files=message.files, view=message.view)
-
-    async def error(self, text: str) -> None:
-        await self._show(f"{self.member.mention} {text}")
-
-    async def _show(self, content: str, *, embed: discord.Embed | None = None, files: list[discord.File] | None = None,
-                    view: discord.ui.View | None = None) -> None:
-        if self.answer is None:
-            extra = {k: v for k, v in {"embed": embed, "files": files, "view": view}.items() if v is not None}
-            self.answer = await self.message.reply(
-                content, mention_author=False,
-                allowed_mentions=discord.AllowedMentions(users=[self.member], replied_user=False), **extra)
-        elif files is not None:
-            self.answer = await self.answer.edit(content=content, embed=embed, attachments=files, view=view)
-        else:
-            self.answer = await self.answer.edit(content=content)
 
 
 # -- the bot --------------------------------------------------------------------------------------------------------
@@ -426,6 +83,29 @@ def guild_scope(guild_id: int) -> str:
     return f"discord:guild:{guild_id}"
 
 
+def answer_to(requester: discord.abc.User, photo: PhotoMessage | None) -> dict[str, Any]:
+    """What a restarted process needs to answer as a live one would: who asked, and where the photo was posted."""
+    where = {"requester": requester.id, "requester_name": requester.display_name}
+    if photo is not None:
+        where["photo"] = [photo.guild_id, photo.channel_id, photo.message_id, photo.author_id]
+    return where
+
+
+def recorded(answer_to: dict[str, Any]) -> tuple[Requester, PhotoMessage | None]:
+    """``answer_to``'s requester and photo message, as the journal kept them (anything unreadable: unknown)."""
+    try:
+        requester = Requester(int(answer_to.get("requester") or 0), str(answer_to.get("requester_name") or ""))
+    except (TypeError, ValueError):
+        requester = Requester(0, "")
+    try:
+        kept: Any = answer_to.get("photo") or ()
+        guild_id, channel_id, message_id, author_id = kept
+        photo = PhotoMessage(int(guild_id) if guild_id else None, int(channel_id), int(message_id), int(author_id))
+    except (TypeError, ValueError):
+        photo = None
+    return requester, photo
+
+
 def emoji_key(text: str) -> str:
     """What makes two spellings of a reaction emoji the same: a custom emoji's id, a Unicode emoji sans VS16."""
     match = re.fullmatch(r"<a?:\w+:(\d+)>", text.strip())
@@ -446,6 +126,7 @@ class ClayBot(commands.Bot):
         intents = discord.Intents.none()
         intents.guilds = True  # channels and permissions of the servers
         intents.guild_reactions = True
+        intents.guild_messages = True  # MESSAGE_DELETE: the results of a deleted photo stop offering re-runs
         intents.message_content = config.discord.message_content_intent  # privileged: images of fetched messages
         super().__init__(command_prefix=commands.when_mentioned, help_command=None, intents=intents,
                          tree_cls=ClayTree, guild_ready_timeout=config.discord.guild_ready_timeout,
@@ -460,7 +141,7 @@ class ClayBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.session = aiohttp.ClientSession()
-        self.add_dynamic_items(ResultButton)  # every result's buttons, whenever they were sent
+        self.add_dynamic_items(ResultButton)  # every result's buttons, whenever they were sent (cogs/results.py)
         for name in COGS:
             await self.load_extension(name)
         self.synced = await self.sync_commands()
@@ -522,11 +203,12 @@ class ClayBot(commands.Bot):
             raise UserError(NO_IMAGE)
         photo.check(self.flow, interaction.filesize_limit)
         await interaction.response.defer(thinking=True)
-        reply = InteractionReply(self, interaction)
+        reply = InteractionReply(self, interaction, photo.posted_in)
         ask = Ask("discord", str(interaction.user.id), str(interaction.channel_id), reply.keep_source(photo.read),
                   size=photo.size, style=style, seed=seed, speed=speed,
                   strength=strength if strength is not None else settings.strength,
                   group_id=str(interaction.guild_id or interaction.channel_id), nsfw=is_nsfw(interaction.channel),
+                  answer_to=answer_to(interaction.user, photo.posted_in),
                   origin=f"interaction:{interaction.id}", received=received)
         logger.info("discord: %s from user %s in guild %s channel %s", _what(interaction), interaction.user.id,
                     interaction.guild_id, interaction.channel_id)
@@ -545,30 +227,12 @@ class ClayBot(commands.Bot):
             return
         ask = Ask("discord", str(member.id), str(message.channel.id), reply.keep_source(photo.read),
                   size=photo.size, strength=settings.strength, group_id=str(member.guild.id),
-                  nsfw=is_nsfw(message.channel), answer_to={"message_id": message.id})
+                  nsfw=is_nsfw(message.channel),
+                  answer_to={"message_id": message.id, **answer_to(member, photo.posted_in)})
         logger.info("discord: reaction from user %s in guild %s channel %s", member.id, member.guild.id,
                     message.channel.id)
         with self.running.this_task():
             await self.flow.handle(ask, reply)
-
-    async def press(self, interaction: discord.Interaction, action: str, state: ResultState) -> None:
-        """A result's button: delete it, or make a new picture from the same photo."""
-        if action == "delete":
-            await interaction.response.defer()  # for a button, the original response is the button's message
-            try:
-                await interaction.delete_original_response()
-            except discord.NotFound:  # not an interaction's message after all: the bot may delete its own
-                if interaction.message is not None:
-                    await interaction.message.delete()
-            return
-        message = interaction.message
-        source = next((a for a in message.attachments if a.filename == SOURCE_NAME), None) if message else None
-        if source is None:
-            raise UserError("I no longer have the photo this picture was made from; please send it again.")
-        speed = button_speed(state.speed, self.config.speed_names())
-        strength, seed = variant(action, state.strength, state.seed)
-        await self.serve(interaction, DiscordImage.from_attachment(source), strength=strength, seed=seed,
-                         style=state.style or None, speed=speed)
 
     async def report(self, interaction: discord.Interaction, error: Exception) -> None:
         """The one place a failed interaction is answered: the user's mistakes as they are, the rest calmly."""
@@ -604,7 +268,8 @@ def _what(interaction: discord.Interaction) -> str:
     """A request's kind for the log: "/clay", "/Clay it", "button stronger"."""
     if interaction.command is not None:
         return f"/{interaction.command.qualified_name}"
-    custom_id = str((interaction.data or {}).get("custom_id", ""))
+    data: Any = interaction.data or {}
+    custom_id = str(data.get("custom_id", ""))
     return f"button {custom_id.split(':')[1]}" if custom_id.count(":") >= 2 else "interaction"
 
 
@@ -674,8 +339,8 @@ class DiscordFrontEnd:
             await self.close()
             raise error
         self.connection.add_done_callback(self._connection_ended)
-        logger.info("discord: connected as %s (id %s) to %d server(s)", self.bot.user, self.bot.user.id,
-                    len(self.bot.guilds))
+        logger.info("discord: connected as %s (id %s) to %d server(s)", self.bot.user,
+                    self.bot.user.id if self.bot.user else None, len(self.bot.guilds))
 
     def _start_error(self, ended: asyncio.Task | None) -> ClaybotError:
         if ended is None:
@@ -690,6 +355,8 @@ class DiscordFrontEnd:
 
     async def ended(self) -> Exception:
         """The gateway connection (discord.py reconnects by itself) ended for good: why."""
+        if self.connection is None:
+            return ClaybotError("the Discord front end was never started")
         try:
             await asyncio.shield(self.connection)
         except asyncio.CancelledError:
@@ -705,17 +372,29 @@ class DiscordFrontEnd:
         if self.bot is not None:
             self.bot.taking = False
 
-    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
+    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any],
+                      source: bytes | None = None) -> None:
         """A recovered job's answer, posted in its channel (its interaction token is long gone), replying to the
-        message reacted to when there was one."""
-        channel = self.bot.get_channel(int(chat_id)) or await self.bot.fetch_channel(int(chat_id))
+        message reacted to when there was one: the result as a live answer shows it (embed, copy of the photo
+        from ``source``, buttons), or the reason; then the status line the old process left is removed."""
+        if self.bot is None:
+            raise ClaybotError("the Discord front end is not started")
+        channel: Any = self.bot.get_channel(int(chat_id)) or await self.bot.fetch_channel(int(chat_id))
         reference = (discord.MessageReference(message_id=answer_to["message_id"], channel_id=int(chat_id),
                                               fail_if_not_exists=False) if answer_to.get("message_id") else None)
         if done is None:
             await channel.send(text, reference=reference)
         else:
-            await channel.send(text[:2000], file=discord.File(io.BytesIO(done.image), filename="clay.png"),
-                               reference=reference)
+            requester, photo = recorded(answer_to)
+            guild = getattr(channel, "guild", None)
+            limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+            message = await build_result(self.config, done, source, requester, limit, photo)
+            mention = f"<@{requester.id}> " if requester.id else ""
+            sent = await channel.send(f"{mention}here is your clay picture.", embed=message.embed,
+                                      files=message.files, view=message.view, reference=reference,
+                                      allowed_mentions=discord.AllowedMentions(users=[discord.Object(requester.id)]
+                                                                               if requester.id else False))
+            self.bot.dispatch(RESULT_EVENT, sent, photo)
         if answer_to.get("status_message_id"):  # the old process's status reply
             with contextlib.suppress(discord.HTTPException):
                 await channel.get_partial_message(answer_to["status_message_id"]).delete()

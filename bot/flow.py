@@ -2,7 +2,7 @@
 
 A front end turns a platform event into an ``Ask`` (where the photo is, what was asked) and implements ``Reply``
 (how to show a status line, the result and an error on its platform). Everything else — option parsing, size
-limits, the queue, the wording, the pace of status edits — lives here, once.
+limits, the queue, the wording, the pace of status edits (bot/pacing.py) — lives here, once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from bot.config import Config
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
 from bot.observability import Metrics, job_context
+from bot.pacing import StatusLine, StatusPacer, edit_intervals
 from bot.store import ClaybotDatabase
 from pipeline.core import jobs
 from pipeline.core.errors import ClaybotError
@@ -76,9 +77,11 @@ class Ask:
 
 
 class Reply(Protocol):
-    """How a front end shows things; the flow decides what and when."""
+    """How a front end shows things; the flow decides what and when (and how fast: bot/pacing.py)."""
 
-    private: bool  # refusals are seen by the asker alone (Discord's ephemeral answers): repeating them is no spam
+    @property
+    def private(self) -> bool:
+        """Refusals are seen by the asker alone (Discord's ephemeral answers): repeating them is no spam."""
 
     async def status(self, text: str) -> None:
         """Create or edit the one status message of this request."""
@@ -111,10 +114,12 @@ class FrontEnd(Protocol):
         """Once started, wait until the front end stops serving by itself (its connection lost for good), and say
         why; a lost connection its library reconnects by itself does not count."""
 
-    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
-        """Post a result (or, with ``done`` None, a line of text) to a chat, replying to ``answer_to``'s message
-        when it names one, and removing the status message the old process left (``Reply.placeholder``): for jobs
-        a restarted chat process answers (the original request is gone)."""
+    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any],
+                      source: bytes | None = None) -> None:
+        """Post a result (or, with ``done`` None, a line of text) to a chat, looking as a live answer does (the
+        platform's one renderer; ``source``: the photo, when kept), replying to ``answer_to``'s message when it
+        names one, and removing the status message the old process left (``Reply.placeholder``): for jobs a
+        restarted chat process answers (the original request is gone)."""
 
 
 # A number, then an optional "%": no two parts can match the same characters, so a failed match never backtracks.
@@ -262,12 +267,11 @@ class RequestFlow:
     counted by outcome and timed.
     """
 
-    def __init__(self, queue: JobQueue, config: Config, *, min_edit_interval: float = 1.5,
-                 store: ClaybotDatabase | None = None, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, queue: JobQueue, config: Config, *, store: ClaybotDatabase | None = None,
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
         self.config = config
-        self.min_edit_interval = min_edit_interval
+        self.pacer = StatusPacer(edit_intervals(config))  # every status edit of every request, per chat
         self.store = store
         self.journal = Journal(store, config.limits, clock=clock) if store is not None else None
         self.metrics = metrics
@@ -364,24 +368,25 @@ class RequestFlow:
             await self.journal.answer_to(request.ticket, {**request.ask.answer_to, **where})
 
     async def _follow(self, handle: JobHandle, request: _Request) -> None:
-        """Progress, paced so platforms' edit rate limits are never hit; then the answer."""
-        pacer = _Pacer(request.reply, self.min_edit_interval)
+        """Progress, paced so platforms' edit rate limits are never hit (bot/pacing.py); then the answer."""
+        line = request.line = self.pacer.line((request.ask.platform, request.ask.chat_id), request.reply.status)
         async for event in handle.events():
             if isinstance(event, Queued):
-                await pacer.show("Waiting for my clay oven… you're next." if event.position == 1
-                                 else f"Queued, #{event.position}.", urgent=True)
+                await line.show("Waiting for my clay oven… you're next." if event.position == 1
+                                else f"Queued, #{event.position}.")
             elif isinstance(event, Started):
-                await pacer.show("Sculpting…", urgent=True)
+                await line.show("Sculpting…")
             elif isinstance(event, Progress):
-                await pacer.show(f"Sculpting… {event.step * 100 // max(1, event.total)}%",
-                                 urgent=event.step == event.total)
+                await line.show(f"Sculpting… {event.step * 100 // max(1, event.total)}%")
             elif isinstance(event, Done):
                 request.done, request.outcome = event, "image"
+                await line.close()
                 await _safely(request.reply.result(event, caption(event)))
             elif isinstance(event, Failed):
                 request.outcome = outcome_of(event.kind)
                 if self.metrics is not None:
                     self.metrics.failure(event.kind.value)
+                await line.last_turn()
                 await _safely(request.reply.error(event.reason))
 
     async def _close(self, request: _Request) -> None:
@@ -424,8 +429,9 @@ class RequestFlow:
         with job_context(entry.job_id):
             if handle is None:
                 handle = await self._submit_again(entry, front_end)
+            photo = entry.request.image if entry.request is not None else None  # the result may carry a copy
             outcome = NOT_COUNTED if handle is None else await resume(handle, {entry.platform: front_end},
-                                                                      entry.answer_to)
+                                                                      entry.answer_to, photo)
             await self.journal.answered(entry.ticket, outcome or "failed")
 
     async def _submit_again(self, entry: Entry, front_end: FrontEnd) -> JobHandle | None:
@@ -463,9 +469,10 @@ def outcome_of(kind: ErrorKind) -> str:
 
 
 async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
-                 answer_to: dict[str, Any] | None = None) -> str | None:
-    """Answer a job accepted before a restart, in the chat it came from (``reply_to`` is (platform, chat id));
-    the outcome, or None when there is no front end to answer through."""
+                 answer_to: dict[str, Any] | None = None, photo: bytes | None = None) -> str | None:
+    """Answer a job accepted before a restart, in the chat it came from (``reply_to`` is (platform, chat id)),
+    as a live answer looks (``photo``: the one it was made from, when the journal kept it); the outcome, or None
+    when there is no front end to answer through."""
     try:
         platform, chat_id = handle.job.reply_to
         front_end = front_ends[platform]
@@ -477,7 +484,7 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
     except JobFailed as err:
         await _safely(front_end.deliver(chat_id, None, str(err), answer_to or {}))
         return outcome_of(err.kind)
-    await _safely(front_end.deliver(chat_id, done, caption(done), answer_to or {}))
+    await _safely(front_end.deliver(chat_id, done, caption(done), answer_to or {}, source=photo or None))
     logger.info("recovered job %s answered in %s %s", handle.id, platform, chat_id)
     return "image"
 
@@ -528,9 +535,12 @@ class _Request:
         self.submitted: float | None = None
         self.outcome = "failed"
         self.done: Done | None = None
+        self.line: StatusLine | None = None  # its status line, once the job is queued
 
     async def refuse(self, outcome: str, text: str) -> None:
         self.outcome = outcome
+        if self.line is not None:  # the refusal takes the status line's place, at the chat's pace
+            await self.line.last_turn()
         await _safely(self.reply.error(text))
 
 
@@ -569,23 +579,6 @@ class _Acked:
 
     def placeholder(self) -> dict[str, Any]:
         return self.reply.placeholder()
-
-
-class _Pacer:
-    """Shows status lines no faster than the platform allows; the latest line wins."""
-
-    def __init__(self, reply: Reply, interval: float) -> None:
-        self.reply, self.interval = reply, interval
-        self.last_shown, self.last_text = 0.0, ""
-
-    async def show(self, text: str, *, urgent: bool = False) -> None:
-        now = time.monotonic()
-        if text == self.last_text or (not urgent and now - self.last_shown < self.interval):
-            return
-        if urgent and now - self.last_shown < self.interval and self.last_shown:
-            await asyncio.sleep(self.interval - (now - self.last_shown))
-        self.last_shown, self.last_text = time.monotonic(), text
-        await _safely(self.reply.status(text))
 
 
 async def _safely(awaitable: Awaitable) -> None:

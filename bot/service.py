@@ -126,11 +126,12 @@ class KeptFrontEnd:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any]) -> None:
+    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any],
+                      source: bytes | None = None) -> None:
         """Through the running instance; while there is none, the answer cannot go out."""
         if self.current is None:
             raise ClaybotError(f"the {self.name} front end is not connected")
-        await self.current.deliver(chat_id, done, text, answer_to)
+        await self.current.deliver(chat_id, done, text, answer_to, source=source)
 
     async def stop_taking(self) -> None:
         """No more retries; the running instance takes no new requests."""

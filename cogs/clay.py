@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_client import DiscordImage, find_photo
+from bot.discord_photos import DiscordImage, find_photo
 from bot.flow import MAX_STRENGTH, MIN_STRENGTH
 from pipeline.core.jobs import MAX_SEED
 
@@ -56,7 +57,7 @@ class Clay(commands.Cog):
         await self.bot.serve(interaction, photo)
 
 
-def clay_command(cog: Clay, styles: list[str], speeds: list[str] = ("default",)) -> app_commands.Command:
+def clay_command(cog: Clay, styles: list[str], speeds: Sequence[str] = ("default",)) -> app_commands.Command:
     """/clay, with a ``style`` choice only when the config has several styles, and a ``speed`` choice only when it
     has [speed.*] presets beside the default."""
     description = "Turn a photo into a claymation picture"

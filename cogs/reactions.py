@@ -40,6 +40,8 @@ class Reactions(commands.Cog):
             return
         self.running.add(event.message_id)
         try:
+            if not isinstance(channel, discord.abc.Messageable):  # a category or forum: no message of ours there
+                return
             message = await channel.fetch_message(event.message_id)
             await self.bot.serve_reaction(message, member, settings)
         except discord.HTTPException as err:

@@ -322,6 +322,12 @@ class FakeDiscord:
             "guild_id": str(self.guild_id), "emoji": {"id": None, "name": emoji}, "member": self.member(user),
             "message_author_id": message["author"]["id"], "burst": False, "type": 0})
 
+    async def delete_message(self, message: dict) -> None:
+        """Someone deletes a message: it is gone, and the gateway tells the bot (MESSAGE_DELETE)."""
+        self._delete(int(message["id"]))
+        await self.dispatch("MESSAGE_DELETE", {"id": message["id"], "channel_id": message["channel_id"],
+                                               "guild_id": str(self.guild_id)})
+
     # -- what the tests look at --------------------------------------------------------------------------------------
 
     async def wait_for(self, predicate: Callable[[Call], bool], *, timeout: float = 30.0, after: int = 0) -> Call:

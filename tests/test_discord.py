@@ -14,12 +14,14 @@ import pytest_asyncio
 from discord import app_commands
 from PIL import Image
 
-from bot.discord_client import ClayBot, DiscordFrontEnd, fit_upload, guild_scope
+from bot.discord_client import ClayBot, DiscordFrontEnd, guild_scope
+from bot.discord_photos import fit_upload
 from bot.flow import RequestFlow, UserError
 from bot.observability import Metrics
 from cogs.admin import parse_emoji
 from cogs.clay import clay_command
 from pipeline.core.errors import ClaybotError
+from pipeline.core.local import LocalQueue
 from pipeline.core.safety import INPUT_REFUSED
 from tests.conftest import photo_bytes, with_pipeline
 from tests.fake_discord import EPHEMERAL, MANAGE_GUILD, Call, FakeDiscord, FakeInteraction
@@ -56,14 +58,14 @@ async def fake():
 def config(tiny_config, fake, tmp_path_factory):
     discord_settings = tiny_config.discord.model_copy(update={
         "api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "guild_ready_timeout": 0.05,
-        "message_content_intent": True})
+        "message_content_intent": True, "status_edit_interval": 0.1})
     bot_settings = tiny_config.bot.model_copy(update={"data_dir": str(tmp_path_factory.mktemp("discord-data"))})
     return tiny_config.model_copy(update={"discord": discord_settings, "bot": bot_settings})
 
 
 @contextlib.asynccontextmanager
 async def running_front_end(config, queue, token=TOKEN, flow=None):
-    front_end = DiscordFrontEnd(config, flow or RequestFlow(queue, config, min_edit_interval=0.05), token)
+    front_end = DiscordFrontEnd(config, flow or RequestFlow(queue, config), token)
     await asyncio.wait_for(front_end.start(), 30)
     try:
         yield front_end
@@ -401,10 +403,9 @@ async def test_a_button_naming_a_speed_the_bot_does_not_have_is_refused_clearly(
     answer = await fake.wait_for(lambda call: call.path.endswith(f"/{press.token}/callback"), timeout=10)
     assert answer.json["type"] == 4 and answer.json["data"]["flags"] == EPHEMERAL
     assert all(w in answer.json["data"]["content"] for w in words), answer.json["data"]["content"]
-    await asyncio.sleep(0.3)
-    assert len(fake.downloads) == downloads  # refused before the photo was fetched
     _, made = await clay(fake, fake.bob, strength=0.5, seed=801)  # and the next person is served
     assert fields(made)["Seed"] == "801"
+    assert len(fake.downloads) == downloads + 1  # only the next person's photo: the press fetched nothing
 
 
 # -- reactions --------------------------------------------------------------------------------------------------------
@@ -462,7 +463,7 @@ async def test_a_person_over_their_limit_is_told_once_however_often_they_react_a
     limits = {"user_per_minute": 1, "user_per_hour": 0, "chat_per_minute": 0, "chat_per_hour": 0, "user_queued": 0}
     limited = config.model_copy(update={"limits": config.limits.model_copy(update=limits)})
     # The same database as the module's bot (as a restarted process would have): the commands are not synced again.
-    flow = RequestFlow(queue, limited, min_edit_interval=0.05, store=front_end.store, metrics=Metrics())
+    flow = RequestFlow(queue, limited, store=front_end.store, metrics=Metrics())
     async with running_front_end(limited, queue, flow=flow):
         first = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
         await fake.react(first, fake.alice)
@@ -490,6 +491,106 @@ async def test_reactions_with_other_emoji_and_on_messages_without_images_are_ign
     await fake.react(without, fake.alice)
     await barrier(fake, bot)
     assert not replies_to(fake, with_photo) and not replies_to(fake, without)
+
+
+# -- someone else's photo, and deleted photos ------------------------------------------------------------------------
+
+
+def buttons_of(message: dict) -> list[str]:
+    return [button["label"] for row in message["components"] for button in row["components"]]
+
+
+async def picture_of_bobs_photo(fake: FakeDiscord, how: str) -> tuple[dict, int]:
+    """Bob's photo message, and the picture Alice asked for of it (by reacting, or with "Clay it")."""
+    message = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+    if how == "reaction":
+        await fake.react(message, fake.alice)
+        _, final = await reaction_answer(fake, message)
+        return message, int(final.path.rsplit("/", 1)[1])
+    interaction = await fake.context_menu("Clay it", message, fake.alice)
+    await fake.wait_for(result_of(interaction), timeout=JOB)
+    return message, interaction.original
+
+
+@pytest.mark.parametrize("how", ["reaction", "clay it"])
+async def test_the_photos_author_may_delete_a_picture_someone_else_asked_for(bot, fake, how):
+    _, result = await picture_of_bobs_photo(fake, how)
+    refused = await fake.press(result, "Delete", fake.admin)  # neither asked for it nor posted the photo
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{refused.token}/callback"), timeout=10)
+    assert answer.json["data"]["flags"] == EPHEMERAL and "Only the person who asked" in answer.json["data"]["content"]
+    assert result in fake.messages
+
+    allowed = await fake.press(result, "Delete", fake.bob)
+    await fake.wait_for(lambda call: call.method == "DELETE" and allowed.token in call.path, timeout=10)
+    assert result not in fake.messages
+
+
+@pytest.mark.parametrize("how", ["reaction", "clay it"])
+async def test_pictures_of_a_deleted_photo_stop_offering_re_runs(bot, fake, how):
+    message, result = await picture_of_bobs_photo(fake, how)
+    assert buttons_of(fake.messages[result]) == BUTTONS
+    assert "source.jpg" in [a["filename"] for a in fake.messages[result]["attachments"]]
+    mark = len(fake.calls)
+
+    await fake.delete_message(message)  # Bob takes his photo down
+
+    await fake.wait_for(lambda call: call.method == "PATCH" and call.path.endswith(f"/messages/{result}"),
+                        after=mark, timeout=10)
+    left = fake.messages[result]
+    assert buttons_of(left) == ["Delete"]  # no Again, Stronger, Weaker, Fast
+    assert [a["filename"] for a in left["attachments"]] == ["clay.png"]  # the copy of his photo is gone
+    assert "thumbnail" not in left["embeds"][0] and left["embeds"][0]["image"]
+    allowed = await fake.press(result, "Delete", fake.bob)  # and he can still remove the picture itself
+    await fake.wait_for(lambda call: call.method == "DELETE" and allowed.token in call.path, timeout=10)
+    assert result not in fake.messages
+
+
+async def test_a_re_run_of_a_photo_deleted_unseen_says_the_photo_is_gone(bot, fake):
+    message, result = await picture_of_bobs_photo(fake, "reaction")
+    del fake.messages[int(message["id"])]  # deleted while claybot was not running: no event ever reached it
+    downloads, mark = len(fake.downloads), len(fake.calls)
+
+    press = await fake.press(result, "Again", fake.alice)
+
+    answer = await fake.wait_for(lambda call: call.path.endswith(f"/{press.token}/callback"), timeout=10)
+    assert answer.json["data"]["flags"] == EPHEMERAL and "deleted" in answer.json["data"]["content"]
+    await fake.wait_for(lambda call: call.method == "PATCH" and call.path.endswith(f"/messages/{result}"),
+                        after=mark, timeout=10)
+    assert buttons_of(fake.messages[result]) == ["Delete"]
+    assert len(fake.downloads) == downloads  # no new picture was started
+    assert not [call for call in fake.calls_of(press) if call.files]
+
+
+async def test_a_picture_sent_after_a_restart_has_the_embed_and_buttons_of_a_live_one(bot, front_end, config, queue,
+                                                                                      fake, tmp_path, monkeypatch):
+    _, live = await clay(fake, fake.alice, strength=0.6, seed=42)
+    # A process that accepted the same request, then died before answering it: its worker never came, and it was
+    # killed (its request task cancelled: nothing of it ran on the way down). Its journal is the module's database.
+    monkeypatch.setenv("CLAYBOT_WORKER_KEY", "test-secret")
+    stuck = LocalQueue(config.gpu(), config.queue.model_copy(update={"worker_address": str(tmp_path / "none.sock")}))
+    await stuck.start()
+    try:
+        dying = RequestFlow(stuck, config, store=front_end.store)
+        async with running_front_end(config, stuck, flow=dying) as old:
+            asked = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO), strength=0.6, seed=42)
+            await fake.wait_for(lambda call: call.method == "PATCH" and asked.token in call.path
+                                and "oven" in ((call.json or {}).get("content") or ""), timeout=JOB)
+            for task in list(old.bot.running.tasks):
+                task.cancel()
+    finally:
+        await stuck.close(grace=0)
+
+    restarted = RequestFlow(queue, config, store=front_end.store)
+    async with running_front_end(config, queue, flow=restarted) as new:
+        mark = len(fake.calls)
+        assert await restarted.recover({"discord": new}, await restarted.unanswered()) == 1
+        after = await fake.wait_for(lambda call: call.method == "POST" and call.path.endswith("/messages")
+                                    and bool(call.files), after=mark, timeout=JOB)
+        await asyncio.gather(*restarted.recovering.tasks)
+    assert after.json["embeds"] == live.json["embeds"]  # the same embed: fields, tags, picture, copy of the photo
+    assert after.json["components"] == live.json["components"]  # the same buttons, carrying the same request
+    assert sorted(after.files) == sorted(live.files) == ["clay.png", "source.jpg"]
+    assert after.json["content"].startswith(f"<@{fake.alice['id']}>")
 
 
 # -- /claysettings ----------------------------------------------------------------------------------------------------

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import zlib
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFile
 
 from bot.flow import MAX_STRENGTH, MIN_STRENGTH, UserError, parse_strength
-from bot.telegram import caption_pattern, parse_button
-from pipeline.core.errors import BadImage
+from bot.telegram.buttons import parse_button
+from bot.telegram.help import caption_pattern
+from pipeline.core.errors import BadImage, TooLarge
 from pipeline.core.images import decode_photo, probe_photo
 from pipeline.core.jobs import MAX_SEED
 from tests.conftest import photo_bytes
@@ -52,13 +55,26 @@ def test_damaged_real_images_never_crash_the_decoder(seed, flips, cut):
     _check(bytes(data[: max(1, len(data) - cut)]))
 
 
-def test_a_header_claiming_huge_dimensions_is_refused_before_decoding():
+def test_a_header_claiming_huge_dimensions_is_refused_before_decoding(monkeypatch):
     # A PNG whose header says 100000×100000: refused from the header, no 40 GB allocation attempted.
     buffer = io.BytesIO()
     Image.new("L", (1, 1)).save(buffer, format="PNG")
     data = bytearray(buffer.getvalue())
-    data[16:24] = (100_000).to_bytes(4, "big") * 2  # IHDR width and height (the CRC is now wrong too)
-    _check(bytes(data))
+    data[16:24] = (100_000).to_bytes(4, "big") * 2  # IHDR width and height
+    data[29:33] = zlib.crc32(data[12:29]).to_bytes(4, "big")  # and its CRC: a valid header, not a damaged file
+    decoded = []  # every image whose pixels Pillow started to decode
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or load(image))
+
+    with pytest.raises(TooLarge):
+        decode_photo(bytes(data), max_pixels=LIMIT)
+    with pytest.raises(TooLarge):
+        probe_photo(bytes(data), max_pixels=LIMIT)
+    assert decoded == []
+
+    # the spy does see a decode: a photo of the same shape within the limit is decoded through it
+    decode_photo(photo_bytes((32, 24), fmt="PNG"), max_pixels=LIMIT)
+    assert decoded and set(decoded) == {(32, 24)}
 
 
 @settings(max_examples=500, deadline=None)
@@ -76,19 +92,22 @@ def test_any_strength_text_is_a_valid_strength_or_a_usage_message(text):
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.one_of(st.text(max_size=70), st.builds("|".join, st.lists(st.text(max_size=12), min_size=4, max_size=4))))
-@example("c1|clay|nan|1")  # found by this test: a float() that is not a strength
-@example("c1|clay|0.5|99999999999999999999999")  # found by this test: a seed torch cannot take
-@example("c1|clay|inf|")
-@example("c1|clay|-0.5|-3")
+@given(st.one_of(st.text(max_size=70),
+                 st.lists(st.text(max_size=12), min_size=4, max_size=4).map(lambda parts: "|".join(["c2", *parts]))))
+@example("c2|clay|nan|1|")  # found by this test: a float() that is not a strength
+@example("c2|clay|0.5|99999999999999999999999|")  # found by this test: a seed torch cannot take
+@example("c2|clay|inf||")
+@example("c2|clay|-0.5|-3|")
+@example("c2|clay|0.5|7|fast")  # a valid one, so the checks below run
 def test_button_data_is_a_valid_request_or_refused(data):
     try:
-        style, strength, seed = parse_button(data)
+        style, strength, seed, speed = parse_button(data)
     except ValueError:
         return
     assert MIN_STRENGTH <= strength <= MAX_STRENGTH
     assert seed is None or 0 <= seed <= MAX_SEED
     assert style is None or style == style.strip() and "|" not in style
+    assert speed is None or speed.isascii() and "|" not in speed and len(speed) <= 32
 
 
 @settings(max_examples=300, deadline=None)

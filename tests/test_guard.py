@@ -58,7 +58,7 @@ async def guarded(tiny_config, queue, tmp_path, clock):
                                        "bot": config.bot.model_copy(update={"max_photo_mb": MAX_MB})})
     store = ClaybotDatabase(tmp_path / "claybot.sqlite3")
     await store.open()
-    flow = RequestFlow(queue, config, min_edit_interval=0.05, store=store, metrics=Metrics(), clock=clock)
+    flow = RequestFlow(queue, config, store=store, metrics=Metrics(), clock=clock)
     front_end = TelegramFrontEnd(config, flow, TOKEN)
     try:
         await asyncio.wait_for(front_end.start(), 15)

@@ -332,7 +332,7 @@ CHAT_BURST = textwrap.dedent("""
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
 
-    from bot.discord_client import source_copy
+    from bot.discord_photos import source_copy
     from pipeline.core.images import probe_photo
 
     photos = [hostile_photos.deep_grey() for _ in range(4)] + [hostile_photos.palette_bomb() for _ in range(4)]
@@ -365,7 +365,7 @@ def test_the_chat_process_stays_small_with_a_burst_of_deep_photos():
 
 
 def test_a_photo_too_big_for_the_chat_side_budget_goes_without_its_copy():
-    from bot.discord_client import source_copy
+    from bot.discord_photos import source_copy
 
     # RGBA at 72 MP: 288 MB to decode, over the 256 MB budget; refused before decoding.
     rgba = hostile_photos.png(9000, 8000, color_type=6)

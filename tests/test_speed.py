@@ -451,7 +451,7 @@ def test_fast_preset_benchmark_counts_at_least_five_times_fewer_unet_evaluations
 
 
 def test_telegram_help_names_the_presets_only_when_there_are_some(tiny_config):
-    from bot.telegram import help_text
+    from bot.telegram.help import help_text
 
     assert "/clay fast or /clay 0.6 fast is quicker" in help_text(tiny_config, "claybot_bot")
     assert "speeds:" not in help_text(tiny_config.model_copy(update={"speed": {}}), "claybot_bot")

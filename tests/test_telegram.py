@@ -16,17 +16,11 @@ from PIL import Image
 
 from bot.config import Config, ConfigError, parse_config
 from bot.flow import USAGE, RequestFlow, variant
-from bot.telegram import (
-    DOWNLOAD_LIMIT,
-    MAX_CALLBACK_DATA,
-    RecentPhotos,
-    TelegramFrontEnd,
-    TelegramPhoto,
-    button_data,
-    download_limit,
-    parse_button,
-    result_buttons,
-)
+from bot.store import ClaybotDatabase
+from bot.telegram import TelegramFrontEnd
+from bot.telegram.buttons import MAX_CALLBACK_DATA, button_data, parse_button, result_buttons
+from bot.telegram.photos import DOWNLOAD_LIMIT, RecentPhotos, TelegramPhoto, download_limit
+from pipeline.core.intake import take_in
 from pipeline.core.jobs import SHUTDOWN_REASON, Done
 from pipeline.core.local import LocalQueue
 from tests.conftest import photo_bytes, with_pipeline
@@ -75,6 +69,17 @@ class Running:
             lambda c: c.method == "deleteMessage" and c.params["message_id"] == status.result["message_id"],
             answered=True, timeout=timeout)
 
+    async def handled(self) -> Call:
+        """Wait until every update sent so far was handled and every request it started has ended (updates are
+        handled in order: once a later /help is answered, the earlier ones were); the /help answer (in the group,
+        where it quotes the command)."""
+        asked = await self.fake.send_text(GROUP, BOB, "/help")
+        answer = await self.text_for(asked)
+        tasks = [task for task in self.front_end.requests.running.tasks if not task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=60)
+        return answer
+
     def edits_of(self, status: Call) -> list[Call]:
         return [c for c in self.fake.calls_to("editMessageText")
                 if c.params["chat_id"] == status.params["chat_id"]
@@ -93,8 +98,8 @@ async def telegram(tiny_config, queue, caplog):
     caplog.set_level(logging.DEBUG)
     fake = FakeTelegram(TOKEN)
     await fake.start()
-    flow = RequestFlow(queue, tiny_config, min_edit_interval=0.05)  # our own pacing is what is under test
-    front_end = TelegramFrontEnd(with_telegram(tiny_config, fake), flow, TOKEN)
+    config = with_telegram(tiny_config, fake)
+    front_end = TelegramFrontEnd(config, RequestFlow(queue, config), TOKEN)
     try:
         await asyncio.wait_for(front_end.start(), 15)
         yield Running(fake, front_end)
@@ -189,9 +194,14 @@ async def test_image_sent_as_a_file_with_a_caption_naming_this_bot_is_stylized(t
 
 
 async def test_a_caption_for_another_bot_is_left_alone(telegram):
-    await telegram.fake.send_photo(GROUP, ALICE, LANDSCAPE, caption="/clay@some_other_bot 0.6")
-    await asyncio.sleep(0.8)
-    assert not telegram.fake.calls_to("sendMessage", "sendPhoto", "getFile")
+    other = await telegram.fake.send_photo(GROUP, ALICE, LANDSCAPE, caption="/clay@some_other_bot 0.6")
+    # A later photo for this bot is answered in full: by then the earlier update was handled (in order), and had it
+    # started a request, that request would have fetched its photo long before this one's picture was sent.
+    ours = await telegram.fake.send_photo(GROUP, ALICE, PORTRAIT, caption="/clay 0.6")
+    check_picture(await telegram.picture_for(ours), (96, 128), strength=0.6)
+    assert len(telegram.fake.calls_to("getFile")) == 1
+    assert not [c for c in telegram.fake.calls_to("sendMessage", "sendPhoto", "sendDocument")
+                if c.reply_to == other["message_id"]]
 
 
 async def test_reply_clay_to_a_photo_in_a_group_answers_the_photo(telegram):
@@ -210,8 +220,9 @@ async def test_reply_clay_to_a_photo_in_a_group_answers_the_photo(telegram):
 async def test_reaction_with_the_configured_emoji_on_a_photo_the_bot_saw_is_stylized(telegram):
     photo = await telegram.fake.send_photo(GROUP, ALICE, PORTRAIT)
     await telegram.fake.react(GROUP, BOB, photo["message_id"], "👍")  # not the configured emoji: nothing
-    await asyncio.sleep(0.5)
-    assert not telegram.fake.calls_to("sendMessage", "getFile")
+    await telegram.handled()
+    assert not telegram.fake.calls_to("getFile")
+    assert not [c for c in telegram.fake.calls_to("sendMessage") if c.reply_to == photo["message_id"]]
 
     await telegram.fake.react(GROUP, BOB, photo["message_id"], "🗿", old=("👍",))
 
@@ -258,6 +269,41 @@ async def test_buttons_work_on_pictures_sent_before_a_restart(telegram):
     assert check_picture(answer, (96, 128), strength=0.6) == 42
 
 
+async def test_a_picture_sent_after_a_restart_has_the_caption_and_buttons_of_a_live_one(tiny_config, queue,
+                                                                                      tmp_path):
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    config = with_telegram(tiny_config, fake)
+    async with ClaybotDatabase(tmp_path / "claybot.sqlite3") as store:
+        flow = RequestFlow(queue, config, store=store)
+        front_end = TelegramFrontEnd(config, flow, TOKEN)
+        await asyncio.wait_for(front_end.start(), 15)
+        running = Running(fake, front_end)
+        try:
+            asked = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.6")
+            live = await running.picture_for(asked)
+            seed = check_picture(live, (128, 96), strength=0.6)
+            await running.handled()  # that request has ended: answered in the journal too
+            # What a process that died while making the same picture of a photo in the group left in its journal:
+            # the request, its photo, and the message to answer. The restarted process runs it again.
+            photo = await fake.send_photo(GROUP, BOB, LANDSCAPE)
+            chat = str(GROUP["id"])
+            ticket = await flow.journal.admit("telegram", str(BOB["id"]), chat, chat,
+                                              {"message_id": photo["message_id"], "thread_id": None})
+            await flow.journal.queued(ticket, "job-of-the-dead-process", await take_in(
+                config, LANDSCAPE, strength=0.6, seed=seed, reply_to=("telegram", chat)))
+            assert await flow.recover({"telegram": front_end}, await flow.unanswered()) == 1
+
+            after = await running.picture_for(photo)
+            await asyncio.gather(*flow.recovering.tasks)
+        finally:
+            await asyncio.wait_for(front_end.close(), 30)
+            await fake.close()
+    check_picture(after, (128, 96), strength=0.6)
+    assert after.params["caption"] == live.params["caption"]
+    assert after.params["reply_markup"] == live.params["reply_markup"]  # the same buttons, carrying the same request
+
+
 async def test_a_button_whose_photo_is_gone_says_so_at_once(telegram):
     orphan = {"message_id": 9001, "date": 0, "chat": GROUP, "from": telegram.fake.bot_user,
               "caption": "clay · strength 0.5 · seed 42\nno tags"}
@@ -269,8 +315,9 @@ async def test_a_button_whose_photo_is_gone_says_so_at_once(telegram):
     answer = await telegram.fake.wait_for(lambda c: c.method == "answerCallbackQuery")
     assert answer.params["callback_query_id"] == query_id and answer.params["show_alert"] == "true"
     assert "original photo" in answer.params["text"]
-    await asyncio.sleep(0.3)
-    assert not telegram.fake.calls_to("getFile", "sendMessage")
+    help_answer = await telegram.handled()
+    assert not telegram.fake.calls_to("getFile")
+    assert telegram.fake.calls_to("sendMessage") == [help_answer]
 
 
 # -- bad input ------------------------------------------------------------------------------------------------------
@@ -282,7 +329,7 @@ async def test_a_file_over_the_download_limit_is_refused_before_any_download(tel
     refusal = await telegram.text_for(photo)
 
     assert "23.8 MB" in refusal.params["text"] and "20 MB" in refusal.params["text"]
-    await asyncio.sleep(0.3)
+    await telegram.handled()  # the request has ended
     assert not telegram.fake.calls_to("getFile", "download", "sendPhoto")
 
 
@@ -367,12 +414,10 @@ async def test_a_corrupt_jpeg_gets_a_clear_reason_and_the_next_user_is_served(te
 
 async def test_a_reaction_on_a_message_the_bot_never_saw_is_ignored_quietly(telegram, caplog):
     await telegram.fake.react(GROUP, BOB, 123456, "🗿")
-    await asyncio.sleep(0.5)
-    assert not telegram.fake.calls_to("sendMessage", "getFile")
+    help_answer = await telegram.handled()  # and the bot goes on answering
+    assert not telegram.fake.calls_to("getFile")
+    assert telegram.fake.calls_to("sendMessage") == [help_answer]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-    help_asked = await telegram.fake.send_text(GROUP, BOB, "/help")
-    await telegram.text_for(help_asked)
 
 
 # -- talking ---------------------------------------------------------------------------------------------------------
@@ -397,7 +442,8 @@ async def test_an_unexpected_failure_is_logged_and_answered_with_a_calm_line(tel
     calm = await telegram.text_for(asked)
 
     assert calm.params["text"] == "Something went wrong on my side; please try again."
-    failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "bot.telegram"]
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR
+                and r.name.startswith("bot.telegram")]
     assert failures and "something unexpected" in str(failures[0].exc_info[1]).lower()
 
 
@@ -441,7 +487,8 @@ async def test_stopping_still_answers_a_user_whose_photo_was_waiting(tiny_config
     await queue.start()
     fake = FakeTelegram(TOKEN)
     await fake.start()
-    front_end = TelegramFrontEnd(with_telegram(tiny_config, fake), RequestFlow(queue, tiny_config), TOKEN)
+    config = with_telegram(tiny_config, fake)
+    front_end = TelegramFrontEnd(config, RequestFlow(queue, config), TOKEN)
     try:
         await asyncio.wait_for(front_end.start(), 15)
         running = Running(fake, front_end)
@@ -497,12 +544,12 @@ async def test_button_data_fits_telegrams_64_bytes_and_round_trips():
     assert parse_button(data) == ("clay", 0.6, 2**31 - 1, None)
     assert parse_button(button_data("clay", 0.5, None)) == ("clay", 0.5, None, None)
     assert parse_button(button_data("clay", 0.5, 7, "fast")) == ("clay", 0.5, 7, "fast")
-    assert parse_button("c1|clay|0.55|7") == ("clay", 0.55, 7, None)  # buttons sent before speed presets
     longest_speed = "f" + "a" * 31  # the longest preset name config accepts
     long_style = button_data("a_style_name_far_too_long_for_a_button_" * 2, 0.55, 2**31 - 1, longest_speed)
     assert len(long_style.encode()) <= MAX_CALLBACK_DATA
     assert parse_button(long_style) == (None, 0.55, 2**31 - 1, longest_speed)
-    for hostile in ("something|else", "c2|clay|0.6|42", "c1|clay|0.6|42|fast", "c2|clay|0.6|42|fast|x",
+    for hostile in ("something|else", "c2|clay|0.6|42", "c1|clay|0.55|7", "c1|clay|0.6|42|fast",
+                    "c2|clay|0.6|42|fast|x",
                     "c2|clay|0.6|42|FAST", "c2|clay|0.6|42|fa:st", "c2|clay|0.6|42|" + "f" * 60, "c2|clay|nan|1|",
                     "c2|clay|0.6|" + "9" * 40 + "|", "c2|clay|0.6|42|ф" * 3):
         with pytest.raises(ValueError):
@@ -583,14 +630,14 @@ async def test_a_default_pictures_buttons_stay_default(telegram):
     assert "fast" not in answer.params["caption"]
 
 
-async def test_old_button_data_without_a_speed_still_works_with_the_styles_preset(telegram):
+async def test_button_data_without_a_speed_runs_at_the_styles_preset(telegram):
     photo = await telegram.fake.send_photo(GROUP, ALICE, PORTRAIT)
     old_picture = {"message_id": 9002, "date": 0, "chat": GROUP, "from": telegram.fake.bot_user,
                    "photo": photo["photo"], "caption": "clay · strength 0.5 · seed 42\nno tags",
                    "reply_to_message": photo}
     telegram.fake.messages[(GROUP["id"], 9002)] = old_picture
 
-    await telegram.fake.press(BOB, old_picture, "c1|clay|0.6|42")  # as the buttons were written before presets
+    await telegram.fake.press(BOB, old_picture, "c2|clay|0.6|42|")  # an empty speed: the style's own preset
 
     answer = await telegram.picture_for(photo)
     assert check_picture(answer, (96, 128), strength=0.6) == 42
@@ -603,6 +650,7 @@ async def test_old_button_data_without_a_speed_still_works_with_the_styles_prese
     ("c2|clay|0.6|42|" + "f" * 60, ["can't read this button"]),  # over Telegram's 64 bytes
     ("c2|clay|0.6|42|Fast; drop", ["can't read this button"]),
     ("c2|clay|0.6|42|fast|more", ["can't read this button"]),
+    ("c1|clay|0.6|42", ["can't read this button"]),  # a pre-release format: nothing was released with it
     ("not one of ours", ["can't read this button"]),  # any data at all gets an answer, never a spinning button
 ])
 async def test_bad_speed_in_button_data_is_refused_with_a_clear_line(telegram, data, words):
@@ -618,11 +666,11 @@ async def test_bad_speed_in_button_data_is_refused_with_a_clear_line(telegram, d
     answer = await telegram.fake.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
     assert answer.params["callback_query_id"] == query_id and answer.params["show_alert"] == "true"
     assert all(w in answer.params["text"] for w in words), answer.params["text"]
-    await asyncio.sleep(0.3)
-    assert not [c for c in telegram.fake.calls[mark:] if c.method in ("getFile", "sendMessage")]
-    # and the bot still serves the next person
+    # the bot still serves the next person; by then the press was handled (in order) without a request
     asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay 0.5")
     check_picture(await telegram.picture_for(asked), (128, 96), strength=0.5)
+    assert len([c for c in telegram.fake.calls[mark:] if c.method == "getFile"]) == 1  # the next person's
+    assert all(c.reply_to == asked["message_id"] for c in telegram.fake.calls[mark:] if c.method == "sendMessage")
 
 
 async def test_the_fast_best_button_shows_only_when_the_config_has_presets():

@@ -1,0 +1,123 @@
+"""A Discord result's buttons: their state, encoded in and parsed from the custom id in this one place, and who may
+press them. The buttons keep working after a restart with nothing stored (discord.py's ``DynamicItem``); what a
+press does is the Results cog's (cogs/results.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.flow import UserError, toggle_label
+
+if TYPE_CHECKING:
+    from cogs.results import Results
+
+RESTARTING = "claybot is restarting; please try again in a minute."
+MAX_CUSTOM_ID = 100  # Discord's limit on a component's custom id
+RESULTS_COG = "Results"
+BUTTONS = {  # action: (label, emoji, style)
+    "again": ("Again", "\N{GAME DIE}", discord.ButtonStyle.primary),
+    "stronger": ("Stronger", "\N{HEAVY PLUS SIGN}", discord.ButtonStyle.secondary),
+    "weaker": ("Weaker", "\N{HEAVY MINUS SIGN}", discord.ButtonStyle.secondary),
+    "delete": ("Delete", "\N{WASTEBASKET}", discord.ButtonStyle.danger),
+}
+TOGGLE = {"Fast": "\N{HIGH VOLTAGE SIGN}", "Best": "\N{DIRECT HIT}"}  # the "speed" button: same picture, other preset
+# ``clay:action:requester:style:strength:seed``, then ``:speed``, then ``:author``. The speed part is read loosely
+# here and checked against the config when pressed, so a preset the config no longer has gets an answer that says
+# so instead of a silent "interaction failed".
+CUSTOM_ID = (r"clay:(?P<action>again|stronger|weaker|delete|speed):(?P<requester>\d+):(?P<style>[\w.-]*)"
+             r":(?P<strength>\d*\.?\d+):(?P<seed>\d+)(?::(?P<speed>[^:]*)(?::(?P<author>\d+))?)?")
+
+
+@dataclass(frozen=True)
+class ResultState:
+    """What a result's buttons need besides the photo: who asked, how it was made, and whose photo it was."""
+
+    requester: int
+    style: str  # "": the default style (a custom id too long for the style's name)
+    strength: float
+    seed: int
+    speed: str | None = None  # the speed preset; None (buttons from before presets): the style's own
+    author: int | None = None  # who posted the photo, when someone else did (a reaction, "Clay it")
+
+    def custom_id(self, action: str) -> str:
+        """The button's custom id (Discord allows 100 characters). Should everything not fit, the style is left
+        out first (the default style, as Telegram's buttons do), then the author (only the requester may delete)."""
+        for style, author in ((self.style, self.author), ("", self.author), ("", None)):
+            speed = "" if self.speed is None and author is None else f":{self.speed or ''}"
+            custom_id = (f"clay:{action}:{self.requester}:{style}:{self.strength:g}:{self.seed}{speed}"
+                         + (f":{author}" if author is not None else ""))
+            if len(custom_id) <= MAX_CUSTOM_ID:
+                break
+        return custom_id
+
+    @classmethod
+    def parse(cls, match: re.Match[str]) -> ResultState:
+        """The state a custom id that matched ``CUSTOM_ID`` holds."""
+        return cls(int(match["requester"]), match["style"], float(match["strength"]), int(match["seed"]),
+                   match["speed"] or None, int(match["author"]) if match["author"] else None)
+
+    def may_delete(self, user_id: int) -> bool:
+        """The person who asked for the picture, and the person whose photo it is."""
+        return user_id in (self.requester, self.author)
+
+
+class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID):
+    """One of a result's buttons; its state lives in its custom id, so it works after a restart."""
+
+    def __init__(self, action: str, state: ResultState) -> None:
+        if action == "speed":  # Fast / Best: the state holds the preset it switches to
+            label = toggle_label(state.speed or "default")
+            emoji, style = TOGGLE[label], discord.ButtonStyle.secondary
+        else:
+            label, emoji, style = BUTTONS[action]
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=state.custom_id(action)))
+        self.action, self.state = action, state
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> ResultButton:
+        return cls(match["action"], ResultState.parse(match))
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        if self.action == "delete" and not self.state.may_delete(interaction.user.id):
+            await interaction.response.send_message("Only the person who asked for this picture, or whose photo it "
+                                                    "is, can delete it.", ephemeral=True)
+            return False
+        return True
+
+    async def callback(self, interaction: discord.Interaction) -> Any:
+        bot: Any = interaction.client
+        try:
+            results: Results | None = bot.get_cog(RESULTS_COG)
+            if results is None:  # being unloaded: claybot is stopping
+                raise UserError(RESTARTING)
+            await results.press(interaction, self.action, self.state)
+        except Exception as err:  # discord.py would only log it; the user gets an answer too
+            await bot.report(interaction, err)
+
+
+class ResultView(discord.ui.View):
+    """Again · Stronger · Weaker · Delete, and Fast / Best (``toggle``: the other preset) when the config has
+    presets; only Delete once the photo is gone (``reruns`` False). Persistent (no timeout)."""
+
+    def __init__(self, state: ResultState, toggle: str | None = None, *, reruns: bool = True) -> None:
+        super().__init__(timeout=None)
+        for action in BUTTONS if reruns else ("delete",):
+            self.add_item(ResultButton(action, state))
+        if toggle is not None and reruns:
+            self.add_item(ResultButton("speed", dataclasses.replace(state, speed=toggle)))
+
+
+def state_of(message: discord.Message) -> ResultState | None:
+    """The state a result message's buttons hold (its Delete button's), or None when it has none of ours."""
+    for row in message.components:
+        for component in getattr(row, "children", ()):
+            match = re.fullmatch(CUSTOM_ID, getattr(component, "custom_id", None) or "")
+            if match is not None:
+                return ResultState.parse(match)
+    return None

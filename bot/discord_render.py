@@ -1,0 +1,82 @@
+"""How a result looks on Discord (embed, picture, copy of the photo, buttons), built in one place for live answers
+and for answers after a restart; and the same message without its re-runs once its photo is deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass
+
+import discord
+
+from bot.config import Config
+from bot.discord_buttons import ResultState, ResultView
+from bot.discord_photos import SOURCE_NAME, PhotoMessage, fit_upload, source_copy
+from bot.flow import shorten, speed_toggle
+from pipeline.core.jobs import Done
+
+CLAY_COLOUR = discord.Colour(0xB86B3C)
+PHOTO_GONE = "The photo this picture was made from was deleted, so I make no more pictures of it."
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked for a picture, as its message names them."""
+
+    id: int
+    name: str
+
+
+@dataclass
+class ResultMessage:
+    """Everything a result message is made of."""
+
+    embed: discord.Embed
+    files: list[discord.File]
+    view: ResultView
+
+
+async def build_result(config: Config, done: Done, source: bytes | None, requester: Requester, limit: int,
+                       photo: PhotoMessage | None = None) -> ResultMessage:
+    """The embed (style, strength, seed, tags; its title links to the photo's message when there is one), the
+    image fitted to the upload limit, the copy of the photo (for the buttons), and the buttons."""
+    max_input_pixels = int(config.pipeline.max_input_megapixels * 1e6)
+    copy = None
+    if source is not None:
+        copy = await asyncio.to_thread(source_copy, source, limit // 4, max_input_pixels=max_input_pixels)
+    image, name = await asyncio.to_thread(fit_upload, done.image, limit - len(copy or b""))
+    embed = discord.Embed(title="Your clay picture", colour=CLAY_COLOUR, url=photo.link if photo else None,
+                          description=shorten(", ".join(done.tags), 300) if done.tags else "no tags")
+    embed.add_field(name="Style", value=done.style)
+    embed.add_field(name="Strength", value=f"{done.strength:g}")
+    embed.add_field(name="Seed", value=str(done.seed))
+    if done.speed != "default":
+        embed.add_field(name="Speed", value=done.speed)
+    embed.set_image(url=f"attachment://{name}")
+    files = [discord.File(io.BytesIO(image), filename=name)]
+    if copy is not None:
+        embed.set_thumbnail(url=f"attachment://{SOURCE_NAME}")
+        files.append(discord.File(io.BytesIO(copy), filename=SOURCE_NAME))
+    if requester.name:
+        embed.set_footer(text=f"for {requester.name}")
+    author = photo.author_id if photo is not None and photo.author_id != requester.id else None
+    view = ResultView(ResultState(requester.id, done.style, done.strength, done.seed, done.speed, author),
+                      toggle=speed_toggle(done.speed, config.speed_names()))
+    return ResultMessage(embed, files, view)
+
+
+def photo_of(result: discord.Message, state: ResultState) -> PhotoMessage | None:
+    """The message a result's photo was posted in (its embed's link), or None for a /clay attachment."""
+    embed = result.embeds[0] if result.embeds else None
+    return PhotoMessage.from_link(embed.url if embed else None, state.author or state.requester)
+
+
+async def without_reruns(result: discord.Message, state: ResultState) -> None:
+    """The result of a deleted photo: no more re-run buttons (Delete stays) and no copy of the photo."""
+    embed = result.embeds[0] if result.embeds else None
+    if embed is not None:
+        embed = embed.copy()
+        embed.set_thumbnail(url=None)
+        embed.set_footer(text=f"{embed.footer.text or ''} · the photo was deleted".lstrip(" ·"))
+    kept = [attachment for attachment in result.attachments if attachment.filename != SOURCE_NAME]
+    await result.edit(embed=embed, attachments=kept, view=ResultView(state, reruns=False))

@@ -1,0 +1,159 @@
+"""The Telegram front end's wiring, in python-telegram-bot's style: build the Application, register the handlers,
+run it (``TelegramFrontEnd``, as ``claybot run`` drives it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from telegram import Update
+from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    MessageReactionHandler,
+    filters,
+)
+
+from bot.config import Config, ConfigError
+from bot.flow import RequestFlow
+from bot.observability import HIDE_SECRETS, hide_secret
+from bot.store import ClaybotDatabase
+from bot.telegram.handlers import TelegramRequests
+from bot.telegram.help import command_menu
+from bot.telegram.render import CAPTION_LIMIT, reply_to, send_result
+from pipeline.core.errors import ClaybotError
+from pipeline.core.jobs import Done
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
+POLL_TIMEOUT = 10  # seconds a getUpdates long poll waits for news
+
+# A logger's filters see only the records logged on it, not its children's: name each logger that may quote a URL.
+TOKEN_QUOTING_LOGGERS = ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",
+                         "telegram.ext", *(f"bot.telegram.{name}" for name in ("app", "handlers", "photos", "render",
+                                                                              "reply")))
+
+
+def hide_token_in_logs(token: str) -> None:
+    """Keep the token out of every log line PTB or this package writes (httpx's request lines are silenced); the
+    `claybot` command's own handler hides it from every other logger too."""
+    hide_secret(token)
+    for name in TOKEN_QUOTING_LOGGERS:
+        if HIDE_SECRETS not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(HIDE_SECRETS)
+    for noisy in ("httpx", "httpcore"):  # httpx logs each request's URL at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_application(config: Config, flow: RequestFlow, token: str,
+                      store: ClaybotDatabase | None = None) -> Application:
+    """The PTB Application, pointed at the configured Bot API server, with every handler registered here."""
+    settings = config.telegram
+    hide_token_in_logs(token)
+    application = (
+        Application.builder()
+        .token(token)
+        .base_url(settings.api_base_url)
+        .base_file_url(settings.file_base_url)
+        .local_mode(settings.local_mode)
+        .build()
+    )
+    requests = TelegramRequests(config, flow, store if store is not None else flow.store)
+    application.bot_data["requests"] = requests
+
+    only_new = filters.UpdateType.MESSAGE  # edits of old messages ask for nothing
+    images = filters.PHOTO | filters.Document.IMAGE
+    # group -1 sees every update before the others: remember photos for reactions, whatever else happens.
+    application.add_handler(MessageHandler(only_new & images, requests.remember_photo), group=-1)
+    application.add_handler(CommandHandler(["start", "help"], requests.on_help, filters=only_new))
+    application.add_handler(CommandHandler("claysettings", requests.on_settings, filters=only_new))
+    application.add_handler(MessageHandler(
+        only_new & (filters.PHOTO | filters.Document.ALL) & filters.CaptionRegex(requests.caption_command),
+        requests.on_captioned_photo))
+    application.add_handler(CommandHandler(requests.commands, requests.on_clay_command, filters=only_new))
+    application.add_handler(MessageHandler(only_new & filters.ChatType.PRIVATE & images, requests.on_plain_photo))
+    if settings.reaction_emoji:
+        application.add_handler(MessageReactionHandler(
+            requests.on_reaction, message_reaction_types=MessageReactionHandler.MESSAGE_REACTION_UPDATED))
+    # every button press, whatever its data: ours, and data that is not ours, all get an answer
+    application.add_handler(CallbackQueryHandler(requests.on_button))
+    application.add_error_handler(requests.on_error)
+    return application
+
+
+class TelegramFrontEnd:
+    """`claybot run`'s Telegram glue: long-polls the Bot API and serves requests through the shared flow."""
+
+    name = "telegram"
+
+    def __init__(self, config: Config, flow: RequestFlow, token: str) -> None:
+        self.config = config
+        self.application = build_application(config, flow, token)
+        self.requests: TelegramRequests = self.application.bot_data["requests"]
+
+    async def start(self) -> None:
+        """Check the token, then poll for messages, button presses and reactions."""
+        settings = self.config.telegram
+        try:
+            await self.application.initialize()
+        except InvalidToken:  # PTB's own message quotes the token: never let it reach a log or the console
+            raise ConfigError(f"Telegram refused the bot token in {settings.token_env}; "
+                              f"check it with @BotFather") from None
+        except NetworkError as err:
+            raise ClaybotError(f"cannot reach the Telegram Bot API at {settings.api_base_url}: {err}") from None
+        await self.application.start()
+        try:
+            await self.application.bot.set_my_commands(command_menu(self.config))
+        except TelegramError as err:  # only the command menu is missing
+            logger.warning("could not set the bot's command menu: %s", err)
+        if self.application.updater is None:  # build_application always makes one
+            raise ClaybotError("the Telegram application has no updater to poll with")
+        await self.application.updater.start_polling(timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES)
+        logger.info("Telegram bot @%s is polling (reactions: %s)", self.application.bot.username,
+                    settings.reaction_emoji or "off")
+
+    async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any],
+                      source: bytes | None = None) -> None:
+        """A recovered job's answer, replying to the photo: the picture as a live answer shows it (caption and
+        buttons; the photo is the message it replies to, so ``source`` is not needed), or the reason; then the
+        status message the old process left is removed."""
+        bot = self.application.bot
+        message_id, thread_id = answer_to.get("message_id"), answer_to.get("thread_id")
+        if done is None:
+            await bot.send_message(int(chat_id), text, reply_parameters=reply_to(message_id),
+                                   message_thread_id=thread_id)
+        else:
+            sent = await send_result(bot, int(chat_id), done, text[:CAPTION_LIMIT], speeds=self.config.speed_names(),
+                                     reply_to_id=message_id, thread_id=thread_id)
+            self.requests.remember_result(sent)
+        if answer_to.get("status_message_id"):  # the old process's "Queued, #3" line
+            with contextlib.suppress(TelegramError):
+                await bot.delete_message(int(chat_id), answer_to["status_message_id"])
+
+    async def ended(self) -> Exception:
+        """python-telegram-bot polls again by itself after network errors and Telegram's hiccups: never."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def stop_taking(self) -> None:
+        """Stop polling; requests already running keep going and still send their answers."""
+        updater = self.application.updater
+        if updater is not None and updater.running:
+            await updater.stop()
+
+    async def close(self) -> None:
+        """Give running requests a moment to send their answers, then stop and shut the application down."""
+        await self.stop_taking()
+        late = await self.requests.running.finish()
+        if late:
+            logger.warning("%d Telegram request(s) still running at close were cancelled", late)
+        self.requests.uploading.stop()
+        if self.application.running:
+            await self.application.stop()
+        await self.application.shutdown()

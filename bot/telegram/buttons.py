@@ -1,0 +1,67 @@
+"""A Telegram result's buttons: their labels, and the one encoder and one parser of their callback data.
+
+The callback data carries the whole request (style, strength, seed, speed preset), so buttons keep working after a
+restart with nothing stored; the photo is the message the result replies to. Bump ``BUTTON_PREFIX`` only when the
+format changes after a release (nothing was released before ``c2``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot.flow import speed_toggle, toggle_label, variant
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Done
+
+BUTTON_PREFIX = "c2"
+SPEED_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # what config accepts as a [speed.*] name, and "default"
+MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
+LABELS = {"again": "🎲 Again", "stronger": "💪 Stronger", "weaker": "🪶 Weaker", "Fast": "⚡ Fast", "Best": "🎯 Best"}
+
+
+def button_data(style: str, strength: float, seed: int | None, speed: str | None = None) -> str:
+    """Callback data that carries the whole request (max 64 bytes): ``c2|style|strength|seed|speed`` (an empty
+    seed: a new one; an empty speed: the style's own preset; an empty style: the default, when the name is too long)."""
+    tail = f"{strength:g}|{'' if seed is None else seed}|{speed or ''}"
+    data = f"{BUTTON_PREFIX}|{style}|{tail}"
+    if len(data.encode()) > MAX_CALLBACK_DATA:  # a very long style name: fall back to the default style
+        data = f"{BUTTON_PREFIX}||{tail}"
+    return data
+
+
+def parse_button(data: str) -> tuple[str | None, float, int | None, str | None]:
+    """``button_data``'s (style, strength, seed, speed); ValueError for anything else."""
+    if len(data.encode()) > MAX_CALLBACK_DATA:  # Telegram's own limit: anything longer is not ours, and is not parsed
+        raise ValueError("callback data too long")
+    prefix, _, rest = data.partition("|")
+    fields = rest.split("|")
+    if prefix != BUTTON_PREFIX or len(fields) != 4:
+        raise ValueError(f"unknown button format {prefix[:8]!r}")
+    style, strength, seed, speed = fields
+    value = float(strength)
+    if not MIN_STRENGTH <= value <= MAX_STRENGTH:  # NaN fails this too
+        raise ValueError(f"strength {strength!r} out of range")
+    if seed and not (seed.isascii() and seed.isdigit() and int(seed) <= MAX_SEED):
+        raise ValueError(f"seed {seed!r} out of range")
+    if style != style.strip():
+        raise ValueError(f"style {style!r}")
+    if speed and not SPEED_NAME.fullmatch(speed):
+        raise ValueError(f"speed {speed!r}")
+    return style or None, value, int(seed) if seed else None, speed or None
+
+
+def result_buttons(done: Done, speeds: Sequence[str] = ()) -> InlineKeyboardMarkup:
+    """🎲 Again, 💪 Stronger and 🪶 Weaker (the flow's ``variant`` rule), each with the picture's speed preset; and
+    ⚡ Fast / 🎯 Best (same seed and strength, the other preset) when the config has presets (``speeds``: the
+    config's speed names, "default" first)."""
+    def button(action: str, speed: str, label: str) -> InlineKeyboardButton:
+        data = button_data(done.style, *variant(action, done.strength, done.seed), speed)
+        return InlineKeyboardButton(LABELS[label], callback_data=data)
+
+    row = [button(action, done.speed, action) for action in ("again", "stronger", "weaker")]
+    other = speed_toggle(done.speed, list(speeds))
+    if other is not None:
+        row.append(button("speed", other, toggle_label(other)))
+    return InlineKeyboardMarkup([row])

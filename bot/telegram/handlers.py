@@ -1,0 +1,261 @@
+"""The Telegram handlers: each way to ask becomes an ``Ask`` for the shared flow, run in its own task.
+
+Ways to ask: a photo (or an image sent as a file) captioned ``/clay [strength]``; ``/clay [strength]`` as a reply to a
+photo; in groups, a reaction with the configured emoji on a photo the bot has seen; the buttons under each result.
+Mistakes a user can fix are raised as ``UserError`` and answered by ``on_error``, the one place errors become chat
+lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from telegram import Message, ReactionType, ReactionTypeEmoji, Update
+from telegram.constants import ChatMemberStatus, ChatType
+from telegram.error import TelegramError
+from telegram.ext import ContextTypes
+
+from bot.config import Config
+from bot.flow import USAGE, Ask, RequestFlow, RunningRequests, UserError, button_speed, parse_options, user_line
+from bot.store import ClaybotDatabase
+from bot.telegram.buttons import parse_button
+from bot.telegram.help import PLAIN_PHOTO_HINT, SETTINGS_USAGE, caption_pattern, help_text, style_commands
+from bot.telegram.photos import RecentPhotos, TelegramPhoto, download, download_limit, photo_in
+from bot.telegram.render import reply_to
+from bot.telegram.reply import TelegramReply, UploadingPhoto
+
+logger = logging.getLogger(__name__)
+
+PLATFORM = "telegram"
+
+
+class TelegramRequests:
+    """The handlers and what they share: the flow, the photos seen lately, the requests in progress."""
+
+    def __init__(self, config: Config, flow: RequestFlow, store: ClaybotDatabase | None = None) -> None:
+        self.config, self.flow = config, flow
+        self.store = store  # the chats' settings (NSFW); without one every chat is all-ages
+        self.settings = config.telegram
+        self.photos = RecentPhotos(self.settings.remember_photos, self.settings.remember_hours * 3600)
+        self.commands = style_commands(config)
+        self.running = RunningRequests()
+        self.uploading = UploadingPhoto()
+        self.caption_command = caption_pattern(self.commands)
+
+    # -- the ways to ask ----------------------------------------------------------------------------------------------
+
+    async def remember_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Every photo the bot sees, so a reaction on it later can be answered."""
+        photo = photo_in(update.effective_message)
+        if photo is not None:
+            self.photos.remember(photo)
+
+    async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/start and /help."""
+        await message_of(update).reply_text(help_text(self.config, context.bot.username))
+
+    async def on_captioned_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A photo or file captioned ``/clay [strength]``."""
+        message = message_of(update)
+        match = self.caption_command.match(message.caption or "")
+        if match is None or not _for_this_bot(match.group(2), context):
+            return
+        strength, speed = parse_options(match.group(3), self.config.speed_names())
+        photo = photo_in(message)
+        if photo is None:  # a caption on something else (a video, an audio file)
+            raise UserError(f"There is no photo here to work on. {USAGE}")
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=match.group(1), strength=strength,
+                           how="caption", speed=speed)
+
+    async def on_clay_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/clay [strength]`` as a reply to a photo (on its own it answers with the usage)."""
+        message = message_of(update)
+        strength, speed = parse_options(" ".join(context.args or []), self.config.speed_names())
+        photo = photo_in(message.reply_to_message)
+        if photo is None:
+            raise UserError(USAGE)
+        style = (message.text or "/").split()[0].lstrip("/").split("@")[0].lower()
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, strength=strength, how="reply",
+                           speed=speed)
+
+    async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A photo without the command, in a private chat: say how to ask."""
+        await message_of(update).reply_text(PLAIN_PHOTO_HINT, do_quote=True)
+
+    async def on_reaction(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The configured emoji added to a photo the bot has seen; anything else is ignored quietly."""
+        reaction = update.message_reaction
+        if reaction is None:  # the handler's filter lets only reactions through
+            return
+        emoji = self.settings.reaction_emoji
+
+        def has(reactions: Sequence[ReactionType]) -> bool:
+            return any(isinstance(r, ReactionTypeEmoji) and r.emoji == emoji for r in reactions)
+
+        if not has(reaction.new_reaction) or has(reaction.old_reaction):
+            return
+        photo = self.photos.get(reaction.chat.id, reaction.message_id)
+        if photo is None:
+            logger.debug("reaction on message %s in chat %s: no photo seen there", reaction.message_id,
+                         reaction.chat.id)
+            return
+        who = reaction.user or reaction.actor_chat
+        self.serve_in_task(context, update, photo, user_id=who.id if who else 0, style=None, strength=None,
+                           how="reaction")
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """🎲 / 💪 / 🪶 / ⚡ under a result: the same photo (the result's reply_to_message) again."""
+        query = update.callback_query
+        if query is None:  # the handler's filter lets only button presses through
+            return
+        try:
+            style, strength, seed, speed = parse_button(query.data or "")
+        except ValueError as err:
+            logger.info("telegram: unreadable button data from user %s: %s", query.from_user.id, str(err)[:100])
+            await query.answer("I can't read this button (it may be from an older version of me); please send the "
+                               "photo again.", show_alert=True)
+            return
+        try:
+            button_speed(speed, self.config.speed_names())
+        except UserError as err:
+            await query.answer(str(err)[:200], show_alert=True)  # Telegram shows at most 200 characters
+            return
+        source = query.message.reply_to_message if isinstance(query.message, Message) else None
+        try:
+            photo = photo_in(source)
+        except UserError:
+            photo = None
+        if photo is None:
+            await query.answer("I can't find the original photo any more; please send it again.", show_alert=True)
+            return
+        at_speed = f", {speed}" if speed is not None and speed != "default" else ""
+        await query.answer(f"Again, with a new seed{at_speed}." if seed is None
+                           else f"Strength {strength:g}{at_speed}.")
+        self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, strength=strength,
+                           seed=seed, how="button", speed=speed)
+
+    # -- running a request --------------------------------------------------------------------------------------------
+
+    def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
+                      user_id: int, style: str | None, strength: float | None, how: str,
+                      seed: int | None = None, speed: str | None = None) -> None:
+        """Serve the request in its own task, so the next update is handled at once."""
+        bot = context.bot
+
+        async def fetch() -> bytes:
+            return await download(bot, photo, self.flow, self.settings)
+
+        ask = Ask(platform=PLATFORM, user_id=str(user_id), chat_id=str(photo.chat_id), download=fetch,
+                  size=photo.size, style=style, strength=strength, seed=seed, speed=speed,
+                  answer_to={"message_id": photo.message_id, "thread_id": photo.thread_id},
+                  origin=f"update:{update.update_id}")
+        reply = TelegramReply(bot, photo, uploading=self.uploading, on_sent=self.remember_result,
+                              speeds=self.config.speed_names())
+        logger.info("telegram request (%s) from user %s in chat %s on message %s: style %s, strength %s",
+                    how, user_id, photo.chat_id, photo.message_id, style or "default",
+                    "default" if strength is None else f"{strength:g}")
+        self.running.add(context.application.create_task(
+            self._serve(ask, reply), update=update, name=f"claybot-telegram-{photo.chat_id}-{photo.message_id}"))
+
+    async def _serve(self, ask: Ask, reply: TelegramReply) -> None:
+        try:
+            ask = dataclasses.replace(ask, nsfw=await self.nsfw(int(ask.chat_id)))
+            await self.flow.handle(ask, reply, platform_limit=download_limit(self.settings))
+        finally:
+            await reply.finish()
+
+    async def nsfw(self, chat_id: int) -> bool:
+        """Whether an admin marked this chat NSFW (/claysettings nsfw on)."""
+        return self.store is not None and await self.store.get_bool(chat_scope(chat_id), "nsfw", False)
+
+    def remember_result(self, message: Message) -> None:
+        """A result the bot sent is a photo too: a reaction on it can be answered."""
+        with contextlib.suppress(UserError):  # a result sent as a PNG file is an image: never raises
+            photo = photo_in(message)
+            if photo is not None:
+                self.photos.remember(photo)
+
+    # -- settings ----------------------------------------------------------------------------------------------------
+
+    async def on_settings(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/claysettings`` shows this chat's settings; ``/claysettings nsfw on|off`` (chat admins) changes them."""
+        message, chat, person = message_of(update), update.effective_chat, update.effective_user
+        if chat is None or person is None:
+            return
+        if self.store is None:
+            raise UserError("Settings are not available: this claybot runs without its database.")
+        args = [arg.lower() for arg in context.args or []]
+        if args:
+            if len(args) != 2 or args[0] != "nsfw" or args[1] not in ("on", "off"):
+                raise UserError(SETTINGS_USAGE)
+            anonymous_admin = message.sender_chat is not None and message.sender_chat.id == chat.id
+            if not anonymous_admin and not await self._is_admin(context, chat.id, chat.type, person.id):
+                raise UserError("Only this group's admins can change my settings.")
+            await self.store.set(chat_scope(chat.id), "nsfw", args[1] == "on" or None)
+            logger.info("telegram: chat %s set nsfw %s (user %s)", chat.id, args[1], person.id)
+        nsfw = await self.nsfw(chat.id)
+        await message.reply_text(
+            f"NSFW: {'on: any photo is fine here' if nsfw else 'off: I only make all-ages pictures here'}.\n"
+            f"{SETTINGS_USAGE}", do_quote=True)
+
+    @staticmethod
+    async def _is_admin(context: ContextTypes.DEFAULT_TYPE, chat_id: int, chat_type: str, user_id: int) -> bool:
+        """In a private chat the person is the chat; in a group, only its creator and administrators."""
+        if chat_type == ChatType.PRIVATE:
+            return True
+        member = await context.bot.get_chat_member(chat_id, user_id)
+        return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
+
+    # -- the one place errors become chat lines ----------------------------------------------------------------------
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A UserError is answered with its own words; anything else is logged and gets a calm line."""
+        error = context.error
+        if error is None:
+            return
+        text = user_line(error, "handling a Telegram update", logger)
+        if not isinstance(update, Update) or update.effective_chat is None:
+            return
+        message = update.effective_message
+        try:
+            if update.callback_query is not None and not isinstance(error, UserError):
+                with contextlib.suppress(TelegramError):  # it may have been answered already
+                    await update.callback_query.answer()
+            await context.bot.send_message(
+                update.effective_chat.id, text,
+                reply_parameters=reply_to(message.message_id) if isinstance(message, Message) else None,
+                message_thread_id=message.message_thread_id
+                if isinstance(message, Message) and message.is_topic_message else None)
+        except TelegramError as err:
+            logger.warning("could not tell chat %s about the error: %s", update.effective_chat.id, err)
+
+
+def asker(update: Update) -> int:
+    """Who asked, as the limits count people: the chat a message was sent on behalf of (every anonymous group
+    admin and everyone posting as a channel share one Telegram user, so they are counted per such chat; chat ids
+    are negative, user ids positive), else the person."""
+    message = update.effective_message
+    if message is not None and message.sender_chat is not None:
+        return message.sender_chat.id
+    return update.effective_user.id if update.effective_user is not None else 0
+
+
+def message_of(update: Update) -> Message:
+    """The message a message handler was called for (its filters let through only updates that have one)."""
+    message = update.effective_message
+    if message is None:
+        raise TypeError(f"update {update.update_id} has no message")
+    return message
+
+
+def chat_scope(chat_id: int) -> str:
+    """The settings-store scope of one Telegram chat."""
+    return f"telegram:chat:{chat_id}"
+
+
+def _for_this_bot(name: str | None, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """``/clay@otherbot`` is for another bot in the group."""
+    return name is None or name.lower() == (context.bot.username or "").lower()

@@ -1,0 +1,70 @@
+"""What the Telegram bot says about itself: its commands, the caption it answers to, /help and the command menu."""
+
+from __future__ import annotations
+
+import re
+
+from telegram import BotCommand
+
+from bot.config import Config
+from bot.telegram.photos import download_limit
+from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH
+
+COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")  # what Telegram accepts as a command
+SETTINGS_USAGE = "Group admins: /claysettings nsfw on (or off) lets me work on any photo in this chat."
+PLAIN_PHOTO_HINT = ("Reply /clay to this photo (or /clay 0.6 to change it more) and I'll sculpt it in clay. "
+                    "/help says more.")
+
+
+def style_commands(config: Config) -> list[str]:
+    """One command per style (``/clay`` for the default); names Telegram cannot take as commands are skipped."""
+    return [name for name in config.styles if COMMAND_NAME.fullmatch(name)]
+
+
+def caption_pattern(commands: list[str]) -> re.Pattern[str]:
+    """``/clay[@bot] [strength]``: groups 1 the command, 2 the bot named, 3 the rest."""
+    return re.compile(rf"^/({'|'.join(map(re.escape, commands))})(?:@(\w+))?(?:\s+(.*))?$", re.DOTALL)
+
+
+def command_menu(config: Config) -> list[BotCommand]:
+    """The commands Telegram lists in its menu."""
+    default = config.pipeline.default_style
+    commands = [BotCommand(name, "Sculpt a photo in clay: send with a photo or reply to one" if name == default
+                           else f"The {name} style: send with a photo or reply to one")
+                for name in style_commands(config)]
+    commands.append(BotCommand("claysettings", "This chat's settings (admins change them)"))
+    commands.append(BotCommand("help", "How to use me"))
+    return commands
+
+
+def help_text(config: Config, bot_username: str | None) -> str:
+    """/start and /help: every way to ask, in a few lines."""
+    settings = config.telegram
+    default = config.styles[config.pipeline.default_style].default_strength
+    limit = download_limit(settings)
+    most_mb = min(config.bot.max_photo_mb, limit / 2**20 if limit else config.bot.max_photo_mb)
+    mention = f"/clay@{bot_username}" if bot_username else "/clay@<my name>"
+    lines = [
+        "I turn photos into claymation pictures.",
+        f"• Send a photo with the caption /clay, or /clay 0.6 to change it more (strength {MIN_STRENGTH:g}–"
+        f"{MAX_STRENGTH:g}, default {default:g}). Send it as a file to skip Telegram's compression.",
+        "• Or reply /clay [strength] to any photo in the chat.",
+    ]
+    if config.speed:
+        lines.append(f"• Add a speed: /clay {next(iter(config.speed))} or /clay 0.6 {next(iter(config.speed))} is "
+                     f"quicker, /clay best the full-quality run (speeds: {', '.join(config.speed_names())}).")
+    if settings.reaction_emoji:
+        lines.append(f"• In a group, react to a photo with {settings.reaction_emoji} and I answer with its clay "
+                     f"version.")
+    lines.append("• Under each picture: 🎲 Again (new seed), 💪 Stronger, 🪶 Weaker"
+                 + (", and ⚡ Fast / 🎯 Best: the same picture at the other speed." if config.speed else "."))
+    others = [f"/{name}" for name in style_commands(config) if name != config.pipeline.default_style]
+    if others:
+        lines.append(f"Other styles: {' '.join(others)}.")
+    lines.append(f"Photos up to {most_mb:g} MB.")
+    lines.append(f"Group admins: make me an admin so I see the group's photos and get reactions (Telegram sends "
+                 f"reactions only to admin bots). Without that, my privacy mode shows me only commands: reply "
+                 f"{mention} to a photo.")
+    if config.safety.limit(nsfw=False) is not None:
+        lines.append(f"I make all-ages pictures only. {SETTINGS_USAGE}")
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""The results feature: what a result's buttons do, and what becomes of results whose photo is deleted.
+
+Again / Stronger / Weaker / Fast-Best make a new picture from the copy of the photo the result carries; Delete
+removes the result (its requester, or the photo's author). When the photo's own message is deleted, its results
+stop offering re-runs: their re-run buttons and their copy of the photo are removed (the results this process
+posted, at once; any other, when one of its buttons is pressed)."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from bot.discord_buttons import RESULTS_COG, ResultState, state_of
+from bot.discord_photos import SOURCE_NAME, DiscordImage, PhotoMessage
+from bot.discord_render import PHOTO_GONE, photo_of, without_reruns
+from bot.discord_reply import RESULT_EVENT
+from bot.flow import UserError, button_speed, variant
+
+if TYPE_CHECKING:
+    from bot.discord_client import ClayBot
+
+logger = logging.getLogger(__name__)
+
+MAX_PHOTOS = 10_000  # photo messages whose results are remembered (the oldest forgotten first)
+MAX_GONE = 10_000  # deleted photo messages remembered
+
+
+class Results(commands.Cog, name=RESULTS_COG):
+    """Button presses on results, and the results of deleted photos."""
+
+    def __init__(self, bot: ClayBot) -> None:
+        self.bot = bot
+        self.results: OrderedDict[int, list[tuple[int, int]]] = OrderedDict()  # photo → [(channel, result)]
+        self.gone: OrderedDict[int, None] = OrderedDict()  # photo messages known deleted
+
+    # -- presses -----------------------------------------------------------------------------------------------------
+
+    async def press(self, interaction: discord.Interaction, action: str, state: ResultState) -> None:
+        """Delete the result, or make a new picture from the same photo."""
+        if action == "delete":  # who may: ResultButton.interaction_check
+            await interaction.response.defer()  # for a button, the original response is the button's message
+            try:
+                await interaction.delete_original_response()
+            except discord.NotFound:  # not an interaction's message after all: the bot may delete its own
+                if interaction.message is not None:
+                    await interaction.message.delete()
+            return
+        message = interaction.message
+        source = next((a for a in message.attachments if a.filename == SOURCE_NAME), None) if message else None
+        if message is None or source is None:
+            raise UserError("I no longer have the photo this picture was made from; please send it again.")
+        speed = button_speed(state.speed, self.bot.config.speed_names())
+        photo = photo_of(message, state)
+        if photo is not None and await self._deleted(photo):
+            await interaction.response.send_message(PHOTO_GONE, ephemeral=True)
+            await self._strip(message, state)
+            return
+        strength, seed = variant(action, state.strength, state.seed)
+        await self.bot.serve(interaction, DiscordImage.from_attachment(source, photo), strength=strength, seed=seed,
+                             style=state.style or None, speed=speed)
+
+    async def _deleted(self, photo: PhotoMessage) -> bool:
+        """Whether the photo's message is gone: known from its deletion, else asked of Discord (the deletion may
+        have happened while this process was not running)."""
+        if photo.message_id in self.gone:
+            return True
+        channel = self.bot.get_partial_messageable(photo.channel_id, guild_id=photo.guild_id)
+        try:
+            await channel.fetch_message(photo.message_id)
+        except discord.NotFound:
+            self._forget(photo.message_id)
+            return True
+        except discord.HTTPException as err:  # no access any more, Discord's hiccup: let the person have it
+            logger.info("discord: could not check photo message %s: %s", photo.message_id, err)
+        return False
+
+    # -- deleted photos ----------------------------------------------------------------------------------------------
+
+    @commands.Cog.listener(f"on_{RESULT_EVENT}")
+    async def on_result(self, result: discord.Message | None, photo: PhotoMessage | None) -> None:
+        """A result was posted: remember it under its photo's message (a photo already deleted: strip it now)."""
+        if result is None or photo is None:
+            return
+        if photo.message_id in self.gone:
+            state = state_of(result)
+            if state is not None:
+                await self._strip(result, state)
+            return
+        self.results.setdefault(photo.message_id, []).append((result.channel.id, result.id))
+        self.results.move_to_end(photo.message_id)
+        while len(self.results) > MAX_PHOTOS:
+            self.results.popitem(last=False)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, event: discord.RawMessageDeleteEvent) -> None:
+        """A message was deleted: if it was a photo with results, those results make no more pictures of it."""
+        results = self.results.get(event.message_id)
+        self._forget(event.message_id)
+        for channel_id, result_id in results or ():
+            channel = self.bot.get_partial_messageable(channel_id, guild_id=event.guild_id)
+            try:
+                result = await channel.fetch_message(result_id)
+                state = state_of(result)
+                if state is not None:
+                    await self._strip(result, state)
+            except discord.HTTPException as err:  # the result was deleted too, or is out of reach
+                logger.info("discord: could not tidy result %s of deleted photo %s: %s", result_id,
+                            event.message_id, err)
+        if results:
+            logger.info("discord: photo message %s deleted: %d result(s) no longer offer re-runs", event.message_id,
+                        len(results))
+
+    def _forget(self, photo_id: int) -> None:
+        """The photo's message is gone."""
+        self.results.pop(photo_id, None)
+        self.gone[photo_id] = None
+        while len(self.gone) > MAX_GONE:
+            self.gone.popitem(last=False)
+
+    async def _strip(self, result: discord.Message, state: ResultState) -> None:
+        try:
+            await without_reruns(result, state)
+        except discord.HTTPException as err:
+            logger.warning("discord: could not remove the re-runs of result %s: %s", result.id, err)
+
+
+async def setup(bot: ClayBot) -> None:
+    await bot.add_cog(Results(bot))
