@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from bot.config import Config, ConfigError, load_config, token
+from bot.config import Config, ConfigError, DiscordSettings, TelegramSettings, load_config, token
 from bot.observability import setup_logging
 from bot.service import open_queue, run_claybot, status_file
 from pipeline.core.errors import ClaybotError
@@ -177,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _front_end_tokens(config: Config) -> dict[str, str]:
     """The enabled front ends that have a token. One without its token is skipped with a warning naming the
     variable; with none at all, start-up stops saying what to set."""
-    sections = {"telegram": config.telegram, "discord": config.discord}
+    sections: dict[str, TelegramSettings | DiscordSettings] = {"telegram": config.telegram, "discord": config.discord}
     enabled = {name: section for name, section in sections.items() if section.enabled}
     if not enabled:
         raise ConfigError("no front end is enabled: set telegram.enabled or discord.enabled to true")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from pipeline.core import models
 from pipeline.core.errors import ClaybotError, ModelError
@@ -243,7 +244,7 @@ def _with_absolute_models(config: Config, base_dir: Path) -> Config:
                                      "animate": animate, "bot": bot})
 
 
-def _most_relevant(errors: list[dict]) -> dict:
+def _most_relevant(errors: list[ErrorDetails]) -> ErrorDetails:
     """For a model given as a table, the error of the {url, sha256} branch rather than 'not a string'."""
     first = errors[0]
     if first["loc"][-1:] == ("str",) and isinstance(first.get("input"), dict) and len(errors) > 1:
@@ -251,7 +252,7 @@ def _most_relevant(errors: list[dict]) -> dict:
     return first
 
 
-def _explain(error: dict) -> str:
+def _explain(error: ErrorDetails) -> str:
     """One pydantic error → 'key: what is wrong and what is allowed'."""
     # union branch tags ("str", "UrlModel") and validator tags are not keys; a key such as "structure" is
     loc = [str(part) for part in error["loc"]
@@ -284,8 +285,8 @@ def _section_model(loc: list[str]) -> type[Settings] | None:
         if field is None:
             return None
         annotation = field.annotation
-        if getattr(annotation, "__origin__", None) is dict:
-            model = annotation.__args__[1]
+        if get_origin(annotation) is dict:
+            model = get_args(annotation)[1]
             if next(parts, None) is None:  # the table's own name, e.g. the style's
                 return None
         elif isinstance(annotation, type) and issubclass(annotation, Settings):

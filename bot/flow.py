@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -151,7 +151,7 @@ def is_image(content_type: str | None, filename: str | None) -> bool:
     if content_type:
         kind = content_type.split(";")[0].strip().lower()
         return kind.startswith("image/") and kind not in REFUSED_TYPES
-    return bool(filename) and filename.lower().endswith(IMAGE_SUFFIXES)
+    return filename is not None and filename.lower().endswith(IMAGE_SUFFIXES)
 
 
 def not_an_image(kind: str | None) -> UserError:
@@ -341,7 +341,7 @@ class RequestFlow:
         request.submitted = time.monotonic()
         with job_context(handle.id):
             logger.info("job %s from %s user %s in %s", handle.id, ask.platform, ask.user_id, ask.chat_id)
-            if request.ticket is not None:
+            if self.journal is not None and request.ticket is not None:  # a ticket comes from the journal
                 await self.journal.queued(request.ticket, handle.id, job)
                 request.reply.on_first_status = lambda: self._note_placeholder(request)
             await self._follow(handle, request)
@@ -364,7 +364,7 @@ class RequestFlow:
     async def _note_placeholder(self, request: _Request) -> None:
         """The status message is on screen: a restarted process will know which message to remove."""
         where = request.reply.placeholder()
-        if where:
+        if where and self.journal is not None and request.ticket is not None:
             await self.journal.answer_to(request.ticket, {**request.ask.answer_to, **where})
 
     async def _follow(self, handle: JobHandle, request: _Request) -> None:
@@ -391,7 +391,7 @@ class RequestFlow:
 
     async def _close(self, request: _Request) -> None:
         """The request is answered: the journal and the metrics hear how it ended."""
-        if request.ticket is not None:
+        if self.journal is not None and request.ticket is not None:
             try:
                 await self.journal.answered(request.ticket, request.outcome)
             except ClaybotError as err:
@@ -406,12 +406,12 @@ class RequestFlow:
         return await self.journal.unanswered() if self.journal is not None else []
 
     async def recover(self, front_ends: dict[str, FrontEnd], entries: list[Entry],
-                      handles: list[JobHandle] = ()) -> int:
+                      handles: Sequence[JobHandle] = ()) -> int:
         """After a restart, answer every job accepted before it (``entries``, from ``unanswered`` at start-up):
         those the queue still has (``handles``, Redis) when they finish, the others by running them again from
         the photo the journal kept. Returns how many."""
         by_job = {handle.id: handle for handle in handles}
-        tasks = []
+        tasks: list[Coroutine[Any, Any, object]] = []
         for entry in entries:
             front_end = front_ends.get(entry.platform)
             if front_end is None:  # kept for when that front end runs again
@@ -429,9 +429,10 @@ class RequestFlow:
         with job_context(entry.job_id):
             if handle is None:
                 handle = await self._submit_again(entry, front_end)
-            photo = entry.request.image if entry.request is not None else None  # the result may carry a copy
+            photo = entry.job.image if entry.job is not None else None  # the result may carry a copy
             outcome = NOT_COUNTED if handle is None else await resume(handle, {entry.platform: front_end},
                                                                       entry.answer_to, photo)
+            assert self.journal is not None  # entries come from the journal (``unanswered``)
             await self.journal.answered(entry.ticket, outcome or "failed")
 
     async def _submit_again(self, entry: Entry, front_end: FrontEnd) -> JobHandle | None:
@@ -445,6 +446,7 @@ class RequestFlow:
         except (QueueBusy, QueueClosed, BadRequest) as err:
             await _safely(front_end.deliver(entry.chat_id, None, str(err), entry.answer_to))
             return None
+        assert self.journal is not None  # entries come from the journal (``unanswered``)
         await self.journal.requeued(entry.ticket, handle.id)
         logger.info("journal: job %s of user %s submitted again as %s", entry.job_id, entry.user_id, handle.id)
         return handle
@@ -473,12 +475,11 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
     """Answer a job accepted before a restart, in the chat it came from (``reply_to`` is (platform, chat id)),
     as a live answer looks (``photo``: the one it was made from, when the journal kept it); the outcome, or None
     when there is no front end to answer through."""
-    try:
-        platform, chat_id = handle.job.reply_to
-        front_end = front_ends[platform]
-    except (TypeError, ValueError, KeyError):
+    if handle.job.reply_to is None or handle.job.reply_to[0] not in front_ends:  # the codec checks it is a pair
         logger.warning("recovered job %s has no front end to answer through (%r)", handle.id, handle.job.reply_to)
         return None
+    platform, chat_id = handle.job.reply_to
+    front_end = front_ends[platform]
     try:
         done = await handle.result()
     except JobFailed as err:
@@ -529,7 +530,7 @@ class RunningRequests:
 class _Request:
     """One request on its way: its ticket in the journal, how it ended, and its result."""
 
-    def __init__(self, ask: Ask, reply: Reply) -> None:
+    def __init__(self, ask: Ask, reply: _Acked) -> None:
         self.ask, self.reply = ask, reply
         self.ticket: int | None = None
         self.submitted: float | None = None

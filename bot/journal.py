@@ -108,8 +108,10 @@ class Journal:
                     "INSERT INTO jobs (platform, user_id, chat_id, group_id, origin, answer_to, accepted_at, state) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved')",
                     (platform, user_id, chat_id, group_id, origin, json.dumps(answer_to), now))
+                ticket = cursor.lastrowid
+                assert ticket is not None  # sqlite3 sets it after every INSERT that added a row
                 db.execute("COMMIT")
-                return cursor.lastrowid
+                return ticket
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -73,7 +74,7 @@ class KeptFrontEnd:
 
     async def start(self) -> None:
         """The first attempt: a ConfigError stops here; any other failure is logged and retried in the background."""
-        self.fatal = asyncio.get_running_loop().create_future()
+        fatal = self.fatal = asyncio.get_running_loop().create_future()
         try:
             await self._start_one()
             failure = None
@@ -81,7 +82,7 @@ class KeptFrontEnd:
             raise
         except Exception as err:  # whatever the platform's library raised: it must not stop the other front end
             failure = err
-        self._keeper = asyncio.create_task(self._keep(failure), name=f"claybot-keep-{self.name}")
+        self._keeper = asyncio.create_task(self._keep(failure, fatal), name=f"claybot-keep-{self.name}")
 
     async def _start_one(self) -> None:
         front_end = self._build()
@@ -93,17 +94,19 @@ class KeptFrontEnd:
         self.current = front_end
         logger.info("%s front end running", self.name)
 
-    async def _keep(self, failure: Exception | None) -> None:
+    async def _keep(self, failure: Exception | None, fatal: asyncio.Future[ConfigError]) -> None:
         delay = self.first_delay
         while True:
             if failure is None:
+                running = self.current
+                assert running is not None  # no failure: the last start succeeded, and set it
                 started = time.monotonic()
-                failure = await self.current.ended()
-                await _quietly(self.current.close())
+                failure = await running.ended()
+                await _quietly(running.close())
                 self.current = None
                 if isinstance(failure, ConfigError):
                     logger.error("%s front end: %s", self.name, failure)
-                    self.fatal.set_result(failure)
+                    fatal.set_result(failure)
                     return
                 if time.monotonic() - started > STEADY:
                     delay = self.first_delay
@@ -116,7 +119,7 @@ class KeptFrontEnd:
                 failure = None
             except ConfigError as err:
                 logger.error("%s front end: %s", self.name, err)
-                self.fatal.set_result(err)
+                fatal.set_result(err)
                 return
             except Exception as err:
                 failure = err
@@ -185,7 +188,7 @@ async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> 
             logger.info("metrics at http://%s:%d/metrics", config.metrics.host, metrics_server.port)
         for name in ("telegram", "discord"):
             if name in tokens:
-                kept = KeptFrontEnd(name, lambda name=name: build_front_end(name, config, flow, tokens[name]))
+                kept = KeptFrontEnd(name, functools.partial(build_front_end, name, config, flow, tokens[name]))
                 front_ends.append(kept)
                 await kept.start()
         info = await queue.wait_ready()
@@ -214,12 +217,14 @@ async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> 
 
 async def _first_fatal(stop: asyncio.Event, front_ends: list[KeptFrontEnd]) -> ConfigError | None:
     """Wait for the signal to stop, or for a front end to meet what only the operator can fix (returned)."""
-    waits = [asyncio.ensure_future(stop.wait()), *(kept.fatal for kept in front_ends)]
+    fatals = [kept.fatal for kept in front_ends if kept.fatal is not None]  # every started one has its own
+    stopping = asyncio.ensure_future(stop.wait())
+    waits: list[asyncio.Future[Any]] = [stopping, *fatals]
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waits[0].cancel()
-    return next((kept.fatal.result() for kept in front_ends if kept.fatal.done()), None)
+        stopping.cancel()
+    return next((fatal.result() for fatal in fatals if fatal.done()), None)
 
 
 async def _quietly(awaitable: Awaitable) -> None:

@@ -72,7 +72,9 @@ class Admin(commands.Cog):
                            remove_channel: discord.TextChannel | None = None, all_channels: bool | None = None,
                            reset: bool | None = None) -> None:
         """Every option is optional: with none, it shows the settings."""
-        store, scope = self.bot.store, guild_scope(interaction.guild_id)
+        guild_id = interaction.guild_id
+        assert guild_id is not None  # guild_only, and has_permissions fails in a DM (its permissions are empty)
+        store, scope = self.bot.store, guild_scope(guild_id)
         emoji = parse_emoji(emoji) if emoji is not None else None  # refuse before changing anything
         if reset:
             await store.clear(scope)

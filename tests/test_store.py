@@ -139,3 +139,47 @@ async def test_the_journal_gives_back_the_same_settled_job_and_refuses_a_damaged
     assert (first.job_id, first.job) == ("abc", job)
     assert second.job is None  # answered as lost in the restart, never run as something else
     assert "holds no job claybot can run" in caplog.text
+
+
+async def test_a_job_the_journal_kept_is_run_again_after_a_restart_and_answered_with_its_photo(tmp_path):
+    # The local backend loses its queue with the process: the restarted one submits the journal's job again and
+    # answers in the chat it came from, replying to the message it was asked in, with the photo it was made from.
+    from bot.cli import ROOT_CONFIG
+    from bot.config import load_config
+    from bot.flow import RequestFlow, caption
+    from pipeline.core.jobs import Done, Job, JobHandle
+
+    job = Job(b"\xff\xd8 photo", "clay", 0.6, "default", 7, (832, 640), 1.5, 0.8, 0.6, reply_to=("telegram", "-100"))
+    done = Done(b"\x89PNG result", 832, 640, ["a cat"], "a cat, clay", 7, "clay", 0.6)
+
+    class RestartedQueue:  # an empty queue, as a restarted local backend's is: it runs what it is given
+        def __init__(self) -> None:
+            self.submitted: list[Job] = []
+
+        async def submit(self, job: Job) -> JobHandle:
+            self.submitted.append(job)
+            handle = JobHandle("again", job)
+            handle.push(done)
+            return handle
+
+    class Chat:
+        name = "telegram"
+
+        def __init__(self) -> None:
+            self.delivered: list[tuple] = []
+
+        async def deliver(self, chat_id, done, text, answer_to, source=None) -> None:
+            self.delivered.append((chat_id, done, text, answer_to, source))
+
+    config = load_config(ROOT_CONFIG, check_models=False)
+    queue, chat = RestartedQueue(), Chat()
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
+        before = RequestFlow(queue, config, store=store)
+        ticket = await before.journal.admit("telegram", "1", "-100", "-100", {"message_id": 5})
+        await before.journal.queued(ticket, "lost-with-the-process", job)
+        after = RequestFlow(queue, config, store=store)
+        assert await after.recover({"telegram": chat}, await after.unanswered()) == 1
+        await asyncio.gather(*after.recovering.tasks)
+        assert await after.unanswered() == []  # answered in the journal too
+    assert queue.submitted == [job]
+    assert chat.delivered == [("-100", done, caption(done), {"message_id": 5}, job.image)]

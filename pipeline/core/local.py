@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +100,8 @@ class LocalQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._process: multiprocessing.Process | None = None
-        self._conn = None
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None  # the worker's, from the first start on
         self._generation = 0
         self._startup_failures = 0
         self._tasks: list[asyncio.Task] = []
@@ -199,7 +201,7 @@ class LocalQueue:
             if batch:
                 await self._dispatch(batch)
             elif wait > 0:
-                self._loop.call_later(wait, self._wake.set)
+                asyncio.get_running_loop().call_later(wait, self._wake.set)
 
     def _next_batch(self) -> tuple[list[QueuedJob], float]:
         """The oldest job with up to max_batch compatible companions; or how long to wait for more."""
@@ -221,6 +223,7 @@ class LocalQueue:
         message = codec.encode(Batch(tuple(Task(job.id, job.job) for job in batch), self.settings.job_timeout))
         self._announce_positions()
         conn = self._conn
+        assert conn is not None  # the worker said Ready on it
         try:
             await asyncio.to_thread(conn.send_bytes, message)
         except (OSError, ValueError):  # the worker died between ready and now: its exit handler retries the batch
@@ -312,6 +315,7 @@ class LocalQueue:
         self._call(self._on_exit, generation, process.exitcode)
 
     def _call(self, callback: Callable, *args) -> None:
+        assert self._loop is not None  # start() sets it before any worker thread exists
         try:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop is closed: nobody is left to tell
@@ -396,7 +400,7 @@ class LocalQueue:
             for job in list(self._pending):  # do not let users wait on a worker that cannot start
                 self._fail(job, UNAVAILABLE_REASON, ErrorKind.INTERNAL)
             self._pending.clear()
-        self._loop.call_later(delay, self._respawn)
+        asyncio.get_running_loop().call_later(delay, self._respawn)  # on the loop: _call brought the exit here
 
     def _respawn(self) -> None:
         if not self._closing:
@@ -409,6 +413,7 @@ class LocalQueue:
             if conn is not None:
                 _hang_up(conn)
             return
+        assert conn is not None  # _spawn sets both
         try:
             conn.send_bytes(codec.encode(Stop()))
         except (OSError, ValueError):

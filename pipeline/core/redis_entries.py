@@ -191,7 +191,7 @@ def parse_result(job_id: str, meta: bytes, image: bytes) -> Done:
 # -- heartbeats ---------------------------------------------------------------------------------------------------
 
 
-def parse_heartbeat(raw: bytes) -> dict[str, Any]:
+def parse_heartbeat(raw: bytes | str) -> dict[str, Any]:
     """A worker's heartbeat (from the workers hash); BadEntry when it is not one."""
     try:
         beat = json.loads(raw)

@@ -175,9 +175,10 @@ async def redis_status(settings: QueueSettings) -> dict[str, Any]:
             if alive or now - info["seen"] < WORKER_FORGET:
                 workers.append({"name": text(name), "alive": alive, **info})
         history = []
-        for raw in await client.zrangebyscore(keys.history, now - 3600, "+inf"):
+        for line in await client.zrangebyscore(keys.history, now - 3600, "+inf"):
             try:
-                record = json.loads(raw)
+                # Members only (no withscores), though redis-py's type adds the (member, score) pairs
+                record = json.loads(line)  # type: ignore[arg-type]
                 history.append([float(record[0]), float(record[1]), str(record[2]), *record[3:]])
             except (ValueError, TypeError, IndexError):
                 continue
@@ -259,7 +260,8 @@ class RedisQueue:
             pipe.set(self.keys.image(job_id), job.image, ex=int(self.settings.image_ttl))
             pipe.hset(self.keys.journal(self.owner), job_id, journal)
             pipe.expire(self.keys.journal(self.owner), self._key_ttl)
-            pipe.xadd(self.keys.jobs, entry)
+            # redis-py types an entry's fields as an invariant dict, not a Mapping: dict[str, str] is refused
+            pipe.xadd(self.keys.jobs, entry)  # type: ignore[arg-type]
             *_, entry_id = await pipe.execute()
         self._entries[job_id] = self._entry_ids[job_id] = text(entry_id)
         self._since[job_id] = time.time()
@@ -284,10 +286,10 @@ class RedisQueue:
                 source = self.keys.journal(self.owner)
                 logger.error("dropping bad journal entry %s of %s: %s (kept in %s)", quoted(raw_id), source,
                              quoted(repr(err), 200), self.keys.dead)
-                await self.redis.xadd(self.keys.dead, dead_letter(source, text(raw_id, errors="replace"),
-                                                                  {"journal": raw},
-                                                                  f"bad journal entry: {quoted(repr(err), 200)}"),
-                                      maxlen=DEAD_MAXLEN, approximate=False)
+                dead = dead_letter(source, text(raw_id, errors="replace"), {"journal": raw},
+                                   f"bad journal entry: {quoted(repr(err), 200)}")
+                # redis-py types an entry's fields as an invariant dict, not a Mapping: dict[str, str] is refused
+                await self.redis.xadd(self.keys.dead, dead, maxlen=DEAD_MAXLEN, approximate=False)  # type: ignore[arg-type]
                 await self.redis.hdel(source, raw_id)
                 continue
             assert isinstance(job, Job)
@@ -338,6 +340,7 @@ class RedisQueue:
                 if cursor is None:
                     cursor = text(await self.redis.get(self.keys.cursor(self.owner)) or b"0")
                 reply = await self.redis.xread({stream: cursor}, count=200, block=1000)
+                assert isinstance(reply, list)  # RESP2, the client's protocol: [[stream, [(id, fields), ...]], ...]
                 for _, entries in reply:
                     for entry_id, fields in entries:
                         await self._take_event(stream, text(entry_id), fields)
@@ -368,8 +371,9 @@ class RedisQueue:
     async def _bad_entry(self, source: str, entry_id: str, fields: dict, err: BadEntry) -> None:
         """Log it once, keep it in the dead-letter stream, and answer the job it names if nothing else will."""
         logger.error("skipping bad entry %s of %s: %s (kept in %s)", entry_id, source, err, self.keys.dead)
-        await self.redis.xadd(self.keys.dead, dead_letter(source, entry_id, fields, str(err)), maxlen=DEAD_MAXLEN,
-                              approximate=False)
+        dead = dead_letter(source, entry_id, fields, str(err))
+        # redis-py types an entry's fields as an invariant dict, not a Mapping: dict[str, str] is refused
+        await self.redis.xadd(self.keys.dead, dead, maxlen=DEAD_MAXLEN, approximate=False)  # type: ignore[arg-type]
         if err.fatal and err.job_id in self._handles:
             await self._finish(err.job_id, Failed(BAD_ENTRY_REASON, ErrorKind.INTERNAL))
 
@@ -392,6 +396,7 @@ class RedisQueue:
         if meta is None or image is None:
             await self._finish(job_id, Failed(LOST_REASON, ErrorKind.INTERNAL))
             return
+        assert isinstance(meta, bytes) and isinstance(image, bytes)  # the client never decodes (decode_responses)
         try:
             done = parse_result(job_id, meta, image)
         except BadEntry as err:
@@ -508,10 +513,11 @@ class RedisQueue:
         found: dict[str, str] = {}
         start = "-"
         while len(found) < len(job_ids):
-            page = await self.redis.xrange(self.keys.jobs, start, "+", count=1000)
+            page = await self.redis.xrange(self.keys.jobs, start, "+", count=1000) or []  # XRANGE never answers nil
             for entry_id, fields in page:
-                job_id = fields.get(b"id", b"").decode("utf-8", "replace")
-                if job_id in job_ids and fields.get(b"owner", b"").decode("utf-8", "replace") == self.owner:
+                fields = fields or {}  # None only where XREADGROUP meets a deleted entry, never in XRANGE
+                job_id = text(fields.get(b"id", b""), "replace")
+                if job_id in job_ids and text(fields.get(b"owner", b""), "replace") == self.owner:
                     found[job_id] = text(entry_id)
             if len(page) < 1000:
                 break
@@ -534,7 +540,8 @@ class RedisQueue:
             if not self._entries:
                 continue
             try:
-                ahead = await self.redis.xrange(self.keys.jobs, "-", max(self._entries.values(), key=stream_order))
+                last = max(self._entries.values(), key=stream_order)
+                ahead = await self.redis.xrange(self.keys.jobs, "-", last) or []  # XRANGE never answers nil
                 order = {text(entry_id): index for index, (entry_id, _) in enumerate(ahead, start=1)}
                 for job_id, entry_id in list(self._entries.items()):
                     position = order.get(entry_id)

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.jobs import CRASH_REASON, Batch, Done, ErrorKind, Failed, Message, Progress, Started, Task, Update
 from pipeline.core.redis_entries import (
@@ -32,6 +32,9 @@ from pipeline.core.redis_entries import (
 from pipeline.core.redis_queue import EVENTS_MAXLEN, GROUP, Keys, text
 from pipeline.core.settings import GpuSettings, QueueSettings
 from pipeline.gpu.worker import gpu_memory_mb, run_batch
+
+if TYPE_CHECKING:
+    from pipeline.gpu.stylizer import Stylizer
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class RedisWorker:
         self.stats: dict[str, Any] = {"done": 0, "failed": 0, "batches": 0, "busy": False}
         self.in_hand: set[str] = set()  # stream entries this worker is working on
         self.info: dict[str, Any] = {}
-        self.stylizer = None
+        self.stylizer: Stylizer | None = None  # loaded by serve()
 
     def ensure_group(self) -> None:
         """Create the stream and consumer group if this worker is the first."""
@@ -80,10 +83,10 @@ class RedisWorker:
         # Beat while the models load too: chat processes then know a worker is coming and keep their jobs waiting.
         self.info = {"loading": True, "pid": os.getpid(), "since": time.time()}
         threading.Thread(target=self._heartbeat, name="claybot-heartbeat", daemon=True).start()
-        self.stylizer = Stylizer(self.gpu)
+        stylizer = self.stylizer = Stylizer(self.gpu)
         if warm_up:
-            self.stylizer.warm_up()
-        self.info = {"device": str(self.stylizer.device), "dtype": str(self.stylizer.dtype).removeprefix("torch."),
+            stylizer.warm_up()
+        self.info = {"device": str(stylizer.device), "dtype": str(stylizer.dtype).removeprefix("torch."),
                      "max_batch": self.gpu.pipeline.max_batch, "pid": os.getpid(), "since": time.time()}
         logger.info("worker %s serving %s on %s", self.name, self.keys.jobs, self.info["device"])
         while not self.stop.is_set():
@@ -142,7 +145,7 @@ class RedisWorker:
                 time.sleep(0.02)
         return jobs
 
-    def _undelivered(self, count: int) -> list[dict[str, str]]:
+    def _undelivered(self, count: int) -> list[dict[bytes, bytes]]:
         for group in self.redis.xinfo_groups(self.keys.jobs):
             if text(group["name"]) == GROUP:
                 last = text(group["last-delivered-id"])

@@ -129,7 +129,9 @@ def run_batch(stylizer, batch: Batch, send: Send) -> None:
     try:
         _run_batch(stylizer, batch, tracked)
     except _LinkDown as down:
-        raise down.__cause__ from None
+        lost = down.__cause__
+        assert lost is not None  # tracked() raises it from the send's own error
+        raise lost from None
     except Exception:
         logger.exception("batch %s failed outside its stages", [task.id for task in batch.tasks])
         for task in batch.tasks:
@@ -281,7 +283,7 @@ def _run_group(stylizer, group: list[DecodedJob], timeout: float, deadline: floa
         if check and job_tags is None:  # a result that cannot be checked is not sent: the chat asked for the check
             _fail(send, job.id, TAG_REASON, ErrorKind.INTERNAL)
             continue
-        if check and over_limit(job_tags.ratings, max_rating):
+        if job_tags is not None and over_limit(job_tags.ratings, max_rating):  # not None: checked
             logger.info("job %s: the result was over the chat's rating limit %s; not sent", job.id, max_rating)
             _fail(send, job.id, OUTPUT_REFUSED, ErrorKind.NOT_ALLOWED)
             continue
