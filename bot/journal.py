@@ -162,9 +162,13 @@ class Journal:
     async def answered(self, ticket: int, outcome: str) -> None:
         """The person has their answer (``outcome``: image, failed, refused, busy, …); the photo is dropped."""
         now = self.clock()
-        await self.store.run(lambda db: db.execute(
-            "UPDATE jobs SET state = 'answered', outcome = ?, answered_at = ?, image = NULL WHERE ticket = ?",
-            (outcome, now, ticket)))
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE jobs SET state = 'answered', outcome = ?, answered_at = ?, image = NULL "
+                       "WHERE ticket = ?", (outcome, now, ticket))
+            self.store.shrink(db)  # the file gives the photos' room back to the disk
+
+        await self.store.run(work)
 
     async def unanswered(self) -> list[Entry]:
         """Every row not yet answered, oldest first."""

@@ -170,6 +170,7 @@ async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> 
     metrics = Metrics() if config.metrics.enabled else None
     metrics_server = None
     front_ends: list[KeptFrontEnd] = []
+    flow: RequestFlow | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -208,6 +209,8 @@ async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> 
         if metrics_server is not None:
             await _quietly(metrics_server.close())
         await _quietly(store.close())
+        if flow is not None:
+            logger.info("%s", flow.budget.summary())
     return 0
 
 
