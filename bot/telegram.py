@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import re
 import time
@@ -58,7 +59,9 @@ from bot.flow import (
     variant,
 )
 from bot.observability import HIDE_SECRETS, hide_secret
+from bot.outage import Outage, telegram_polling
 from bot.store import ClaybotDatabase
+from bot.telegram_hints import fetch_failed, hint_for_plain_message
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import MAX_SEED, Done
 
@@ -70,6 +73,10 @@ PLATFORM = "telegram"
 DOWNLOAD_LIMIT = 20 * 2**20
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
 POLL_TIMEOUT = 10.0  # seconds a getUpdates long poll waits for news
+# httpcore scans its whole pool (quadratically) whenever a request starts or ends: PTB's default of 256 connections
+# made a burst of 200 photos spend a third of the chat process's CPU there. Fewer, with a longer wait for a free one.
+CONNECTIONS = 32
+POOL_TIMEOUT = 30.0  # seconds a call may wait for a free connection (PTB's default, 1 s, fails calls in a burst)
 CHAT_ACTION_EVERY = 4.5  # a chat action shows for 5 s or until the next message
 BUTTON_PREFIX = "c2"  # callback data version: bump when the format below changes
 OLD_BUTTON_PREFIX = "c1"  # style|strength|seed, from before speed presets: the style's own preset
@@ -550,10 +557,17 @@ class TelegramRequests:
                 if "too big" in str(err).lower():
                     raise UserError(f"That file is larger than the {DOWNLOAD_LIMIT // 2**20} MB Telegram lets "
                                     f"bots download.") from None
-                raise
+                raise fetch_failed(err) from None
+            except TelegramError as err:
+                raise fetch_failed(err) from None
             # getFile tells the size even when the message did not (files sent without it, local mode)
             self.flow.check_size(file.file_size, download_limit(self.settings))
-            return bytes(await file.download_as_bytearray())
+            out = io.BytesIO()
+            try:
+                await file.download_to_memory(out)
+            except TelegramError as err:  # expired, or Telegram unreachable meanwhile
+                raise fetch_failed(err) from None
+            return out.getvalue()  # the buffer itself: one copy fewer than bytes(download_as_bytearray())
 
         ask = Ask(platform=PLATFORM, user_id=str(user_id), chat_id=str(photo.chat_id), download=download,
                   size=photo.size, style=style, strength=strength, seed=seed, speed=speed,
@@ -683,8 +697,11 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         .base_url(settings.api_base_url)
         .base_file_url(settings.file_base_url)
         .local_mode(settings.local_mode)
+        .connection_pool_size(CONNECTIONS).pool_timeout(POOL_TIMEOUT)
+        .get_updates_request(telegram_polling(outage := Outage("the Telegram Bot API")))
         .build()
     )
+    application.bot_data["outage"] = outage  # start_polling's error_callback: no traceback per failed poll
     requests = TelegramRequests(config, flow, store if store is not None else flow.store)
     application.bot_data["requests"] = requests
 
@@ -699,6 +716,8 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         requests.on_captioned_photo))
     application.add_handler(CommandHandler(requests.commands, requests.on_clay_command, filters=only_new))
     application.add_handler(MessageHandler(only_new & filters.ChatType.PRIVATE & images, requests.on_plain_photo))
+    application.add_handler(MessageHandler(only_new & filters.ChatType.PRIVATE & ~filters.COMMAND
+                                           & ~filters.StatusUpdate.ALL, hint_for_plain_message))
     if settings.reaction_emoji:
         application.add_handler(MessageReactionHandler(
             requests.on_reaction, message_reaction_types=MessageReactionHandler.MESSAGE_REACTION_UPDATED))
@@ -730,7 +749,8 @@ class TelegramFrontEnd:
             raise ClaybotError(f"cannot reach the Telegram Bot API at {settings.api_base_url}: {err}") from None
         await self.application.start()
         await self._set_commands()
-        await self.application.updater.start_polling(timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES)
+        await self.application.updater.start_polling(timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES,
+                                                     error_callback=self.application.bot_data["outage"].failed)
         logger.info("Telegram bot @%s is polling (reactions: %s)", self.application.bot.username,
                     settings.reaction_emoji or "off")
 
