@@ -127,7 +127,7 @@ def classify(fake: FakeTelegram, requests: list[Request]) -> None:
     texts: dict[tuple[int, int], str] = {}  # (chat, bot message) → its latest text
     owners: dict[tuple[int, int], Request] = {}
     for call in fake.calls:
-        if call.error is not None:
+        if call.error is not None or call.result is None:  # refused, or not answered yet
             continue
         chat = call.params.get("chat_id")
         chat = int(chat) if chat is not None else None

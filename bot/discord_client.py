@@ -47,6 +47,7 @@ from bot.flow import (
     user_line,
     variant,
 )
+from bot.outage import quiet_discord_reconnects
 from bot.store import ClaybotDatabase, store_path
 from pipeline.core.errors import BadImage, ClaybotError
 from pipeline.core.images import decode_thumbnail
@@ -457,6 +458,7 @@ class ClayBot(commands.Bot):
         self.session: aiohttp.ClientSession | None = None  # image embeds are fetched with it
         self.synced: bool | None = None  # whether this start registered the commands with Discord
         self.running = RunningRequests()
+        quiet_discord_reconnects(self)  # one log line per gateway outage, not a traceback per reconnect attempt
 
     async def setup_hook(self) -> None:
         self.session = aiohttp.ClientSession()

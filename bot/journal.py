@@ -85,12 +85,14 @@ class Journal:
         ``origin`` (the platform's id of the event) already has one: Telegram sends again the updates a process
         fetched but did not confirm before it died."""
         now = self.clock()
-        if now - self._pruned > PRUNE_EVERY:
+        prune = now - self._pruned > PRUNE_EVERY
+        if prune:
             self._pruned = now
-            await self.store.run(lambda db: db.execute("DELETE FROM jobs WHERE state = 'answered' AND answered_at < ?",
-                                                       (now - KEEP_ANSWERED,)))
 
         def work(db: sqlite3.Connection) -> int | ClaybotError:
+            # In the same trip to the database thread as the admission: requests are admitted in arrival order.
+            if prune:
+                db.execute("DELETE FROM jobs WHERE state = 'answered' AND answered_at < ?", (now - KEEP_ANSWERED,))
             db.execute("BEGIN IMMEDIATE")
             try:
                 seen = origin is not None and db.execute("SELECT 1 FROM jobs WHERE platform = ? AND origin = ?",

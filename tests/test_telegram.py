@@ -15,7 +15,7 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.config import Config, ConfigError, parse_config
-from bot.flow import USAGE, RequestFlow, variant
+from bot.flow import FETCHING, USAGE, RequestFlow, variant
 from bot.telegram import (
     DOWNLOAD_LIMIT,
     MAX_CALLBACK_DATA,
@@ -120,8 +120,9 @@ def check_picture(answer: Call, photo_size: tuple[int, int], *, strength: float,
 
 
 def check_status(running: Running, status: Call, answer: Call, removed: Call) -> None:
-    """Position first, then progress edits no faster than the interval, gone once the picture is there."""
-    assert "next" in status.params["text"] or "#" in status.params["text"]
+    """Heard at once, then progress edits (the position, unless progress overtook it) no faster than the interval,
+    gone once the picture is there."""
+    assert status.params["text"] == FETCHING  # before the download: the person sees at once they were heard
     edits = running.edits_of(status)
     assert any(e.params["text"].startswith("Sculpting") for e in edits), [e.params["text"] for e in edits]
     times = [status.at] + [e.at for e in edits]
@@ -447,7 +448,8 @@ async def test_stopping_still_answers_a_user_whose_photo_was_waiting(tiny_config
         running = Running(fake, front_end)
         photo = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
         status = await running.text_for(photo)
-        assert "next" in status.params["text"]
+        await fake.wait_for(lambda c: c.method == "editMessageText" and "next" in c.params["text"]
+                            and c.params["message_id"] == status.result["message_id"], answered=True, timeout=15)
 
         await asyncio.wait_for(front_end.stop_taking(), 15)
         assert not front_end.application.updater.running
