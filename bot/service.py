@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bot.budget import big_buffers_back_to_the_system
 from bot.config import Config, ConfigError
 from bot.flow import FrontEnd, RequestFlow
 from bot.observability import Metrics, hide_secret, serve_metrics
@@ -164,6 +165,7 @@ async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> 
     """Run claybot until SIGINT/SIGTERM: the queue and its worker, and a front end per token."""
     for secret in tokens.values():
         hide_secret(secret)
+    big_buffers_back_to_the_system()  # photos freed after a raid leave the process's memory
     store = ClaybotDatabase(store_path(config.bot))
     await store.open()
     queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.INFO, status=True)

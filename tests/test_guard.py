@@ -211,8 +211,8 @@ async def test_a_file_whose_size_only_getfile_tells_is_refused_before_its_bytes_
     sent = await guarded.fake.send_document(private_chat(frank), frank, PHOTO, file_name="big.jpg",
                                             mime_type="image/jpeg", caption="/clay", file_size=15 * 2**20,
                                             size_in_metadata=False)
-    refusal = await guarded.text_for(sent)
-    assert refusal.params["text"] == f"That file is 15.0 MB; I can take photos up to {MAX_MB} MB."
+    refusal = await guarded.refusal_for(sent)
+    assert refusal == f"That file is 15.0 MB; I can take photos up to {MAX_MB} MB."
     assert guarded.fake.calls_to("getFile") and not guarded.fake.calls_to("download")
 
 
