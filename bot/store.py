@@ -15,7 +15,6 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,9 +84,7 @@ class ClaybotDatabase:
         self._lock = threading.Lock()  # one connection, one thread: the lock only guards against misuse
         self._thread: ThreadPoolExecutor | None = None
         self._cache: dict[str, dict[str, Any]] = {}
-        # Per scope, so a read of a scope into the cache never races a write to it, while a burst from many chats
-        # reads their scopes side by side rather than one after the other.
-        self._scope_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._writing = asyncio.Lock()  # a scope read into the cache never races a write to it
 
     async def __aenter__(self) -> ClaybotDatabase:
         await self.open()
@@ -180,7 +177,7 @@ class ClaybotDatabase:
     async def _scope(self, scope: str) -> dict[str, Any]:
         cached = self._cache.get(scope)
         if cached is None:
-            async with self._scope_locks[scope]:
+            async with self._writing:
                 cached = self._cache.get(scope)  # read by the task that held the lock before: one read per scope
                 if cached is not None:
                     return cached
@@ -197,7 +194,7 @@ class ClaybotDatabase:
             await self.delete(scope, key)
             return
         text = json.dumps(value, ensure_ascii=False)  # readable with the sqlite3 shell
-        async with self._scope_locks[scope]:
+        async with self._writing:
             await self._in_thread(self._query, "INSERT INTO settings (scope, key, value, updated_at) "
                                     "VALUES (?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET "
                                     "value = excluded.value, updated_at = excluded.updated_at",
@@ -207,13 +204,13 @@ class ClaybotDatabase:
 
     async def delete(self, scope: str, key: str) -> None:
         """Remove one setting."""
-        async with self._scope_locks[scope]:
+        async with self._writing:
             await self._in_thread(self._query, "DELETE FROM settings WHERE scope = ? AND key = ?", (scope, key))
             self._cache.get(scope, {}).pop(key, None)
 
     async def clear(self, scope: str) -> None:
         """Remove every setting of a scope."""
-        async with self._scope_locks[scope]:
+        async with self._writing:
             await self._in_thread(self._query, "DELETE FROM settings WHERE scope = ?", (scope,))
             self._cache.pop(scope, None)
 
