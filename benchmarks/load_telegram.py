@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,12 +35,15 @@ from tests.fake_telegram import Call, FakeTelegram, group_chat, private_chat, us
 TOKEN = "555077:fake-telegram-token-load-test"
 CLAYBOT = Path(sys.executable).parent / "claybot"
 GROUPS = 5
-# The clear refusals a person may get under load, from bot.journal and pipeline.core.jobs.busy_message.
+# The clear refusals a person may get under load, from bot.journal, pipeline.core.jobs.busy_message and
+# bot.budget.BUDGET_BUSY.
 REFUSALS = {
     "rate_limited": re.compile(r"asked for \d+ pictures in the last (minute|hour); please ask again in \d+"),
     "queue_cap": re.compile(r"^You already have \d+ photos? waiting or being made"),
     "busy": re.compile(r"^I'm busy: \d+ photos are already waiting"),
+    "budget_busy": re.compile(r"^Lots of photos are on their way to me right now"),
 }
+IN_PROGRESS = ("Got it", "Queued", "Waiting", "Sculpting")  # status lines before the answer
 
 
 @dataclass(eq=False)  # each request is itself (hashable by identity)
@@ -63,9 +67,11 @@ class Report:
     ack_seconds: list[float]
     peak_rss_mb: float
     seconds: float
+    picture_seconds: list[float] = field(default_factory=list)  # from each photo to its picture
+    photos_held_mb: tuple[float, float] | None = None  # (most held at once, the budget), from the chat's log
 
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.ack_seconds)
+    def percentile(self, q: float, seconds: list[float] | None = None) -> float:
+        ordered = sorted(self.ack_seconds if seconds is None else seconds)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
     def lines(self) -> list[str]:
@@ -76,17 +82,26 @@ class Report:
             f"chat process peak RSS (VmHWM): {self.peak_rss_mb:.1f} MB",
             f"time to first acknowledgement: p50 {self.percentile(0.5) * 1000:.0f} ms, "
             f"p95 {self.percentile(0.95) * 1000:.0f} ms, max {max(self.ack_seconds, default=0) * 1000:.0f} ms",
+            f"time to the picture: p50 {self.percentile(0.5, self.picture_seconds):.1f} s, "
+            f"p95 {self.percentile(0.95, self.picture_seconds):.1f} s",
+            "photos held by the chat process at once: " + (
+                f"at most {self.photos_held_mb[0]:.1f} MB (budget {self.photos_held_mb[1]:g} MB)"
+                if self.photos_held_mb else "not logged"),
             "problems: " + ("; ".join(self.problems[:10]) if self.problems else "none"),
             *(f"  {outcome}: {text!r}" for outcome, text in sorted(self.examples.items())),
         ]
 
 
-def write_config(template: Path, folder: Path, fake: FakeTelegram, steps: int | None = None) -> Path:
+def write_config(template: Path, folder: Path, fake: FakeTelegram, steps: int | None = None,
+                 changes: dict[str, dict[str, object]] | None = None) -> Path:
     """The config with the fake server's URLs and a fresh data folder (its limits are the ones under test);
-    ``steps`` makes each job cheaper when only the chat side is of interest."""
+    ``steps`` makes each job cheaper when only the chat side is of interest; ``changes``: {table: {key: value}}."""
     doc = tomlkit.parse(template.read_text(encoding="utf-8"))
     if steps is not None:
         doc["pipeline"]["steps"] = steps
+    for table, values in (changes or {}).items():
+        for key, value in values.items():
+            doc[table][key] = value
     doc["bot"]["data_dir"] = str(folder / "data")
     doc["telegram"]["api_base_url"] = fake.api_base_url
     doc["telegram"]["file_base_url"] = fake.file_base_url
@@ -112,7 +127,7 @@ def classify(fake: FakeTelegram, requests: list[Request]) -> None:
     texts: dict[tuple[int, int], str] = {}  # (chat, bot message) → its latest text
     owners: dict[tuple[int, int], Request] = {}
     for call in fake.calls:
-        if call.error is not None:
+        if call.error is not None or call.result is None:  # refused, or not answered yet
             continue
         chat = call.params.get("chat_id")
         chat = int(chat) if chat is not None else None
@@ -136,16 +151,24 @@ def classify(fake: FakeTelegram, requests: list[Request]) -> None:
             continue
         text = r.last_words = last_words.get(r, "")
         r.outcome = next((name for name, pattern in REFUSALS.items() if pattern.search(text)), None)
-        if r.outcome is None and text and not text.startswith(("Queued", "Waiting", "Sculpting")):
+        if r.outcome is None and text and not text.startswith(IN_PROGRESS):
             r.outcome = f"other: {text[:80]}"
 
 
+def mixed_chats(i: int, who: dict, users: int) -> dict:
+    """Request ``i``'s chat: each person's private chat first, then the shared groups, in turns."""
+    return private_chat(who) if (i // users) % 2 == 0 else group_chat(-1005000 - i % GROUPS, f"Group {i % GROUPS}")
+
+
 async def run_load(config_template: Path, folder: Path, *, users: int, requests: int, steps: int | None = None,
-                   timeout: float = 600.0) -> Report:
-    """Start `claybot run` against the fake server, post the photos together, wait for every answer."""
+                   timeout: float = 600.0, photo: bytes | None = None,
+                   changes: dict[str, dict[str, object]] | None = None,
+                   chat_of: Callable[[int, dict, int], dict] = mixed_chats) -> Report:
+    """Start `claybot run` against the fake server, post the photos together (``photo``: default a small JPEG),
+    wait for every answer. ``changes`` go into the config; ``chat_of(i, person, users)``: where request i is posted."""
     fake = FakeTelegram(TOKEN)
     await fake.start()
-    config = write_config(config_template, folder, fake, steps)
+    config = write_config(config_template, folder, fake, steps, changes)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAYBOT_TELEGRAM_TOKEN": TOKEN}
     env.pop("CLAYBOT_DISCORD_TOKEN", None)
     log = (folder / "claybot.log").open("w")
@@ -154,15 +177,13 @@ async def run_load(config_template: Path, folder: Path, *, users: int, requests:
     try:
         await fake.wait_for(lambda call: call.method == "getUpdates", timeout=180)
         people = [user(5000 + i, f"Person {i}") for i in range(users)]
-        groups = [group_chat(-1005000 - g, f"Group {g}") for g in range(GROUPS)]
-        photo = photo_bytes((128, 96))
+        photo = photo if photo is not None else photo_bytes((128, 96))
         started = time.monotonic()
         posted: list[Request] = []
         for i in range(requests):  # all posted before the bot could answer many: "at once"
             who = people[i % users]
-            chat = private_chat(who) if (i // users) % 2 == 0 else groups[i % GROUPS]
             sent_at = time.monotonic()
-            message = await fake.send_photo(chat, who, photo, caption="/clay")
+            message = await fake.send_photo(chat_of(i, who, users), who, photo, caption="/clay")
             posted.append(Request(message, sent_at))
 
         deadline = time.monotonic() + timeout
@@ -190,10 +211,15 @@ async def run_load(config_template: Path, folder: Path, *, users: int, requests:
     problems = [f"message {r.message['message_id']}: {r.outcome or 'no answer'}" for r in posted
                 if r.outcome not in ("image", *REFUSALS)]
     acks = [min(c.at for c in r.answers) - r.sent_at for r in posted if r.answers]
-    if TOKEN in (folder / "claybot.log").read_text():
+    pictures = [min(c.at for c in r.answers if c.method != "sendMessage") - r.sent_at for r in posted
+                if r.outcome == "image"]
+    log_text = (folder / "claybot.log").read_text()
+    if TOKEN in log_text:
         problems.append("the token reached the log")
     examples = {r.outcome: r.last_words for r in posted if r.outcome and r.last_words}
-    return Report(outcomes, problems, examples, acks, peak, elapsed)
+    held = re.search(r"photos held at once: at most ([\d.]+) MB \(bot.photo_budget_mb = ([\d.]+)\)", log_text)
+    return Report(outcomes, problems, examples, acks, peak, elapsed, pictures,
+                  (float(held.group(1)), float(held.group(2))) if held else None)
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
 from pipeline.core import models
@@ -25,7 +25,17 @@ class BotSettings(Settings):
 
     data_dir: str = "data"
     max_photo_mb: Annotated[float, Field(gt=0.0, le=2000.0)] = 20.0
+    photo_budget_mb: Annotated[float, Field(gt=0.0, le=100_000.0)] = 100.0
+    photo_budget_wait: Annotated[float, Field(ge=0.0, le=3600.0)] = 300.0
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("photo_budget_mb")
+    @classmethod
+    def _room_for_one(cls, budget: float, info: ValidationInfo) -> float:
+        largest = info.data.get("max_photo_mb")
+        if largest is not None and budget < largest:
+            raise ValueError(f"must be at least bot.max_photo_mb ({largest:g}): room for one photo of the largest size")
+        return budget
 
 
 Count = Annotated[int, Field(ge=0, le=1_000_000)]

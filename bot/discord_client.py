@@ -33,6 +33,7 @@ from bot.discord_photos import DiscordImage, PhotoMessage, find_photo
 from bot.discord_render import Requester, build_result
 from bot.discord_reply import RESULT_EVENT, ChannelReply, InteractionReply
 from bot.flow import CLOSE_GRACE, Ask, RequestFlow, RunningRequests, UserError, user_line
+from bot.outage import quiet_discord_reconnects
 from bot.store import ClaybotDatabase, store_path
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import Done
@@ -138,6 +139,7 @@ class ClayBot(commands.Bot):
         self.session: aiohttp.ClientSession | None = None  # image embeds are fetched with it
         self.synced: bool | None = None  # whether this start registered the commands with Discord
         self.running = RunningRequests()
+        quiet_discord_reconnects(self)  # one log line per gateway outage, not a traceback per reconnect attempt
 
     async def setup_hook(self) -> None:
         self.session = aiohttp.ClientSession()

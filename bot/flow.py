@@ -8,18 +8,19 @@ limits, the queue, the wording, the pace of status edits (bot/pacing.py) — liv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bot.budget import PhotoBudget
 from bot.config import Config
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
 from bot.observability import Metrics, job_context
 from bot.pacing import StatusLine, StatusPacer, edit_intervals
+from bot.running import CLOSE_GRACE, RunningRequests  # noqa: F401  (the front ends import them from here)
 from bot.store import ClaybotDatabase
 from pipeline.core import jobs
 from pipeline.core.errors import ClaybotError
@@ -45,11 +46,12 @@ logger = logging.getLogger(__name__)
 
 STRENGTH_STEP = 0.1
 USAGE = "Usage: /clay [strength 0.05–1], sent with a photo or as a reply to one. Example: /clay 0.6"
+FETCHING = "Got it; fetching your photo…"  # the first status line, as soon as a request is let in
+FETCH_FAILED = "I could not fetch that photo from Telegram; please send it again."
 CALM_LINE = "Something went wrong on my side; please try again."  # what a user sees of any failure of ours
 # What pipeline/core/images.py accepts (its ACCEPTED_FORMATS), by the names files have when a platform gives no type
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif", ".mpo")
 REFUSED_TYPES = ("image/tiff", "image/svg+xml")  # image types that platforms report and the pipeline cannot read
-CLOSE_GRACE = 10.0  # seconds a closing front end gives running requests to send their answers
 
 
 class UserError(ClaybotError):
@@ -278,6 +280,7 @@ class RequestFlow:
         self.clock = clock
         self.recovering = RunningRequests()  # answering jobs accepted before a restart
         self.told: dict[tuple[str, str, str], float] = {}  # (platform, person, chat) → told of a limit until then
+        self.budget = PhotoBudget(int(config.bot.photo_budget_mb * 2**20), config.bot.photo_budget_wait)
 
     def max_bytes(self, platform_limit: int | None = None) -> int:
         """The most bytes a photo may have: ours, or the platform's download limit if lower."""
@@ -316,6 +319,8 @@ class RequestFlow:
         except Exception:
             logger.exception("request from %s user %s failed", ask.platform, ask.user_id)
             await request.refuse("failed", CALM_LINE)
+        finally:
+            self.budget.release(request.held)
         await self._close(request)
         return request.done
 
@@ -324,15 +329,22 @@ class RequestFlow:
         # 1. size, before any download (the options are intake's to check, once)
         self.check_size(ask.size, platform_limit)
 
-        # 2. limits (a ticket in the journal, or RateLimited saying when to ask again)
+        # 2. limits (a ticket in the journal, or RateLimited saying when to ask again), then room in the queue
+        #    (photos still on their way to it count): a raid is refused before anything is downloaded
         if self.journal is not None:
             request.ticket = await self.journal.admit(ask.platform, ask.user_id, ask.chat_id,
                                                       ask.group_id or ask.chat_id, ask.answer_to, ask.origin)
             self.told.pop((ask.platform, ask.user_id, ask.chat_id), None)  # under the limits again
+            request.reply.on_first_status = lambda: self._note_placeholder(request)
+        await self.queue.check_room(self.budget.coming)
+        await _safely(request.reply.status(FETCHING))  # they see at once they were heard, before any wait
 
-        # 3. download (through the platform's client; never a URL a user typed)
-        data = await ask.download()
+        # 3. download (through the platform's client; never a URL a user typed), once the photo budget has room
+        with self.budget.on_the_way():
+            request.held = await self.budget.reserve(ask.size or self.max_bytes(platform_limit))
+            data = await ask.download()
         self.check_size(len(data), platform_limit)
+        request.held = self.budget.resize(request.held, len(data))
 
         # 4. intake: one settled job (BadRequest for an option the config lacks, JobFailed for a bad photo), queued
         job = await take_in(self.config, data, style=ask.style, strength=ask.strength, seed=ask.seed, speed=ask.speed,
@@ -343,7 +355,6 @@ class RequestFlow:
             logger.info("job %s from %s user %s in %s", handle.id, ask.platform, ask.user_id, ask.chat_id)
             if self.journal is not None and request.ticket is not None:  # a ticket comes from the journal
                 await self.journal.queued(request.ticket, handle.id, job)
-                request.reply.on_first_status = lambda: self._note_placeholder(request)
             await self._follow(handle, request)
 
     def _tell_once(self, ask: Ask, reply: Reply, refusal: RateLimited) -> bool:
@@ -490,49 +501,13 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
     return "image"
 
 
-class RunningRequests:
-    """The requests a front end is serving, each in its own task: held until done (the event loop keeps only weak
-    references to tasks), and given a moment to send their answers when the front end closes."""
-
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task] = set()
-
-    def add(self, task: asyncio.Task) -> asyncio.Task:
-        """Hold a task until it is done."""
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
-
-    @contextlib.contextmanager
-    def this_task(self) -> Iterator[None]:
-        """Count the running task (one the platform's library started) while the block runs."""
-        task = asyncio.current_task()
-        if task is not None:
-            self.tasks.add(task)
-        try:
-            yield
-        finally:
-            self.tasks.discard(task)
-
-    async def finish(self, grace: float = CLOSE_GRACE) -> int:
-        """Wait up to ``grace`` seconds for every request to end, then cancel the others; how many were cancelled."""
-        pending = [task for task in self.tasks if not task.done() and task is not asyncio.current_task()]
-        if not pending:
-            return 0
-        _, late = await asyncio.wait(pending, timeout=grace)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late, timeout=1.0)
-        return len(late)
-
-
 class _Request:
     """One request on its way: its ticket in the journal, how it ended, and its result."""
 
     def __init__(self, ask: Ask, reply: _Acked) -> None:
         self.ask, self.reply = ask, reply
         self.ticket: int | None = None
+        self.held = 0  # bytes of the photo budget this request holds
         self.submitted: float | None = None
         self.outcome = "failed"
         self.done: Done | None = None

@@ -90,12 +90,14 @@ class Journal:
         ``origin`` (the platform's id of the event) already has one: Telegram sends again the updates a process
         fetched but did not confirm before it died."""
         now = self.clock()
-        if now - self._pruned > PRUNE_EVERY:
+        prune = now - self._pruned > PRUNE_EVERY
+        if prune:
             self._pruned = now
-            await self.store.run(lambda db: db.execute("DELETE FROM jobs WHERE state = 'answered' AND answered_at < ?",
-                                                       (now - KEEP_ANSWERED,)))
 
         def work(db: sqlite3.Connection) -> int | ClaybotError:
+            # In the same trip to the database thread as the admission: requests are admitted in arrival order.
+            if prune:
+                db.execute("DELETE FROM jobs WHERE state = 'answered' AND answered_at < ?", (now - KEEP_ANSWERED,))
             db.execute("BEGIN IMMEDIATE")
             try:
                 seen = origin is not None and db.execute("SELECT 1 FROM jobs WHERE platform = ? AND origin = ?",
@@ -168,9 +170,13 @@ class Journal:
     async def answered(self, ticket: int, outcome: str) -> None:
         """The person has their answer (``outcome``: image, failed, refused, busy, …); the photo is dropped."""
         now = self.clock()
-        await self.store.run(lambda db: db.execute(
-            "UPDATE jobs SET state = 'answered', outcome = ?, answered_at = ?, image = NULL WHERE ticket = ?",
-            (outcome, now, ticket)))
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE jobs SET state = 'answered', outcome = ?, answered_at = ?, image = NULL "
+                       "WHERE ticket = ?", (outcome, now, ticket))
+            self.store.shrink(db)  # the file gives the photos' room back to the disk
+
+        await self.store.run(work)
 
     async def unanswered(self) -> list[Entry]:
         """Every row not yet answered, oldest first."""

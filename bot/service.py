@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bot.budget import big_buffers_back_to_the_system
 from bot.config import Config, ConfigError
 from bot.flow import FrontEnd, RequestFlow
 from bot.observability import Metrics, hide_secret, serve_metrics
@@ -168,12 +169,14 @@ async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> 
     """Run claybot until SIGINT/SIGTERM: the queue and its worker, and a front end per token."""
     for secret in tokens.values():
         hide_secret(secret)
+    big_buffers_back_to_the_system()  # photos freed after a raid leave the process's memory
     store = ClaybotDatabase(store_path(config.bot))
     await store.open()
     queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.INFO, status=True)
     metrics = Metrics() if config.metrics.enabled else None
     metrics_server = None
     front_ends: list[KeptFrontEnd] = []
+    flow: RequestFlow | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -212,6 +215,8 @@ async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> 
         if metrics_server is not None:
             await _quietly(metrics_server.close())
         await _quietly(store.close())
+        if flow is not None:
+            logger.info("%s", flow.budget.summary())
     return 0
 
 

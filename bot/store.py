@@ -2,8 +2,9 @@
 journal of accepted jobs (``bot.journal``), which shares its connection.
 
 A *scope* names whose settings they are (``"discord:guild:123"``, ``"telegram:chat:-100…"``, ``"discord:app:42"``);
-values are stored as JSON. SQLite runs in a worker thread (``asyncio.to_thread``) so the event loop never waits on the
-disk, and each scope is cached after its first read, so a setting changed here applies to the next event at once.
+values are stored as JSON. SQLite runs in a thread of its own (never queued behind other work) so the event loop
+never waits on the disk, and each scope is cached after its first read, so a setting changed here applies to the
+next event at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +26,9 @@ from pipeline.core.errors import ClaybotError
 logger = logging.getLogger(__name__)
 
 STORE_FILE = "claybot.sqlite3"
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+SHRINK_AT = 8 * 2**20  # bytes of free pages (dropped photos) worth giving back to the disk
+WAL_LIMIT = 4 * 2**20  # bytes the write-ahead log is cut back to after a checkpoint
 T = TypeVar("T")
 
 _SCHEMA = (
@@ -76,7 +81,8 @@ class ClaybotDatabase:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path) if str(path) != ":memory:" else path
         self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # one connection, used from whichever worker thread to_thread picks
+        self._lock = threading.Lock()  # one connection, one thread: the lock only guards against misuse
+        self._thread: ThreadPoolExecutor | None = None
         self._cache: dict[str, dict[str, Any]] = {}
         self._writing = asyncio.Lock()  # a scope read into the cache never races a write to it
 
@@ -90,16 +96,25 @@ class ClaybotDatabase:
     async def open(self) -> None:
         """Create the database file (and its folder) if needed."""
         if self._db is None:
-            self._db = await asyncio.to_thread(self._connect)
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claybot-db")
+            self._db = await self._in_thread(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
         try:
             if isinstance(self.path, Path):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+            # Photos pass through the journal (megabytes each, dropped once answered): pages they freed can be
+            # given back to the disk (``shrink``), and the write-ahead log is cut back after each checkpoint.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect on a new file; older ones: VACUUM below
             db.execute("PRAGMA journal_mode = WAL")  # a crash mid-write never corrupts it; readers never wait
+            db.execute("PRAGMA synchronous = NORMAL")  # WAL's advice: no fsync per commit, still never corrupt
+            db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
             for statement in _SCHEMA:
                 db.execute(statement)
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+                logger.info("database %s: converting it once so it can shrink (VACUUM)", self.path)
+                db.execute("VACUUM")
         except (OSError, sqlite3.Error) as err:
             raise StoreError(f"cannot open the settings database {self.path}: {err}") from None
         return db
@@ -109,7 +124,10 @@ class ClaybotDatabase:
         db, self._db = self._db, None
         self._cache.clear()
         if db is not None:
-            await asyncio.to_thread(self._locked, db.close)
+            await self._in_thread(self._locked, db.close)
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
@@ -160,7 +178,10 @@ class ClaybotDatabase:
         cached = self._cache.get(scope)
         if cached is None:
             async with self._writing:
-                rows = await asyncio.to_thread(self._query, "SELECT key, value FROM settings WHERE scope = ?",
+                cached = self._cache.get(scope)  # read by the task that held the lock before: one read per scope
+                if cached is not None:
+                    return cached
+                rows = await self._in_thread(self._query, "SELECT key, value FROM settings WHERE scope = ?",
                                                (scope,))
                 cached = self._cache.setdefault(scope, {key: json.loads(value) for key, value in rows})
         return cached
@@ -174,7 +195,7 @@ class ClaybotDatabase:
             return
         text = json.dumps(value, ensure_ascii=False)  # readable with the sqlite3 shell
         async with self._writing:
-            await asyncio.to_thread(self._query, "INSERT INTO settings (scope, key, value, updated_at) "
+            await self._in_thread(self._query, "INSERT INTO settings (scope, key, value, updated_at) "
                                     "VALUES (?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET "
                                     "value = excluded.value, updated_at = excluded.updated_at",
                                     (scope, key, text, time.time()))
@@ -184,13 +205,13 @@ class ClaybotDatabase:
     async def delete(self, scope: str, key: str) -> None:
         """Remove one setting."""
         async with self._writing:
-            await asyncio.to_thread(self._query, "DELETE FROM settings WHERE scope = ? AND key = ?", (scope, key))
+            await self._in_thread(self._query, "DELETE FROM settings WHERE scope = ? AND key = ?", (scope, key))
             self._cache.get(scope, {}).pop(key, None)
 
     async def clear(self, scope: str) -> None:
         """Remove every setting of a scope."""
         async with self._writing:
-            await asyncio.to_thread(self._query, "DELETE FROM settings WHERE scope = ?", (scope,))
+            await self._in_thread(self._query, "DELETE FROM settings WHERE scope = ?", (scope,))
             self._cache.pop(scope, None)
 
     # -- the database thread ---------------------------------------------------------------------------------------
@@ -213,7 +234,24 @@ class ClaybotDatabase:
             except sqlite3.Error as err:
                 raise StoreError(f"database {self.path}: {err}") from None
 
-        return await asyncio.to_thread(locked)
+        return await self._in_thread(locked)
+
+    async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
+            raise StoreError("the database is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
+
+    @staticmethod
+    def shrink(db: sqlite3.Connection, *, at_least: int = SHRINK_AT) -> bool:
+        """In the database thread: once ``at_least`` bytes of pages are free (photos dropped), give them back to
+        the disk and cut the write-ahead log short, so the file does not stay at a raid's high-water mark."""
+        (free_pages,) = db.execute("PRAGMA freelist_count").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        if free_pages * page_size < at_least:
+            return False
+        db.executescript("PRAGMA incremental_vacuum;")  # a plain execute() frees one page per step
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return True
 
     def _locked(self, call):
         with self._lock:

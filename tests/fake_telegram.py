@@ -97,16 +97,29 @@ class FakeTelegram:
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Listen on a free port of 127.0.0.1."""
+    async def start(self, port: int = 0) -> None:
+        """Listen on a free port of 127.0.0.1 (or on ``port``, to come back where it was)."""
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_route("*", "/{bot}/{method}", self._api)
         app.router.add_get("/file/{bot}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+
+    async def go_away(self) -> None:
+        """The Bot API becomes unreachable (connections refused), as in an outage, until ``come_back``."""
+        self._closing = True  # waiting long polls answer now
+        async with self._changed:
+            self._changed.notify_all()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._closing = False
+
+    async def come_back(self) -> None:
+        """Reachable again, at the same address."""
+        await self.start(self.port)
 
     async def close(self) -> None:
         """Answer waiting long polls and stop listening."""

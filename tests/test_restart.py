@@ -69,10 +69,12 @@ async def test_a_killed_chat_process_answers_its_accepted_jobs_after_a_restart(t
         await telegram.wait_for(lambda call: call.method == "getUpdates", timeout=120)
         sent = [await telegram.send_photo(private_chat(who), who, PHOTO, caption="/clay") for who in PEOPLE]
         statuses = {}
-        for message in sent:  # each accepted: its status line ("Queued, #n") is out
+        for message in sent:  # each accepted and queued: its status line is out, and edited to its position
             status = await telegram.wait_for(lambda call, m=message: call.method == "sendMessage"
                                              and call.reply_to == m["message_id"], answered=True, timeout=120)
             statuses[message["message_id"]] = status.result["message_id"]
+            await telegram.wait_for(lambda call, s=status: call.method in ("editMessageText", "deleteMessage")
+                                    and call.params["message_id"] == s.result["message_id"], timeout=120)
         await asyncio.sleep(0.5)  # the journal notes each status message just after it is sent
         process.send_signal(signal.SIGKILL)
         await process.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 
 import pytest
@@ -183,3 +184,58 @@ async def test_a_job_the_journal_kept_is_run_again_after_a_restart_and_answered_
         assert await after.unanswered() == []  # answered in the journal too
     assert queue.submitted == [job]
     assert chat.delivered == [("-100", done, caption(done), {"message_id": 5}, job.image)]
+
+
+async def test_a_scope_read_by_many_tasks_at_once_is_read_from_the_file_once(tmp_path, monkeypatch):
+    # A burst of requests from one chat all look up its settings together: one read, not one each in a row.
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
+        await store.set("telegram:chat:1", "nsfw", True)
+        store._cache.clear()
+        reads = []
+        query = store._query
+        monkeypatch.setattr(store, "_query", lambda sql, params: reads.append(sql) or query(sql, params))
+        values = await asyncio.gather(*(store.get_bool("telegram:chat:1", "nsfw", False) for _ in range(50)))
+        assert values == [True] * 50
+        assert len(reads) == 1
+
+
+async def test_photos_dropped_from_the_journal_give_their_room_back_to_the_disk(tmp_path):
+    # A raid's photos pass through the journal; once answered, the file must not stay at the raid's size.
+    from bot.config import LimitSettings
+    from bot.journal import Journal
+    from pipeline.core.jobs import Job
+
+    path = tmp_path / "claybot.sqlite3"
+    async with ClaybotDatabase(path) as store:
+        journal = Journal(store, LimitSettings(user_per_minute=0, user_per_hour=0, chat_per_minute=0,
+                                               chat_per_hour=0, user_queued=0))
+        tickets = []
+        for i in range(40):
+            ticket = await journal.admit("telegram", str(i), "-100", "-100", {})
+            await journal.queued(ticket, f"job{i}", Job(os.urandom(2**20), "clay", 0.5, "default", i, (128, 128),
+                                                          2.0, 0.8, 0.6, reply_to=("telegram", "-100")))
+            tickets.append(ticket)
+        assert on_disk(path) > 40 * 2**20  # the photos are kept until answered (a restart would need them)
+        for ticket in tickets:
+            await journal.answered(ticket, "image")
+        assert on_disk(path) < 12 * 2**20
+        assert len(await journal.usage(0)) == 1  # the rows themselves stay (the limits' windows count them)
+
+
+def on_disk(path) -> int:
+    """The database's bytes on disk: the file and its write-ahead log."""
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+async def test_a_database_from_before_is_converted_once_so_it_can_shrink(tmp_path):
+    path = tmp_path / "claybot.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE settings (scope TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+                "updated_at REAL NOT NULL, PRIMARY KEY (scope, key))")
+    old.execute("INSERT INTO settings VALUES ('g', 'k', '1', 0)")
+    old.commit()
+    assert old.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+    old.close()
+    async with ClaybotDatabase(path) as store:
+        assert await store.get_int("g", "k", 0) == 1
+    assert sqlite3.connect(path).execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental

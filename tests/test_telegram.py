@@ -15,7 +15,7 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.config import Config, ConfigError, parse_config
-from bot.flow import USAGE, RequestFlow, variant
+from bot.flow import FETCHING, USAGE, RequestFlow, variant
 from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from bot.telegram.buttons import MAX_CALLBACK_DATA, button_data, parse_button, result_buttons
@@ -63,6 +63,17 @@ class Running:
         return await self.fake.wait_for(
             lambda c: c.method == "sendMessage" and c.params["chat_id"] == message["chat"]["id"]
             and c.reply_to == message["message_id"], after=after, answered=True, timeout=timeout)
+
+    async def refusal_for(self, message: dict, timeout: float = 30.0) -> str:
+        """Why a request found out after it was let in (too big, damaged) got no picture: its status line edited
+        into the reason."""
+        status = await self.text_for(message, timeout=timeout)
+        if status.params["text"] != FETCHING:
+            return status.params["text"]
+        edit = await self.fake.wait_for(
+            lambda c: c.method == "editMessageText" and c.params["chat_id"] == message["chat"]["id"]
+            and c.params["message_id"] == status.result["message_id"], answered=True, timeout=timeout)
+        return edit.params["text"]
 
     async def status_removed(self, status: Call, timeout: float = 30.0) -> Call:
         return await self.fake.wait_for(
@@ -125,8 +136,9 @@ def check_picture(answer: Call, photo_size: tuple[int, int], *, strength: float,
 
 
 def check_status(running: Running, status: Call, answer: Call, removed: Call) -> None:
-    """Position first, then progress edits no faster than the interval, gone once the picture is there."""
-    assert "next" in status.params["text"] or "#" in status.params["text"]
+    """Heard at once, then progress edits (the position, unless progress overtook it) no faster than the interval,
+    gone once the picture is there."""
+    assert status.params["text"] == FETCHING  # before the download: the person sees at once they were heard
     edits = running.edits_of(status)
     assert any(e.params["text"].startswith("Sculpting") for e in edits), [e.params["text"] for e in edits]
     times = [status.at] + [e.at for e in edits]
@@ -338,9 +350,9 @@ async def test_a_file_too_big_for_getfile_gets_a_clear_message_when_its_size_was
                                               mime_type="image/jpeg", caption="/clay", file_size=25_000_000,
                                               size_in_metadata=False)
 
-    refusal = await telegram.text_for(photo)
+    refusal = await telegram.refusal_for(photo)
 
-    assert refusal.params["text"] == "That file is larger than the 20 MB Telegram lets bots download."
+    assert refusal == "That file is larger than the 20 MB Telegram lets bots download."
     assert [c.error for c in telegram.fake.calls_to("getFile")] == ["Bad Request: file is too big"]
     assert not telegram.fake.calls_to("download", "sendPhoto")
 
@@ -405,8 +417,8 @@ async def test_a_corrupt_jpeg_gets_a_clear_reason_and_the_next_user_is_served(te
     broken = LANDSCAPE[: len(LANDSCAPE) // 3]
     photo = await telegram.fake.send_document(ALICE_CHAT, ALICE, broken, file_name="broken.jpg",
                                               mime_type="image/jpeg", caption="/clay")
-    reason = await telegram.text_for(photo)
-    assert "damaged" in reason.params["text"] or "not an image" in reason.params["text"]
+    reason = await telegram.refusal_for(photo)
+    assert "damaged" in reason or "not an image" in reason
 
     next_photo = await telegram.fake.send_photo(GROUP, BOB, LANDSCAPE, caption="/clay")
     check_picture(await telegram.picture_for(next_photo), (128, 96), strength=0.5)
@@ -494,7 +506,8 @@ async def test_stopping_still_answers_a_user_whose_photo_was_waiting(tiny_config
         running = Running(fake, front_end)
         photo = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
         status = await running.text_for(photo)
-        assert "next" in status.params["text"]
+        await fake.wait_for(lambda c: c.method == "editMessageText" and "next" in c.params["text"]
+                            and c.params["message_id"] == status.result["message_id"], answered=True, timeout=15)
 
         await asyncio.wait_for(front_end.stop_taking(), 15)
         assert not front_end.application.updater.running

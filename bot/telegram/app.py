@@ -22,9 +22,11 @@ from telegram.ext import (
 from bot.config import Config, ConfigError
 from bot.flow import RequestFlow
 from bot.observability import HIDE_SECRETS, hide_secret
+from bot.outage import Outage, telegram_polling
 from bot.store import ClaybotDatabase
 from bot.telegram.handlers import TelegramRequests
 from bot.telegram.help import command_menu
+from bot.telegram.hints import hint_for_plain_message
 from bot.telegram.render import CAPTION_LIMIT, reply_to, send_result
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import Done
@@ -33,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
 POLL_TIMEOUT = 10  # seconds a getUpdates long poll waits for news
+# httpcore scans its whole pool (quadratically) whenever a request starts or ends: PTB's default of 256 connections
+# made a burst of 200 photos spend a third of the chat process's CPU there. Fewer, with a longer wait for a free one.
+CONNECTIONS = 32
+POOL_TIMEOUT = 30.0  # seconds a call may wait for a free connection (PTB's default, 1 s, fails calls in a burst)
 
 # A logger's filters see only the records logged on it, not its children's: name each logger that may quote a URL.
 TOKEN_QUOTING_LOGGERS = ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",
@@ -62,8 +68,11 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         .base_url(settings.api_base_url)
         .base_file_url(settings.file_base_url)
         .local_mode(settings.local_mode)
+        .connection_pool_size(CONNECTIONS).pool_timeout(POOL_TIMEOUT)
+        .get_updates_request(telegram_polling(outage := Outage("the Telegram Bot API")))
         .build()
     )
+    application.bot_data["outage"] = outage  # start_polling's error_callback: no traceback per failed poll
     requests = TelegramRequests(config, flow, store if store is not None else flow.store)
     application.bot_data["requests"] = requests
 
@@ -78,6 +87,8 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         requests.on_captioned_photo))
     application.add_handler(CommandHandler(requests.commands, requests.on_clay_command, filters=only_new))
     application.add_handler(MessageHandler(only_new & filters.ChatType.PRIVATE & images, requests.on_plain_photo))
+    application.add_handler(MessageHandler(only_new & filters.ChatType.PRIVATE & ~filters.COMMAND
+                                           & ~filters.StatusUpdate.ALL, hint_for_plain_message))
     if settings.reaction_emoji:
         application.add_handler(MessageReactionHandler(
             requests.on_reaction, message_reaction_types=MessageReactionHandler.MESSAGE_REACTION_UPDATED))
@@ -114,7 +125,8 @@ class TelegramFrontEnd:
             logger.warning("could not set the bot's command menu: %s", err)
         if self.application.updater is None:  # build_application always makes one
             raise ClaybotError("the Telegram application has no updater to poll with")
-        await self.application.updater.start_polling(timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES)
+        await self.application.updater.start_polling(timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES,
+                                                     error_callback=self.application.bot_data["outage"].failed)
         logger.info("Telegram bot @%s is polling (reactions: %s)", self.application.bot.username,
                     settings.reaction_emoji or "off")
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from telegram import Bot, Message
-from telegram.error import BadRequest
+from telegram.error import BadRequest, TelegramError
 
 from bot.config import TelegramSettings
 from bot.flow import RequestFlow, UserError, is_image, not_an_image
+from bot.telegram.hints import fetch_failed
 
 # Telegram's Bot API lets bots download files up to 20 MB; a self-hosted server in local mode has no such limit.
 # Should Telegram count a MB as 10**6 bytes, a getFile refused as "file is too big" still gets a clear answer.
@@ -60,10 +62,17 @@ async def download(bot: Bot, photo: TelegramPhoto, flow: RequestFlow, settings: 
         if "too big" in str(err).lower():
             raise UserError(f"That file is larger than the {DOWNLOAD_LIMIT // 2**20} MB Telegram lets "
                             f"bots download.") from None
-        raise
+        raise fetch_failed(err) from None
+    except TelegramError as err:
+        raise fetch_failed(err) from None
     # getFile tells the size even when the message did not (files sent without it, local mode)
     flow.check_size(file.file_size, download_limit(settings))
-    return bytes(await file.download_as_bytearray())
+    out = io.BytesIO()
+    try:
+        await file.download_to_memory(out)
+    except TelegramError as err:  # expired, or Telegram unreachable meanwhile
+        raise fetch_failed(err) from None
+    return out.getvalue()  # the buffer itself: one copy fewer than bytes(download_as_bytearray())
 
 
 class RecentPhotos:

@@ -324,6 +324,10 @@ class JobQueue(Protocol):
         """Queue a settled job (``pipeline.core.intake.take_in``); raises QueueBusy when full and QueueClosed when
         shutting down."""
 
+    async def check_room(self, coming: int = 0) -> None:
+        """Cheap, before a photo is downloaded: QueueBusy when the waiting jobs, plus ``coming`` photos this
+        process is still fetching for the queue, fill it; QueueClosed when shutting down."""
+
     async def recover(self) -> list[JobHandle]:
         """After a restart, handles for this process's accepted jobs that the queue still holds (Redis); none where
         the queue died with the process (local: the journal submits those again)."""

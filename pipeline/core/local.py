@@ -172,6 +172,14 @@ class LocalQueue:
         self._wake.set()
         return handle
 
+    async def check_room(self, coming: int = 0) -> None:
+        """QueueBusy when the waiting jobs and the ``coming`` ones fill the queue; QueueClosed when closing."""
+        if self._closing:
+            raise QueueClosed(SHUTDOWN_REASON)
+        if len(self._pending) + coming >= self.settings.max_queue:
+            self._count_failure(ErrorKind.BUSY)
+            raise QueueBusy(busy_message(len(self._pending) + coming, self.settings.max_queue))
+
     def _cancel(self, handle: JobHandle) -> bool:
         for job in self._pending:
             if job.handle is handle:

@@ -242,6 +242,17 @@ class RedisQueue:
         """Jobs this process is waiting on."""
         return len(self._handles)
 
+    async def check_room(self, coming: int = 0) -> None:
+        """QueueBusy when the shared queue's waiting jobs and this process's ``coming`` ones fill it, or no worker
+        has been seen lately; QueueClosed when closing. One round trip to Redis."""
+        if self._closing:
+            raise QueueClosed(SHUTDOWN_REASON)
+        if time.time() - self._worker_seen >= self.settings.no_worker_timeout:
+            raise QueueBusy(NO_WORKER_REASON)
+        waiting, _ = await queue_depth(self.redis, self.keys, limit=self.settings.max_queue)
+        if waiting + coming >= self.settings.max_queue:
+            raise QueueBusy(busy_message(waiting + coming, self.settings.max_queue))
+
     async def submit(self, job: Job) -> JobHandle:
         """Store the photo and add the job to the stream; QueueBusy when the shared queue is full."""
         if self._closing:
