@@ -337,7 +337,9 @@ class RequestFlow:
             self.told.pop((ask.platform, ask.user_id, ask.chat_id), None)  # under the limits again
             request.reply.on_first_status = lambda: self._note_placeholder(request)
         await self.queue.check_room(self.budget.coming)
-        await _safely(request.reply.status(FETCHING))  # they see at once they were heard, before any wait
+        # they see at once they were heard, before any wait; later lines take the chat's turns (bot/pacing.py)
+        request.line = self.pacer.line((ask.platform, ask.chat_id), request.reply.status)
+        await request.line.show(FETCHING)
 
         # 3. download (through the platform's client; never a URL a user typed), once the photo budget has room
         with self.budget.on_the_way():
@@ -380,7 +382,9 @@ class RequestFlow:
 
     async def _follow(self, handle: JobHandle, request: _Request) -> None:
         """Progress, paced so platforms' edit rate limits are never hit (bot/pacing.py); then the answer."""
-        line = request.line = self.pacer.line((request.ask.platform, request.ask.chat_id), request.reply.status)
+        line = request.line
+        if line is None:
+            line = request.line = self.pacer.line((request.ask.platform, request.ask.chat_id), request.reply.status)
         async for event in handle.events():
             if isinstance(event, Queued):
                 await line.show("Waiting for my clay oven… you're next." if event.position == 1
@@ -511,7 +515,7 @@ class _Request:
         self.submitted: float | None = None
         self.outcome = "failed"
         self.done: Done | None = None
-        self.line: StatusLine | None = None  # its status line, once the job is queued
+        self.line: StatusLine | None = None  # its status line, once it was admitted
 
     async def refuse(self, outcome: str, text: str) -> None:
         self.outcome = outcome

@@ -33,8 +33,8 @@ async def telegram(tiny_config, caplog):
     fake = FakeTelegram(TOKEN)
     await fake.start()
     queue = LocalQueue(tiny_config.gpu(), tiny_config.queue)
-    front_end = TelegramFrontEnd(with_telegram(tiny_config, fake), RequestFlow(queue, tiny_config,
-                                                                               min_edit_interval=0.05), TOKEN)
+    config = with_telegram(tiny_config, fake)
+    front_end = TelegramFrontEnd(config, RequestFlow(queue, config), TOKEN)
     try:
         await asyncio.wait_for(front_end.start(), 15)
         yield Running(fake, front_end)

@@ -138,7 +138,7 @@ async def test_a_full_queue_refuses_a_photo_before_downloading_it(tiny_config, t
     queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(
         update={"worker_address": str(tmp_path / "nobody.sock"), "max_queue": 2}))
     await queue.start()
-    flow = RequestFlow(queue, tiny_config, min_edit_interval=0.01)
+    flow = RequestFlow(queue, tiny_config)
     downloads = Downloads(noise_png(64))
     try:
         replies = [Answers() for _ in range(5)]
@@ -158,7 +158,7 @@ async def test_a_raid_downloads_only_as_many_photos_as_the_budget_holds_and_answ
     photo = noise_png(400)  # 469 KB: two fit in a budget of 1 MB
     config = tiny_config.model_copy(update={"bot": tiny_config.bot.model_copy(
         update={"max_photo_mb": 1.0, "photo_budget_mb": 1.0})})
-    flow = RequestFlow(queue, config, min_edit_interval=0.01)
+    flow = RequestFlow(queue, config)
     downloads = Downloads(photo)
     replies = [Answers() for _ in range(8)]
     await asyncio.wait_for(asyncio.gather(*(
@@ -174,7 +174,7 @@ async def test_a_raid_downloads_only_as_many_photos_as_the_budget_holds_and_answ
 async def test_past_the_wait_a_request_is_told_busy_and_is_not_counted(tiny_config, queue):
     config = tiny_config.model_copy(update={"bot": tiny_config.bot.model_copy(
         update={"max_photo_mb": 1.0, "photo_budget_mb": 1.0, "photo_budget_wait": 0.0})})
-    flow = RequestFlow(queue, config, min_edit_interval=0.01)
+    flow = RequestFlow(queue, config)
     downloads = Downloads(noise_png(500), pause=0.5)  # 733 KB: one at a time
     replies = [Answers(), Answers()]
     await asyncio.wait_for(asyncio.gather(*(
