@@ -31,8 +31,8 @@ demo: $(STAMP)
 	test -f $(TINY)/config.toml || $(VENV)/bin/claybot tiny-models $(TINY)
 	$(VENV)/bin/claybot stylize examples/photo.jpg -o out/clay.png --config $(TINY)/config.toml --seed 1
 
-# The test suite. pytest exits 5 when it collected no test: that is a failure here, never a pass.
-test: $(STAMP)
+# Lint, types, then the test suite. pytest exits 5 when it collected no test: that is a failure here, never a pass.
+test: lint typecheck
 	@$(PY) -m pytest -n $(TEST_PROCS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
