@@ -4,6 +4,7 @@ worker (tiny random-weight Wan) and answered with an MP4, through the real Local
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 
 import av
@@ -11,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from pipeline.core.intake import ANIMATE_OFF, take_in
-from pipeline.core.jobs import MP4, PNG, BadRequest, Done, Kind, Progress, Started
+from pipeline.core.jobs import MP4, PNG, BadRequest, Done, ErrorKind, Failed, Kind, Progress, Started
 from pipeline.core.local import LocalQueue
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.tiny_video import write_tiny_video_models
@@ -88,3 +89,16 @@ async def test_a_clip_job_goes_through_the_queue_with_progress_and_comes_back_as
     still = await asyncio.wait_for(picture.result(), 120)
     assert still.media == PNG and still.image.startswith(b"\x89PNG")
     assert clip_queue.stats.batches[-2:] == [1, 1]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_clip_past_its_own_time_limit_is_stopped_between_steps_and_the_worker_serves_on(clip_queue):
+    job = await take_in(clip_queue.gpu, photo_bytes(), kind=Kind.CLIP, seed=1)
+    late = await clip_queue.submit(dataclasses.replace(job, time_limit=0.001))  # spent before the first step ends
+    events = [event async for event in late.events()]
+
+    assert [e for e in events if isinstance(e, Progress)] == [Progress(1, STEPS)]  # no step began after the limit
+    assert isinstance(events[-1], Failed) and events[-1].kind is ErrorKind.TIMEOUT
+    assert "took longer than the 0.001 seconds limit" in events[-1].reason  # the job's own, not the rest of it
+    again = await asyncio.wait_for((await clip_queue.submit(job)).result(), 120)
+    assert again.media == MP4

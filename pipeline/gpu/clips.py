@@ -30,11 +30,13 @@ CLIP_OOM_REASON = "The GPU ran out of memory on this clip; please try a shorter 
 CLIP_ENCODE_REASON = "Your clip was made but could not be saved as a video; please try again."
 
 
-def run_clip(stylizer, animator: Animator, job: DecodedJob, deadline: float, send: Callable[[Message], None]) -> None:
-    """Animate one decoded, tagged picture and answer its job: Started, Progress per step, then Done or Failed."""
+def run_clip(stylizer, animator: Animator, job: DecodedJob, timeout: float, deadline: float,
+             send: Callable[[Message], None]) -> None:
+    """Animate one decoded, tagged picture and answer its job: Started, Progress per step, then Done or Failed
+    (past ``deadline``, the batch's ``timeout`` seconds from its start, stopped between two steps)."""
     from pipeline.gpu.animate import ClipLengthError, ClipTimeout, motion_prompt
     from pipeline.gpu.prompt import prompt_tags
-    from pipeline.gpu.worker import _free_gpu_memory, _is_out_of_memory, _LinkDown
+    from pipeline.gpu.worker import _free_gpu_memory, _is_out_of_memory, _LinkDown, limit_text
 
     ids, spec = (job.id,), job.task.job
     style = stylizer.settings.styles[spec.style]
@@ -54,8 +56,12 @@ def run_clip(stylizer, animator: Animator, job: DecodedJob, deadline: float, sen
                             hold=spec.hold)
     except _LinkDown:  # a progress message could not be sent: the connection is gone, no picture's fault
         raise
-    except (ClipTimeout, ClipLengthError) as err:
-        fail(str(err), ErrorKind.TIMEOUT if isinstance(err, ClipTimeout) else ErrorKind.INTERNAL)
+    except ClipTimeout:  # its message counts from the clip's start; the user's limit counts from the batch's
+        fail(f"This clip took longer than the {limit_text(timeout)} limit and was stopped; please try again later.",
+             ErrorKind.TIMEOUT)
+        return
+    except ClipLengthError as err:
+        fail(str(err), ErrorKind.INTERNAL)
         return
     except Exception as err:
         if _is_out_of_memory(err):

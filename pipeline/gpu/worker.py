@@ -202,7 +202,7 @@ def _run_batch(stylizer, batch: Batch, send: Send, animator) -> None:
     if pictures:
         _run_group(stylizer, pictures, batch.timeout, deadline, send)
     for clip in (job for job in group if job.task.job.kind is Kind.CLIP):  # one at a time, each a GPU's worth
-        run_clip(stylizer, animator, clip, deadline, send)
+        run_clip(stylizer, animator, clip, batch.timeout, deadline, send)
 
 
 def _fail(send: Send, job_id: str, reason: str, kind: ErrorKind) -> None:
@@ -266,8 +266,7 @@ def _run_group(stylizer, group: list[DecodedJob], timeout: float, deadline: floa
     except _LinkDown:  # a progress message could not be sent: the connection is gone, no photo's fault
         raise
     except JobTimeout:
-        limit = f"{timeout:g} seconds" if timeout < 120 else f"{timeout / 60:g} minutes"
-        fail_all(f"This took longer than the {limit} limit and was stopped; please try again later.",
+        fail_all(f"This took longer than the {limit_text(timeout)} limit and was stopped; please try again later.",
                  ErrorKind.TIMEOUT)
         return
     except Exception as err:
@@ -313,6 +312,11 @@ def _run_group(stylizer, group: list[DecodedJob], timeout: float, deadline: floa
             image=png, width=result.image.width, height=result.image.height, tags=result.tags, prompt=result.prompt,
             seed=result.seed, style=first.style, strength=first.strength, ratings=result.ratings, timings=timings,
             speed=first.speed)))
+
+
+def limit_text(timeout: float) -> str:
+    """A time limit as users read it: "90 seconds", "10 minutes"."""
+    return f"{timeout:g} seconds" if timeout < 120 else f"{timeout / 60:g} minutes"
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
