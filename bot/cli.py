@@ -1,4 +1,4 @@
-"""The ``claybot`` command line: stylize, check, models, tiny-models."""
+"""The ``claybot`` command line: stylize, animate, check, models, tiny-models."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from bot.observability import setup_logging
 from bot.service import open_queue, run_claybot, status_file
 from pipeline.core.errors import ClaybotError
 from pipeline.core.intake import take_in
-from pipeline.core.jobs import BadRequest, Done, Failed, Job, Progress, check_strength
+from pipeline.core.jobs import BadRequest, Done, Failed, Job, Kind, Progress, check_strength
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--seed", type=int, default=None, help="makes the result reproducible; default: random")
     stylize.add_argument("--speed", default=None, help="a [speed.*] preset or 'default'; default: the style's")
     stylize.add_argument("--config", type=Path, default=Path("config.toml"))
+
+    animate = sub.add_parser("animate", help="make a short clip (MP4) of a picture, as [animate] configures")
+    animate.add_argument("picture", type=Path)
+    animate.add_argument("-o", "--output", type=Path, required=True, help="where to write the MP4")
+    animate.add_argument("--seconds", type=float, default=None,
+                         help="about how long it plays; default: [animate] frames at its fps")
+    animate.add_argument("--style", default=None, help="a [styles.*] name (its motion prompt); default: "
+                         "pipeline.default_style")
+    animate.add_argument("--seed", type=int, default=None, help="makes the clip reproducible; default: random")
+    animate.add_argument("--config", type=Path, default=Path("config.toml"))
 
     run = sub.add_parser("run", help="run the bot (the enabled chat front ends and the pipeline worker)")
     run.add_argument("--config", type=Path, default=Path("config.toml"))
@@ -89,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claybot`` console script."""
     args = build_parser().parse_args(argv)
-    quiet = args.command in ("stylize", "sweep", "check", "status", "models")  # their output is the answer
+    quiet = args.command in ("stylize", "animate", "sweep", "check", "status", "models")  # their output is the answer
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     args.log_level = level
     setup_logging(level)  # text; `claybot run` switches to the config's bot.log_format once it has read it
@@ -97,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        commands = {"run": cmd_run, "stylize": cmd_stylize, "sweep": cmd_sweep, "worker": cmd_worker,
-                    "status": cmd_status, "check": cmd_check, "models": cmd_models,
+        commands = {"run": cmd_run, "stylize": cmd_stylize, "animate": cmd_animate, "sweep": cmd_sweep,
+                    "worker": cmd_worker, "status": cmd_status, "check": cmd_check, "models": cmd_models,
                     "tiny-models": cmd_tiny_models}
         return commands[args.command](args)
     except ClaybotError as err:
@@ -109,12 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_stylize(args: argparse.Namespace) -> int:
     """Stylize one photo through the same queue and worker as the chat front ends, and print what was done."""
     config = load_config(args.config)
-    try:
-        data = args.photo.read_bytes()
-    except OSError as err:
-        raise ClaybotError(f"{args.photo}: cannot read it ({err.strerror})") from None
-    job = _take_in(config, data, style=args.style, strength=args.strength, seed=args.seed, speed=args.speed)
-    result = asyncio.run(_stylize(config, job, args.verbose))
+    job = _take_in(config, _read(args.photo), style=args.style, strength=args.strength, seed=args.seed,
+                   speed=args.speed)
+    result = asyncio.run(_run_job(config, job, args.verbose, "stylizing"))
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(result.image)
@@ -126,6 +133,31 @@ def cmd_stylize(args: argparse.Namespace) -> int:
           + f" · total {sum(result.timings.values()):.2f}s")
     print(f"wrote {args.output} ({result.width}×{result.height})")
     return 0
+
+
+def cmd_animate(args: argparse.Namespace) -> int:
+    """Make a clip of one picture through the same queue and worker as the chat front ends; write the MP4."""
+    config = load_config(args.config)
+    job = _take_in(config, _read(args.picture), kind=Kind.CLIP, style=args.style, seed=args.seed,
+                   seconds=args.seconds)
+    result = asyncio.run(_run_job(config, job, args.verbose, "animating"))
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(result.image)
+    print(f"prompt:   {result.prompt}")
+    print(f"seed:     {result.seed}")
+    print("timings:  " + " · ".join(f"{stage} {secs:.2f}s" for stage, secs in result.timings.items()))
+    hold = ", each frame held twice" if job.hold else ""
+    print(f"wrote {args.output} ({result.width}×{result.height}, {job.frames} frames at {job.fps} fps{hold}, "
+          f"{len(result.image):,} bytes)")
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ClaybotError(f"{path}: cannot read it ({err.strerror})") from None
 
 
 @contextlib.asynccontextmanager
@@ -149,12 +181,13 @@ def _take_in(config: Config, data: bytes, **options) -> Job:
         raise ConfigError(str(err)) from None
 
 
-async def _stylize(config: Config, job: Job, verbose: bool) -> Done:
+async def _run_job(config: Config, job: Job, verbose: bool, doing: str) -> Done:
+    """One job through the configured queue, its steps as a progress bar on stderr; its Done, or ClaybotError."""
     from tqdm import tqdm
 
     async with _ready_queue(config, verbose) as queue:
         handle = await queue.submit(job)
-        with tqdm(desc="stylizing", unit="step", file=sys.stderr, leave=False) as bar:
+        with tqdm(desc=doing, unit="step", file=sys.stderr, leave=False) as bar:
             async for event in handle.events():
                 if isinstance(event, Progress):
                     bar.total = event.total

@@ -131,6 +131,31 @@ def test_stylize_with_the_same_seed_is_byte_identical_and_another_seed_differs(s
     assert "seed:     2" in stylized["other"][0].stdout
 
 
+def test_animate_writes_an_h264_mp4_of_the_asked_length_without_sound(config_path, photo, tmp_path):
+    import av
+
+    out = tmp_path / "clips" / "clip.mp4"
+    run = claybot("animate", photo, "-o", out, "--config", config_path, "--seconds", "2", "--seed", "5")
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        assert stream.codec_context.name == "h264" and float(stream.average_rate) == 8.0
+        assert not container.streams.audio  # no sound: Telegram loops it like a GIF
+    assert len(frames) == 17  # 2 s at the tiny config's 8 fps, as the model makes them (8k + 1)
+    assert frames[0].shape[1] / frames[0].shape[0] == pytest.approx(PHOTO_SIZE[0] / PHOTO_SIZE[1], rel=0.05)
+    assert "seed:     5" in run.stdout and f"wrote {out}" in run.stdout and "17 frames at 8 fps" in run.stdout
+
+
+def test_animate_with_clips_off_says_how_to_switch_them_on_and_writes_nothing(config_path, photo, tmp_path):
+    config = _variant(config_path, tmp_path, lambda doc: doc["animate"].update({"enabled": False}))
+    run = claybot("animate", photo, "-o", tmp_path / "clip.mp4", "--config", config)
+    assert run.returncode == 2
+    assert "[animate] enabled = true" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "clip.mp4").exists()
+
+
 def test_stylize_refuses_a_strength_above_1_before_doing_anything(photo, tmp_path):
     run = claybot("stylize", photo, "-o", tmp_path / "out.png", "--strength", "1.5")
     assert run.returncode == 2

@@ -3,6 +3,8 @@ give a CodecError saying what is wrong, never another exception."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from pipeline.core import codec
 from pipeline.core.codec import CodecError
 from pipeline.core.jobs import (
+    MP4,
     Batch,
     Done,
     ErrorKind,
@@ -31,6 +34,10 @@ JOB = Job(b"\x89PNG photo bytes \x00\xff", "clay", 0.55, "fast", 123456789, (832
           max_rating="sensitive", reply_to=("telegram", "-100123"))
 DONE = Done(b"result png", 832, 640, ["1girl", "smile", "clay \u00e9"], "(Clay:2), smile", 7, "clay", 0.55,
             {"general": 0.9, "sensitive": 0.1}, {"tag": 0.25, "denoise": 3.5}, "fast")
+CLIP_JOB = Job(b"\x89PNG clay picture", "clay", 0.5, "default", 42, (128, 96), 2.0, 0.8, 0.6, kind=Kind.CLIP,
+               frames=25, fps=12, hold=True, time_limit=600.0, reply_to=("discord", "987"))
+CLIP_DONE = Done(b"\x00\x00\x00\x20ftypisom mp4 bytes", 128, 96, ["cat"], "claymation, cat", 42, "clay", 0.5,
+                 media=MP4)
 
 EVERY_MESSAGE = [
     JOB,
@@ -41,6 +48,7 @@ EVERY_MESSAGE = [
     Stop(), Ready("cuda:0", "float16", 4), Fatal("styles.clay.lora: no such file"), Idle(), Idle(1234.5),
     Update(("a", "b"), Started(2)), Update(("a",), Progress(1, 2)), Update(("a",), DONE),
     Update(("b",), Failed("Cancelled.", ErrorKind.CANCELLED)),
+    CLIP_JOB, CLIP_DONE, Update(("c",), CLIP_DONE),
 ]
 
 
@@ -160,3 +168,40 @@ def test_damaged_bytes_only_ever_give_a_codec_error():
 def test_a_deeply_nested_header_is_refused_not_a_crash():
     with pytest.raises(CodecError):
         codec.decode(_frame(b"[" * 100_000 + b"]" * 100_000))
+
+
+def test_a_clip_job_and_its_mp4_answer_keep_what_makes_them_a_clip():
+    job = codec.decode(codec.encode(CLIP_JOB))
+    assert (job.kind, job.frames, job.fps, job.hold, job.time_limit) == (Kind.CLIP, 25, 12, True, 600.0)
+    assert job.batch_key != dataclasses.replace(job, kind=Kind.PICTURE, frames=0, fps=0).batch_key
+    done = codec.decode(codec.encode(CLIP_DONE))
+    assert done.media == MP4 and done.image == CLIP_DONE.image
+    assert codec.decode(codec.encode(DONE)).media == "image/png"  # a picture's answer reads as it always did
+
+
+@pytest.mark.parametrize("fields, error", [
+    ({"media": "text/html"}, "media must be image/png or video/mp4"),
+    ({"kind": "clip", "frames": 0, "fps": 8}, "A clip needs 2 to 257 frames"),
+])
+def test_a_clip_message_with_impossible_options_is_refused(fields, error):
+    message = DONE if "media" in fields else JOB
+    header, blobs = codec.dump(message)
+    with pytest.raises(CodecError, match=error):
+        codec.load(json.dumps({**json.loads(header), **fields}), blobs)
+
+
+def test_a_stored_clip_result_passes_the_redis_result_check_and_a_fake_one_does_not():
+    import numpy as np
+
+    from pipeline.core.clip import encode_mp4
+    from pipeline.core.redis_entries import BadEntry, parse_result, result_parts
+
+    frames = np.zeros((3, 32, 48, 3), np.uint8)
+    mp4 = encode_mp4(frames, 8).data
+    done = dataclasses.replace(CLIP_DONE, image=mp4, width=48, height=32)
+    assert parse_result("c1", *result_parts(done)) == done
+    for image in (b"<html>not a clip</html>", b"\x89PNG\r\n\x1a\n" + mp4):  # not an MP4; a PNG said to be one
+        with pytest.raises(BadEntry, match="not an MP4"):
+            parse_result("c1", *result_parts(dataclasses.replace(done, image=image)))
+    with pytest.raises(BadEntry, match="not a PNG"):  # an MP4 said to be a picture is held to the PNG check
+        parse_result("c1", *result_parts(dataclasses.replace(done, media="image/png")))

@@ -225,3 +225,17 @@ async def test_a_queue_with_the_wrong_key_is_refused(tiny_config, tiny_config_pa
         worker.terminate()
         worker.wait(timeout=30)
     assert "refused a connection" in log_path.read_text()
+
+
+def test_a_worker_without_animate_answers_a_clip_with_a_clear_failure_and_its_pictures_still_run(stylizer):
+    from pipeline.core.jobs import Kind
+    from pipeline.gpu.clips import NO_ANIMATOR_REASON
+
+    # settled where clips are on (another chat process's config); this worker's [animate] is off
+    animate_on = stylizer.settings.model_copy(
+        update={"animate": stylizer.settings.animate.model_copy(update={"enabled": True})})
+    clip = Task("clip", settled_job(animate_on, kind=Kind.CLIP, seed=3))
+    sent = []
+    run_batch(stylizer, _batch(stylizer, 1, more=[clip]), sent.append)
+    assert _outcomes(sent) == {"job1": "done", "clip": "internal"}
+    assert _answers(sent)["clip"].reason == NO_ANIMATOR_REASON and "[animate]" in NO_ANIMATOR_REASON

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.core.errors import ClaybotError
+from pipeline.core.errors import BadImage, ClaybotError
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,19 @@ def encode_mp4(frames: Sequence[np.ndarray] | np.ndarray, fps: int, *, hold: int
             over /= 2
     raise ClipTooLarge(f"The clip does not fit in {_mib(max_bytes or 0)} even at {size[0]}×{size[1]} and the "
                        f"lowest quality claybot sends (crf {CRF_MAX}).")
+
+
+MAX_RESULT_BYTES = 2000 * 1024 * 1024  # as [animate] max_mb allows
+
+
+def check_result_mp4(data: bytes) -> None:
+    """A cheap look at a result that says it is a clip: BadImage unless it starts as an MP4 does (an ``ftyp`` box
+    of a sane length) and is no larger than a clip may be. Decoding it is the player's business."""
+    size = int.from_bytes(data[:4], "big") if len(data) >= 8 else 0
+    if data[4:8] != b"ftyp" or not 8 <= size <= min(len(data), 256):
+        raise BadImage(f"it is not an MP4 ({len(data):,} bytes starting {data[:8]!r})")
+    if len(data) > MAX_RESULT_BYTES:
+        raise BadImage(f"it is {len(data):,} bytes, over {MAX_RESULT_BYTES:,}")
 
 
 def _mib(size: int) -> str:

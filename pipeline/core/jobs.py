@@ -56,6 +56,12 @@ class Kind(StrEnum):
     settles them; the codec, the queues and the journal carry them with no change), not a new path."""
 
     PICTURE = "picture"
+    CLIP = "clip"  # a short stop-motion clip of a picture (pipeline.gpu.animate), answered as an MP4
+
+
+# What a Done carries: a picture, or a clip's MP4 file.
+PNG, MP4 = "image/png", "video/mp4"
+MAX_CLIP_FRAMES = 257  # as [animate] frames allows
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,12 @@ class Job:
     max_rating: str | None = None  # the most the chat allows (pipeline.core.safety.RATINGS); None: anything
     kind: Kind = Kind.PICTURE
     reply_to: tuple[str, str] | None = None
+    # a clip's own (Kind.CLIP; from [animate] at intake): frames made, their rate, each shown twice ("on twos")
+    frames: int = 0
+    fps: int = 0
+    hold: bool = False
+    time_limit: float | None = None  # seconds the worker may take; None: the queue's job_timeout
+
 
     def __post_init__(self) -> None:
         check_strength(self.strength)
@@ -93,17 +105,25 @@ class Job:
             raise BadRequest(f"max_rating must be one of {', '.join(RATINGS)}, not {self.max_rating[:40]!r}.")
         if len(self.work_size) != 2 or min(self.work_size) < 1:
             raise BadRequest(f"work_size must be a width and a height, not {self.work_size!r}.")
+        if self.kind is Kind.CLIP and not (2 <= self.frames <= MAX_CLIP_FRAMES and 1 <= self.fps <= 60):
+            raise BadRequest(f"A clip needs 2 to {MAX_CLIP_FRAMES} frames at 1 to 60 fps, not {self.frames} frames "
+                             f"at {self.fps} fps.")
+        if self.time_limit is not None and not 0 < self.time_limit <= 7200:
+            raise BadRequest(f"time_limit must be from 0 to 7200 seconds, not {self.time_limit:g}.")
 
     @property
     def batch_key(self) -> str:
         """Jobs with equal keys can share one pipeline call (seeds, trigger weights and guide scales may differ)."""
         w, h = self.work_size
+        if self.kind is Kind.CLIP:  # one clip per pipeline call: the key only keeps clips and pictures apart
+            return f"{self.kind}|{self.style}|{w}x{h}|{self.frames}"
         return f"{self.kind}|{self.style}|{self.strength:g}|{w}x{h}|{self.speed}"
 
     def __repr__(self) -> str:  # never put image bytes in a log line
         return (f"Job({self.kind}, <{len(self.image)} bytes>, style={self.style!r}, strength={self.strength:g}, "
                 f"speed={self.speed!r}, seed={self.seed}, work_size={self.work_size}, "
-                f"max_rating={self.max_rating!r}, reply_to={self.reply_to!r})")
+                f"max_rating={self.max_rating!r}, reply_to={self.reply_to!r}"
+                + (f", frames={self.frames}, fps={self.fps}, hold={self.hold})" if self.kind is Kind.CLIP else ")"))
 
 
 # -- events, in the order a handle yields them ----------------------------------------------------------------------
@@ -133,7 +153,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class Done:
-    """The result: a PNG and what was done to get it."""
+    """The result: a PNG (or, for a clip, an MP4: ``media``) and what was done to get it."""
 
     image: bytes
     width: int
@@ -146,9 +166,15 @@ class Done:
     ratings: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     speed: str = "default"  # the speed preset it ran under
+    media: str = PNG  # what ``image`` holds: PNG, or MP4 for a clip
+
+    def __post_init__(self) -> None:
+        if self.media not in (PNG, MP4):
+            raise ValueError(f"media must be {PNG} or {MP4}, not {self.media[:40]!r}")
 
     def __repr__(self) -> str:
-        return f"Done(<{len(self.image)} bytes {self.width}×{self.height}>, seed={self.seed}, style={self.style!r})"
+        return (f"Done(<{len(self.image)} bytes {self.media} {self.width}×{self.height}>, seed={self.seed}, "
+                f"style={self.style!r})")
 
 
 @dataclass(frozen=True)

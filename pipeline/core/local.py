@@ -34,6 +34,7 @@ from pipeline.core.jobs import (
     Idle,
     Job,
     JobHandle,
+    Kind,
     Message,
     QueueBusy,
     QueueClosed,
@@ -93,6 +94,7 @@ class LocalQueue:
         self._pending: list[QueuedJob] = []
         self._in_flight: dict[str, QueuedJob] = {}
         self._batch_started = 0.0
+        self._batch_timeout = settings.job_timeout
         self._closing = False
         self._fatal: str | None = None
         self._ready = asyncio.Event()
@@ -215,9 +217,10 @@ class LocalQueue:
         """The oldest job with up to max_batch compatible companions; or how long to wait for more."""
         first = self._pending[0]
         batch = [job for job in self._pending if job.job.batch_key == first.job.batch_key]
-        batch = batch[: self.gpu.pipeline.max_batch]
+        size = 1 if first.job.kind is Kind.CLIP else self.gpu.pipeline.max_batch  # a clip fills the GPU alone
+        batch = batch[:size]
         waited = time.monotonic() - first.submitted
-        if len(batch) < self.gpu.pipeline.max_batch and waited < self.settings.batch_window:
+        if len(batch) < size and waited < self.settings.batch_window:
             return [], self.settings.batch_window - waited
         return batch, 0.0
 
@@ -227,8 +230,9 @@ class LocalQueue:
             self._in_flight[job.id] = job
         self._idle.clear()
         self._batch_started = time.monotonic()
+        self._batch_timeout = batch[0].job.time_limit or self.settings.job_timeout  # a clip has its own
         self.stats.batches.append(len(batch))
-        message = codec.encode(Batch(tuple(Task(job.id, job.job) for job in batch), self.settings.job_timeout))
+        message = codec.encode(Batch(tuple(Task(job.id, job.job) for job in batch), self._batch_timeout))
         self._announce_positions()
         conn = self._conn
         assert conn is not None  # the worker said Ready on it
@@ -246,8 +250,8 @@ class LocalQueue:
 
     async def _watchdog(self) -> None:
         """Kill a worker stuck past the time limit (the step callback stops ordinary slow jobs itself)."""
-        limit = self.settings.job_timeout + self.settings.kill_after
         while True:
+            limit = self._batch_timeout + self.settings.kill_after
             await asyncio.sleep(min(1.0, limit / 4))
             if self._in_flight and time.monotonic() - self._batch_started > limit:
                 logger.error("worker stuck for %.0fs on %s: killing it", limit, list(self._in_flight))

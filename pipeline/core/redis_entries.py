@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core import codec
+from pipeline.core.clip import check_result_mp4
 from pipeline.core.errors import BadImage, quoted
 from pipeline.core.images import check_result_png
-from pipeline.core.jobs import Done, Failed, Job, Progress, Started
+from pipeline.core.jobs import MP4, Done, Failed, Job, Progress, Started
 
 DEAD_MAXLEN = 1000
 BAD_ENTRY_REASON = "Something went wrong passing your photo between claybot's parts; please send it again."
@@ -175,10 +176,13 @@ def result_parts(done: Done) -> tuple[bytes, bytes]:
 
 def parse_result(job_id: str, meta: bytes, image: bytes) -> Done:
     """A stored result as the Done its user gets; BadEntry when the description is damaged or the image is not
-    what a worker makes (a PNG of a sane size, the size the description gives)."""
+    what a worker makes (a PNG of a sane size, the size the description gives; a clip: an MP4)."""
     try:
         done = codec.load(meta, [image], expect=(Done,), what="result")
         assert isinstance(done, Done)
+        if done.media == MP4:
+            check_result_mp4(image)
+            return done
         size = check_result_png(image)
         if size != (done.width, done.height):
             raise ValueError(f"the image is {size[0]}×{size[1]}, its description says {done.width}×{done.height}")

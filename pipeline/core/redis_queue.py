@@ -266,7 +266,7 @@ class RedisQueue:
         job_id = handle.id
         self._handles[job_id] = handle
         journal, _ = codec.dump(job)
-        entry = job_fields(job_id, self.owner, job, self.settings.job_timeout, time.time())
+        entry = job_fields(job_id, self.owner, job, job.time_limit or self.settings.job_timeout, time.time())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.image(job_id), job.image, ex=int(self.settings.image_ttl))
             pipe.hset(self.keys.journal(self.owner), job_id, journal)

@@ -41,6 +41,10 @@ class ClipTimeout(ClaybotError):
     """A clip ran past its time limit and was stopped between two denoising steps."""
 
 
+class ClipLengthError(ClaybotError):
+    """A clip asked for a frame count the loaded model cannot make (the message says which it can)."""
+
+
 @dataclass(frozen=True)
 class Clip:
     """The frames of one clip and what made them."""
@@ -167,10 +171,19 @@ class Animator:
         return clip_size(width, height, self.settings.megapixels, self.multiple())
 
     def run(self, picture: Image.Image, *, prompt: str, seed: int, negative_prompt: str = "",
-            on_step: StepCallback | None = None, time_limit: float | None = None) -> Clip:
+            on_step: StepCallback | None = None, time_limit: float | None = None, frames: int | None = None,
+            fps: int | None = None, hold: bool | None = None) -> Clip:
         """One clip whose first frame is ``picture``; ``on_step(done, total)`` after each denoising step. Past
-        ``time_limit`` seconds the clip is stopped between two steps with ClipTimeout."""
+        ``time_limit`` seconds the clip is stopped between two steps with ClipTimeout. ``frames``, ``fps`` and
+        ``hold`` are a job's own (settled at intake); None: [animate]'s."""
         s = self.settings
+        frames = s.frames if frames is None else frames
+        fps = s.fps if fps is None else fps
+        hold = s.hold if hold is None else hold
+        try:
+            check_frames(self.family, frames, step=self._frame_step())
+        except ValueError as err:
+            raise ClipLengthError(f"This clip cannot be made: {err}.") from None
         started = time.perf_counter()
         deadline = None if time_limit is None else time.monotonic() + time_limit
         width, height = self.size_for(*picture.size)
@@ -186,14 +199,14 @@ class Animator:
 
         kwargs: dict = {
             "image": image, "prompt": prompt, "negative_prompt": negative_prompt or None,
-            "height": height, "width": width, "num_frames": s.frames, "num_inference_steps": s.steps,
+            "height": height, "width": width, "num_frames": frames, "num_inference_steps": s.steps,
             "guidance_scale": s.guidance_scale, "generator": torch.Generator("cpu").manual_seed(seed),
             "output_type": "np", "callback_on_step_end": step_end,
         }
         if self.family == "ltx":
             # LTX is told the frame rate (its positions are in seconds); its timestep-aware VAE decodes best from
             # a little noise (the values LTX-Video's own inference uses).
-            kwargs.update(frame_rate=s.fps, decode_timestep=0.05, decode_noise_scale=0.025)
+            kwargs.update(frame_rate=fps, decode_timestep=0.05, decode_noise_scale=0.025)
             if isinstance(self.pipe, _condition_pipeline()):
                 kwargs["image_cond_noise_scale"] = 0.025
         frames = self.pipe(**kwargs).frames[0]
@@ -201,7 +214,7 @@ class Animator:
         seconds = time.perf_counter() - started
         logger.info("clip of %d frames at %d×%d, %d steps, seed %d: %.1f s", len(video), width, height, s.steps,
                     seed, seconds)
-        return Clip(frames=video, fps=s.fps, hold=2 if s.hold else 1, seed=seed, prompt=prompt,
+        return Clip(frames=video, fps=fps, hold=2 if hold else 1, seed=seed, prompt=prompt,
                     timings={"animate": seconds})
 
 

@@ -23,6 +23,7 @@ from pipeline.core.jobs import (
     Failed,
     Fatal,
     Idle,
+    Kind,
     Message,
     Progress,
     Ready,
@@ -62,8 +63,13 @@ def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True,
     from pipeline.gpu.stylizer import Stylizer
 
     connections = iter(connections)
+    animator = None
     try:
         stylizer = Stylizer(settings)
+        if settings.animate.enabled:  # the video model is many GB more: loaded only when clips are on
+            from pipeline.gpu.animate import Animator
+
+            animator = Animator(settings)
         if warm_up:
             started = time.perf_counter()
             stylizer.warm_up()
@@ -92,7 +98,7 @@ def serve(settings: GpuSettings, connections: Iterable, *, warm_up: bool = True,
                 if isinstance(message, Stop):
                     return
                 if isinstance(message, Batch):
-                    run_batch(stylizer, message, send)
+                    run_batch(stylizer, message, send, animator=animator)
                     send(Idle(gpu_memory_mb()))
         except BadMessage as err:
             bound = " (bot.max_photo_mb × pipeline.max_batch)" if isinstance(err, FrameTooLarge) else ""
@@ -111,8 +117,9 @@ def listen(address: str, authkey: bytes) -> Iterator:
     return listen_on(address, authkey)
 
 
-def run_batch(stylizer, batch: Batch, send: Send) -> None:
-    """Decode, stylize and answer every job of one batch; a bad photo fails alone, never its companions.
+def run_batch(stylizer, batch: Batch, send: Send, *, animator=None) -> None:
+    """Decode, stylize (or, for a clip, animate with ``animator``) and answer every job of one batch; a bad photo
+    fails alone, never its companions.
 
     Nothing one photo does may end the worker: whatever escapes the stages below fails the jobs of this batch
     that have no answer yet (each with a reason), and the worker goes on to the next batch."""
@@ -127,7 +134,7 @@ def run_batch(stylizer, batch: Batch, send: Send) -> None:
             answered.update(message.ids)
 
     try:
-        _run_batch(stylizer, batch, tracked)
+        _run_batch(stylizer, batch, tracked, animator)
     except _LinkDown as down:
         lost = down.__cause__
         assert lost is not None  # tracked() raises it from the send's own error
@@ -153,8 +160,9 @@ class DecodedJob:
         return self.task.id
 
 
-def _run_batch(stylizer, batch: Batch, send: Send) -> None:
+def _run_batch(stylizer, batch: Batch, send: Send, animator) -> None:
     from pipeline.core.images import decode_photo
+    from pipeline.gpu.clips import NO_ANIMATOR_REASON, run_clip
     from pipeline.gpu.stylizer import Photo
 
     p = stylizer.settings.pipeline
@@ -164,6 +172,9 @@ def _run_batch(stylizer, batch: Batch, send: Send) -> None:
     group: list[DecodedJob] = []
     for task in batch.tasks:
         job, started = task.job, time.perf_counter()
+        if job.kind is Kind.CLIP and animator is None:
+            _fail(send, task.id, NO_ANIMATOR_REASON, ErrorKind.INTERNAL)
+            continue
         try:
             image = decode_photo(job.image, max_pixels=max_pixels, keep_pixels=keep_pixels)
         except TooLarge as err:
@@ -186,9 +197,12 @@ def _run_batch(stylizer, batch: Batch, send: Send) -> None:
     # The queue grouped the batch by style, strength, speed and working size (settled at intake, from the photos'
     # headers): it is one pipeline call, never regrouped here (only the guides may split it, by what only they
     # see: a face or none).
-    group = _allowed(stylizer, group, send)
-    if group:
-        _run_group(stylizer, group, batch.timeout, deadline, send)
+    group = _allowed(stylizer, group, send)  # a clip's picture is rated as a photo is
+    pictures = [job for job in group if job.task.job.kind is Kind.PICTURE]
+    if pictures:
+        _run_group(stylizer, pictures, batch.timeout, deadline, send)
+    for clip in (job for job in group if job.task.job.kind is Kind.CLIP):  # one at a time, each a GPU's worth
+        run_clip(stylizer, animator, clip, batch.timeout, deadline, send)
 
 
 def _fail(send: Send, job_id: str, reason: str, kind: ErrorKind) -> None:
@@ -252,8 +266,7 @@ def _run_group(stylizer, group: list[DecodedJob], timeout: float, deadline: floa
     except _LinkDown:  # a progress message could not be sent: the connection is gone, no photo's fault
         raise
     except JobTimeout:
-        limit = f"{timeout:g} seconds" if timeout < 120 else f"{timeout / 60:g} minutes"
-        fail_all(f"This took longer than the {limit} limit and was stopped; please try again later.",
+        fail_all(f"This took longer than the {limit_text(timeout)} limit and was stopped; please try again later.",
                  ErrorKind.TIMEOUT)
         return
     except Exception as err:
@@ -299,6 +312,11 @@ def _run_group(stylizer, group: list[DecodedJob], timeout: float, deadline: floa
             image=png, width=result.image.width, height=result.image.height, tags=result.tags, prompt=result.prompt,
             seed=result.seed, style=first.style, strength=first.strength, ratings=result.ratings, timings=timings,
             speed=first.speed)))
+
+
+def limit_text(timeout: float) -> str:
+    """A time limit as users read it: "90 seconds", "10 minutes"."""
+    return f"{timeout:g} seconds" if timeout < 120 else f"{timeout / 60:g} minutes"
 
 
 def _is_out_of_memory(err: BaseException) -> bool:

@@ -1,0 +1,104 @@
+"""A clip is a second kind of job: settled at intake from [animate], queued apart from pictures, animated by the
+worker (tiny random-weight Wan) and answered with an MP4, through the real LocalQueue and worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+
+import av
+import pytest
+import pytest_asyncio
+
+from pipeline.core.intake import ANIMATE_OFF, take_in
+from pipeline.core.jobs import MP4, PNG, BadRequest, Done, ErrorKind, Failed, Kind, Progress, Started
+from pipeline.core.local import LocalQueue
+from pipeline.core.settings import AnimateSettings
+from pipeline.gpu.tiny_video import write_tiny_video_models
+from tests.conftest import photo_bytes
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def clip_gpu(tiny_config, tmp_path_factory):
+    """The tiny config with clips on, made by the tiny Wan model (9 frames at 8 fps: what `tiny-models` writes)."""
+    video = write_tiny_video_models(tmp_path_factory.mktemp("tiny-video"))
+    animate = AnimateSettings(enabled=True, model=str(video.wan_folder), frames=9, fps=8, steps=STEPS,
+                              megapixels=0.0123, timeout=300)
+    return tiny_config.gpu().model_copy(update={"animate": animate})
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def clip_queue(tiny_config, clip_gpu):
+    queue = LocalQueue(clip_gpu, tiny_config.queue.model_copy(update={"batch_window": 0.0}))
+    await queue.start()
+    try:
+        await queue.wait_ready(timeout=120)
+        yield queue
+    finally:
+        await queue.close(grace=5)
+
+
+def decoded(data: bytes) -> tuple[str, int, float, int, tuple[int, int]]:
+    """An MP4's video codec, frame count, frame rate, audio tracks and size, as a player reads them."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return stream.codec_context.name, frames, float(stream.average_rate), len(container.streams.audio), (
+            stream.width, stream.height)
+
+
+async def test_intake_refuses_a_clip_when_animate_is_off(tiny_config):
+    gpu = tiny_config.gpu()
+    assert not gpu.animate.enabled
+    with pytest.raises(BadRequest) as refused:
+        await take_in(gpu, photo_bytes(), kind=Kind.CLIP)
+    assert str(refused.value) == ANIMATE_OFF and "[animate] enabled = true" in ANIMATE_OFF
+    assert (await take_in(gpu, photo_bytes())).kind is Kind.PICTURE  # pictures go on as before
+
+
+async def test_intake_settles_a_clips_frames_from_its_seconds_and_refuses_a_length_it_cannot_make(clip_gpu):
+    default = await take_in(clip_gpu, photo_bytes(), kind=Kind.CLIP)
+    assert (default.frames, default.fps, default.hold, default.time_limit) == (9, 8, False, 300)
+    three = await take_in(clip_gpu, photo_bytes(), kind=Kind.CLIP, seconds=3)
+    assert three.frames == 25  # 3 s at 8 fps, as 8k + 1 (what both families make, with family = "auto")
+    for seconds in (0, -1, float("nan"), 33):
+        with pytest.raises(BadRequest, match="A clip can be up to 32.1 seconds long at 8 fps"):
+            await take_in(clip_gpu, photo_bytes(), kind=Kind.CLIP, seconds=seconds)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_clip_job_goes_through_the_queue_with_progress_and_comes_back_as_an_mp4(clip_queue):
+    clip_job = await take_in(clip_queue.gpu, photo_bytes((160, 120)), kind=Kind.CLIP, seed=4, seconds=2)
+    picture_job = await take_in(clip_queue.gpu, photo_bytes((160, 120)), seed=4)
+    clip, picture = await clip_queue.submit(clip_job), await clip_queue.submit(picture_job)
+    events = [event async for event in clip.events()]
+    done = events[-1]
+
+    assert isinstance(done, Done), events
+    assert [e for e in events if isinstance(e, Started | Progress)] == [
+        Started(1), *(Progress(step, STEPS) for step in range(1, STEPS + 1))]
+    assert done.media == MP4 and done.seed == 4
+    assert done.prompt.startswith("claymation stop-motion animation")  # the style's motion prompt, then tags
+    codec_name, frames, fps, audio, size = decoded(done.image)
+    assert (codec_name, frames, fps, audio) == ("h264", 17, 8.0, 0)  # 2 s at 8 fps (8k + 1), no sound
+    assert size == (done.width, done.height) and done.width > done.height  # the picture's 4:3, landscape
+    # the picture submitted beside it ran in a batch of its own and is a picture as ever
+    still = await asyncio.wait_for(picture.result(), 120)
+    assert still.media == PNG and still.image.startswith(b"\x89PNG")
+    assert clip_queue.stats.batches[-2:] == [1, 1]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_clip_past_its_own_time_limit_is_stopped_between_steps_and_the_worker_serves_on(clip_queue):
+    job = await take_in(clip_queue.gpu, photo_bytes(), kind=Kind.CLIP, seed=1)
+    late = await clip_queue.submit(dataclasses.replace(job, time_limit=0.001))  # spent before the first step ends
+    events = [event async for event in late.events()]
+
+    assert [e for e in events if isinstance(e, Progress)] == [Progress(1, STEPS)]  # no step began after the limit
+    assert isinstance(events[-1], Failed) and events[-1].kind is ErrorKind.TIMEOUT
+    assert "took longer than the 0.001 seconds limit" in events[-1].reason  # the job's own, not the rest of it
+    again = await asyncio.wait_for((await clip_queue.submit(job)).result(), 120)
+    assert again.media == MP4
