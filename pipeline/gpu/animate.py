@@ -28,7 +28,7 @@ from pipeline.core.clip import clip_size  # noqa: E402
 from pipeline.core.errors import ClaybotError, ModelError  # noqa: E402
 from pipeline.core.models import VIDEO_FILES  # noqa: E402
 from pipeline.core.settings import AnimateSettings, GpuSettings, StyleSettings, check_frames  # noqa: E402
-from pipeline.gpu.stylizer import pick_device  # noqa: E402
+from pipeline.gpu.stylizer import pick_device, pick_dtype  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class Animator:
         _quiet_libraries()
         self.settings: AnimateSettings = settings.animate
         self.device = pick_device(settings.pipeline.device)
-        self.dtype = _pick_dtype(self.settings.dtype, self.device)
+        # bfloat16 on CUDA: what Wan and LTX are released in
+        self.dtype = pick_dtype(self.settings.dtype, self.device, key="animate.dtype", cuda=torch.bfloat16)
         started = time.perf_counter()
         folder: Path | None = None
         if pipe is None:
@@ -222,15 +223,6 @@ def _condition_pipeline() -> type:
     from diffusers import LTXConditionPipeline
 
     return LTXConditionPipeline
-
-
-def _pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """``auto`` → bfloat16 on CUDA (what Wan and LTX are released in), float32 on the CPU."""
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if setting == "float16" and device.type != "cuda":
-        raise ModelError("animate.dtype = 'float16' needs a CUDA device; use 'float32' or 'bfloat16' on the CPU.")
-    return getattr(torch, setting)
 
 
 def _seconds(limit: float) -> str:

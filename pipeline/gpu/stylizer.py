@@ -93,12 +93,14 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """``auto`` → float16 on CUDA, float32 on the CPU (half precision on the CPU is slow or unsupported)."""
+def pick_dtype(setting: str, device: torch.device, *, key: str = "pipeline.dtype",
+               cuda: torch.dtype = torch.float16) -> torch.dtype:
+    """``auto`` → ``cuda`` on CUDA, float32 on the CPU (half precision on the CPU is slow or unsupported); ``key``
+    names the setting in the error."""
     if setting == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return cuda if device.type == "cuda" else torch.float32
     if setting == "float16" and device.type != "cuda":
-        raise ModelError("pipeline.dtype = 'float16' needs a CUDA device; use 'float32' or 'bfloat16' on the CPU.")
+        raise ModelError(f"{key} = 'float16' needs a CUDA device; use 'float32' or 'bfloat16' on the CPU.")
     return getattr(torch, setting)
 
 
