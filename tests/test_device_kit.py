@@ -84,6 +84,23 @@ def test_rehearsal_runs_every_step_and_brings_back_what_the_device_tool_can(rehe
         assert any(_positive(n) for n in _numbers(report)), step
 
 
+def test_rehearsal_animate_step_reports_every_figure_of_both_families(rehearsal):
+    # The animation benchmark's smoke run (benchmarks/animate_speed.py --smoke), as the kit runs it.
+    proc, out = rehearsal
+    report = json.loads((out / "animate.json").read_text(encoding="utf-8"))
+    assert report["mode"] == "smoke" and report["device"]["type"] == "cpu"
+    assert set(report["runs"]) == {"wan", "ltx"}
+    for family, run in report["runs"].items():
+        assert run["frames"] == 9 and run["steps"] == 2, family
+        for key in ("seconds_per_clip", "s_per_step", "denoise_s", "first_call_s", "build_s"):
+            assert _positive(run[key]), (family, key)
+        assert run["peak_gpu_bytes"] is None  # no GPU: said so, not made up
+        assert all(_positive(count) for count in run["params"].values()), family
+        assert _positive(run["mp4"]["bytes"]) and run["mp4"]["attempts"] >= 1, family
+    log = (out / "run.log").read_text(encoding="utf-8")
+    assert "wan: tiny wan-shaped" in log and "s per clip" in log
+
+
 def test_rehearsal_speed_step_reports_baseline_fast_preset_and_the_bare_ratio(rehearsal):
     proc, out = rehearsal
     report = json.loads((out / "speed.json").read_text(encoding="utf-8"))
