@@ -244,12 +244,17 @@ def measure(family: str, pipe, *, device: torch.device, dtype: Dtype, clip: dict
 
 def detect_device() -> dict[str, Any]:
     """What this run ran on."""
-    import av
     import diffusers
     import transformers
 
+    try:
+        import av  # only --encode needs it; the GPU run kit leaves it behind
+
+        av_version: str | None = av.__version__
+    except ImportError:
+        av_version = None
     info: dict[str, Any] = {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                            "transformers": transformers.__version__, "av": av.__version__,
+                            "transformers": transformers.__version__, "av": av_version,
                             "python": platform.python_version(), "cpu_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -236,6 +236,7 @@ def test_plan_carries_what_the_device_lacks_at_the_versions_installed_here(wheel
         assert carried[name] == metadata.version(name), name
     for name in ("torch", "transformers", "peft", "safetensors", "onnxruntime", "onnxruntime-gpu", "pillow"):
         assert name not in carried, name  # on the device already (onnxruntime-gpu: as onnxruntime, its CPU build)
+    assert "av" not in carried  # 34 MiB that no step of the kit imports: left behind, within the size that travels
     assert all(name not in device for name in carried)
 
 

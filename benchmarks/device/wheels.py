@@ -42,6 +42,9 @@ DEVICE_ENV = {
 # same `onnxruntime` module as onnxruntime-gpu (a 280 MB wheel that could not travel). The tagger then runs on the
 # CPU there; the benchmarks report the providers it used.
 PROVIDED_AS = {"onnxruntime-gpu": "onnxruntime"}
+# Dependencies the kit's steps never import, left behind to stay within the size that travels: PyAV (a 34 MiB wheel)
+# encodes MP4s, which the animation step does not time (it runs animate_speed.py without --encode).
+LEFT_BEHIND = {"av": "MP4 encoding, not timed by the kit"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def plan(device: dict[str, str | None]) -> tuple[list[Needed], list[str]]:
             continue
         seen.add(name)
         provided = PROVIDED_AS.get(name, name)
-        if provided in device:
+        if provided in device or name in LEFT_BEHIND:
             continue  # the device's own; its version is checked against every need in check()
         try:
             dist = metadata.distribution(name)
