@@ -30,8 +30,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TOKEN = "555001:fake-telegram-token-claybot"  # not shaped like a real token
 EDIT_INTERVAL = 0.3  # the tests' status_edit_interval: short, so tiny jobs still show progress edits
-# Edits are paced when they leave; the fake server sees them arrive, up to a few hundredths later under load.
-ARRIVAL_SLACK = 0.05
+# Edits are paced when they leave; the fake server sees them arrive later under load (a fresh-clone CI run once saw
+# two of one group's edits 0.05 s closer than the interval). A missing shared pace shows gaps near 0, far below this.
+ARRIVAL_SLACK = 0.1
 PROGRESS_STEPS = 80  # jobs of about 0.7 s on the tiny models: progress edits between position and picture
 LANDSCAPE, PORTRAIT = photo_bytes((128, 96)), photo_bytes((96, 128), fmt="PNG")
 ALICE, BOB = user(1001, "Alice"), user(1002, "Bob")
@@ -487,8 +488,8 @@ async def test_three_users_asking_at_once_each_get_their_own_picture(telegram):
     assert any("#2" in text for text in shown) and any("#3" in text for text in shown), shown
     # Telegram's limits are per chat: the group's two status messages share one pace of edits.
     group_edits = sorted(e.at for s in statuses[1:] for e in telegram.edits_of(s))
-    assert all(later - earlier >= EDIT_INTERVAL - ARRIVAL_SLACK
-               for earlier, later in zip(group_edits, group_edits[1:], strict=False))
+    gaps = [round(later - earlier, 3) for earlier, later in zip(group_edits, group_edits[1:], strict=False)]
+    assert all(gap >= EDIT_INTERVAL - ARRIVAL_SLACK for gap in gaps), gaps
 
 
 async def test_stopping_still_answers_a_user_whose_photo_was_waiting(tiny_config, tmp_path, monkeypatch, caplog):
