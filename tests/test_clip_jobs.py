@@ -9,11 +9,9 @@ import io
 
 import av
 import pytest
-import pytest_asyncio
 
 from pipeline.core.intake import ANIMATE_OFF, take_in
 from pipeline.core.jobs import MP4, PNG, BadRequest, Done, ErrorKind, Failed, Kind, Progress, Started
-from pipeline.core.local import LocalQueue
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.tiny_video import write_tiny_video_models
 from tests.conftest import photo_bytes
@@ -30,15 +28,10 @@ def clip_gpu(tiny_config, tmp_path_factory):
     return tiny_config.gpu().model_copy(update={"animate": animate})
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def clip_queue(tiny_config, clip_gpu):
-    queue = LocalQueue(clip_gpu, tiny_config.queue.model_copy(update={"batch_window": 0.0}))
-    await queue.start()
-    try:
-        await queue.wait_ready(timeout=120)
-        yield queue
-    finally:
-        await queue.close(grace=5)
+@pytest.fixture(scope="module")
+def queue_gpu(clip_gpu):
+    """The module's `queue` (tests/conftest.py) runs a worker that has the tiny Wan loaded."""
+    return clip_gpu
 
 
 def decoded(data: bytes) -> tuple[str, int, float, int, tuple[int, int]]:
@@ -70,10 +63,10 @@ async def test_intake_settles_a_clips_frames_from_its_seconds_and_refuses_a_leng
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_clip_job_goes_through_the_queue_with_progress_and_comes_back_as_an_mp4(clip_queue):
-    clip_job = await take_in(clip_queue.gpu, photo_bytes((160, 120)), kind=Kind.CLIP, seed=4, seconds=2)
-    picture_job = await take_in(clip_queue.gpu, photo_bytes((160, 120)), seed=4)
-    clip, picture = await clip_queue.submit(clip_job), await clip_queue.submit(picture_job)
+async def test_a_clip_job_goes_through_the_queue_with_progress_and_comes_back_as_an_mp4(queue):
+    clip_job = await take_in(queue.gpu, photo_bytes((160, 120)), kind=Kind.CLIP, seed=4, seconds=2)
+    picture_job = await take_in(queue.gpu, photo_bytes((160, 120)), seed=4)
+    clip, picture = await queue.submit(clip_job), await queue.submit(picture_job)
     events = [event async for event in clip.events()]
     done = events[-1]
 
@@ -88,17 +81,17 @@ async def test_a_clip_job_goes_through_the_queue_with_progress_and_comes_back_as
     # the picture submitted beside it ran in a batch of its own and is a picture as ever
     still = await asyncio.wait_for(picture.result(), 120)
     assert still.media == PNG and still.image.startswith(b"\x89PNG")
-    assert clip_queue.stats.batches[-2:] == [1, 1]
+    assert queue.stats.batches[-2:] == [1, 1]
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_clip_past_its_own_time_limit_is_stopped_between_steps_and_the_worker_serves_on(clip_queue):
-    job = await take_in(clip_queue.gpu, photo_bytes(), kind=Kind.CLIP, seed=1)
-    late = await clip_queue.submit(dataclasses.replace(job, time_limit=0.001))  # spent before the first step ends
+async def test_a_clip_past_its_own_time_limit_is_stopped_between_steps_and_the_worker_serves_on(queue):
+    job = await take_in(queue.gpu, photo_bytes(), kind=Kind.CLIP, seed=1)
+    late = await queue.submit(dataclasses.replace(job, time_limit=0.001))  # spent before the first step ends
     events = [event async for event in late.events()]
 
     assert [e for e in events if isinstance(e, Progress)] == [Progress(1, STEPS)]  # no step began after the limit
     assert isinstance(events[-1], Failed) and events[-1].kind is ErrorKind.TIMEOUT
     assert "took longer than the 0.001 seconds limit" in events[-1].reason  # the job's own, not the rest of it
-    again = await asyncio.wait_for((await clip_queue.submit(job)).result(), 120)
+    again = await asyncio.wait_for((await queue.submit(job)).result(), 120)
     assert again.media == MP4
