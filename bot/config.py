@@ -49,9 +49,17 @@ class LimitSettings(Settings):
     chat_per_minute: Count = 15
     chat_per_hour: Count = 200
     user_queued: Count = 2
+    # Clips ([animate]) cost tens of times a picture: limits of their own, on top of the ones above.
+    clip_user_per_hour: Count = 3
+    clip_chat_per_hour: Count = 12
+    clips_waiting: Count = 4  # clips waiting or being made at once, everyone's together
 
-    def windows(self, scope: str) -> list[tuple[int, float]]:
-        """(most requests, window in seconds) for ``"user"`` or ``"chat"``, the limits that are set."""
+    def windows(self, scope: str, kind: str = "picture") -> list[tuple[int, float]]:
+        """(most requests, window in seconds) for ``"user"`` or ``"chat"``, the limits that are set: of any
+        request, or (``kind="clip"``) of clips alone."""
+        if kind == "clip":
+            count = getattr(self, f"clip_{scope}_per_hour")
+            return [(count, 3600.0)] if count else []
         per = {"minute": 60.0, "hour": 3600.0}
         return [(count, seconds) for name, seconds in per.items() if (count := getattr(self, f"{scope}_per_{name}"))]
 

@@ -24,17 +24,20 @@ from bot.running import CLOSE_GRACE, RunningRequests  # noqa: F401  (the front e
 from bot.store import ClaybotDatabase
 from pipeline.core import jobs
 from pipeline.core.errors import ClaybotError
-from pipeline.core.intake import take_in
+from pipeline.core.intake import ANIMATE_OFF, take_in
 from pipeline.core.jobs import (
     MAX_STRENGTH,
     MIN_STRENGTH,
+    MP4,
     BadRequest,
     Done,
     ErrorKind,
     Failed,
+    Job,
     JobFailed,
     JobHandle,
     JobQueue,
+    Kind,
     Progress,
     QueueBusy,
     QueueClosed,
@@ -76,6 +79,10 @@ class Ask:
     answer_to: dict[str, Any] = field(default_factory=dict)  # for a restarted process: e.g. the message to reply to
     origin: str | None = None  # the platform's id of the event (a Telegram update id): delivered twice, served once
     received: float = field(default_factory=time.monotonic)  # when the platform event arrived
+    kind: Kind = Kind.PICTURE  # a picture of the photo, or a clip of it (Kind.CLIP, [animate])
+    seconds: float | None = None  # a clip's length; None: [animate]'s
+    clay_first: bool = False  # a clip of a person's photo: made clay first, then animated (two jobs, one answer)
+    max_bytes: int = 0  # the most a clip's file may have on this platform (its attachment limit); 0: [animate]'s
 
 
 class Reply(Protocol):
@@ -255,8 +262,11 @@ def shorten(text: str, limit: int) -> str:
 
 
 def caption(done: Done, *, tag_chars: int = 200) -> str:
-    """What the result says about itself: style, strength, seed and the tags used (shortened)."""
+    """What the result says about itself: style, strength, seed and the tags used (shortened); a clip: its style,
+    seed and tags (its strength is its picture's business)."""
     tags = shorten(", ".join(done.tags), tag_chars) if done.tags else "no tags"
+    if done.media == MP4:
+        return f"🎬 {done.style} · seed {done.seed}\n{tags}"
     speed = "" if done.speed == "default" else f" · {done.speed}"
     return f"{done.style} · strength {done.strength:g} · seed {done.seed}{speed}\n{tags}"
 
@@ -326,14 +336,17 @@ class RequestFlow:
 
     async def _handle(self, request: _Request, platform_limit: int | None) -> None:
         ask = request.ask
-        # 1. size, before any download (the options are intake's to check, once)
+        # 1. size, before any download (the options are intake's to check, once), and clips switched on
         self.check_size(ask.size, platform_limit)
+        if ask.kind is Kind.CLIP and not self.config.animate.enabled:
+            raise UserError(ANIMATE_OFF)
 
         # 2. limits (a ticket in the journal, or RateLimited saying when to ask again), then room in the queue
         #    (photos still on their way to it count): a raid is refused before anything is downloaded
         if self.journal is not None:
             request.ticket = await self.journal.admit(ask.platform, ask.user_id, ask.chat_id,
-                                                      ask.group_id or ask.chat_id, ask.answer_to, ask.origin)
+                                                      ask.group_id or ask.chat_id, ask.answer_to, ask.origin,
+                                                      ask.kind)
             self.told.pop((ask.platform, ask.user_id, ask.chat_id), None)  # under the limits again
             request.reply.on_first_status = lambda: self._note_placeholder(request)
         await self.queue.check_room(self.budget.coming)
@@ -348,16 +361,36 @@ class RequestFlow:
         self.check_size(len(data), platform_limit)
         request.held = self.budget.resize(request.held, len(data))
 
-        # 4. intake: one settled job (BadRequest for an option the config lacks, JobFailed for a bad photo), queued
+        # 4. intake: one settled job (BadRequest for an option the config lacks, JobFailed for a bad photo), queued;
+        #    a clip of a person's photo is two: the photo made clay, then that picture animated
+        chained = ask.kind is Kind.CLIP and ask.clay_first
         job = await take_in(self.config, data, style=ask.style, strength=ask.strength, seed=ask.seed, speed=ask.speed,
-                            max_rating=self.config.safety.limit(ask.nsfw), reply_to=(ask.platform, ask.chat_id))
+                            max_rating=self.config.safety.limit(ask.nsfw), reply_to=(ask.platform, ask.chat_id),
+                            **({} if chained else self._clip_options(ask)))
+        done = await self._run(job, request, answer=not chained)
+        if chained and done is not None:
+            request.done = None
+            clip = await take_in(self.config, done.image, style=done.style, seed=done.seed, max_rating=job.max_rating,
+                                 reply_to=job.reply_to, **self._clip_options(ask))
+            await self._run(clip, request)
+
+    @staticmethod
+    def _clip_options(ask: Ask) -> dict[str, Any]:
+        return {"kind": ask.kind, "seconds": ask.seconds, "max_bytes": ask.max_bytes} if ask.kind is Kind.CLIP else {}
+
+    async def _run(self, job: Job, request: _Request, *, answer: bool = True) -> Done | None:
+        """Queue a settled job, journal it and follow it to its end (``answer``: post its result; else only
+        return it, for the next job of a chain)."""
+        ask = request.ask
         handle = await self.queue.submit(job)
         request.submitted = time.monotonic()
         with job_context(handle.id):
-            logger.info("job %s from %s user %s in %s", handle.id, ask.platform, ask.user_id, ask.chat_id)
+            logger.info("%s job %s from %s user %s in %s", job.kind, handle.id, ask.platform, ask.user_id,
+                        ask.chat_id)
             if self.journal is not None and request.ticket is not None:  # a ticket comes from the journal
                 await self.journal.queued(request.ticket, handle.id, job)
-            await self._follow(handle, request)
+            await self._follow(handle, request, answer=answer)
+        return request.done
 
     def _tell_once(self, ask: Ask, reply: Reply, refusal: RateLimited) -> bool:
         """Whether to tell this person they are over a limit: once until the wait it names is over (or, for a
@@ -380,19 +413,23 @@ class RequestFlow:
         if where and self.journal is not None and request.ticket is not None:
             await self.journal.answer_to(request.ticket, {**request.ask.answer_to, **where})
 
-    async def _follow(self, handle: JobHandle, request: _Request) -> None:
-        """Progress, paced so platforms' edit rate limits are never hit (bot/pacing.py); then the answer."""
+    async def _follow(self, handle: JobHandle, request: _Request, *, answer: bool = True) -> None:
+        """Progress, paced so platforms' edit rate limits are never hit (bot/pacing.py); then the answer (with
+        ``answer`` False, a Done is only kept: the chain's next job answers)."""
         line = request.line
         if line is None:
             line = request.line = self.pacer.line((request.ask.platform, request.ask.chat_id), request.reply.status)
+        doing = "Animating…" if handle.job.kind is Kind.CLIP else "Sculpting…"
         async for event in handle.events():
             if isinstance(event, Queued):
                 await line.show("Waiting for my clay oven… you're next." if event.position == 1
                                 else f"Queued, #{event.position}.")
             elif isinstance(event, Started):
-                await line.show("Sculpting…")
+                await line.show(doing)
             elif isinstance(event, Progress):
-                await line.show(f"Sculpting… {event.step * 100 // max(1, event.total)}%")
+                await line.show(f"{doing} {event.step * 100 // max(1, event.total)}%")
+            elif isinstance(event, Done) and not answer:
+                request.done = event
             elif isinstance(event, Done):
                 request.done, request.outcome = event, "image"
                 await line.close()

@@ -25,7 +25,7 @@ from bot.config import LimitSettings
 from bot.store import ClaybotDatabase
 from pipeline.core import codec
 from pipeline.core.errors import ClaybotError
-from pipeline.core.jobs import Job
+from pipeline.core.jobs import Job, Kind
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,10 @@ class Journal:
         self._pruned = 0.0
 
     async def admit(self, platform: str, user_id: str, chat_id: str, group_id: str, answer_to: dict[str, Any],
-                    origin: str | None = None) -> int:
-        """A ticket for a new request, or RateLimited (nothing written) when it is over a limit; Duplicate when
-        ``origin`` (the platform's id of the event) already has one: Telegram sends again the updates a process
-        fetched but did not confirm before it died."""
+                    origin: str | None = None, kind: Kind = Kind.PICTURE) -> int:
+        """A ticket for a new request, or RateLimited (nothing written) when it is over a limit (a clip: over the
+        clips' own limits too); Duplicate when ``origin`` (the platform's id of the event) already has one:
+        Telegram sends again the updates a process fetched but did not confirm before it died."""
         now = self.clock()
         prune = now - self._pruned > PRUNE_EVERY
         if prune:
@@ -102,14 +102,14 @@ class Journal:
             try:
                 seen = origin is not None and db.execute("SELECT 1 FROM jobs WHERE platform = ? AND origin = ?",
                                                          (platform, origin)).fetchone()
-                refusal = Duplicate(origin) if seen else self._refusal(db, platform, user_id, group_id, now)
+                refusal = Duplicate(origin) if seen else self._refusal(db, platform, user_id, group_id, now, kind)
                 if refusal is not None:
                     db.execute("ROLLBACK")
                     return refusal
                 cursor = db.execute(
-                    "INSERT INTO jobs (platform, user_id, chat_id, group_id, origin, answer_to, accepted_at, state) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved')",
-                    (platform, user_id, chat_id, group_id, origin, json.dumps(answer_to), now))
+                    "INSERT INTO jobs (platform, user_id, chat_id, group_id, origin, answer_to, accepted_at, state, "
+                    "kind) VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                    (platform, user_id, chat_id, group_id, origin, json.dumps(answer_to), now, kind.value))
                 ticket = cursor.lastrowid
                 assert ticket is not None  # sqlite3 sets it after every INSERT that added a row
                 db.execute("COMMIT")
@@ -123,11 +123,28 @@ class Journal:
             raise result
         return result
 
-    def _refusal(self, db: sqlite3.Connection, platform: str, user_id: str, group_id: str,
-                 now: float) -> RateLimited | None:
+    def _refusal(self, db: sqlite3.Connection, platform: str, user_id: str, group_id: str, now: float,
+                 kind: Kind = Kind.PICTURE) -> RateLimited | None:
         """The first limit this request is over (the one with the longest wait), or None."""
+        refusal = self._over(db, platform, user_id, group_id, now, Kind.PICTURE)  # every request counts here
+        if refusal is None and kind is Kind.CLIP:
+            cap = self.limits.clips_waiting
+            if cap:
+                (waiting,) = db.execute("SELECT count(*) FROM jobs WHERE kind = 'clip' AND state != 'answered'"
+                                        ).fetchone()
+                if waiting >= cap:
+                    return RateLimited(f"{waiting} clips are already waiting or being made (the most at once is "
+                                       f"{cap}); please ask again in a few minutes.", 0.0)
+            refusal = self._over(db, platform, user_id, group_id, now, Kind.CLIP)
+        return refusal
+
+    def _over(self, db: sqlite3.Connection, platform: str, user_id: str, group_id: str, now: float,
+              kind: Kind) -> RateLimited | None:
+        """The limit of requests (``Kind.PICTURE``: of any kind) or of clips this request is over, or None."""
+        clips = kind is Kind.CLIP
+        only = "AND kind = 'clip'" if clips else ""  # a fixed text, never a value from outside
         cap = self.limits.user_queued
-        if cap:
+        if cap and not clips:
             (waiting,) = db.execute("SELECT count(*) FROM jobs WHERE platform = ? AND user_id = ? "
                                     "AND state != 'answered'", (platform, user_id)).fetchone()
             if waiting >= cap:
@@ -137,16 +154,18 @@ class Journal:
         worst: RateLimited | None = None
         for column, value, scope, who in (("user_id", user_id, "user", "You have"),
                                           ("group_id", group_id, "chat", "People here have")):
-            for count, seconds in self.limits.windows(scope):
+            for count, seconds in self.limits.windows(scope, kind.value):
                 rows = db.execute(
                     f"SELECT accepted_at FROM jobs WHERE platform = ? AND {column} = ? AND accepted_at > ? "
-                    f"AND coalesce(outcome, '') != ? ORDER BY accepted_at DESC LIMIT ?",
+                    f"AND coalesce(outcome, '') != ? {only} "
+                    f"ORDER BY accepted_at DESC LIMIT ?",
                     (platform, value, now - seconds, NOT_COUNTED, count)).fetchall()
                 if len(rows) < count:
                     continue
                 wait = rows[-1][0] + seconds - now  # when the oldest of them leaves the window
                 if worst is None or wait > worst.retry_after:
-                    worst = RateLimited(f"{who} asked for {count} pictures in the last {_window_name(seconds)}; "
+                    what = "clips" if clips else "pictures"
+                    worst = RateLimited(f"{who} asked for {count} {what} in the last {_window_name(seconds)}; "
                                         f"please ask again {wait_text(wait)}.", wait)
         return worst
 

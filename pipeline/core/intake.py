@@ -23,15 +23,16 @@ async def take_in(gpu: GpuSettings, image: bytes, *, style: str | None = None, s
                   speed: str | None = None, seed: int | None = None, max_rating: str | None = None,
                   trigger_weight: float | None = None, structure_scale: float | None = None,
                   identity_scale: float | None = None, reply_to: tuple[str, str] | None = None,
-                  kind: Kind = Kind.PICTURE, seconds: float | None = None) -> Job:
+                  kind: Kind = Kind.PICTURE, seconds: float | None = None, max_bytes: int = 0) -> Job:
     """The job a request asks for, every ``None`` settled from the config: BadRequest for an option the config
     does not allow, JobFailed for a photo that cannot be used (its header is read off the event loop). A clip
-    (``Kind.CLIP``) plays about ``seconds`` (default: [animate] frames at its fps)."""
+    (``Kind.CLIP``) plays about ``seconds`` (default: [animate] frames at its fps), in a file of at most
+    ``max_bytes`` (the chat's attachment limit; 0: [animate] max_mb)."""
     clip: dict = {}
     if kind is Kind.CLIP:
         if not gpu.animate.enabled:
             raise BadRequest(ANIMATE_OFF)
-        clip = clip_options(gpu.animate, seconds)
+        clip = {**clip_options(gpu.animate, seconds), "max_bytes": max_bytes}
     style = style or gpu.pipeline.default_style
     if style not in gpu.styles:
         raise BadRequest(f"There is no style called {style[:40]!r}; try: {', '.join(sorted(gpu.styles))}.")

@@ -90,6 +90,7 @@ class Job:
     fps: int = 0
     hold: bool = False
     time_limit: float | None = None  # seconds the worker may take; None: the queue's job_timeout
+    max_bytes: int = 0  # a clip's file must fit in this (the chat's attachment limit); 0: [animate] max_mb alone
 
 
     def __post_init__(self) -> None:
@@ -108,6 +109,8 @@ class Job:
         if self.kind is Kind.CLIP and not (2 <= self.frames <= MAX_CLIP_FRAMES and 1 <= self.fps <= 60):
             raise BadRequest(f"A clip needs 2 to {MAX_CLIP_FRAMES} frames at 1 to 60 fps, not {self.frames} frames "
                              f"at {self.fps} fps.")
+        if not 0 <= self.max_bytes <= 2**40:
+            raise BadRequest(f"max_bytes must be from 0 to 2**40, not {self.max_bytes}.")
         if self.time_limit is not None and not 0 < self.time_limit <= 7200:
             raise BadRequest(f"time_limit must be from 0 to 7200 seconds, not {self.time_limit:g}.")
 

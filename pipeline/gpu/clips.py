@@ -2,8 +2,8 @@
 
 The worker loop (``pipeline.gpu.worker``) decodes every job of a batch and tags it once (the SFW gate on the
 picture); a clip then goes here, one at a time: the Animator makes its frames with per-step Progress under the
-job's time limit, pipeline.core.clip encodes them within ``[animate] max_mb``, and the answer is a ``Done`` whose
-``media`` says it holds an MP4.
+job's time limit, pipeline.core.clip encodes them within ``[animate] max_mb`` (or the job's ``max_bytes``, the
+chat's attachment limit, when smaller), and the answer is a ``Done`` whose ``media`` says it holds an MP4.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def run_clip(stylizer, animator: Animator, job: DecodedJob, timeout: float, dead
         return
     started = time.perf_counter()
     try:
-        encoded = encode_mp4(clip.frames, clip.fps, hold=clip.hold, max_bytes=animator.settings.max_bytes)
+        limits = (animator.settings.max_bytes, spec.max_bytes or animator.settings.max_bytes)
+        encoded = encode_mp4(clip.frames, clip.fps, hold=clip.hold, max_bytes=min(limits))
     except ClipTooLarge as err:
         fail(str(err), ErrorKind.TOO_LARGE)
         return
