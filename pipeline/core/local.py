@@ -475,8 +475,9 @@ class LocalQueue:
     def snapshot(self) -> dict[str, Any]:
         """``status``, at once: what the status file keeps."""
         pid = self._process.pid if self._process else None
+        kinds = [Kind.PICTURE.value, Kind.CLIP.value] if self.gpu.animate.enabled else [Kind.PICTURE.value]
         worker = {"name": f"local-{pid}" if pid else self.settings.worker_address, "pid": pid,
-                  "alive": self._ready.is_set() and not self._fatal, **self.worker_info}
+                  "alive": self._ready.is_set() and not self._fatal, "kinds": kinds, **self.worker_info}
         return {"backend": "local", "updated": time.time(), "owner_pid": os.getpid(),
                 "waiting": len(self._pending), "running": len(self._in_flight),
                 "workers": [worker] if self._process or self.settings.worker_address else [],
