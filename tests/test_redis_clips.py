@@ -174,6 +174,8 @@ async def test_pictures_and_clips_each_served_by_their_own_worker(pictures_worke
         shown = render(await redis_status(load_config(pictures_worker).queue))
         assert shown.count("serving pictures\n") + shown.endswith("serving pictures") == 1
         assert "serving clips" in shown and "serving pictures and clips" not in shown
+        log = (clips.parent / "clips.log").read_text(encoding="utf-8")
+        assert "clips only: loaded the tagger on cpu, not the picture models" in log  # its GPU is spared SDXL
     finally:
         await queue.close()
         stop_worker(worker)
@@ -195,3 +197,13 @@ def test_worker_kinds_is_checked_against_animate(tiny_config_path, tmp_path):
     bad.write_text(tomlkit.dumps(doc), encoding="utf-8")
     with pytest.raises(Exception, match=r"queue\.worker_kinds"):
         load_config(bad)
+
+
+def test_status_shows_only_the_kinds_claybot_knows_from_a_heartbeat():
+    worker = {"name": "gpu2", "alive": True, "device": "cuda", "max_batch": 4, "pid": 7,
+              "kinds": ["clip", "\x1b[31m" + "x" * 10_000]}
+    shown = render({"backend": "redis", "waiting": 0, "running": 0, "workers": [worker]})
+    assert shown.splitlines()[2] == "worker:   gpu2 alive on cuda (batch up to 4, pid 7), serving clips"
+    assert "x" * 100 not in shown and "\x1b" not in shown
+    assert "serving" not in render({"backend": "redis", "waiting": 0, "running": 0,
+                                    "workers": [worker | {"kinds": "picture"}]})  # not a list: an old worker

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pipeline.core.jobs import Message
+    from pipeline.core.settings import GpuSettings
     from pipeline.gpu.animate import Animator
     from pipeline.gpu.worker import DecodedJob
 
@@ -31,6 +32,33 @@ CLIP_REASON = "Something went wrong while making your clip; please try again."
 CLIP_OOM_REASON = "The GPU ran out of memory on this clip; please try a shorter one or a smaller picture."
 CLIP_ENCODE_REASON = "Your clip was made but could not be saved as a video; please try again."
 CHECKED_FRAMES = 5  # rated per clip: the first, the last, the middle, and the quarters between
+
+
+class ClipTagger:
+    """What a clips-only worker (``queue.worker_kinds = ["clip"]``) keeps of the picture models: the tagger, which
+    rates a clip's picture and frames and names what is in it; not SDXL, whose many GB its GPU is spared. It stands
+    in for the Stylizer in the worker loop, which asks it only for ``settings`` and ``tagger`` for a clip."""
+
+    def __init__(self, settings: GpuSettings) -> None:
+        from pipeline.core import models
+        from pipeline.core.models import TAGGER_FILES
+        from pipeline.gpu.stylizer import pick_device, pick_dtype
+        from pipeline.gpu.tagger import Tagger
+
+        self.settings = settings
+        self.device = pick_device(settings.pipeline.device)
+        self.dtype = pick_dtype(settings.pipeline.dtype, self.device)
+        folder = models.resolve(settings.tagger.model, "tagger.model", models.ModelStore.of(settings.pipeline),
+                                allow_patterns=TAGGER_FILES)
+        self.tagger = Tagger(folder, settings.tagger, use_cuda=self.device.type == "cuda")
+        logger.info("clips only: loaded the tagger on %s, not the picture models", self.device)
+
+    def run(self, *args: object, **kwargs: object) -> list:
+        """A picture reached a clips-only worker (an entry written by hand or by another version): it fails."""
+        raise RuntimeError("this worker serves clips only (queue.worker_kinds) and has no picture models")
+
+    def warm_up(self) -> None:
+        """Nothing to warm up: the tagger has no lazy start worth a throw-away run."""
 
 
 def run_clip(stylizer, animator: Animator, job: DecodedJob, timeout: float, deadline: float,

@@ -50,6 +50,7 @@ from pipeline.gpu.worker import gpu_memory_mb, run_batch
 
 if TYPE_CHECKING:
     from pipeline.gpu.animate import Animator
+    from pipeline.gpu.clips import ClipTagger
     from pipeline.gpu.stylizer import Stylizer
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class RedisWorker:
         self.stats: dict[str, Any] = {"done": 0, "failed": 0, "batches": 0, "busy": False}
         self.in_hand: dict[str, list[str]] = {}  # lane → its entries this worker is working on
         self.info: dict[str, Any] = {}
-        self.stylizer: Stylizer | None = None  # loaded by serve()
+        self.stylizer: Stylizer | ClipTagger | None = None  # loaded by serve(); clips only: the tagger alone
         self.animator: Animator | None = None  # loaded by serve() when this worker serves clips
 
     def ensure_group(self) -> None:
@@ -104,7 +105,13 @@ class RedisWorker:
         # Beat while the models load too: chat processes then know a worker is coming and keep their jobs waiting.
         self.info = {"loading": True, "kinds": kinds, "pid": os.getpid(), "since": time.time()}
         threading.Thread(target=self._heartbeat, name="claybot-heartbeat", daemon=True).start()
-        stylizer = self.stylizer = Stylizer(self.gpu)  # a clip's picture is tagged and rated by its tagger too
+        if Kind.PICTURE in self.kinds:
+            self.stylizer = Stylizer(self.gpu)  # its tagger also rates the clips' pictures and frames
+        else:  # clips only: the tagger, not SDXL
+            from pipeline.gpu.clips import ClipTagger
+
+            self.stylizer = ClipTagger(self.gpu)
+        stylizer = self.stylizer
         if Kind.CLIP in self.kinds:
             from pipeline.gpu.animate import Animator
 
