@@ -4,9 +4,9 @@ The same batch loop (``pipeline.gpu.worker.run_batch``) as the local worker; onl
 answers go differ. A worker reads the lanes of the kinds it serves (``queue.worker_kinds``), the pictures' first, so
 a picture waits behind at most the clip already running; it says which kinds in its heartbeat. A job is acknowledged
 and deleted only once its answer is stored, so a worker that dies mid-job leaves it pending for another worker to
-claim after ``queue.claim_idle`` seconds. An entry that is not a
-job this worker can run (``pipeline.core.redis_entries``) is dead-lettered and acknowledged at once, and its owner
-told, so it is never claimed again.
+claim after ``queue.claim_idle`` seconds. An entry that is not a job this worker can run
+(``pipeline.core.redis_entries``) is dead-lettered and acknowledged at once, and its owner told, so it is never
+claimed again.
 """
 
 from __future__ import annotations
