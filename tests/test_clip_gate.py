@@ -124,3 +124,29 @@ def test_worst_is_the_scores_leaning_furthest_up_the_ratings():
     torn = {"general": 0.5, "sensitive": 0.0, "questionable": 0.0, "explicit": 0.5}
     assert worst([calm, torn]) == worst([torn, calm]) == torn
     assert severity({}) == 0.0 and worst([]) == {}
+
+
+class BlindAfterThePicture:
+    """The real tiny stylizer whose tagger fails on everything after the picture: the clip's frames go unrated."""
+
+    def __init__(self, stylizer: Stylizer) -> None:
+        self.stylizer, self.settings, self.calls = stylizer, stylizer.settings, 0
+
+    def tagger(self, images):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("onnxruntime fell over")
+        return self.stylizer.tagger(images)
+
+
+def test_a_clip_whose_frames_cannot_be_rated_is_not_sent_where_the_chat_asked_for_the_check(stylizer, animator,
+                                                                                             clip_gpu):
+    from pipeline.gpu.worker import TAG_REASON
+
+    sent: list = []
+    run_batch(BlindAfterThePicture(stylizer), clip_batch(clip_gpu, "sensitive"), sent.append, animator=animator)
+    assert answer(sent) == Failed(TAG_REASON, ErrorKind.INTERNAL)
+    sent = []  # a chat that allows anything asked for no check: the clip is sent, rated as its picture
+    run_batch(BlindAfterThePicture(stylizer), clip_batch(clip_gpu, None), sent.append, animator=animator)
+    done = answer(sent)
+    assert isinstance(done, Done) and done.media == MP4 and set(done.ratings) == set(RATINGS)

@@ -207,3 +207,13 @@ def test_status_shows_only_the_kinds_claybot_knows_from_a_heartbeat():
     assert "x" * 100 not in shown and "\x1b" not in shown
     assert "serving" not in render({"backend": "redis", "waiting": 0, "running": 0,
                                     "workers": [worker | {"kinds": "picture"}]})  # not a list: an old worker
+
+
+def test_a_heartbeat_says_which_kinds_its_worker_serves_and_an_old_one_means_pictures():
+    from pipeline.core.redis_lanes import kinds_served
+
+    assert kinds_served({"seen": 1.0, "kinds": ["clip"]}) == {Kind.CLIP}
+    assert kinds_served({"seen": 1.0, "kinds": ["picture", "clip", "sound", 5]}) == {Kind.PICTURE, Kind.CLIP}
+    assert kinds_served({"seen": 1.0}) == {Kind.PICTURE}  # a worker from before clips
+    assert kinds_served({"seen": 1.0, "kinds": "clip"}) == {Kind.PICTURE}  # not a list: as an old worker
+    assert kinds_served({"seen": 1.0, "kinds": []}) == set()
