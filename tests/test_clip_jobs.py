@@ -11,7 +11,7 @@ import av
 import pytest
 
 from pipeline.core.intake import ANIMATE_OFF, take_in
-from pipeline.core.jobs import MP4, PNG, BadRequest, Done, ErrorKind, Failed, Kind, Progress, Started
+from pipeline.core.jobs import MP4, PNG, BadRequest, Done, ErrorKind, Failed, Kind, Progress, Queued, Started
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.tiny_video import write_tiny_video_models
 from tests.conftest import photo_bytes
@@ -95,3 +95,33 @@ async def test_a_clip_past_its_own_time_limit_is_stopped_between_steps_and_the_w
     assert "took longer than the 0.001 seconds limit" in events[-1].reason  # the job's own, not the rest of it
     again = await asyncio.wait_for((await queue.submit(job)).result(), 120)
     assert again.media == MP4
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_picture_sent_while_a_clip_runs_starts_before_the_clip_waiting_ahead_of_it(queue):
+    a, b = [await take_in(queue.gpu, photo_bytes(), kind=Kind.CLIP, seed=seed, seconds=4) for seed in (1, 2)]
+    p = await take_in(queue.gpu, photo_bytes(), seed=3)
+    clip_a = await queue.submit(a)
+    async for event in clip_a.events():  # A is running
+        if isinstance(event, Started):
+            break
+    clip_b, picture = await queue.submit(b), await queue.submit(p)  # one turn of the loop: A still runs
+    assert clip_a.id in queue._in_flight, "clip A ended before B and P were queued: the test proves nothing"
+    order: list[tuple[str, str]] = []
+
+    async def follow(name: str, handle) -> list:
+        events = []
+        async for event in handle.events():
+            events.append(event)
+            if isinstance(event, Started | Done | Failed):
+                order.append((name, type(event).__name__))
+        return events
+
+    a_events, b_events, p_events = await asyncio.wait_for(asyncio.gather(
+        follow("A", clip_a), follow("B", clip_b), follow("P", picture)), 300)
+
+    assert [type(e) for e in (a_events[-1], b_events[-1], p_events[-1])] == [Done, Done, Done]
+    assert order.index(("P", "Done")) < order.index(("B", "Started")), order  # P waited behind A only
+    # The positions said so: P is second (behind A, running); B, second when queued, became third.
+    assert p_events[0] == Queued(2)
+    assert [e.position for e in b_events if isinstance(e, Queued)][:2] == [2, 3]

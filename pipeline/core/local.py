@@ -167,8 +167,7 @@ class LocalQueue:
             return handle
         queued = QueuedJob(handle.id, handle, job, time.monotonic())
         self._pending.append(queued)
-        queued.position = len(self._in_flight) + len(self._pending)
-        handle.push(Queued(queued.position))
+        self._announce_positions()  # its own, and the clips' it goes ahead of
         logger.info("job %s queued at #%d (style %s, strength %g, seed %d)", queued.id, queued.position, job.style,
                     job.strength, job.seed)
         self._wake.set()
@@ -213,9 +212,15 @@ class LocalQueue:
             elif wait > 0:
                 asyncio.get_running_loop().call_later(wait, self._wake.set)
 
+    def _in_order(self) -> list[QueuedJob]:
+        """The waiting jobs in the order they will run: pictures first, so a picture waits behind at most the clip
+        already running (a clip costs tens of pictures), then clips; each kind oldest first."""
+        pictures = [job for job in self._pending if job.job.kind is not Kind.CLIP]
+        return pictures + [job for job in self._pending if job.job.kind is Kind.CLIP]
+
     def _next_batch(self) -> tuple[list[QueuedJob], float]:
-        """The oldest job with up to max_batch compatible companions; or how long to wait for more."""
-        first = self._pending[0]
+        """The next job (``_in_order``) with up to max_batch compatible companions; or how long to wait for more."""
+        first = self._in_order()[0]
         batch = [job for job in self._pending if job.job.batch_key == first.job.batch_key]
         size = 1 if first.job.kind is Kind.CLIP else self.gpu.pipeline.max_batch  # a clip fills the GPU alone
         batch = batch[:size]
@@ -242,8 +247,9 @@ class LocalQueue:
             logger.warning("could not hand batch %s to the worker", [job.id for job in batch])
 
     def _announce_positions(self) -> None:
-        """Positions count the running jobs too: "#2" means one photo is ahead of yours."""
-        for index, job in enumerate(self._pending, start=len(self._in_flight) + 1):
+        """Positions count the running jobs too: "#2" means one job is ahead of yours. They follow the order jobs
+        run in: a picture counts the pictures ahead of it, a clip every picture and the clips ahead of it."""
+        for index, job in enumerate(self._in_order(), start=len(self._in_flight) + 1):
             if job.position != index:
                 job.position = index
                 job.handle.push(Queued(index))
@@ -469,8 +475,9 @@ class LocalQueue:
     def snapshot(self) -> dict[str, Any]:
         """``status``, at once: what the status file keeps."""
         pid = self._process.pid if self._process else None
+        kinds = [Kind.PICTURE.value, Kind.CLIP.value] if self.gpu.animate.enabled else [Kind.PICTURE.value]
         worker = {"name": f"local-{pid}" if pid else self.settings.worker_address, "pid": pid,
-                  "alive": self._ready.is_set() and not self._fatal, **self.worker_info}
+                  "alive": self._ready.is_set() and not self._fatal, "kinds": kinds, **self.worker_info}
         return {"backend": "local", "updated": time.time(), "owner_pid": os.getpid(),
                 "waiting": len(self._pending), "running": len(self._in_flight),
                 "workers": [worker] if self._process or self.settings.worker_address else [],

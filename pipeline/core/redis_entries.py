@@ -95,6 +95,7 @@ class JobEntry:
     timeout: float
     submitted: float
     job: Job
+    stream: str = ""  # the lane (stream) it was read from, where it is acknowledged
 
 
 TRACKING = ("id", "owner", "key", "timeout", "submitted")  # a job entry's fields besides the job's own
@@ -107,8 +108,10 @@ def job_fields(job_id: str, owner: str, job: Job, timeout: float, submitted: flo
                      "submitted": repr(submitted)}
 
 
-def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str], speeds: Collection[str]) -> JobEntry:
-    """A job entry as a worker with these ``styles`` and speed presets can run it; BadEntry naming what is wrong."""
+def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str], speeds: Collection[str], *,
+              stream: str = "") -> JobEntry:
+    """A job entry (of lane ``stream``) as a worker with these ``styles`` and speed presets can run it; BadEntry
+    naming what is wrong."""
     fields = decode_fields(raw)
     job_id, owner = identity(fields)
     try:
@@ -124,7 +127,7 @@ def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str], sp
             raise ValueError(f"style {quoted(job.style)} is not one of this worker's ({', '.join(sorted(styles))})")
         if job.speed not in speeds:
             raise ValueError(f"speed preset {quoted(job.speed)} is not one of this worker's ({', '.join(speeds)})")
-        return JobEntry(entry_id=entry_id, id=job_id, owner=owner, key=fields["key"], job=job,
+        return JobEntry(entry_id=entry_id, id=job_id, owner=owner, key=fields["key"], job=job, stream=stream,
                         timeout=_number(fields, "timeout", 1e-3, 3600.0),
                         submitted=_number(fields, "submitted", 0.0, 1e11))
     except ValueError as err:  # CodecError is a ValueError

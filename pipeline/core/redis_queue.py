@@ -2,10 +2,13 @@
 
 Layout (every key under ``queue.redis_prefix``, "claybot" by default):
 
-- ``jobs`` — a stream read by the consumer group ``workers``: one entry per accepted job (the job's fields as
-  ``pipeline.core.codec`` writes them, the owning chat process, the batch key). Workers acknowledge AND delete
+- ``jobs`` — a stream read by the consumer group ``workers``: one entry per accepted picture job (the job's fields
+  as ``pipeline.core.codec`` writes them, the owning chat process, the batch key). Workers acknowledge AND delete
   an entry once it is answered, so the stream holds only live jobs; an entry left pending by a worker that died
   is claimed by another after ``queue.claim_idle`` seconds (at-least-once delivery).
+- ``jobs:clip`` — the same for clips: a lane per kind, so a worker takes the pictures waiting before any clip (a
+  picture waits behind at most the clip already running), and reads only the lanes of the kinds it serves
+  (``queue.worker_kinds``: clips may have GPUs of their own).
 - ``image:<id>`` — the photo's bytes, expiring after ``queue.image_ttl``.
 - ``events:<owner>`` — a stream per chat process ("owner"): started / progress / done / failed for its jobs
   only, trimmed to a bounded length and expiring when idle; ``cursor:<owner>`` remembers how far it was read.
@@ -13,13 +16,14 @@ Layout (every key under ``queue.redis_prefix``, "claybot" by default):
   photo); a restarted chat process recovers them from here.
 - ``result:<id>`` / ``result:<id>:image`` — a finished job's answer, expiring after ``queue.result_ttl``;
   ``answered:<id>`` makes the answer visible once even if two workers finish the same job.
-- ``workers`` — a hash of workers' heartbeats (device, batch size, jobs done), for `claybot status`; a worker not
-  heard of for an hour is dropped from it.
+- ``workers`` — a hash of workers' heartbeats (device, batch size, kinds served, jobs done), for `claybot status`; a
+  worker not heard of for an hour is dropped from it.
 - ``dead`` — the dead-letter stream: entries no process could use (see ``pipeline.core.redis_entries``), with why.
 
 A chat process keeps its own keys (journal, cursor) expiring ``max(image_ttl, result_ttl)`` after it was last
 alive: by then nothing they hold could still be answered. Waiting jobs of a chat process that has seen no worker
-alive for ``queue.no_worker_timeout`` seconds are answered ``NO_WORKER_REASON`` and leave the stream.
+serving their kind alive for ``queue.no_worker_timeout`` seconds are answered ``NO_WORKER_REASON`` (a clip:
+``NO_CLIP_WORKER_REASON``) and leave the stream.
 
 This module is the chat side (redis.asyncio, no torch); ``pipeline.gpu.redis_worker`` is the GPU side.
 """
@@ -27,7 +31,6 @@ This module is the chat side (redis.asyncio, no torch); ``pipeline.gpu.redis_wor
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -42,6 +45,7 @@ from pipeline.core.jobs import (
     Failed,
     Job,
     JobHandle,
+    Kind,
     Progress,
     QueueBusy,
     QueueClosed,
@@ -62,129 +66,35 @@ from pipeline.core.redis_entries import (
     parse_heartbeat,
     parse_result,
 )
+from pipeline.core.redis_lanes import (
+    GROUP,
+    RANK,
+    WORKER_FORGET,
+    Keys,
+    ensure_group,
+    kinds_served,
+    lane_depth,
+    queue_depth,
+    stream_order,
+    text,
+)
+from pipeline.core.redis_lanes import redis_status as redis_status  # `claybot status` reads it from here
 from pipeline.core.settings import GpuSettings, QueueSettings
 
 logger = logging.getLogger(__name__)
 
-GROUP = "workers"
 EVENTS_MAXLEN = 10_000
 LOST_REASON = "Your photo was lost while claybot restarted; please send it again."
 NO_WORKER_REASON = ("No picture maker is running right now, so I can't make your picture; "
                     "please send it again later.")
-WORKER_FORGET = 3600.0  # seconds after which a silent worker leaves the workers hash (and `claybot status`)
+NO_CLIP_WORKER_REASON = ("No clip maker is running right now, so I can't make your clip; "
+                         "please ask again later.")
 IDLE_CONSUMER = 10.0  # seconds: a live worker touches its consumer every second or so when it holds no job
 
 
-class Keys:
-    """Key names under one prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.jobs = f"{prefix}:jobs"
-        self.workers = f"{prefix}:workers"
-        self.dead = f"{prefix}:dead"
-
-    def image(self, job_id: str) -> str:
-        return f"{self.prefix}:image:{job_id}"
-
-    def result(self, job_id: str) -> str:
-        return f"{self.prefix}:result:{job_id}"
-
-    def result_image(self, job_id: str) -> str:
-        return f"{self.prefix}:result:{job_id}:image"
-
-    def answered(self, job_id: str) -> str:
-        return f"{self.prefix}:answered:{job_id}"
-
-    def cancelled(self, job_id: str) -> str:
-        return f"{self.prefix}:cancelled:{job_id}"
-
-    def events(self, owner: str) -> str:
-        return f"{self.prefix}:events:{owner}"
-
-    @property
-    def history(self) -> str:
-        return f"{self.prefix}:history"
-
-    def cursor(self, owner: str) -> str:
-        return f"{self.prefix}:cursor:{owner}"
-
-    def journal(self, owner: str) -> str:
-        return f"{self.prefix}:journal:{owner}"
-
-
-async def ensure_group(client, keys: Keys) -> None:
-    """Create the jobs stream and its consumer group once (idempotent)."""
-    from redis.exceptions import ResponseError
-
-    try:
-        await client.xgroup_create(keys.jobs, GROUP, id="0", mkstream=True)
-    except ResponseError as err:
-        if "BUSYGROUP" not in str(err):
-            raise
-
-
-async def queue_depth(client, keys: Keys, *, limit: int) -> tuple[int, int]:
-    """(waiting, running): entries not yet delivered to a worker (counted exactly up to ``limit``), and delivered
-    but not yet answered."""
-    from redis.exceptions import ResponseError
-
-    try:
-        groups = await client.xinfo_groups(keys.jobs)
-    except ResponseError:  # no stream yet
-        return 0, 0
-    for group in groups:
-        if text(group["name"]) == GROUP:
-            lag = group.get("lag")
-            if lag is None:
-                # Redis 6 has no lag, and Redis 7 reports none once an entry behind the group's cursor was
-                # deleted (a cancel): count what lies past the last delivered entry instead.
-                last = text(group["last-delivered-id"])
-                lag = len(await client.xrange(keys.jobs, f"({last}", "+", count=limit))
-            return int(lag), int(group["pending"])
-    return 0, 0
-
-
-def text(value: Any, errors: str = "strict") -> str:
-    """Redis replies are bytes; names and ids are text."""
-    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
-
-
-def stream_order(entry_id: str) -> tuple[int, int]:
-    """A stream entry id ("<ms>-<seq>") as numbers: as text, "5-10" would sort before "5-9"."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-async def redis_status(settings: QueueSettings) -> dict[str, Any]:
-    """`claybot status` for the Redis backend: the shared queue, live workers and the last hour's jobs."""
-    import redis.asyncio as redis
-
-    keys = Keys(settings.redis_prefix)
-    client = redis.from_url(settings.redis_url)
-    try:
-        waiting, running = await queue_depth(client, keys, limit=settings.max_queue)
-        now = time.time()
-        workers = []
-        for name, raw in (await client.hgetall(keys.workers)).items():
-            try:
-                info = parse_heartbeat(raw)
-            except BadEntry:
-                continue
-            alive = now - info["seen"] < 3 * settings.heartbeat
-            if alive or now - info["seen"] < WORKER_FORGET:
-                workers.append({"name": text(name), "alive": alive, **info})
-        history = []
-        for line in await client.zrangebyscore(keys.history, now - 3600, "+inf"):
-            try:
-                # Members only (no withscores), though redis-py's type adds the (member, score) pairs
-                record = json.loads(line)  # type: ignore[arg-type]
-                history.append([float(record[0]), float(record[1]), str(record[2]), *record[3:]])
-            except (ValueError, TypeError, IndexError):
-                continue
-    finally:
-        await client.aclose()
-    return {"backend": "redis", "waiting": waiting, "running": running, "workers": workers, "history": history}
+def no_worker_reason(kind: Kind) -> str:
+    """What the user of a job hears when no worker serving its kind is alive."""
+    return NO_CLIP_WORKER_REASON if kind is Kind.CLIP else NO_WORKER_REASON
 
 
 class RedisQueue:
@@ -201,10 +111,11 @@ class RedisQueue:
         self._handles: dict[str, JobHandle] = {}
         self._entries: dict[str, str] = {}  # job id → stream entry id, while waiting
         self._entry_ids: dict[str, str] = {}  # job id → stream entry id, until answered
+        self._lanes: dict[str, str] = {}  # job id → the lane (stream) its entry is in, until answered
         self._since: dict[str, float] = {}  # job id → when this process took it (submit or recover)
-        # When a worker's heartbeat last changed, on this machine's clock (immune to other machines' clocks);
-        # a worker loading its models beats too.
-        self._worker_seen = time.time()
+        # Per kind of job: when the heartbeat of a worker serving it last changed, on this machine's clock (immune
+        # to other machines' clocks); a worker loading its models beats too.
+        self._worker_seen = dict.fromkeys(Kind, time.time())
         self._beats: dict[str, float] | None = None  # the heartbeats read last round
         self._key_ttl = int(max(settings.image_ttl, settings.result_ttl))
         self._closing = False
@@ -213,7 +124,7 @@ class RedisQueue:
     async def start(self) -> None:
         """Connect, make sure the stream exists, and start reading this owner's events."""
         await ensure_group(self.redis, self.keys)
-        self._worker_seen = time.time()
+        self._worker_seen = dict.fromkeys(Kind, time.time())
         try:
             await self._expire_forgotten_owners()
         except Exception as err:  # tidiness only (SCAN may be forbidden to this user); never block the start
@@ -247,7 +158,7 @@ class RedisQueue:
         has been seen lately; QueueClosed when closing. One round trip to Redis."""
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
-        if time.time() - self._worker_seen >= self.settings.no_worker_timeout:
+        if time.time() - max(self._worker_seen.values()) >= self.settings.no_worker_timeout:
             raise QueueBusy(NO_WORKER_REASON)
         waiting, _ = await queue_depth(self.redis, self.keys, limit=self.settings.max_queue)
         if waiting + coming >= self.settings.max_queue:
@@ -258,11 +169,16 @@ class RedisQueue:
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
         handle = JobHandle(new_job_id(), job, canceller=self._cancel)
-        if time.time() - self._worker_seen >= self.settings.no_worker_timeout:
-            raise QueueBusy(NO_WORKER_REASON)  # say so at once rather than after another no_worker_timeout
-        waiting, running = await queue_depth(self.redis, self.keys, limit=self.settings.max_queue)
+        if time.time() - self._worker_seen[job.kind] >= self.settings.no_worker_timeout:
+            raise QueueBusy(no_worker_reason(job.kind))  # say so at once rather than after another no_worker_timeout
+        depths = {kind: await lane_depth(self.redis, self.keys.lane(kind), limit=self.settings.max_queue)
+                  for kind in Kind}
+        waiting = sum(lane_waiting for lane_waiting, _ in depths.values())
         if waiting >= self.settings.max_queue:
             raise QueueBusy(busy_message(waiting, self.settings.max_queue))
+        # Ahead of it: every job of its own lane and the lanes taken before it, and the running ones of the others.
+        position = 1 + sum(lane_waiting + lane_running if RANK[kind] <= RANK[job.kind] else lane_running
+                           for kind, (lane_waiting, lane_running) in depths.items())
         job_id = handle.id
         self._handles[job_id] = handle
         journal, _ = codec.dump(job)
@@ -272,13 +188,14 @@ class RedisQueue:
             pipe.hset(self.keys.journal(self.owner), job_id, journal)
             pipe.expire(self.keys.journal(self.owner), self._key_ttl)
             # redis-py types an entry's fields as an invariant dict, not a Mapping: dict[str, str] is refused
-            pipe.xadd(self.keys.jobs, entry)  # type: ignore[arg-type]
+            pipe.xadd(self.keys.lane(job.kind), entry)  # type: ignore[arg-type]
             *_, entry_id = await pipe.execute()
         self._entries[job_id] = self._entry_ids[job_id] = text(entry_id)
+        self._lanes[job_id] = self.keys.lane(job.kind)
         self._since[job_id] = time.time()
-        handle.push(Queued(waiting + running + 1))
-        logger.info("job %s queued in redis at #%d (style %s, strength %g, seed %d)", job_id, waiting + running + 1,
-                    job.style, job.strength, job.seed)
+        handle.push(Queued(position))
+        logger.info("job %s (%s) queued in redis at #%d (style %s, strength %g, seed %d)", job_id, job.kind,
+                    position, job.style, job.strength, job.seed)
         return handle
 
     async def status(self) -> dict[str, Any]:
@@ -325,7 +242,7 @@ class RedisQueue:
     async def _cancel_in_redis(self, job_id: str, entry_id: str) -> None:
         # A worker that already took it sees the mark and skips it.
         await self.redis.set(self.keys.cancelled(job_id), 1, ex=int(self.settings.image_ttl))
-        await self.redis.xdel(self.keys.jobs, entry_id)
+        await self.redis.xdel(self._lanes.get(job_id, self.keys.jobs), entry_id)
         await self._finish(job_id, Failed("Cancelled.", ErrorKind.CANCELLED))
 
     async def workers(self) -> dict[str, dict[str, Any]]:
@@ -423,6 +340,7 @@ class RedisQueue:
         await self.redis.hdel(self.keys.journal(self.owner), job_id)
         self._entries.pop(job_id, None)
         self._entry_ids.pop(job_id, None)
+        self._lanes.pop(job_id, None)
         self._since.pop(job_id, None)
         handle = self._handles.pop(job_id, None)
         if handle is not None and (first or isinstance(event, Failed) and event.kind is ErrorKind.CANCELLED):
@@ -438,7 +356,7 @@ class RedisQueue:
             failed: set[str] = set()
             beats = await self._step("reading heartbeats", self._refresh_and_read_heartbeats(), failing, failed)
             if beats is not None and "reading heartbeats" in failing:
-                self._worker_seen = time.time()  # Redis was away: workers get a full timeout to beat again
+                self._worker_seen = dict.fromkeys(Kind, time.time())  # Redis was away: workers get a full timeout
             if beats is not None and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + IDLE_CONSUMER
                 await self._step("forgetting dead workers", self._forget_dead_workers(beats), failing, failed)
@@ -466,18 +384,23 @@ class RedisQueue:
             pipe.hgetall(self.keys.workers)
             *_, raw = await pipe.execute()
         beats: dict[str, float] = {}
+        served: dict[str, set[Kind]] = {}
         garbage = []
         for name, value in raw.items():
             try:
-                beats[text(name)] = parse_heartbeat(value)["seen"]
+                beat = parse_heartbeat(value)
+                beats[text(name)], served[text(name)] = beat["seen"], kinds_served(beat)
             except (BadEntry, UnicodeDecodeError) as err:
                 logger.error("removing bad heartbeat %s from %s: %s", quoted(name), self.keys.workers,
                              quoted(str(err), 200))
                 garbage.append(name)
         if garbage:
             await self.redis.hdel(self.keys.workers, *garbage)
-        if self._beats is not None and any(self._beats.get(name) != seen for name, seen in beats.items()):
-            self._worker_seen = time.time()
+        if self._beats is not None:
+            now = time.time()
+            for name, seen in beats.items():
+                if self._beats.get(name) != seen:
+                    self._worker_seen.update(dict.fromkeys(served[name], now))
         self._beats = beats
         return beats
 
@@ -490,49 +413,56 @@ class RedisQueue:
                         ", ".join(quoted(name) for name in gone[:10]))
             await self.redis.hdel(self.keys.workers, *gone)
         alive = {name for name, seen in beats.items() if now - seen < 3 * self.settings.heartbeat}
-        for consumer in await self.redis.xinfo_consumers(self.keys.jobs, GROUP):
-            name = text(consumer["name"], errors="replace")
-            if not consumer["pending"] and name not in alive and consumer["idle"] >= IDLE_CONSUMER * 1000:
-                await self.redis.xgroup_delconsumer(self.keys.jobs, GROUP, consumer["name"])
+        for lane in self.keys.lanes:
+            for consumer in await self.redis.xinfo_consumers(lane, GROUP):
+                name = text(consumer["name"], errors="replace")
+                if not consumer["pending"] and name not in alive and consumer["idle"] >= IDLE_CONSUMER * 1000:
+                    await self.redis.xgroup_delconsumer(lane, GROUP, consumer["name"])
 
     async def _answer_unserved(self) -> None:
-        """Jobs that waited ``no_worker_timeout`` with no worker alive are told so, and leave the stream."""
+        """Jobs that waited ``no_worker_timeout`` with no worker serving their kind alive are told so, and leave
+        the stream."""
         now = time.time()
         timeout = self.settings.no_worker_timeout
-        unserved = [job_id for job_id, handle in self._handles.items() if not handle.finished
-                    and now - max(self._worker_seen, self._since.get(job_id, now)) >= timeout]
+        unserved = {job_id: handle.job.kind for job_id, handle in self._handles.items() if not handle.finished
+                    and now - max(self._worker_seen[handle.job.kind], self._since.get(job_id, now)) >= timeout}
         if not unserved:
             return
-        logger.warning("no worker alive for %.0f s: answering %d job(s) of %s that cannot be served",
-                       now - self._worker_seen, len(unserved), self.owner)
-        entries = {job_id: self._entry_ids[job_id] for job_id in unserved if job_id in self._entry_ids}
+        for kind in set(unserved.values()):
+            logger.warning("no worker serving %ss alive for %.0f s: answering %d such job(s) of %s that cannot be "
+                           "served", kind, now - self._worker_seen[kind], list(unserved.values()).count(kind),
+                           self.owner)
+        entries = {job_id: (self._lanes.get(job_id, self.keys.jobs), self._entry_ids[job_id])
+                   for job_id in unserved if job_id in self._entry_ids}
         if len(entries) < len(unserved):  # recovered jobs: find their entries
             entries |= await self._find_entries(set(unserved) - entries.keys())
-        for job_id in unserved:
+        for job_id, kind in unserved.items():
             async with self.redis.pipeline(transaction=True) as pipe:
                 # a worker that comes back and finds the entry pending skips it (the mark) and acknowledges it
                 pipe.set(self.keys.cancelled(job_id), 1, ex=int(self.settings.image_ttl))
                 if job_id in entries:
-                    pipe.xack(self.keys.jobs, GROUP, entries[job_id])
-                    pipe.xdel(self.keys.jobs, entries[job_id])
+                    lane, entry_id = entries[job_id]
+                    pipe.xack(lane, GROUP, entry_id)
+                    pipe.xdel(lane, entry_id)
                 pipe.delete(self.keys.image(job_id))
                 await pipe.execute()
-            await self._finish(job_id, Failed(NO_WORKER_REASON, ErrorKind.BUSY))
+            await self._finish(job_id, Failed(no_worker_reason(kind), ErrorKind.BUSY))
 
-    async def _find_entries(self, job_ids: set[str]) -> dict[str, str]:
-        """The stream entries of these jobs of ours (the stream holds only live jobs, so this is short)."""
-        found: dict[str, str] = {}
-        start = "-"
-        while len(found) < len(job_ids):
-            page = await self.redis.xrange(self.keys.jobs, start, "+", count=1000) or []  # XRANGE never answers nil
-            for entry_id, fields in page:
-                fields = fields or {}  # None only where XREADGROUP meets a deleted entry, never in XRANGE
-                job_id = text(fields.get(b"id", b""), "replace")
-                if job_id in job_ids and text(fields.get(b"owner", b""), "replace") == self.owner:
-                    found[job_id] = text(entry_id)
-            if len(page) < 1000:
-                break
-            start = f"({text(page[-1][0])}"
+    async def _find_entries(self, job_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """The lanes and stream entries of these jobs of ours (the lanes hold only live jobs, so this is short)."""
+        found: dict[str, tuple[str, str]] = {}
+        for lane in self.keys.lanes:
+            start = "-"
+            while len(found) < len(job_ids):
+                page = await self.redis.xrange(lane, start, "+", count=1000) or []  # XRANGE never answers nil
+                for entry_id, fields in page:
+                    fields = fields or {}  # None only where XREADGROUP meets a deleted entry, never in XRANGE
+                    job_id = text(fields.get(b"id", b""), "replace")
+                    if job_id in job_ids and text(fields.get(b"owner", b""), "replace") == self.owner:
+                        found[job_id] = (lane, text(entry_id))
+                if len(page) < 1000:
+                    break
+                start = f"({text(page[-1][0])}"
         return found
 
     async def _expire_forgotten_owners(self) -> None:
@@ -543,22 +473,41 @@ class RedisQueue:
                     await self.redis.expire(key, self._key_ttl)
 
     async def _announce_positions(self) -> None:
-        """Every few seconds, tell waiting jobs their place. Answered entries are deleted from the stream, so
-        the entries up to a job's own are exactly the running and waiting jobs ahead of it, plus itself."""
+        """Every few seconds, tell waiting jobs their place."""
         shown: dict[str, int] = {}
         while not self._closing:
             await asyncio.sleep(self.settings.position_interval)
             if not self._entries:
                 continue
             try:
-                last = max(self._entries.values(), key=stream_order)
-                ahead = await self.redis.xrange(self.keys.jobs, "-", last) or []  # XRANGE never answers nil
-                order = {text(entry_id): index for index, (entry_id, _) in enumerate(ahead, start=1)}
-                for job_id, entry_id in list(self._entries.items()):
-                    position = order.get(entry_id)
+                for job_id, position in (await self._positions()).items():
                     handle = self._handles.get(job_id)
-                    if position and handle and shown.get(job_id) != position:
+                    if handle and shown.get(job_id) != position:
                         shown[job_id] = position
                         handle.push(Queued(position))
             except Exception as err:  # positions are a courtesy; never let them break the queue
                 logger.debug("position update skipped: %s", err)
+
+    async def _positions(self) -> dict[str, int]:
+        """Our waiting jobs' places, as workers take them: lane by lane, pictures first. Answered entries are
+        deleted from the lanes, so the entries of a lane up to a job's own are exactly the running and waiting jobs
+        of its kind ahead of it, plus itself; every job of a lane taken before it is ahead too, and of a lane
+        taken after it only the running ones."""
+        waiting = {job_id: (self._lanes.get(job_id, self.keys.jobs), entry_id)
+                   for job_id, entry_id in list(self._entries.items())}
+        order: dict[str, dict[str, int]] = {}  # lane → entry id → place in it
+        for lane in {lane for lane, _ in waiting.values()}:
+            last = max((entry_id for own, entry_id in waiting.values() if own == lane), key=stream_order)
+            ahead = await self.redis.xrange(lane, "-", last) or []  # XRANGE never answers nil
+            order[lane] = {text(entry_id): index for index, (entry_id, _) in enumerate(ahead, start=1)}
+        totals = {lane: await self.redis.xlen(lane) for lane in self.keys.lanes}
+        running = {lane: int((await self.redis.xpending(lane, GROUP))["pending"]) for lane in self.keys.lanes}
+        positions = {}
+        for job_id, (lane, entry_id) in waiting.items():
+            place = order[lane].get(entry_id)
+            if place is None or lane not in self.keys.lanes:
+                continue
+            rank = self.keys.lanes.index(lane)
+            positions[job_id] = place + sum(totals[other] if index < rank else running[other]
+                                            for index, other in enumerate(self.keys.lanes) if other != lane)
+        return positions

@@ -14,6 +14,8 @@ INPUT_REFUSED = ("I can only make pictures that suit every audience in this chat
                  "A server or group admin can allow more where that is appropriate.")
 OUTPUT_REFUSED = ("The picture I made from this photo doesn't seem to suit every audience, so I won't post it "
                   "here; please try another photo.")
+CLIP_REFUSED = ("The clip I made from this picture doesn't seem to suit every audience, so I won't post it here; "
+                "please try another picture.")
 
 
 def over_limit(ratings: dict[str, float], max_rating: str | None) -> bool:
@@ -24,6 +26,17 @@ def over_limit(ratings: dict[str, float], max_rating: str | None) -> bool:
     above = sum(ratings.get(name, 0.0) for name in RATINGS[allowed + 1:])
     within = sum(ratings.get(name, 0.0) for name in RATINGS[: allowed + 1])
     return above > within
+
+
+def severity(ratings: dict[str, float]) -> float:
+    """How far up the ratings a set of scores leans: their mean rank, from 0 (general) to 3 (explicit)."""
+    total = sum(ratings.get(name, 0.0) for name in RATINGS)
+    return sum(rank * ratings.get(name, 0.0) for rank, name in enumerate(RATINGS)) / total if total > 0 else 0.0
+
+
+def worst(ratings: list[dict[str, float]]) -> dict[str, float]:
+    """The scores that lean furthest up the ratings (of a clip's picture and frames: what it is reported as)."""
+    return max(ratings, key=severity, default={})
 
 
 def check_rating(value: str | None) -> str | None:

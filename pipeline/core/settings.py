@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.core.jobs import MAX_GUIDE_SCALE, MAX_STRENGTH, MAX_WEIGHT, MIN_STRENGTH
+from pipeline.core.errors import ClaybotError
+from pipeline.core.jobs import MAX_GUIDE_SCALE, MAX_STRENGTH, MAX_WEIGHT, MIN_STRENGTH, Kind
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -281,6 +282,21 @@ class QueueSettings(Settings):
     heartbeat: Annotated[float, Field(gt=0.0, le=60.0)] = 2.0
     position_interval: Annotated[float, Field(gt=0.0, le=60.0)] = 3.0
     no_worker_timeout: Annotated[float, Field(gt=0.0, le=86400.0)] = 60.0
+    # `claybot worker` on the Redis backend: the kinds of job it takes ([]: pictures, and clips when [animate] is on)
+    worker_kinds: list[Literal["picture", "clip"]] = Field(default_factory=list)
+
+
+def worker_kinds(queue: QueueSettings, animate: AnimateSettings) -> tuple[Kind, ...]:
+    """The kinds of job a Redis worker with these settings serves, pictures first; ClaybotError naming
+    ``queue.worker_kinds`` when it asks for clips that ``[animate]`` does not make."""
+    if not queue.worker_kinds:
+        return (Kind.PICTURE, Kind.CLIP) if animate.enabled else (Kind.PICTURE,)
+    kinds = tuple(kind for kind in Kind if kind.value in queue.worker_kinds)  # in Kind's order: pictures first
+    if Kind.CLIP in kinds and not animate.enabled:
+        raise ClaybotError('queue.worker_kinds names "clip", but [animate] enabled is false: this worker has no '
+                           'video model to make clips with. Set [animate] enabled = true (and its model) here, '
+                           'or leave "clip" out.')
+    return kinds
 
 
 class GpuSettings(Settings):

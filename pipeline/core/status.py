@@ -79,8 +79,11 @@ def render(status: dict[str, Any]) -> str:
         memory = worker.get("gpu_memory_mb")
         gpu = f", GPU memory {memory:.0f} MB" if memory else ""
         state = ("loading its models" if worker.get("loading") else "alive") if worker.get("alive") else "NOT RUNNING"
+        named = worker.get("kinds")  # from a heartbeat in Redis: only the kinds claybot knows are shown
+        kinds = [kind for kind in ("picture", "clip") if isinstance(named, list) and kind in named]
+        serves = f", serving {' and '.join(f'{kind}s' for kind in kinds)}" if kinds else ""
         lines.append(f"worker:   {worker['name']} {state} on {worker.get('device', '?')} (batch up to "
-                     f"{worker.get('max_batch', '?')}, pid {worker.get('pid', '?')}){gpu}")
+                     f"{worker.get('max_batch', '?')}, pid {worker.get('pid', '?')}){gpu}{serves}")
     summary = summarize([tuple(r[:3]) for r in status.get("history", [])])
     failed = ", ".join(f"{n} {kind}" for kind, n in sorted(summary["failed"].items())) or "none"
     lines.append(f"last hour: {summary['done']} done, failed: {failed}")

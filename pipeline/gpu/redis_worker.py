@@ -1,10 +1,12 @@
-"""`claybot worker` on the Redis backend: take compatible jobs from the shared stream, stylize, answer the owner.
+"""`claybot worker` on the Redis backend: take compatible jobs from the shared lanes, run them, answer the owner.
 
 The same batch loop (``pipeline.gpu.worker.run_batch``) as the local worker; only where jobs come from and where the
-answers go differ. A job is acknowledged and deleted only once its answer is stored, so a worker that dies
-mid-job leaves it pending for another worker to claim after ``queue.claim_idle`` seconds. An entry that is not a
-job this worker can run (``pipeline.core.redis_entries``) is dead-lettered and acknowledged at once, and its owner
-told, so it is never claimed again.
+answers go differ. A worker reads the lanes of the kinds it serves (``queue.worker_kinds``), the pictures' first, so
+a picture waits behind at most the clip already running; it says which kinds in its heartbeat. A job is acknowledged
+and deleted only once its answer is stored, so a worker that dies mid-job leaves it pending for another worker to
+claim after ``queue.claim_idle`` seconds. An entry that is not a job this worker can run
+(``pipeline.core.redis_entries``) is dead-lettered and acknowledged at once, and its owner told, so it is never
+claimed again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,19 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.jobs import CRASH_REASON, Batch, Done, ErrorKind, Failed, Message, Progress, Started, Task, Update
+from pipeline.core.jobs import (
+    CRASH_REASON,
+    Batch,
+    Done,
+    ErrorKind,
+    Failed,
+    Kind,
+    Message,
+    Progress,
+    Started,
+    Task,
+    Update,
+)
 from pipeline.core.redis_entries import (
     BAD_ENTRY_REASON,
     DEAD_MAXLEN,
@@ -29,11 +43,14 @@ from pipeline.core.redis_entries import (
     parse_job,
     result_parts,
 )
-from pipeline.core.redis_queue import EVENTS_MAXLEN, GROUP, Keys, text
-from pipeline.core.settings import GpuSettings, QueueSettings
+from pipeline.core.redis_lanes import GROUP, RANK, Keys, text
+from pipeline.core.redis_queue import EVENTS_MAXLEN
+from pipeline.core.settings import GpuSettings, QueueSettings, worker_kinds
 from pipeline.gpu.worker import gpu_memory_mb, run_batch
 
 if TYPE_CHECKING:
+    from pipeline.gpu.animate import Animator
+    from pipeline.gpu.clips import ClipTagger
     from pipeline.gpu.stylizer import Stylizer
 
 logger = logging.getLogger(__name__)
@@ -52,43 +69,60 @@ def connect(url: str):
 
 
 class RedisWorker:
-    """One worker process serving the shared stream."""
+    """One worker process serving the shared lanes of the kinds it serves."""
 
     def __init__(self, gpu: GpuSettings, settings: QueueSettings, *, name: str | None = None) -> None:
         self.gpu, self.settings = gpu, settings
+        self.kinds = worker_kinds(settings, gpu.animate)  # ClaybotError naming queue.worker_kinds
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.keys = Keys(settings.redis_prefix)
+        self.lanes = [self.keys.lane(kind) for kind in self.kinds]  # read in this order: pictures first
         self.redis = connect(settings.redis_url)
         self.stop = threading.Event()
         self.stats: dict[str, Any] = {"done": 0, "failed": 0, "batches": 0, "busy": False}
-        self.in_hand: set[str] = set()  # stream entries this worker is working on
+        self.in_hand: dict[str, list[str]] = {}  # lane → its entries this worker is working on
         self.info: dict[str, Any] = {}
-        self.stylizer: Stylizer | None = None  # loaded by serve()
+        self.stylizer: Stylizer | ClipTagger | None = None  # loaded by serve(); clips only: the tagger alone
+        self.animator: Animator | None = None  # loaded by serve() when this worker serves clips
 
     def ensure_group(self) -> None:
-        """Create the stream and consumer group if this worker is the first."""
+        """Create the lanes and their consumer group if this worker is the first."""
         import redis
 
-        try:
-            self.redis.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as err:
-            if "BUSYGROUP" not in str(err):
-                raise
+        for lane in self.keys.lanes:
+            try:
+                self.redis.xgroup_create(lane, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as err:
+                if "BUSYGROUP" not in str(err):
+                    raise
 
     def serve(self, *, warm_up: bool = True) -> None:
         """Load the models, then take and answer jobs until ``stop`` is set."""
         from pipeline.gpu.stylizer import Stylizer
 
         self.ensure_group()
+        kinds = [kind.value for kind in self.kinds]
         # Beat while the models load too: chat processes then know a worker is coming and keep their jobs waiting.
-        self.info = {"loading": True, "pid": os.getpid(), "since": time.time()}
+        self.info = {"loading": True, "kinds": kinds, "pid": os.getpid(), "since": time.time()}
         threading.Thread(target=self._heartbeat, name="claybot-heartbeat", daemon=True).start()
-        stylizer = self.stylizer = Stylizer(self.gpu)
+        if Kind.PICTURE in self.kinds:
+            self.stylizer = Stylizer(self.gpu)  # its tagger also rates the clips' pictures and frames
+        else:  # clips only: the tagger, not SDXL
+            from pipeline.gpu.clips import ClipTagger
+
+            self.stylizer = ClipTagger(self.gpu)
+        stylizer = self.stylizer
+        if Kind.CLIP in self.kinds:
+            from pipeline.gpu.animate import Animator
+
+            self.animator = Animator(self.gpu)
         if warm_up:
             stylizer.warm_up()
         self.info = {"device": str(stylizer.device), "dtype": str(stylizer.dtype).removeprefix("torch."),
-                     "max_batch": self.gpu.pipeline.max_batch, "pid": os.getpid(), "since": time.time()}
-        logger.info("worker %s serving %s on %s", self.name, self.keys.jobs, self.info["device"])
+                     "max_batch": self.gpu.pipeline.max_batch, "kinds": kinds, "pid": os.getpid(),
+                     "since": time.time()}
+        logger.info("worker %s serving %s (%s) on %s", self.name, " and ".join(f"{kind}s" for kind in kinds),
+                    ", ".join(self.lanes), self.info["device"])
         while not self.stop.is_set():
             try:
                 jobs = self._claim_stale() or self._take()
@@ -114,65 +148,76 @@ class RedisWorker:
     def _leave_group(self) -> None:
         """A worker that stops holding no job removes its consumer, so restarts do not pile names up."""
         try:
-            if not self.redis.xpending_range(self.keys.jobs, GROUP, min="-", max="+", count=1,
-                                             consumername=self.name):
-                self.redis.xgroup_delconsumer(self.keys.jobs, GROUP, self.name)
+            for lane in self.lanes:
+                if not self.redis.xpending_range(lane, GROUP, min="-", max="+", count=1, consumername=self.name):
+                    self.redis.xgroup_delconsumer(lane, GROUP, self.name)
         except Exception as err:  # only tidiness; chat processes sweep idle consumers too
             logger.debug("could not leave the consumer group: %s", err)
 
     # -- taking jobs -----------------------------------------------------------------------------------------------
 
     def _take(self) -> list[JobEntry]:
-        """One job, plus the compatible ones right behind it (waiting up to batch_window for them)."""
-        reply = self.redis.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"}, count=1, block=1000)
-        jobs = self._parse(reply)
+        """The first job of this worker's lanes (a picture waiting goes before any clip), plus the compatible ones
+        right behind it (waiting up to batch_window for them)."""
+        jobs: list[JobEntry] = []
+        for lane in self.lanes if len(self.lanes) > 1 else ():
+            jobs = self._parse(self.redis.xreadgroup(GROUP, self.name, {lane: ">"}, count=1))
+            if jobs:
+                break
+        if not jobs:  # nothing waiting: wait for the first job of any lane (one of each may come)
+            jobs = self._parse(self.redis.xreadgroup(GROUP, self.name, dict.fromkeys(self.lanes, ">"), count=1,
+                                                     block=1000))
         if not jobs:
             return []
+        first, *others = sorted(jobs, key=lambda job: RANK[job.job.kind])
+        jobs = [first]
+        most = 1 if first.job.kind is Kind.CLIP else self.gpu.pipeline.max_batch  # a clip fills the GPU alone
         deadline = time.monotonic() + self.settings.batch_window
-        while len(jobs) < self.gpu.pipeline.max_batch:
-            behind = self._undelivered(self.gpu.pipeline.max_batch - len(jobs))
+        while len(jobs) < most:
+            behind = self._undelivered(first.stream, most - len(jobs))
             same = 0
             for fields in behind:
-                if fields.get(b"key") != jobs[0].key.encode():
+                if fields.get(b"key") != first.key.encode():
                     break
                 same += 1
             if same:
-                reply = self.redis.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"}, count=same)
+                reply = self.redis.xreadgroup(GROUP, self.name, {first.stream: ">"}, count=same)
                 jobs += self._parse(reply)
             elif behind or time.monotonic() >= deadline:
                 break  # an incompatible job is next, or the window is over: run what we have
             else:
                 time.sleep(0.02)
-        return jobs
+        return jobs + others
 
-    def _undelivered(self, count: int) -> list[dict[bytes, bytes]]:
-        for group in self.redis.xinfo_groups(self.keys.jobs):
+    def _undelivered(self, lane: str, count: int) -> list[dict[bytes, bytes]]:
+        for group in self.redis.xinfo_groups(lane):
             if text(group["name"]) == GROUP:
                 last = text(group["last-delivered-id"])
-                return [f for _, f in self.redis.xrange(self.keys.jobs, f"({last}", "+", count=count)]
+                return [f for _, f in self.redis.xrange(lane, f"({last}", "+", count=count)]
         return []
 
     def _parse(self, reply) -> list[JobEntry]:
         """The jobs of an XREADGROUP reply; entries that are not jobs this worker can run are dropped."""
         jobs = []
-        for _, entries in reply:
+        for stream, entries in reply or []:
             for entry_id, fields in entries:
                 try:
-                    jobs.append(parse_job(text(entry_id), fields, self.gpu.styles, self.gpu.speed_names()))
+                    jobs.append(parse_job(text(entry_id), fields, self.gpu.styles, self.gpu.speed_names(),
+                                          stream=text(stream)))
                 except BadEntry as err:
-                    self._drop_bad(text(entry_id), fields, err)
+                    self._drop_bad(text(stream), text(entry_id), fields, err)
         return jobs
 
-    def _drop_bad(self, entry_id: str, fields: dict, err: BadEntry) -> None:
+    def _drop_bad(self, lane: str, entry_id: str, fields: dict, err: BadEntry) -> None:
         """Log it once, keep it in the dead-letter stream, acknowledge it (it is never claimed again), and tell
         the job's owner when the entry still names one."""
         logger.error("dropping bad job entry %s: %s (kept in %s)", entry_id, err, self.keys.dead)
         now = time.time()
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.dead, dead_letter(self.keys.jobs, entry_id, fields, str(err)), maxlen=DEAD_MAXLEN,
+            pipe.xadd(self.keys.dead, dead_letter(lane, entry_id, fields, str(err)), maxlen=DEAD_MAXLEN,
                       approximate=False)
-            pipe.xack(self.keys.jobs, GROUP, entry_id)
-            pipe.xdel(self.keys.jobs, entry_id)
+            pipe.xack(lane, GROUP, entry_id)
+            pipe.xdel(lane, entry_id)
             if err.job_id:
                 pipe.delete(self.keys.image(err.job_id))
                 pipe.zadd(self.keys.history, {json.dumps([now, 0.0, "bad_entry", err.job_id]): now})
@@ -182,24 +227,31 @@ class RedisWorker:
         self.stats["failed"] += 1
 
     def _claim_stale(self) -> list[JobEntry]:
-        """Jobs left pending by a worker that died: claim them, or fail those that already crashed a worker."""
+        """Jobs left pending by a worker that died (of the first of this worker's lanes that has any): claim them,
+        or fail those that already crashed a worker."""
+        for lane in self.lanes:
+            if jobs := self._claim_stale_in(lane):
+                return jobs
+        return []
+
+    def _claim_stale_in(self, lane: str) -> list[JobEntry]:
         idle_ms = int(self.settings.claim_idle * 1000)
-        stale = self.redis.xpending_range(self.keys.jobs, GROUP, min="-", max="+",
-                                          count=self.gpu.pipeline.max_batch, idle=idle_ms)
+        most = 1 if lane == self.keys.lane(Kind.CLIP) else self.gpu.pipeline.max_batch
+        stale = self.redis.xpending_range(lane, GROUP, min="-", max="+", count=most, idle=idle_ms)
         if not stale:
             return []
-        claimed = self.redis.xclaim(self.keys.jobs, GROUP, self.name, min_idle_time=idle_ms,
+        claimed = self.redis.xclaim(lane, GROUP, self.name, min_idle_time=idle_ms,
                                     message_ids=[p["message_id"] for p in stale])
         deliveries = {text(p["message_id"]): p["times_delivered"] for p in stale}
         jobs = []
         for entry_id, fields in claimed:
             if not fields:  # deleted meanwhile (Redis 6 keeps such ids pending; 7 drops them itself)
-                self.redis.xack(self.keys.jobs, GROUP, entry_id)
+                self.redis.xack(lane, GROUP, entry_id)
                 continue
             try:
-                job = parse_job(text(entry_id), fields, self.gpu.styles, self.gpu.speed_names())
+                job = parse_job(text(entry_id), fields, self.gpu.styles, self.gpu.speed_names(), stream=lane)
             except BadEntry as err:
-                self._drop_bad(text(entry_id), fields, err)
+                self._drop_bad(lane, text(entry_id), fields, err)
                 continue
             if deliveries.get(job.entry_id, 1) > self.settings.max_retries:
                 logger.error("job %s crashed %d worker(s): giving up", job.id, deliveries[job.entry_id])
@@ -212,14 +264,18 @@ class RedisWorker:
     # -- serving ---------------------------------------------------------------------------------------------------
 
     def _serve(self, jobs: list[JobEntry]) -> None:
-        self.in_hand = {job.entry_id for job in jobs}
+        in_hand: dict[str, list[str]] = {}
+        for job in jobs:
+            in_hand.setdefault(job.stream, []).append(job.entry_id)
+        self.in_hand = in_hand
         try:
             self._serve_groups(jobs)
         finally:
-            self.in_hand = set()
+            self.in_hand = {}
 
     def _serve_groups(self, jobs: list[JobEntry]) -> None:
-        # Entries of one batch key read together are one batch: the key says they may share a pipeline call.
+        # Entries of one batch key read together are one batch: the key says they may share a pipeline call (each
+        # clip is a batch of its own: its time limit is its own). Pictures go first.
         groups: dict[str, list[Task]] = {}
         by_id: dict[str, JobEntry] = {}
         for entry in jobs:
@@ -231,13 +287,14 @@ class RedisWorker:
                 self._answer_failed(entry, EXPIRED_REASON, ErrorKind.INTERNAL)
                 continue
             by_id[entry.id] = entry
-            groups.setdefault(entry.key, []).append(Task(entry.id, dataclasses.replace(entry.job, image=image)))
-        for tasks in groups.values():
+            group = entry.id if entry.job.kind is Kind.CLIP else entry.key
+            groups.setdefault(group, []).append(Task(entry.id, dataclasses.replace(entry.job, image=image)))
+        for tasks in sorted(groups.values(), key=lambda tasks: RANK[tasks[0].job.kind]):
             self.stats["busy"] = True
             self.stats["batches"] += 1
             try:
                 run_batch(self.stylizer, Batch(tuple(tasks), by_id[tasks[0].id].timeout),
-                          lambda message: self._relay(message, by_id))
+                          lambda message: self._relay(message, by_id), animator=self.animator)
             finally:
                 self.stats["busy"] = False
 
@@ -277,9 +334,10 @@ class RedisWorker:
     def _ack(self, job: JobEntry, outcome: str | None = None) -> None:
         """Answered: the entry leaves the stream, the photo leaves Redis, the outcome joins the last hour's."""
         now = time.time()
+        lane = job.stream or self.keys.lane(job.job.kind)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.jobs, GROUP, job.entry_id)
-            pipe.xdel(self.keys.jobs, job.entry_id)
+            pipe.xack(lane, GROUP, job.entry_id)
+            pipe.xdel(lane, job.entry_id)
             pipe.delete(self.keys.image(job.id))
             if outcome is not None:
                 record = json.dumps([now, now - job.submitted, outcome, job.id])
@@ -291,9 +349,8 @@ class RedisWorker:
         """Tell status readers we live, and keep our jobs' idle time low so nobody claims them while we work."""
         while not self.stop.is_set():
             try:
-                if in_hand := list(self.in_hand):
-                    self.redis.xclaim(self.keys.jobs, GROUP, self.name, min_idle_time=0, message_ids=in_hand,
-                                      justid=True)
+                for lane, in_hand in list(self.in_hand.items()):
+                    self.redis.xclaim(lane, GROUP, self.name, min_idle_time=0, message_ids=in_hand, justid=True)
                 beat = self.info | {"seen": time.time(), "done": self.stats["done"], "failed": self.stats["failed"],
                                     "batches": self.stats["batches"], "busy": self.stats["busy"],
                                     "gpu_memory_mb": gpu_memory_mb()}
