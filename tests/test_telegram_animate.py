@@ -35,6 +35,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 PHOTO = photo_bytes((128, 96))
 LIMITS = {"clip_user_per_hour": 1}  # each test's people ask for one clip at most, but the one over the limit
 STEPS = 20  # denoising steps of a tiny clip: long enough (about a second) for its status line to show progress
+EDIT_INTERVAL = 0.1  # the least telegram.status_edit_interval allows: a tiny clip's status line shows its progress
 CLIP_TIMEOUT = 180.0  # seconds to wait for a clip: a few on the tiny Wan, more on 2 busy cores
 
 
@@ -79,7 +80,7 @@ async def started(config: Config, queue, tmp_path, *, animate: bool = True) -> A
     """A front end on a fresh fake server and journal, clips on or off; every request answered by the end."""
     fake = FakeTelegram(TOKEN)
     await fake.start()
-    config = with_telegram(config, fake)
+    config = with_telegram(config, fake, status_edit_interval=EDIT_INTERVAL)
     config = config.model_copy(update={"limits": config.limits.model_copy(update=LIMITS),
                                        "animate": config.animate.model_copy(update={"enabled": animate})})
     store = ClaybotDatabase(tmp_path / "claybot.sqlite3")
@@ -187,6 +188,22 @@ async def test_pressing_animate_sends_a_clip_of_that_picture_as_a_reply_to_it(an
     await animator.settled()
     assert [c.method for c in animator.fake.calls[mark:] if c.method in ("sendAnimation", "sendPhoto")] == \
         ["sendAnimation"]
+
+
+async def test_animate_under_a_picture_sent_as_a_file_animates_that_file(animator):
+    olivia = user(3013, "Olivia")
+    chat = private_chat(olivia)
+    animator.fake.fail_next("sendPhoto", 400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+    _, picture = await animator.picture(chat, olivia)
+    assert picture["document"]["mime_type"] == "image/png"  # Telegram would not take it as a photo
+    mark = len(animator.fake.calls)
+
+    await animator.fake.press(olivia, picture, animate_button(picture)["callback_data"])
+
+    clip = await animator.clip_for(picture, after=mark)
+    check_clip(clip, frames=animator.front_end.config.animate.frames)
+    fetched = [c.params["file_id"] for c in animator.fake.calls[mark:] if c.method == "getFile"]
+    assert fetched == [picture["document"]["file_id"]]
 
 
 async def test_a_picture_delivered_after_a_restart_has_the_animate_button_of_a_live_one(animator):
@@ -385,7 +402,9 @@ async def test_a_photo_captioned_animate_with_a_bad_length_gets_a_clear_line(ani
     await nothing_queued(animator, mark)
 
 
-async def test_help_mentions_animate(animator):
+async def test_help_and_the_command_menu_mention_animate(animator):
+    commands = animator.fake.calls_to("setMyCommands")[0].params["commands"]
+    assert "animate" in [c["command"] for c in commands]
     ken = user(3011, "Ken")
     await animator.fake.send_text(private_chat(ken), ken, "/help")
     text = (await animator.fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ken["id"],
@@ -412,6 +431,7 @@ async def test_with_clips_off_there_is_no_button_and_asking_gets_a_clear_line(cl
         assert refusal.params["text"] == ANIMATE_OFF
         help_text = (await off.handled()).params["text"]
         assert "/animate" not in help_text
+        assert "animate" not in [c["command"] for c in off.fake.calls_to("setMyCommands")[0].params["commands"]]
         await nothing_queued(off, mark)
 
 

@@ -40,6 +40,8 @@ def command_menu(config: Config) -> list[BotCommand]:
     commands = [BotCommand(name, "Sculpt a photo in clay: send with a photo or reply to one" if name == default
                            else f"The {name} style: send with a photo or reply to one")
                 for name in style_commands(config)]
+    if config.animate.enabled:
+        commands.append(BotCommand(ANIMATE_COMMAND, "A short clip of a picture: reply to one"))
     commands.append(BotCommand("claysettings", "This chat's settings (admins change them)"))
     commands.append(BotCommand("help", "How to use me"))
     return commands
