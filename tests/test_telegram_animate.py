@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from bot.config import Config
-from bot.flow import FETCHING, RequestFlow
+from bot.flow import FETCH_FAILED, FETCHING, RequestFlow
 from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from bot.telegram.buttons import ANIMATE_LABEL, MAX_CALLBACK_DATA, animate_data, parse_animate, result_buttons
@@ -251,6 +251,17 @@ async def test_a_clip_delivered_after_a_restart_is_the_animation_a_live_one_is(a
     check_clip(clip, frames=flow.config.animate.frames)
 
 
+def clip_message(fake: FakeTelegram, chat: dict, message_id: int) -> dict:
+    """A clip claybot sent (Telegram sets ``document`` beside ``animation``)."""
+    fake.chats[chat["id"]] = chat
+    video = {"file_id": "clip", "file_unique_id": "uclip", "mime_type": "video/mp4"}
+    message = {"message_id": message_id, "date": 1_800_000_000, "chat": chat, "from": fake.bot_user,
+               "animation": {**video, "width": 64, "height": 48, "duration": 1}, "document": video,
+               "caption": "🎬 clay · seed 42\nno tags"}
+    fake.messages[(chat["id"], message_id)] = message
+    return message
+
+
 async def test_the_animate_button_on_a_message_whose_picture_is_gone_says_so(animator):
     dave = user(3004, "Dave")
     chat = private_chat(dave)
@@ -265,7 +276,24 @@ async def test_the_animate_button_on_a_message_whose_picture_is_gone_says_so(ani
         query_id = await animator.fake.press(dave, message, animate_data("clay", 42))
         alert = await alert_for(animator, query_id)
         assert alert.params["text"] == PICTURE_GONE and alert.params["show_alert"] == "true"
+    # a forged press under a clip (clips have no 🎬)
+    query_id = await animator.fake.press(dave, clip_message(animator.fake, chat, 9102), animate_data("clay", 42))
+    assert "clip already" in (await alert_for(animator, query_id)).params["text"]
     await nothing_queued(animator, mark)
+
+
+async def test_animate_on_a_picture_whose_file_telegram_lost_says_so_and_makes_nothing(animator):
+    nina = user(3014, "Nina")
+    _, picture = await animator.picture(private_chat(nina), nina)
+    animator.fake.files_gone = True  # the file server answers 404
+    mark = len(animator.fake.calls)
+
+    await animator.fake.press(nina, picture, animate_button(picture)["callback_data"])
+
+    assert await animator.refusal_for(picture) == FETCH_FAILED
+    await animator.settled()
+    assert not animator.fake.calls_to("sendAnimation") and await animator.flow.journal.unanswered() == []
+    assert [c for c in animator.fake.calls[mark:] if c.method == "download"]  # it did try
 
 
 @pytest.mark.parametrize(("data", "words"), [
@@ -375,12 +403,7 @@ async def test_animate_with_nothing_to_animate_or_a_silly_length_gets_a_clear_li
                                                    mime_type="application/pdf"),
     }
     if target == "clip":
-        animator.fake.chats[chat["id"]] = chat
-        replied = {"message_id": 9200, "date": 1_800_000_000, "chat": chat, "from": animator.fake.bot_user,
-                   "animation": {"file_id": "clip", "file_unique_id": "uclip", "width": 64, "height": 48,
-                                 "duration": 1, "mime_type": "video/mp4"},
-                   "document": {"file_id": "clip", "file_unique_id": "uclip", "mime_type": "video/mp4"}}
-        animator.fake.messages[(chat["id"], 9200)] = replied
+        replied = clip_message(animator.fake, chat, 9200)
     else:
         replied = await targets[target]() if target else None
     mark = len(animator.fake.calls)

@@ -175,6 +175,9 @@ class TelegramRequests:
             await query.answer(f"This button asks for the style {style[:32]!r}, which I no longer have; please "
                                f"send the photo again."[:200], show_alert=True)
             return
+        if isinstance(query.message, Message) and query.message.animation is not None:  # only by a forged press
+            await query.answer("That is a clip already: press 🎬 under a picture.", show_alert=True)
+            return
         try:  # a message older than 48 hours comes as an InaccessibleMessage, without its photo
             picture = photo_in(query.message) if isinstance(query.message, Message) else None
         except UserError:
