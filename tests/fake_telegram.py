@@ -326,10 +326,23 @@ class FakeTelegram:
 
     async def _m_sendDocument(self, call: Call) -> dict:
         data = call.files["document"]
-        file_id, unique = self.add_file(data, suffix="png")
-        document = {"file_id": file_id, "file_unique_id": unique, "file_name": "clay.png",
-                    "mime_type": "image/png", "file_size": len(data)}
+        suffix, mime = ("mp4", "video/mp4") if _is_mp4(data) else ("png", "image/png")
+        file_id, unique = self.add_file(data, suffix=suffix)
+        document = {"file_id": file_id, "file_unique_id": unique, "file_name": f"clay.{suffix}",
+                    "mime_type": mime, "file_size": len(data)}
         return self._bot_message(call, {"document": document, **_caption(call)})
+
+    async def _m_sendAnimation(self, call: Call) -> dict:
+        # Telegram sets ``document`` beside ``animation``, for clients that predate animations.
+        data = call.files["animation"]
+        if not _is_mp4(data):
+            raise ApiError(400, "Bad Request: wrong file type for an animation")
+        file_id, unique = self.add_file(data, suffix="mp4")
+        common = {"file_id": file_id, "file_unique_id": unique, "file_name": "clay.mp4", "mime_type": "video/mp4",
+                  "file_size": len(data)}
+        animation = {**common, "width": int(call.params.get("width", 0)), "height": int(call.params.get("height", 0)),
+                     "duration": int(call.params.get("duration", 0))}
+        return self._bot_message(call, {"animation": animation, "document": common, **_caption(call)})
 
     async def _m_editMessageText(self, call: Call) -> dict:
         message = self._existing(call, "message to edit not found")
@@ -434,6 +447,10 @@ class FakeTelegram:
 def _without_reply(message: dict) -> dict:
     # Telegram nests one level only: a reply_to_message has no reply_to_message of its own.
     return {key: value for key, value in message.items() if key != "reply_to_message"}
+
+
+def _is_mp4(data: bytes) -> bool:
+    return data[4:8] == b"ftyp"  # an ISO media file's first box
 
 
 def _caption(call: Call) -> dict:

@@ -25,7 +25,7 @@ from bot.observability import HIDE_SECRETS, hide_secret
 from bot.outage import Outage, telegram_polling
 from bot.store import ClaybotDatabase
 from bot.telegram.handlers import TelegramRequests
-from bot.telegram.help import command_menu
+from bot.telegram.help import ANIMATE_COMMAND, command_menu
 from bot.telegram.hints import hint_for_plain_message
 from bot.telegram.render import CAPTION_LIMIT, reply_to, send_result
 from pipeline.core.errors import ClaybotError
@@ -86,6 +86,10 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         only_new & (filters.PHOTO | filters.Document.ALL) & filters.CaptionRegex(requests.caption_command),
         requests.on_captioned_photo))
     application.add_handler(CommandHandler(requests.commands, requests.on_clay_command, filters=only_new))
+    application.add_handler(MessageHandler(
+        only_new & (filters.PHOTO | filters.Document.ALL) & filters.CaptionRegex(requests.animate_caption),
+        requests.on_animate_caption))
+    application.add_handler(CommandHandler(ANIMATE_COMMAND, requests.on_animate_command, filters=only_new))
     application.add_handler(MessageHandler(only_new & filters.ChatType.PRIVATE & images, requests.on_plain_photo))
     application.add_handler(MessageHandler(only_new & filters.ChatType.PRIVATE & ~filters.COMMAND
                                            & ~filters.StatusUpdate.ALL, hint_for_plain_message))
@@ -132,8 +136,8 @@ class TelegramFrontEnd:
 
     async def deliver(self, chat_id: str, done: Done | None, text: str, answer_to: dict[str, Any],
                       source: bytes | None = None) -> None:
-        """A recovered job's answer, replying to the photo: the picture as a live answer shows it (caption and
-        buttons; the photo is the message it replies to, so ``source`` is not needed), or the reason; then the
+        """A recovered job's answer, replying to the photo: the picture (or clip) as a live answer shows it (caption
+        and buttons; the photo is the message it replies to, so ``source`` is not needed), or the reason; then the
         status message the old process left is removed."""
         bot = self.application.bot
         message_id, thread_id = answer_to.get("message_id"), answer_to.get("thread_id")
@@ -142,7 +146,8 @@ class TelegramFrontEnd:
                                    message_thread_id=thread_id)
         else:
             sent = await send_result(bot, int(chat_id), done, text[:CAPTION_LIMIT], speeds=self.config.speed_names(),
-                                     reply_to_id=message_id, thread_id=thread_id)
+                                     reply_to_id=message_id, thread_id=thread_id,
+                                     animate=self.config.animate.enabled)
             self.requests.remember_result(sent)
         if answer_to.get("status_message_id"):  # the old process's "Queued, #3" line
             with contextlib.suppress(TelegramError):

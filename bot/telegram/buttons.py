@@ -2,7 +2,9 @@
 
 The callback data carries the whole request (style, strength, seed, speed preset), so buttons keep working after a
 restart with nothing stored; the photo is the message the result replies to. Bump ``BUTTON_PREFIX`` only when the
-format changes after a release (nothing was released before ``c2``).
+format changes after a release (nothing was released before ``c2``). The 🎬 Animate button (``ANIMATE_PREFIX``) makes
+a clip of the picture it is under: that picture is the button's own message, so its data carries only the style
+(its motion prompt) and the seed.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from collections.abc import Sequence
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.flow import speed_toggle, toggle_label, variant
-from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Done
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, MP4, Done
 
 BUTTON_PREFIX = "c2"
+ANIMATE_PREFIX = "c2a"
+ANIMATE_LABEL = "🎬 Animate"
 SPEED_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # what config accepts as a [speed.*] name, and "default"
 MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
 LABELS = {"again": "🎲 Again", "stronger": "💪 Stronger", "weaker": "🪶 Weaker", "Fast": "⚡ Fast", "Best": "🎯 Best"}
@@ -52,10 +56,38 @@ def parse_button(data: str) -> tuple[str | None, float, int | None, str | None]:
     return style or None, value, int(seed) if seed else None, speed or None
 
 
-def result_buttons(done: Done, speeds: Sequence[str] = ()) -> InlineKeyboardMarkup:
+def animate_data(style: str, seed: int) -> str:
+    """The 🎬 button's callback data: ``c2a|style|seed`` (an empty style: the default, when the name is too long)."""
+    data = f"{ANIMATE_PREFIX}|{style}|{seed}"
+    return data if len(data.encode()) <= MAX_CALLBACK_DATA else f"{ANIMATE_PREFIX}||{seed}"
+
+
+def parse_animate(data: str) -> tuple[str | None, int] | None:
+    """``animate_data``'s (style, seed); None when the data is not a 🎬 button's at all (another button's);
+    ValueError when it claims to be one and is garbled."""
+    if len(data.encode()) > MAX_CALLBACK_DATA:
+        return None  # not ours: parse_button refuses it
+    prefix, _, rest = data.partition("|")
+    if prefix != ANIMATE_PREFIX:
+        return None
+    fields = rest.split("|")
+    if len(fields) != 2:
+        raise ValueError("a 🎬 button needs a style and a seed")
+    style, seed = fields
+    if not (seed.isascii() and seed.isdigit() and int(seed) <= MAX_SEED):
+        raise ValueError(f"seed {seed[:20]!r} out of range")
+    if style != style.strip():
+        raise ValueError(f"style {style[:20]!r}")
+    return style or None, int(seed)
+
+
+def result_buttons(done: Done, speeds: Sequence[str] = (), *, animate: bool = False) -> InlineKeyboardMarkup | None:
     """🎲 Again, 💪 Stronger and 🪶 Weaker (the flow's ``variant`` rule), each with the picture's speed preset; and
     ⚡ Fast / 🎯 Best (same seed and strength, the other preset) when the config has presets (``speeds``: the
-    config's speed names, "default" first)."""
+    config's speed names, "default" first); with ``animate`` ([animate] enabled), 🎬 Animate on a row of its own.
+    A clip has no buttons (None)."""
+    if done.media == MP4:
+        return None
     def button(action: str, speed: str, label: str) -> InlineKeyboardButton:
         data = button_data(done.style, *variant(action, done.strength, done.seed), speed)
         return InlineKeyboardButton(LABELS[label], callback_data=data)
@@ -64,4 +96,7 @@ def result_buttons(done: Done, speeds: Sequence[str] = ()) -> InlineKeyboardMark
     other = speed_toggle(done.speed, list(speeds))
     if other is not None:
         row.append(button("speed", other, toggle_label(other)))
-    return InlineKeyboardMarkup([row])
+    rows = [row]
+    if animate:
+        rows.append([InlineKeyboardButton(ANIMATE_LABEL, callback_data=animate_data(done.style, done.seed))])
+    return InlineKeyboardMarkup(rows)

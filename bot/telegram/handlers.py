@@ -2,6 +2,8 @@
 
 Ways to ask: a photo (or an image sent as a file) captioned ``/clay [strength]``; ``/clay [strength]`` as a reply to a
 photo; in groups, a reaction with the configured emoji on a photo the bot has seen; the buttons under each result.
+Clips ([animate]): the 🎬 button under a picture; ``/animate [seconds]`` as a reply to a picture (claybot's is animated
+as it is, a person's photo is made clay first) or as a photo's caption.
 Mistakes a user can fix are raised as ``UserError`` and answered by ``on_error``, the one place errors become chat
 lines.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 from collections.abc import Sequence
 
 from telegram import Message, ReactionType, ReactionTypeEmoji, Update
@@ -21,15 +24,28 @@ from telegram.ext import ContextTypes
 from bot.config import Config
 from bot.flow import USAGE, Ask, RequestFlow, RunningRequests, UserError, button_speed, parse_options, user_line
 from bot.store import ClaybotDatabase
-from bot.telegram.buttons import parse_button
-from bot.telegram.help import PLAIN_PHOTO_HINT, SETTINGS_USAGE, caption_pattern, help_text, style_commands
+from bot.telegram.buttons import parse_animate, parse_button
+from bot.telegram.help import (
+    ANIMATE_USAGE,
+    PLAIN_PHOTO_HINT,
+    SETTINGS_USAGE,
+    animate_pattern,
+    caption_pattern,
+    help_text,
+    style_commands,
+)
 from bot.telegram.photos import RecentPhotos, TelegramPhoto, download, download_limit, photo_in
-from bot.telegram.render import reply_to
+from bot.telegram.render import CLIP_UPLOAD_LIMIT, reply_to
 from bot.telegram.reply import TelegramReply, UploadingPhoto
+from pipeline.core.intake import ANIMATE_OFF, clip_options
+from pipeline.core.jobs import BadRequest, Kind
 
 logger = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
+# "3", "2.5", "2,5": a clip's length in seconds; nothing longer than this is read as one
+SECONDS = re.compile(r"\d{1,3}(?:[.,]\d{1,2})?")
+PICTURE_GONE = "I can't read this picture any more; send it again and press 🎬 under the new one."
 
 
 class TelegramRequests:
@@ -44,6 +60,8 @@ class TelegramRequests:
         self.running = RunningRequests()
         self.uploading = UploadingPhoto()
         self.caption_command = caption_pattern(self.commands)
+        self.animate_caption = animate_pattern()
+        self.animating: set[tuple[int, int]] = set()  # (chat, message) of the pictures being animated right now
 
     # -- the ways to ask ----------------------------------------------------------------------------------------------
 
@@ -107,16 +125,22 @@ class TelegramRequests:
                            how="reaction")
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """🎲 / 💪 / 🪶 / ⚡ under a result: the same photo (the result's reply_to_message) again."""
+        """🎲 / 💪 / 🪶 / ⚡ under a result: the same photo (the result's reply_to_message) again; 🎬: a clip of the
+        result itself."""
         query = update.callback_query
         if query is None:  # the handler's filter lets only button presses through
             return
         try:
-            style, strength, seed, speed = parse_button(query.data or "")
+            clip = parse_animate(query.data or "")
+            if clip is None:
+                style, strength, seed, speed = parse_button(query.data or "")
         except ValueError as err:
             logger.info("telegram: unreadable button data from user %s: %s", query.from_user.id, str(err)[:100])
             await query.answer("I can't read this button (it may be from an older version of me); please send the "
                                "photo again.", show_alert=True)
+            return
+        if clip is not None:
+            await self.on_animate_button(update, context, *clip)
             return
         try:
             button_speed(speed, self.config.speed_names())
@@ -137,13 +161,95 @@ class TelegramRequests:
         self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, strength=strength,
                            seed=seed, how="button", speed=speed)
 
+    # -- clips ---------------------------------------------------------------------------------------------------------
+
+    async def on_animate_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE, style: str | None,
+                                seed: int) -> None:
+        """🎬 under a picture: a clip of THAT picture (the button's own message), replying to it."""
+        query = update.callback_query
+        assert query is not None  # on_button checked
+        if not self.config.animate.enabled:
+            await query.answer(ANIMATE_OFF[:200], show_alert=True)
+            return
+        if style is not None and style not in self.config.styles:
+            await query.answer(f"This button asks for the style {style[:32]!r}, which I no longer have; please "
+                               f"send the photo again."[:200], show_alert=True)
+            return
+        if isinstance(query.message, Message) and query.message.animation is not None:  # only by a forged press
+            await query.answer("That is a clip already: press 🎬 under a picture.", show_alert=True)
+            return
+        try:  # a message older than 48 hours comes as an InaccessibleMessage, without its photo
+            picture = photo_in(query.message) if isinstance(query.message, Message) else None
+        except UserError:
+            picture = None
+        if picture is None:
+            await query.answer(PICTURE_GONE, show_alert=True)
+            return
+        if (picture.chat_id, picture.message_id) in self.animating:
+            await query.answer("I'm already animating this picture; the clip is on its way.")
+            return
+        await query.answer("Animating this picture…")
+        self.serve_in_task(context, update, picture, user_id=query.from_user.id, style=style, strength=None,
+                           seed=seed, how="🎬 button", kind=Kind.CLIP)
+
+    async def on_animate_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/animate [seconds]`` as a reply to a picture (on its own it answers with the usage)."""
+        message = message_of(update)
+        seconds = self.clip_seconds(" ".join(context.args or []))
+        self.animate(context, update, message.reply_to_message, seconds, ours=_from_bot(message.reply_to_message,
+                                                                                         context))
+
+    async def on_animate_caption(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A photo (or image file) captioned ``/animate [seconds]``: made clay first, then animated."""
+        message = message_of(update)
+        match = self.animate_caption.match(message.caption or "")
+        if match is None or not _for_this_bot(match.group(1), context):
+            return
+        self.animate(context, update, message, self.clip_seconds(match.group(2)), ours=False)
+
+    def animate(self, context: ContextTypes.DEFAULT_TYPE, update: Update, source: Message | None,
+                seconds: float | None, *, ours: bool) -> None:
+        """A clip of ``source``'s picture: claybot's own (``ours``) as it is, in the style its caption names; a
+        person's photo made clay first (one answer)."""
+        if source is not None and (source.animation is not None or source.video is not None):
+            raise UserError(f"That is a clip already. {ANIMATE_USAGE}")
+        picture = photo_in(source)
+        if picture is None:
+            raise UserError(ANIMATE_USAGE)
+        if (picture.chat_id, picture.message_id) in self.animating:
+            raise UserError("I'm already animating that picture; the clip is on its way.")
+        style = None
+        if ours and source is not None:  # "clay · strength 0.5 · seed 42…": the picture's style, for its motion
+            named = (source.caption or "").split(" · ")[0]
+            style = named if named in self.config.styles else None
+        self.serve_in_task(context, update, picture, user_id=asker(update), style=style, strength=None,
+                           how="/animate", kind=Kind.CLIP, seconds=seconds, clay_first=not ours)
+
+    def clip_seconds(self, text: str | None) -> float | None:
+        """``"3"`` or ``"2.5"`` → seconds (checked against [animate] when clips are on); empty → None."""
+        stripped = (text or "").strip()
+        if not stripped:
+            return None
+        if not SECONDS.fullmatch(stripped):
+            raise UserError(f"I could not read {stripped[:20]!r} as a number of seconds. {ANIMATE_USAGE}")
+        seconds = float(stripped.replace(",", "."))
+        if self.config.animate.enabled:  # else the flow says clips are off, which matters more
+            try:
+                clip_options(self.config.animate, seconds)
+            except BadRequest as err:
+                raise UserError(f"{err} {ANIMATE_USAGE}") from None
+        return seconds
+
     # -- running a request --------------------------------------------------------------------------------------------
 
     def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
                       user_id: int, style: str | None, strength: float | None, how: str,
-                      seed: int | None = None, speed: str | None = None) -> None:
-        """Serve the request in its own task, so the next update is handled at once."""
+                      seed: int | None = None, speed: str | None = None, kind: Kind = Kind.PICTURE,
+                      seconds: float | None = None, clay_first: bool = False) -> None:
+        """Serve the request in its own task, so the next update is handled at once. A clip (``kind``) of
+        ``photo`` replies to it, in a file Telegram lets bots upload."""
         bot = context.bot
+        clip = kind is Kind.CLIP
 
         async def fetch() -> bytes:
             return await download(bot, photo, self.flow, self.settings)
@@ -151,20 +257,27 @@ class TelegramRequests:
         ask = Ask(platform=PLATFORM, user_id=str(user_id), chat_id=str(photo.chat_id), download=fetch,
                   size=photo.size, style=style, strength=strength, seed=seed, speed=speed,
                   answer_to={"message_id": photo.message_id, "thread_id": photo.thread_id},
-                  origin=f"update:{update.update_id}")
+                  origin=f"update:{update.update_id}", kind=kind, seconds=seconds, clay_first=clay_first,
+                  max_bytes=CLIP_UPLOAD_LIMIT if clip else 0)
         reply = TelegramReply(bot, photo, uploading=self.uploading, on_sent=self.remember_result,
-                              speeds=self.config.speed_names())
-        logger.info("telegram request (%s) from user %s in chat %s on message %s: style %s, strength %s",
-                    how, user_id, photo.chat_id, photo.message_id, style or "default",
+                              speeds=self.config.speed_names(), animate=self.config.animate.enabled, clip=clip)
+        logger.info("telegram %srequest (%s) from user %s in chat %s on message %s: style %s, strength %s",
+                    "clip " if clip else "", how, user_id, photo.chat_id, photo.message_id, style or "default",
                     "default" if strength is None else f"{strength:g}")
+        key = (photo.chat_id, photo.message_id)
+        if clip:
+            self.animating.add(key)
         self.running.add(context.application.create_task(
-            self._serve(ask, reply), update=update, name=f"claybot-telegram-{photo.chat_id}-{photo.message_id}"))
+            self._serve(ask, reply, key if clip else None), update=update,
+            name=f"claybot-telegram-{photo.chat_id}-{photo.message_id}"))
 
-    async def _serve(self, ask: Ask, reply: TelegramReply) -> None:
+    async def _serve(self, ask: Ask, reply: TelegramReply, animating: tuple[int, int] | None = None) -> None:
         try:
             ask = dataclasses.replace(ask, nsfw=await self.nsfw(int(ask.chat_id)))
             await self.flow.handle(ask, reply, platform_limit=download_limit(self.settings))
         finally:
+            if animating is not None:
+                self.animating.discard(animating)
             await reply.finish()
 
     async def nsfw(self, chat_id: int) -> bool:
@@ -254,6 +367,11 @@ def message_of(update: Update) -> Message:
 def chat_scope(chat_id: int) -> str:
     """The settings-store scope of one Telegram chat."""
     return f"telegram:chat:{chat_id}"
+
+
+def _from_bot(message: Message | None, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """Whether claybot sent that message (its pictures are animated as they are)."""
+    return message is not None and message.from_user is not None and message.from_user.id == context.bot.id
 
 
 def _for_this_bot(name: str | None, context: ContextTypes.DEFAULT_TYPE) -> bool:

@@ -12,6 +12,9 @@ from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH
 
 COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")  # what Telegram accepts as a command
 SETTINGS_USAGE = "Group admins: /claysettings nsfw on (or off) lets me work on any photo in this chat."
+ANIMATE_COMMAND = "animate"
+ANIMATE_USAGE = ("Usage: /animate [seconds], as a reply to a picture: one of mine is animated as it is, a photo is "
+                 "made clay first. Example: /animate 3")
 PLAIN_PHOTO_HINT = ("Reply /clay to this photo (or /clay 0.6 to change it more) and I'll sculpt it in clay. "
                     "/help says more.")
 
@@ -26,12 +29,19 @@ def caption_pattern(commands: list[str]) -> re.Pattern[str]:
     return re.compile(rf"^/({'|'.join(map(re.escape, commands))})(?:@(\w+))?(?:\s+(.*))?$", re.DOTALL)
 
 
+def animate_pattern() -> re.Pattern[str]:
+    """A photo's caption ``/animate[@bot] [seconds]``: groups 1 the bot named, 2 the rest."""
+    return re.compile(rf"^/{ANIMATE_COMMAND}(?:@(\w+))?(?:\s+(.*))?$", re.DOTALL)
+
+
 def command_menu(config: Config) -> list[BotCommand]:
     """The commands Telegram lists in its menu."""
     default = config.pipeline.default_style
     commands = [BotCommand(name, "Sculpt a photo in clay: send with a photo or reply to one" if name == default
                            else f"The {name} style: send with a photo or reply to one")
                 for name in style_commands(config)]
+    if config.animate.enabled:
+        commands.append(BotCommand(ANIMATE_COMMAND, "A short clip of a picture: reply to one"))
     commands.append(BotCommand("claysettings", "This chat's settings (admins change them)"))
     commands.append(BotCommand("help", "How to use me"))
     return commands
@@ -58,6 +68,11 @@ def help_text(config: Config, bot_username: str | None) -> str:
                      f"version.")
     lines.append("• Under each picture: 🎲 Again (new seed), 💪 Stronger, 🪶 Weaker"
                  + (", and ⚡ Fast / 🎯 Best: the same picture at the other speed." if config.speed else "."))
+    if config.animate.enabled:
+        animate = config.animate
+        lines.append(f"• 🎬 Animate under a picture makes a short clip of it (about {animate.seconds:.0f} s, looping, "
+                     f"no sound). Or reply /animate [seconds] to a picture of mine, or to a photo (I make it clay "
+                     f"first): /animate 2.5.")
     others = [f"/{name}" for name in style_commands(config) if name != config.pipeline.default_style]
     if others:
         lines.append(f"Other styles: {' '.join(others)}.")
