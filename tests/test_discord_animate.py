@@ -217,6 +217,22 @@ async def test_animate_command_makes_the_photo_clay_first_then_answers_once_with
     assert (codec, frames, audio) == ("h264", 9, 0)  # 1 s at 8 fps, as the model makes it (8k+1)
 
 
+async def test_animate_it_on_a_persons_photo_makes_it_clay_first_and_links_the_clip_to_it(bot, fake):
+    mo = fake.user("mo")
+    photo = fake.attachment(PHOTO)
+    message = fake.post_message(fake.bob, "my cat", attachments=[photo])
+    menu = await fake.context_menu("Animate it", message, mo)
+    final = await fake.wait_for(clip_of(menu), timeout=JOB)
+
+    texts = statuses(fake, menu)
+    assert any(t.startswith("Sculpting") for t in texts) and any(t.startswith("Animating") for t in texts), texts
+    assert [call for call in fake.calls_of(menu) if call.files] == [final]
+    assert downloaded(fake, photo)
+    embed = final.json["embeds"][0]
+    assert embed["url"].endswith(f"/{message['channel_id']}/{message['id']}")  # the photo's message
+    assert decoded(mp4(final)[1])[:3] == ("h264", FRAMES, 0)
+
+
 @pytest.mark.parametrize("seconds, said", [(1e9, "up to 32.1 seconds"), (0.0, "not 0"), (-3.0, "not -3")])
 async def test_animate_with_a_silly_length_is_refused_at_once_without_fetching_the_photo(bot, fake, seconds, said):
     photo = fake.attachment(PHOTO)
