@@ -5,6 +5,7 @@ press does is the Results cog's (cogs/results.py)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,9 @@ from bot.flow import UserError, toggle_label
 if TYPE_CHECKING:
     from cogs.results import Results
 
+logger = logging.getLogger(__name__)
+
+UNKNOWN_BUTTON = "I don't know that button (it may be from an older claybot); please send the photo again."
 RESTARTING = "claybot is restarting; please try again in a minute."
 MAX_CUSTOM_ID = 100  # Discord's limit on a component's custom id
 RESULTS_COG = "Results"
@@ -25,11 +29,12 @@ BUTTONS = {  # action: (label, emoji, style)
     "weaker": ("Weaker", "\N{HEAVY MINUS SIGN}", discord.ButtonStyle.secondary),
     "delete": ("Delete", "\N{WASTEBASKET}", discord.ButtonStyle.danger),
 }
+ANIMATE = ("Animate", "\N{CLAPPER BOARD}", discord.ButtonStyle.success)  # a clip of this picture ([animate])
 TOGGLE = {"Fast": "\N{HIGH VOLTAGE SIGN}", "Best": "\N{DIRECT HIT}"}  # the "speed" button: same picture, other preset
 # ``clay:action:requester:style:strength:seed``, then ``:speed``, then ``:author``. The speed part is read loosely
 # here and checked against the config when pressed, so a preset the config no longer has gets an answer that says
 # so instead of a silent "interaction failed".
-CUSTOM_ID = (r"clay:(?P<action>again|stronger|weaker|delete|speed):(?P<requester>\d+):(?P<style>[\w.-]*)"
+CUSTOM_ID = (r"clay:(?P<action>again|stronger|weaker|delete|speed|animate):(?P<requester>\d+):(?P<style>[\w.-]*)"
              r":(?P<strength>\d*\.?\d+):(?P<seed>\d+)(?::(?P<speed>[^:]*)(?::(?P<author>\d+))?)?")
 
 
@@ -74,7 +79,7 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID
             label = toggle_label(state.speed or "default")
             emoji, style = TOGGLE[label], discord.ButtonStyle.secondary
         else:
-            label, emoji, style = BUTTONS[action]
+            label, emoji, style = ANIMATE if action == "animate" else BUTTONS[action]
         super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=state.custom_id(action)))
         self.action, self.state = action, state
 
@@ -102,15 +107,39 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID
 
 
 class ResultView(discord.ui.View):
-    """Again · Stronger · Weaker · Delete, and Fast / Best (``toggle``: the other preset) when the config has
-    presets; only Delete once the photo is gone (``reruns`` False). Persistent (no timeout)."""
+    """Again · Stronger · Weaker · Delete, Fast / Best (``toggle``: the other preset) when the config has presets,
+    and 🎬 Animate when clips are on (``animate``); only Delete once the photo is gone (``reruns`` False), and on a
+    clip. Persistent (no timeout)."""
 
-    def __init__(self, state: ResultState, toggle: str | None = None, *, reruns: bool = True) -> None:
+    def __init__(self, state: ResultState, toggle: str | None = None, *, reruns: bool = True,
+                 animate: bool = False) -> None:
         super().__init__(timeout=None)
         for action in BUTTONS if reruns else ("delete",):
             self.add_item(ResultButton(action, state))
         if toggle is not None and reruns:
             self.add_item(ResultButton("speed", dataclasses.replace(state, speed=toggle)))
+        if animate and reruns:
+            self.add_item(ResultButton("animate", state))
+
+
+class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=r"clay:.*"):
+    """A ``clay:`` button whose custom id none of ours matches (forged, or from a version that is gone): answered
+    with a line that says so, where discord.py would leave the person with "This interaction failed"."""
+
+    def __init__(self, custom_id: str) -> None:
+        super().__init__(discord.ui.Button(label="?", custom_id=custom_id[:MAX_CUSTOM_ID]))
+        self.known = re.fullmatch(CUSTOM_ID, custom_id) is not None  # then ResultButton answers it, not this
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> UnknownButton:
+        return cls(match.group(0))
+
+    async def callback(self, interaction: discord.Interaction) -> Any:
+        if self.known:
+            return
+        logger.info("discord: a button with an unknown custom id %r", self.custom_id[:MAX_CUSTOM_ID])
+        await interaction.response.send_message(UNKNOWN_BUTTON, ephemeral=True)
 
 
 def state_of(message: discord.Message) -> ResultState | None:

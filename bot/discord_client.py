@@ -5,7 +5,8 @@ Interactions are deferred at once and answered by editing their original respons
 15-minute interaction token answers in the channel instead. The pieces: bot/discord_photos.py (which image, where it
 was posted, fetching and fitting it), bot/discord_render.py (how a result looks, live and after a restart),
 bot/discord_buttons.py (the buttons' state in their custom ids, who may press), bot/discord_reply.py (one request's
-answers); the cogs: clay (/clay, "Clay it"), reactions, results (button presses, deleted photos), admin.
+answers); the cogs: clay (/clay, "Clay it"), animate (/animate, "Animate it"), reactions, results (button presses
+and the 🎬 Animate button, deleted photos), admin.
 """
 
 from __future__ import annotations
@@ -28,19 +29,20 @@ from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 
 from bot.config import Config, ConfigError
-from bot.discord_buttons import RESTARTING, ResultButton
+from bot.discord_buttons import RESTARTING, ResultButton, UnknownButton
 from bot.discord_photos import DiscordImage, PhotoMessage, find_photo
-from bot.discord_render import Requester, build_result
+from bot.discord_render import Requester, render
 from bot.discord_reply import RESULT_EVENT, ChannelReply, InteractionReply
 from bot.flow import CLOSE_GRACE, Ask, RequestFlow, RunningRequests, UserError, user_line
 from bot.outage import quiet_discord_reconnects
 from bot.store import ClaybotDatabase, store_path
 from pipeline.core.errors import ClaybotError
-from pipeline.core.jobs import Done
+from pipeline.core.intake import ANIMATE_OFF
+from pipeline.core.jobs import Done, Kind
 
 logger = logging.getLogger(__name__)
 
-COGS = ("cogs.clay", "cogs.reactions", "cogs.results", "cogs.admin")
+COGS = ("cogs.clay", "cogs.animate", "cogs.reactions", "cogs.results", "cogs.admin")
 NO_IMAGE = "That message has no image I can use: reply to one with a photo attached or an image link."
 STYLE_NAME = re.compile(r"[\w.-]{1,32}")  # style names travel in button custom ids (100 characters at most)
 START_TIMEOUT = 60.0
@@ -143,7 +145,8 @@ class ClayBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.session = aiohttp.ClientSession()
-        self.add_dynamic_items(ResultButton)  # every result's buttons, whenever they were sent (cogs/results.py)
+        # every result's buttons, whenever they were sent (cogs/results.py); a clay: button none of them is, answered
+        self.add_dynamic_items(ResultButton, UnknownButton)
         for name in COGS:
             await self.load_extension(name)
         self.synced = await self.sync_commands()
@@ -193,11 +196,16 @@ class ClayBot(commands.Bot):
 
     async def serve(self, interaction: discord.Interaction, photo: DiscordImage | None, *,
                     strength: float | None = None, seed: int | None = None, style: str | None = None,
-                    speed: str | None = None) -> None:
-        """One request from an interaction: refusals are ephemeral; else defer at once, then progress and answer."""
+                    speed: str | None = None, kind: Kind = Kind.PICTURE, seconds: float | None = None,
+                    clay_first: bool = False) -> None:
+        """One request from an interaction: refusals are ephemeral; else defer at once, then progress and answer.
+        A clip (``kind``) is made to fit the interaction's attachment limit (``clay_first``: of a person's photo,
+        made clay first)."""
         received = time.monotonic()
         if not self.taking:
             raise UserError(RESTARTING)
+        if kind is Kind.CLIP and not self.config.animate.enabled:  # an old button, a command Discord still lists
+            raise UserError(ANIMATE_OFF)
         settings = await self.guild_settings(interaction.guild_id)
         if not settings.allows(interaction.channel):
             raise UserError(settings.where())
@@ -211,7 +219,8 @@ class ClayBot(commands.Bot):
                   strength=strength if strength is not None else settings.strength,
                   group_id=str(interaction.guild_id or interaction.channel_id), nsfw=is_nsfw(interaction.channel),
                   answer_to=answer_to(interaction.user, photo.posted_in),
-                  origin=f"interaction:{interaction.id}", received=received)
+                  origin=f"interaction:{interaction.id}", received=received, kind=kind, seconds=seconds,
+                  clay_first=clay_first, max_bytes=interaction.filesize_limit if kind is Kind.CLIP else 0)
         logger.info("discord: %s from user %s in guild %s channel %s", _what(interaction), interaction.user.id,
                     interaction.guild_id, interaction.channel_id)
         with self.running.this_task():
@@ -390,9 +399,9 @@ class DiscordFrontEnd:
             requester, photo = recorded(answer_to)
             guild = getattr(channel, "guild", None)
             limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
-            message = await build_result(self.config, done, source, requester, limit, photo)
+            message = await render(self.config, done, source, requester, limit, photo)
             mention = f"<@{requester.id}> " if requester.id else ""
-            sent = await channel.send(f"{mention}here is your clay picture.", embed=message.embed,
+            sent = await channel.send(f"{mention}here is your {message.what}.", embed=message.embed,
                                       files=message.files, view=message.view, reference=reference,
                                       allowed_mentions=discord.AllowedMentions(users=[discord.Object(requester.id)]
                                                                                if requester.id else False))

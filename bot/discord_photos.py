@@ -98,6 +98,14 @@ def find_photo(message: discord.Message, session: aiohttp.ClientSession | None,
     return None
 
 
+def picture_of(message: discord.Message) -> discord.Attachment | None:
+    """A result message's clay picture: its image that is not the copy of the photo (None: it has none, e.g. a
+    clip's message, or a result whose picture was removed)."""
+    return next((attachment for attachment in message.attachments
+                 if attachment.filename != SOURCE_NAME and is_image(attachment.content_type, attachment.filename)),
+                None)
+
+
 async def fetch_capped(session: aiohttp.ClientSession, url: str, max_bytes: int) -> bytes:
     """Download an image of unknown size, giving up as soon as it passes ``max_bytes``."""
     too_large = UserError(f"That image is larger than the {max_bytes / 2**20:.0f} MB I can take.")

@@ -1,5 +1,6 @@
-"""How a result looks on Discord (embed, picture, copy of the photo, buttons), built in one place for live answers
-and for answers after a restart; and the same message without its re-runs once its photo is deleted."""
+"""How a result looks on Discord (embed, picture, copy of the photo, buttons; a clip: embed, MP4, Delete), built in
+one place for live answers and for answers after a restart; and the same message without its re-runs once its photo
+is deleted."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import discord
 from bot.config import Config
 from bot.discord_buttons import ResultState, ResultView
 from bot.discord_photos import SOURCE_NAME, PhotoMessage, fit_upload, source_copy
-from bot.flow import shorten, speed_toggle
-from pipeline.core.jobs import Done
+from bot.flow import UserError, shorten, speed_toggle
+from pipeline.core.jobs import MP4, Done
 
 CLAY_COLOUR = discord.Colour(0xB86B3C)
 PHOTO_GONE = "The photo this picture was made from was deleted, so I make no more pictures of it."
@@ -34,6 +35,37 @@ class ResultMessage:
     embed: discord.Embed
     files: list[discord.File]
     view: ResultView
+    what: str = "clay picture"  # what a message in the channel calls it: "here is your clay picture."
+
+
+async def render(config: Config, done: Done, source: bytes | None, requester: Requester, limit: int,
+                 photo: PhotoMessage | None = None) -> ResultMessage:
+    """A result as Discord shows it: a picture (``build_result``) or a clip (``build_clip``)."""
+    if done.media == MP4:
+        return build_clip(done, requester, limit, photo)
+    return await build_result(config, done, source, requester, limit, photo)
+
+
+def build_clip(done: Done, requester: Requester, limit: int, photo: PhotoMessage | None = None) -> ResultMessage:
+    """A clip: the MP4 as an attachment (Discord plays it inline, above the embed), an embed that says what it is
+    (style, seed, tags; its title links to the photo's message when there is one), and Delete. The worker
+    encoded it within the interaction's attachment limit; one over ``limit`` (a smaller limit here after a
+    restart) is refused rather than sent to be refused."""
+    if len(done.image) > limit:
+        raise UserError(f"The clip came out at {len(done.image) / 2**20:.1f} MB, over the "
+                        f"{limit / 2**20:.1f} MB I can upload here.")
+    embed = discord.Embed(title="\N{CLAPPER BOARD} Your clay clip", colour=CLAY_COLOUR,
+                          url=photo.link if photo else None,
+                          description=shorten(", ".join(done.tags), 300) if done.tags else "no tags")
+    embed.add_field(name="Style", value=done.style)
+    embed.add_field(name="Seed", value=str(done.seed))
+    if requester.name:
+        embed.set_footer(text=f"for {requester.name}")
+    files = [discord.File(io.BytesIO(done.image), filename=f"clay-{done.seed}.mp4")]
+    author = photo.author_id if photo is not None and photo.author_id != requester.id else None
+    view = ResultView(ResultState(requester.id, done.style, done.strength, done.seed, done.speed, author),
+                      reruns=False)
+    return ResultMessage(embed, files, view, "clay clip")
 
 
 async def build_result(config: Config, done: Done, source: bytes | None, requester: Requester, limit: int,
@@ -61,7 +93,7 @@ async def build_result(config: Config, done: Done, source: bytes | None, request
         embed.set_footer(text=f"for {requester.name}")
     author = photo.author_id if photo is not None and photo.author_id != requester.id else None
     view = ResultView(ResultState(requester.id, done.style, done.strength, done.seed, done.speed, author),
-                      toggle=speed_toggle(done.speed, config.speed_names()))
+                      toggle=speed_toggle(done.speed, config.speed_names()), animate=config.animate.enabled)
     return ResultMessage(embed, files, view)
 
 

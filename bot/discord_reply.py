@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.discord_photos import PhotoMessage
-from bot.discord_render import Requester, build_result
+from bot.discord_render import Requester, render
 from pipeline.core.jobs import Done
 
 if TYPE_CHECKING:
@@ -54,14 +54,14 @@ class InteractionReply(_KeepsPhoto):
 
     async def result(self, done: Done, caption: str) -> None:
         user = self.interaction.user
-        message = await build_result(self.bot.config, done, self.source, Requester(user.id, user.display_name),
-                                     self.interaction.filesize_limit, self.photo)
+        message = await render(self.bot.config, done, self.source, Requester(user.id, user.display_name),
+                               self.interaction.filesize_limit, self.photo)
         sent: discord.Message
         if self.token_alive():
             sent = await self.interaction.edit_original_response(content=None, embed=message.embed,
                                                                  attachments=message.files, view=message.view)
         else:
-            sent = await self._channel().send(f"{user.mention} here is your clay picture.", embed=message.embed,
+            sent = await self._channel().send(f"{user.mention} here is your {message.what}.", embed=message.embed,
                                               files=message.files, view=message.view)
         self.bot.dispatch(RESULT_EVENT, sent, self.photo)
 
@@ -105,8 +105,8 @@ class ChannelReply(_KeepsPhoto):
         return {"status_message_id": self.answer.id} if self.answer is not None else {}
 
     async def result(self, done: Done, caption: str) -> None:
-        message = await build_result(self.bot.config, done, self.source,
-                                     Requester(self.member.id, self.member.display_name), self.limit, self.photo)
+        message = await render(self.bot.config, done, self.source,
+                               Requester(self.member.id, self.member.display_name), self.limit, self.photo)
         await self._show(self.member.mention, embed=message.embed, files=message.files, view=message.view)
         self.bot.dispatch(RESULT_EVENT, self.answer, self.photo)
 

@@ -1,7 +1,8 @@
 """The results feature: what a result's buttons do, and what becomes of results whose photo is deleted.
 
-Again / Stronger / Weaker / Fast-Best make a new picture from the copy of the photo the result carries; Delete
-removes the result (its requester, or the photo's author). When the photo's own message is deleted, its results
+Again / Stronger / Weaker / Fast-Best make a new picture from the copy of the photo the result carries; 🎬 Animate
+makes a clip of the result's picture itself (the "Animate it" menu on a result comes here too); Delete removes the
+result (its requester, or the photo's author). When the photo's own message is deleted, its results
 stop offering re-runs: their re-run buttons and their copy of the photo are removed (the results this process
 posted, at once; any other, when one of its buttons is pressed)."""
 
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from bot.discord_buttons import RESULTS_COG, ResultState, state_of
-from bot.discord_photos import SOURCE_NAME, DiscordImage, PhotoMessage
+from bot.discord_buttons import RESULTS_COG, UNKNOWN_BUTTON, ResultState, state_of
+from bot.discord_photos import SOURCE_NAME, DiscordImage, PhotoMessage, picture_of
 from bot.discord_render import PHOTO_GONE, photo_of, without_reruns
 from bot.discord_reply import RESULT_EVENT
 from bot.flow import UserError, button_speed, variant
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Kind
 
 if TYPE_CHECKING:
     from bot.discord_client import ClayBot
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 MAX_PHOTOS = 10_000  # photo messages whose results are remembered (the oldest forgotten first)
 MAX_GONE = 10_000  # deleted photo messages remembered
+NO_PICTURE = "That message has no clay picture (any more), so I have nothing to animate."
 
 
 class Results(commands.Cog, name=RESULTS_COG):
@@ -39,8 +42,12 @@ class Results(commands.Cog, name=RESULTS_COG):
 
     # -- presses -----------------------------------------------------------------------------------------------------
 
-    async def press(self, interaction: discord.Interaction, action: str, state: ResultState) -> None:
-        """Delete the result, or make a new picture from the same photo."""
+    async def press(self, interaction: discord.Interaction, action: str, state: ResultState,
+                    message: discord.Message | None = None) -> None:
+        """Delete the result, make a new picture from the same photo, or a clip of the picture (``message``: the
+        result, when it is not the interaction's own, as for a context menu)."""
+        if not (MIN_STRENGTH <= state.strength <= MAX_STRENGTH and state.seed <= MAX_SEED):
+            raise UserError(UNKNOWN_BUTTON)  # a custom id of the right shape that no result of ours carries
         if action == "delete":  # who may: ResultButton.interaction_check
             await interaction.response.defer()  # for a button, the original response is the button's message
             try:
@@ -49,15 +56,23 @@ class Results(commands.Cog, name=RESULTS_COG):
                 if interaction.message is not None:
                     await interaction.message.delete()
             return
-        message = interaction.message
-        source = next((a for a in message.attachments if a.filename == SOURCE_NAME), None) if message else None
+        message = message or interaction.message
+        if action == "animate":  # the picture itself
+            source, missing = (picture_of(message) if message else None), NO_PICTURE
+        else:  # the copy of the photo it was made from
+            source = next((a for a in message.attachments if a.filename == SOURCE_NAME), None) if message else None
+            missing = "I no longer have the photo this picture was made from; please send it again."
         if message is None or source is None:
-            raise UserError("I no longer have the photo this picture was made from; please send it again.")
-        speed = button_speed(state.speed, self.bot.config.speed_names())
+            raise UserError(missing)
+        speed = None if action == "animate" else button_speed(state.speed, self.bot.config.speed_names())
         photo = photo_of(message, state)
         if photo is not None and await self._deleted(photo):
             await interaction.response.send_message(PHOTO_GONE, ephemeral=True)
             await self._strip(message, state)
+            return
+        if action == "animate":  # the picture as it is, in its style's motion, with its seed
+            await self.bot.serve(interaction, DiscordImage.from_attachment(source, photo), seed=state.seed,
+                                 style=state.style or None, kind=Kind.CLIP)
             return
         strength, seed = variant(action, state.strength, state.seed)
         await self.bot.serve(interaction, DiscordImage.from_attachment(source, photo), strength=strength, seed=seed,

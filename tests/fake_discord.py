@@ -302,15 +302,17 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
 
-    async def press(self, message_id: int, label: str, user: dict) -> FakeInteraction:
-        """Press the button labelled ``label`` on a stored message."""
+    async def press(self, message_id: int, label: str, user: dict, *,
+                    size_limit: int = 10 * 2**20) -> FakeInteraction:
+        """Press the button labelled ``label`` on a stored message (``size_limit``: the interaction's
+        attachment_size_limit)."""
         message = self.messages[message_id]
         buttons = [c for row in message["components"] for c in row.get("components", [])]
         button = next((b for b in buttons if b.get("label") == label), None)
         assert button is not None, f"no button {label!r} on message {message_id}: {buttons}"
         data = {"custom_id": button["custom_id"], "component_type": 2}
         interaction = self._interaction(3, data, user, permissions=MEMBER_PERMISSIONS,
-                                        channel_id=int(message["channel_id"]), size_limit=10 * 2**20,
+                                        channel_id=int(message["channel_id"]), size_limit=size_limit,
                                         message=message)
         await self.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
@@ -583,5 +585,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _content_type(filename: str) -> str:
     suffix = filename.rsplit(".", 1)[-1].lower()
-    return {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(
+    return {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+            "mp4": "video/mp4"}.get(
         suffix, "application/octet-stream")
