@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.flow import UserError, toggle_label
+from bot.options import UserError, toggle_label
 
 if TYPE_CHECKING:
     from cogs.results import Results

@@ -33,7 +33,8 @@ from bot.discord_buttons import RESTARTING, ResultButton, UnknownButton
 from bot.discord_photos import DiscordImage, PhotoMessage, find_photo
 from bot.discord_render import Requester, render
 from bot.discord_reply import RESULT_EVENT, ChannelReply, InteractionReply
-from bot.flow import CLOSE_GRACE, Ask, RequestFlow, RunningRequests, UserError, user_line
+from bot.flow import CLOSE_GRACE, Ask, RequestFlow, RunningRequests, user_line
+from bot.options import UserError
 from bot.outage import quiet_discord_reconnects
 from bot.store import ClaybotDatabase, store_path
 from pipeline.core.errors import ClaybotError

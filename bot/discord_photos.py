@@ -14,7 +14,8 @@ import discord
 import yarl
 from PIL import Image
 
-from bot.flow import RequestFlow, UserError, is_image, not_an_image
+from bot.flow import RequestFlow, is_image, not_an_image
+from bot.options import UserError
 from pipeline.core.errors import BadImage
 from pipeline.core.images import decode_thumbnail
 

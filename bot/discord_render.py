@@ -13,7 +13,8 @@ import discord
 from bot.config import Config
 from bot.discord_buttons import ResultState, ResultView
 from bot.discord_photos import SOURCE_NAME, PhotoMessage, fit_upload, source_copy
-from bot.flow import UserError, shorten, speed_toggle
+from bot.flow import shorten
+from bot.options import UserError, speed_toggle
 from pipeline.core.jobs import MP4, Done
 
 CLAY_COLOUR = discord.Colour(0xB86B3C)

@@ -1,15 +1,15 @@
 """The request flow both chat front ends share: check, download, queue, show progress, answer.
 
 A front end turns a platform event into an ``Ask`` (where the photo is, what was asked) and implements ``Reply``
-(how to show a status line, the result and an error on its platform). Everything else — option parsing, size
-limits, the queue, the wording, the pace of status edits (bot/pacing.py) — lives here, once.
+(how to show a status line, the result and an error on its platform). Everything else — size limits, the queue,
+the wording, a clip's chain (a photo made clay, then animated) — lives here, once; the reading of options and the
+buttons' rules in bot/options.py, the pace of status edits in bot/pacing.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -19,15 +19,13 @@ from bot.budget import PhotoBudget
 from bot.config import Config
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
 from bot.observability import Metrics, job_context
+from bot.options import UserError
 from bot.pacing import StatusLine, StatusPacer, edit_intervals
 from bot.running import CLOSE_GRACE, RunningRequests  # noqa: F401  (the front ends import them from here)
 from bot.store import ClaybotDatabase
-from pipeline.core import jobs
 from pipeline.core.errors import ClaybotError
 from pipeline.core.intake import ANIMATE_OFF, take_in
 from pipeline.core.jobs import (
-    MAX_STRENGTH,
-    MIN_STRENGTH,
     MP4,
     BadRequest,
     Done,
@@ -47,18 +45,12 @@ from pipeline.core.jobs import (
 
 logger = logging.getLogger(__name__)
 
-STRENGTH_STEP = 0.1
-USAGE = "Usage: /clay [strength 0.05–1], sent with a photo or as a reply to one. Example: /clay 0.6"
 FETCHING = "Got it; fetching your photo…"  # the first status line, as soon as a request is let in
 FETCH_FAILED = "I could not fetch that photo from Telegram; please send it again."
 CALM_LINE = "Something went wrong on my side; please try again."  # what a user sees of any failure of ours
 # What pipeline/core/images.py accepts (its ACCEPTED_FORMATS), by the names files have when a platform gives no type
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif", ".mpo")
 REFUSED_TYPES = ("image/tiff", "image/svg+xml")  # image types that platforms report and the pipeline cannot read
-
-
-class UserError(ClaybotError):
-    """Something the user can fix; the message says how."""
 
 
 @dataclass(frozen=True)
@@ -131,29 +123,6 @@ class FrontEnd(Protocol):
         restarted chat process answers (the original request is gone)."""
 
 
-# A number, then an optional "%": no two parts can match the same characters, so a failed match never backtracks.
-STRENGTH = re.compile(r"(\d+(?:[.,]\d+)?|[.,]\d+)\s*(%?)")
-MAX_STRENGTH_CHARS = 16  # "0.05", "60 %", "0,6": nothing longer is a strength, so nothing longer is parsed
-
-
-def parse_strength(text: str | None) -> float | None:
-    """``"0.6"``, ``"60%"`` or ``".6"`` → 0.6; empty → None (the style's default); anything else → UserError.
-
-    The text comes from strangers (a hostile client may send a caption of a megabyte): anything longer than a
-    strength can be is refused before any pattern looks at it."""
-    stripped = (text or "").strip()
-    if not stripped:
-        return None
-    match = STRENGTH.fullmatch(stripped) if len(stripped) <= MAX_STRENGTH_CHARS else None
-    if match is None:
-        raise UserError(f"I could not read {stripped[:20]!r} as a strength. {USAGE}")
-    value = float(match.group(1).replace(",", "."))
-    if match.group(2):
-        value /= 100
-    check_strength(value)
-    return value
-
-
 def is_image(content_type: str | None, filename: str | None) -> bool:
     """Whether a file the platform describes is an image claybot can work on: its MIME type when it tells, else its
     name. Checked before anything is downloaded; the worker reads the real format from the bytes."""
@@ -176,81 +145,6 @@ def user_line(error: BaseException, what: str, log: logging.Logger = logger) -> 
         return str(error)
     log.error("%s failed", what, exc_info=error)
     return CALM_LINE
-
-
-def variant(action: str, strength: float, seed: int) -> tuple[float, int | None]:
-    """The strength and seed of a result's "again", "stronger" or "weaker" (None: a new random seed).
-
-    Again keeps the strength and takes a new seed. Stronger and weaker move the strength a tenth and keep the seed,
-    so only the strength changes — except at the end of the range, where the strength cannot move: there they take
-    a new seed, so the button still makes a new picture. "speed" (the Fast/Best toggle) keeps both: only the speed
-    preset changes."""
-    if action == "again":
-        return strength, None
-    if action == "speed":
-        return strength, seed
-    moved = stronger(strength) if action == "stronger" else weaker(strength)
-    return moved, seed if moved != strength else None
-
-
-def speed_toggle(speed: str, speeds: list[str]) -> str | None:
-    """The preset a result's Fast/Best button switches to: from the default, the first [speed.*] preset ("Fast");
-    from any other, the default ("Best"). None when the config has no presets (no such button)."""
-    if len(speeds) < 2:
-        return None
-    return speeds[1] if speed == speeds[0] else speeds[0]
-
-
-def toggle_label(speed: str) -> str:
-    """The Fast/Best button's words for the preset it switches to."""
-    return "Best" if speed == "default" else "Fast"
-
-
-def button_speed(speed: str | None, speeds: list[str]) -> str | None:
-    """A button's speed preset, checked against the config's (None: old buttons, the style's own preset); a preset
-    the config no longer has → UserError that says so."""
-    if speed is not None and speed not in speeds:
-        raise UserError(f"This button asks for the speed {speed[:32]!r}, which I no longer have "
-                        f"(speeds: {', '.join(speeds)}); please send the photo again.")
-    return speed
-
-
-def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, str | None]:
-    """``"0.6 fast"``, ``"fast"``, ``"0.6"`` → (strength, speed preset); a word that names no preset → UserError.
-
-    ``speeds``: the config's presets ("default" among them; "best" is another name for it)."""
-    words = (text or "").split()
-    # Preset names start with a letter (the config checks); anything else is read, and refused, as a strength.
-    named = [word.lower() for word in words if word[:1].isalpha()]
-    speed = None
-    for word in named:
-        word = "default" if word == "best" and "best" not in speeds else word
-        if word not in speeds or speed is not None:
-            if len(speeds) == 1:  # no presets configured: the words can only have been meant as a strength
-                parse_strength(text)
-            raise UserError(f"I could not read {word[:20]!r}: give a strength and at most one speed "
-                            f"({', '.join(speeds)}). {USAGE} {speeds[-1].capitalize()}: /clay 0.6 {speeds[-1]}")
-        speed = word
-    rest = " ".join(word for word in words if not word[:1].isalpha())
-    return parse_strength(rest), speed
-
-
-def check_strength(value: float) -> float:
-    """A strength within the range users may ask for (the jobs' one rule), refused with the usage line."""
-    try:
-        return jobs.check_strength(value)
-    except BadRequest as err:
-        raise UserError(f"{err} {USAGE}") from None
-
-
-def stronger(strength: float) -> float:
-    """The "stronger" button's strength."""
-    return round(min(MAX_STRENGTH, strength + STRENGTH_STEP), 2)
-
-
-def weaker(strength: float) -> float:
-    """The "weaker" button's strength."""
-    return round(max(MIN_STRENGTH, strength - STRENGTH_STEP), 2)
 
 
 def shorten(text: str, limit: int) -> str:

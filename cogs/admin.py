@@ -11,7 +11,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_client import GuildSettings, guild_scope
-from bot.flow import MAX_STRENGTH, MIN_STRENGTH, UserError
+from bot.options import UserError
+from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH
 
 if TYPE_CHECKING:
     from bot.discord_client import ClayBot

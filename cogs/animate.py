@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot.discord_buttons import RESTARTING, RESULTS_COG, state_of
 from bot.discord_photos import DiscordImage, find_photo
-from bot.flow import UserError
+from bot.options import UserError
 from pipeline.core.intake import clip_options
 from pipeline.core.jobs import BadRequest, Kind
 

@@ -11,8 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_photos import DiscordImage, find_photo
-from bot.flow import MAX_STRENGTH, MIN_STRENGTH
-from pipeline.core.jobs import MAX_SEED
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH
 
 if TYPE_CHECKING:
     from bot.discord_client import ClayBot

@@ -19,7 +19,7 @@ from bot.discord_buttons import RESULTS_COG, UNKNOWN_BUTTON, ResultState, state_
 from bot.discord_photos import SOURCE_NAME, DiscordImage, PhotoMessage, picture_of
 from bot.discord_render import PHOTO_GONE, photo_of, without_reruns
 from bot.discord_reply import RESULT_EVENT
-from bot.flow import UserError, button_speed, variant
+from bot.options import UserError, button_speed, variant
 from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Kind
 
 if TYPE_CHECKING:

@@ -16,8 +16,9 @@ from PIL import Image
 
 from bot.discord_client import ClayBot, DiscordFrontEnd, guild_scope
 from bot.discord_photos import fit_upload
-from bot.flow import FETCHING, RequestFlow, UserError
+from bot.flow import FETCHING, RequestFlow
 from bot.observability import Metrics
+from bot.options import UserError
 from cogs.admin import parse_emoji
 from cogs.clay import clay_command
 from pipeline.core.errors import ClaybotError

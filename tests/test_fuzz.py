@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from bot.flow import MAX_STRENGTH, MIN_STRENGTH, UserError, parse_strength
+from bot.options import UserError, parse_strength
 from bot.telegram.buttons import parse_button
 from bot.telegram.help import caption_pattern
 from pipeline.core.errors import BadImage, TooLarge
 from pipeline.core.images import decode_photo, probe_photo
-from pipeline.core.jobs import MAX_SEED
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH
 from tests.conftest import photo_bytes
 
 LIMIT = 4_000_000

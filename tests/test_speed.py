@@ -404,7 +404,7 @@ def test_discord_clay_offers_a_speed_choice_only_when_there_are_presets():
     ("FAST 60%", (0.6, "fast")), ("best", (None, "default")), ("default 0.3", (0.3, "default")),
 ])
 def test_telegram_options_read_a_strength_and_a_preset_in_any_order(text, expected):
-    from bot.flow import parse_options
+    from bot.options import parse_options
 
     assert parse_options(text, ["default", "fast"]) == expected
 
@@ -415,14 +415,14 @@ def test_telegram_options_read_a_strength_and_a_preset_in_any_order(text, expect
     ("fast 7", "Strength must be between"), ("fast abc", "could not read 'abc'"),
 ])
 def test_telegram_options_refuse_what_they_cannot_read(text, message):
-    from bot.flow import UserError, parse_options
+    from bot.options import UserError, parse_options
 
     with pytest.raises(UserError, match=message):
         parse_options(text, ["default", "fast"])
 
 
 def test_without_presets_a_word_is_still_read_as_a_bad_strength():
-    from bot.flow import UserError, parse_options
+    from bot.options import UserError, parse_options
 
     with pytest.raises(UserError, match="as a strength"):
         parse_options("fast", ["default"])

@@ -15,7 +15,8 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.config import Config, ConfigError, parse_config
-from bot.flow import FETCHING, USAGE, RequestFlow, variant
+from bot.flow import FETCHING, RequestFlow
+from bot.options import USAGE, variant
 from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from bot.telegram.buttons import MAX_CALLBACK_DATA, button_data, parse_button, result_buttons

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.flow import speed_toggle, toggle_label, variant
+from bot.options import speed_toggle, toggle_label, variant
 from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, MP4, Done
 
 BUTTON_PREFIX = "c2"

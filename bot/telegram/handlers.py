@@ -22,7 +22,8 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot.config import Config
-from bot.flow import USAGE, Ask, RequestFlow, RunningRequests, UserError, button_speed, parse_options, user_line
+from bot.flow import Ask, RequestFlow, RunningRequests, user_line
+from bot.options import USAGE, UserError, button_speed, parse_options
 from bot.store import ClaybotDatabase
 from bot.telegram.buttons import parse_animate, parse_button
 from bot.telegram.help import (

@@ -9,7 +9,8 @@ from telegram import Update
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
-from bot.flow import FETCH_FAILED, UserError
+from bot.flow import FETCH_FAILED
+from bot.options import UserError
 from bot.outage import reason
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from telegram import Bot, Message
 from telegram.error import BadRequest, TelegramError
 
 from bot.config import TelegramSettings
-from bot.flow import RequestFlow, UserError, is_image, not_an_image
+from bot.flow import RequestFlow, is_image, not_an_image
+from bot.options import UserError
 from bot.telegram.hints import fetch_failed
 
 # Telegram's Bot API lets bots download files up to 20 MB; a self-hosted server in local mode has no such limit.
