@@ -79,6 +79,22 @@ class QueueStats:
     batches: list[int] = field(default_factory=list)
 
 
+# What a worker imports before it can load a model: seconds of CPU (transformers, diffusers, compel, torch).
+WORKER_IMPORTS = ["pipeline.gpu.worker", "pipeline.gpu.stylizer", "pipeline.gpu.animate", "pipeline.gpu.tagger"]
+
+
+def worker_context() -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
+    """How worker processes start: forked from a fork server that imported the GPU libraries once (where the
+    platform has one), so a worker, and every restart after a crash, starts without paying for those imports again;
+    the chat process itself still imports none of them. The server imports only: no model, no CUDA context (a forked
+    CUDA context would be unusable), so a worker initialises CUDA itself as a spawned one does. Elsewhere: spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_IMPORTS)
+    return context
+
+
 class LocalQueue:
     """Bounded in-process queue in front of one spawned pipeline worker."""
 
@@ -298,7 +314,7 @@ class LocalQueue:
         from pipeline.gpu.worker import child_main
 
         self._generation += 1
-        context = multiprocessing.get_context("spawn")
+        context = worker_context()
         parent_conn, child_conn = context.Pipe()
         process = context.Process(target=child_main, args=(self.gpu, child_conn, self._log_level),
                                   name=f"claybot-worker-{self._generation}", daemon=True)
