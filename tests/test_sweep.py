@@ -37,23 +37,22 @@ async def test_sweep_sheet_has_the_grid_size_labels_and_the_single_run_images(ti
     sheet_path = tmp_path / "sheet.png"
     _claybot("sweep", photo, "-o", sheet_path, "--strengths", "0.3,0.6", "--weights", "1,2", "--seed", SEED,
              "--config", tiny_config_path)
-    single_path = tmp_path / "single.png"
-    _claybot("stylize", photo, "-o", single_path, "--strength", 0.6, "--seed", SEED, "--config", tiny_config_path)
-
     sheet = Image.open(sheet_path)
-    single = Image.open(single_path)
-    cell = single.size
-    assert sheet.size == sheet_size(cell, len(STRENGTHS), len(WEIGHTS))
 
-    # Every cell equals a single run with the same seed and settings (the style's weight 2 via `claybot stylize`).
     def crop(strength, weight):
         return _pixels(sheet.crop(cell_box(cell, STRENGTHS.index(strength), WEIGHTS.index(weight))))
 
-    assert np.abs(crop(0.6, 2.0) - _pixels(single)).mean() < 0.5
+    # Every cell equals a job run alone with the same seed and settings; and the style's own weight (2, what a job
+    # that names no weight gets) is the weight-2 cell.
     config = load_config(tiny_config_path)
     queue = LocalQueue(config.gpu(), config.queue.model_copy(update={"batch_window": 0.0}))
     await queue.start()
     try:
+        plain = await (await submit(queue, photo.read_bytes(), strength=0.6, seed=SEED)).result(timeout=120)
+        single = Image.open(io.BytesIO(plain.image))
+        cell = single.size
+        assert sheet.size == sheet_size(cell, len(STRENGTHS), len(WEIGHTS))
+        assert np.abs(crop(0.6, 2.0) - _pixels(single)).mean() < 0.5
         for strength in STRENGTHS:
             for weight in WEIGHTS:
                 handle = await submit(queue, photo.read_bytes(), strength=strength, seed=SEED, trigger_weight=weight)
