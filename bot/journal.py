@@ -164,7 +164,7 @@ class Journal:
                     continue
                 wait = rows[-1][0] + seconds - now  # when the oldest of them leaves the window
                 if worst is None or wait > worst.retry_after:
-                    what = "clips" if clips else "pictures"
+                    what = ("clip" if clips else "picture") + ("s" if count != 1 else "")
                     worst = RateLimited(f"{who} asked for {count} {what} in the last {_window_name(seconds)}; "
                                         f"please ask again {wait_text(wait)}.", wait)
         return worst

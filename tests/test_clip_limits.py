@@ -49,6 +49,16 @@ async def test_a_person_over_the_clips_per_hour_is_refused_a_clip_but_still_gets
         await store.close()
 
 
+async def test_a_limit_of_one_clip_says_so_in_the_singular(tmp_path):
+    store, journal = await journal_with(tmp_path, clip_user_per_hour=1)
+    try:
+        await ask(journal, "1")
+        with pytest.raises(RateLimited, match="You have asked for 1 clip in the last hour;"):
+            await ask(journal, "1")
+    finally:
+        await store.close()
+
+
 async def test_a_chat_over_its_clips_per_hour_is_refused_a_clip(tmp_path):
     store, journal = await journal_with(tmp_path, clip_chat_per_hour=3)
     try:
@@ -103,7 +113,7 @@ async def test_a_database_from_before_clips_gets_the_kind_column_and_its_rows_co
     store, journal = await journal_with(tmp_path, clips_waiting=1, clip_user_per_hour=1)
     try:
         await ask(journal, "1")  # the old unanswered row is a picture: no clip is waiting
-        with pytest.raises(RateLimited, match="clips"):
+        with pytest.raises(RateLimited, match="You have asked for 1 clip in the last hour"):
             await ask(journal, "1")
         assert [entry.user_id for entry in await journal.unanswered()] == ["1"]
     finally:
