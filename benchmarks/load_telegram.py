@@ -1,13 +1,12 @@
 """Load test: many people at once through Telegram, against the real `claybot run` on the tiny models.
 
-    .venv/bin/python benchmarks/load_telegram.py [--users 50] [--requests 200] [--at-start] [--config CONFIG]
+    .venv/bin/python benchmarks/load_telegram.py [--users 50] [--requests 200] [--config tiny-models/config.toml]
 
 Starts our fake Bot API server on 127.0.0.1 and the unmodified ``claybot run`` (chat process + pipeline worker) with
-the config's limits, waits until it says it is running (its worker ready: ``--at-start`` posts as soon as it polls,
-while the worker is still loading), then has ``--users`` people post ``--requests`` captioned photos together: each
-in their own private chat and in a few shared groups. Every request must end with exactly one answer: its picture,
-or a clear "busy" / "rate limited" line. Prints how they ended, the chat process's peak memory (VmHWM: the worker
-is a process of its own) and the time from each photo to its first acknowledgement (p50/p95/max). Exits 1 if a request
+the config's limits, then has ``--users`` people post ``--requests`` captioned photos together: each in their own
+private chat and in a few shared groups. Every request must end with exactly one answer: its picture, or a clear
+"busy" / "rate limited" line. Prints how they ended, the chat process's peak memory (VmHWM: the worker is a
+process of its own) and the time from each photo to its first acknowledgement (p50/p95/max). Exits 1 if a request
 was lost, answered twice, or answered with anything else.
 """
 
@@ -45,7 +44,6 @@ REFUSALS = {
     "budget_busy": re.compile(r"^Lots of photos are on their way to me right now"),
 }
 IN_PROGRESS = ("Got it", "Queued", "Waiting", "Sculpting")  # status lines before the answer
-RUNNING = "claybot is running"  # what `claybot run` logs once its worker is ready (bot/service.py)
 
 
 @dataclass(eq=False)  # each request is itself (hashable by identity)
@@ -121,15 +119,6 @@ def _peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-async def _logged(log: Path, line: str, process: asyncio.subprocess.Process, *, timeout: float) -> None:
-    """Wait until the process has written ``line`` to its log."""
-    deadline = time.monotonic() + timeout
-    while line not in log.read_text(errors="replace"):
-        if process.returncode is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"claybot never logged {line!r}; see {log}")
-        await asyncio.sleep(0.1)
-
-
 def classify(fake: FakeTelegram, requests: list[Request]) -> None:
     """Each request's answers so far: pictures replying to it, and the last words of its status / text reply."""
     by_message = {(r.message["chat"]["id"], r.message["message_id"]): r for r in requests}
@@ -174,10 +163,9 @@ def mixed_chats(i: int, who: dict, users: int) -> dict:
 async def run_load(config_template: Path, folder: Path, *, users: int, requests: int, steps: int | None = None,
                    timeout: float = 600.0, photo: bytes | None = None,
                    changes: dict[str, dict[str, object]] | None = None,
-                   chat_of: Callable[[int, dict, int], dict] = mixed_chats, at_start: bool = False) -> Report:
+                   chat_of: Callable[[int, dict, int], dict] = mixed_chats) -> Report:
     """Start `claybot run` against the fake server, post the photos together (``photo``: default a small JPEG),
-    wait for every answer. ``changes`` go into the config; ``chat_of(i, person, users)``: where request i is posted;
-    ``at_start``: post as soon as it polls, not once its worker is ready."""
+    wait for every answer. ``changes`` go into the config; ``chat_of(i, person, users)``: where request i is posted."""
     fake = FakeTelegram(TOKEN)
     await fake.start()
     config = write_config(config_template, folder, fake, steps, changes)
@@ -188,8 +176,6 @@ async def run_load(config_template: Path, folder: Path, *, users: int, requests:
                                                    stderr=log)
     try:
         await fake.wait_for(lambda call: call.method == "getUpdates", timeout=180)
-        if not at_start:  # an ordinary burst meets a running claybot, not one whose worker is loading its models
-            await _logged(folder / "claybot.log", RUNNING, process, timeout=180)
         people = [user(5000 + i, f"Person {i}") for i in range(users)]
         photo = photo if photo is not None else photo_bytes((128, 96))
         started = time.monotonic()
@@ -242,8 +228,6 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--config", type=Path, default=None, help="default: tiny models in a temporary folder")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per job; default: the config's")
-    parser.add_argument("--at-start", action="store_true",
-                        help="post as soon as claybot polls, while its worker still loads (before 2026-12-04: always)")
     args = parser.parse_args()
     import tempfile
 
@@ -251,8 +235,7 @@ def main() -> int:
 
     config = ensure_config(args.config)
     folder = Path(tempfile.mkdtemp(prefix="claybot-load-"))
-    report = asyncio.run(run_load(config, folder, users=args.users, requests=args.requests, steps=args.steps,
-                                  at_start=args.at_start))
+    report = asyncio.run(run_load(config, folder, users=args.users, requests=args.requests, steps=args.steps))
     print("\n".join(report.lines()))
     print(f"(claybot's log: {folder / 'claybot.log'})")
     return 1 if report.problems else 0
