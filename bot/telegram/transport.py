@@ -9,8 +9,10 @@ getUpdates keeps PTB's client (bot/outage.py watches it for outages).
 from __future__ import annotations
 
 import logging
+import ssl
 
 import aiohttp
+import certifi
 from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, TimedOut
@@ -37,7 +39,9 @@ class AiohttpRequest(BaseRequest):
     async def initialize(self) -> None:
         """Open the session (in the running event loop)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections)
+            # certifi's authorities, as PTB's httpx client trusts: a slim container may have no system store
+            tls = ssl.create_default_context(cafile=certifi.where())
+            connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections, ssl=tls)
             # PTB reads the answers itself (BaseRequest.parse_json_payload); no cookies, no Expect headers.
             self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
                                                   headers={"User-Agent": self.USER_AGENT})
