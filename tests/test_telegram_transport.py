@@ -68,6 +68,40 @@ async def test_a_bot_api_that_is_away_is_a_network_error_without_the_token(unuse
     assert TOKEN not in str(err.value)
 
 
+async def serve(handler) -> web.AppRunner:
+    """A bare HTTP server on 127.0.0.1 answering every path with ``handler``."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+async def test_a_slow_download_that_keeps_coming_is_not_cut_off():
+    # A big photo over a slow link: each wait for bytes is bounded, not the whole download (as PTB's own client).
+    chunk = b"x" * 1000
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(12):  # 1.2 s in all, never 0.3 s without bytes
+            await response.write(chunk)
+            await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
+
+    runner = await serve(trickle)
+    request = AiohttpRequest(connections=4, pool_timeout=5.0, read_timeout=0.3)
+    await request.initialize()
+    try:
+        data = await request.retrieve(f"http://127.0.0.1:{runner.addresses[0][1]}/file/bot{TOKEN}/photo.jpg")
+    finally:
+        await request.shutdown()
+        await runner.cleanup()
+    assert data == chunk * 12
+
+
 async def test_a_silent_bot_api_times_out_instead_of_hanging():
     answered = asyncio.Event()
 
@@ -75,12 +109,7 @@ async def test_a_silent_bot_api_times_out_instead_of_hanging():
         await answered.wait()
         return web.json_response({"ok": True, "result": True})
 
-    app = web.Application()
-    app.router.add_route("*", "/{bot}/{method}", silent)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner = await serve(silent)
     port = runner.addresses[0][1]
     try:
         request = AiohttpRequest(connections=4, pool_timeout=5.0, read_timeout=0.3)

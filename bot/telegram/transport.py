@@ -20,15 +20,17 @@ from telegram.request import BaseRequest, RequestData
 
 logger = logging.getLogger(__name__)
 
+UPLOAD_DEADLINE = 300.0  # seconds an upload may take in all: 10 MB at about 300 kbit/s
+
 
 class AiohttpRequest(BaseRequest):
     """Bot API calls and file downloads through one aiohttp session of at most ``connections`` connections."""
 
     def __init__(self, *, connections: int, pool_timeout: float, connect_timeout: float = 5.0,
-                 read_timeout: float = 5.0, media_write_timeout: float = 20.0) -> None:
+                 read_timeout: float = 5.0, upload_deadline: float = UPLOAD_DEADLINE) -> None:
         self.connections = connections
         self.pool_timeout, self.connect_timeout = pool_timeout, connect_timeout
-        self._read_timeout, self.media_write_timeout = read_timeout, media_write_timeout
+        self._read_timeout, self.upload_deadline = read_timeout, upload_deadline
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -62,11 +64,11 @@ class AiohttpRequest(BaseRequest):
         read = self._read_timeout if isinstance(read_timeout, DefaultValue) else read_timeout
         connect = self.connect_timeout if isinstance(connect_timeout, DefaultValue) else connect_timeout
         pool = self.pool_timeout if isinstance(pool_timeout, DefaultValue) else pool_timeout
-        files = request_data is not None and request_data.contains_files
-        write = (self.media_write_timeout if files else read) if isinstance(write_timeout, DefaultValue) \
-            else write_timeout
-        # aiohttp has no write timeout of its own: sending an upload and reading its answer share one deadline.
-        timeout = aiohttp.ClientTimeout(total=None if write is None or read is None else write + read,
+        # Like PTB's own client, time-outs bound each wait (for a connection, for the next bytes), not the whole
+        # call: a big photo on a slow link keeps going while bytes keep coming. aiohttp has no time-out per write,
+        # so an upload (a picture) has an overall deadline instead, a stuck one never holds its request for good.
+        uploading = request_data is not None and request_data.contains_files
+        timeout = aiohttp.ClientTimeout(total=self.upload_deadline if uploading else None,
                                         connect=None if pool is None or connect is None else pool + connect,
                                         sock_connect=connect, sock_read=read)
         try:
