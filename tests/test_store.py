@@ -273,3 +273,17 @@ async def test_a_database_from_before_is_converted_once_so_it_can_shrink(tmp_pat
     async with ClaybotDatabase(path) as store:
         assert await store.get_int("g", "k", 0) == 1
     assert sqlite3.connect(path).execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
+
+
+async def test_a_caller_that_gives_up_on_its_database_work_does_not_stall_the_others(tmp_path):
+    # A request cancelled (its chat process closing, a time-out) while its work waits for the thread: the others
+    # in the same trip still get their results, and the database keeps serving.
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
+        callers = [asyncio.create_task(store.run(lambda db: db.execute("SELECT 1").fetchone()[0]))
+                   for _ in range(10)]
+        await asyncio.sleep(0)  # every caller has asked
+        callers[3].cancel()
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+        assert isinstance(outcomes[3], asyncio.CancelledError)
+        assert [o for i, o in enumerate(outcomes) if i != 3] == [1] * 9
+        assert await store.run(lambda db: db.execute("SELECT 2").fetchone()[0]) == 2
