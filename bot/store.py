@@ -3,8 +3,10 @@ journal of accepted jobs (``bot.journal``), which shares its connection.
 
 A *scope* names whose settings they are (``"discord:guild:123"``, ``"telegram:chat:-100…"``, ``"discord:app:42"``);
 values are stored as JSON. SQLite runs in a thread of its own (never queued behind other work) so the event loop
-never waits on the disk, and each scope is cached after its first read, so a setting changed here applies to the
-next event at once.
+never waits on the disk. Every setting is read into memory when the database opens (a few small rows per chat), so
+reading one never waits for that thread, and a setting changed here applies to the next event at once. Work asked
+of the thread while it is busy goes there together in its next trip: a burst of requests makes a few trips, not
+one each (each trip wakes a thread and the event loop again, which a burst of 200 photos felt).
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ class ClaybotDatabase:
         self._lock = threading.Lock()  # one connection, one thread: the lock only guards against misuse
         self._thread: ThreadPoolExecutor | None = None
         self._cache: dict[str, dict[str, Any]] = {}
+        self._complete = False  # every stored setting is in the cache: a scope missing there has none
         self._writing = asyncio.Lock()  # a scope read into the cache never races a write to it
+        self._next_trip: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
+        self._trips: asyncio.Task | None = None
 
     async def __aenter__(self) -> ClaybotDatabase:
         await self.open()
@@ -99,6 +104,10 @@ class ClaybotDatabase:
         if self._db is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claybot-db")
             self._db = await self._in_thread(self._connect)
+            rows = await self._in_thread(self._query, "SELECT scope, key, value FROM settings", ())
+            for scope, key, value in rows:
+                self._cache.setdefault(scope, {})[key] = json.loads(value)
+            self._complete = True
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -127,6 +136,7 @@ class ClaybotDatabase:
         """Close the database; the store can be opened again."""
         db, self._db = self._db, None
         self._cache.clear()
+        self._complete = False
         if db is not None:
             await self._in_thread(self._locked, db.close)
         if self._thread is not None:
@@ -180,6 +190,8 @@ class ClaybotDatabase:
 
     async def _scope(self, scope: str) -> dict[str, Any]:
         cached = self._cache.get(scope)
+        if cached is None and self._complete:
+            return {}
         if cached is None:
             async with self._writing:
                 cached = self._cache.get(scope)  # read by the task that held the lock before: one read per scope
@@ -203,8 +215,8 @@ class ClaybotDatabase:
                                     "VALUES (?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET "
                                     "value = excluded.value, updated_at = excluded.updated_at",
                                     (scope, key, text, time.time()))
-            if scope in self._cache:
-                self._cache[scope][key] = json.loads(text)  # the stored form: tuples become lists
+            if scope in self._cache or self._complete:
+                self._cache.setdefault(scope, {})[key] = json.loads(text)  # the stored form: tuples become lists
 
     async def delete(self, scope: str, key: str) -> None:
         """Remove one setting."""
@@ -229,16 +241,51 @@ class ClaybotDatabase:
             raise StoreError(f"settings database {self.path}: {err}") from None
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work(connection)`` in the database thread, alone (for a transaction of several statements)."""
-        def locked() -> T:
-            if self._db is None:
-                raise StoreError("the database is not open")
-            try:
-                return self._locked(lambda: work(self._db))
-            except sqlite3.Error as err:
-                raise StoreError(f"database {self.path}: {err}") from None
+        """Run ``work(connection)`` in the database thread, alone (for a transaction of several statements), after
+        every work asked for before it; those asked for together share one trip to the thread."""
+        if self._thread is None:
+            raise StoreError("the database is not open")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        self._next_trip.append((work, done))
+        if self._trips is None or self._trips.done() or self._trips.get_loop() is not loop:
+            self._trips = loop.create_task(self._take_trips(), name="claybot-db-trips")
+        return await done
 
-        return await self._in_thread(locked)
+    async def _take_trips(self) -> None:
+        """Carry the works asked for to the database thread, all those waiting at once, until none is left."""
+        while self._next_trip:
+            trip, self._next_trip = self._next_trip, []
+            try:
+                outcomes = await self._in_thread(self._run_trip, [work for work, _ in trip])
+            except asyncio.CancelledError:  # the event loop is ending: so are the works' callers
+                for _, done in trip + self._next_trip:
+                    done.cancel()
+                raise
+            except Exception as err:  # the thread is gone (the database closed): every work of the trip hears it
+                outcomes = [(False, err)] * len(trip)
+            for (_, done), (ok, value) in zip(trip, outcomes, strict=True):
+                if done.done():  # its caller was cancelled meanwhile
+                    continue
+                if ok:
+                    done.set_result(value)
+                else:
+                    done.set_exception(value)
+
+    def _run_trip(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        """In the database thread: each work in turn, each with its own outcome (a result, or its error)."""
+        outcomes: list[tuple[bool, Any]] = []
+        for work in works:
+            try:
+                if self._db is None:
+                    raise StoreError("the database is not open")
+                db = self._db
+                outcomes.append((True, self._locked(lambda: work(db))))  # noqa: B023 (called at once)
+            except sqlite3.Error as err:
+                outcomes.append((False, StoreError(f"database {self.path}: {err}")))
+            except Exception as err:
+                outcomes.append((False, err))
+        return outcomes
 
     async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
         if self._thread is None:

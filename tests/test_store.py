@@ -186,17 +186,51 @@ async def test_a_job_the_journal_kept_is_run_again_after_a_restart_and_answered_
     assert chat.delivered == [("-100", done, caption(done), {"message_id": 5}, job.image)]
 
 
-async def test_a_scope_read_by_many_tasks_at_once_is_read_from_the_file_once(tmp_path, monkeypatch):
-    # A burst of requests from one chat all look up its settings together: one read, not one each in a row.
-    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
+async def test_settings_looked_up_by_a_burst_need_no_trip_to_the_file(tmp_path, monkeypatch):
+    # A burst of requests from many chats all look up their settings together: every setting was read when the
+    # database opened, so none of them waits for the database thread (a chat with no settings has the defaults).
+    path = tmp_path / "s.sqlite3"
+    async with ClaybotDatabase(path) as store:
         await store.set("telegram:chat:1", "nsfw", True)
-        store._cache.clear()
+    async with ClaybotDatabase(path) as store:
         reads = []
         query = store._query
         monkeypatch.setattr(store, "_query", lambda sql, params: reads.append(sql) or query(sql, params))
-        values = await asyncio.gather(*(store.get_bool("telegram:chat:1", "nsfw", False) for _ in range(50)))
-        assert values == [True] * 50
-        assert len(reads) == 1
+        values = await asyncio.gather(*(store.get_bool(f"telegram:chat:{1 + i % 2}", "nsfw", False)
+                                        for i in range(50)))
+        assert values == [True, False] * 25
+        assert reads == []
+        await store.set("telegram:chat:2", "nsfw", True)  # a scope that had nothing stored
+        assert await store.get_bool("telegram:chat:2", "nsfw", False)
+
+
+async def test_database_work_asked_for_together_shares_trips_to_its_thread_and_keeps_its_order(tmp_path):
+    # 200 admissions at once must not make 200 trips (each wakes a thread and the event loop); each still gets
+    # its own result or its own error, in the order asked.
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
+        trips = []
+        run_trip = store._run_trip
+        store._run_trip = lambda works: trips.append(len(works)) or run_trip(works)
+        await store.run(lambda db: db.execute("CREATE TABLE seen (n INTEGER)"))
+        trips.clear()
+
+        def work(n: int):
+            def insert(db):
+                if n == 7:
+                    db.execute("INSERT INTO no_such_table VALUES (1)")
+                if n == 8:
+                    raise ValueError("eight")
+                db.execute("INSERT INTO seen VALUES (?)", (n,))
+                return n
+            return insert
+
+        outcomes = await asyncio.gather(*(store.run(work(n)) for n in range(200)), return_exceptions=True)
+        assert [o for o in outcomes if isinstance(o, int)] == [n for n in range(200) if n not in (7, 8)]
+        assert isinstance(outcomes[7], StoreError) and "no_such_table" in str(outcomes[7])
+        assert isinstance(outcomes[8], ValueError)
+        assert sum(trips) == 200 and len(trips) <= 3, trips
+        rows = await store.run(lambda db: db.execute("SELECT n FROM seen").fetchall())
+        assert [n for (n,) in rows] == [n for n in range(200) if n not in (7, 8)]
 
 
 async def test_photos_dropped_from_the_journal_give_their_room_back_to_the_disk(tmp_path):
@@ -239,3 +273,17 @@ async def test_a_database_from_before_is_converted_once_so_it_can_shrink(tmp_pat
     async with ClaybotDatabase(path) as store:
         assert await store.get_int("g", "k", 0) == 1
     assert sqlite3.connect(path).execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
+
+
+async def test_a_caller_that_gives_up_on_its_database_work_does_not_stall_the_others(tmp_path):
+    # A request cancelled (its chat process closing, a time-out) while its work waits for the thread: the others
+    # in the same trip still get their results, and the database keeps serving.
+    async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
+        callers = [asyncio.create_task(store.run(lambda db: db.execute("SELECT 1").fetchone()[0]))
+                   for _ in range(10)]
+        await asyncio.sleep(0)  # every caller has asked
+        callers[3].cancel()
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+        assert isinstance(outcomes[3], asyncio.CancelledError)
+        assert [o for i, o in enumerate(outcomes) if i != 3] == [1] * 9
+        assert await store.run(lambda db: db.execute("SELECT 2").fetchone()[0]) == 2

@@ -28,6 +28,7 @@ from bot.telegram.handlers import TelegramRequests
 from bot.telegram.help import ANIMATE_COMMAND, command_menu
 from bot.telegram.hints import hint_for_plain_message
 from bot.telegram.render import CAPTION_LIMIT, reply_to, send_result
+from bot.telegram.transport import AiohttpRequest
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import Done
 
@@ -35,15 +36,15 @@ logger = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
 POLL_TIMEOUT = 10  # seconds a getUpdates long poll waits for news
-# httpcore scans its whole pool (quadratically) whenever a request starts or ends: PTB's default of 256 connections
-# made a burst of 200 photos spend a third of the chat process's CPU there. Fewer, with a longer wait for a free one.
+# Connections to the Bot API for every call but getUpdates (bot/telegram/transport.py), and how long a call may wait
+# for a free one: a burst of 200 photos makes that many calls at once.
 CONNECTIONS = 32
 POOL_TIMEOUT = 30.0  # seconds a call may wait for a free connection (PTB's default, 1 s, fails calls in a burst)
 
 # A logger's filters see only the records logged on it, not its children's: name each logger that may quote a URL.
 TOKEN_QUOTING_LOGGERS = ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",
                          "telegram.ext", *(f"bot.telegram.{name}" for name in ("app", "handlers", "photos", "render",
-                                                                              "reply")))
+                                                                              "reply", "transport")))
 
 
 def hide_token_in_logs(token: str) -> None:
@@ -68,7 +69,7 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         .base_url(settings.api_base_url)
         .base_file_url(settings.file_base_url)
         .local_mode(settings.local_mode)
-        .connection_pool_size(CONNECTIONS).pool_timeout(POOL_TIMEOUT)
+        .request(AiohttpRequest(connections=CONNECTIONS, pool_timeout=POOL_TIMEOUT))
         .get_updates_request(telegram_polling(outage := Outage("the Telegram Bot API")))
         .build()
     )

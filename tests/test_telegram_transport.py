@@ -1,0 +1,124 @@
+"""The Bot API calls over aiohttp (bot/telegram/transport.py), with the real python-telegram-bot ``Bot``: uploads
+arrive whole, the Bot API's refusals keep their kind and words, and a server that is away or silent becomes PTB's
+NetworkError / TimedOut (never a hang, never the token in the message)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+from telegram import Bot
+from telegram.error import BadRequest, NetworkError, TimedOut
+
+from bot.telegram.transport import AiohttpRequest
+from tests.conftest import photo_bytes
+from tests.fake_telegram import FakeTelegram, private_chat, user
+
+pytestmark = pytest.mark.asyncio
+
+TOKEN = "555004:fake-telegram-token-transport"
+ALICE = user(1001, "Alice")
+
+
+def bot_at(base_url: str, *, read_timeout: float = 5.0) -> Bot:
+    request = AiohttpRequest(connections=4, pool_timeout=5.0, read_timeout=read_timeout)
+    return Bot(TOKEN, base_url=base_url, base_file_url=base_url.replace("/bot", "/file/bot"), request=request,
+               get_updates_request=AiohttpRequest(connections=1, pool_timeout=5.0))
+
+
+async def test_a_photo_upload_and_its_fields_arrive_whole_and_a_download_comes_back_whole():
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    picture = photo_bytes((96, 64))
+    try:
+        asked = await fake.send_photo(private_chat(ALICE), ALICE, photo_bytes((32, 24)), caption="/clay")
+        async with bot_at(fake.api_base_url) as bot:
+            sent = await bot.send_photo(ALICE["id"], picture, caption="clay · strength 0.5 — ünïcode",
+                                        reply_to_message_id=asked["message_id"], filename="clay.png")
+            fetched = await (await bot.get_file(sent.photo[-1].file_id)).download_as_bytearray()
+    finally:
+        await fake.close()
+    (call,) = fake.calls_to("sendPhoto")
+    assert call.files["photo"] == picture
+    assert call.params["caption"] == "clay · strength 0.5 — ünïcode"
+    assert call.reply_to == asked["message_id"]
+    assert bytes(fetched) == picture
+
+
+async def test_a_refusal_keeps_its_kind_and_words():
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    try:
+        async with bot_at(fake.api_base_url) as bot:
+            with pytest.raises(BadRequest, match="(?i)chat not found"):
+                await bot.send_message(424242, "hello")
+    finally:
+        await fake.close()
+
+
+async def test_a_bot_api_that_is_away_is_a_network_error_without_the_token(unused_tcp_port):
+    request = AiohttpRequest(connections=4, pool_timeout=5.0)
+    await request.initialize()
+    try:
+        with pytest.raises(NetworkError) as err:
+            await request.post(f"http://127.0.0.1:{unused_tcp_port}/bot{TOKEN}/sendMessage")
+    finally:
+        await request.shutdown()
+    assert TOKEN not in str(err.value)
+
+
+async def serve(handler) -> web.AppRunner:
+    """A bare HTTP server on 127.0.0.1 answering every path with ``handler``."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+async def test_a_slow_download_that_keeps_coming_is_not_cut_off():
+    # A big photo over a slow link: each wait for bytes is bounded, not the whole download (as PTB's own client).
+    chunk = b"x" * 1000
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(12):  # 1.2 s in all, never 0.3 s without bytes
+            await response.write(chunk)
+            await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
+
+    runner = await serve(trickle)
+    request = AiohttpRequest(connections=4, pool_timeout=5.0, read_timeout=0.3)
+    await request.initialize()
+    try:
+        data = await request.retrieve(f"http://127.0.0.1:{runner.addresses[0][1]}/file/bot{TOKEN}/photo.jpg")
+    finally:
+        await request.shutdown()
+        await runner.cleanup()
+    assert data == chunk * 12
+
+
+async def test_a_silent_bot_api_times_out_instead_of_hanging():
+    answered = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        await answered.wait()
+        return web.json_response({"ok": True, "result": True})
+
+    runner = await serve(silent)
+    port = runner.addresses[0][1]
+    try:
+        request = AiohttpRequest(connections=4, pool_timeout=5.0, read_timeout=0.3)
+        await request.initialize()
+        try:
+            with pytest.raises(TimedOut):
+                await asyncio.wait_for(request.post(f"http://127.0.0.1:{port}/bot{TOKEN}/sendMessage"), 10)
+        finally:
+            await request.shutdown()
+    finally:
+        answered.set()
+        await runner.cleanup()
