@@ -45,8 +45,9 @@ class AiohttpRequest(BaseRequest):
             tls = ssl.create_default_context(cafile=certifi.where())
             connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections, ssl=tls)
             # PTB reads the answers itself (BaseRequest.parse_json_payload); no cookies, no Expect headers.
+            # trust_env: HTTPS_PROXY and the like, as PTB's httpx client honours them
             self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                                  headers={"User-Agent": self.USER_AGENT})
+                                                  headers={"User-Agent": self.USER_AGENT}, trust_env=True)
 
     async def shutdown(self) -> None:
         """Close the session and its connections."""
