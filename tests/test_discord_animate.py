@@ -306,7 +306,7 @@ async def test_two_presses_at_once_over_the_clip_limit_make_one_clip_and_one_cle
             call.method == "POST" and call.path.endswith(p.token)), timeout=JOB)
         (clips if answer.files else refusals).append(answer)
     assert len(clips) == 1 and len(refusals) == 1, (clips, refusals)
-    assert refusals[0].json["flags"] == EPHEMERAL and "clips in the last hour" in refusals[0].json["content"]
+    assert refusals[0].json["flags"] == EPHEMERAL and "clip in the last hour" in refusals[0].json["content"]
     assert decoded(mp4(clips[0])[1])[:3] == ("h264", FRAMES, 0)
 
 

@@ -102,6 +102,7 @@ async def test_a_person_over_their_limit_is_told_when_to_ask_again_and_can_once_
     for _ in range(2):
         sent = await guarded.fake.send_photo(chat, alice, PHOTO, caption="/clay")
         await guarded.picture_for(sent)
+        await settled(guarded)  # answered in the journal too: she has no photo waiting (limits.user_queued = 1)
         clock.now += 10
     sent = await guarded.fake.send_photo(chat, alice, PHOTO, caption="/clay")
     refusal = await guarded.text_for(sent)

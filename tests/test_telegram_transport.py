@@ -122,3 +122,36 @@ async def test_a_silent_bot_api_times_out_instead_of_hanging():
     finally:
         answered.set()
         await runner.cleanup()
+
+
+async def test_calls_go_through_the_proxy_the_environment_names_unless_no_proxy_names_the_host(monkeypatch):
+    # Operators behind a proxy set HTTPS_PROXY (HTTP_PROXY for a plain-HTTP Bot API server), as PTB's client honoured.
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:  # a forward proxy gets the whole URL
+        seen.append(str(request.url))
+        return web.json_response({"ok": True, "result": {"id": 5, "is_bot": True, "first_name": "claybot",
+                                                         "username": "claybot_test_bot"}})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with bot_at("http://api.telegram.invalid/bot") as bot:  # a name that resolves nowhere: only a proxy
+            assert (await bot.get_me()).username == "claybot_test_bot"
+        assert seen and all(url.endswith("/getMe") and "api.telegram.invalid" in url for url in seen)
+        through_proxy = len(seen)
+        monkeypatch.setenv("NO_PROXY", "api.telegram.invalid")
+        with pytest.raises(NetworkError):
+            async with bot_at("http://api.telegram.invalid/bot") as bot:
+                await bot.get_me()
+        assert len(seen) == through_proxy  # straight to the (unreachable) host, not through the proxy
+    finally:
+        await runner.cleanup()

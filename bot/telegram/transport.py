@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import ssl
+import urllib.request
+from urllib.parse import urlsplit
 
 import aiohttp
 import certifi
@@ -32,6 +34,9 @@ class AiohttpRequest(BaseRequest):
         self.pool_timeout, self.connect_timeout = pool_timeout, connect_timeout
         self._read_timeout, self.upload_deadline = read_timeout, upload_deadline
         self._session: aiohttp.ClientSession | None = None
+        # HTTPS_PROXY / NO_PROXY, as PTB's httpx client honours them; read here, not by aiohttp's trust_env, which
+        # looks them (and ~/.netrc) up again on every call
+        self.proxies = urllib.request.getproxies()
 
     @property
     def read_timeout(self) -> float | None:
@@ -73,7 +78,12 @@ class AiohttpRequest(BaseRequest):
                                         connect=None if pool is None or connect is None else pool + connect,
                                         sock_connect=connect, sock_read=read)
         try:
-            async with self._session.request(method, url, data=_body(request_data), timeout=timeout) as response:
+            where = urlsplit(url)
+            proxy = self.proxies.get(where.scheme)
+            if proxy and urllib.request.proxy_bypass(where.hostname or ""):
+                proxy = None
+            async with self._session.request(method, url, data=_body(request_data), timeout=timeout,
+                                             proxy=proxy) as response:
                 return response.status, await response.read()
         except TimeoutError as err:  # asyncio's, which aiohttp raises for every time-out
             raise TimedOut from err
