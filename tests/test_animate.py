@@ -244,6 +244,7 @@ def test_an_enabled_local_model_is_checked_and_made_absolute(tmp_path):
     ({"animate": {"fps": 0}}, "animate.fps"),
     ({"animate": {"family": "svd"}}, "animate.family"),
     ({"animate": {"max_mb": 0}}, "animate.max_mb"),
+    ({"animate": {"max_mb": 51}}, "animate.max_mb"),  # no chat takes more, and the worker link's frames stay small
     ({"animate": {"hold": "twos"}}, "animate.hold: must be true or false"),
     ({"animate": {"motion": "x"}}, "unknown key 'animate.motion'"),
     ({"styles": {"clay": {"animate": {"promt": "x"}}}}, r"unknown key 'styles\.clay\.animate\.promt' "

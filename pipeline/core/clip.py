@@ -183,7 +183,7 @@ def encode_mp4(frames: Sequence[np.ndarray] | np.ndarray, fps: int, *, hold: int
                        f"lowest quality claybot sends (crf {CRF_MAX}).")
 
 
-MAX_RESULT_BYTES = 2000 * 1024 * 1024  # as [animate] max_mb allows
+MAX_RESULT_BYTES = 50 * 1024 * 1024  # as [animate] max_mb allows
 
 
 def check_result_mp4(data: bytes) -> None:

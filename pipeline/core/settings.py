@@ -238,7 +238,8 @@ class AnimateSettings(Settings):
     guidance_scale: Annotated[float, Field(ge=0.0, le=20.0)] = 5.0
     megapixels: Annotated[float, Field(gt=0.0, le=4.0)] = 0.4
     enable_model_cpu_offload: bool = False
-    max_mb: Annotated[float, Field(gt=0.0, le=2000.0)] = 10.0
+    # at most 50: the largest file a chat takes from a bot (Telegram's upload limit), under the worker link's frames
+    max_mb: Annotated[float, Field(gt=0.0, le=50.0)] = 10.0
     timeout: Annotated[float, Field(gt=0.0, le=7200.0)] = 600.0
 
     @field_validator("frames")
