@@ -129,3 +129,18 @@ def settled_job(gpu, image: bytes | None = None, **options):
 
     job = asyncio.run(take_in(gpu, photo_bytes(), **options))
     return job if image is None else dataclasses.replace(job, image=image)
+
+
+async def follow_in_order(handles: dict[str, object], order: list) -> dict[str, list]:
+    """Every event of each handle; ``order`` gets (name, event type) of each Started and Done/Failed as it comes."""
+    from pipeline.core.jobs import Done, Failed, Started
+
+    async def follow(name, handle):
+        events = []
+        async for event in handle.events():
+            events.append(event)
+            if isinstance(event, Started | Done | Failed):
+                order.append((name, type(event).__name__))
+        return events
+    results = await asyncio.wait_for(asyncio.gather(*(follow(n, h) for n, h in handles.items())), 300)
+    return dict(zip(handles, results, strict=True))

@@ -14,7 +14,7 @@ from pipeline.core.intake import ANIMATE_OFF, take_in
 from pipeline.core.jobs import MP4, PNG, BadRequest, Done, ErrorKind, Failed, Kind, Progress, Queued, Started
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.tiny_video import write_tiny_video_models
-from tests.conftest import photo_bytes
+from tests.conftest import follow_in_order, photo_bytes
 
 STEPS = 2
 
@@ -108,17 +108,8 @@ async def test_a_picture_sent_while_a_clip_runs_starts_before_the_clip_waiting_a
     clip_b, picture = await queue.submit(b), await queue.submit(p)  # one turn of the loop: A still runs
     assert clip_a.id in queue._in_flight, "clip A ended before B and P were queued: the test proves nothing"
     order: list[tuple[str, str]] = []
-
-    async def follow(name: str, handle) -> list:
-        events = []
-        async for event in handle.events():
-            events.append(event)
-            if isinstance(event, Started | Done | Failed):
-                order.append((name, type(event).__name__))
-        return events
-
-    a_events, b_events, p_events = await asyncio.wait_for(asyncio.gather(
-        follow("A", clip_a), follow("B", clip_b), follow("P", picture)), 300)
+    events = await follow_in_order({"A": clip_a, "B": clip_b, "P": picture}, order)
+    a_events, b_events, p_events = events["A"], events["B"], events["P"]
 
     assert [type(e) for e in (a_events[-1], b_events[-1], p_events[-1])] == [Done, Done, Done]
     assert order.index(("P", "Done")) < order.index(("B", "Started")), order  # P waited behind A only

@@ -18,7 +18,7 @@ from pipeline.core.redis_queue import NO_CLIP_WORKER_REASON, redis_status
 from pipeline.core.settings import QueueSettings
 from pipeline.core.status import render
 from pipeline.gpu.tiny_video import write_tiny_video_models
-from tests.conftest import photo_bytes
+from tests.conftest import follow_in_order, photo_bytes
 from tests.redis_server import RedisServer, redis_config, redis_queue, start_worker, stop_worker
 
 PHOTO = photo_bytes((128, 96))
@@ -70,19 +70,6 @@ async def _serving(queue, kinds: set[str], count: int = 1) -> None:
     await _until(ready, 180, f"no worker serving {kinds} came up")
 
 
-async def _follow(handles: dict[str, object], order: list) -> dict[str, list]:
-    """Every event of each handle; ``order`` gets (name, event type) of each Started and Done/Failed as it comes."""
-    async def follow(name, handle):
-        events = []
-        async for event in handle.events():
-            events.append(event)
-            if isinstance(event, Started | Done | Failed):
-                order.append((name, type(event).__name__))
-        return events
-    results = await asyncio.wait_for(asyncio.gather(*(follow(n, h) for n, h in handles.items())), 300)
-    return dict(zip(handles, results, strict=True))
-
-
 async def test_a_picture_sent_while_a_clip_runs_starts_before_the_clip_waiting_ahead_of_it(redis, video,
                                                                                            tiny_config_path, tmp_path):
     config = clip_config(tiny_config_path, tmp_path, redis.url, video, redis_prefix="one")  # serves both kinds
@@ -102,7 +89,7 @@ async def test_a_picture_sent_while_a_clip_runs_starts_before_the_clip_waiting_a
         # Places as the worker takes them: P behind the running clip only, B behind A and P.
         assert await queue._positions() == {clip_b.id: 3, picture.id: 2}, "clip A ended early: nothing proved"
         order: list = []
-        events = await _follow({"A": clip_a, "B": clip_b, "P": picture}, order)
+        events = await follow_in_order({"A": clip_a, "B": clip_b, "P": picture}, order)
 
         assert all(isinstance(e[-1], Done) for e in events.values()), events
         assert order.index(("P", "Done")) < order.index(("B", "Started")), order
@@ -162,7 +149,7 @@ async def test_pictures_and_clips_each_served_by_their_own_worker(pictures_worke
                 break
         picture = await queue.submit(await take_in(queue.gpu, PHOTO, seed=9))
         order: list = []
-        events = await _follow({"clip": clip, "picture": picture}, order)
+        events = await follow_in_order({"clip": clip, "picture": picture}, order)
         assert all(isinstance(e[-1], Done) for e in events.values()), events
         assert events["picture"][0] == Queued(2)  # it counts the clip running (on another GPU)
         assert order.index(("picture", "Done")) < order.index(("clip", "Done")), order  # not behind the clip
