@@ -70,7 +70,7 @@ async def test_an_outage_of_the_bot_api_logs_one_line_when_lost_and_one_when_bac
     outage: Outage = telegram.front_end.application.bot_data["outage"]
     await telegram.fake.wait_for(lambda c: c.method == "getUpdates", timeout=15)
     await telegram.fake.go_away()
-    await until(lambda: outage.failures >= 3)  # three polls refused: PTB retries after 1, 1.5, 2.25 s
+    await until(lambda: outage.failures >= 2)  # two polls refused (PTB retries after 1, then 1.5 s): a count to tell
     await telegram.fake.come_back()
     await until(lambda: not outage.down)
 

@@ -216,15 +216,19 @@ async def test_a_queue_with_the_wrong_key_is_refused(tiny_config, tiny_config_pa
         queue = LocalQueue(tiny_config.gpu(), tiny_config.queue.model_copy(update={"worker_address": address}))
         await queue.start()
         try:
-            with pytest.raises(TimeoutError):
-                await queue.wait_ready(timeout=5)
+            for _ in range(150):  # the worker refuses the handshake (it says so in its log) ...
+                if "refused a connection" in log_path.read_text():
+                    break
+                await asyncio.sleep(0.2)
+            assert "refused a connection" in log_path.read_text()
+            with pytest.raises(TimeoutError):  # ... and the queue, refused, never becomes ready
+                await queue.wait_ready(timeout=0.5)
         finally:
             await queue.close(grace=1)
         assert worker.poll() is None  # a wrong key does not bring the worker down
     finally:
         worker.terminate()
         worker.wait(timeout=30)
-    assert "refused a connection" in log_path.read_text()
 
 
 def test_a_worker_without_animate_answers_a_clip_with_a_clear_failure_and_its_pictures_still_run(stylizer):
