@@ -25,6 +25,7 @@ from PIL import Image  # noqa: E402
 from pipeline.core import models  # noqa: E402
 from pipeline.core.errors import ModelError  # noqa: E402
 from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
+from pipeline.core.jobs import Job  # noqa: E402
 from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGGER_FILES, VAE_FILES  # noqa: E402
 from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, PipelineSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
@@ -53,6 +54,12 @@ class Photo:
     trigger_weight: float | None = None  # None: the style's; operators' sweeps vary it
     structure_scale: float | None = None  # None: the style's structure guide scale; sweeps vary it
     identity_scale: float | None = None  # None: the style's identity guide scale; sweeps vary it
+
+    @classmethod
+    def of(cls, image: Image.Image, job: Job) -> Photo:
+        """A settled job's decoded photo, with the job's own values: the one place a job's per-photo options (a
+        new one too) reach the stylizer."""
+        return cls(image, job.seed, job.trigger_weight, job.structure_scale, job.identity_scale)
 
 
 @dataclass

@@ -191,7 +191,7 @@ def _run_batch(stylizer, batch: Batch, send: Send, animator) -> None:
             logger.exception("job %s: the photo could not be decoded", task.id)
             _fail(send, task.id, DECODE_REASON, ErrorKind.BAD_IMAGE)
             continue
-        photo = Photo(image, job.seed, job.trigger_weight, job.structure_scale, job.identity_scale)
+        photo = Photo.of(image, job)
         group.append(DecodedJob(task, photo, {"decode": time.perf_counter() - started}))
     deadline = time.monotonic() + batch.timeout
     # The queue grouped the batch by style, strength, speed and working size (settled at intake, from the photos'
