@@ -121,16 +121,12 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     job = _take_in(config, _read(args.photo), style=args.style, strength=args.strength, seed=args.seed,
                    speed=args.speed)
-    result = asyncio.run(_run_job(config, job, args.verbose, "stylizing"))
-
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(result.image)
+    result = _run_and_write(config, job, args, "stylizing")
     print(f"tags:     {', '.join(result.tags) or '(none)'}")
     print(f"prompt:   {result.prompt}")
     print(f"seed:     {result.seed}")
     print(f"style:    {result.style}, strength {result.strength:g}, speed {result.speed}")
-    print("timings:  " + " · ".join(f"{stage} {secs:.2f}s" for stage, secs in result.timings.items())
-          + f" · total {sum(result.timings.values()):.2f}s")
+    print(f"timings:  {_timings(result)} · total {sum(result.timings.values()):.2f}s")
     print(f"wrote {args.output} ({result.width}×{result.height})")
     return 0
 
@@ -140,17 +136,26 @@ def cmd_animate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     job = _take_in(config, _read(args.picture), kind=Kind.CLIP, style=args.style, seed=args.seed,
                    seconds=args.seconds)
-    result = asyncio.run(_run_job(config, job, args.verbose, "animating"))
-
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(result.image)
+    result = _run_and_write(config, job, args, "animating")
     print(f"prompt:   {result.prompt}")
     print(f"seed:     {result.seed}")
-    print("timings:  " + " · ".join(f"{stage} {secs:.2f}s" for stage, secs in result.timings.items()))
+    print(f"timings:  {_timings(result)}")
     hold = ", each frame held twice" if job.hold else ""
     print(f"wrote {args.output} ({result.width}×{result.height}, {job.frames} frames at {job.fps} fps{hold}, "
           f"{len(result.image):,} bytes)")
     return 0
+
+
+def _run_and_write(config: Config, job: Job, args: argparse.Namespace, doing: str) -> Done:
+    """Run one job through the configured queue and write its result to ``args.output``; its Done."""
+    result = asyncio.run(_run_job(config, job, args.verbose, doing))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(result.image)
+    return result
+
+
+def _timings(result: Done) -> str:
+    return " · ".join(f"{stage} {secs:.2f}s" for stage, secs in result.timings.items())
 
 
 def _read(path: Path) -> bytes:

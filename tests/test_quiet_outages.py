@@ -11,14 +11,13 @@ import re
 
 import pytest_asyncio
 
-from bot.flow import FETCH_FAILED, RequestFlow
+from bot.flow import FETCH_FAILED
 from bot.outage import DISCORD_GATEWAY, RECONNECT_LINE, DiscordReconnects, Outage, quiet_discord_reconnects
-from bot.telegram import TelegramFrontEnd
 from bot.telegram.hints import PLAIN_MESSAGE_HINT
 from pipeline.core.local import LocalQueue
 from tests.conftest import photo_bytes
-from tests.fake_telegram import FakeTelegram, group_chat, private_chat, user
-from tests.test_telegram import TOKEN, Running, with_telegram
+from tests.fake_telegram import group_chat, private_chat, user
+from tests.test_telegram import Running, running_telegram
 
 ALICE = user(3001, "Alice")
 ALICE_CHAT = private_chat(ALICE)
@@ -30,17 +29,8 @@ PHOTO = photo_bytes((128, 96))
 async def telegram(tiny_config, caplog):
     """TelegramFrontEnd on a queue that is never started: these requests end before the queue."""
     caplog.set_level(logging.DEBUG)
-    fake = FakeTelegram(TOKEN)
-    await fake.start()
-    queue = LocalQueue(tiny_config.gpu(), tiny_config.queue)
-    config = with_telegram(tiny_config, fake)
-    front_end = TelegramFrontEnd(config, RequestFlow(queue, config), TOKEN)
-    try:
-        await asyncio.wait_for(front_end.start(), 15)
-        yield Running(fake, front_end)
-    finally:
-        await asyncio.wait_for(front_end.close(), 30)
-        await fake.close()
+    async with running_telegram(tiny_config, LocalQueue(tiny_config.gpu(), tiny_config.queue)) as running:
+        yield running
 
 
 async def until(predicate, timeout: float = 60.0) -> None:

@@ -4,9 +4,11 @@ the real queue and pipeline worker on the tiny models, driven by real update JSO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +107,9 @@ def queue_gpu(tiny_config):
     return with_pipeline(tiny_config.gpu(), steps=PROGRESS_STEPS)
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def telegram(tiny_config, queue, caplog):
-    """The real Application (through TelegramFrontEnd) polling a fake Bot API server; logs captured at DEBUG."""
-    caplog.set_level(logging.DEBUG)
+@contextlib.asynccontextmanager
+async def running_telegram(tiny_config, queue) -> AsyncIterator[Running]:
+    """The real Application (through TelegramFrontEnd) polling a fake Bot API server, on ``queue``."""
     fake = FakeTelegram(TOKEN)
     await fake.start()
     config = with_telegram(tiny_config, fake)
@@ -119,6 +120,14 @@ async def telegram(tiny_config, queue, caplog):
     finally:
         await asyncio.wait_for(front_end.close(), 30)
         await fake.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def telegram(tiny_config, queue, caplog):
+    """The real Application polling a fake Bot API server; logs captured at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+    async with running_telegram(tiny_config, queue) as running:
+        yield running
     assert TOKEN not in caplog.text
 
 
