@@ -10,13 +10,15 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bot.config import Config, ConfigError, DiscordSettings, TelegramSettings, load_config, token
 from bot.observability import setup_logging
 from bot.service import open_queue, run_claybot, status_file
 from pipeline.core.errors import ClaybotError
 from pipeline.core.intake import take_in
-from pipeline.core.jobs import BadRequest, Done, Failed, Job, Kind, Progress, check_strength
+from pipeline.core.jobs import BadRequest, Done, Failed, Job, Progress, check_strength
+from pipeline.core.kinds import ClipSpec, PictureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_stylize(args: argparse.Namespace) -> int:
     """Stylize one photo through the same queue and worker as the chat front ends, and print what was done."""
     config = load_config(args.config)
-    job = _take_in(config, _read(args.photo), style=args.style, strength=args.strength, seed=args.seed,
-                   speed=args.speed)
+    job = _take_in(config, _read(args.photo), style=args.style, seed=args.seed,
+                   options={"strength": args.strength, "speed": args.speed})
     result = _run_and_write(config, job, args, "stylizing")
     print(f"tags:     {', '.join(result.tags) or '(none)'}")
     print(f"prompt:   {result.prompt}")
@@ -134,14 +136,16 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 def cmd_animate(args: argparse.Namespace) -> int:
     """Make a clip of one picture through the same queue and worker as the chat front ends; write the MP4."""
     config = load_config(args.config)
-    job = _take_in(config, _read(args.picture), kind=Kind.CLIP, style=args.style, seed=args.seed,
-                   seconds=args.seconds)
+    job = _take_in(config, _read(args.picture), kind="clip", style=args.style, seed=args.seed,
+                   options={"seconds": args.seconds})
+    spec = job.spec
+    assert isinstance(spec, ClipSpec)
     result = _run_and_write(config, job, args, "animating")
     print(f"prompt:   {result.prompt}")
     print(f"seed:     {result.seed}")
     print(f"timings:  {_timings(result)}")
-    hold = ", each frame held twice" if job.hold else ""
-    print(f"wrote {args.output} ({result.width}×{result.height}, {job.frames} frames at {job.fps} fps{hold}, "
+    hold = ", each frame held twice" if spec.hold else ""
+    print(f"wrote {args.output} ({result.width}×{result.height}, {spec.frames} frames at {spec.fps} fps{hold}, "
           f"{len(result.image):,} bytes)")
     return 0
 
@@ -177,7 +181,7 @@ async def _ready_queue(config: Config, verbose: bool):
         await queue.close(grace=0)
 
 
-def _take_in(config: Config, data: bytes, **options) -> Job:
+def _take_in(config: Config, data: bytes, **options: Any) -> Job:
     """The settled job of a command line's photo and options, before any model loads (``take_in``); an option
     the config does not allow is a usage error."""
     try:
@@ -355,10 +359,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     original = decode_photo(data, max_pixels=int(config.pipeline.max_input_megapixels * 1e6))
 
     def cell(strength: float, row: float, preset: str | None) -> Job:
-        job = dataclasses.replace(base, strength=strength, speed=preset or base.speed)
+        spec = base.spec
+        assert isinstance(spec, PictureSpec)
+        spec = dataclasses.replace(spec, strength=strength, speed=preset or spec.speed)
         if args.guide:
-            return dataclasses.replace(job, **{f"{args.guide}_scale": row})  # type: ignore[arg-type]
-        return dataclasses.replace(job, trigger_weight=row)
+            spec = dataclasses.replace(spec, **{f"{args.guide}_scale": row})  # type: ignore[arg-type]
+        else:
+            spec = dataclasses.replace(spec, trigger_weight=row)
+        return dataclasses.replace(base, spec=spec)
 
     requests = {(strength, row, preset) if args.presets else (strength, row): cell(strength, row, preset)
                 for row in rows for strength in args.strengths for preset in args.presets or [None]}

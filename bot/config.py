@@ -54,12 +54,9 @@ class LimitSettings(Settings):
     clip_chat_per_hour: Count = 12
     clips_waiting: Count = 4  # clips waiting or being made at once, everyone's together
 
-    def windows(self, scope: str, kind: str = "picture") -> list[tuple[int, float]]:
-        """(most requests, window in seconds) for ``"user"`` or ``"chat"``, the limits that are set: of any
-        request, or (``kind="clip"``) of clips alone."""
-        if kind == "clip":
-            count = getattr(self, f"clip_{scope}_per_hour")
-            return [(count, 3600.0)] if count else []
+    def windows(self, scope: str) -> list[tuple[int, float]]:
+        """(most requests, window in seconds) for ``"user"`` or ``"chat"``, the limits of any request that are set
+        (a kind's own come from its ``limits``, pipeline/core/kinds)."""
         per = {"minute": 60.0, "hour": 3600.0}
         return [(count, seconds) for name, seconds in per.items() if (count := getattr(self, f"{scope}_per_{name}"))]
 

@@ -38,8 +38,7 @@ from bot.options import UserError
 from bot.outage import quiet_discord_reconnects
 from bot.store import ClaybotDatabase, store_path
 from pipeline.core.errors import ClaybotError
-from pipeline.core.intake import ANIMATE_OFF
-from pipeline.core.jobs import Done, Kind
+from pipeline.core.jobs import Done
 
 logger = logging.getLogger(__name__)
 
@@ -195,37 +194,39 @@ class ClayBot(commands.Bot):
 
     # -- serving --------------------------------------------------------------------------------------------------
 
-    async def serve(self, interaction: discord.Interaction, photo: DiscordImage | None, *,
-                    strength: float | None = None, seed: int | None = None, style: str | None = None,
-                    speed: str | None = None, kind: Kind = Kind.PICTURE, seconds: float | None = None,
-                    clay_first: bool = False) -> None:
-        """One request from an interaction: refusals are ephemeral; else defer at once, then progress and answer.
-        A clip (``kind``) is made to fit the interaction's attachment limit (``clay_first``: of a person's photo,
-        made clay first)."""
+    async def serve(self, interaction: discord.Interaction, photo: DiscordImage | None, *, seed: int | None = None,
+                    style: str | None = None, kind: str = "picture", options: dict[str, Any] | None = None,
+                    first: str | None = None) -> None:
+        """One request from an interaction: admitted first (refusals are ephemeral), then deferred, progress and
+        the answer. ``options``: the kind's own (a picture's strength defaults to the server's); a clip is made to
+        fit the interaction's attachment limit; ``first``: a chained request's first kind (a clip of a person's
+        photo is made clay first)."""
         received = time.monotonic()
         if not self.taking:
             raise UserError(RESTARTING)
-        if kind is Kind.CLIP and not self.config.animate.enabled:  # an old button, a command Discord still lists
-            raise UserError(ANIMATE_OFF)
         settings = await self.guild_settings(interaction.guild_id)
         if not settings.allows(interaction.channel):
             raise UserError(settings.where())
         if photo is None:
             raise UserError(NO_IMAGE)
         photo.check(self.flow, interaction.filesize_limit)
-        await interaction.response.defer(thinking=True)
+        options = dict(options or {})
+        if kind == "picture" and options.get("strength") is None:
+            options["strength"] = settings.strength
+        if kind == "clip":
+            options["max_bytes"] = interaction.filesize_limit
         reply = InteractionReply(self, interaction, photo.posted_in)
         ask = Ask("discord", str(interaction.user.id), str(interaction.channel_id), reply.keep_source(photo.read),
-                  size=photo.size, style=style, seed=seed, speed=speed,
-                  strength=strength if strength is not None else settings.strength,
+                  size=photo.size, style=style, seed=seed, kind=kind, options=options, first=first,
                   group_id=str(interaction.guild_id or interaction.channel_id), nsfw=is_nsfw(interaction.channel),
                   answer_to=answer_to(interaction.user, photo.posted_in),
-                  origin=f"interaction:{interaction.id}", received=received, kind=kind, seconds=seconds,
-                  clay_first=clay_first, max_bytes=interaction.filesize_limit if kind is Kind.CLIP else 0)
+                  origin=f"interaction:{interaction.id}", received=received)
+        admitted = await self.flow.admit(ask, platform_limit=interaction.filesize_limit)  # refused: ephemeral
+        await interaction.response.defer(thinking=True)
         logger.info("discord: %s from user %s in guild %s channel %s", _what(interaction), interaction.user.id,
                     interaction.guild_id, interaction.channel_id)
         with self.running.this_task():
-            await self.flow.handle(ask, reply, platform_limit=interaction.filesize_limit)
+            await self.flow.handle(ask, reply, platform_limit=interaction.filesize_limit, admitted=admitted)
 
     async def serve_reaction(self, message: discord.Message, member: discord.Member, settings: GuildSettings) -> None:
         """One request from a reaction: the answer is a reply to the message, mentioning who reacted."""
@@ -238,7 +239,7 @@ class ClayBot(commands.Bot):
             logger.info("discord: reaction on message %s, which has no image I can see", message.id)
             return
         ask = Ask("discord", str(member.id), str(message.channel.id), reply.keep_source(photo.read),
-                  size=photo.size, strength=settings.strength, group_id=str(member.guild.id),
+                  size=photo.size, options={"strength": settings.strength}, group_id=str(member.guild.id),
                   nsfw=is_nsfw(message.channel),
                   answer_to={"message_id": message.id, **answer_to(member, photo.posted_in)})
         logger.info("discord: reaction from user %s in guild %s channel %s", member.id, member.guild.id,

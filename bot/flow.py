@@ -1,9 +1,11 @@
 """The request flow both chat front ends share: check, download, queue, show progress, answer.
 
 A front end turns a platform event into an ``Ask`` (where the photo is, what was asked) and implements ``Reply``
-(how to show a status line, the result and an error on its platform). Everything else — size limits, the queue,
-the wording, a clip's chain (a photo made clay, then animated) — lives here, once; the reading of options and the
-buttons' rules in bot/options.py, the pace of status edits in bot/pacing.py.
+(how to show a status line, the result and an error on its platform). Everything else — admission (bot/admission.py:
+size, kind, limits, rules, room), the queue, the wording, a chained request (a photo made into one kind, then that
+into another) — lives here, once; the reading of options and the buttons' rules in bot/options.py, the pace of
+status edits in bot/pacing.py. It names no kind of job: each kind's words and rules are its own
+(pipeline/core/kinds).
 """
 
 from __future__ import annotations
@@ -11,20 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bot.admission import Admission, AdmissionRule, Admitted
 from bot.budget import PhotoBudget
 from bot.config import Config
-from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited
+from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited, Then
 from bot.observability import Metrics, job_context
 from bot.options import UserError
 from bot.pacing import StatusLine, StatusPacer, edit_intervals
 from bot.running import CLOSE_GRACE, RunningRequests  # noqa: F401  (the front ends import them from here)
 from bot.store import ClaybotDatabase
 from pipeline.core.errors import ClaybotError
-from pipeline.core.intake import ANIMATE_OFF, take_in
+from pipeline.core.intake import take_in
 from pipeline.core.jobs import (
     MP4,
     BadRequest,
@@ -35,13 +38,13 @@ from pipeline.core.jobs import (
     JobFailed,
     JobHandle,
     JobQueue,
-    Kind,
     Progress,
     QueueBusy,
     QueueClosed,
     Queued,
     Started,
 )
+from pipeline.core.kinds import DEFAULT_KIND, kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +66,16 @@ class Ask:
     download: Callable[[], Awaitable[bytes]]  # fetches the photo through the platform's client
     size: int | None = None  # bytes, from the platform's metadata, when it tells
     style: str | None = None
-    strength: float | None = None
     seed: int | None = None
-    speed: str | None = None  # a speed preset ("fast", "default"); None: the style's
+    kind: str = DEFAULT_KIND  # what to make of the photo (pipeline/core/kinds)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the kind's own (a picture's strength, a clip's
+    #                                                           seconds…); None values: the defaults
+    first: str | None = None  # a chained request: the photo is made into this kind first, and that into ``kind``
     group_id: str | None = None  # whose chat limits apply: the Discord server; default: the chat
     nsfw: bool = False  # the chat is marked NSFW (a Discord age-restricted channel; a Telegram chat's setting)
     answer_to: dict[str, Any] = field(default_factory=dict)  # for a restarted process: e.g. the message to reply to
     origin: str | None = None  # the platform's id of the event (a Telegram update id): delivered twice, served once
     received: float = field(default_factory=time.monotonic)  # when the platform event arrived
-    kind: Kind = Kind.PICTURE  # a picture of the photo, or a clip of it (Kind.CLIP, [animate])
-    seconds: float | None = None  # a clip's length; None: [animate]'s
-    clay_first: bool = False  # a clip of a person's photo: made clay first, then animated (two jobs, one answer)
-    max_bytes: int = 0  # the most a clip's file may have on this platform (its attachment limit); 0: [animate]'s
 
 
 class Reply(Protocol):
@@ -141,7 +142,7 @@ def not_an_image(kind: str | None) -> UserError:
 def user_line(error: BaseException, what: str, log: logging.Logger = logger) -> str:
     """The line a user sees for an error raised while serving them: their own mistake in its own words; anything
     else is logged on ``log`` (``what`` failed, with its traceback) and gets the calm line."""
-    if isinstance(error, UserError | BadRequest | RateLimited):
+    if isinstance(error, UserError | BadRequest | RateLimited | QueueBusy | QueueClosed):
         return str(error)
     log.error("%s failed", what, exc_info=error)
     return CALM_LINE
@@ -174,7 +175,8 @@ class RequestFlow:
     """
 
     def __init__(self, queue: JobQueue, config: Config, *, store: ClaybotDatabase | None = None,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
+                 rules: Sequence[AdmissionRule] = ()) -> None:
         self.queue = queue
         self.config = config
         self.pacer = StatusPacer(edit_intervals(config))  # every status edit of every request, per chat
@@ -185,6 +187,7 @@ class RequestFlow:
         self.recovering = RunningRequests()  # answering jobs accepted before a restart
         self.told: dict[tuple[str, str, str], float] = {}  # (platform, person, chat) → told of a limit until then
         self.budget = PhotoBudget(int(config.bot.photo_budget_mb * 2**20), config.bot.photo_budget_wait)
+        self.admission = Admission(config, queue, self.journal, rules)
 
     def max_bytes(self, platform_limit: int | None = None) -> int:
         """The most bytes a photo may have: ours, or the platform's download limit if lower."""
@@ -197,9 +200,20 @@ class RequestFlow:
         if size is not None and size > limit:
             raise UserError(f"That file is {size / 2**20:.1f} MB; I can take photos up to {limit / 2**20:.0f} MB.")
 
-    async def handle(self, ask: Ask, reply: Reply, *, platform_limit: int | None = None) -> Done | None:
-        """Serve one request to the end; every outcome is answered through ``reply`` (exactly once)."""
+    async def admit(self, ask: Ask, *, platform_limit: int | None = None) -> Admitted:
+        """Admission (bot/admission.py), before anything is downloaded: the photo's announced size, then the kind,
+        its options, the limits, the rules and room in the queue; the refusal is raised, for the caller to say."""
+        self.check_size(ask.size, platform_limit)
+        admitted = await self.admission.admit(ask, self.budget.coming)
+        self.told.pop((ask.platform, ask.user_id, ask.chat_id), None)  # under the limits again
+        return admitted
+
+    async def handle(self, ask: Ask, reply: Reply, *, platform_limit: int | None = None,
+                     admitted: Admitted | None = None) -> Done | None:
+        """Serve one request to the end; every outcome is answered through ``reply`` (exactly once). ``admitted``:
+        the request was admitted already (``admit``), by a front end that had to answer first."""
         request = _Request(ask, _Acked(reply, ask, self.metrics))
+        request.admitted = admitted
         try:
             await self._handle(request, platform_limit)
         except Duplicate:
@@ -230,51 +244,41 @@ class RequestFlow:
 
     async def _handle(self, request: _Request, platform_limit: int | None) -> None:
         ask = request.ask
-        # 1. size, before any download (the options are intake's to check, once), and clips switched on
-        self.check_size(ask.size, platform_limit)
-        if ask.kind is Kind.CLIP and not self.config.animate.enabled:
-            raise UserError(ANIMATE_OFF)
-
-        # 2. limits (a ticket in the journal, or RateLimited saying when to ask again), then room in the queue
-        #    (photos still on their way to it count): a raid is refused before anything is downloaded
-        if self.journal is not None:
-            request.ticket = await self.journal.admit(ask.platform, ask.user_id, ask.chat_id,
-                                                      ask.group_id or ask.chat_id, ask.answer_to, ask.origin,
-                                                      ask.kind)
-            self.told.pop((ask.platform, ask.user_id, ask.chat_id), None)  # under the limits again
+        # 1. admission, before any download (bot/admission.py), unless the front end admitted it already
+        if request.admitted is None:
+            request.admitted = await self.admit(ask, platform_limit=platform_limit)
+        if request.admitted.ticket is not None:
             request.reply.on_first_status = lambda: self._note_placeholder(request)
-        await self.queue.check_room(self.budget.coming)
         # they see at once they were heard, before any wait; later lines take the chat's turns (bot/pacing.py)
         request.line = self.pacer.line((ask.platform, ask.chat_id), request.reply.status)
         await request.line.show(FETCHING)
 
-        # 3. download (through the platform's client; never a URL a user typed), once the photo budget has room
+        # 2. download (through the platform's client; never a URL a user typed), once the photo budget has room
         with self.budget.on_the_way():
             request.held = await self.budget.reserve(ask.size or self.max_bytes(platform_limit))
             data = await ask.download()
         self.check_size(len(data), platform_limit)
         request.held = self.budget.resize(request.held, len(data))
 
-        # 4. intake: one settled job (BadRequest for an option the config lacks, JobFailed for a bad photo), queued;
-        #    a clip of a person's photo is two: the photo made clay, then that picture animated
-        chained = ask.kind is Kind.CLIP and ask.clay_first
-        job = await take_in(self.config, data, style=ask.style, strength=ask.strength, seed=ask.seed, speed=ask.speed,
+        # 3. intake: one settled job (BadRequest for an option the config lacks, JobFailed for a bad photo), queued;
+        #    a chained request is two: the photo made into ``first``, then that answer into ``kind``
+        then = Then(ask.kind, dict(ask.options)) if ask.first is not None else None
+        job = await take_in(self.config, data, kind=ask.first or ask.kind, style=ask.style, seed=ask.seed,
                             max_rating=self.config.safety.limit(ask.nsfw), reply_to=(ask.platform, ask.chat_id),
-                            **({} if chained else self._clip_options(ask)))
-        done = await self._run(job, request, answer=not chained)
-        if chained and done is not None:
+                            options=None if then is not None else ask.options)
+        done = await self._run(job, request, then=then)
+        if then is not None and done is not None:
             request.done = None
-            clip = await take_in(self.config, done.image, style=done.style, seed=done.seed, max_rating=job.max_rating,
-                                 reply_to=job.reply_to, **self._clip_options(ask))
-            await self._run(clip, request)
+            await self._run(await self._next_job(then, done, job), request)
 
-    @staticmethod
-    def _clip_options(ask: Ask) -> dict[str, Any]:
-        return {"kind": ask.kind, "seconds": ask.seconds, "max_bytes": ask.max_bytes} if ask.kind is Kind.CLIP else {}
+    async def _next_job(self, then: Then, done: Done, job: Job) -> Job:
+        """The next job of a chain: made from the answer of ``job``, in its style and with its seed."""
+        return await take_in(self.config, done.image, kind=then.kind, style=done.style, seed=done.seed,
+                             max_rating=job.max_rating, reply_to=job.reply_to, options=then.options)
 
-    async def _run(self, job: Job, request: _Request, *, answer: bool = True) -> Done | None:
-        """Queue a settled job, journal it and follow it to its end (``answer``: post its result; else only
-        return it, for the next job of a chain)."""
+    async def _run(self, job: Job, request: _Request, *, then: Then | None = None) -> Done | None:
+        """Queue a settled job, journal it (with what the request asks for after it) and follow it to its end
+        (with ``then``, its Done is only returned, for the chain's next job)."""
         ask = request.ask
         handle = await self.queue.submit(job)
         request.submitted = time.monotonic()
@@ -282,8 +286,8 @@ class RequestFlow:
             logger.info("%s job %s from %s user %s in %s", job.kind, handle.id, ask.platform, ask.user_id,
                         ask.chat_id)
             if self.journal is not None and request.ticket is not None:  # a ticket comes from the journal
-                await self.journal.queued(request.ticket, handle.id, job)
-            await self._follow(handle, request, answer=answer)
+                await self.journal.queued(request.ticket, handle.id, job, then)
+            await self._follow(handle, request, answer=then is None)
         return request.done
 
     def _tell_once(self, ask: Ask, reply: Reply, refusal: RateLimited) -> bool:
@@ -313,7 +317,7 @@ class RequestFlow:
         line = request.line
         if line is None:
             line = request.line = self.pacer.line((request.ask.platform, request.ask.chat_id), request.reply.status)
-        doing = "Animating…" if handle.job.kind is Kind.CLIP else "Sculpting…"
+        doing = kind_of(handle.job.kind).doing
         async for event in handle.events():
             if isinstance(event, Queued):
                 await line.show("Waiting for my clay oven… you're next." if event.position == 1
@@ -336,7 +340,9 @@ class RequestFlow:
                 await _safely(request.reply.error(event.reason))
 
     async def _close(self, request: _Request) -> None:
-        """The request is answered: the journal and the metrics hear how it ended."""
+        """The request is answered: its admission's holds, the journal and the metrics hear how it ended."""
+        if request.admitted is not None:
+            await request.admitted.settle(request.outcome)
         if self.journal is not None and request.ticket is not None:
             try:
                 await self.journal.answered(request.ticket, request.outcome)
@@ -373,13 +379,35 @@ class RequestFlow:
 
     async def _recover(self, entry: Entry, handle: JobHandle | None, front_end: FrontEnd) -> None:
         with job_context(entry.job_id):
+            outcome: str | None = NOT_COUNTED
             if handle is None:
                 handle = await self._submit_again(entry, front_end)
             photo = entry.job.image if entry.job is not None else None  # the result may carry a copy
-            outcome = NOT_COUNTED if handle is None else await resume(handle, {entry.platform: front_end},
-                                                                      entry.answer_to, photo)
+            if handle is not None and entry.then is not None and handle.job.kind != entry.then.kind:
+                handle, outcome = await self._recover_then(entry, handle, front_end)
+            if handle is not None:
+                outcome = await resume(handle, {entry.platform: front_end}, entry.answer_to, photo)
             assert self.journal is not None  # entries come from the journal (``unanswered``)
             await self.journal.answered(entry.ticket, outcome or "failed")
+
+    async def _recover_then(self, entry: Entry, handle: JobHandle, front_end: FrontEnd
+                            ) -> tuple[JobHandle | None, str | None]:
+        """A chained request the restart cut between its jobs: wait for the first job's answer, then submit the
+        next job from it (journaled as the request's job), as a live request would. (handle, outcome so far)."""
+        assert self.journal is not None and entry.then is not None  # entries come from the journal
+        try:
+            done = await handle.result()
+            job = await self._next_job(entry.then, done, handle.job)
+            next_handle = await self.queue.submit(job)
+        except JobFailed as err:
+            await _safely(front_end.deliver(entry.chat_id, None, str(err), entry.answer_to))
+            return None, outcome_of(err.kind)
+        except (QueueBusy, QueueClosed, BadRequest) as err:
+            await _safely(front_end.deliver(entry.chat_id, None, str(err), entry.answer_to))
+            return None, NOT_COUNTED
+        await self.journal.queued(entry.ticket, next_handle.id, job)
+        logger.info("journal: the chain of job %s goes on as %s (%s)", handle.id, next_handle.id, job.kind)
+        return next_handle, None
 
     async def _submit_again(self, entry: Entry, front_end: FrontEnd) -> JobHandle | None:
         """The queue lost the job with the old process (local backend): submit it again from the journal."""
@@ -437,16 +465,20 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
 
 
 class _Request:
-    """One request on its way: its ticket in the journal, how it ended, and its result."""
+    """One request on its way: its admission (its ticket in the journal), how it ended, and its result."""
 
     def __init__(self, ask: Ask, reply: _Acked) -> None:
         self.ask, self.reply = ask, reply
-        self.ticket: int | None = None
+        self.admitted: Admitted | None = None
         self.held = 0  # bytes of the photo budget this request holds
         self.submitted: float | None = None
         self.outcome = "failed"
         self.done: Done | None = None
         self.line: StatusLine | None = None  # its status line, once it was admitted
+
+    @property
+    def ticket(self) -> int | None:
+        return self.admitted.ticket if self.admitted is not None else None
 
     async def refuse(self, outcome: str, text: str) -> None:
         self.outcome = outcome

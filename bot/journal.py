@@ -25,7 +25,8 @@ from bot.config import LimitSettings
 from bot.store import ClaybotDatabase
 from pipeline.core import codec
 from pipeline.core.errors import ClaybotError
-from pipeline.core.jobs import Job, Kind
+from pipeline.core.jobs import Job
+from pipeline.core.kinds import DEFAULT_KIND, KindLimits, by_rank, kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,29 @@ class Entry:
     job_id: str | None
     job: Job | None
     attempts: int
+    then: Then | None = None  # what the request asked for after this job (a clip of the picture it makes)
+
+
+@dataclass(frozen=True)
+class Then:
+    """The next job of a chained request: made from the picture the first job answers (a clip of a person's photo
+    is that photo made clay first). Journaled with the first job, so a restart between the two still makes it."""
+
+    kind: str
+    options: dict[str, Any]
+
+    def dump(self) -> str:
+        return json.dumps({"kind": self.kind, "options": self.options})
+
+    @classmethod
+    def load(cls, text: str | None) -> Then | None:
+        if not text:
+            return None
+        try:
+            fields = json.loads(text)
+            return cls(str(fields["kind"]), dict(fields["options"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 def wait_text(seconds: float) -> str:
@@ -85,10 +109,10 @@ class Journal:
         self._pruned = 0.0
 
     async def admit(self, platform: str, user_id: str, chat_id: str, group_id: str, answer_to: dict[str, Any],
-                    origin: str | None = None, kind: Kind = Kind.PICTURE) -> int:
-        """A ticket for a new request, or RateLimited (nothing written) when it is over a limit (a clip: over the
-        clips' own limits too); Duplicate when ``origin`` (the platform's id of the event) already has one:
-        Telegram sends again the updates a process fetched but did not confirm before it died."""
+                    origin: str | None = None, kind: str = DEFAULT_KIND) -> int:
+        """A ticket for a new request, or RateLimited (nothing written) when it is over a limit (its kind's own
+        limits too, ``pipeline.core.kinds``); Duplicate when ``origin`` (the platform's id of the event) already has
+        one: Telegram sends again the updates a process fetched but did not confirm before it died."""
         now = self.clock()
         prune = now - self._pruned > PRUNE_EVERY
         if prune:
@@ -109,7 +133,7 @@ class Journal:
                 cursor = db.execute(
                     "INSERT INTO jobs (platform, user_id, chat_id, group_id, origin, answer_to, accepted_at, state, "
                     "kind) VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
-                    (platform, user_id, chat_id, group_id, origin, json.dumps(answer_to), now, kind.value))
+                    (platform, user_id, chat_id, group_id, origin, json.dumps(answer_to), now, kind))
                 ticket = cursor.lastrowid
                 assert ticket is not None  # sqlite3 sets it after every INSERT that added a row
                 db.execute("COMMIT")
@@ -124,57 +148,62 @@ class Journal:
         return result
 
     def _refusal(self, db: sqlite3.Connection, platform: str, user_id: str, group_id: str, now: float,
-                 kind: Kind = Kind.PICTURE) -> RateLimited | None:
-        """The first limit this request is over (the one with the longest wait), or None."""
-        refusal = self._over(db, platform, user_id, group_id, now, Kind.PICTURE)  # every request counts here
-        if refusal is None and kind is Kind.CLIP:
-            cap = self.limits.clips_waiting
-            if cap:
-                (waiting,) = db.execute("SELECT count(*) FROM jobs WHERE kind = 'clip' AND state != 'answered'"
-                                        ).fetchone()
-                if waiting >= cap:
-                    return RateLimited(f"{waiting} clips are already waiting or being made (the most at once is "
-                                       f"{cap}); please ask again in a few minutes.", 0.0)
-            refusal = self._over(db, platform, user_id, group_id, now, Kind.CLIP)
-        return refusal
+                 kind: str) -> RateLimited | None:
+        """The first limit this request is over (the one with the longest wait), or None: the limits every request
+        counts against, then its kind's own."""
+        refusal = self._over(db, platform, user_id, group_id, now)
+        if refusal is not None:
+            return refusal
+        own = kind_of(kind).limits(self.limits)
+        if own.waiting:
+            (waiting,) = db.execute("SELECT count(*) FROM jobs WHERE kind = ? AND state != 'answered'", (kind,)
+                                    ).fetchone()
+            if waiting >= own.waiting:
+                many = kind_of(kind).plural(waiting)
+                return RateLimited(f"{many} are already waiting or being made (the most at once is {own.waiting}); "
+                                   "please ask again in a few minutes.", 0.0)
+        return self._over(db, platform, user_id, group_id, now, kind, own)
 
     def _over(self, db: sqlite3.Connection, platform: str, user_id: str, group_id: str, now: float,
-              kind: Kind) -> RateLimited | None:
-        """The limit of requests (``Kind.PICTURE``: of any kind) or of clips this request is over, or None."""
-        clips = kind is Kind.CLIP
-        only = "AND kind = 'clip'" if clips else ""  # a fixed text, never a value from outside
+              kind: str | None = None, own: KindLimits | None = None) -> RateLimited | None:
+        """The limit of requests (of any kind; with ``kind``, its ``own`` limits over its rows alone) this request
+        is over, or None."""
         cap = self.limits.user_queued
-        if cap and not clips:
+        if cap and kind is None:
             (waiting,) = db.execute("SELECT count(*) FROM jobs WHERE platform = ? AND user_id = ? "
                                     "AND state != 'answered'", (platform, user_id)).fetchone()
             if waiting >= cap:
                 photos = "photo" if cap == 1 else "photos"
                 return RateLimited(f"You already have {waiting} {photos} waiting or being made; send the next one "
                                    f"when {'it is' if waiting == 1 else 'one of them is'} done.", 0.0)
+        # the words of the limits every request counts against are the first kind's ("pictures")
+        noun = kind_of(kind if kind is not None else by_rank()[0].name)
         worst: RateLimited | None = None
         for column, value, scope, who in (("user_id", user_id, "user", "You have"),
                                           ("group_id", group_id, "chat", "People here have")):
-            for count, seconds in self.limits.windows(scope, kind.value):
+            windows = self.limits.windows(scope) if own is None else (own.user if scope == "user" else own.chat)
+            for count, seconds in windows:
                 rows = db.execute(
                     f"SELECT accepted_at FROM jobs WHERE platform = ? AND {column} = ? AND accepted_at > ? "
-                    f"AND coalesce(outcome, '') != ? {only} "
+                    f"AND coalesce(outcome, '') != ? AND (? IS NULL OR kind = ?) "
                     f"ORDER BY accepted_at DESC LIMIT ?",
-                    (platform, value, now - seconds, NOT_COUNTED, count)).fetchall()
+                    (platform, value, now - seconds, NOT_COUNTED, kind, kind, count)).fetchall()
                 if len(rows) < count:
                     continue
                 wait = rows[-1][0] + seconds - now  # when the oldest of them leaves the window
                 if worst is None or wait > worst.retry_after:
-                    what = ("clip" if clips else "picture") + ("s" if count != 1 else "")
-                    worst = RateLimited(f"{who} asked for {count} {what} in the last {_window_name(seconds)}; "
-                                        f"please ask again {wait_text(wait)}.", wait)
+                    worst = RateLimited(f"{who} asked for {noun.plural(count)} in the last "
+                                        f"{_window_name(seconds)}; please ask again {wait_text(wait)}.", wait)
         return worst
 
-    async def queued(self, ticket: int, job_id: str, job: Job) -> None:
-        """The job is in the queue: keep it, to run it again after a restart."""
+    async def queued(self, ticket: int, job_id: str, job: Job, then: Then | None = None) -> None:
+        """The job is in the queue: keep it (and what the request asks for after it), to run it again after a
+        restart."""
         header, (image,) = codec.dump(job)
+        chain = then.dump() if then is not None else None
         await self.store.run(lambda db: db.execute(
-            "UPDATE jobs SET state = 'queued', job_id = ?, request = ?, image = ? WHERE ticket = ?",
-            (job_id, header.decode(), image, ticket)))
+            "UPDATE jobs SET state = 'queued', job_id = ?, request = ?, image = ?, chain = ? WHERE ticket = ?",
+            (job_id, header.decode(), image, chain, ticket)))
 
     async def answer_to(self, ticket: int, answer_to: dict[str, Any]) -> None:
         """Where to answer, updated (the status message shown meanwhile)."""
@@ -200,10 +229,10 @@ class Journal:
     async def unanswered(self) -> list[Entry]:
         """Every row not yet answered, oldest first."""
         rows = await self.store.run(lambda db: db.execute(
-            "SELECT ticket, platform, user_id, chat_id, answer_to, state, job_id, request, image, attempts "
+            "SELECT ticket, platform, user_id, chat_id, answer_to, state, job_id, request, image, attempts, chain "
             "FROM jobs WHERE state != 'answered' ORDER BY ticket").fetchall())
         entries = []
-        for ticket, platform, user_id, chat_id, answer_to, state, job_id, request, image, attempts in rows:
+        for ticket, platform, user_id, chat_id, answer_to, state, job_id, request, image, attempts, chain in rows:
             job = None
             if request and image is not None:
                 try:
@@ -212,7 +241,7 @@ class Journal:
                     logger.error("journal: ticket %d holds no job claybot can run (%s)", ticket, err)
             assert job is None or isinstance(job, Job)
             entries.append(Entry(ticket, platform, user_id, chat_id, json.loads(answer_to), state, job_id, job,
-                                 attempts))
+                                 attempts, Then.load(chain)))
         return entries
 
     async def usage(self, since: float) -> dict[str, int]:

@@ -59,7 +59,8 @@ _SCHEMA = (
         attempts    INTEGER NOT NULL DEFAULT 0,
         outcome     TEXT,
         answered_at REAL,
-        kind        TEXT NOT NULL DEFAULT 'picture'
+        kind        TEXT NOT NULL DEFAULT 'picture',
+        chain       TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (platform, user_id, accepted_at)",
     "CREATE INDEX IF NOT EXISTS jobs_by_group ON jobs (platform, group_id, accepted_at)",
@@ -125,6 +126,8 @@ class ClaybotDatabase:
             columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
             if "kind" not in columns:  # a database from before clips: every row in it is a picture
                 db.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'picture'")
+            if "chain" not in columns:  # a database from before chained requests were journaled
+                db.execute("ALTER TABLE jobs ADD COLUMN chain TEXT")
             if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
                 logger.info("database %s: converting it once so it can shrink (VACUUM)", self.path)
                 db.execute("VACUUM")

@@ -17,8 +17,6 @@ from discord.ext import commands
 from bot.discord_buttons import RESTARTING, RESULTS_COG, state_of
 from bot.discord_photos import DiscordImage, find_photo
 from bot.options import UserError
-from pipeline.core.intake import clip_options
-from pipeline.core.jobs import BadRequest, Kind
 
 if TYPE_CHECKING:
     from bot.discord_client import ClayBot
@@ -53,10 +51,8 @@ class Animate(commands.Cog):
     async def animate(self, interaction: discord.Interaction, image: discord.Attachment,
                       seconds: float | None) -> None:
         """/animate image:<attachment> [seconds]: the photo made clay, then animated."""
-        if self.bot.config.animate.enabled:  # else serve says clips are off
-            self._check_length(seconds)
-        await self.bot.serve(interaction, DiscordImage.from_attachment(image), kind=Kind.CLIP, seconds=seconds,
-                             clay_first=True)
+        await self.bot.serve(interaction, DiscordImage.from_attachment(image), kind="clip",
+                             options={"seconds": seconds}, first="picture")
 
     async def animate_it(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The context menu: a result of claybot's animated as it is; a person's photo made clay first."""
@@ -69,14 +65,7 @@ class Animate(commands.Cog):
             await results.press(interaction, "animate", state, message)
             return
         photo = find_photo(message, self.bot.session, self.bot.flow.max_bytes(interaction.filesize_limit))
-        await self.bot.serve(interaction, photo, kind=Kind.CLIP, clay_first=True)
-
-    def _check_length(self, seconds: float | None) -> None:
-        """A length the config can make, refused before anything is downloaded."""
-        try:
-            clip_options(self.bot.config.animate, seconds)
-        except BadRequest as err:
-            raise UserError(str(err)) from None
+        await self.bot.serve(interaction, photo, kind="clip", first="picture")
 
 
 def animate_command(cog: Animate) -> app_commands.Command:

@@ -47,8 +47,8 @@ class Clay(commands.Cog):
     async def clay(self, interaction: discord.Interaction, image: discord.Attachment, *, strength: float | None,
                    seed: int | None, style: str | None, speed: str | None = None) -> None:
         """/clay image:<attachment> [strength] [seed] [style] [speed]."""
-        await self.bot.serve(interaction, DiscordImage.from_attachment(image), strength=strength, seed=seed,
-                             style=style, speed=speed)
+        await self.bot.serve(interaction, DiscordImage.from_attachment(image), seed=seed, style=style,
+                             options={"strength": strength, "speed": speed})
 
     async def clay_it(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The context menu on a message: its first image, at the server's default strength."""

@@ -20,7 +20,7 @@ from bot.discord_photos import SOURCE_NAME, DiscordImage, PhotoMessage, picture_
 from bot.discord_render import PHOTO_GONE, photo_of, without_reruns
 from bot.discord_reply import RESULT_EVENT
 from bot.options import UserError, button_speed, variant
-from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Kind
+from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH
 
 if TYPE_CHECKING:
     from bot.discord_client import ClayBot
@@ -72,11 +72,11 @@ class Results(commands.Cog, name=RESULTS_COG):
             return
         if action == "animate":  # the picture as it is, in its style's motion, with its seed
             await self.bot.serve(interaction, DiscordImage.from_attachment(source, photo), seed=state.seed,
-                                 style=state.style or None, kind=Kind.CLIP)
+                                 style=state.style or None, kind="clip")
             return
         strength, seed = variant(action, state.strength, state.seed)
-        await self.bot.serve(interaction, DiscordImage.from_attachment(source, photo), strength=strength, seed=seed,
-                             style=state.style or None, speed=speed)
+        await self.bot.serve(interaction, DiscordImage.from_attachment(source, photo), seed=seed,
+                             style=state.style or None, options={"strength": strength, "speed": speed})
 
     async def _deleted(self, photo: PhotoMessage) -> bool:
         """Whether the photo's message is gone: known from its deletion, else asked of Discord (the deletion may

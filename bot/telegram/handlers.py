@@ -15,14 +15,17 @@ import dataclasses
 import logging
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from telegram import Message, ReactionType, ReactionTypeEmoji, Update
 from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
+from bot.admission import Admitted
 from bot.config import Config
 from bot.flow import Ask, RequestFlow, RunningRequests, user_line
+from bot.journal import RateLimited
 from bot.options import USAGE, UserError, button_speed, parse_options
 from bot.store import ClaybotDatabase
 from bot.telegram.buttons import parse_animate, parse_button
@@ -38,8 +41,7 @@ from bot.telegram.help import (
 from bot.telegram.photos import RecentPhotos, TelegramPhoto, download, download_limit, photo_in
 from bot.telegram.render import CLIP_UPLOAD_LIMIT, reply_to
 from bot.telegram.reply import TelegramReply, UploadingPhoto
-from pipeline.core.intake import ANIMATE_OFF, clip_options
-from pipeline.core.jobs import BadRequest, Kind
+from pipeline.core.jobs import BadRequest, QueueBusy, QueueClosed
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +88,8 @@ class TelegramRequests:
         photo = photo_in(message)
         if photo is None:  # a caption on something else (a video, an audio file)
             raise UserError(f"There is no photo here to work on. {USAGE}")
-        self.serve_in_task(context, update, photo, user_id=asker(update), style=match.group(1), strength=strength,
-                           how="caption", speed=speed)
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=match.group(1), how="caption",
+                           options=picture(strength, speed))
 
     async def on_clay_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/clay [strength]`` as a reply to a photo (on its own it answers with the usage)."""
@@ -97,8 +99,8 @@ class TelegramRequests:
         if photo is None:
             raise UserError(USAGE)
         style = (message.text or "/").split()[0].lstrip("/").split("@")[0].lower()
-        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, strength=strength, how="reply",
-                           speed=speed)
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, how="reply",
+                           options=picture(strength, speed))
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""
@@ -122,8 +124,7 @@ class TelegramRequests:
                          reaction.chat.id)
             return
         who = reaction.user or reaction.actor_chat
-        self.serve_in_task(context, update, photo, user_id=who.id if who else 0, style=None, strength=None,
-                           how="reaction")
+        self.serve_in_task(context, update, photo, user_id=who.id if who else 0, style=None, how="reaction")
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """🎲 / 💪 / 🪶 / ⚡ under a result: the same photo (the result's reply_to_message) again; 🎬: a clip of the
@@ -159,8 +160,8 @@ class TelegramRequests:
         at_speed = f", {speed}" if speed is not None and speed != "default" else ""
         await query.answer(f"Again, with a new seed{at_speed}." if seed is None
                            else f"Strength {strength:g}{at_speed}.")
-        self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, strength=strength,
-                           seed=seed, how="button", speed=speed)
+        self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, seed=seed, how="button",
+                           options=picture(strength, speed))
 
     # -- clips ---------------------------------------------------------------------------------------------------------
 
@@ -169,29 +170,29 @@ class TelegramRequests:
         """🎬 under a picture: a clip of THAT picture (the button's own message), replying to it."""
         query = update.callback_query
         assert query is not None  # on_button checked
-        if not self.config.animate.enabled:
-            await query.answer(ANIMATE_OFF[:200], show_alert=True)
-            return
-        if style is not None and style not in self.config.styles:
-            await query.answer(f"This button asks for the style {style[:32]!r}, which I no longer have; please "
-                               f"send the photo again."[:200], show_alert=True)
-            return
         if isinstance(query.message, Message) and query.message.animation is not None:  # only by a forged press
             await query.answer("That is a clip already: press 🎬 under a picture.", show_alert=True)
             return
         try:  # a message older than 48 hours comes as an InaccessibleMessage, without its photo
-            picture = photo_in(query.message) if isinstance(query.message, Message) else None
+            picture_ = photo_in(query.message) if isinstance(query.message, Message) else None
         except UserError:
-            picture = None
-        if picture is None:
+            picture_ = None
+        if picture_ is None:
             await query.answer(PICTURE_GONE, show_alert=True)
             return
-        if (picture.chat_id, picture.message_id) in self.animating:
+        if (picture_.chat_id, picture_.message_id) in self.animating:
             await query.answer("I'm already animating this picture; the clip is on its way.")
             return
+        ask = self.ask(update, context, picture_, user_id=query.from_user.id, style=style, seed=seed, kind="clip",
+                       options=clip())
+        try:  # admitted before it is answered: a refusal (clips off, a limit, a style gone) is the press's alert
+            admitted = await self.flow.admit(ask, platform_limit=download_limit(self.settings))
+        except (UserError, BadRequest, RateLimited, QueueBusy, QueueClosed) as err:
+            await query.answer(str(err)[:200], show_alert=True)  # Telegram shows at most 200 characters
+            return
         await query.answer("Animating this picture…")
-        self.serve_in_task(context, update, picture, user_id=query.from_user.id, style=style, strength=None,
-                           seed=seed, how="🎬 button", kind=Kind.CLIP)
+        self.serve_in_task(context, update, picture_, user_id=query.from_user.id, style=style, seed=seed,
+                           how="🎬 button", kind="clip", options=clip(), admitted=admitted)
 
     async def on_animate_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/animate [seconds]`` as a reply to a picture (on its own it answers with the usage)."""
@@ -210,72 +211,71 @@ class TelegramRequests:
 
     def animate(self, context: ContextTypes.DEFAULT_TYPE, update: Update, source: Message | None,
                 seconds: float | None, *, ours: bool) -> None:
-        """A clip of ``source``'s picture: claybot's own (``ours``) as it is, in the style its caption names; a
-        person's photo made clay first (one answer)."""
+        """A clip of ``source``'s picture: claybot's own (``ours``) as it is, in the style and with the seed its 🎬
+        button carries; a person's photo made clay first (one answer)."""
         if source is not None and (source.animation is not None or source.video is not None):
             raise UserError(f"That is a clip already. {ANIMATE_USAGE}")
-        picture = photo_in(source)
-        if picture is None:
+        picture_ = photo_in(source)
+        if picture_ is None:
             raise UserError(ANIMATE_USAGE)
-        if (picture.chat_id, picture.message_id) in self.animating:
+        if (picture_.chat_id, picture_.message_id) in self.animating:
             raise UserError("I'm already animating that picture; the clip is on its way.")
-        style = None
-        if ours and source is not None:  # "clay · strength 0.5 · seed 42…": the picture's style, for its motion
-            named = (source.caption or "").split(" · ")[0]
-            style = named if named in self.config.styles else None
-        self.serve_in_task(context, update, picture, user_id=asker(update), style=style, strength=None,
-                           how="/animate", kind=Kind.CLIP, seconds=seconds, clay_first=not ours)
+        style, seed = animate_button_of(source) if ours and source is not None else (None, None)
+        self.serve_in_task(context, update, picture_, user_id=asker(update), style=style, seed=seed, how="/animate",
+                           kind="clip", options=clip(seconds), first=None if ours else "picture")
 
-    def clip_seconds(self, text: str | None) -> float | None:
-        """``"3"`` or ``"2.5"`` → seconds (checked against [animate] when clips are on); empty → None."""
+    @staticmethod
+    def clip_seconds(text: str | None) -> float | None:
+        """``"3"`` or ``"2.5"`` → seconds (admission checks them against [animate]); empty → None."""
         stripped = (text or "").strip()
         if not stripped:
             return None
         if not SECONDS.fullmatch(stripped):
             raise UserError(f"I could not read {stripped[:20]!r} as a number of seconds. {ANIMATE_USAGE}")
-        seconds = float(stripped.replace(",", "."))
-        if self.config.animate.enabled:  # else the flow says clips are off, which matters more
-            try:
-                clip_options(self.config.animate, seconds)
-            except BadRequest as err:
-                raise UserError(f"{err} {ANIMATE_USAGE}") from None
-        return seconds
+        return float(stripped.replace(",", "."))
 
     # -- running a request --------------------------------------------------------------------------------------------
 
-    def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
-                      user_id: int, style: str | None, strength: float | None, how: str,
-                      seed: int | None = None, speed: str | None = None, kind: Kind = Kind.PICTURE,
-                      seconds: float | None = None, clay_first: bool = False) -> None:
-        """Serve the request in its own task, so the next update is handled at once. A clip (``kind``) of
-        ``photo`` replies to it, in a file Telegram lets bots upload."""
+    def ask(self, update: Update, context: ContextTypes.DEFAULT_TYPE, photo: TelegramPhoto, *, user_id: int,
+            style: str | None, seed: int | None = None, kind: str = "picture",
+            options: dict[str, Any] | None = None, first: str | None = None) -> Ask:
+        """The request for ``photo``: fetched through the bot, answered replying to it."""
         bot = context.bot
-        clip = kind is Kind.CLIP
 
         async def fetch() -> bytes:
             return await download(bot, photo, self.flow, self.settings)
 
-        ask = Ask(platform=PLATFORM, user_id=str(user_id), chat_id=str(photo.chat_id), download=fetch,
-                  size=photo.size, style=style, strength=strength, seed=seed, speed=speed,
-                  answer_to={"message_id": photo.message_id, "thread_id": photo.thread_id},
-                  origin=f"update:{update.update_id}", kind=kind, seconds=seconds, clay_first=clay_first,
-                  max_bytes=CLIP_UPLOAD_LIMIT if clip else 0)
-        reply = TelegramReply(bot, photo, uploading=self.uploading, on_sent=self.remember_result,
-                              speeds=self.config.speed_names(), animate=self.config.animate.enabled, clip=clip)
-        logger.info("telegram %srequest (%s) from user %s in chat %s on message %s: style %s, strength %s",
-                    "clip " if clip else "", how, user_id, photo.chat_id, photo.message_id, style or "default",
-                    "default" if strength is None else f"{strength:g}")
+        return Ask(platform=PLATFORM, user_id=str(user_id), chat_id=str(photo.chat_id), download=fetch,
+                   size=photo.size, style=style, seed=seed, kind=kind, options=options or {}, first=first,
+                   answer_to={"message_id": photo.message_id, "thread_id": photo.thread_id},
+                   origin=f"update:{update.update_id}")
+
+    def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
+                      user_id: int, style: str | None, how: str, seed: int | None = None, kind: str = "picture",
+                      options: dict[str, Any] | None = None, first: str | None = None,
+                      admitted: Admitted | None = None) -> None:
+        """Serve the request in its own task, so the next update is handled at once (``admitted``: by the
+        handler already). A clip of ``photo`` replies to it, in a file Telegram lets bots upload."""
+        ask = self.ask(update, context, photo, user_id=user_id, style=style, seed=seed, kind=kind, options=options,
+                       first=first)
+        is_clip = kind == "clip"
+        reply = TelegramReply(context.bot, photo, uploading=self.uploading, on_sent=self.remember_result,
+                              speeds=self.config.speed_names(), animate=self.config.animate.enabled, clip=is_clip)
+        logger.info("telegram %s request (%s) from user %s in chat %s on message %s: style %s, %s", kind, how,
+                    user_id, photo.chat_id, photo.message_id, style or "default",
+                    ", ".join(f"{k} {v}" for k, v in (options or {}).items() if v is not None) or "defaults")
         key = (photo.chat_id, photo.message_id)
-        if clip:
+        if is_clip:
             self.animating.add(key)
         self.running.add(context.application.create_task(
-            self._serve(ask, reply, key if clip else None), update=update,
+            self._serve(ask, reply, key if is_clip else None, admitted), update=update,
             name=f"claybot-telegram-{photo.chat_id}-{photo.message_id}"))
 
-    async def _serve(self, ask: Ask, reply: TelegramReply, animating: tuple[int, int] | None = None) -> None:
+    async def _serve(self, ask: Ask, reply: TelegramReply, animating: tuple[int, int] | None = None,
+                     admitted: Admitted | None = None) -> None:
         try:
             ask = dataclasses.replace(ask, nsfw=await self.nsfw(int(ask.chat_id)))
-            await self.flow.handle(ask, reply, platform_limit=download_limit(self.settings))
+            await self.flow.handle(ask, reply, platform_limit=download_limit(self.settings), admitted=admitted)
         finally:
             if animating is not None:
                 self.animating.discard(animating)
@@ -345,6 +345,31 @@ class TelegramRequests:
                 if isinstance(message, Message) and message.is_topic_message else None)
         except TelegramError as err:
             logger.warning("could not tell chat %s about the error: %s", update.effective_chat.id, err)
+
+
+def picture(strength: float | None = None, speed: str | None = None) -> dict[str, Any]:
+    """A picture's options as the words asked for them (None: the style's)."""
+    return {"strength": strength, "speed": speed}
+
+
+def clip(seconds: float | None = None) -> dict[str, Any]:
+    """A clip's options: its length, in a file Telegram lets bots upload."""
+    return {"seconds": seconds, "max_bytes": CLIP_UPLOAD_LIMIT}
+
+
+def animate_button_of(message: Message) -> tuple[str | None, int | None]:
+    """The style and seed a picture of claybot's carries in its 🎬 button (its own data: never its caption's
+    words); (None, None) when it has none."""
+    markup = message.reply_markup
+    for row in markup.inline_keyboard if markup is not None else ():
+        for button in row:
+            try:
+                found = parse_animate(button.callback_data) if isinstance(button.callback_data, str) else None
+            except ValueError:
+                continue
+            if found is not None:
+                return found
+    return None, None
 
 
 def asker(update: Update) -> int:

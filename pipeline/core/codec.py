@@ -42,6 +42,7 @@ from pipeline.core.jobs import (
     Task,
     Update,
 )
+from pipeline.core.kinds import Spec, UnknownKind, kind_of
 
 MAGIC = b"CLAY"
 VERSION = 1
@@ -158,17 +159,40 @@ def from_fields(fields: Mapping[str, Any], blobs: Sequence[bytes] = (), *, expec
     if kind is None or expect is not None and kind not in expect:
         raise CodecError(f"unknown {what} {str(op)[:KEPT]!r}")
     queue = list(blobs)
+    if kind is Job and "spec" not in fields:
+        fields = _flat_job(fields)
     message = _unpack(kind, {name: value for name, value in fields.items() if name != "op"}, queue)
     if queue:
         raise CodecError(f"{len(queue)} blob(s) more than a {op} message holds")
     return message
 
 
+# A job as claybot wrote it before kinds had specs (2026-12-05): every kind's options side by side, and a "kind"
+# field (none: a picture). Journals and Redis lanes of that version still hold such jobs; they run as they were.
+_FLAT_SPECS = {"picture": ("strength", "speed", "trigger_weight", "structure_scale", "identity_scale"),
+               "clip": ("frames", "fps", "hold", "time_limit", "max_bytes")}
+
+
+def _flat_job(fields: Mapping[str, Any]) -> dict[str, Any]:
+    kind = fields.get("kind") or "picture"
+    if kind not in _FLAT_SPECS:
+        return dict(fields)  # read as it is: the error names what is missing
+    flat = {name for names in _FLAT_SPECS.values() for name in names} | {"kind"}
+    job = {name: value for name, value in fields.items() if name not in flat}
+    job["spec"] = {"op": kind} | {name: fields[name] for name in _FLAT_SPECS[kind] if name in fields}
+    return job
+
+
 # -- the types ------------------------------------------------------------------------------------------------------
 
 
+def _op(kind: type) -> str:
+    """The name a type travels under: a message's op, or a kind's options' kind (a job's ``spec``)."""
+    return kind.KIND if issubclass(kind, Spec) else _NAMES[kind]
+
+
 def _pack(message: Any, blobs: list[bytes]) -> dict[str, Any]:
-    fields: dict[str, Any] = {"op": _NAMES[type(message)]}
+    fields: dict[str, Any] = {"op": _op(type(message))}
     for field in dataclasses.fields(message):
         value = getattr(message, field.name)
         if isinstance(value, bytes):
@@ -179,7 +203,7 @@ def _pack(message: Any, blobs: list[bytes]) -> dict[str, Any]:
 
 
 def _pack_value(value: Any, blobs: list[bytes]) -> Any:
-    if type(value) in _NAMES:
+    if type(value) in _NAMES or isinstance(value, Spec):
         return _pack(value, blobs)
     if isinstance(value, Enum):
         return value.value
@@ -191,7 +215,7 @@ def _pack_value(value: Any, blobs: list[bytes]) -> Any:
 
 
 def _unpack(kind: type, fields: Mapping[str, Any], blobs: list[bytes]) -> Any:
-    op = _NAMES[kind]
+    op = _op(kind)
     hints = _hints(kind)
     names = {field.name for field in dataclasses.fields(kind)}
     if unknown := sorted(set(fields) - names):
@@ -226,6 +250,13 @@ def _value(hint: Any, value: Any, name: str, blobs: list[bytes]) -> Any:
         return _value(hint, value, name, blobs)
     if hint in _NAMES:
         return _nested(value, name, (hint,), blobs)
+    if hint is Spec:  # a job's options: the kind they name says how to read them (a kind unknown here: refused)
+        fields = _json(value, name, dict)
+        try:
+            spec = kind_of(fields.get("op") if isinstance(fields.get("op"), str) else "").spec
+        except UnknownKind as err:
+            raise CodecError(f"{name}: {err}") from None
+        return _unpack(spec, {key: item for key, item in fields.items() if key != "op"}, blobs)
     if isinstance(hint, type) and issubclass(hint, Enum):
         try:
             return hint(value)
@@ -316,5 +347,7 @@ def _hints(kind: type) -> dict[str, Any]:
     if kind not in _HINTS:
         import pipeline.core.jobs as jobs
 
-        _HINTS[kind] = typing.get_type_hints(kind, vars(jobs))
+        # the protocol's types are read in jobs' names; a kind's options in their own module's
+        names = None if issubclass(kind, Spec) else vars(jobs)
+        _HINTS[kind] = typing.get_type_hints(kind, names)
     return _HINTS[kind]

@@ -15,6 +15,10 @@ class TooLarge(BadImage):
     """The image is too large (bytes or pixels) to work on."""
 
 
+class BadRequest(ClaybotError):
+    """A style, strength, kind or other option the config does not allow; the message is for the user."""
+
+
 class ModelError(ClaybotError):
     """A model named in the config cannot be found, fetched or loaded."""
 

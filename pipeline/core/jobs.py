@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from pipeline.core.errors import BadRequest as BadRequest  # re-exported: jobs' users name it from here
 from pipeline.core.errors import ClaybotError
+from pipeline.core.kind import MP4 as MP4
+from pipeline.core.kind import PNG as PNG
+from pipeline.core.kind import Spec, kind_of
 from pipeline.core.safety import RATINGS
 
 
@@ -40,10 +44,6 @@ MAX_WEIGHT = 4.0  # a trigger weight (StyleSettings.trigger_weight allows the sa
 MAX_GUIDE_SCALE = 2.0  # a structure or identity guide's scale (as StructureGuide/IdentityGuide allow)
 
 
-class BadRequest(ClaybotError):
-    """A style, strength or other option the config does not allow; the message is for the user."""
-
-
 def check_strength(value: float) -> float:
     """A strength within the range users may ask for (the one rule, for parsers and jobs alike)."""
     if not MIN_STRENGTH <= value <= MAX_STRENGTH:
@@ -51,82 +51,48 @@ def check_strength(value: float) -> float:
     return value
 
 
-class Kind(StrEnum):
-    """What a job makes. A new kind is a member here plus its own options as ``Job`` fields with defaults (intake
-    settles them; the codec, the queues and the journal carry them with no change), not a new path."""
-
-    PICTURE = "picture"
-    CLIP = "clip"  # a short stop-motion clip of a picture (pipeline.gpu.animate), answered as an MP4
-
-
-# What a Done carries: a picture, or a clip's MP4 file.
-PNG, MP4 = "image/png", "video/mp4"
-MAX_CLIP_FRAMES = 257  # as [animate] frames allows
-
-
 @dataclass(frozen=True)
 class Job:
     """One request with every default settled (at intake, in the chat process): what the worker runs, as it is.
 
     Built by ``pipeline.core.intake.take_in``; carried as it is by every queue backend and the journal
-    (``pipeline.core.codec``). Nothing downstream decides a default again. ``image`` is the photo's bytes (empty
-    where it travels apart from the job, e.g. Redis's ``image:<id>``); ``reply_to`` is (platform, chat id), where a
-    restarted chat process answers."""
+    (``pipeline.core.codec``). Nothing downstream decides a default again. It holds what every kind shares and ONE
+    ``spec``: its kind's own options (``pipeline.core.kinds``; ``kind`` is the spec's). ``image`` is the photo's
+    bytes (empty where it travels apart from the job, e.g. Redis's ``image:<id>``); ``reply_to`` is (platform, chat
+    id), where a restarted chat process answers."""
 
     image: bytes
     style: str
-    strength: float
-    speed: str  # a [speed.*] preset, or "default"
     seed: int
-    work_size: tuple[int, int]  # (width, height) the photo is stylized at
-    trigger_weight: float  # the style's, unless an operator's sweep varies it
-    structure_scale: float  # the style's structure guide scale (unused when it has none)
-    identity_scale: float  # the style's identity guide scale (unused when it has none)
+    work_size: tuple[int, int]  # (width, height) the photo is worked on at
+    spec: Spec
     max_rating: str | None = None  # the most the chat allows (pipeline.core.safety.RATINGS); None: anything
-    kind: Kind = Kind.PICTURE
     reply_to: tuple[str, str] | None = None
-    # a clip's own (Kind.CLIP; from [animate] at intake): frames made, their rate, each shown twice ("on twos")
-    frames: int = 0
-    fps: int = 0
-    hold: bool = False
-    time_limit: float | None = None  # seconds the worker may take; None: the queue's job_timeout
-    max_bytes: int = 0  # a clip's file must fit in this (the chat's attachment limit); 0: [animate] max_mb alone
-
 
     def __post_init__(self) -> None:
-        check_strength(self.strength)
+        if not isinstance(self.spec, Spec) or not self.spec.KIND:
+            raise BadRequest(f"spec must be a kind's options, not {type(self.spec).__name__}.")
         if not 0 <= self.seed <= MAX_SEED:
             raise BadRequest(f"Seed must be a whole number from 0 to {MAX_SEED}, not {self.seed}.")
-        if not 0.0 <= self.trigger_weight <= MAX_WEIGHT:
-            raise BadRequest(f"trigger_weight must be from 0 to {MAX_WEIGHT:g}, not {self.trigger_weight:g}.")
-        for name in ("structure_scale", "identity_scale"):
-            if not 0.0 <= getattr(self, name) <= MAX_GUIDE_SCALE:
-                raise BadRequest(f"{name} must be from 0 to {MAX_GUIDE_SCALE:g}, not {getattr(self, name):g}.")
         if self.max_rating is not None and self.max_rating not in RATINGS:
             raise BadRequest(f"max_rating must be one of {', '.join(RATINGS)}, not {self.max_rating[:40]!r}.")
         if len(self.work_size) != 2 or min(self.work_size) < 1:
             raise BadRequest(f"work_size must be a width and a height, not {self.work_size!r}.")
-        if self.kind is Kind.CLIP and not (2 <= self.frames <= MAX_CLIP_FRAMES and 1 <= self.fps <= 60):
-            raise BadRequest(f"A clip needs 2 to {MAX_CLIP_FRAMES} frames at 1 to 60 fps, not {self.frames} frames "
-                             f"at {self.fps} fps.")
-        if not 0 <= self.max_bytes <= 2**40:
-            raise BadRequest(f"max_bytes must be from 0 to 2**40, not {self.max_bytes}.")
-        if self.time_limit is not None and not 0 < self.time_limit <= 7200:
-            raise BadRequest(f"time_limit must be from 0 to 7200 seconds, not {self.time_limit:g}.")
+
+    @property
+    def kind(self) -> str:
+        """The kind of job (its spec's)."""
+        return self.spec.KIND
 
     @property
     def batch_key(self) -> str:
-        """Jobs with equal keys can share one pipeline call (seeds, trigger weights and guide scales may differ)."""
-        w, h = self.work_size
-        if self.kind is Kind.CLIP:  # one clip per pipeline call: the key only keeps clips and pictures apart
-            return f"{self.kind}|{self.style}|{w}x{h}|{self.frames}"
-        return f"{self.kind}|{self.style}|{self.strength:g}|{w}x{h}|{self.speed}"
+        """Jobs with equal keys can share one engine call (their kind says which may)."""
+        return kind_of(self.kind).batch_key(self)
 
     def __repr__(self) -> str:  # never put image bytes in a log line
-        return (f"Job({self.kind}, <{len(self.image)} bytes>, style={self.style!r}, strength={self.strength:g}, "
-                f"speed={self.speed!r}, seed={self.seed}, work_size={self.work_size}, "
-                f"max_rating={self.max_rating!r}, reply_to={self.reply_to!r}"
-                + (f", frames={self.frames}, fps={self.fps}, hold={self.hold})" if self.kind is Kind.CLIP else ")"))
+        return (f"Job({self.kind}, <{len(self.image)} bytes>, style={self.style!r}, seed={self.seed}, "
+                f"work_size={self.work_size}, max_rating={self.max_rating!r}, reply_to={self.reply_to!r}, "
+                f"{self.spec.describe()})")
 
 
 # -- events, in the order a handle yields them ----------------------------------------------------------------------
@@ -165,7 +131,7 @@ class Done:
     prompt: str
     seed: int
     style: str
-    strength: float
+    strength: float = 0.0  # a picture's denoise (0 where the kind has none)
     ratings: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     speed: str = "default"  # the speed preset it ran under

@@ -34,7 +34,6 @@ from pipeline.core.jobs import (
     Idle,
     Job,
     JobHandle,
-    Kind,
     Message,
     QueueBusy,
     QueueClosed,
@@ -46,6 +45,7 @@ from pipeline.core.jobs import (
     busy_message,
     new_job_id,
 )
+from pipeline.core.kinds import by_rank, kind_of
 from pipeline.core.link import ANSWER_LIMIT, BadMessage, connect, receive, worker_key
 from pipeline.core.settings import GpuSettings, QueueSettings
 from pipeline.core.status import History, write_atomically
@@ -174,6 +174,7 @@ class LocalQueue:
         """Queue a settled job and return its handle; QueueBusy/QueueClosed at once."""
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
+        kind_of(job.kind)  # UnknownKind (a BadRequest) for a kind this claybot does not make
         handle = JobHandle(new_job_id(), job, canceller=self._cancel)
         if len(self._pending) >= self.settings.max_queue:
             self._count_failure(ErrorKind.BUSY)
@@ -184,8 +185,8 @@ class LocalQueue:
         queued = QueuedJob(handle.id, handle, job, time.monotonic())
         self._pending.append(queued)
         self._announce_positions()  # its own, and the clips' it goes ahead of
-        logger.info("job %s queued at #%d (style %s, strength %g, seed %d)", queued.id, queued.position, job.style,
-                    job.strength, job.seed)
+        logger.info("job %s (%s) queued at #%d (style %s, seed %d)", queued.id, job.kind, queued.position, job.style,
+                    job.seed)
         self._wake.set()
         return handle
 
@@ -229,16 +230,15 @@ class LocalQueue:
                 asyncio.get_running_loop().call_later(wait, self._wake.set)
 
     def _in_order(self) -> list[QueuedJob]:
-        """The waiting jobs in the order they will run: pictures first, so a picture waits behind at most the clip
-        already running (a clip costs tens of pictures), then clips; each kind oldest first."""
-        pictures = [job for job in self._pending if job.job.kind is not Kind.CLIP]
-        return pictures + [job for job in self._pending if job.job.kind is Kind.CLIP]
+        """The waiting jobs in the order they will run: by their kind's rank (a picture waits behind at most the
+        clip already running: a clip costs tens of pictures), each kind oldest first."""
+        return sorted(self._pending, key=lambda job: kind_of(job.job.kind).rank)  # stable: oldest first
 
     def _next_batch(self) -> tuple[list[QueuedJob], float]:
         """The next job (``_in_order``) with up to max_batch compatible companions; or how long to wait for more."""
         first = self._in_order()[0]
         batch = [job for job in self._pending if job.job.batch_key == first.job.batch_key]
-        size = 1 if first.job.kind is Kind.CLIP else self.gpu.pipeline.max_batch  # a clip fills the GPU alone
+        size = kind_of(first.job.kind).max_batch(self.gpu)  # a clip fills the GPU alone
         batch = batch[:size]
         waited = time.monotonic() - first.submitted
         if len(batch) < size and waited < self.settings.batch_window:
@@ -251,7 +251,8 @@ class LocalQueue:
             self._in_flight[job.id] = job
         self._idle.clear()
         self._batch_started = time.monotonic()
-        self._batch_timeout = batch[0].job.time_limit or self.settings.job_timeout  # a clip has its own
+        first = batch[0].job
+        self._batch_timeout = kind_of(first.kind).time_limit(first.spec) or self.settings.job_timeout
         self.stats.batches.append(len(batch))
         message = codec.encode(Batch(tuple(Task(job.id, job.job) for job in batch), self._batch_timeout))
         self._announce_positions()
@@ -491,7 +492,7 @@ class LocalQueue:
     def snapshot(self) -> dict[str, Any]:
         """``status``, at once: what the status file keeps."""
         pid = self._process.pid if self._process else None
-        kinds = [Kind.PICTURE.value, Kind.CLIP.value] if self.gpu.animate.enabled else [Kind.PICTURE.value]
+        kinds = [kind.name for kind in by_rank() if kind.served_by_default(self.gpu)]
         worker = {"name": f"local-{pid}" if pid else self.settings.worker_address, "pid": pid,
                   "alive": self._ready.is_set() and not self._fatal, "kinds": kinds, **self.worker_info}
         return {"backend": "local", "updated": time.time(), "owner_pid": os.getpid(),

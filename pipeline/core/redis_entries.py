@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,8 @@ from pipeline.core.clip import check_result_mp4
 from pipeline.core.errors import BadImage, quoted
 from pipeline.core.images import check_result_png
 from pipeline.core.jobs import MP4, Done, Failed, Job, Progress, Started
+from pipeline.core.kinds import kind_of
+from pipeline.core.settings import GpuSettings
 
 DEAD_MAXLEN = 1000
 BAD_ENTRY_REASON = "Something went wrong passing your photo between claybot's parts; please send it again."
@@ -108,10 +110,9 @@ def job_fields(job_id: str, owner: str, job: Job, timeout: float, submitted: flo
                      "submitted": repr(submitted)}
 
 
-def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str], speeds: Collection[str], *,
-              stream: str = "") -> JobEntry:
-    """A job entry (of lane ``stream``) as a worker with these ``styles`` and speed presets can run it; BadEntry
-    naming what is wrong."""
+def parse_job(entry_id: str, raw: Mapping[Any, Any], gpu: GpuSettings, *, stream: str = "") -> JobEntry:
+    """A job entry (of lane ``stream``) as a worker with these settings can run it; BadEntry naming what is
+    wrong."""
     fields = decode_fields(raw)
     job_id, owner = identity(fields)
     try:
@@ -123,12 +124,13 @@ def parse_job(entry_id: str, raw: Mapping[Any, Any], styles: Collection[str], sp
                                 what="job")
         assert isinstance(job, Job)
         # The chat process that wrote it may have another config: these are this worker's, not intake's, checks.
-        if job.style not in styles:
-            raise ValueError(f"style {quoted(job.style)} is not one of this worker's ({', '.join(sorted(styles))})")
-        if job.speed not in speeds:
-            raise ValueError(f"speed preset {quoted(job.speed)} is not one of this worker's ({', '.join(speeds)})")
+        if job.style not in gpu.styles:
+            raise ValueError(f"style {quoted(job.style)} is not one of this worker's "
+                             f"({', '.join(sorted(gpu.styles))})")
+        if (why := kind_of(job.kind).unrunnable(job.spec, gpu)) is not None:
+            raise ValueError(why)
         return JobEntry(entry_id=entry_id, id=job_id, owner=owner, key=fields["key"], job=job, stream=stream,
-                        timeout=_number(fields, "timeout", 1e-3, 3600.0),
+                        timeout=_number(fields, "timeout", 1e-3, 7200.0),
                         submitted=_number(fields, "submitted", 0.0, 1e11))
     except ValueError as err:  # CodecError is a ValueError
         raise BadEntry(f"bad job entry: {err}", job_id=job_id, owner=owner) from None

@@ -8,12 +8,11 @@ import json
 import time
 from typing import Any
 
-from pipeline.core.jobs import Kind
+from pipeline.core.kinds import by_rank, kind_of
 from pipeline.core.redis_entries import BadEntry, parse_heartbeat
 from pipeline.core.settings import QueueSettings
 
 GROUP = "workers"
-RANK = {kind: rank for rank, kind in enumerate(Kind)}  # the order workers take the lanes in: pictures first
 WORKER_FORGET = 3600.0  # seconds after which a silent worker leaves the workers hash (and `claybot status`)
 
 
@@ -22,14 +21,19 @@ class Keys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.jobs = f"{prefix}:jobs"  # the pictures' lane (the name it had before clips came)
+        self.jobs = f"{prefix}:jobs"  # the first lane's (the pictures': the name it had before clips came)
         self.workers = f"{prefix}:workers"
         self.dead = f"{prefix}:dead"
-        self.lanes = tuple(self.lane(kind) for kind in Kind)  # pictures first
+        self.lanes = tuple(self.lane(kind.name) for kind in by_rank())  # in the order workers take them
 
-    def lane(self, kind: Kind) -> str:
-        """The stream a kind of job waits in."""
-        return self.jobs if kind is Kind.PICTURE else f"{self.jobs}:{kind.value}"
+    def lane(self, kind: str) -> str:
+        """The stream a kind of job waits in (its kind says which)."""
+        suffix = kind_of(kind).lane_name()
+        return f"{self.jobs}:{suffix}" if suffix else self.jobs
+
+    def kind_of_lane(self, lane: str) -> str | None:
+        """The kind whose jobs wait in ``lane``; None for a stream that is no lane."""
+        return next((kind.name for kind in by_rank() if self.lane(kind.name) == lane), None)
 
     def image(self, job_id: str) -> str:
         return f"{self.prefix}:image:{job_id}"
@@ -102,12 +106,12 @@ async def lane_depth(client, stream: str, *, limit: int) -> tuple[int, int]:
     return 0, 0
 
 
-def kinds_served(beat: dict[str, Any]) -> set[Kind]:
-    """The kinds of job a worker's heartbeat says it serves (a worker from before clips: pictures)."""
+def kinds_served(beat: dict[str, Any]) -> set[str]:
+    """The kinds of job a worker's heartbeat says it serves (a worker from before kinds: the first lane's)."""
     named = beat.get("kinds")
     if not isinstance(named, list):
-        return {Kind.PICTURE}
-    return {kind for kind in Kind if kind.value in named}
+        return {by_rank()[0].name}
+    return {kind.name for kind in by_rank() if kind.name in named}
 
 
 def text(value: Any, errors: str = "strict") -> str:

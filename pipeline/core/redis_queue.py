@@ -23,7 +23,7 @@ Layout (every key under ``queue.redis_prefix``, "claybot" by default):
 A chat process keeps its own keys (journal, cursor) expiring ``max(image_ttl, result_ttl)`` after it was last
 alive: by then nothing they hold could still be answered. Waiting jobs of a chat process that has seen no worker
 serving their kind alive for ``queue.no_worker_timeout`` seconds are answered ``NO_WORKER_REASON`` (a clip:
-``NO_CLIP_WORKER_REASON``) and leave the stream.
+its kind's own words) and leave the stream.
 
 This module is the chat side (redis.asyncio, no torch); ``pipeline.gpu.redis_worker`` is the GPU side.
 """
@@ -45,7 +45,6 @@ from pipeline.core.jobs import (
     Failed,
     Job,
     JobHandle,
-    Kind,
     Progress,
     QueueBusy,
     QueueClosed,
@@ -54,6 +53,7 @@ from pipeline.core.jobs import (
     busy_message,
     new_job_id,
 )
+from pipeline.core.kinds import KINDS, kind_of
 from pipeline.core.redis_entries import (
     BAD_ENTRY_REASON,
     DEAD_MAXLEN,
@@ -68,7 +68,6 @@ from pipeline.core.redis_entries import (
 )
 from pipeline.core.redis_lanes import (
     GROUP,
-    RANK,
     WORKER_FORGET,
     Keys,
     ensure_group,
@@ -87,14 +86,12 @@ EVENTS_MAXLEN = 10_000
 LOST_REASON = "Your photo was lost while claybot restarted; please send it again."
 NO_WORKER_REASON = ("No picture maker is running right now, so I can't make your picture; "
                     "please send it again later.")
-NO_CLIP_WORKER_REASON = ("No clip maker is running right now, so I can't make your clip; "
-                         "please ask again later.")
 IDLE_CONSUMER = 10.0  # seconds: a live worker touches its consumer every second or so when it holds no job
 
 
-def no_worker_reason(kind: Kind) -> str:
-    """What the user of a job hears when no worker serving its kind is alive."""
-    return NO_CLIP_WORKER_REASON if kind is Kind.CLIP else NO_WORKER_REASON
+def no_worker_reason(kind: str) -> str:
+    """What the user of a job hears when no worker serving its kind is alive (its kind's words)."""
+    return kind_of(kind).no_worker_reason
 
 
 class RedisQueue:
@@ -115,7 +112,7 @@ class RedisQueue:
         self._since: dict[str, float] = {}  # job id → when this process took it (submit or recover)
         # Per kind of job: when the heartbeat of a worker serving it last changed, on this machine's clock (immune
         # to other machines' clocks); a worker loading its models beats too.
-        self._worker_seen = dict.fromkeys(Kind, time.time())
+        self._worker_seen = dict.fromkeys(KINDS, time.time())
         self._beats: dict[str, float] | None = None  # the heartbeats read last round
         self._key_ttl = int(max(settings.image_ttl, settings.result_ttl))
         self._closing = False
@@ -124,7 +121,7 @@ class RedisQueue:
     async def start(self) -> None:
         """Connect, make sure the stream exists, and start reading this owner's events."""
         await ensure_group(self.redis, self.keys)
-        self._worker_seen = dict.fromkeys(Kind, time.time())
+        self._worker_seen = dict.fromkeys(KINDS, time.time())
         try:
             await self._expire_forgotten_owners()
         except Exception as err:  # tidiness only (SCAN may be forbidden to this user); never block the start
@@ -169,20 +166,23 @@ class RedisQueue:
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
         handle = JobHandle(new_job_id(), job, canceller=self._cancel)
-        if time.time() - self._worker_seen[job.kind] >= self.settings.no_worker_timeout:
+        seen = self._worker_seen.setdefault(kind_of(job.kind).name, time.time())  # UnknownKind for a stranger
+        if time.time() - seen >= self.settings.no_worker_timeout:
             raise QueueBusy(no_worker_reason(job.kind))  # say so at once rather than after another no_worker_timeout
         depths = {kind: await lane_depth(self.redis, self.keys.lane(kind), limit=self.settings.max_queue)
-                  for kind in Kind}
+                  for kind in KINDS}
         waiting = sum(lane_waiting for lane_waiting, _ in depths.values())
         if waiting >= self.settings.max_queue:
             raise QueueBusy(busy_message(waiting, self.settings.max_queue))
         # Ahead of it: every job of its own lane and the lanes taken before it, and the running ones of the others.
-        position = 1 + sum(lane_waiting + lane_running if RANK[kind] <= RANK[job.kind] else lane_running
+        rank = kind_of(job.kind).rank
+        position = 1 + sum(lane_waiting + lane_running if KINDS[kind].rank <= rank else lane_running
                            for kind, (lane_waiting, lane_running) in depths.items())
         job_id = handle.id
         self._handles[job_id] = handle
         journal, _ = codec.dump(job)
-        entry = job_fields(job_id, self.owner, job, job.time_limit or self.settings.job_timeout, time.time())
+        time_limit = kind_of(job.kind).time_limit(job.spec) or self.settings.job_timeout
+        entry = job_fields(job_id, self.owner, job, time_limit, time.time())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.image(job_id), job.image, ex=int(self.settings.image_ttl))
             pipe.hset(self.keys.journal(self.owner), job_id, journal)
@@ -194,8 +194,8 @@ class RedisQueue:
         self._lanes[job_id] = self.keys.lane(job.kind)
         self._since[job_id] = time.time()
         handle.push(Queued(position))
-        logger.info("job %s (%s) queued in redis at #%d (style %s, strength %g, seed %d)", job_id, job.kind,
-                    position, job.style, job.strength, job.seed)
+        logger.info("job %s (%s) queued in redis at #%d (style %s, seed %d)", job_id, job.kind, position,
+                    job.style, job.seed)
         return handle
 
     async def status(self) -> dict[str, Any]:
@@ -356,7 +356,7 @@ class RedisQueue:
             failed: set[str] = set()
             beats = await self._step("reading heartbeats", self._refresh_and_read_heartbeats(), failing, failed)
             if beats is not None and "reading heartbeats" in failing:
-                self._worker_seen = dict.fromkeys(Kind, time.time())  # Redis was away: workers get a full timeout
+                self._worker_seen = dict.fromkeys(KINDS, time.time())  # Redis was away: workers get a full timeout
             if beats is not None and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + IDLE_CONSUMER
                 await self._step("forgetting dead workers", self._forget_dead_workers(beats), failing, failed)
@@ -384,7 +384,7 @@ class RedisQueue:
             pipe.hgetall(self.keys.workers)
             *_, raw = await pipe.execute()
         beats: dict[str, float] = {}
-        served: dict[str, set[Kind]] = {}
+        served: dict[str, set[str]] = {}
         garbage = []
         for name, value in raw.items():
             try:
@@ -425,12 +425,12 @@ class RedisQueue:
         now = time.time()
         timeout = self.settings.no_worker_timeout
         unserved = {job_id: handle.job.kind for job_id, handle in self._handles.items() if not handle.finished
-                    and now - max(self._worker_seen[handle.job.kind], self._since.get(job_id, now)) >= timeout}
+                    and now - max(self._worker_seen.get(handle.job.kind, now), self._since.get(job_id, now)) >= timeout}
         if not unserved:
             return
         for kind in set(unserved.values()):
             logger.warning("no worker serving %ss alive for %.0f s: answering %d such job(s) of %s that cannot be "
-                           "served", kind, now - self._worker_seen[kind], list(unserved.values()).count(kind),
+                           "served", kind, now - self._worker_seen.get(kind, now), list(unserved.values()).count(kind),
                            self.owner)
         entries = {job_id: (self._lanes.get(job_id, self.keys.jobs), self._entry_ids[job_id])
                    for job_id in unserved if job_id in self._entry_ids}

@@ -11,8 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.core.errors import ClaybotError
-from pipeline.core.jobs import MAX_GUIDE_SCALE, MAX_STRENGTH, MAX_WEIGHT, MIN_STRENGTH, Kind
+from pipeline.core.jobs import MAX_GUIDE_SCALE, MAX_STRENGTH, MAX_WEIGHT, MIN_STRENGTH
+from pipeline.core.kinds import ENGINES, load_plugins
+from pipeline.core.kinds.clip import FRAME_STEP as FRAME_STEP  # re-exported: the animator reads it here
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -69,6 +70,9 @@ class PipelineSettings(Settings):
     max_batch: Annotated[int, Field(ge=1, le=16)] = 4
     max_input_megapixels: Annotated[float, Field(gt=0.0, le=200.0)] = 40.0
     default_style: str = "clay"
+    # modules that register kinds of job and engines of their own (pipeline/core/kind.py), imported by the chat
+    # process and by every worker
+    plugins: list[str] = Field(default_factory=list)
     cache_dir: str = "~/.cache/claybot"
     # Civitai: where its API is (a mirror or a test server may stand in), and the variable holding an API key
     civitai_url: str = "https://civitai.com"
@@ -201,13 +205,12 @@ class StyleSettings(Settings):
     clashing_tags: list[str] = Field(default_factory=lambda: list(CLAY_CLASHING_TAGS))
     before_after: bool = False
     speed: str = DEFAULT_SPEED  # a [speed.*] preset, or "default": pipeline.steps, guidance_scale and scheduler
+    engine: str = "sdxl"  # the picture engine that makes its pictures (pipeline/core/kind.py register_engine)
     structure: StructureGuide = Field(default_factory=StructureGuide)
     identity: IdentityGuide = Field(default_factory=IdentityGuide)
     animate: StyleAnimate = Field(default_factory=StyleAnimate)
 
 
-# Image-to-video families: each VAE divides the frame count by this (so clips have k·step + 1 frames).
-FRAME_STEP = {"wan": 4, "ltx": 8}
 VideoFamily = Literal["wan", "ltx"]
 
 
@@ -283,21 +286,9 @@ class QueueSettings(Settings):
     heartbeat: Annotated[float, Field(gt=0.0, le=60.0)] = 2.0
     position_interval: Annotated[float, Field(gt=0.0, le=60.0)] = 3.0
     no_worker_timeout: Annotated[float, Field(gt=0.0, le=86400.0)] = 60.0
-    # `claybot worker` on the Redis backend: the kinds of job it takes ([]: pictures, and clips when [animate] is on)
-    worker_kinds: list[Literal["picture", "clip"]] = Field(default_factory=list)
-
-
-def worker_kinds(queue: QueueSettings, animate: AnimateSettings) -> tuple[Kind, ...]:
-    """The kinds of job a Redis worker with these settings serves, pictures first; ClaybotError naming
-    ``queue.worker_kinds`` when it asks for clips that ``[animate]`` does not make."""
-    if not queue.worker_kinds:
-        return (Kind.PICTURE, Kind.CLIP) if animate.enabled else (Kind.PICTURE,)
-    kinds = tuple(kind for kind in Kind if kind.value in queue.worker_kinds)  # in Kind's order: pictures first
-    if Kind.CLIP in kinds and not animate.enabled:
-        raise ClaybotError('queue.worker_kinds names "clip", but [animate] enabled is false: this worker has no '
-                           'video model to make clips with. Set [animate] enabled = true (and its model) here, '
-                           'or leave "clip" out.')
-    return kinds
+    # `claybot worker` on the Redis backend: the kinds of job it takes ([]: every kind the config makes: pictures,
+    # and clips when [animate] is on); checked against the kinds' registry when the worker starts
+    worker_kinds: list[str] = Field(default_factory=list)
 
 
 class GpuSettings(Settings):
@@ -323,7 +314,11 @@ class GpuSettings(Settings):
             if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
                 raise ValueError(f"speed.{name}: a preset name is a lowercase letter then up to 31 letters, digits, "
                                  "- or _ (users type it after a strength, e.g. /clay 0.6 fast)")
+        load_plugins(self.pipeline.plugins)  # before the engines' names are checked: a plugin may add one
         for name, style in self.styles.items():
+            if style.engine not in ENGINES:
+                raise ValueError(f"styles.{name}.engine = {style.engine!r} names no engine (have: "
+                                 f"{', '.join(sorted(ENGINES))})")
             if style.speed not in self.speed_names():
                 raise ValueError(f"styles.{name}.speed = {style.speed!r} names no speed preset "
                                  f"(have: {', '.join(self.speed_names())})")

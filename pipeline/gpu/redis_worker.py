@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.core.jobs import (
     CRASH_REASON,
@@ -26,13 +26,13 @@ from pipeline.core.jobs import (
     Done,
     ErrorKind,
     Failed,
-    Kind,
     Message,
     Progress,
     Started,
     Task,
     Update,
 )
+from pipeline.core.kinds import kind_of, load_plugins, worker_kinds
 from pipeline.core.redis_entries import (
     BAD_ENTRY_REASON,
     DEAD_MAXLEN,
@@ -43,22 +43,18 @@ from pipeline.core.redis_entries import (
     parse_job,
     result_parts,
 )
-from pipeline.core.redis_lanes import GROUP, RANK, Keys, text
+from pipeline.core.redis_lanes import GROUP, Keys, text
 from pipeline.core.redis_queue import EVENTS_MAXLEN
-from pipeline.core.settings import GpuSettings, QueueSettings, worker_kinds
-from pipeline.gpu.worker import gpu_memory_mb, run_batch
-
-if TYPE_CHECKING:
-    from pipeline.gpu.animate import Animator
-    from pipeline.gpu.clips import ClipTagger
-    from pipeline.gpu.stylizer import Stylizer
+from pipeline.core.settings import GpuSettings, QueueSettings
+from pipeline.gpu.engine import gpu_memory_mb
+from pipeline.gpu.worker import Workshop, open_workshop, run_batch
 
 logger = logging.getLogger(__name__)
 
 EXPIRED_REASON = "Your photo waited too long and expired; please send it again."
 
 
-def connect(url: str):
+def connect(url: str) -> Any:
     """A Redis client that rides out a Redis restart (retries with backoff) instead of losing the batch."""
     import redis
     from redis.backoff import ExponentialBackoff
@@ -73,17 +69,17 @@ class RedisWorker:
 
     def __init__(self, gpu: GpuSettings, settings: QueueSettings, *, name: str | None = None) -> None:
         self.gpu, self.settings = gpu, settings
-        self.kinds = worker_kinds(settings, gpu.animate)  # ClaybotError naming queue.worker_kinds
+        load_plugins(gpu.pipeline.plugins)
+        self.kinds = worker_kinds(gpu, settings.worker_kinds)  # ClaybotError naming queue.worker_kinds
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.keys = Keys(settings.redis_prefix)
-        self.lanes = [self.keys.lane(kind) for kind in self.kinds]  # read in this order: pictures first
+        self.lanes = [self.keys.lane(kind.name) for kind in self.kinds]  # read in this order: pictures first
         self.redis = connect(settings.redis_url)
         self.stop = threading.Event()
         self.stats: dict[str, Any] = {"done": 0, "failed": 0, "batches": 0, "busy": False}
         self.in_hand: dict[str, list[str]] = {}  # lane → its entries this worker is working on
         self.info: dict[str, Any] = {}
-        self.stylizer: Stylizer | ClipTagger | None = None  # loaded by serve(); clips only: the tagger alone
-        self.animator: Animator | None = None  # loaded by serve() when this worker serves clips
+        self.workshop: Workshop | None = None  # loaded by serve(): the tagger and the engines of its kinds
 
     def ensure_group(self) -> None:
         """Create the lanes and their consumer group if this worker is the first."""
@@ -98,27 +94,16 @@ class RedisWorker:
 
     def serve(self, *, warm_up: bool = True) -> None:
         """Load the models, then take and answer jobs until ``stop`` is set."""
-        from pipeline.gpu.stylizer import Stylizer
-
         self.ensure_group()
-        kinds = [kind.value for kind in self.kinds]
+        kinds = [kind.name for kind in self.kinds]
         # Beat while the models load too: chat processes then know a worker is coming and keep their jobs waiting.
         self.info = {"loading": True, "kinds": kinds, "pid": os.getpid(), "since": time.time()}
         threading.Thread(target=self._heartbeat, name="claybot-heartbeat", daemon=True).start()
-        if Kind.PICTURE in self.kinds:
-            self.stylizer = Stylizer(self.gpu)  # its tagger also rates the clips' pictures and frames
-        else:  # clips only: the tagger, not SDXL
-            from pipeline.gpu.clips import ClipTagger
-
-            self.stylizer = ClipTagger(self.gpu)
-        stylizer = self.stylizer
-        if Kind.CLIP in self.kinds:
-            from pipeline.gpu.animate import Animator
-
-            self.animator = Animator(self.gpu)
+        # the engines of its kinds only: a clips-only worker loads the tagger and the video model, not SDXL
+        workshop = self.workshop = open_workshop(self.gpu, self.kinds)
         if warm_up:
-            stylizer.warm_up()
-        self.info = {"device": str(stylizer.device), "dtype": str(stylizer.dtype).removeprefix("torch."),
+            workshop.warm_up()
+        self.info = {"device": workshop.device, "dtype": workshop.dtype,
                      "max_batch": self.gpu.pipeline.max_batch, "kinds": kinds, "pid": os.getpid(),
                      "since": time.time()}
         logger.info("worker %s serving %s (%s) on %s", self.name, " and ".join(f"{kind}s" for kind in kinds),
@@ -169,9 +154,9 @@ class RedisWorker:
                                                      block=1000))
         if not jobs:
             return []
-        first, *others = sorted(jobs, key=lambda job: RANK[job.job.kind])
+        first, *others = sorted(jobs, key=lambda job: kind_of(job.job.kind).rank)
         jobs = [first]
-        most = 1 if first.job.kind is Kind.CLIP else self.gpu.pipeline.max_batch  # a clip fills the GPU alone
+        most = kind_of(first.job.kind).max_batch(self.gpu)  # a clip fills the GPU alone
         deadline = time.monotonic() + self.settings.batch_window
         while len(jobs) < most:
             behind = self._undelivered(first.stream, most - len(jobs))
@@ -202,8 +187,7 @@ class RedisWorker:
         for stream, entries in reply or []:
             for entry_id, fields in entries:
                 try:
-                    jobs.append(parse_job(text(entry_id), fields, self.gpu.styles, self.gpu.speed_names(),
-                                          stream=text(stream)))
+                    jobs.append(parse_job(text(entry_id), fields, self.gpu, stream=text(stream)))
                 except BadEntry as err:
                     self._drop_bad(text(stream), text(entry_id), fields, err)
         return jobs
@@ -236,7 +220,8 @@ class RedisWorker:
 
     def _claim_stale_in(self, lane: str) -> list[JobEntry]:
         idle_ms = int(self.settings.claim_idle * 1000)
-        most = 1 if lane == self.keys.lane(Kind.CLIP) else self.gpu.pipeline.max_batch
+        kind = self.keys.kind_of_lane(lane)
+        most = kind_of(kind).max_batch(self.gpu) if kind is not None else 1
         stale = self.redis.xpending_range(lane, GROUP, min="-", max="+", count=most, idle=idle_ms)
         if not stale:
             return []
@@ -249,7 +234,7 @@ class RedisWorker:
                 self.redis.xack(lane, GROUP, entry_id)
                 continue
             try:
-                job = parse_job(text(entry_id), fields, self.gpu.styles, self.gpu.speed_names(), stream=lane)
+                job = parse_job(text(entry_id), fields, self.gpu, stream=lane)
             except BadEntry as err:
                 self._drop_bad(lane, text(entry_id), fields, err)
                 continue
@@ -274,9 +259,10 @@ class RedisWorker:
             self.in_hand = {}
 
     def _serve_groups(self, jobs: list[JobEntry]) -> None:
-        # Entries of one batch key read together are one batch: the key says they may share a pipeline call (each
-        # clip is a batch of its own: its time limit is its own). Pictures go first.
-        groups: dict[str, list[Task]] = {}
+        # Entries of one batch key read together are one batch, up to their kind's batch size: the key says they may
+        # share an engine call (a clip is a batch of its own: its time limit is its own). Lower ranks go first.
+        groups: list[list[Task]] = []
+        filling: dict[str, list[Task]] = {}  # batch key → the group its next entry joins
         by_id: dict[str, JobEntry] = {}
         for entry in jobs:
             if self.redis.exists(self.keys.cancelled(entry.id)):
@@ -287,14 +273,18 @@ class RedisWorker:
                 self._answer_failed(entry, EXPIRED_REASON, ErrorKind.INTERNAL)
                 continue
             by_id[entry.id] = entry
-            group = entry.id if entry.job.kind is Kind.CLIP else entry.key
-            groups.setdefault(group, []).append(Task(entry.id, dataclasses.replace(entry.job, image=image)))
-        for tasks in sorted(groups.values(), key=lambda tasks: RANK[tasks[0].job.kind]):
+            group = filling.get(entry.key)
+            if group is None or len(group) >= kind_of(entry.job.kind).max_batch(self.gpu):
+                group = filling[entry.key] = []
+                groups.append(group)
+            group.append(Task(entry.id, dataclasses.replace(entry.job, image=image)))
+        assert self.workshop is not None  # serve() loads it before taking any job
+        for tasks in sorted(groups, key=lambda tasks: kind_of(tasks[0].job.kind).rank):
             self.stats["busy"] = True
             self.stats["batches"] += 1
             try:
-                run_batch(self.stylizer, Batch(tuple(tasks), by_id[tasks[0].id].timeout),
-                          lambda message: self._relay(message, by_id), animator=self.animator)
+                run_batch(self.workshop, Batch(tuple(tasks), by_id[tasks[0].id].timeout),
+                          lambda message: self._relay(message, by_id))
             finally:
                 self.stats["busy"] = False
 

@@ -25,7 +25,6 @@ from PIL import Image  # noqa: E402
 from pipeline.core import models  # noqa: E402
 from pipeline.core.errors import ModelError  # noqa: E402
 from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
-from pipeline.core.jobs import Job  # noqa: E402
 from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGGER_FILES, VAE_FILES  # noqa: E402
 from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, PipelineSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
@@ -54,12 +53,6 @@ class Photo:
     trigger_weight: float | None = None  # None: the style's; operators' sweeps vary it
     structure_scale: float | None = None  # None: the style's structure guide scale; sweeps vary it
     identity_scale: float | None = None  # None: the style's identity guide scale; sweeps vary it
-
-    @classmethod
-    def of(cls, image: Image.Image, job: Job) -> Photo:
-        """A settled job's decoded photo, with the job's own values: the one place a job's per-photo options (a
-        new one too) reach the stylizer."""
-        return cls(image, job.seed, job.trigger_weight, job.structure_scale, job.identity_scale)
 
 
 @dataclass
@@ -91,6 +84,13 @@ class Plan:
     guide_scales: tuple[tuple[float, float], ...]  # each photo's (structure, identity) scale; 0: that guide is off
 
 
+def load_tagger(settings: GpuSettings, device: torch.device) -> Tagger:
+    """The WD14 tagger ``tagger.model`` names, fetched when needed, on the worker's device."""
+    folder = models.resolve(settings.tagger.model, "tagger.model", models.ModelStore.of(settings.pipeline),
+                            allow_patterns=TAGGER_FILES)
+    return Tagger(folder, settings.tagger, use_cuda=device.type == "cuda")
+
+
 def pick_device(setting: str) -> torch.device:
     """``auto`` → CUDA when a GPU is visible, else the CPU."""
     if setting == "auto":
@@ -114,15 +114,14 @@ def pick_dtype(setting: str, device: torch.device, *, key: str = "pipeline.dtype
 class Stylizer:
     """Every model loaded once: the tagger, SDXL img2img, the styles' LoRAs and the prompt encoder."""
 
-    def __init__(self, settings: GpuSettings) -> None:
+    def __init__(self, settings: GpuSettings, *, tagger: Tagger | None = None) -> None:
+        """Load every model (``tagger``: the worker's own, shared with its other engines; None: load one)."""
         _quiet_libraries()
         self.settings = settings
         self.device = pick_device(settings.pipeline.device)
         self.dtype = pick_dtype(settings.pipeline.dtype, self.device)
-        cache = models.ModelStore.of(settings.pipeline)
         logger.info("loading models on %s (%s)", self.device, str(self.dtype).removeprefix("torch."))
-        tagger_dir = models.resolve(settings.tagger.model, "tagger.model", cache, allow_patterns=TAGGER_FILES)
-        self.tagger = Tagger(tagger_dir, settings.tagger, use_cuda=self.device.type == "cuda")
+        self.tagger = tagger if tagger is not None else load_tagger(settings, self.device)
         self.pipe = self._load_pipeline()
         self._style_adapters: list[str] = []  # styles whose LoRA stays a switchable adapter
         self._fused_all = self._load_loras()
