@@ -42,7 +42,7 @@ from pipeline.core.jobs import (
     Task,
     Update,
 )
-from pipeline.core.kinds import Spec, UnknownKind, kind_of
+from pipeline.core.kinds import Spec, UnknownKind, flat_job, kind_of
 
 MAGIC = b"CLAY"
 VERSION = 1
@@ -159,28 +159,12 @@ def from_fields(fields: Mapping[str, Any], blobs: Sequence[bytes] = (), *, expec
     if kind is None or expect is not None and kind not in expect:
         raise CodecError(f"unknown {what} {str(op)[:KEPT]!r}")
     queue = list(blobs)
-    if kind is Job and "spec" not in fields:
-        fields = _flat_job(fields)
+    if kind is Job and "spec" not in fields:  # as claybot wrote jobs before kinds had specs (journals, lanes)
+        fields = flat_job(fields)
     message = _unpack(kind, {name: value for name, value in fields.items() if name != "op"}, queue)
     if queue:
         raise CodecError(f"{len(queue)} blob(s) more than a {op} message holds")
     return message
-
-
-# A job as claybot wrote it before kinds had specs (2026-12-05): every kind's options side by side, and a "kind"
-# field (none: a picture). Journals and Redis lanes of that version still hold such jobs; they run as they were.
-_FLAT_SPECS = {"picture": ("strength", "speed", "trigger_weight", "structure_scale", "identity_scale"),
-               "clip": ("frames", "fps", "hold", "time_limit", "max_bytes")}
-
-
-def _flat_job(fields: Mapping[str, Any]) -> dict[str, Any]:
-    kind = fields.get("kind") or "picture"
-    if kind not in _FLAT_SPECS:
-        return dict(fields)  # read as it is: the error names what is missing
-    flat = {name for names in _FLAT_SPECS.values() for name in names} | {"kind"}
-    job = {name: value for name, value in fields.items() if name not in flat}
-    job["spec"] = {"op": kind} | {name: fields[name] for name in _FLAT_SPECS[kind] if name in fields}
-    return job
 
 
 # -- the types ------------------------------------------------------------------------------------------------------

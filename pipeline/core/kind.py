@@ -61,7 +61,8 @@ class JobKind:
     noun: ClassVar[str] = "job"  # in users' words: "3 pictures in the last minute"
     doing: ClassVar[str] = "Working…"  # its status line while it runs
     cost: ClassVar[int] = 1  # credits it costs, unless [credits] names it
-    no_worker_reason: ClassVar[str] = ("Nothing that makes this is running right now; please ask again later.")
+    no_worker_reason: ClassVar[str] = "Nothing that makes this is running right now; please ask again later."
+    flat_fields: ClassVar[tuple[str, ...]] = ()  # its options' names in jobs written before kinds had specs
 
     def enabled(self, gpu: Any) -> str | None:
         """None when this config makes the kind; else why not, in users' words."""

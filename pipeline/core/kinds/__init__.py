@@ -6,6 +6,7 @@ module named in ``[pipeline] plugins`` (``load_plugins``). The registry itself i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pipeline.core.errors import ClaybotError
@@ -28,8 +29,21 @@ from pipeline.core.kinds.picture import PictureKind, PictureSpec
 DEFAULT_KIND = PictureKind.name  # what a request is when it names no kind: a picture of the photo
 
 __all__ = ["DEFAULT_KIND", "ENGINES", "KINDS", "ClipKind", "ClipSpec", "JobKind", "KindLimits", "PictureKind",
-           "PictureSpec", "Spec", "UnknownKind", "by_rank", "kind_of", "load_plugins", "register", "register_engine",
-           "worker_kinds"]
+           "PictureSpec", "Spec", "UnknownKind", "by_rank", "flat_job", "kind_of", "load_plugins", "register",
+           "register_engine", "worker_kinds"]
+
+
+def flat_job(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's fields as claybot wrote them before kinds had specs (until 2026-12-05: every kind's options side by
+    side, and a "kind" field, none for a picture), as they are written now: journals and Redis lanes of that
+    version still hold such jobs, and they run as they were."""
+    kind = KINDS.get(str(fields.get("kind") or DEFAULT_KIND))
+    if kind is None or not kind.flat_fields:
+        return dict(fields)  # read as it is: the codec's error names what is missing
+    flat = {name for known in KINDS.values() for name in known.flat_fields} | {"kind"}
+    job = {name: value for name, value in fields.items() if name not in flat}
+    job["spec"] = {"op": kind.name} | {name: fields[name] for name in kind.flat_fields if name in fields}
+    return job
 
 
 def worker_kinds(gpu: Any, named: list[str]) -> tuple[JobKind, ...]:

@@ -54,6 +54,7 @@ class ClipKind(JobKind):
     doing = "Animating…"
     cost = 8
     no_worker_reason = "No clip maker is running right now, so I can't make your clip; please ask again later."
+    flat_fields = ("frames", "fps", "hold", "time_limit", "max_bytes")
     OPTIONS = frozenset({"seconds", "max_bytes"})
 
     def enabled(self, gpu: Any) -> str | None:

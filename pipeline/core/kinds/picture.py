@@ -51,6 +51,7 @@ class PictureKind(JobKind):
     cost = 1
     no_worker_reason = ("No picture maker is running right now, so I can't make your picture; "
                         "please send it again later.")
+    flat_fields = ("strength", "speed", "trigger_weight", "structure_scale", "identity_scale")
     OPTIONS = frozenset({"strength", "speed", "trigger_weight", "structure_scale", "identity_scale"})
 
     def settle(self, gpu: Any, style: str, options: Mapping[str, Any]) -> PictureSpec:
