@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from bot.observability import setup_logging
 from bot.service import open_queue, run_claybot, status_file
 from pipeline.core.errors import ClaybotError
 from pipeline.core.intake import take_in
-from pipeline.core.jobs import BadRequest, Done, Failed, Job, Progress, check_strength
+from pipeline.core.jobs import BadRequest, Done, Failed, Job, JobHandle, JobQueue, Progress, check_strength
 from pipeline.core.kinds import ClipSpec, PictureSpec
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def _read(path: Path) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def _ready_queue(config: Config, verbose: bool):
+async def _ready_queue(config: Config, verbose: bool) -> AsyncIterator[JobQueue]:
     """The configured queue, started, its worker ready; closed on the way out."""
     queue = open_queue(config, log_level=logging.DEBUG if verbose else logging.WARNING)
     await queue.start()
@@ -389,13 +390,14 @@ async def _run_all(config: Config, requests: dict, verbose: bool) -> dict:
     async with _ready_queue(config, verbose) as queue:
         handles = {key: await queue.submit(request) for key, request in requests.items()}
         with tqdm(total=len(handles), desc="sweeping", unit="image", file=sys.stderr, leave=False) as bar:
-            async def one(handle):
+            async def one(handle: JobHandle) -> Done:
                 async for event in handle.events():
                     if isinstance(event, Failed):
                         raise ClaybotError(event.reason)
                     if isinstance(event, Done):
                         bar.update(1)
                         return event
+                raise AssertionError("a job always ends with Done or Failed")
 
             done = await asyncio.gather(*(one(handle) for handle in handles.values()))
         return dict(zip(handles, done, strict=True))
@@ -462,7 +464,7 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def tiny_config_text(template: str, tiny, video=None) -> str:
+def tiny_config_text(template: str, tiny: Any, video: Any = None) -> str:
     """The template config (comments kept) with every model replaced by its tiny counterpart (and clips on, made
     by the tiny Wan model, when ``video`` names the tiny image-to-video models)."""
     import tomlkit
@@ -497,7 +499,7 @@ def tiny_config_text(template: str, tiny, video=None) -> str:
     return tomlkit.dumps(doc)
 
 
-def _tiny_guides(style, tiny) -> None:
+def _tiny_guides(style: Any, tiny: Any) -> None:
     """A style's guide models (pipeline.gpu.guides) pointed at the tiny ones, in place."""
     structure, identity = style.get("structure"), style.get("identity")
     if structure is not None and structure.get("controlnet"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -257,7 +257,7 @@ def new_job_id() -> str:
 class JobHandle:
     """What a submitter holds: the job's events in order, its result, and cancel-before-start."""
 
-    def __init__(self, job_id: str, job: Job, canceller=None) -> None:
+    def __init__(self, job_id: str, job: Job, canceller: Callable[[JobHandle], bool] | None = None) -> None:
         self.id = job_id
         self.job = job
         self._events: asyncio.Queue[Event] = asyncio.Queue()

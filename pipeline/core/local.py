@@ -327,7 +327,7 @@ class LocalQueue:
         threading.Thread(target=self._read, args=(self._generation, parent_conn, process),
                          name=f"claybot-worker-reader-{self._generation}", daemon=True).start()
 
-    def _read(self, generation: int, conn, process) -> None:
+    def _read(self, generation: int, conn: Connection, process: BaseProcess | None) -> None:
         """Reader thread: worker messages → the event loop, then the worker's exit."""
         while True:
             try:
@@ -349,7 +349,7 @@ class LocalQueue:
         process.join()
         self._call(self._on_exit, generation, process.exitcode)
 
-    def _call(self, callback: Callable, *args) -> None:
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None  # start() sets it before any worker thread exists
         try:
             self._loop.call_soon_threadsafe(callback, *args)
@@ -508,7 +508,7 @@ class LocalQueue:
                 logger.warning("cannot write %s: %s", self._status_path, err)
 
 
-def _hang_up(conn) -> None:
+def _hang_up(conn: Connection) -> None:
     """Close a socket connection so that both ends see it at once: a plain close() from this thread would not
     wake our reader thread blocked in recv(), and the worker would never hear we left."""
     try:

@@ -64,7 +64,7 @@ class Keys:
         return f"{self.prefix}:journal:{owner}"
 
 
-async def ensure_group(client, keys: Keys) -> None:
+async def ensure_group(client: Any, keys: Keys) -> None:
     """Create each lane's stream and its consumer group once (idempotent)."""
     from redis.exceptions import ResponseError
 
@@ -76,7 +76,7 @@ async def ensure_group(client, keys: Keys) -> None:
                 raise
 
 
-async def queue_depth(client, keys: Keys, *, limit: int) -> tuple[int, int]:
+async def queue_depth(client: Any, keys: Keys, *, limit: int) -> tuple[int, int]:
     """(waiting, running) over every lane: entries not yet delivered to a worker (counted exactly up to
     ``limit``), and delivered but not yet answered."""
     waiting = running = 0
@@ -86,7 +86,7 @@ async def queue_depth(client, keys: Keys, *, limit: int) -> tuple[int, int]:
     return waiting, running
 
 
-async def lane_depth(client, stream: str, *, limit: int) -> tuple[int, int]:
+async def lane_depth(client: Any, stream: str, *, limit: int) -> tuple[int, int]:
     """(waiting, running) of one lane."""
     from redis.exceptions import ResponseError
 

@@ -34,6 +34,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from pipeline.core import codec
@@ -365,7 +366,7 @@ class RedisQueue:
             await asyncio.sleep(self.settings.heartbeat)
 
     @staticmethod
-    async def _step(what: str, step, failing: set[str], failed: set[str]) -> Any:
+    async def _step(what: str, step: Awaitable[Any], failing: set[str], failed: set[str]) -> Any:
         try:
             return await step
         except asyncio.CancelledError:

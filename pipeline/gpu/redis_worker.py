@@ -181,7 +181,7 @@ class RedisWorker:
                 return [f for _, f in self.redis.xrange(lane, f"({last}", "+", count=count)]
         return []
 
-    def _parse(self, reply) -> list[JobEntry]:
+    def _parse(self, reply: Any) -> list[JobEntry]:
         """The jobs of an XREADGROUP reply; entries that are not jobs this worker can run are dropped."""
         jobs = []
         for stream, entries in reply or []:
