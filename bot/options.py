@@ -5,6 +5,7 @@ the rest."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pipeline.core import jobs
 from pipeline.core.errors import ClaybotError
@@ -96,6 +97,13 @@ def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, st
         speed = word
     rest = " ".join(word for word in words if not word[:1].isalpha())
     return parse_strength(rest), speed
+
+
+def picture_words(text: str | None, speeds: list[str]) -> dict[str, Any]:
+    """A picture's options as a caption or command's words ask for them (``"0.6 fast"``): what Telegram's /clay
+    hands the flow, as the kind's options (pipeline/core/kinds/picture.py settles the rest)."""
+    strength, speed = parse_options(text, speeds)
+    return {"strength": strength, "speed": speed}
 
 
 def check_strength(value: float) -> float:

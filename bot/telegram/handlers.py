@@ -26,7 +26,7 @@ from bot.admission import Admitted
 from bot.config import Config
 from bot.flow import Ask, RequestFlow, RunningRequests, user_line
 from bot.journal import RateLimited
-from bot.options import USAGE, UserError, button_speed, parse_options
+from bot.options import USAGE, UserError, button_speed, picture_words
 from bot.store import ClaybotDatabase
 from bot.telegram.buttons import parse_animate, parse_button
 from bot.telegram.help import (
@@ -84,23 +84,22 @@ class TelegramRequests:
         match = self.caption_command.match(message.caption or "")
         if match is None or not _for_this_bot(match.group(2), context):
             return
-        strength, speed = parse_options(match.group(3), self.config.speed_names())
+        options = picture_words(match.group(3), self.config.speed_names())
         photo = photo_in(message)
         if photo is None:  # a caption on something else (a video, an audio file)
             raise UserError(f"There is no photo here to work on. {USAGE}")
         self.serve_in_task(context, update, photo, user_id=asker(update), style=match.group(1), how="caption",
-                           options=picture(strength, speed))
+                           options=options)
 
     async def on_clay_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/clay [strength]`` as a reply to a photo (on its own it answers with the usage)."""
         message = message_of(update)
-        strength, speed = parse_options(" ".join(context.args or []), self.config.speed_names())
+        options = picture_words(" ".join(context.args or []), self.config.speed_names())
         photo = photo_in(message.reply_to_message)
         if photo is None:
             raise UserError(USAGE)
         style = (message.text or "/").split()[0].lstrip("/").split("@")[0].lower()
-        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, how="reply",
-                           options=picture(strength, speed))
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, how="reply", options=options)
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""

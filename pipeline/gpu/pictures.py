@@ -7,6 +7,7 @@ memory, holds each result to the chat's rating (img2img can add what the photo d
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -116,8 +117,9 @@ class PictureEngine:
 
 
 def _photo(job: DecodedJob) -> Photo:
-    """A job's decoded photo with its own settled values: the one place a picture's per-photo options (a new one
-    too) reach the stylizer."""
+    """A job's decoded photo with its own settled values: every option of its spec that ``Photo`` has a field for
+    (so a new per-photo option is a PictureSpec field and a Photo field of the same name, and no line here)."""
     spec = job.job.spec
     assert isinstance(spec, PictureSpec)
-    return Photo(job.image, job.job.seed, spec.trigger_weight, spec.structure_scale, spec.identity_scale)
+    values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(Photo) if hasattr(spec, f.name)}
+    return Photo(job.image, job.job.seed, **values)

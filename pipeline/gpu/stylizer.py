@@ -46,7 +46,9 @@ StepCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Photo:
-    """One decoded photo to stylize, with the seed that makes its result reproducible."""
+    """One decoded photo to stylize, with the seed that makes its result reproducible. The picture engine fills each
+    field from the job's PictureSpec field of the same name (settled values); None is for direct callers (tests,
+    the warm-up, benchmarks) only."""
 
     image: Image.Image
     seed: int
