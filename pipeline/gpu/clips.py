@@ -3,7 +3,7 @@
 The worker loop (``pipeline.gpu.worker``) decodes every job of a batch and tags it once (the SFW gate on the
 picture); each clip then goes here, one at a time: the Animator makes its frames with per-step Progress under the
 job's time limit, a few frames spread over the clip are rated as a picture is (the SFW gate on what the model made),
-pipeline.core.clip encodes them within ``[animate] max_mb`` (or the job's ``max_bytes``, the chat's attachment
+pipeline.core.clip encodes them within the job's ``max_bytes`` (``[animate] max_mb`` or the chat's attachment
 limit, when smaller), and the answer is a ``Done`` whose ``media`` says it holds an MP4.
 """
 
@@ -103,8 +103,8 @@ def run_clip(settings: GpuSettings, animator: Animator, job: DecodedJob, run: Ru
     ratings = worst([job.tags.ratings, *(frame_ratings or [])])
     started = time.perf_counter()
     try:
-        limits = (animator.settings.max_bytes, spec.max_bytes or animator.settings.max_bytes)
-        encoded = encode_mp4(clip.frames, clip.fps, hold=clip.hold, max_bytes=min(limits))
+        encoded = encode_mp4(clip.frames, clip.fps, hold=clip.hold,
+                             max_bytes=spec.max_bytes or animator.settings.max_bytes)
     except ClipTooLarge as err:
         fail(str(err), ErrorKind.TOO_LARGE)
         return

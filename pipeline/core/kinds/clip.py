@@ -30,7 +30,8 @@ class ClipSpec(Spec):
     fps: int
     hold: bool = False  # each frame shown twice ("on twos")
     time_limit: float | None = None  # seconds the worker may take; None: the queue's job_timeout
-    max_bytes: int = 0  # the clip's file must fit in this (the chat's attachment limit); 0: [animate] max_mb alone
+    max_bytes: int = 0  # its file must fit in this: the chat's attachment limit or [animate] max_mb, the smaller
+    #                     (settled at intake; 0 only in jobs written before it was)
 
     def __post_init__(self) -> None:
         if not (2 <= self.frames <= MAX_CLIP_FRAMES and 1 <= self.fps <= 60):
@@ -66,7 +67,8 @@ class ClipKind(JobKind):
             raise BadRequest(f"A clip has no option {unknown[0][:40]!r}.")
         animate = gpu.animate
         return ClipSpec(frames=clip_frames(animate, options.get("seconds")), fps=animate.fps, hold=animate.hold,
-                        time_limit=animate.timeout, max_bytes=int(options.get("max_bytes") or 0))
+                        time_limit=animate.timeout,
+                        max_bytes=min(animate.max_bytes, int(options.get("max_bytes") or animate.max_bytes)))
 
     def batch_key(self, job: Any) -> str:
         width, height = job.work_size
