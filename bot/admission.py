@@ -90,7 +90,7 @@ class Admission:
                 hold = await rule.admit(ask, kind)
                 if hold is not None:
                     admitted.holds.append(hold)
-            await self.queue.check_room(coming)
+            await self.queue.check_room(coming, tuple(dict.fromkeys(filter(None, (ask.first, ask.kind)))))
         except BaseException:
             await admitted.settle(NOT_COUNTED)
             if self.journal is not None and admitted.ticket is not None:  # refused after all: not the person's doing

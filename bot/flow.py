@@ -212,7 +212,7 @@ class RequestFlow:
                      admitted: Admitted | None = None) -> Done | None:
         """Serve one request to the end; every outcome is answered through ``reply`` (exactly once). ``admitted``:
         the request was admitted already (``admit``), by a front end that had to answer first."""
-        request = _Request(ask, _Acked(reply, ask, self.metrics))
+        request = _Request(ask, _Acked(reply, ask, self.metrics), self.pacer)
         request.admitted = admitted
         try:
             await self._handle(request, platform_limit)
@@ -250,8 +250,7 @@ class RequestFlow:
         if request.admitted.ticket is not None:
             request.reply.on_first_status = lambda: self._note_placeholder(request)
         # they see at once they were heard, before any wait; later lines take the chat's turns (bot/pacing.py)
-        request.line = self.pacer.line((ask.platform, ask.chat_id), request.reply.status)
-        await request.line.show(FETCHING)
+        await request.status_line().show(FETCHING)
 
         # 2. download (through the platform's client; never a URL a user typed), once the photo budget has room
         with self.budget.on_the_way():
@@ -269,7 +268,17 @@ class RequestFlow:
         done = await self._run(job, request, then=then)
         if then is not None and done is not None:
             request.done = None
-            await self._run(await self._next_job(then, done, job), request)
+            try:
+                next_job = await self._next_job(then, done, job)
+                handle = await self.queue.submit(next_job)
+            except (QueueBusy, QueueClosed, BadRequest, JobFailed) as err:
+                # The first answer is made: posted rather than lost, saying why the rest did not follow.
+                logger.info("%s: the chain stops after its %s (%s)", ask.platform, job.kind, err)
+                request.done, request.outcome = done, "image"
+                await request.status_line().close()
+                await _safely(request.reply.result(done, f"{caption(done)}\n{err}"))
+                return
+            await self._follow_job(handle, request)
 
     async def _next_job(self, then: Then, done: Done, job: Job) -> Job:
         """The next job of a chain: made from the answer of ``job``, in its style and with its seed."""
@@ -279,8 +288,11 @@ class RequestFlow:
     async def _run(self, job: Job, request: _Request, *, then: Then | None = None) -> Done | None:
         """Queue a settled job, journal it (with what the request asks for after it) and follow it to its end
         (with ``then``, its Done is only returned, for the chain's next job)."""
-        ask = request.ask
-        handle = await self.queue.submit(job)
+        return await self._follow_job(await self.queue.submit(job), request, then=then)
+
+    async def _follow_job(self, handle: JobHandle, request: _Request, *, then: Then | None = None) -> Done | None:
+        """Journal a queued job and follow it to its end (``_run``)."""
+        ask, job = request.ask, handle.job
         request.submitted = time.monotonic()
         with job_context(handle.id):
             logger.info("%s job %s from %s user %s in %s", job.kind, handle.id, ask.platform, ask.user_id,
@@ -314,9 +326,7 @@ class RequestFlow:
     async def _follow(self, handle: JobHandle, request: _Request, *, answer: bool = True) -> None:
         """Progress, paced so platforms' edit rate limits are never hit (bot/pacing.py); then the answer (with
         ``answer`` False, a Done is only kept: the chain's next job answers)."""
-        line = request.line
-        if line is None:
-            line = request.line = self.pacer.line((request.ask.platform, request.ask.chat_id), request.reply.status)
+        line = request.status_line()
         doing = kind_of(handle.job.kind).doing
         async for event in handle.events():
             if isinstance(event, Queued):
@@ -467,14 +477,20 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
 class _Request:
     """One request on its way: its admission (its ticket in the journal), how it ended, and its result."""
 
-    def __init__(self, ask: Ask, reply: _Acked) -> None:
-        self.ask, self.reply = ask, reply
+    def __init__(self, ask: Ask, reply: _Acked, pacer: StatusPacer) -> None:
+        self.ask, self.reply, self.pacer = ask, reply, pacer
         self.admitted: Admitted | None = None
         self.held = 0  # bytes of the photo budget this request holds
         self.submitted: float | None = None
         self.outcome = "failed"
         self.done: Done | None = None
         self.line: StatusLine | None = None  # its status line, once it was admitted
+
+    def status_line(self) -> StatusLine:
+        """Its one status line, paced with every other of its chat (bot/pacing.py)."""
+        if self.line is None:
+            self.line = self.pacer.line((self.ask.platform, self.ask.chat_id), self.reply.status)
+        return self.line
 
     @property
     def ticket(self) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from typing import Any
 
 import av
@@ -14,7 +15,8 @@ import pytest
 from bot.flow import Ask, RequestFlow
 from bot.journal import Then
 from bot.store import ClaybotDatabase
-from pipeline.core.jobs import MP4, Done, Job, JobHandle
+from pipeline.core.jobs import MP4, Done, Job, JobHandle, QueueBusy
+from pipeline.core.kinds import kind_of
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.tiny_video import write_tiny_video_models
 from tests.conftest import photo_bytes
@@ -75,8 +77,8 @@ class DiesBeforeTheClip:
     def __init__(self, queue) -> None:
         self.queue, self.gpu, self.between = queue, queue.gpu, asyncio.Event()
 
-    async def check_room(self, coming: int = 0) -> None:
-        await self.queue.check_room(coming)
+    async def check_room(self, coming: int = 0, kinds: tuple[str, ...] = ()) -> None:
+        await self.queue.check_room(coming, kinds)
 
     async def submit(self, job: Job) -> JobHandle:
         if job.kind == "clip":
@@ -119,3 +121,67 @@ async def test_a_restart_between_the_picture_and_the_clip_still_posts_the_clip(q
     assert isinstance(done, Done) and done.media == MP4 and done.seed == 23
     with av.open(io.BytesIO(done.image)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 17  # 2 s at 8 fps: the clip's own option kept
+
+
+class Kept:
+    """A Reply that keeps what the person is shown."""
+
+    private = False
+
+    def __init__(self) -> None:
+        self.results: list[tuple[Done, str]] = []
+        self.errors: list[str] = []
+
+    async def status(self, text: str) -> None:
+        pass
+
+    async def result(self, done: Done, caption: str) -> None:
+        self.results.append((done, caption))
+
+    async def error(self, text: str) -> None:
+        self.errors.append(text)
+
+    def placeholder(self) -> dict[str, Any]:
+        return {}
+
+
+class NoClipMaker(DiesBeforeTheClip):
+    """A queue whose clips cannot be queued any more once the picture is made (the clip worker went away)."""
+
+    async def submit(self, job: Job) -> JobHandle:
+        if job.kind == "clip":
+            raise QueueBusy(kind_of("clip").no_worker_reason)
+        return await self.queue.submit(job)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_clip_that_cannot_be_queued_after_its_picture_still_posts_the_picture(queue, clip_config, tmp_path):
+    async def photo() -> bytes:
+        return PHOTO
+
+    ask = Ask("telegram", "43", CHAT, photo, size=len(PHOTO), seed=24, kind="clip", first="picture")
+    kept = Kept()
+    async with ClaybotDatabase(tmp_path / "claybot.sqlite3") as store:
+        flow = RequestFlow(NoClipMaker(queue), clip_config, store=store)  # type: ignore[arg-type]
+        await asyncio.wait_for(flow.handle(ask, kept), 300)
+        assert await flow.unanswered() == []
+    assert kept.errors == []
+    (done, caption), = kept.results  # the clay picture, not lost: with why no clip follows
+    assert done.media == "image/png" and done.seed == 24
+    assert caption.endswith(kind_of("clip").no_worker_reason)
+
+
+async def test_redis_admission_asks_for_a_worker_of_every_kind_the_request_will_queue(server, tiny_config):
+    from pipeline.core.redis_queue import RedisQueue
+
+    settings = tiny_config.queue.model_copy(update={"backend": "redis", "redis_url": server.url,
+                                                    "no_worker_timeout": 60.0})
+    queue = RedisQueue(tiny_config.gpu(), settings, owner="admission")
+    await queue.start()
+    try:
+        queue._worker_seen.update({"picture": time.time(), "clip": time.time() - 3600})  # a pictures-only worker
+        await queue.check_room(0, ("picture",))
+        with pytest.raises(QueueBusy, match="No clip maker is running"):
+            await queue.check_room(0, ("picture", "clip"))  # a clip of a person's photo: refused before the picture
+    finally:
+        await queue.close()

@@ -319,9 +319,10 @@ class JobQueue(Protocol):
         """Queue a settled job (``pipeline.core.intake.take_in``); raises QueueBusy when full and QueueClosed when
         shutting down."""
 
-    async def check_room(self, coming: int = 0) -> None:
+    async def check_room(self, coming: int = 0, kinds: tuple[str, ...] = ()) -> None:
         """Cheap, before a photo is downloaded: QueueBusy when the waiting jobs, plus ``coming`` photos this
-        process is still fetching for the queue, fill it; QueueClosed when shutting down."""
+        process is still fetching for the queue, fill it, or no worker serves one of ``kinds`` (every job a request
+        will queue: a chained request's too); QueueClosed when shutting down."""
 
     async def recover(self) -> list[JobHandle]:
         """After a restart, handles for this process's accepted jobs that the queue still holds (Redis); none where

@@ -190,8 +190,9 @@ class LocalQueue:
         self._wake.set()
         return handle
 
-    async def check_room(self, coming: int = 0) -> None:
-        """QueueBusy when the waiting jobs and the ``coming`` ones fill the queue; QueueClosed when closing."""
+    async def check_room(self, coming: int = 0, kinds: tuple[str, ...] = ()) -> None:
+        """QueueBusy when the waiting jobs and the ``coming`` ones fill the queue; QueueClosed when closing (the one
+        worker serves every kind the config makes: ``kinds`` needs no check here)."""
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
         if len(self._pending) + coming >= self.settings.max_queue:

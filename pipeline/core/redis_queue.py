@@ -151,13 +151,17 @@ class RedisQueue:
         """Jobs this process is waiting on."""
         return len(self._handles)
 
-    async def check_room(self, coming: int = 0) -> None:
+    async def check_room(self, coming: int = 0, kinds: tuple[str, ...] = ()) -> None:
         """QueueBusy when the shared queue's waiting jobs and this process's ``coming`` ones fill it, or no worker
-        has been seen lately; QueueClosed when closing. One round trip to Redis."""
+        (serving each of ``kinds``) has been seen lately; QueueClosed when closing. One round trip to Redis."""
         if self._closing:
             raise QueueClosed(SHUTDOWN_REASON)
-        if time.time() - max(self._worker_seen.values()) >= self.settings.no_worker_timeout:
+        now = time.time()
+        if now - max(self._worker_seen.values()) >= self.settings.no_worker_timeout:
             raise QueueBusy(NO_WORKER_REASON)
+        for kind in kinds:
+            if now - self._worker_seen.setdefault(kind, now) >= self.settings.no_worker_timeout:
+                raise QueueBusy(no_worker_reason(kind))
         waiting, _ = await queue_depth(self.redis, self.keys, limit=self.settings.max_queue)
         if waiting + coming >= self.settings.max_queue:
             raise QueueBusy(busy_message(waiting + coming, self.settings.max_queue))
