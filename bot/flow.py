@@ -372,6 +372,8 @@ class RequestFlow:
         """After a restart, answer every job accepted before it (``entries``, from ``unanswered`` at start-up):
         those the queue still has (``handles``, Redis) when they finish, the others by running them again from
         the photo the journal kept. Returns how many."""
+        if self.journal is not None:
+            self.journal.platforms = frozenset(front_ends)
         by_job = {handle.id: handle for handle in handles}
         tasks: list[Coroutine[Any, Any, object]] = []
         for entry in entries:

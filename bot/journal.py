@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 KEEP_ANSWERED = 86400.0  # seconds a row stays after its answer: the longest window, and a day of usage counts
 PRUNE_EVERY = 600.0
+STALE_WAITING = 6 * 3600.0  # seconds after which an unanswered row no longer counts as waiting (no job takes so long)
 NOT_COUNTED = "busy"  # refused because claybot was busy or restarting: not the person's doing
 
 
@@ -107,6 +108,9 @@ class Journal:
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.limits, self.clock = store, limits, clock
         self._pruned = 0.0
+        # The platforms this process answers (None: every one). A kind's cap on jobs waiting at once counts only
+        # the jobs that can still be answered: those of a front end that is not running wait for it, uncounted.
+        self.platforms: frozenset[str] | None = None
 
     async def admit(self, platform: str, user_id: str, chat_id: str, group_id: str, answer_to: dict[str, Any],
                     origin: str | None = None, kind: str = DEFAULT_KIND) -> int:
@@ -156,8 +160,13 @@ class Journal:
             return refusal
         own = kind_of(kind).limits(self.limits)
         if own.waiting:
-            (waiting,) = db.execute("SELECT count(*) FROM jobs WHERE kind = ? AND state != 'answered'", (kind,)
-                                    ).fetchone()
+            # Only what can still be answered: a front end that is not running, or a row older than any job may
+            # take, must not block everyone's next request for ever.
+            platforms = sorted(self.platforms) if self.platforms is not None else None
+            (waiting,) = db.execute(
+                "SELECT count(*) FROM jobs WHERE kind = ? AND state != 'answered' AND accepted_at > ? "
+                "AND (? IS NULL OR platform IN (SELECT value FROM json_each(?)))",
+                (kind, now - STALE_WAITING, None if platforms is None else 1, json.dumps(platforms))).fetchone()
             if waiting >= own.waiting:
                 many = kind_of(kind).plural(waiting)
                 return RateLimited(f"{many} are already waiting or being made (the most at once is {own.waiting}); "

@@ -172,3 +172,26 @@ def test_a_job_of_each_kind_carries_only_its_own_options():
     clip = dataclasses.fields(kind_of("clip").spec)
     assert {f.name for f in picture} == {"strength", "speed", "trigger_weight", "structure_scale", "identity_scale"}
     assert {f.name for f in clip} == {"frames", "fps", "hold", "time_limit", "max_bytes"}
+
+
+async def test_clips_waiting_for_a_front_end_that_is_not_running_block_no_one(tiny_config, tmp_path):
+    """A restart without the Discord token left Discord's clips unanswered: they wait for Discord, uncounted, and
+    so do rows older than any job takes; Telegram's clips go on (hardening round 4, item 3)."""
+    limits = tiny_config.limits.model_copy(update={"clips_waiting": 2, "clip_user_per_hour": 0,
+                                                   "clip_chat_per_hour": 0, "user_queued": 0})
+    now = [1_000_000.0]
+    async with ClaybotDatabase(tmp_path / "claybot.sqlite3") as store:
+        journal = Journal(store, limits, clock=lambda: now[0])
+        for user in ("1", "2"):  # two Discord clips, never answered: Discord is not running after the restart
+            await journal.admit("discord", user, "c", "g", {}, kind="clip")
+        with pytest.raises(RateLimited, match="2 clips are already waiting"):
+            await journal.admit("telegram", "3", "c", "c", {}, kind="clip")  # before: blocked for ever
+        journal.platforms = frozenset({"telegram"})  # what RequestFlow.recover learns at start-up
+        ticket = await journal.admit("telegram", "3", "c", "c", {}, kind="clip")
+        await journal.admit("telegram", "4", "c", "c", {}, kind="clip")
+        with pytest.raises(RateLimited, match="2 clips are already waiting"):  # the cap itself still holds
+            await journal.admit("telegram", "5", "c", "c", {}, kind="clip")
+        await journal.answered(ticket, "image")
+        journal.platforms = None
+        now[0] += 7 * 3600  # a day later, nothing of that is waiting any more
+        await journal.admit("telegram", "6", "c", "c", {}, kind="clip")
