@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +27,7 @@ from PIL import Image
 from pipeline.core import models
 from pipeline.core.errors import ModelError
 from pipeline.core.settings import GpuSettings, IdentityGuide, StructureGuide
-
-if TYPE_CHECKING:
-    from pipeline.gpu.stylizer import Plan
+from pipeline.gpu.plan import Plan
 
 logger = logging.getLogger(__name__)
 

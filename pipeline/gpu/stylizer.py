@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 # transformers warns at import about optional image processors claybot never uses.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -30,6 +29,7 @@ from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGG
 from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, PipelineSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
 from pipeline.gpu.guides import Guides  # noqa: E402
+from pipeline.gpu.plan import Plan  # noqa: E402
 from pipeline.gpu.prompt import build_prompt, prompt_tags  # noqa: E402
 from pipeline.gpu.speed import (  # noqa: E402
     SpeedPresets,
@@ -72,23 +72,6 @@ class Stylized:
     prompt: str
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one pipeline call runs, decided once per call from the job's settled values and the worker's settings;
-    the prompt encoding, the speed preset's sampler and the guides all read it."""
-
-    style: str
-    strength: float
-    preset: str  # the speed preset
-    size: tuple[int, int]  # the working size every photo of the call is resized to
-    scheduler: Any  # a diffusers scheduler
-    nominal_steps: int  # num_inference_steps passed to diffusers
-    steps: int  # UNet steps that run: denoising_steps(nominal_steps, strength); 0: the photo is the answer
-    guidance_scale: float
-    adapters: tuple[tuple[str, float], ...] | None  # LoRA adapters that act, with weights; None: none to switch
-    guide_scales: tuple[tuple[float, float], ...]  # each photo's (structure, identity) scale; 0: that guide is off
 
 
 def pick_device(setting: str) -> torch.device:
