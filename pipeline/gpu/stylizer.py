@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # transformers warns at import about optional image processors claybot never uses.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -26,7 +27,7 @@ from pipeline.core.errors import ModelError  # noqa: E402
 from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
 from pipeline.core.jobs import Job  # noqa: E402
 from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGGER_FILES, VAE_FILES  # noqa: E402
-from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, PipelineSettings  # noqa: E402
+from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, ModelSpec, PipelineSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
 from pipeline.gpu.guides import Guides  # noqa: E402
 from pipeline.gpu.plan import Plan  # noqa: E402
@@ -120,7 +121,7 @@ class Stylizer:
 
     # -- loading -------------------------------------------------------------------------------------------------
 
-    def _load_pipeline(self):
+    def _load_pipeline(self) -> Any:
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
         p = self.settings.pipeline
@@ -163,7 +164,7 @@ class Stylizer:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def _resolve_lora(self, spec, key: str) -> Path:
+    def _resolve_lora(self, spec: ModelSpec, key: str) -> Path:
         """A LoRA's one .safetensors file, fetched (Hub, Civitai, URL) into the configured cache when needed."""
         path = models.resolve(spec, key, models.ModelStore.of(self.settings.pipeline), allow_patterns=LORA_FILES)
         return _single_safetensors(path, key)
