@@ -14,16 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from bot.ask import Ask
 from bot.journal import NOT_COUNTED, Journal
 from pipeline.core.intake import settle
 from pipeline.core.jobs import JobQueue
 from pipeline.core.kinds import JobKind, kind_of
 from pipeline.core.settings import GpuSettings
-
-if TYPE_CHECKING:
-    from bot.flow import Ask
 
 logger = logging.getLogger(__name__)
 

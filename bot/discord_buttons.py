@@ -1,6 +1,7 @@
 """A Discord result's buttons: their state, encoded in and parsed from the custom id in this one place, and who may
 press them. The buttons keep working after a restart with nothing stored (discord.py's ``DynamicItem``); what a
-press does is the Results cog's (cogs/results.py)."""
+press does is the Results cog's (cogs/results.py), which registers the classes that answer presses
+(``answered_by``, ``UnknownButton``) when it loads. A result's view only shows the buttons."""
 
 from __future__ import annotations
 
@@ -8,21 +9,17 @@ import dataclasses
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
 
-from bot.options import UserError, toggle_label
-
-if TYPE_CHECKING:
-    from cogs.results import Results
+from bot.options import toggle_label
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_BUTTON = "I don't know that button (it may be from an older claybot); please send the photo again."
 RESTARTING = "claybot is restarting; please try again in a minute."
 MAX_CUSTOM_ID = 100  # Discord's limit on a component's custom id
-RESULTS_COG = "Results"
 BUTTONS = {  # action: (label, emoji, style)
     "again": ("Again", "\N{GAME DIE}", discord.ButtonStyle.primary),
     "stronger": ("Stronger", "\N{HEAVY PLUS SIGN}", discord.ButtonStyle.secondary),
@@ -95,15 +92,23 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID
             return False
         return True
 
-    async def callback(self, interaction: discord.Interaction) -> Any:
-        bot: Any = interaction.client
-        try:
-            results: Results | None = bot.get_cog(RESULTS_COG)
-            if results is None:  # being unloaded: claybot is stopping
-                raise UserError(RESTARTING)
-            await results.press(interaction, self.action, self.state)
-        except Exception as err:  # discord.py would only log it; the user gets an answer too
-            await bot.report(interaction, err)
+
+class ResultPresses(Protocol):
+    """Who answers the presses on results' buttons (cogs/results.py's Results)."""
+
+    async def pressed(self, interaction: discord.Interaction, action: str, state: ResultState) -> None:
+        """Do what the button says, or tell the person why not (errors included: nothing is raised)."""
+
+
+def answered_by(presses: ResultPresses) -> type[ResultButton]:
+    """``ResultButton`` with its presses answered by ``presses``: the class the results cog registers with
+    ``add_dynamic_items`` (what a press does is given here, not looked up)."""
+
+    class AnsweredButton(ResultButton, template=CUSTOM_ID):
+        async def callback(self, interaction: discord.Interaction) -> None:
+            await presses.pressed(interaction, self.action, self.state)
+
+    return AnsweredButton
 
 
 class ResultView(discord.ui.View):
@@ -120,6 +125,9 @@ class ResultView(discord.ui.View):
             self.add_item(ResultButton("speed", dataclasses.replace(state, speed=toggle)))
         if animate and reruns:
             self.add_item(ResultButton("animate", state))
+        # Shown, never listened to: a view discord.py listens to would register its items' class for their custom
+        # ids, in place of the class the results cog registered to answer them. A stopped view is only sent.
+        self.stop()
 
 
 class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=r"clay:.*"):

@@ -5,8 +5,8 @@ Interactions are deferred at once and answered by editing their original respons
 15-minute interaction token answers in the channel instead. The pieces: bot/discord_photos.py (which image, where it
 was posted, fetching and fitting it), bot/discord_render.py (how a result looks, live and after a restart),
 bot/discord_buttons.py (the buttons' state in their custom ids, who may press), bot/discord_reply.py (one request's
-answers); the cogs: clay (/clay, "Clay it"), animate (/animate, "Animate it"), reactions, results (button presses
-and the 🎬 Animate button, deleted photos), admin.
+answers); the cogs: clay (/clay, "Clay it"), animate (/animate), reactions, results (the results' buttons, which it
+registers, the 🎬 Animate button and "Animate it", deleted photos), admin.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 
 from bot.config import Config, ConfigError
-from bot.discord_buttons import RESTARTING, ResultButton, UnknownButton
+from bot.discord_buttons import RESTARTING
 from bot.discord_photos import DiscordImage, PhotoMessage, find_photo
 from bot.discord_render import Requester, render
 from bot.discord_reply import RESULT_EVENT, ChannelReply, InteractionReply
@@ -145,8 +145,6 @@ class ClayBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.session = aiohttp.ClientSession()
-        # every result's buttons, whenever they were sent (cogs/results.py); a clay: button none of them is, answered
-        self.add_dynamic_items(ResultButton, UnknownButton)
         for name in COGS:
             await self.load_extension(name)
         self.synced = await self.sync_commands()

@@ -5,18 +5,32 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
 
+from bot.config import Config
 from bot.discord_photos import PhotoMessage
 from bot.discord_render import Requester, render
 from pipeline.core.jobs import Done
 
-if TYPE_CHECKING:
-    from bot.discord_client import ClayBot
-
 RESULT_EVENT = "clay_result"  # dispatched with (result message, PhotoMessage | None) once a result is posted
+
+
+class Answering(Protocol):
+    """What a reply needs of the bot that makes it (bot/discord_client.py's ClayBot)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def token_margin(self) -> float:
+        """Seconds: answers due later than the interaction token's 15 minutes minus this go to the channel."""
+
+    def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None: ...
+
+    def get_partial_messageable(self, id: int, *, guild_id: int | None = None,
+                                type: discord.ChannelType | None = None) -> discord.PartialMessageable: ...
 
 
 class _KeepsPhoto:
@@ -38,7 +52,7 @@ class InteractionReply(_KeepsPhoto):
 
     private = True  # its refusals are ephemeral: only the person who asked sees them
 
-    def __init__(self, bot: ClayBot, interaction: discord.Interaction, photo: PhotoMessage | None = None) -> None:
+    def __init__(self, bot: Answering, interaction: discord.Interaction, photo: PhotoMessage | None = None) -> None:
         self.bot, self.interaction, self.photo = bot, interaction, photo
         self.shown = False  # while nothing is shown, Discord would turn a follow-up into the (public) response
 
@@ -90,7 +104,7 @@ class ChannelReply(_KeepsPhoto):
 
     private = False  # a reply in the channel, seen by everyone there
 
-    def __init__(self, bot: ClayBot, message: discord.Message, member: discord.Member) -> None:
+    def __init__(self, bot: Answering, message: discord.Message, member: discord.Member) -> None:
         self.bot, self.message, self.member = bot, message, member
         self.photo = PhotoMessage.of(message)
         self.answer: discord.Message | None = None

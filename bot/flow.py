@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from bot.admission import Admission, AdmissionRule, Admitted
+from bot.ask import Ask
 from bot.budget import PhotoBudget
 from bot.config import Config
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited, Then
@@ -44,7 +44,7 @@ from pipeline.core.jobs import (
     Queued,
     Started,
 )
-from pipeline.core.kinds import DEFAULT_KIND, kind_of
+from pipeline.core.kinds import kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -54,28 +54,6 @@ CALM_LINE = "Something went wrong on my side; please try again."  # what a user 
 # What pipeline/core/images.py accepts (its ACCEPTED_FORMATS), by the names files have when a platform gives no type
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif", ".mpo")
 REFUSED_TYPES = ("image/tiff", "image/svg+xml")  # image types that platforms report and the pipeline cannot read
-
-
-@dataclass(frozen=True)
-class Ask:
-    """One platform-neutral request: where the photo is, what was asked, and by whom, where."""
-
-    platform: str
-    user_id: str
-    chat_id: str
-    download: Callable[[], Awaitable[bytes]]  # fetches the photo through the platform's client
-    size: int | None = None  # bytes, from the platform's metadata, when it tells
-    style: str | None = None
-    seed: int | None = None
-    kind: str = DEFAULT_KIND  # what to make of the photo (pipeline/core/kinds)
-    options: Mapping[str, Any] = field(default_factory=dict)  # the kind's own (a picture's strength, a clip's
-    #                                                           seconds…); None values: the defaults
-    first: str | None = None  # a chained request: the photo is made into this kind first, and that into ``kind``
-    group_id: str | None = None  # whose chat limits apply: the Discord server; default: the chat
-    nsfw: bool = False  # the chat is marked NSFW (a Discord age-restricted channel; a Telegram chat's setting)
-    answer_to: dict[str, Any] = field(default_factory=dict)  # for a restarted process: e.g. the message to reply to
-    origin: str | None = None  # the platform's id of the event (a Telegram update id): delivered twice, served once
-    received: float = field(default_factory=time.monotonic)  # when the platform event arrived
 
 
 class Reply(Protocol):

@@ -97,7 +97,7 @@ class ClaybotDatabase:
         await self.open()
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def open(self) -> None:
@@ -236,10 +236,11 @@ class ClaybotDatabase:
     # -- the database thread ---------------------------------------------------------------------------------------
 
     def _query(self, sql: str, params: tuple) -> list[tuple]:
-        if self._db is None:
+        db = self._db
+        if db is None:
             raise StoreError("the settings store is not open")
         try:
-            return self._locked(lambda: self._db.execute(sql, params).fetchall())
+            return self._locked(lambda: db.execute(sql, params).fetchall())
         except sqlite3.Error as err:
             raise StoreError(f"settings database {self.path}: {err}") from None
 
@@ -307,7 +308,7 @@ class ClaybotDatabase:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return True
 
-    def _locked(self, call):
+    def _locked(self, call: Callable[[], T]) -> T:
         with self._lock:
             return call()
 

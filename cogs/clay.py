@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 Strength = app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH]
 Seed = app_commands.Range[int, 0, MAX_SEED]
+MAX_CHOICES = 25  # Discord's limit on an option's choices (and on autocomplete suggestions)
 
 DESCRIPTIONS = {
     "image": "The photo to turn into clay",
@@ -57,42 +59,43 @@ class Clay(commands.Cog):
 
 
 def clay_command(cog: Clay, styles: list[str], speeds: Sequence[str] = ("default",)) -> app_commands.Command:
-    """/clay, with a ``style`` choice only when the config has several styles, and a ``speed`` choice only when it
-    has [speed.*] presets beside the default."""
-    description = "Turn a photo into a claymation picture"
+    """/clay, one callback: its ``style`` option only when the config has several styles, its ``speed`` option only
+    when it has [speed.*] presets beside the default; each a choice of the config's names (Discord checks the pick),
+    or, past Discord's 25 choices, names suggested as the person types (the flow refuses a name it does not know)."""
+    names = {"style": list(styles), "speed": list(speeds)}
+    hidden = {name for name, values in names.items() if len(values) < 2}
+    offered = [name for name in names if name not in hidden]
 
-    @app_commands.describe(image=DESCRIPTIONS["image"], strength=DESCRIPTIONS["strength"], seed=DESCRIPTIONS["seed"])
     async def clay(interaction: discord.Interaction, image: discord.Attachment, strength: Strength | None = None,
-                   seed: Seed | None = None) -> None:
-        await cog.clay(interaction, image, strength=strength, seed=seed, style=None)
-
-    @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items() if k != "speed"})
-    @app_commands.choices(style=[app_commands.Choice(name=name, value=name) for name in styles])
-    async def clay_in_style(interaction: discord.Interaction, image: discord.Attachment,
-                            strength: Strength | None = None, seed: Seed | None = None,
-                            style: str | None = None) -> None:
-        await cog.clay(interaction, image, strength=strength, seed=seed, style=style)
-
-    speed_choices = [app_commands.Choice(name=name, value=name) for name in speeds]
-
-    @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items() if k != "style"})
-    @app_commands.choices(speed=speed_choices)
-    async def clay_at_speed(interaction: discord.Interaction, image: discord.Attachment,
-                            strength: Strength | None = None, seed: Seed | None = None,
-                            speed: str | None = None) -> None:
-        await cog.clay(interaction, image, strength=strength, seed=seed, style=None, speed=speed)
-
-    @app_commands.describe(**DESCRIPTIONS)
-    @app_commands.choices(style=[app_commands.Choice(name=name, value=name) for name in styles], speed=speed_choices)
-    async def clay_in_style_at_speed(interaction: discord.Interaction, image: discord.Attachment,
-                                     strength: Strength | None = None, seed: Seed | None = None,
-                                     style: str | None = None, speed: str | None = None) -> None:
+                   seed: Seed | None = None, style: str | None = None, speed: str | None = None) -> None:
         await cog.clay(interaction, image, strength=strength, seed=seed, style=style, speed=speed)
 
-    callbacks = {(False, False): clay, (True, False): clay_in_style, (False, True): clay_at_speed,
-                 (True, True): clay_in_style_at_speed}
-    return app_commands.Command(name="clay", description=description,
-                                callback=callbacks[len(styles) > 1, len(speeds) > 1])
+    # discord.py reads the options from the callback's signature: the one callback shows only the offered ones
+    signature = inspect.signature(clay)
+    clay.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name not in hidden])
+    app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items() if k not in hidden})(clay)
+    choices = {name: names[name] for name in offered if len(names[name]) <= MAX_CHOICES}
+    if choices:
+        app_commands.choices(**{name: [app_commands.Choice(name=value, value=value) for value in values]
+                                for name, values in choices.items()})(clay)
+    suggested = {name: suggest(names[name]) for name in offered if name not in choices}
+    if suggested:
+        app_commands.autocomplete(**suggested)(clay)
+    return app_commands.Command(name="clay", description="Turn a photo into a claymation picture", callback=clay)
+
+
+Suggestions = Callable[[discord.Interaction, str], Coroutine[Any, Any, list[app_commands.Choice[str]]]]
+
+
+def suggest(names: list[str]) -> Suggestions:
+    """An autocomplete callback: the names that contain what was typed so far (Discord shows 25 at most)."""
+
+    async def complete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        typed = current.strip().lower()
+        return [app_commands.Choice(name=name, value=name) for name in names if typed in name.lower()][:MAX_CHOICES]
+
+    return complete
 
 
 async def setup(bot: ClayBot) -> None:

@@ -1,8 +1,10 @@
 """The results feature: what a result's buttons do, and what becomes of results whose photo is deleted.
 
 Again / Stronger / Weaker / Fast-Best make a new picture from the copy of the photo the result carries; 🎬 Animate
-makes a clip of the result's picture itself (the "Animate it" menu on a result comes here too); Delete removes the
-result (its requester, or the photo's author). When the photo's own message is deleted, its results
+makes a clip of the result's picture itself; Delete removes the result (its requester, or the photo's author). The
+cog registers the buttons' classes itself (``cog_load``), each press answered by this cog. The "Animate it" message
+menu (while [animate] is on) is here too: on a result it is the 🎬 button; on a person's photo it does what /animate
+does (made clay first, then animated). When the photo's own message is deleted, its results
 stop offering re-runs: their re-run buttons and their copy of the photo are removed (the results this process
 posted, at once; any other, when one of its buttons is pressed)."""
 
@@ -13,10 +15,11 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_buttons import RESULTS_COG, UNKNOWN_BUTTON, ResultState, state_of
-from bot.discord_photos import SOURCE_NAME, DiscordImage, PhotoMessage, picture_of
+from bot.discord_buttons import UNKNOWN_BUTTON, ResultState, UnknownButton, answered_by, state_of
+from bot.discord_photos import SOURCE_NAME, DiscordImage, PhotoMessage, find_photo, picture_of
 from bot.discord_render import PHOTO_GONE, photo_of, without_reruns
 from bot.discord_reply import RESULT_EVENT
 from bot.options import UserError, button_speed, variant
@@ -32,15 +35,44 @@ MAX_GONE = 10_000  # deleted photo messages remembered
 NO_PICTURE = "That message has no clay picture (any more), so I have nothing to animate."
 
 
-class Results(commands.Cog, name=RESULTS_COG):
-    """Button presses on results, and the results of deleted photos."""
+class Results(commands.Cog):
+    """Button presses on results, "Animate it", and the results of deleted photos."""
 
     def __init__(self, bot: ClayBot) -> None:
         self.bot = bot
         self.results: OrderedDict[int, list[tuple[int, int]]] = OrderedDict()  # photo → [(channel, result)]
         self.gone: OrderedDict[int, None] = OrderedDict()  # photo messages known deleted
+        # every result's buttons, whenever they were sent; a clay: button none of them is, answered
+        self.buttons = (answered_by(self), UnknownButton)
+        self.animate_it_menu = app_commands.ContextMenu(name="Animate it", callback=self.animate_it)
+        if bot.config.animate.enabled:
+            bot.tree.add_command(self.animate_it_menu)
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(*self.buttons)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*self.buttons)
+        self.bot.tree.remove_command(self.animate_it_menu.name, type=self.animate_it_menu.type)
 
     # -- presses -----------------------------------------------------------------------------------------------------
+
+    async def pressed(self, interaction: discord.Interaction, action: str, state: ResultState) -> None:
+        """A press on one of a result's buttons (their ``interaction_check`` has let it through)."""
+        try:
+            await self.press(interaction, action, state)
+        except Exception as err:  # discord.py would only log it; the person gets an answer too
+            await self.bot.report(interaction, err)
+
+    async def animate_it(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The "Animate it" menu: a result of claybot's animated as it is; a person's photo made clay first."""
+        me = self.bot.user
+        state = state_of(message) if me is not None and message.author.id == me.id else None
+        if state is not None:
+            await self.press(interaction, "animate", state, message)
+            return
+        photo = find_photo(message, self.bot.session, self.bot.flow.max_bytes(interaction.filesize_limit))
+        await self.bot.serve(interaction, photo, kind="clip", first="picture")
 
     async def press(self, interaction: discord.Interaction, action: str, state: ResultState,
                     message: discord.Message | None = None) -> None:

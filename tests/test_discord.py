@@ -20,7 +20,7 @@ from bot.flow import FETCHING, RequestFlow
 from bot.observability import Metrics
 from bot.options import UserError
 from cogs.admin import parse_emoji
-from cogs.clay import clay_command
+from cogs.clay import clay_command, suggest
 from pipeline.core.errors import ClaybotError
 from pipeline.core.local import LocalQueue
 from pipeline.core.safety import INPUT_REFUSED
@@ -755,6 +755,17 @@ async def test_clay_offers_a_style_choice_only_when_there_are_several_styles():
     strength = one["options"][1]
     assert (strength["min_value"], strength["max_value"]) == (0.05, 1.0)  # Discord refuses the rest itself
     assert all(option["description"] for option in one["options"])
+
+
+async def test_clay_suggests_style_names_as_typed_when_there_are_more_than_discord_lists():
+    tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
+    styles = [f"clay-{n:02}" for n in range(30)] + ["plasticine"]  # Discord lists 25 choices at most
+    many = clay_command(None, styles, ["default", "fast"]).to_dict(tree)
+    style, speed = many["options"][-2:]
+    assert style["name"] == "style" and style["autocomplete"] and "choices" not in style
+    assert [c["value"] for c in speed["choices"]] == ["default", "fast"]  # few: still a choice Discord checks
+    assert [c.value for c in await suggest(styles)(None, "PLAST")] == ["plasticine"]
+    assert len(await suggest(styles)(None, "")) == 25
 
 
 async def test_reaction_emoji_settings_accept_emoji_and_refuse_words():

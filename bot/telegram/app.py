@@ -24,6 +24,7 @@ from bot.flow import RequestFlow
 from bot.observability import HIDE_SECRETS, hide_secret
 from bot.outage import Outage, telegram_polling
 from bot.store import ClaybotDatabase
+from bot.telegram.buttons import ANIMATE_PATTERN, BUTTON_PATTERN
 from bot.telegram.handlers import TelegramRequests
 from bot.telegram.help import ANIMATE_COMMAND, command_menu
 from bot.telegram.hints import hint_for_plain_message
@@ -97,8 +98,10 @@ def build_application(config: Config, flow: RequestFlow, token: str,
     if settings.reaction_emoji:
         application.add_handler(MessageReactionHandler(
             requests.on_reaction, message_reaction_types=MessageReactionHandler.MESSAGE_REACTION_UPDATED))
-    # every button press, whatever its data: ours, and data that is not ours, all get an answer
-    application.add_handler(CallbackQueryHandler(requests.on_button))
+    # button presses, routed by family (bot/telegram/buttons.py); data no family claims gets an answer too
+    application.add_handler(CallbackQueryHandler(requests.on_button, pattern=BUTTON_PATTERN))
+    application.add_handler(CallbackQueryHandler(requests.on_animate_button, pattern=ANIMATE_PATTERN))
+    application.add_handler(CallbackQueryHandler(requests.on_unknown_button))
     application.add_error_handler(requests.on_error)
     return application
 

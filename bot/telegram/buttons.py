@@ -5,6 +5,9 @@ restart with nothing stored; the photo is the message the result replies to. Bum
 format changes after a release (nothing was released before ``c2``). The 🎬 Animate button (``ANIMATE_PREFIX``) makes
 a clip of the picture it is under: that picture is the button's own message, so its data carries only the style
 (its motion prompt) and the seed.
+
+Each family of buttons has its own ``*_PATTERN``, which the Application routes on (bot/telegram/app.py); it matches
+only the family's prefix, so a garbled press of a family still reaches that family's parser and gets its answer.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, MP4, Done
 
 BUTTON_PREFIX = "c2"
 ANIMATE_PREFIX = "c2a"
+BUTTON_PATTERN = re.compile(rf"^{BUTTON_PREFIX}\|")  # 🎲 / 💪 / 🪶 / ⚡ (``c2a|`` does not match it)
+ANIMATE_PATTERN = re.compile(rf"^{ANIMATE_PREFIX}\|")  # 🎬
 ANIMATE_LABEL = "🎬 Animate"
 SPEED_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # what config accepts as a [speed.*] name, and "default"
 MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from telegram import Message, ReactionType, ReactionTypeEmoji, Update
+from telegram import CallbackQuery, Message, ReactionType, ReactionTypeEmoji, Update
 from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
@@ -126,22 +126,15 @@ class TelegramRequests:
         self.serve_in_task(context, update, photo, user_id=who.id if who else 0, style=None, how="reaction")
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """🎲 / 💪 / 🪶 / ⚡ under a result: the same photo (the result's reply_to_message) again; 🎬: a clip of the
-        result itself."""
+        """🎲 / 💪 / 🪶 / ⚡ under a result (``BUTTON_PATTERN``): the same photo (the result's reply_to_message)
+        again."""
         query = update.callback_query
         if query is None:  # the handler's filter lets only button presses through
             return
         try:
-            clip = parse_animate(query.data or "")
-            if clip is None:
-                style, strength, seed, speed = parse_button(query.data or "")
+            style, strength, seed, speed = parse_button(query.data or "")
         except ValueError as err:
-            logger.info("telegram: unreadable button data from user %s: %s", query.from_user.id, str(err)[:100])
-            await query.answer("I can't read this button (it may be from an older version of me); please send the "
-                               "photo again.", show_alert=True)
-            return
-        if clip is not None:
-            await self.on_animate_button(update, context, *clip)
+            await unreadable_button(query, err)
             return
         try:
             button_speed(speed, self.config.speed_names())
@@ -162,13 +155,28 @@ class TelegramRequests:
         self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, seed=seed, how="button",
                            options=picture(strength, speed))
 
+    async def on_unknown_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A press whose data no button family claims (forged, or from a format that is gone): an answer all the
+        same, never a spinning button."""
+        if update.callback_query is not None:
+            await unreadable_button(update.callback_query, ValueError("no button family has this data"))
+
     # -- clips ---------------------------------------------------------------------------------------------------------
 
-    async def on_animate_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE, style: str | None,
-                                seed: int) -> None:
-        """🎬 under a picture: a clip of THAT picture (the button's own message), replying to it."""
+    async def on_animate_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """🎬 under a picture (``ANIMATE_PATTERN``): a clip of THAT picture (the button's own message), replying to
+        it."""
         query = update.callback_query
-        assert query is not None  # on_button checked
+        if query is None:  # the handler's filter lets only button presses through
+            return
+        try:
+            found = parse_animate(query.data or "")
+            if found is None:  # longer than Telegram allows: not a 🎬 button's after all
+                raise ValueError("callback data too long")
+        except ValueError as err:
+            await unreadable_button(query, err)
+            return
+        style, seed = found
         if isinstance(query.message, Message) and query.message.animation is not None:  # only by a forged press
             await query.answer("That is a clip already: press 🎬 under a picture.", show_alert=True)
             return
@@ -369,6 +377,13 @@ def animate_button_of(message: Message) -> tuple[str | None, int | None]:
             if found is not None:
                 return found
     return None, None
+
+
+async def unreadable_button(query: CallbackQuery, err: ValueError) -> None:
+    """The one answer to a press whose data does not parse, whichever family it claims to be."""
+    logger.info("telegram: unreadable button data from user %s: %s", query.from_user.id, str(err)[:100])
+    await query.answer("I can't read this button (it may be from an older version of me); please send the photo "
+                       "again.", show_alert=True)
 
 
 def asker(update: Update) -> int:

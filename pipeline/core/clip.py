@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -111,7 +112,7 @@ def _encode(frames: list[np.ndarray], size: tuple[int, int], fps: int, hold: int
         return path.read_bytes()
 
 
-def _write(av, path: Path, frames: list[np.ndarray], size: tuple[int, int], rate: int, hold: int, crf: int,
+def _write(av: Any, path: Path, frames: list[np.ndarray], size: tuple[int, int], rate: int, hold: int, crf: int,
            preset: str) -> None:
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=rate)

@@ -76,7 +76,7 @@ def check_aspect(width: int, height: int) -> None:
 
 
 @contextlib.contextmanager
-def _read_errors():
+def _read_errors() -> Iterator[None]:
     """Pillow's many read errors → BadImage/TooLarge with a message for the user."""
     try:
         with warnings.catch_warnings():

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -86,7 +87,7 @@ def _model_index(folder: Path) -> dict:
 class Animator:
     """The image-to-video pipeline, loaded once; ``run`` makes one clip from a picture."""
 
-    def __init__(self, settings: GpuSettings, *, pipe=None) -> None:
+    def __init__(self, settings: GpuSettings, *, pipe: Any = None) -> None:
         """Load ``animate.model``; or, given ``pipe`` (a pipeline built in memory, as the benchmark's full-size
         random models are), use that as if it had been loaded."""
         from pipeline.gpu.stylizer import _quiet_libraries
@@ -126,7 +127,7 @@ class Animator:
                     models.describe(self.settings.model), self.device, str(self.dtype).removeprefix("torch."),
                     time.perf_counter() - started)
 
-    def _load(self, folder: Path, class_name: str):
+    def _load(self, folder: Path, class_name: str) -> Any:
         import diffusers
 
         if self.family == "wan":
@@ -190,7 +191,7 @@ class Animator:
         width, height = self.size_for(*picture.size)
         image = picture.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
 
-        def step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
             if on_step is not None:
                 on_step(step + 1, s.steps)
             if deadline is not None and time.monotonic() > deadline:

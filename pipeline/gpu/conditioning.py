@@ -8,6 +8,7 @@ are never read as compel's ``+``/``-`` weight operators.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from compel import Compel, ReturnedEmbeddingsType
@@ -24,7 +25,7 @@ class _A1111Compel(Compel):
         fragments = [Fragment(text, weight) for text, weight in parse_attention(prompt_string)]
         return Conjunction([FlattenedPrompt(fragments)])
 
-    def build_conditioning_tensor(self, text: str, return_tokenization: bool = False):  # noqa: D102
+    def build_conditioning_tensor(self, text: str, return_tokenization: bool = False) -> Any:  # noqa: D102
         conjunction = self.parse_prompt_string(text)
         conditioning, tokenization, _options = self.build_conditioning_tensor_for_conjunction(
             conjunction, return_tokenization=True
@@ -48,7 +49,7 @@ class Conditioning:
 class PromptEncoder:
     """Encodes a batch of prompts (plus one negative prompt) with an SDXL pipeline's two text encoders."""
 
-    def __init__(self, pipe, device: torch.device) -> None:
+    def __init__(self, pipe: Any, device: torch.device) -> None:
         common = dict(
             returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
             truncate_long_prompts=False,

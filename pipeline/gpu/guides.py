@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +27,7 @@ from PIL import Image
 from pipeline.core import models
 from pipeline.core.errors import ModelError
 from pipeline.core.settings import GpuSettings, IdentityGuide, StructureGuide
-
-if TYPE_CHECKING:
-    from pipeline.gpu.stylizer import Plan
+from pipeline.gpu.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +146,7 @@ class _Group:
 class Guides:
     """Every style's guides, loaded once; ``denoise`` runs a batch through the right pipeline."""
 
-    def __init__(self, pipe, settings: GpuSettings, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, pipe: Any, settings: GpuSettings, device: torch.device, dtype: torch.dtype) -> None:
         self.pipe, self.device, self.dtype = pipe, device, dtype
         # The styles' guide settings describe the models loaded here; each call's scales come in its Plan.
         self.styles = settings.styles
@@ -237,7 +235,7 @@ class Guides:
         logger.info("identity guide %s with image encoder %s", models.describe(guide.adapter),
                     models.describe(guide.image_encoder))
 
-    def _control_pipe(self, style: str):
+    def _control_pipe(self, style: str) -> Any:
         from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
 
         spec = models.describe(self.styles[style].structure.controlnet)
@@ -331,7 +329,7 @@ class Guides:
         for number, group in enumerate(groups.values()):
             done = number * plan.steps
 
-            def step_end(pipe, step: int, timestep, callback_kwargs: dict, done=done) -> dict:
+            def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict, done: int = done) -> dict:
                 if on_step is not None:
                     on_step(done + step + 1, total)
                 return callback_kwargs
@@ -359,7 +357,7 @@ class Guides:
         return out  # type: ignore[return-value]
 
 
-def _take(value, indices: list[int]):
+def _take(value: Any, indices: list[int]) -> Any:
     """A per-photo value (a list, or a tensor batched along dim 0) cut to the photos at ``indices``."""
     if isinstance(value, list):
         return [value[i] for i in indices]

@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.core.errors import ModelError
 from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, ModelSpec
@@ -32,7 +33,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 }
 
 
-def build_scheduler(kind: str, base):
+def build_scheduler(kind: str, base: Any) -> Any:
     """The scheduler a preset asks for, built from the base pipeline's scheduler config (``base`` itself for
     "base"), so betas and prediction type stay the model's."""
     if kind == "base":
@@ -43,7 +44,7 @@ def build_scheduler(kind: str, base):
     return getattr(diffusers, class_name).from_config(base.config, **overrides)
 
 
-def max_nominal_steps(scheduler) -> int:
+def max_nominal_steps(scheduler: Any) -> int:
     """The longest schedule a scheduler accepts: LCM and TCD pick their steps from ``original_inference_steps``
     (50), the others from the training timesteps (1000)."""
     config = scheduler.config
@@ -77,7 +78,7 @@ def denoising_steps(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
-def set_active_adapters(pipe, names: list[str], weights: list[float]) -> None:
+def set_active_adapters(pipe: Any, names: list[str], weights: list[float]) -> None:
     """Exactly these LoRA adapters act, at these weights; every other loaded adapter is not computed at all.
 
     diffusers' ``set_adapters`` refuses an empty list, which is what a fused style LoRA under the default preset
@@ -104,7 +105,7 @@ class SpeedPresets:
     Only what was loaded is kept here (samplers, adapters and their weights); each call's steps and guidance are
     planned by the Stylizer from its own settings (``Stylizer.plan``)."""
 
-    def __init__(self, pipe, settings: GpuSettings, resolve_lora: Callable[[ModelSpec, str], Path]) -> None:
+    def __init__(self, pipe: Any, settings: GpuSettings, resolve_lora: Callable[[ModelSpec, str], Path]) -> None:
         self.base_scheduler = pipe.scheduler
         self.schedulers = {DEFAULT_SPEED: self.base_scheduler}
         self.adapters: dict[str, tuple[str, float]] = {}  # preset → (adapter name, weight), for presets with a LoRA
@@ -135,7 +136,7 @@ class SpeedPresets:
         """Whether any speed LoRA is in the pipeline (then adapters must be set on every call)."""
         return bool(self.adapters)
 
-    def scheduler(self, preset: str):
+    def scheduler(self, preset: str) -> Any:
         """The sampler this preset runs with (the base model's own for the default)."""
         if preset not in self.schedulers:
             raise ValueError(f"no speed preset {preset!r} (have: {', '.join(self.schedulers)})")

@@ -26,9 +26,10 @@ from pipeline.core import models  # noqa: E402
 from pipeline.core.errors import ModelError  # noqa: E402
 from pipeline.core.images import SDXL_BUCKETS, output_size  # noqa: E402
 from pipeline.core.models import CONFIG_FILES, DIFFUSERS_FILES, LORA_FILES, TAGGER_FILES, VAE_FILES  # noqa: E402
-from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, PipelineSettings  # noqa: E402
+from pipeline.core.settings import DEFAULT_SPEED, GpuSettings, ModelSpec, PipelineSettings  # noqa: E402
 from pipeline.gpu.conditioning import Conditioning, PromptEncoder  # noqa: E402
 from pipeline.gpu.guides import Guides  # noqa: E402
+from pipeline.gpu.plan import Plan  # noqa: E402
 from pipeline.gpu.prompt import build_prompt, prompt_tags  # noqa: E402
 from pipeline.gpu.speed import (  # noqa: E402
     SpeedPresets,
@@ -67,23 +68,6 @@ class Stylized:
     prompt: str
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one pipeline call runs, decided once per call from the job's settled values and the worker's settings;
-    the prompt encoding, the speed preset's sampler and the guides all read it."""
-
-    style: str
-    strength: float
-    preset: str  # the speed preset
-    size: tuple[int, int]  # the working size every photo of the call is resized to
-    scheduler: Any  # a diffusers scheduler
-    nominal_steps: int  # num_inference_steps passed to diffusers
-    steps: int  # UNet steps that run: denoising_steps(nominal_steps, strength); 0: the photo is the answer
-    guidance_scale: float
-    adapters: tuple[tuple[str, float], ...] | None  # LoRA adapters that act, with weights; None: none to switch
-    guide_scales: tuple[tuple[float, float], ...]  # each photo's (structure, identity) scale; 0: that guide is off
 
 
 def load_tagger(settings: GpuSettings, device: torch.device) -> Tagger:
@@ -138,7 +122,7 @@ class Stylizer:
 
     # -- loading -------------------------------------------------------------------------------------------------
 
-    def _load_pipeline(self):
+    def _load_pipeline(self) -> Any:
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
         p = self.settings.pipeline
@@ -181,7 +165,7 @@ class Stylizer:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def _resolve_lora(self, spec, key: str) -> Path:
+    def _resolve_lora(self, spec: ModelSpec, key: str) -> Path:
         """A LoRA's one .safetensors file, fetched (Hub, Civitai, URL) into the configured cache when needed."""
         path = models.resolve(spec, key, models.ModelStore.of(self.settings.pipeline), allow_patterns=LORA_FILES)
         return _single_safetensors(path, key)

@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +33,7 @@ DETECTOR_ANCHORS = 4420  # UltraFace version-RFB-320's prior count at 320×240
 DETECTOR_SIZE = (240, 320)  # height, width
 
 
-def _controlnet(unet, seed: int):
+def _controlnet(unet: Any, seed: int) -> Any:
     from diffusers import ControlNetModel
 
     # the control image's embedding shrinks it 8× to the latents' size, as the tiny VAE does (and SDXL's)
@@ -116,7 +118,7 @@ def _resampler_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 
-def attention_width(processor_name: str, block_out_channels) -> int:
+def attention_width(processor_name: str, block_out_channels: Sequence[int]) -> int:
     """A UNet attention processor's hidden width, from its name ("down_blocks.1…", "mid_block…", "up_blocks.0…")."""
     if processor_name.startswith("mid_block"):
         return block_out_channels[-1]
@@ -124,7 +126,7 @@ def attention_width(processor_name: str, block_out_channels) -> int:
         return list(reversed(block_out_channels))[int(processor_name[len("up_blocks.")])]
     return block_out_channels[int(processor_name[len("down_blocks.")])]
 
-def write_ip_adapter_plus(path: Path, unet, seed: int = 0, *, encoder_hidden: int = ENCODER_HIDDEN,
+def write_ip_adapter_plus(path: Path, unet: Any, seed: int = 0, *, encoder_hidden: int = ENCODER_HIDDEN,
                           hidden: int = ADAPTER_HIDDEN, heads: int = 1, queries: int = ADAPTER_QUERIES,
                           dtype: torch.dtype = torch.float32) -> None:
     """An IP-Adapter "plus" for ``unet`` in the original file layout (random weights); the defaults are tiny,
@@ -198,7 +200,7 @@ def write_face_detector(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_guides(out_dir: Path, unet, seed: int = 0) -> dict[str, Path]:
+def write_tiny_guides(out_dir: Path, unet: Any, seed: int = 0) -> dict[str, Path]:
     """Write every guide model under out_dir; the TinyModels fields they fill."""
     paths = {
         "controlnet_folder": out_dir / "controlnet",
