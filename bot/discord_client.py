@@ -28,6 +28,7 @@ from discord import app_commands
 from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 
+from bot.chat_settings import ChatSettings, Setting
 from bot.config import Config, ConfigError
 from bot.discord_buttons import RESTARTING
 from bot.discord_photos import DiscordImage, PhotoMessage, find_photo
@@ -81,9 +82,19 @@ def is_nsfw(channel: object) -> bool:
     return bool(check()) if callable(check) else False
 
 
+# A server's settings (/claysettings), declared once with their defaults: the config's, where the operator sets them.
+DISCORD_GUILD = ChatSettings(
+    "discord:guild",
+    reactions=Setting(bool, lambda config: config.discord.reactions),
+    reaction_emoji=Setting(str, lambda config: config.discord.reaction_emoji),
+    default_strength=Setting(float, None),  # None: the style's own default
+    channels=Setting(list),  # empty: every channel
+)
+
+
 def guild_scope(guild_id: int) -> str:
     """The settings-store scope of one server."""
-    return f"discord:guild:{guild_id}"
+    return DISCORD_GUILD.scope(guild_id)
 
 
 def answer_to(requester: discord.abc.User, photo: PhotoMessage | None) -> dict[str, Any]:
@@ -178,17 +189,13 @@ class ClayBot(commands.Bot):
 
     async def guild_settings(self, guild_id: int | None) -> GuildSettings:
         """A server's settings (outside servers: the config's defaults, and no reactions)."""
-        defaults = self.config.discord
         if guild_id is None:
-            return GuildSettings(False, defaults.reaction_emoji, None, ())
-        scope = guild_scope(guild_id)
-        channels = await self.store.get_list(scope, "channels")
-        return GuildSettings(
-            reactions=await self.store.get_bool(scope, "reactions", defaults.reactions),
-            emoji=await self.store.get_str(scope, "reaction_emoji", defaults.reaction_emoji) or defaults.reaction_emoji,
-            strength=await self.store.get_float(scope, "default_strength", None),
-            channels=tuple(int(channel) for channel in channels),
-        )
+            return GuildSettings(False, self.config.discord.reaction_emoji, None, ())
+        values = await DISCORD_GUILD.read(self.store, guild_id, self.config)
+        return GuildSettings(reactions=values["reactions"],
+                             emoji=values["reaction_emoji"] or self.config.discord.reaction_emoji,
+                             strength=values["default_strength"],
+                             channels=tuple(int(channel) for channel in values["channels"]))
 
     # -- serving --------------------------------------------------------------------------------------------------
 

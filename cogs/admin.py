@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_client import GuildSettings, guild_scope
+from bot.discord_client import DISCORD_GUILD, GuildSettings
 from bot.options import UserError
 from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH
 
@@ -75,24 +75,24 @@ class Admin(commands.Cog):
         """Every option is optional: with none, it shows the settings."""
         guild_id = interaction.guild_id
         assert guild_id is not None  # guild_only, and has_permissions fails in a DM (its permissions are empty)
-        store, scope = self.bot.store, guild_scope(guild_id)
+        store = self.bot.store
         emoji = parse_emoji(emoji) if emoji is not None else None  # refuse before changing anything
         if reset:
-            await store.clear(scope)
+            await DISCORD_GUILD.reset(store, guild_id)
         if reactions is not None:
-            await store.set(scope, "reactions", reactions)
+            await DISCORD_GUILD.set(store, guild_id, "reactions", reactions)
         if emoji is not None:
-            await store.set(scope, "reaction_emoji", emoji)
+            await DISCORD_GUILD.set(store, guild_id, "reaction_emoji", emoji)
         if strength is not None:
-            await store.set(scope, "default_strength", strength)
-        channels = [int(c) for c in await store.get_list(scope, "channels")]
+            await DISCORD_GUILD.set(store, guild_id, "default_strength", float(strength))
+        channels = [int(c) for c in (await DISCORD_GUILD.read(store, guild_id, self.bot.config))["channels"]]
         if all_channels:
             channels = []
         if allow_channel is not None and allow_channel.id not in channels:
             channels.append(allow_channel.id)
         if remove_channel is not None and remove_channel.id in channels:
             channels.remove(remove_channel.id)
-        await store.set(scope, "channels", channels or None)
+        await DISCORD_GUILD.set(store, guild_id, "channels", channels or None)
         settings = await self.bot.guild_settings(interaction.guild_id)
         changed = [name for name, value in (("reactions", reactions), ("emoji", emoji), ("strength", strength),
                                             ("allow_channel", allow_channel), ("remove_channel", remove_channel),

@@ -23,6 +23,7 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot.admission import Admitted
+from bot.chat_settings import ChatSettings, Setting
 from bot.config import Config
 from bot.flow import Ask, RequestFlow, RunningRequests, user_line
 from bot.journal import RateLimited
@@ -46,6 +47,8 @@ from pipeline.core.jobs import BadRequest, QueueBusy, QueueClosed
 logger = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
+# A chat's settings, declared once: /claysettings nsfw on lets any photo through there.
+TELEGRAM_CHAT = ChatSettings("telegram:chat", nsfw=Setting(bool, False))
 # "3", "2.5", "2,5": a clip's length in seconds; nothing longer than this is read as one
 SECONDS = re.compile(r"\d{1,3}(?:[.,]\d{1,2})?")
 PICTURE_GONE = "I can't read this picture any more; send it again and press 🎬 under the new one."
@@ -290,7 +293,7 @@ class TelegramRequests:
 
     async def nsfw(self, chat_id: int) -> bool:
         """Whether an admin marked this chat NSFW (/claysettings nsfw on)."""
-        return self.store is not None and await self.store.get_bool(chat_scope(chat_id), "nsfw", False)
+        return bool((await TELEGRAM_CHAT.read(self.store, chat_id))["nsfw"])
 
     def remember_result(self, message: Message) -> None:
         """A result the bot sent is a photo too: a reaction on it can be answered."""
@@ -315,7 +318,7 @@ class TelegramRequests:
             anonymous_admin = message.sender_chat is not None and message.sender_chat.id == chat.id
             if not anonymous_admin and not await self._is_admin(context, chat.id, chat.type, person.id):
                 raise UserError("Only this group's admins can change my settings.")
-            await self.store.set(chat_scope(chat.id), "nsfw", args[1] == "on" or None)
+            await TELEGRAM_CHAT.set(self.store, chat.id, "nsfw", args[1] == "on" or None)
             logger.info("telegram: chat %s set nsfw %s (user %s)", chat.id, args[1], person.id)
         nsfw = await self.nsfw(chat.id)
         await message.reply_text(
@@ -402,11 +405,6 @@ def message_of(update: Update) -> Message:
     if message is None:
         raise TypeError(f"update {update.update_id} has no message")
     return message
-
-
-def chat_scope(chat_id: int) -> str:
-    """The settings-store scope of one Telegram chat."""
-    return f"telegram:chat:{chat_id}"
 
 
 def _from_bot(message: Message | None, context: ContextTypes.DEFAULT_TYPE) -> bool:
