@@ -159,13 +159,13 @@ class RequestFlow:
         self.config = config
         self.pacer = StatusPacer(edit_intervals(config))  # every status edit of every request, per chat
         self.store = store
-        self.journal = Journal(store, config.limits, clock=clock) if store is not None else None
+        self.journal = Journal(store, config.limits, clock=clock, rules=rules) if store is not None else None
         self.metrics = metrics
         self.clock = clock
         self.recovering = RunningRequests()  # answering jobs accepted before a restart
         self.told: dict[tuple[str, str, str], float] = {}  # (platform, person, chat) → told of a limit until then
         self.budget = PhotoBudget(int(config.bot.photo_budget_mb * 2**20), config.bot.photo_budget_wait)
-        self.admission = Admission(config, queue, self.journal, rules)
+        self.admission = Admission(config, queue, self.journal)
 
     def max_bytes(self, platform_limit: int | None = None) -> int:
         """The most bytes a photo may have: ours, or the platform's download limit if lower."""
@@ -328,9 +328,8 @@ class RequestFlow:
                 await _safely(request.reply.error(event.reason))
 
     async def _close(self, request: _Request) -> None:
-        """The request is answered: its admission's holds, the journal and the metrics hear how it ended."""
-        if request.admitted is not None:
-            await request.admitted.settle(request.outcome)
+        """The request is answered: the journal (and in its transaction, what the admission rules hold) and the
+        metrics hear how it ended."""
         if self.journal is not None and request.ticket is not None:
             try:
                 await self.journal.answered(request.ticket, request.outcome)

@@ -17,16 +17,19 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.config import LimitSettings
 from bot.store import ClaybotDatabase
 from pipeline.core import codec
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import Job
-from pipeline.core.kinds import DEFAULT_KIND, KindLimits, by_rank, kind_of
+from pipeline.core.kinds import DEFAULT_KIND, JobKind, KindLimits, by_rank, kind_of
+
+if TYPE_CHECKING:
+    from bot.ask import Ask
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,19 @@ class Then:
             return None
 
 
+class AdmissionRule(Protocol):
+    """A check before every request, run inside the journal's transactions (claybot's SQLite database)."""
+
+    def admit(self, db: sqlite3.Connection, ask: Ask, kind: JobKind, ticket: int, now: float) -> None:
+        """After the limits let the request in and its ticket was written, in the same transaction: refuse by
+        raising a ``ClaybotError`` whose message is for the user (nothing of the request is written then), or
+        write what the request holds (a reservation) under ``ticket``."""
+
+    def answered(self, db: sqlite3.Connection, ticket: int, outcome: str, now: float) -> None:
+        """In the transaction that marks ``ticket`` answered with ``outcome`` ("image": the answer was posted):
+        settle what it holds (commit, or release on any other outcome). Called once per ticket."""
+
+
 def wait_text(seconds: float) -> str:
     """'in 38 seconds', 'in 12 minutes', 'in 2 hours'."""
     seconds = max(1, math.ceil(seconds))
@@ -105,18 +121,19 @@ class Journal:
     """The jobs table of claybot's (open) database."""
 
     def __init__(self, store: ClaybotDatabase, limits: LimitSettings, *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.store, self.limits, self.clock = store, limits, clock
+                 clock: Callable[[], float] = time.time, rules: Sequence[AdmissionRule] = ()) -> None:
+        self.store, self.limits, self.clock, self.rules = store, limits, clock, list(rules)
         self._pruned = 0.0
         # The platforms this process answers (None: every one). A kind's cap on jobs waiting at once counts only
         # the jobs that can still be answered: those of a front end that is not running wait for it, uncounted.
         self.platforms: frozenset[str] | None = None
 
     async def admit(self, platform: str, user_id: str, chat_id: str, group_id: str, answer_to: dict[str, Any],
-                    origin: str | None = None, kind: str = DEFAULT_KIND) -> int:
+                    origin: str | None = None, kind: str = DEFAULT_KIND, ask: Ask | None = None) -> int:
         """A ticket for a new request, or RateLimited (nothing written) when it is over a limit (its kind's own
         limits too, ``pipeline.core.kinds``); Duplicate when ``origin`` (the platform's id of the event) already has
-        one: Telegram sends again the updates a process fetched but did not confirm before it died."""
+        one: Telegram sends again the updates a process fetched but did not confirm before it died. With ``ask``,
+        the admission rules (credits) run in the same transaction, after the limits."""
         now = self.clock()
         prune = now - self._pruned > PRUNE_EVERY
         if prune:
@@ -140,6 +157,9 @@ class Journal:
                     (platform, user_id, chat_id, group_id, origin, json.dumps(answer_to), now, kind))
                 ticket = cursor.lastrowid
                 assert ticket is not None  # sqlite3 sets it after every INSERT that added a row
+                if ask is not None:
+                    for rule in self.rules:
+                        rule.admit(db, ask, kind_of(kind), ticket, now)  # a refusal rolls the ticket back too
                 db.execute("COMMIT")
                 return ticket
             except BaseException:
@@ -229,8 +249,17 @@ class Journal:
         now = self.clock()
 
         def work(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE jobs SET state = 'answered', outcome = ?, answered_at = ?, image = NULL "
-                       "WHERE ticket = ?", (outcome, now, ticket))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = db.execute("UPDATE jobs SET state = 'answered', outcome = ?, answered_at = ?, image = NULL "
+                                     "WHERE ticket = ? AND state != 'answered'", (outcome, now, ticket)).rowcount
+                if changed:  # once per ticket, with what the rules hold for it
+                    for rule in self.rules:
+                        rule.answered(db, ticket, outcome, now)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             self.store.shrink(db)  # the file gives the photos' room back to the disk
 
         await self.store.run(work)
