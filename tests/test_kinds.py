@@ -195,3 +195,17 @@ async def test_clips_waiting_for_a_front_end_that_is_not_running_block_no_one(ti
         journal.platforms = None
         now[0] += 7 * 3600  # a day later, nothing of that is waiting any more
         await journal.admit("telegram", "6", "c", "c", {}, kind="clip")
+
+
+async def test_a_clip_longer_than_animate_max_seconds_is_refused_before_anything_is_fetched(three_kinds):
+    """/animate 10.7 asked 257 frames whatever [animate] said (hardening round 4, item 2): the longest a person may
+    ask for is [animate] max_seconds, or the configured clip's length (here 9 frames at 8 fps)."""
+    from pipeline.core.intake import settle
+
+    with pytest.raises(BadRequest, match=r"A clip can be up to 1\.1 seconds long here, not 10\.7"):
+        settle(three_kinds, kind="clip", options={"seconds": 10.7})
+    longer = three_kinds.model_copy(update={"animate": three_kinds.animate.model_copy(update={"max_seconds": 3.0})})
+    _, spec = settle(longer, kind="clip", options={"seconds": 2})
+    assert spec.frames == 17  # 2 s at 8 fps, in the 4k+1 frames Wan makes
+    with pytest.raises(BadRequest, match=r"up to 3\.0 seconds long here, not 4"):
+        settle(longer, kind="clip", options={"seconds": 4})

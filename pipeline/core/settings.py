@@ -244,6 +244,13 @@ class AnimateSettings(Settings):
     # at most 50: the largest file a chat takes from a bot (Telegram's upload limit), under the worker link's frames
     max_mb: Annotated[float, Field(gt=0.0, le=50.0)] = 10.0
     timeout: Annotated[float, Field(gt=0.0, le=7200.0)] = 600.0
+    # the longest clip a person may ask for (/animate 5): a clip's cost grows with its frames; None: frames / fps
+    max_seconds: Annotated[float, Field(gt=0.0, le=60.0)] | None = None
+
+    @property
+    def longest(self) -> float:
+        """The longest clip a person may ask for, in seconds."""
+        return self.max_seconds if self.max_seconds is not None else self.seconds
 
     @field_validator("frames")
     @classmethod

@@ -86,14 +86,15 @@ class ClipKind(JobKind):
 
 def clip_frames(animate: Any, seconds: float | None) -> int:
     """The frame count of a clip of about ``seconds`` ([animate] frames when None): the nearest the model makes
-    (k·step + 1; with ``family = "auto"``, 8k + 1, which both families make); BadRequest past the longest."""
+    (k·step + 1; with ``family = "auto"``, 8k + 1, which both families make); BadRequest past the longest the model
+    makes or ``[animate] max_seconds`` allows."""
     if seconds is None:
         return int(animate.frames)
     step = FRAME_STEP.get(animate.family, max(FRAME_STEP.values()))
     most = (MAX_CLIP_FRAMES - 1) // step * step + 1
-    longest = most / animate.fps
-    if not 0 < seconds <= longest:  # also refuses NaN
-        raise BadRequest(f"A clip can be up to {longest:.1f} seconds long at {animate.fps} fps, not {seconds:g}.")
+    longest = min(most / animate.fps, animate.longest)  # what the model can make, and what the operator allows
+    if not 0 < seconds <= longest + 1e-9:  # also refuses NaN
+        raise BadRequest(f"A clip can be up to {longest:.1f} seconds long here, not {seconds:g}.")
     return min(most, max(1, round(seconds * animate.fps / step)) * step + 1)
 
 
