@@ -175,8 +175,8 @@ _FLAT_SPECS = {"picture": ("strength", "speed", "trigger_weight", "structure_sca
 
 def _flat_job(fields: Mapping[str, Any]) -> dict[str, Any]:
     kind = fields.get("kind") or "picture"
-    if kind not in _FLAT_SPECS:
-        return dict(fields)  # read as it is: the error names what is missing
+    if kind not in _FLAT_SPECS:  # no other kind was ever written flat
+        raise CodecError(f"job: unknown kind {str(kind)[:KEPT]!r}")
     flat = {name for names in _FLAT_SPECS.values() for name in names} | {"kind"}
     job = {name: value for name, value in fields.items() if name not in flat}
     job["spec"] = {"op": kind} | {name: fields[name] for name in _FLAT_SPECS[kind] if name in fields}
