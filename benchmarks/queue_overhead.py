@@ -91,12 +91,13 @@ async def queued_calls(config: Config, n: int, strength: float, *, concurrent: b
         photo = sample_photo()
         started = time.perf_counter()
         if concurrent:
-            handles = [await queue.submit(await take_in(queue.gpu, photo, strength=strength, seed=s)) for s in range(n)]
+            handles = [await queue.submit(await take_in(queue.gpu, photo, seed=s, options={"strength": strength}))
+                       for s in range(n)]
             results = await asyncio.gather(*(h.result(timeout=600) for h in handles))
         else:
             results = []
             for seed in range(n):
-                handle = await queue.submit(await take_in(queue.gpu, photo, strength=strength, seed=seed))
+                handle = await queue.submit(await take_in(queue.gpu, photo, seed=seed, options={"strength": strength}))
                 results.append(await handle.result(timeout=600))
         return time.perf_counter() - started, results[-1].prompt
     finally:

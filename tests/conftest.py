@@ -113,22 +113,57 @@ async def kill_if_running(process: asyncio.subprocess.Process | None) -> None:
         await process.wait()
 
 
+INTAKE_KEYWORDS = frozenset({"kind", "style", "seed", "max_rating", "reply_to"})  # what every kind of job takes
+
+
+def intake(**options) -> dict:
+    """``take_in``'s keywords from a test's flat ones: those every kind takes as they are, the kind's own (a
+    picture's strength=, a clip's seconds=) in ``options``."""
+    common = {name: value for name, value in options.items() if name in INTAKE_KEYWORDS}
+    own = {name: value for name, value in options.items() if name not in INTAKE_KEYWORDS}
+    return {**common, "options": own} if own else common
+
+
 async def submit(queue, image: bytes, **options):
-    """Settle a job as the request flow does (``take_in``, under the queue's config), then queue it."""
+    """Settle a job as the request flow does (``take_in``, under the queue's config), then queue it; ``options``
+    as ``intake`` reads them."""
     from pipeline.core.intake import take_in
 
-    return await queue.submit(await take_in(queue.gpu, image, **options))
+    return await queue.submit(await take_in(queue.gpu, image, **intake(**options)))
 
 
 def settled_job(gpu, image: bytes | None = None, **options):
     """A job as intake settles it for an ordinary photo, carrying ``image`` whatever it is: what a worker gets
-    from a chat process that did not (or could not) look at the photo first."""
+    from a chat process that did not (or could not) look at the photo first (``options`` as ``intake`` reads
+    them)."""
     import dataclasses
 
     from pipeline.core.intake import take_in
 
-    job = asyncio.run(take_in(gpu, photo_bytes(), **options))
+    job = asyncio.run(take_in(gpu, photo_bytes(), **intake(**options)))
     return job if image is None else dataclasses.replace(job, image=image)
+
+
+def with_spec(job, **changes):
+    """``job`` with some of its kind's own options changed (``dataclasses.replace`` of its spec)."""
+    import dataclasses
+
+    return dataclasses.replace(job, spec=dataclasses.replace(job.spec, **changes))
+
+
+def workshop_of(stylizer, animator=None):
+    """The worker's workshop around a stylizer (or a test's wrapper of one, which intercepts its ``run`` or
+    ``tagger``): the picture engine over it, the clip engine over ``animator`` when given, and the wrapper's
+    ``tagger`` as the worker's."""
+    from pipeline.gpu.clips import ClipEngine
+    from pipeline.gpu.pictures import PictureEngine
+    from pipeline.gpu.worker import Workshop
+
+    settings, tagger = stylizer.settings, stylizer.tagger
+    engines = {"sdxl": PictureEngine(settings, tagger, stylizer=stylizer)}
+    if animator is not None:
+        engines["animate"] = ClipEngine(settings, tagger, animator=animator)
+    return Workshop(settings, tagger, engines)
 
 
 async def follow_in_order(handles: dict[str, object], order: list) -> dict[str, list]:

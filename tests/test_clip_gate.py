@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.core.intake import take_in
-from pipeline.core.jobs import MP4, Batch, Done, ErrorKind, Failed, Kind, Progress, Task, Update
+from pipeline.core.jobs import MP4, Batch, Done, ErrorKind, Failed, Progress, Task, Update
 from pipeline.core.safety import CLIP_REFUSED, INPUT_REFUSED, RATINGS, over_limit, severity, worst
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.animate import Animator
@@ -18,7 +18,7 @@ from pipeline.gpu.clips import checked_frames
 from pipeline.gpu.stylizer import Stylizer
 from pipeline.gpu.tiny_video import write_tiny_video_models
 from pipeline.gpu.worker import run_batch
-from tests.conftest import photo_bytes
+from tests.conftest import photo_bytes, workshop_of
 
 SQUARE = photo_bytes((128, 128))  # square frames: the tagger pads nothing, so a red frame rates as red does
 RED = photo_bytes((128, 128), color=(255, 0, 0), fmt="PNG")  # the tiny tagger rates pure red "explicit"
@@ -58,7 +58,7 @@ class RedFrames:
 
 
 def clip_batch(gpu, max_rating: str | None, image: bytes = SQUARE) -> Batch:
-    job = asyncio.run(take_in(gpu, image, kind=Kind.CLIP, seed=3, max_rating=max_rating))
+    job = asyncio.run(take_in(gpu, image, kind="clip", seed=3, max_rating=max_rating))
     return Batch((Task("clip", job),), 300)
 
 
@@ -78,7 +78,7 @@ def test_a_clip_with_a_frame_over_the_chats_rating_is_refused(stylizer, animator
     index = {"first": 0, "middle": 4, "last": -1}[where]  # of the 9 frames
     red = RedFrames(animator, [index])
     sent: list = []
-    run_batch(stylizer, clip_batch(clip_gpu, "sensitive"), sent.append, animator=red)
+    run_batch(workshop_of(stylizer, red), clip_batch(clip_gpu, "sensitive"), sent.append)
 
     assert red.made == 9
     failed = answer(sent)
@@ -90,7 +90,7 @@ def test_a_clip_with_a_frame_over_the_chats_rating_is_refused(stylizer, animator
 def test_the_same_clip_is_sent_where_the_chat_allows_it_and_carries_its_worst_rating(stylizer, animator, clip_gpu):
     for max_rating in (None, "explicit"):
         sent: list = []
-        run_batch(stylizer, clip_batch(clip_gpu, max_rating), sent.append, animator=RedFrames(animator, [4]))
+        run_batch(workshop_of(stylizer, RedFrames(animator, [4])), clip_batch(clip_gpu, max_rating), sent.append)
         done = answer(sent)
         assert isinstance(done, Done) and done.media == MP4
         assert max(done.ratings, key=done.ratings.__getitem__) == "explicit"  # the red frame's, not the picture's
@@ -99,7 +99,7 @@ def test_the_same_clip_is_sent_where_the_chat_allows_it_and_carries_its_worst_ra
 
 def test_a_clip_within_the_limit_is_sent_with_the_pictures_rating(stylizer, animator, clip_gpu):
     sent: list = []
-    run_batch(stylizer, clip_batch(clip_gpu, "sensitive"), sent.append, animator=animator)
+    run_batch(workshop_of(stylizer, animator), clip_batch(clip_gpu, "sensitive"), sent.append)
     done = answer(sent)
     assert isinstance(done, Done) and done.media == MP4
     assert not over_limit(done.ratings, "sensitive") and set(done.ratings) == set(RATINGS)
@@ -108,7 +108,7 @@ def test_a_clip_within_the_limit_is_sent_with_the_pictures_rating(stylizer, anim
 def test_a_picture_over_the_limit_is_refused_before_any_frame_is_made(stylizer, animator, clip_gpu):
     red = RedFrames(animator, [])
     sent: list = []
-    run_batch(stylizer, clip_batch(clip_gpu, "sensitive", image=RED), sent.append, animator=red)
+    run_batch(workshop_of(stylizer, red), clip_batch(clip_gpu, "sensitive", image=RED), sent.append)
     failed = answer(sent)
     assert isinstance(failed, Failed) and failed.reason == INPUT_REFUSED and red.made == 0
 
@@ -141,12 +141,12 @@ class BlindAfterThePicture:
 
 def test_a_clip_whose_frames_cannot_be_rated_is_not_sent_where_the_chat_asked_for_the_check(stylizer, animator,
                                                                                              clip_gpu):
-    from pipeline.gpu.worker import TAG_REASON
+    from pipeline.gpu.engine import TAG_REASON
 
     sent: list = []
-    run_batch(BlindAfterThePicture(stylizer), clip_batch(clip_gpu, "sensitive"), sent.append, animator=animator)
+    run_batch(workshop_of(BlindAfterThePicture(stylizer), animator), clip_batch(clip_gpu, "sensitive"), sent.append)
     assert answer(sent) == Failed(TAG_REASON, ErrorKind.INTERNAL)
     sent = []  # a chat that allows anything asked for no check: the clip is sent, rated as its picture
-    run_batch(BlindAfterThePicture(stylizer), clip_batch(clip_gpu, None), sent.append, animator=animator)
+    run_batch(workshop_of(BlindAfterThePicture(stylizer), animator), clip_batch(clip_gpu, None), sent.append)
     done = answer(sent)
     assert isinstance(done, Done) and done.media == MP4 and set(done.ratings) == set(RATINGS)

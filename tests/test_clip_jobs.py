@@ -4,17 +4,17 @@ worker (tiny random-weight Wan) and answered with an MP4, through the real Local
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 
 import av
 import pytest
 
-from pipeline.core.intake import ANIMATE_OFF, take_in
-from pipeline.core.jobs import MP4, PNG, BadRequest, Done, ErrorKind, Failed, Kind, Progress, Queued, Started
+from pipeline.core.intake import take_in
+from pipeline.core.jobs import MP4, PNG, BadRequest, Done, ErrorKind, Failed, Progress, Queued, Started
+from pipeline.core.kinds.clip import ANIMATE_OFF
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.tiny_video import write_tiny_video_models
-from tests.conftest import follow_in_order, photo_bytes
+from tests.conftest import follow_in_order, photo_bytes, with_spec
 
 STEPS = 2
 
@@ -47,24 +47,25 @@ async def test_intake_refuses_a_clip_when_animate_is_off(tiny_config):
     gpu = tiny_config.gpu()
     assert not gpu.animate.enabled
     with pytest.raises(BadRequest) as refused:
-        await take_in(gpu, photo_bytes(), kind=Kind.CLIP)
+        await take_in(gpu, photo_bytes(), kind="clip")
     assert str(refused.value) == ANIMATE_OFF and "[animate] enabled = true" in ANIMATE_OFF
-    assert (await take_in(gpu, photo_bytes())).kind is Kind.PICTURE  # pictures go on as before
+    assert (await take_in(gpu, photo_bytes())).kind == "picture"  # pictures go on as before
 
 
 async def test_intake_settles_a_clips_frames_from_its_seconds_and_refuses_a_length_it_cannot_make(clip_gpu):
-    default = await take_in(clip_gpu, photo_bytes(), kind=Kind.CLIP)
-    assert (default.frames, default.fps, default.hold, default.time_limit) == (9, 8, False, 300)
-    three = await take_in(clip_gpu, photo_bytes(), kind=Kind.CLIP, seconds=3)
-    assert three.frames == 25  # 3 s at 8 fps, as 8k + 1 (what both families make, with family = "auto")
+    default = await take_in(clip_gpu, photo_bytes(), kind="clip")
+    spec = default.spec
+    assert (spec.frames, spec.fps, spec.hold, spec.time_limit) == (9, 8, False, 300)
+    three = await take_in(clip_gpu, photo_bytes(), kind="clip", options={"seconds": 3})
+    assert three.spec.frames == 25  # 3 s at 8 fps, as 8k + 1 (what both families make, with family = "auto")
     for seconds in (0, -1, float("nan"), 33):
         with pytest.raises(BadRequest, match="A clip can be up to 32.1 seconds long at 8 fps"):
-            await take_in(clip_gpu, photo_bytes(), kind=Kind.CLIP, seconds=seconds)
+            await take_in(clip_gpu, photo_bytes(), kind="clip", options={"seconds": seconds})
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_clip_job_goes_through_the_queue_with_progress_and_comes_back_as_an_mp4(queue):
-    clip_job = await take_in(queue.gpu, photo_bytes((160, 120)), kind=Kind.CLIP, seed=4, seconds=2)
+    clip_job = await take_in(queue.gpu, photo_bytes((160, 120)), kind="clip", seed=4, options={"seconds": 2})
     picture_job = await take_in(queue.gpu, photo_bytes((160, 120)), seed=4)
     clip, picture = await queue.submit(clip_job), await queue.submit(picture_job)
     events = [event async for event in clip.events()]
@@ -86,8 +87,8 @@ async def test_a_clip_job_goes_through_the_queue_with_progress_and_comes_back_as
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_clip_past_its_own_time_limit_is_stopped_between_steps_and_the_worker_serves_on(queue):
-    job = await take_in(queue.gpu, photo_bytes(), kind=Kind.CLIP, seed=1)
-    late = await queue.submit(dataclasses.replace(job, time_limit=0.001))  # spent before the first step ends
+    job = await take_in(queue.gpu, photo_bytes(), kind="clip", seed=1)
+    late = await queue.submit(with_spec(job, time_limit=0.001))  # spent before the first step ends
     events = [event async for event in late.events()]
 
     assert [e for e in events if isinstance(e, Progress)] == [Progress(1, STEPS)]  # no step began after the limit
@@ -99,7 +100,7 @@ async def test_a_clip_past_its_own_time_limit_is_stopped_between_steps_and_the_w
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_picture_sent_while_a_clip_runs_starts_before_the_clip_waiting_ahead_of_it(queue):
-    a, b = [await take_in(queue.gpu, photo_bytes(), kind=Kind.CLIP, seed=seed, seconds=4) for seed in (1, 2)]
+    a, b = [await take_in(queue.gpu, photo_bytes(), kind="clip", seed=seed, options={"seconds": 4}) for seed in (1, 2)]
     p = await take_in(queue.gpu, photo_bytes(), seed=3)
     clip_a = await queue.submit(a)
     async for event in clip_a.events():  # A is running

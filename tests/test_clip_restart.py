@@ -13,7 +13,7 @@ import pytest
 from bot.flow import RequestFlow
 from bot.store import ClaybotDatabase
 from pipeline.core.intake import take_in
-from pipeline.core.jobs import MP4, Done, Kind
+from pipeline.core.jobs import MP4, Done
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.tiny_video import write_tiny_video_models
 from tests.conftest import photo_bytes
@@ -53,7 +53,7 @@ class Chat:
 async def test_a_clip_waiting_when_the_chat_process_died_is_made_and_posted_after_the_restart(queue, clip_config,
                                                                                            tmp_path):
     database = tmp_path / "claybot.sqlite3"
-    job = await take_in(queue.gpu, photo_bytes((160, 120)), kind=Kind.CLIP, seed=11, seconds=2,
+    job = await take_in(queue.gpu, photo_bytes((160, 120)), kind="clip", seed=11, options={"seconds": 2},
                         reply_to=("telegram", CHAT))
     # Before: accepted and queued (what RequestFlow.handle journals), then the process died with it waiting.
     async with ClaybotDatabase(database) as store:
@@ -66,8 +66,8 @@ async def test_a_clip_waiting_when_the_chat_process_died_is_made_and_posted_afte
     async with ClaybotDatabase(database) as store:
         flow = RequestFlow(queue, clip_config, store=store)
         entries = await flow.unanswered()
-        assert [(entry.job.kind, entry.job.seed, entry.job.frames) for entry in entries if entry.job] == [
-            (Kind.CLIP, 11, 17)]  # the same settled clip: 2 s at 8 fps
+        assert [(entry.job.kind, entry.job.seed, entry.job.spec.frames) for entry in entries if entry.job] == [
+            ("clip", 11, 17)]  # the same settled clip: 2 s at 8 fps
         chat = Chat()
         assert await flow.recover({"telegram": chat}, entries) == 1
         await asyncio.wait_for(asyncio.gather(*flow.recovering.tasks), 300)

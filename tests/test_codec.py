@@ -20,7 +20,6 @@ from pipeline.core.jobs import (
     Fatal,
     Idle,
     Job,
-    Kind,
     Progress,
     Queued,
     Ready,
@@ -29,22 +28,24 @@ from pipeline.core.jobs import (
     Task,
     Update,
 )
+from pipeline.core.kinds import ClipSpec, PictureSpec
 
-JOB = Job(b"\x89PNG photo bytes \x00\xff", "clay", 0.55, "fast", 123456789, (832, 640), 2.0, 0.8, 0.6,
+JOB = Job(b"\x89PNG photo bytes \x00\xff", "clay", 123456789, (832, 640), PictureSpec(0.55, "fast", 2.0, 0.8, 0.6),
           max_rating="sensitive", reply_to=("telegram", "-100123"))
 DONE = Done(b"result png", 832, 640, ["1girl", "smile", "clay \u00e9"], "(Clay:2), smile", 7, "clay", 0.55,
             {"general": 0.9, "sensitive": 0.1}, {"tag": 0.25, "denoise": 3.5}, "fast")
-CLIP_JOB = Job(b"\x89PNG clay picture", "clay", 0.5, "default", 42, (128, 96), 2.0, 0.8, 0.6, kind=Kind.CLIP,
-               frames=25, fps=12, hold=True, time_limit=600.0, reply_to=("discord", "987"))
-CLIP_DONE = Done(b"\x00\x00\x00\x20ftypisom mp4 bytes", 128, 96, ["cat"], "claymation, cat", 42, "clay", 0.5,
+CLIP_JOB = Job(b"\x89PNG clay picture", "clay", 42, (128, 96), ClipSpec(frames=25, fps=12, hold=True, time_limit=600.0),
+               reply_to=("discord", "987"))
+CLIP_DONE = Done(b"\x00\x00\x00\x20ftypisom mp4 bytes", 128, 96, ["cat"], "claymation, cat", 42, "clay",
                  media=MP4)
 
 EVERY_MESSAGE = [
     JOB,
-    Job(b"", "clay", 1.0, "default", 0, (64, 64), 0.0, 0.0, 2.0),  # no rating limit, no reply_to, no image
+    Job(b"", "clay", 0, (64, 64), PictureSpec(1.0, "default", 0.0, 0.0, 2.0)),  # no rating limit, reply_to, image
     Queued(3), Started(2), Progress(4, 10), DONE, Failed("That file is not an image I can read.", ErrorKind.BAD_IMAGE),
     Task("abc123", JOB),
-    Batch((Task("a", JOB), Task("b", Job(b"other", "clay", 0.3, "default", 1, (64, 128), 1.5, 0.8, 0.6))), 120.0),
+    Batch((Task("a", JOB), Task("b", Job(b"other", "clay", 1, (64, 128), PictureSpec(0.3, "default", 1.5, 0.8, 0.6)))),
+          120.0),
     Stop(), Ready("cuda:0", "float16", 4), Fatal("styles.clay.lora: no such file"), Idle(), Idle(1234.5),
     Update(("a", "b"), Started(2)), Update(("a",), Progress(1, 2)), Update(("a",), DONE),
     Update(("b",), Failed("Cancelled.", ErrorKind.CANCELLED)),
@@ -64,7 +65,7 @@ def test_every_message_survives_bytes_parts_and_text_fields(message):
 
 def test_a_job_keeps_its_kind_types_and_image_and_the_image_is_not_in_the_header():
     decoded = codec.decode(codec.encode(JOB))
-    assert decoded.kind is Kind.PICTURE and decoded.work_size == (832, 640) and decoded.reply_to == ("telegram",
+    assert decoded.kind == "picture" and decoded.work_size == (832, 640) and decoded.reply_to == ("telegram",
                                                                                                     "-100123")
     header, blobs = codec.dump(JOB)
     assert blobs == [JOB.image] and b"photo bytes" not in header
@@ -105,8 +106,13 @@ def _frame(header: bytes, *blobs: bytes) -> bytes:
     return b"".join(parts)
 
 
+# A job as claybot wrote it before kinds had specs (every option side by side): journals and lanes still hold them.
 GOOD_JOB = ('"op":"job","style":"clay","strength":0.5,"speed":"default","seed":1,"work_size":[64,64],'
             '"trigger_weight":2,"structure_scale":0.8,"identity_scale":0.6')
+# The same job as claybot writes it now: its kind's options in "spec", named by its kind.
+GOOD_SPEC = ('"op":"picture","strength":0.5,"speed":"default","trigger_weight":2,"structure_scale":0.8,'
+             '"identity_scale":0.6')
+SPEC_JOB = '"op":"job","style":"clay","seed":1,"work_size":[64,64],"spec":{' + GOOD_SPEC + '}'
 
 
 @pytest.mark.parametrize(("header", "blobs", "error"), [
@@ -119,7 +125,7 @@ GOOD_JOB = ('"op":"job","style":"clay","strength":0.5,"speed":"default","seed":1
     (("{" + GOOD_JOB.replace('"strength":0.5', '"strength":"lots"') + "}").encode(), [b""],
      "strength 'lots' is not a number"),
     (("{" + GOOD_JOB.replace('"strength":0.5', '"strength":7') + "}").encode(), [b""],
-     "job: Strength must be between 0.05 and 1, not 7"),
+     "picture: Strength must be between 0.05 and 1, not 7"),
     (("{" + GOOD_JOB.replace('"seed":1', '"seed":1.5') + "}").encode(), [b""], "seed '1.5' is not a whole number"),
     (("{" + GOOD_JOB.replace('"seed":1', '"seed":NaN') + "}").encode(), [b""], "the header is not JSON"),
     (("{" + GOOD_JOB.replace('"seed":1', '"seed":true') + "}").encode(), [b""], "seed is bool, not a number"),
@@ -129,6 +135,14 @@ GOOD_JOB = ('"op":"job","style":"clay","strength":0.5,"speed":"default","seed":1
     (("{" + GOOD_JOB + ',"max_rating":"anything"}').encode(), [b""], "max_rating must be one of"),
     (("{" + GOOD_JOB + ',"sneaky":1}').encode(), [b""], "job: unknown field 'sneaky'"),
     (b'{"op":"job","strength":0.5}', [b""], "job: no style"),
+    (("{" + SPEC_JOB + "}").encode(), [], "job: no blob for image"),
+    (("{" + SPEC_JOB.replace('"strength":0.5', '"strength":7') + "}").encode(), [b""],
+     "picture: Strength must be between 0.05 and 1, not 7"),
+    (("{" + SPEC_JOB.replace('"op":"picture"', '"op":"opera"') + "}").encode(), [b""],
+     "spec: claybot has no kind of job called 'opera'"),
+    (("{" + SPEC_JOB.replace('"speed":"default"', '"speed":"default","sneaky":1') + "}").encode(), [b""],
+     "picture: unknown field 'sneaky'"),
+    (("{" + SPEC_JOB.replace("{" + GOOD_SPEC + "}", "3") + "}").encode(), [b""], "spec is int, not an object"),
     (b'{"op":"update","ids":["a"],"event":{"op":"batch","tasks":[],"timeout":1}}', [],
      "event: unknown message 'batch'"),
     (b'{"op":"failed","reason":"r","kind":"exploded"}', [], "unknown kind 'exploded'"),
@@ -172,8 +186,9 @@ def test_a_deeply_nested_header_is_refused_not_a_crash():
 
 def test_a_clip_job_and_its_mp4_answer_keep_what_makes_them_a_clip():
     job = codec.decode(codec.encode(CLIP_JOB))
-    assert (job.kind, job.frames, job.fps, job.hold, job.time_limit) == (Kind.CLIP, 25, 12, True, 600.0)
-    assert job.batch_key != dataclasses.replace(job, kind=Kind.PICTURE, frames=0, fps=0).batch_key
+    spec = job.spec
+    assert (job.kind, spec.frames, spec.fps, spec.hold, spec.time_limit) == ("clip", 25, 12, True, 600.0)
+    assert job.batch_key != dataclasses.replace(job, spec=PictureSpec(0.5, "default", 2.0, 0.8, 0.6)).batch_key
     done = codec.decode(codec.encode(CLIP_DONE))
     assert done.media == MP4 and done.image == CLIP_DONE.image
     assert codec.decode(codec.encode(DONE)).media == "image/png"  # a picture's answer reads as it always did
@@ -181,7 +196,7 @@ def test_a_clip_job_and_its_mp4_answer_keep_what_makes_them_a_clip():
 
 @pytest.mark.parametrize("fields, error", [
     ({"media": "text/html"}, "media must be image/png or video/mp4"),
-    ({"kind": "clip", "frames": 0, "fps": 8}, "A clip needs 2 to 257 frames"),
+    ({"spec": {"op": "clip", "frames": 0, "fps": 8}}, "A clip needs 2 to 257 frames"),
 ])
 def test_a_clip_message_with_impossible_options_is_refused(fields, error):
     message = DONE if "media" in fields else JOB

@@ -481,11 +481,13 @@ async def test_a_person_over_their_limit_is_told_once_however_often_they_react_a
         assert len(refusals) == 1
         assert refusals[0].json["content"].startswith(
             f"<@{fake.alice['id']}> You have asked for 1 picture in the last minute; please ask again in")
-        # A slash command's refusal is ephemeral (seen by her alone): it is always given.
+        # A slash command's refusal is ephemeral (seen by her alone): it is always given, as the interaction's
+        # own reply (admitted before it is deferred).
         asked = await fake.slash("clay", fake.alice, image=fake.attachment(PHOTO))
-        answer = await fake.wait_for(lambda call: call.method == "POST" and call.path.endswith(asked.token),
-                                     timeout=JOB)
-        assert answer.json["flags"] == EPHEMERAL and "You have asked for 1 picture" in answer.json["content"]
+        answer = await fake.wait_for(lambda call: call.path.endswith(f"/{asked.token}/callback"), timeout=JOB)
+        assert answer.json["type"] == 4, answer.json
+        refusal = answer.json["data"]
+        assert refusal["flags"] == EPHEMERAL and "You have asked for 1 picture" in refusal["content"]
 
 
 async def test_reactions_with_other_emoji_and_on_messages_without_images_are_ignored(bot, fake):

@@ -18,8 +18,8 @@ from bot.flow import RequestFlow
 from bot.store import ClaybotDatabase
 from cogs.results import NO_PICTURE
 from pipeline.core.clip import encode_mp4
-from pipeline.core.intake import ANIMATE_OFF
 from pipeline.core.jobs import MP4, Done
+from pipeline.core.kinds.clip import ANIMATE_OFF
 from pipeline.gpu.tiny_video import write_tiny_video_models
 from tests import test_discord
 from tests.conftest import with_pipeline
@@ -151,8 +151,8 @@ async def test_animate_makes_a_clip_of_that_picture_with_progress_and_looks_the_
     assert labels(final) == ["Delete"]
 
     # The same clip answered by a restarted process looks the same: embed, file, buttons.
-    # (a clip's job carries its style's strength: the picture's is not the clip's business)
-    done = Done(data, *size, embed["description"].split(", "), "", 42, "clay", 0.5, media=MP4)
+    # (a clip carries no strength: the picture's is not the clip's business)
+    done = Done(data, *size, embed["description"].split(", "), "", 42, "clay", media=MP4)
     mark = len(fake.calls)
     await front_end.deliver(str(fake.channel_id), done, "", {"requester": int(carol["id"]),
                                                              "requester_name": "carol"})
@@ -302,11 +302,13 @@ async def test_two_presses_at_once_over_the_clip_limit_make_one_clip_and_one_cle
     presses = await asyncio.gather(*(fake.press(first.original, "Animate", kim) for _ in range(2)))
     clips, refusals = [], []
     for press in presses:
+        # admitted before it is deferred: the press over the limit is answered at once, ephemerally
         answer = await fake.wait_for(lambda call, p=press: clip_of(p)(call) or (
-            call.method == "POST" and call.path.endswith(p.token)), timeout=JOB)
+            call.path.endswith(f"/{p.token}/callback") and call.json["type"] == 4), timeout=JOB)
         (clips if answer.files else refusals).append(answer)
     assert len(clips) == 1 and len(refusals) == 1, (clips, refusals)
-    assert refusals[0].json["flags"] == EPHEMERAL and "clip in the last hour" in refusals[0].json["content"]
+    refusal = refusals[0].json["data"]
+    assert refusal["flags"] == EPHEMERAL and "clip in the last hour" in refusal["content"]
     assert decoded(mp4(clips[0])[1])[:3] == ("h264", FRAMES, 0)
 
 

@@ -357,13 +357,14 @@ async def test_a_sweeps_guide_scales_reach_the_worker_through_either_queue(tiny_
     from pipeline.core.jobs import Batch, Task
     from pipeline.core.redis_entries import job_fields, parse_job
 
-    job = await take_in(tiny_config.gpu(), photo_bytes(), seed=1, structure_scale=0.25)
+    job = await take_in(tiny_config.gpu(), photo_bytes(), seed=1, options={"structure_scale": 0.25})
     [local] = codec.decode(codec.encode(Batch((Task("a", job),), 9.0))).tasks
     style = tiny_config.styles["clay"]
-    assert (local.job.structure_scale, local.job.identity_scale) == (0.25, style.identity.scale)  # unset: the style's
+    local_spec = local.job.spec
+    assert (local_spec.structure_scale, local_spec.identity_scale) == (0.25, style.identity.scale)  # unset: the style's
     fields = job_fields("a", "o", job, 9.0, 0.0)  # as redis_queue writes them
-    remote = parse_job("1-0", fields, tiny_config.styles, tiny_config.speed_names()).job
-    assert (remote.structure_scale, remote.identity_scale) == (0.25, style.identity.scale)
+    remote = parse_job("1-0", fields, tiny_config.gpu()).job
+    assert (remote.spec.structure_scale, remote.spec.identity_scale) == (0.25, style.identity.scale)
     assert remote == dataclasses.replace(local.job, image=b"")  # the photo travels apart
 
 

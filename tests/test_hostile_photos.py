@@ -22,10 +22,12 @@ from pipeline.core.errors import BadImage
 from pipeline.core.images import AREA_SLACK, SDXL_BUCKETS, decode_photo, output_size, probe_photo, working_size
 from pipeline.core.jobs import Batch, Done, ErrorKind, Failed, JobFailed, Progress, Task
 from pipeline.core.local import LocalQueue
+from pipeline.gpu.engine import TAG_REASON
+from pipeline.gpu.pictures import ENCODE_REASON
 from pipeline.gpu.stylizer import Stylizer
-from pipeline.gpu.worker import ENCODE_REASON, INTERNAL_REASON, TAG_REASON, run_batch
+from pipeline.gpu.worker import INTERNAL_REASON, run_batch
 from tests import hostile_photos
-from tests.conftest import photo_bytes, settled_job, submit
+from tests.conftest import photo_bytes, settled_job, submit, workshop_of
 from tests.redis_server import redis_config, start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +182,7 @@ def _answers(sent: list) -> dict[str, tuple[str, str | None]]:
 def test_a_photo_that_breaks_a_stage_fails_alone_and_its_companion_is_served(stylizer, stage, reason):
     photos = {"red": photo_bytes((128, 96), color=RED, fmt="PNG"), "ok": photo_bytes((128, 96))}
     sent = []
-    run_batch(FailsOn(stylizer, stage), _batch(stylizer, photos), sent.append)
+    run_batch(workshop_of(FailsOn(stylizer, stage)), _batch(stylizer, photos), sent.append)
     assert _answers(sent) == {"red": ("failed", reason), "ok": ("done", None)}
 
 
@@ -188,7 +190,7 @@ def test_a_fault_outside_the_stages_fails_every_unanswered_job_and_returns(styli
     batch = _batch(stylizer, {"a": photo_bytes(), "b": b"not an image"})
     batch = dataclasses.replace(batch, timeout=None)  # as a bug would: the loop cannot run the batch at all
     sent = []
-    run_batch(stylizer, batch, sent.append)
+    run_batch(workshop_of(stylizer), batch, sent.append)
     assert _answers(sent) == {"b": ("failed", "That file is not an image I can read."),
                               "a": ("failed", INTERNAL_REASON)}
 
@@ -200,7 +202,7 @@ def test_a_connection_lost_mid_batch_ends_the_batch_instead_of_failing_its_jobs(
             raise BrokenPipeError("the queue hung up")
 
     with pytest.raises(BrokenPipeError):
-        run_batch(stylizer, _batch(stylizer, {"a": photo_bytes()}), send)
+        run_batch(workshop_of(stylizer), _batch(stylizer, {"a": photo_bytes()}), send)
 
 
 def test_deep_and_palette_bombs_are_shrunk_while_decoding_in_the_worker():

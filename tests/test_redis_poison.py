@@ -33,6 +33,7 @@ from pipeline.core.redis_entries import (
     parse_job,
 )
 from pipeline.core.redis_queue import GROUP, NO_WORKER_REASON, RedisQueue, redis_status
+from pipeline.core.settings import GpuSettings
 from pipeline.core.status import render
 from tests.conftest import photo_bytes, submit
 from tests.redis_server import redis_config, redis_queue, start_worker, stop_worker
@@ -141,7 +142,7 @@ async def test_a_malformed_job_is_acknowledged_once_and_the_worker_keeps_serving
         bad = [await queue.redis.xadd(queue.keys.jobs, fields) for fields in (
             {"garbage": "yes"},
             good | {"id": unknown_style.id, "style": "watercolor"},
-            good | {"id": "feedfacecafe", "strength": "lots"},
+            good | {"id": "feedfacecafe", "spec": json.dumps({**json.loads(good["spec"]), "strength": "lots"})},
             good | {"id": b"\xff\xfe", "seed": b"\x80"},
             good | {"id": huge_style.id, "style": b"\x1b[2J\n" + bytes(HUGE)},  # 100 MB, a newline, ANSI codes
         )]
@@ -175,10 +176,11 @@ def test_a_huge_field_is_refused_without_being_copied_and_named_shortly():
     job = {b"id": b"feedfacecafe", b"owner": b"chat-a", b"key": b"k", b"strength": b"0.5", b"seed": b"1",
            b"timeout": b"60", b"style": "\x1b[31m\u00e9".encode() * (HUGE // 7)}
     event = {b"op": b"\n" * HUGE, b"id": b"feedfacecafe"}
+    gpu = GpuSettings()  # its style "clay", its speed "default"
     tracemalloc.start()
     try:
         with pytest.raises(BadEntry) as bad_job:
-            parse_job("1-0", job, {"clay"}, {"default"})
+            parse_job("1-0", job, gpu)
         with pytest.raises(BadEntry) as bad_event:
             parse_event(event)
         letters = [dead_letter("claybot:jobs", "1-0", job, str(bad_job.value)),

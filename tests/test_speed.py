@@ -110,20 +110,20 @@ def test_a_relative_speed_lora_is_found_beside_the_config(tiny_models):
 
 async def test_an_unknown_preset_is_refused_with_the_ones_there_are(tiny_config):
     with pytest.raises(BadRequest, match=r"There is no speed preset called 'turbo'; try: default, fast\."):
-        await take_in(tiny_config.gpu(), PHOTO, speed="turbo")
+        await take_in(tiny_config.gpu(), PHOTO, options={"speed": "turbo"})
     with pytest.raises(BadRequest, match="no speed preset"):
-        await take_in(tiny_config.gpu(), PHOTO, speed="x" * 10_000)
+        await take_in(tiny_config.gpu(), PHOTO, options={"speed": "x" * 10_000})
 
 
 async def test_presets_come_from_the_request_or_else_the_style_and_never_share_a_batch(tiny_config):
     gpu = tiny_config.gpu()
     default = await take_in(gpu, PHOTO)
-    fast = await take_in(gpu, PHOTO, speed="fast")
-    assert (default.speed, fast.speed) == ("default", "fast")
+    fast = await take_in(gpu, PHOTO, options={"speed": "fast"})
+    assert (default.spec.speed, fast.spec.speed) == ("default", "fast")
     assert default.batch_key != fast.batch_key
     fast_style = gpu.model_copy(update={"styles": {"clay": gpu.styles["clay"].model_copy(update={"speed": "fast"})}})
-    assert (await take_in(fast_style, PHOTO)).speed == "fast"
-    assert (await take_in(fast_style, PHOTO, speed="default")).speed == "default"
+    assert (await take_in(fast_style, PHOTO)).spec.speed == "fast"
+    assert (await take_in(fast_style, PHOTO, options={"speed": "default"})).spec.speed == "default"
 
 
 # -- the stylizer, for real ------------------------------------------------------------------------------------------

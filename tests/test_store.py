@@ -125,9 +125,10 @@ async def test_the_journal_gives_back_the_same_settled_job_and_refuses_a_damaged
     from bot.config import LimitSettings
     from bot.journal import Journal
     from pipeline.core.jobs import Job
+    from pipeline.core.kinds import PictureSpec
 
-    job = Job(b"\xff\xd8 photo", "clay", 0.6, "fast", 424242, (832, 640), 1.5, 0.8, 0.6, max_rating="general",
-              reply_to=("telegram", "-100"))
+    job = Job(b"\xff\xd8 photo", "clay", 424242, (832, 640), PictureSpec(0.6, "fast", 1.5, 0.8, 0.6),
+              max_rating="general", reply_to=("telegram", "-100"))
     async with ClaybotDatabase(tmp_path / "s.sqlite3") as store:
         journal = Journal(store, LimitSettings())
         kept = await journal.admit("telegram", "1", "-100", "-100", {"message_id": 5})
@@ -149,8 +150,10 @@ async def test_a_job_the_journal_kept_is_run_again_after_a_restart_and_answered_
     from bot.config import load_config
     from bot.flow import RequestFlow, caption
     from pipeline.core.jobs import Done, Job, JobHandle
+    from pipeline.core.kinds import PictureSpec
 
-    job = Job(b"\xff\xd8 photo", "clay", 0.6, "default", 7, (832, 640), 1.5, 0.8, 0.6, reply_to=("telegram", "-100"))
+    job = Job(b"\xff\xd8 photo", "clay", 7, (832, 640), PictureSpec(0.6, "default", 1.5, 0.8, 0.6),
+              reply_to=("telegram", "-100"))
     done = Done(b"\x89PNG result", 832, 640, ["a cat"], "a cat, clay", 7, "clay", 0.6)
 
     class RestartedQueue:  # an empty queue, as a restarted local backend's is: it runs what it is given
@@ -238,6 +241,7 @@ async def test_photos_dropped_from_the_journal_give_their_room_back_to_the_disk(
     from bot.config import LimitSettings
     from bot.journal import Journal
     from pipeline.core.jobs import Job
+    from pipeline.core.kinds import PictureSpec
 
     path = tmp_path / "claybot.sqlite3"
     async with ClaybotDatabase(path) as store:
@@ -246,8 +250,9 @@ async def test_photos_dropped_from_the_journal_give_their_room_back_to_the_disk(
         tickets = []
         for i in range(40):
             ticket = await journal.admit("telegram", str(i), "-100", "-100", {})
-            await journal.queued(ticket, f"job{i}", Job(os.urandom(2**20), "clay", 0.5, "default", i, (128, 128),
-                                                          2.0, 0.8, 0.6, reply_to=("telegram", "-100")))
+            await journal.queued(ticket, f"job{i}", Job(os.urandom(2**20), "clay", i, (128, 128),
+                                                          PictureSpec(0.5, "default", 2.0, 0.8, 0.6),
+                                                          reply_to=("telegram", "-100")))
             tickets.append(ticket)
         assert on_disk(path) > 40 * 2**20  # the photos are kept until answered (a restart would need them)
         for ticket in tickets:

@@ -200,7 +200,7 @@ async def test_photo_with_caption_comes_back_in_clay_as_a_reply_with_buttons(tel
     assert any(c.params == {"chat_id": ALICE["id"], "action": "upload_photo"}
                for c in telegram.fake.calls_to("sendChatAction"))
     assert telegram.fake.calls_to("download"), "the photo was fetched through getFile and the file URL"
-    assert "telegram request (caption) from user 1001" in caplog.text
+    assert "telegram picture request (caption) from user 1001" in caplog.text
     assert TOKEN not in caplog.text
 
 
@@ -314,7 +314,7 @@ async def test_a_picture_sent_after_a_restart_has_the_caption_and_buttons_of_a_l
             ticket = await flow.journal.admit("telegram", str(BOB["id"]), chat, chat,
                                               {"message_id": photo["message_id"], "thread_id": None})
             await flow.journal.queued(ticket, "job-of-the-dead-process", await take_in(
-                config, LANDSCAPE, strength=0.6, seed=seed, reply_to=("telegram", chat)))
+                config, LANDSCAPE, seed=seed, reply_to=("telegram", chat), options={"strength": 0.6}))
             assert await flow.recover({"telegram": front_end}, await flow.unanswered()) == 1
 
             after = await running.picture_for(photo)

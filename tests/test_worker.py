@@ -20,7 +20,7 @@ from pipeline.core.jobs import Batch, Done, ErrorKind, Failed, Started, Task, Up
 from pipeline.core.local import LocalQueue
 from pipeline.gpu.stylizer import Stylizer
 from pipeline.gpu.worker import run_batch
-from tests.conftest import photo_bytes, settled_job, submit
+from tests.conftest import photo_bytes, settled_job, submit, workshop_of
 
 
 class OutOfMemoryError(RuntimeError):
@@ -93,7 +93,7 @@ def test_a_photo_over_the_chats_rating_is_refused_before_stylizing_and_its_compa
     red = Task("red", settled_job(stylizer.settings, RED, seed=2, strength=0.5, max_rating="sensitive"))
     batch = _batch(stylizer, 1, max_rating="sensitive", more=[red])
     sent = []
-    run_batch(stylizer, batch, sent.append)
+    run_batch(workshop_of(stylizer), batch, sent.append)
     assert _outcomes(sent) == {"job1": "done", "red": "not_allowed"}
     assert _answers(sent)["red"].reason == INPUT_REFUSED
     started = [m for m in sent if not isinstance(m.event, Done | Failed)]
@@ -102,10 +102,10 @@ def test_a_photo_over_the_chats_rating_is_refused_before_stylizing_and_its_compa
 
 def test_a_chat_that_allows_everything_gets_the_explicit_photo_stylized(stylizer):
     sent = []
-    run_batch(stylizer, _batch(stylizer, 3, image=RED, max_rating=None), sent.append)
+    run_batch(workshop_of(stylizer), _batch(stylizer, 3, image=RED, max_rating=None), sent.append)
     assert _outcomes(sent) == {"job3": "done"}
     sent = []
-    run_batch(stylizer, _batch(stylizer, 3, image=RED, max_rating="explicit"), sent.append)
+    run_batch(workshop_of(stylizer), _batch(stylizer, 3, image=RED, max_rating="explicit"), sent.append)
     assert _outcomes(sent) == {"job3": "done"}
 
 
@@ -113,11 +113,11 @@ def test_the_result_is_tagged_again_and_held_to_the_same_rating(stylizer):
     from pipeline.core.safety import OUTPUT_REFUSED
 
     sent = []
-    run_batch(ExplicitResults(stylizer), _batch(stylizer, 4, 5, max_rating="sensitive"), sent.append)
+    run_batch(workshop_of(ExplicitResults(stylizer)), _batch(stylizer, 4, 5, max_rating="sensitive"), sent.append)
     assert _outcomes(sent) == {"job4": "not_allowed", "job5": "not_allowed"}
     assert {e.reason for e in _answers(sent).values()} == {OUTPUT_REFUSED}
     sent = []  # where the chat allows it, the same result is sent
-    run_batch(ExplicitResults(stylizer), _batch(stylizer, 4, max_rating=None), sent.append)
+    run_batch(workshop_of(ExplicitResults(stylizer)), _batch(stylizer, 4, max_rating=None), sent.append)
     assert _outcomes(sent) == {"job4": "done"}
 
 
@@ -133,7 +133,7 @@ def test_a_batch_runs_as_one_pipeline_call_at_the_working_size_intake_settled(st
     batch = Batch((Task("job1", dataclasses.replace(batch.tasks[0].job, image=tall)),) + batch.tasks[1:], 60)
     assert {task.job.work_size for task in batch.tasks} == {(128, 128)}
     gpu, sent = CountedCalls(stylizer), []
-    run_batch(gpu, batch, sent.append)
+    run_batch(workshop_of(gpu), batch, sent.append)
     assert gpu.calls == [(2, (128, 128))]
     assert [m.ids for m in sent if isinstance(m, Update) and isinstance(m.event, Started)] == [("job1", "job2")]
     done = _answers(sent)
@@ -144,14 +144,14 @@ def test_a_batch_runs_as_one_pipeline_call_at_the_working_size_intake_settled(st
 
 def test_out_of_memory_on_a_batch_retries_one_job_at_a_time(stylizer):
     gpu, sent = SmallGpu(stylizer), []
-    run_batch(gpu, _batch(stylizer, 1, 2, 3), sent.append)
+    run_batch(workshop_of(gpu), _batch(stylizer, 1, 2, 3), sent.append)
     assert gpu.batch_sizes == [3, 1, 1, 1]
     done = _answers(sent)
     assert sorted(done) == ["job1", "job2", "job3"]
     assert all(isinstance(event, Done) for event in done.values())
     # Each answer is the one its seed gives when run alone.
     alone = []
-    run_batch(stylizer, _batch(stylizer, 2), alone.append)
+    run_batch(workshop_of(stylizer), _batch(stylizer, 2), alone.append)
     solo = _answers(alone)["job2"]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(done["job2"].image))),
                           np.asarray(Image.open(io.BytesIO(solo.image))))
@@ -163,7 +163,7 @@ def test_out_of_memory_on_a_single_job_fails_it_as_too_large(stylizer):
             raise OutOfMemoryError("CUDA out of memory")
 
     sent = []
-    run_batch(NoGpu(stylizer), _batch(stylizer, 1), sent.append)
+    run_batch(workshop_of(NoGpu(stylizer)), _batch(stylizer, 1), sent.append)
     failed = [m for m in sent if isinstance(m.event, Failed)]
     assert failed == [Update(("job1",), Failed("The GPU ran out of memory on this photo; please try a smaller one.",
                                                ErrorKind.TOO_LARGE))]
@@ -232,14 +232,14 @@ async def test_a_queue_with_the_wrong_key_is_refused(tiny_config, tiny_config_pa
 
 
 def test_a_worker_without_animate_answers_a_clip_with_a_clear_failure_and_its_pictures_still_run(stylizer):
-    from pipeline.core.jobs import Kind
-    from pipeline.gpu.clips import NO_ANIMATOR_REASON
+    from pipeline.core.kinds import kind_of
+    from pipeline.gpu.worker import no_engine_reason
 
     # settled where clips are on (another chat process's config); this worker's [animate] is off
     animate_on = stylizer.settings.model_copy(
         update={"animate": stylizer.settings.animate.model_copy(update={"enabled": True})})
-    clip = Task("clip", settled_job(animate_on, kind=Kind.CLIP, seed=3))
+    clip = Task("clip", settled_job(animate_on, kind="clip", seed=3))
     sent = []
-    run_batch(stylizer, _batch(stylizer, 1, more=[clip]), sent.append)
+    run_batch(workshop_of(stylizer), _batch(stylizer, 1, more=[clip]), sent.append)
     assert _outcomes(sent) == {"job1": "done", "clip": "internal"}
-    assert _answers(sent)["clip"].reason == NO_ANIMATOR_REASON and "[animate]" in NO_ANIMATOR_REASON
+    assert _answers(sent)["clip"].reason == no_engine_reason(kind_of("clip"))

@@ -193,6 +193,10 @@ class TelegramRequests:
         if (picture_.chat_id, picture_.message_id) in self.animating:
             await query.answer("I'm already animating this picture; the clip is on its way.")
             return
+        if style is not None and style not in self.config.styles:  # the button's own words, not admission's
+            await query.answer(f"This button asks for the style {style[:32]!r}, which I no longer have; please "
+                               f"send the photo again."[:200], show_alert=True)
+            return
         ask = self.ask(update, context, picture_, user_id=query.from_user.id, style=style, seed=seed, kind="clip",
                        options=clip())
         try:  # admitted before it is answered: a refusal (clips off, a limit, a style gone) is the press's alert

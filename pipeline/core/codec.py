@@ -42,7 +42,7 @@ from pipeline.core.jobs import (
     Task,
     Update,
 )
-from pipeline.core.kinds import Spec, UnknownKind, flat_job, kind_of
+from pipeline.core.kinds import DEFAULT_KIND, Spec, UnknownKind, flat_job, flat_job_kinds, kind_of
 
 MAGIC = b"CLAY"
 VERSION = 1
@@ -160,6 +160,9 @@ def from_fields(fields: Mapping[str, Any], blobs: Sequence[bytes] = (), *, expec
         raise CodecError(f"unknown {what} {str(op)[:KEPT]!r}")
     queue = list(blobs)
     if kind is Job and "spec" not in fields:  # as claybot wrote jobs before kinds had specs (journals, lanes)
+        kind_name = fields.get("kind") or DEFAULT_KIND
+        if not flat_job_kinds().get(str(kind_name)):  # no other kind was ever written flat
+            raise CodecError(f"job: unknown kind {str(kind_name)[:KEPT]!r}")
         fields = flat_job(fields)
     message = _unpack(kind, {name: value for name, value in fields.items() if name != "op"}, queue)
     if queue:

@@ -29,8 +29,8 @@ from pipeline.core.kinds.picture import PictureKind, PictureSpec
 DEFAULT_KIND = PictureKind.name  # what a request is when it names no kind: a picture of the photo
 
 __all__ = ["DEFAULT_KIND", "ENGINES", "KINDS", "ClipKind", "ClipSpec", "JobKind", "KindLimits", "PictureKind",
-           "PictureSpec", "Spec", "UnknownKind", "by_rank", "flat_job", "kind_of", "load_plugins", "register",
-           "register_engine", "worker_kinds"]
+           "PictureSpec", "Spec", "UnknownKind", "by_rank", "flat_job", "flat_job_kinds", "kind_of", "load_plugins",
+           "register", "register_engine", "worker_kinds"]
 
 
 def flat_job(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,6 +44,11 @@ def flat_job(fields: Mapping[str, Any]) -> dict[str, Any]:
     job = {name: value for name, value in fields.items() if name not in flat}
     job["spec"] = {"op": kind.name} | {name: fields[name] for name in kind.flat_fields if name in fields}
     return job
+
+
+def flat_job_kinds() -> dict[str, JobKind]:
+    """The kinds that were ever written in the flat format (those that declare ``flat_fields``)."""
+    return {name: kind for name, kind in KINDS.items() if kind.flat_fields}
 
 
 def worker_kinds(gpu: Any, named: list[str]) -> tuple[JobKind, ...]:
