@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,6 +20,8 @@ from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
+
+from bot.outage import quiet_json
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,11 @@ class AiohttpRequest(BaseRequest):
             # trust_env: HTTPS_PROXY and the like, as PTB's httpx client honours them
             self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
                                                   headers={"User-Agent": self.USER_AGENT}, trust_env=True)
+
+    @staticmethod
+    def parse_json_payload(payload: bytes) -> dict[str, Any]:
+        """The answer's JSON; a proxy's HTML page is a TelegramError without PTB's traceback and whole page logged."""
+        return quiet_json(payload)
 
     async def shutdown(self) -> None:
         """Close the session and its connections."""
