@@ -27,8 +27,9 @@ from bot.store import ClaybotDatabase
 from bot.telegram.handlers import TelegramRequests
 from bot.telegram.help import ANIMATE_COMMAND, command_menu
 from bot.telegram.hints import hint_for_plain_message
+from bot.telegram.photos import download_limit
 from bot.telegram.render import CAPTION_LIMIT, reply_to, send_result
-from bot.telegram.transport import AiohttpRequest
+from bot.telegram.transport import MAX_ANSWER, AiohttpRequest
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import Done
 
@@ -69,7 +70,8 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         .base_url(settings.api_base_url)
         .base_file_url(settings.file_base_url)
         .local_mode(settings.local_mode)
-        .request(AiohttpRequest(connections=CONNECTIONS, pool_timeout=POOL_TIMEOUT))
+        .request(AiohttpRequest(connections=CONNECTIONS, pool_timeout=POOL_TIMEOUT,  # room for the largest photo
+                                max_answer=max(MAX_ANSWER, flow.max_bytes(download_limit(settings)))))
         .get_updates_request(telegram_polling(outage := Outage("the Telegram Bot API")))
         .build()
     )
