@@ -83,7 +83,8 @@ def build_application(config: Config, flow: RequestFlow, token: str,
     images = filters.PHOTO | filters.Document.IMAGE
     # group -1 sees every update before the others: remember photos for reactions, whatever else happens.
     application.add_handler(MessageHandler(only_new & images, requests.remember_photo), group=-1)
-    application.add_handler(CommandHandler(["start", "help"], requests.on_help, filters=only_new))
+    application.add_handler(CommandHandler("start", requests.on_start, filters=only_new))
+    application.add_handler(CommandHandler("help", requests.on_help, filters=only_new))
     application.add_handler(CommandHandler("claysettings", requests.on_settings, filters=only_new))
     application.add_handler(MessageHandler(
         only_new & (filters.PHOTO | filters.Document.ALL) & filters.CaptionRegex(requests.caption_command),
