@@ -5,11 +5,13 @@ traceback on every retry (python-telegram-bot polls again every 1–30 s, discor
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from telegram.error import TelegramError
 from telegram.request import HTTPXRequest
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,23 @@ class WatchedRequest(HTTPXRequest):
         if code < 500:  # a proxy's 502 while Telegram is away is no answer from the Bot API
             self.outage.ok()
         return code, payload
+
+    @staticmethod
+    def parse_json_payload(payload: bytes) -> dict[str, Any]:
+        return quiet_json(payload)
+
+
+def quiet_json(payload: bytes) -> dict[str, Any]:
+    """A Bot API answer's JSON (PTB's ``BaseRequest.parse_json_payload``) without PTB's traceback and whole page in
+    the log when it is none: a proxy's 502 HTML page during an outage would log one per poll. The error PTB raises
+    still names the status, and the outage quotes it once."""
+    try:
+        data = json.loads(payload.decode("utf-8", "replace"))
+    except ValueError:
+        raise TelegramError("Invalid server response") from None
+    if not isinstance(data, dict):
+        raise TelegramError("Invalid server response")
+    return data
 
 
 def telegram_polling(outage: Outage) -> WatchedRequest:

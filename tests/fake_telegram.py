@@ -46,6 +46,10 @@ class Call:
         return int(value) if value is not None else None
 
 
+BAD_GATEWAY_PAGE = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway"
+                    "</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+
 class ApiError(Exception):
     """An error answer, as the Bot API gives them."""
 
@@ -82,6 +86,7 @@ class FakeTelegram:
         self.chats: dict[int, dict] = {}
         self.admins: set[int] = set()  # users getChatMember calls administrators (and the bot itself)
         self.files_gone = False  # the file server answers 404 to every download
+        self.bad_gateway = False  # a reverse proxy in front answers every call with its 502 HTML page (set_bad_gateway)
         self.messages: dict[tuple[int, int], dict] = {}
         self.deleted: set[tuple[int, int]] = set()
         self.files: dict[str, dict] = {}  # file_id → {"path", "data", "size"}
@@ -116,6 +121,13 @@ class FakeTelegram:
         if self._runner is not None:
             await self._runner.cleanup()
         self._closing = False
+
+    async def set_bad_gateway(self, on: bool) -> None:
+        """A reverse proxy in front answers every call with its 502 HTML page (``on``), as when the Bot API behind
+        it is away, or passes calls through again; a waiting long poll answers now."""
+        self.bad_gateway = on
+        async with self._changed:
+            self._changed.notify_all()
 
     async def come_back(self) -> None:
         """Reachable again, at the same address."""
@@ -243,6 +255,8 @@ class FakeTelegram:
         if request.match_info["bot"] != f"bot{self.token}":
             return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
         method = request.match_info["method"]
+        if self.bad_gateway:  # nginx's page while the Bot API behind it is away: HTML, not the Bot API's JSON
+            return web.Response(status=502, content_type="text/html", text=BAD_GATEWAY_PAGE)
         params, files = await _decode(request)
         call = Call(method, params, files)
         async with self._changed:
@@ -299,7 +313,7 @@ class FakeTelegram:
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]  # offset confirms the rest
                 ready = [u for u in self._updates if self._wanted(u)]
                 remaining = deadline - time.monotonic()
-                if ready or remaining <= 0 or self._closing:
+                if ready or remaining <= 0 or self._closing or self.bad_gateway:
                     return ready
                 try:
                     await asyncio.wait_for(self._changed.wait(), remaining)

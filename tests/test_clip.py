@@ -106,6 +106,44 @@ def test_a_clip_over_the_limit_is_encoded_again_until_it_fits_and_says_so(caplog
     assert len(decoded) == 17  # still the whole clip
 
 
+def grainy(frames: int = 9, size: tuple[int, int] = (128, 96)) -> list[np.ndarray]:
+    """Frames full of film grain (noise a codec cannot predict): their size falls steadily with each CRF step."""
+    rng = np.random.default_rng(7)
+    width, height = size
+    x = np.linspace(0, 1, width)[None, :, None]
+    y = np.linspace(0, 1, height)[:, None, None]
+    base = np.concatenate([180 * x + 40 + 0 * y, 150 * y + 50 + 0 * x, 120 + 0 * x + 0 * y], axis=-1)
+    return [np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8) for _ in range(frames)]
+
+
+def test_a_grainy_clip_over_the_limit_keeps_the_best_quality_that_fits_not_the_lowest(caplog):
+    # issue 31, item 5: CRF 20 → 32 → 38 in big steps left a grainy clip at crf 38, seven times under the limit
+    frames = grainy()
+    limit = len(encode_mp4(frames, fps=8, crf=33).data)  # somewhere between the ladder's old steps
+
+    with caplog.at_level(logging.INFO, logger="pipeline.core.clip"):
+        clip = encode_mp4(frames, fps=8, max_bytes=limit)
+
+    assert len(clip.data) <= limit and (clip.width, clip.height) == (128, 96)
+    assert CRF_START < clip.crf <= 33
+    assert len(encode_mp4(frames, fps=8, crf=clip.crf - 1).data) > limit  # one step better would not fit
+    assert clip.attempts <= 7  # a bisection, not every CRF in turn
+    line = next(r.getMessage() for r in caplog.records if "re-encoded to fit" in r.getMessage())
+    assert f"gave up quality: crf {CRF_START} → {clip.crf}" in line and "crf " in line
+
+
+def test_a_clip_too_large_at_full_size_keeps_the_best_quality_that_fits_a_size_smaller():
+    frames = grainy(size=(256, 192))
+    limit = len(encode_mp4(frames, fps=8, crf=38).data) - 1  # not even the lowest quality fits at full size
+
+    clip = encode_mp4(frames, fps=8, max_bytes=limit)
+
+    assert len(clip.data) <= limit and (clip.width, clip.height) == (192, 144)  # the next size down
+    if clip.crf > CRF_START:  # one step better at that size would not fit
+        resized = [np.asarray(Image.fromarray(f).resize((192, 144), Image.Resampling.LANCZOS)) for f in frames]
+        assert len(encode_mp4(resized, fps=8, crf=clip.crf - 1).data) > limit
+
+
 def test_a_clip_that_cannot_fit_fails_naming_the_limit():
     with pytest.raises(ClipTooLarge, match="does not fit in 100 bytes"):
         encode_mp4(moving_square(5), fps=8, max_bytes=100)

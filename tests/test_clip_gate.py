@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 
 import pytest
 from PIL import Image
 
 from pipeline.core.intake import take_in
 from pipeline.core.jobs import MP4, Batch, Done, ErrorKind, Failed, Progress, Task, Update
-from pipeline.core.safety import CLIP_REFUSED, INPUT_REFUSED, RATINGS, over_limit, severity, worst
+from pipeline.core.safety import CLIP_REFUSED, INPUT_REFUSED, RATINGS, over_limit, rated_frames, severity, worst
 from pipeline.core.settings import AnimateSettings
 from pipeline.gpu.animate import Animator
-from pipeline.gpu.clips import checked_frames
 from pipeline.gpu.stylizer import Stylizer
 from pipeline.gpu.tiny_video import write_tiny_video_models
 from pipeline.gpu.worker import run_batch
@@ -113,10 +113,19 @@ def test_a_picture_over_the_limit_is_refused_before_any_frame_is_made(stylizer, 
     assert isinstance(failed, Failed) and failed.reason == INPUT_REFUSED and red.made == 0
 
 
-@pytest.mark.parametrize(("count", "picked"), [(9, [0, 2, 4, 6, 8]), (73, [0, 18, 36, 54, 72]), (2, [0, 1]),
-                                                (3, [0, 1, 2]), (1, [0])])
-def test_the_checked_frames_are_the_first_last_middle_and_between(count, picked):
-    assert checked_frames(count) == picked
+@pytest.mark.parametrize(("count", "fps", "picked"), [
+    (9, 8, [0, 2, 4, 6, 8]), (73, 24, [0, 12, 24, 36, 48, 60, 72]), (2, 24, [0, 1]), (3, 24, [0, 1, 2]),
+    (1, 24, [0]), (5, 1, [0, 1, 2, 3, 4])])
+def test_the_rated_frames_are_the_first_last_and_evenly_between_at_least_five(count, fps, picked):
+    assert rated_frames(count, fps) == picked
+
+
+@pytest.mark.parametrize(("count", "fps"), [(73, 24), (121, 24), (241, 24), (257, 16), (257, 60), (49, 2)])
+def test_a_longer_clip_has_more_frames_rated_none_more_than_half_a_second_apart(count, fps):
+    # issue 31, item 5: five frames whatever the length left 2.7 s unseen between two rated frames of a 10 s clip
+    picks = rated_frames(count, fps)
+    assert picks[0] == 0 and picks[-1] == count - 1 and picks == sorted(set(picks))
+    assert max(b - a for a, b in itertools.pairwise(picks)) <= max(1, fps // 2)  # frames in 0.5 s
 
 
 def test_worst_is_the_scores_leaning_furthest_up_the_ratings():

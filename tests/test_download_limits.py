@@ -185,6 +185,71 @@ def test_an_endless_url_model_is_cut_at_max_download_gb_and_deleted(fake, tmp_pa
     assert not [p for p in (store.cache_dir / "urls").rglob("*") if p.is_file()]
 
 
+def test_the_caps_of_a_lora_and_a_tagger_are_far_below_a_checkpoints():
+    limits = DownloadLimits()  # pipeline.max_download_gb = 8, for an SDXL checkpoint
+    assert limits.most("pipeline.base_model") == 8 << 30
+    assert limits.most("styles.clay.lora") == limits.most("tagger.model") == 2 << 30
+    assert limits.cap(None, "styles.clay.lora") == 2 << 30  # no announced size: the kind's cap, not 8 GB
+    assert DownloadLimits(max_file_bytes=MB).most("styles.clay.lora") == MB  # a lower max_download_gb still rules
+
+
+def test_an_endless_lora_of_unknown_size_is_cut_at_what_a_lora_can_be_not_at_max_download_gb(fake, tmp_path,
+                                                                                                monkeypatch):
+    # issue 31, item 5: with no size announced, a LoRA's download went on to max_download_gb (8 GB) before the cap;
+    # here a LoRA may be 1 MB, so the cut comes in a moment (ENDLESS is 64 MB)
+    monkeypatch.setattr(downloads, "KIND_CAPS", (("styles.*.lora", "a LoRA", MB),))
+    fake.add(FakeVersion(10, 4, LORA, size_kb=None, endless=True))
+    store = _store(fake, tmp_path)  # 8 GB allowed
+
+    with pytest.raises(ModelError) as caught:
+        models.resolve("civitai:10", KEY, store)
+
+    assert str(caught.value).startswith(f"{KEY}: the download of Civitai model version 10 (clay.safetensors) went "
+                                        "on past 1.0 MB, more than a LoRA can be (1.0 MB); the part was deleted.")
+    assert not _files(store, ".part") and len(_storage(fake)) == 1
+
+
+def test_a_lora_the_api_announces_beyond_what_a_lora_can_be_is_not_downloaded(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(downloads, "KIND_CAPS", (("styles.*.lora", "a LoRA", 100_000),))
+    fake.add(FakeVersion(10, 4, LORA))  # 121 KB
+
+    with pytest.raises(ModelError, match=r"is 121 KB \(Civitai's API\), more than a LoRA can be \(98 KB\)"):
+        models.resolve("civitai:10", KEY, _store(fake, tmp_path))
+    assert fake.paths() == ["/api/v1/model-versions/10"]
+
+
+def test_a_file_of_unknown_size_stops_where_the_disks_room_ends_not_at_the_cap(fake, tmp_path, monkeypatch):
+    # issue 31, item 5: the free space was checked only for a size announced; an endless file of none filled the disk
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(downloads.shutil, "disk_usage",
+                        lambda path: usage(10 << 30, 10 << 30, downloads.DISK_RESERVE + MB))
+    fake.add(FakeVersion(10, 4, LORA, endless=True))
+    url = f"http://127.0.0.1:{fake.port}/storage/10/clay.safetensors"
+    store = _store(fake, tmp_path)  # 8 GB allowed, 2 GB for a LoRA: the disk has 1 MB to give
+
+    with pytest.raises(ModelError) as caught:
+        models.resolve(UrlModel(url=url, sha256=hashlib.sha256(LORA).hexdigest()), KEY, store)
+
+    message = str(caught.value)
+    assert message.startswith(f"{KEY}: the download of {url} went on past 1.0 MB, all the room ")
+    assert "the part was deleted" in message and "set pipeline.cache_dir to a folder on a larger disk" in message
+    assert not [p for p in (store.cache_dir / "urls").rglob("*") if p.is_file()]
+    assert len(_storage(fake)) == 1
+
+
+def test_a_file_of_unknown_size_is_not_started_on_a_disk_with_no_room_left(fake, tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 100 * MB))
+    fake.add(FakeVersion(10, 4, LORA, endless=True))
+    url = f"http://127.0.0.1:{fake.port}/storage/10/clay.safetensors"
+    store = _store(fake, tmp_path)
+
+    with pytest.raises(ModelError, match=r"has no announced size and .* has 100\.0 MB free \(claybot leaves "
+                                         r"256\.0 MB free\)"):
+        models.resolve(UrlModel(url=url, sha256=hashlib.sha256(LORA).hexdigest()), KEY, store)
+    assert not _storage(fake)  # refused before asking for a byte
+
+
 def test_a_url_model_is_resumed_after_a_cut_and_checked(fake, tmp_path):
     fake.add(FakeVersion(10, 4, LORA, cut_after=40_000, cuts=1))
     url = f"http://127.0.0.1:{fake.port}/storage/10/clay.safetensors"

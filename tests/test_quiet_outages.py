@@ -77,6 +77,24 @@ async def test_an_outage_of_the_bot_api_logs_one_line_when_lost_and_one_when_bac
                                  after=after, answered=True)
 
 
+async def test_a_proxy_answering_502_with_an_html_page_is_an_outage_without_a_traceback_per_poll(telegram, caplog):
+    # issue 31, item 5: PTB logged "Can not load invalid JSON data" with a traceback and the whole page, each poll
+    outage: Outage = telegram.front_end.application.bot_data["outage"]
+    await telegram.fake.wait_for(lambda c: c.method == "getUpdates", timeout=15)
+    await telegram.fake.set_bad_gateway(True)
+    await until(lambda: outage.failures >= 2)
+    await telegram.fake.set_bad_gateway(False)
+    await until(lambda: not outage.down)
+
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert [r for r in caplog.records if r.name.startswith("telegram") and r.levelno >= logging.WARNING] == []
+    lines = [r.getMessage() for r in caplog.records if r.name == "bot.outage"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("the Telegram Bot API is unreachable (NetworkError: Bad Gateway (502)")
+    assert "\n" not in lines[0]
+    assert re.fullmatch(r"the Telegram Bot API is reachable again after \d+ s \(\d+ failed attempts\)", lines[1])
+
+
 async def test_a_photo_telegram_refuses_to_hand_over_is_answered_send_it_again(telegram, caplog):
     telegram.fake.fail_next("getFile", 400, "Bad Request: wrong file_id or the file is temporarily unavailable")
     sent = await telegram.fake.send_photo(ALICE_CHAT, ALICE, PHOTO, caption="/clay")

@@ -446,16 +446,26 @@ async def test_a_reaction_on_a_message_the_bot_never_saw_is_ignored_quietly(tele
 # -- talking ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["/start", "/help"])
-async def test_start_and_help_explain_every_way_to_ask(telegram, command):
-    asked = await telegram.fake.send_text(ALICE_CHAT, ALICE, command)
+async def test_help_explains_every_way_to_ask(telegram):
+    asked = await telegram.fake.send_text(ALICE_CHAT, ALICE, "/help")
     await telegram.fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE["id"],
                                  answered=True)
     text = telegram.fake.calls_to("sendMessage")[0].params["text"]
-    assert asked["text"] == command
+    assert asked["text"] == "/help"
     for words in ("caption /clay", "reply /clay", "react to a photo with 🗿", "admin", "/clay@claybot_test_bot",
                   "🎲 Again", "20 MB"):
         assert words in text
+
+
+async def test_start_is_three_short_lines_with_an_example_and_points_to_help(telegram):
+    # issue 31, item 6: /start answered /help's whole text, a wall of ~1,000 characters, to someone who just arrived
+    await telegram.fake.send_text(ALICE_CHAT, ALICE, "/start")
+    await telegram.fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE["id"],
+                                 answered=True)
+    text = telegram.fake.calls_to("sendMessage")[0].params["text"]
+    lines = text.split("\n")
+    assert len(lines) == 3 and len(text) <= 300, text
+    assert "caption /clay" in text and "Example: /clay 0.6" in text and "/help" in lines[-1]
 
 
 async def test_an_unexpected_failure_is_logged_and_answered_with_a_calm_line(telegram, caplog):

@@ -5,6 +5,7 @@ NetworkError / TimedOut (never a hang, never the token in the message)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from aiohttp import web
@@ -154,4 +155,103 @@ async def test_calls_go_through_the_proxy_the_environment_names_unless_no_proxy_
                 await bot.get_me()
         assert len(seen) == through_proxy  # straight to the (unreachable) host, not through the proxy
     finally:
+        await runner.cleanup()
+
+
+async def test_netrc_credentials_are_never_sent_to_the_bot_api_nor_to_a_proxy(tmp_path, monkeypatch):
+    # issue 31, item 5: aiohttp's trust_env=True sent ~/.netrc's login for the host (or its "default") with every call
+    headers: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        headers.append(dict(request.headers))
+        return web.json_response({"ok": True, "result": {"id": 5, "is_bot": True, "first_name": "claybot",
+                                                         "username": "claybot_test_bot"}})
+
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login alice password s3cret\n"
+                                     "default login bob password hunter2\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    runner = await serve(record)
+    port = runner.addresses[0][1]
+    try:
+        async with bot_at(f"http://127.0.0.1:{port}/bot") as bot:  # straight to the server
+            assert (await bot.get_me()).username == "claybot_test_bot"
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")  # the same server as a forward proxy
+        async with bot_at("http://api.telegram.invalid/bot") as bot:
+            assert (await bot.get_me()).username == "claybot_test_bot"
+    finally:
+        await runner.cleanup()
+    assert len(headers) >= 2
+    assert not [h for h in headers if "Authorization" in h or "Proxy-Authorization" in h], headers
+
+
+async def test_an_answer_larger_than_the_cap_is_refused_not_read_whole():
+    # issue 31, item 5: an answer was read whole into memory, whatever its size
+    sent = [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1024):  # up to 64 MiB
+                await response.write(chunk)
+                sent[0] += len(chunk)
+        return response
+
+    runner = await serve(endless)
+    request = AiohttpRequest(connections=4, pool_timeout=5.0, max_answer=2**20)
+    await request.initialize()
+    try:
+        with pytest.raises(NetworkError, match="larger than 1 MB"):
+            await asyncio.wait_for(request.retrieve(f"http://127.0.0.1:{runner.addresses[0][1]}/file/bot{TOKEN}/a"),
+                                   30)
+    finally:
+        await request.shutdown()
+        await runner.cleanup()
+    assert sent[0] < 64 * 2**20
+
+
+async def test_an_announced_size_beyond_the_cap_is_refused_before_reading():
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (2 * 2**20))
+
+    runner = await serve(big)
+    request = AiohttpRequest(connections=4, pool_timeout=5.0, max_answer=2**20)
+    await request.initialize()
+    try:
+        with pytest.raises(NetworkError, match="larger than 1 MB"):
+            await request.retrieve(f"http://127.0.0.1:{runner.addresses[0][1]}/file/bot{TOKEN}/a")
+    finally:
+        await request.shutdown()
+        await runner.cleanup()
+
+
+async def test_an_answer_that_trickles_forever_ends_at_the_deadline():
+    # issue 31, item 5: each wait for bytes was bounded, the whole answer not: a drip every 0.05 s held a call for good
+    stop = asyncio.Event()
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while not stop.is_set():
+                await response.write(b"x")
+                await asyncio.sleep(0.05)
+        return response
+
+    runner = await serve(drip)
+    request = AiohttpRequest(connections=4, pool_timeout=5.0, read_timeout=1.0, deadline=1.0)
+    await request.initialize()
+    try:
+        with pytest.raises(TimedOut):
+            await asyncio.wait_for(request.retrieve(f"http://127.0.0.1:{runner.addresses[0][1]}/file/bot{TOKEN}/a"),
+                                   30)
+    finally:
+        stop.set()
+        await request.shutdown()
         await runner.cleanup()

@@ -28,8 +28,9 @@ from bot.telegram.buttons import ANIMATE_PATTERN, BUTTON_PATTERN
 from bot.telegram.handlers import TelegramRequests
 from bot.telegram.help import ANIMATE_COMMAND, command_menu
 from bot.telegram.hints import hint_for_plain_message
+from bot.telegram.photos import download_limit
 from bot.telegram.render import CAPTION_LIMIT, reply_to, send_result
-from bot.telegram.transport import AiohttpRequest
+from bot.telegram.transport import MAX_ANSWER, AiohttpRequest
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import Done
 
@@ -70,7 +71,8 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         .base_url(settings.api_base_url)
         .base_file_url(settings.file_base_url)
         .local_mode(settings.local_mode)
-        .request(AiohttpRequest(connections=CONNECTIONS, pool_timeout=POOL_TIMEOUT))
+        .request(AiohttpRequest(connections=CONNECTIONS, pool_timeout=POOL_TIMEOUT,  # room for the largest photo
+                                max_answer=max(MAX_ANSWER, flow.max_bytes(download_limit(settings)))))
         .get_updates_request(telegram_polling(outage := Outage("the Telegram Bot API")))
         .build()
     )
@@ -82,7 +84,8 @@ def build_application(config: Config, flow: RequestFlow, token: str,
     images = filters.PHOTO | filters.Document.IMAGE
     # group -1 sees every update before the others: remember photos for reactions, whatever else happens.
     application.add_handler(MessageHandler(only_new & images, requests.remember_photo), group=-1)
-    application.add_handler(CommandHandler(["start", "help"], requests.on_help, filters=only_new))
+    application.add_handler(CommandHandler("start", requests.on_start, filters=only_new))
+    application.add_handler(CommandHandler("help", requests.on_help, filters=only_new))
     application.add_handler(CommandHandler("claysettings", requests.on_settings, filters=only_new))
     application.add_handler(MessageHandler(
         only_new & (filters.PHOTO | filters.Document.ALL) & filters.CaptionRegex(requests.caption_command),

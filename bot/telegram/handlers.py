@@ -37,6 +37,7 @@ from bot.telegram.help import (
     animate_pattern,
     caption_pattern,
     help_text,
+    start_text,
     style_commands,
 )
 from bot.telegram.photos import RecentPhotos, TelegramPhoto, download, download_limit, photo_in
@@ -77,8 +78,12 @@ class TelegramRequests:
         if photo is not None:
             self.photos.remember(photo)
 
+    async def on_start(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/start: three lines, pointing to /help."""
+        await message_of(update).reply_text(start_text(self.config))
+
     async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """/start and /help."""
+        """/help: the whole text."""
         await message_of(update).reply_text(help_text(self.config, context.bot.username))
 
     async def on_captioned_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

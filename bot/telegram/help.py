@@ -47,8 +47,21 @@ def command_menu(config: Config) -> list[BotCommand]:
     return commands
 
 
+def start_text(config: Config) -> str:
+    """/start: three lines for someone who just arrived: what I do, how to ask (with an example), where the rest is."""
+    default = config.styles[config.pipeline.default_style].default_strength
+    rest = ["speeds"] if config.speed else []
+    rest += ["buttons", "groups"] + (["clips"] if config.animate.enabled else []) + ["limits"]
+    return "\n".join([
+        "I turn photos into claymation pictures.",
+        f"Send a photo with the caption /clay, or reply /clay to one. Example: /clay 0.6 changes it more than the "
+        f"default {default:g}.",
+        f"/help tells the rest: {', '.join(rest)}.",
+    ])
+
+
 def help_text(config: Config, bot_username: str | None) -> str:
-    """/start and /help: every way to ask, in a few lines."""
+    """/help: every way to ask, in a few lines."""
     settings = config.telegram
     default = config.styles[config.pipeline.default_style].default_strength
     limit = download_limit(settings)

@@ -3,8 +3,8 @@
 Torch-free (numpy, Pillow and PyAV, whose wheel ships FFmpeg with libx264): the worker encodes without the GPU, and
 anything may import it. The file has no audio track (Telegram's sendAnimation then loops it like a GIF) and its index
 (``moov``) comes first ("faststart"), so a chat client starts playing before the whole file is in. When the file is
-over ``max_bytes`` it is encoded again at a lower quality (CRF up), then smaller, until it fits or nothing is left
-to give up; each step is logged.
+over ``max_bytes``, the best quality that fits is searched for (a bisection over the CRF, between the quality
+asked for and the lowest claybot sends), at full size, then at smaller sizes; what was given up is logged.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from pipeline.core.errors import BadImage, ClaybotError
 logger = logging.getLogger(__name__)
 
 CRF_START = 20  # x264's constant rate factor: lower is better and bigger; 18–23 looks clean
-CRF_STEP = 6  # +6 roughly halves the size
 CRF_MAX = 38  # past this H.264 turns to mush: a smaller picture at a sane CRF looks better
-SCALES = (1.0, 0.75, 0.5, 0.35, 0.25)  # of each side, tried in turn once the CRF ladder is spent
+SCALES = (1.0, 0.75, 0.5, 0.35, 0.25)  # of each side, tried in turn when not even CRF_MAX fits
 MIN_SIDE = 32  # px: smaller than this, a clip is not worth sending
 PRESET = "medium"  # x264's speed/size trade-off; a clip costs seconds of GPU, encoding is a small part
 
@@ -133,20 +132,14 @@ def _write(av: Any, path: Path, frames: list[np.ndarray], size: tuple[int, int],
         container.mux(stream.encode(None))  # flush the frames x264 held back for look-ahead
 
 
-def _ladder(start: int) -> list[tuple[float, int]]:
-    """(scale, crf) pairs in the order they are tried: the CRF up to CRF_MAX at full size, then smaller frames."""
-    steps = [(1.0, crf) for crf in range(start, CRF_MAX + 1, CRF_STEP)]
-    if steps[-1][1] != CRF_MAX:
-        steps.append((1.0, CRF_MAX))
-    for scale in SCALES[1:]:
-        steps += [(scale, CRF_MAX - CRF_STEP), (scale, CRF_MAX)]
-    return steps
-
-
 def encode_mp4(frames: Sequence[np.ndarray] | np.ndarray, fps: int, *, hold: int = 1, max_bytes: int | None = None,
                crf: int = CRF_START, preset: str = PRESET) -> EncodedClip:
     """Encode frames (height×width×3 uint8 RGB) as an H.264 MP4 without audio, each shown ``hold`` times at
-    ``fps × hold`` frames a second; lower the quality, then the size, until the file is at most ``max_bytes``."""
+    ``fps × hold`` frames a second; over ``max_bytes``, the best quality that fits, at the largest size that fits.
+
+    The file's size falls as the CRF rises (about half per +6), so at each size one encoding at CRF_MAX says
+    whether any quality fits, and a bisection between ``crf`` and CRF_MAX finds the lowest CRF that does: at most
+    2 + ⌈log2(CRF_MAX − crf)⌉ encodings (7 from CRF_START) when the full size fits at all, one more per size down."""
     if not 1 <= fps <= 240 or hold not in (1, 2, 3, 4):
         raise ValueError(f"fps must be 1–240 and hold 1–4 (got fps {fps}, hold {hold})")
     if not 0 <= crf <= CRF_MAX:
@@ -155,32 +148,45 @@ def encode_mp4(frames: Sequence[np.ndarray] | np.ndarray, fps: int, *, hold: int
         raise ValueError(f"max_bytes must be at least 1, or None for no limit (got {max_bytes})")
     checked = _check_frames(frames)
     height, width = checked[0].shape[:2]
-    steps = _ladder(crf)
-    attempts, index, tried = 0, 0, set()
-    size = (width, height)
-    while index < len(steps):
-        scale, step_crf = steps[index]
+    made: dict[tuple[tuple[int, int], int], bytes] = {}  # (size, crf) → the file: a tiny clip's sizes coincide
+
+    def encoded(size: tuple[int, int], step_crf: int) -> bytes:
+        if (size, step_crf) not in made:
+            made[size, step_crf] = _encode(checked, size, fps, hold, step_crf, preset)
+            logger.debug("clip: %d bytes at %d×%d, crf %d", len(made[size, step_crf]), *size, step_crf)
+        return made[size, step_crf]
+
+    def result(data: bytes, size: tuple[int, int], step_crf: int) -> EncodedClip:
+        return EncodedClip(data, size[0], size[1], len(checked) * hold, fps * hold, step_crf, len(made))
+
+    full = _even_size(width, height, 1.0)
+    first = encoded(full, crf)
+    if max_bytes is None or len(first) <= max_bytes:
+        return result(first, full, crf)
+    logger.info("clip is %d bytes at %d×%d, crf %d: over the %d-byte limit; searching for the best quality that "
+                "fits", len(first), *full, crf, max_bytes)
+    size = full
+    for scale in SCALES:
         size = _even_size(width, height, scale)
-        if (size, step_crf) in tried:  # a tiny clip reaches its smallest size before the last scale
-            index += 1
-            continue
-        tried.add((size, step_crf))
-        data = _encode(checked, size, fps, hold, step_crf, preset)
-        attempts += 1
-        if max_bytes is None or len(data) <= max_bytes:
-            if attempts > 1:
-                logger.info("clip re-encoded to fit %d bytes: %d×%d at crf %d, %d bytes (%d encodings)",
-                            max_bytes, size[0], size[1], step_crf, len(data), attempts)
-            return EncodedClip(data, size[0], size[1], len(checked) * hold, fps * hold, step_crf, attempts)
-        logger.info("clip is %d bytes at %d×%d, crf %d: over the %d-byte limit", len(data), size[0], size[1],
-                    step_crf, max_bytes)
-        # Each CRF_STEP about halves the file: skip the steps that cannot be enough at this size.
-        index += 1
-        over = len(data) / max_bytes
-        while over > 2.5 and index < len(steps) and steps[index][0] == scale and steps[index][1] < CRF_MAX:
-            index += 1
-            over /= 2
-    raise ClipTooLarge(f"The clip does not fit in {_mib(max_bytes or 0)} even at {size[0]}×{size[1]} and the "
+        if len(encoded(size, CRF_MAX)) > max_bytes:
+            continue  # not even the lowest quality fits at this size
+        fails, fits = crf - 1, CRF_MAX  # a CRF known (or, below crf, taken) not to fit; the lowest known to fit
+        while fits - fails > 1:
+            middle = (fails + fits) // 2
+            if len(encoded(size, middle)) <= max_bytes:
+                fits = middle
+            else:
+                fails = middle
+        data = made[size, fits]
+        given_up = [f"quality: crf {crf} → {fits}"] if fits > crf else []
+        if size != full:
+            given_up.append(f"size: {full[0]}×{full[1]} → {size[0]}×{size[1]}")
+        better = made.get((size, fits - 1))
+        logger.info("clip re-encoded to fit %d bytes: %d bytes; gave up %s (%d encodings%s)", max_bytes, len(data),
+                    ", ".join(given_up), len(made),
+                    f"; crf {fits - 1} was {len(better)} bytes" if better is not None else "")
+        return result(data, size, fits)
+    raise ClipTooLarge(f"The clip does not fit in {_mib(max_bytes)} even at {size[0]}×{size[1]} and the "
                        f"lowest quality claybot sends (crf {CRF_MAX}).")
 
 

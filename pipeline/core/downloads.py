@@ -1,7 +1,9 @@
 """Downloads that end, in bounded space: model files and API answers fetched over HTTP.
 
-A file is capped at the size its source announced (plus slack) and at ``pipeline.max_download_gb``, checked
-against Content-Length and again while it streams; the disk's free space is checked before a byte is written; a
+A file is capped at the size its source announced (plus slack), at the most its kind of model can be (a LoRA, a
+tagger: far below a checkpoint) and at ``pipeline.max_download_gb``, checked against Content-Length and again while
+it streams; the disk's free space is checked before a byte is written (a file of no announced size stops where the
+disk's room ends); a
 transfer slower than ``pipeline.min_download_kb_per_s`` (averaged over a window) is cut off; a ``.part`` whose
 write failed, or whose size no real file could have, is deleted so that the next start does not resume into it.
 An API answer is read whole only up to a small cap, within a total deadline. Names that come from a server are
@@ -11,6 +13,7 @@ bounded in UTF-8 bytes (the file system's limit) and escaped before they reach a
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import json
 import logging
@@ -39,6 +42,24 @@ NAME_MAX_BYTES = 200  # file systems allow 255 bytes per name; ".part", ".tmp" a
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _SAFE_NAME = re.compile(r"[\w][\w .()+,'-]*", re.IGNORECASE)
 
+# The most a file of each kind of model may be, by config key (what it is, for messages; bytes): the largest such
+# files, with room. A download of one stops there, announced or not, rather than at pipeline.max_download_gb (sized
+# for an SDXL checkpoint) when that is higher.
+KIND_CAPS: tuple[tuple[str, str, int], ...] = (
+    ("styles.*.lora", "a LoRA", 2 * GB),  # SDXL LoRAs: ~10 MB to ~1.7 GB
+    ("tagger.model", "an ONNX tagger", 2 * GB),  # one .onnx file: protobuf's 2 GB limit (WD14's: 0.4–1.3 GB)
+    ("*.face_detector", "an ONNX face detector", 2 * GB),
+    ("pipeline.vae", "a VAE", 1 * GB),  # SDXL's: 335 MB in fp32
+)
+
+
+def kind_cap(key: str) -> tuple[str, int] | None:
+    """The kind of model at a config key and the most bytes its file may have; None: only max_download_gb."""
+    for pattern, what, size in KIND_CAPS:
+        if fnmatch.fnmatchcase(key, pattern):
+            return what, size
+    return None
+
 
 @dataclass(frozen=True)
 class DownloadLimits:
@@ -52,11 +73,17 @@ class DownloadLimits:
     attempts: int = 4  # tries of one file; each after the first resumes where the last one was cut
     retry_wait: float = 1.0  # seconds before the second try; twice that before the third…
 
-    def cap(self, expected: int | None) -> int:
+    def most(self, key: str = "") -> int:
+        """The most bytes the file of the model at ``key`` may have, whatever is announced: its kind's cap or
+        max_file_bytes, the lower."""
+        kind = kind_cap(key)
+        return min(self.max_file_bytes, kind[1]) if kind else self.max_file_bytes
+
+    def cap(self, expected: int | None, key: str = "") -> int:
         """The most bytes a file announced at ``expected`` bytes (None: not announced) may have."""
         if expected is None:
-            return self.max_file_bytes
-        return min(self.max_file_bytes, expected + max(MB, expected // 100))  # sizes in KB are rounded
+            return self.most(key)
+        return min(self.most(key), expected + max(MB, expected // 100))  # sizes in KB are rounded
 
 
 @dataclass(frozen=True)
@@ -175,22 +202,36 @@ def parse_json(data: bytes) -> object:
 # -- files --------------------------------------------------------------------------------------------------------
 
 
-def check_space(folder: Path, need: int, key: str, what: str) -> None:
-    """Refuse to start a download the disk has no room for (leaving DISK_RESERVE free)."""
+def check_space(folder: Path, need: int | None, key: str, what: str) -> int:
+    """Refuse to start a download the disk has no room for (leaving DISK_RESERVE free); the bytes it may write.
+    ``need`` None: the size is not known, so any room will do, and the download stops where it ends."""
     free = shutil.disk_usage(folder).free
-    if need + DISK_RESERVE > free:
-        raise ModelError(f"{key}: {what} needs {human(need)} and {folder} has {human(free)} free (claybot leaves "
+    if (need or 1) + DISK_RESERVE > free:
+        size = f"needs {human(need)}" if need is not None else "has no announced size"
+        raise ModelError(f"{key}: {what} {size} and {folder} has {human(free)} free (claybot leaves "
                          f"{human(DISK_RESERVE)} free); free some space, or set pipeline.cache_dir to a folder on a "
                          "larger disk.")
+    return free - DISK_RESERVE
+
+
+def out_of_room(job: Download, room: int) -> ModelError:
+    """The error for a file of no announced size that went on past the room on the disk."""
+    return ModelError(f"{job.key}: the download of {job.what} went on past {human(room)}, all the room "
+                      f"{job.part.parent} has (claybot leaves {human(DISK_RESERVE)} free); the part was deleted. "
+                      "Free some space, or set pipeline.cache_dir to a folder on a larger disk.")
 
 
 def too_large(job: Download, limits: DownloadLimits, sent: int | None = None) -> ModelError:
     """The error for a file beyond its cap (the API's size or pipeline.max_download_gb), naming what set the cap."""
-    cap = limits.cap(job.expected)
+    cap = limits.cap(job.expected, job.key)
     how = f"announces {human(sent)} (Content-Length)" if sent is not None else f"went on past {human(cap)}"
-    if job.expected is not None and cap < limits.max_file_bytes:
+    if job.expected is not None and cap < limits.most(job.key):
         return ModelError(f"{job.key}: the download of {job.what} {how}, and {job.expected_from} gives its size as "
                           f"{human(job.expected)}; the part was deleted. {_cap(job.later)}.")
+    kind = kind_cap(job.key)
+    if kind and kind[1] < limits.max_file_bytes and (sent is None or sent <= limits.max_file_bytes):
+        return ModelError(f"{job.key}: the download of {job.what} {how}, more than {kind[0]} can be "
+                          f"({human(kind[1])}); the part was deleted. {_cap(job.later)}.")
     return ModelError(f"{job.key}: the download of {job.what} {how}, more than pipeline.max_download_gb = "
                       f"{limits.max_file_bytes / GB:g} allows; the part was deleted. Raise pipeline.max_download_gb "
                       f"if the file really is that large, or {job.later}.")
@@ -202,6 +243,10 @@ def check_announced(job: Download, limits: DownloadLimits) -> None:
         raise ModelError(f"{job.key}: {job.what} is {human(job.expected)} ({job.expected_from}), more than "
                          f"pipeline.max_download_gb = {limits.max_file_bytes / GB:g} allows; raise it if you mean "
                          f"to fetch this file, or {job.later}.")
+    kind = kind_cap(job.key)
+    if job.expected is not None and kind and job.expected > kind[1]:
+        raise ModelError(f"{job.key}: {job.what} is {human(job.expected)} ({job.expected_from}), more than "
+                         f"{kind[0]} can be ({human(kind[1])}); is it the right file? If it is, {job.later}.")
 
 
 def stream(session: Any, job: Download, limits: DownloadLimits,
@@ -215,7 +260,7 @@ def stream(session: Any, job: Download, limits: DownloadLimits,
     import urllib3
 
     check_announced(job, limits)
-    cap = limits.cap(job.expected)
+    cap = limits.cap(job.expected, job.key)
     part = job.part
     got = _Received()
     if part.exists() and part.stat().st_size > cap:  # no file this download could give is that long
@@ -226,8 +271,7 @@ def stream(session: Any, job: Download, limits: DownloadLimits,
         with part.open("rb") as old:
             while chunk := old.read(CHUNK):
                 got.add(chunk)
-    if job.expected is not None:
-        check_space(part.parent, max(0, job.expected - got.bytes), job.key, job.what)
+    check_space(part.parent, None if job.expected is None else max(0, job.expected - got.bytes), job.key, job.what)
     failure = ""
     for attempt in range(limits.attempts):
         if attempt:
@@ -266,13 +310,14 @@ def stream(session: Any, job: Download, limits: DownloadLimits,
                 if not resumed:
                     got = _Received()
                 length = announced_length(resp)
-                if length is not None:
-                    if got.bytes + length > cap:
-                        part.unlink(missing_ok=True)
-                        raise too_large(job, limits, sent=got.bytes + length)
-                    check_space(part.parent, length, job.key, job.what)
+                if length is not None and got.bytes + length > cap:
+                    part.unlink(missing_ok=True)
+                    raise too_large(job, limits, sent=got.bytes + length)
+                # no size announced: any room will do, and the bytes stop where it ends (not at the cap)
+                room = check_space(part.parent, length if length is not None or job.expected is None else
+                                   max(0, job.expected - got.bytes), job.key, job.what)
                 total = got.bytes + length if length is not None else job.expected
-                _write(resp, job, got, total, resumed, cap, limits)
+                _write(resp, job, got, total, resumed, cap, limits, room)
             return got.hasher.hexdigest()
         except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
             failure = reason(err)
@@ -303,8 +348,8 @@ class _Received:
 
 
 def _write(resp: Any, job: Download, got: _Received, total: int | None, resumed: bool, cap: int,
-           limits: DownloadLimits) -> None:
-    """Append the body to the part, within the cap and the minimum rate."""
+           limits: DownloadLimits, room: int) -> None:
+    """Append the body to the part, within the cap, the disk's ``room`` and the minimum rate."""
     from tqdm import tqdm
 
     part = job.part
@@ -313,19 +358,22 @@ def _write(resp: Any, job: Download, got: _Received, total: int | None, resumed:
         out = part.open("ab" if resumed else "wb")
     except OSError as err:
         raise _unwritable(job, part, err) from None
+    written = 0
     with out, tqdm(total=total, initial=got.bytes, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                    desc=f"{job.key}: {part.name.removesuffix('.part')}", leave=False, disable=None) as bar:
         for chunk in _chunks(resp, CHUNK):
-            if got.bytes + len(chunk) > cap:  # a server that never stops must not fill the disk
+            # a server that never stops must not fill the disk
+            if got.bytes + len(chunk) > cap or written + len(chunk) > room:
                 out.close()
                 part.unlink(missing_ok=True)
-                raise too_large(job, limits)
+                raise too_large(job, limits) if got.bytes + len(chunk) > cap else out_of_room(job, room)
             try:
                 out.write(chunk)
             except OSError as err:
                 out.close()
                 raise _unwritable(job, part, err) from None
             got.add(chunk)
+            written += len(chunk)
             bar.update(len(chunk))
             slow = rate.add(len(chunk))
             if slow:

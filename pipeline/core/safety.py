@@ -7,6 +7,8 @@ single best-scoring rating, so a photo the tagger is torn about is not let throu
 
 from __future__ import annotations
 
+import math
+
 RATINGS = ("general", "sensitive", "questionable", "explicit")
 
 # What users read; neutral on purpose: no tag names, no judgement of the photo or the person.
@@ -44,3 +46,17 @@ def check_rating(value: str | None) -> str | None:
     if value is not None and value not in RATINGS:
         raise ValueError(f"must be one of {', '.join(RATINGS)}, not {value!r}")
     return value
+
+
+RATED_EVERY = 0.5  # seconds of clip at most between two of its frames the gate rates
+RATED_AT_LEAST = 5  # frames rated in every clip of that many frames or more
+
+
+def rated_frames(count: int, fps: int, *, every: float = RATED_EVERY, least: int = RATED_AT_LEAST) -> list[int]:
+    """The frames of a ``count``-frame clip at ``fps`` that the gate rates: the first, the last, and evenly between,
+    never more than ``every`` seconds apart (so a longer clip has more), and at least ``least`` of them."""
+    if count <= 1:
+        return [0]
+    step = max(1, math.floor(every * fps))  # frames between two rated ones, at most
+    gaps = min(count - 1, max(least - 1, math.ceil((count - 1) / step)))
+    return sorted({round(i * (count - 1) / gaps) for i in range(gaps + 1)})

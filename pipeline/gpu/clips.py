@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.core.clip import ClipTooLarge, encode_mp4
 from pipeline.core.jobs import MP4, Done, ErrorKind, Failed, Progress, Started, Update
 from pipeline.core.kinds import ClipSpec
-from pipeline.core.safety import CLIP_REFUSED, over_limit, worst
+from pipeline.core.safety import CLIP_REFUSED, over_limit, rated_frames, worst
 from pipeline.core.settings import GpuSettings
 from pipeline.gpu.engine import TAG_REASON, DecodedJob, LinkDown, Run, free_gpu_memory, is_out_of_memory
 
@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 CLIP_REASON = "Something went wrong while making your clip; please try again."
 CLIP_OOM_REASON = "The GPU ran out of memory on this clip; please try a shorter one or a smaller picture."
 CLIP_ENCODE_REASON = "Your clip was made but could not be saved as a video; please try again."
-CHECKED_FRAMES = 5  # rated per clip: the first, the last, the middle, and the quarters between
 
 
 class ClipEngine:
@@ -90,7 +89,7 @@ def run_clip(settings: GpuSettings, animator: Animator, job: DecodedJob, run: Ru
             fail(CLIP_REASON, ErrorKind.INTERNAL)
         return
     started = time.perf_counter()
-    frame_ratings = _frame_ratings(run, clip.frames, job.id)
+    frame_ratings = _frame_ratings(run, clip.frames, clip.fps, job.id)
     check_s = time.perf_counter() - started
     max_rating = job.job.max_rating
     if frame_ratings is None and max_rating is not None:  # a clip that cannot be checked is not sent
@@ -118,16 +117,11 @@ def run_clip(settings: GpuSettings, animator: Animator, job: DecodedJob, run: Ru
         style=job.job.style, ratings=ratings, timings=timings, media=MP4)))
 
 
-def checked_frames(count: int, most: int = CHECKED_FRAMES) -> list[int]:
-    """The frames of a ``count``-frame clip that are rated: the first, the last, the middle, and evenly between."""
-    return sorted({round(i * (count - 1) / (most - 1)) for i in range(most)}) if count > 1 else [0]
-
-
-def _frame_ratings(run: Run, frames: Any, job_id: str) -> list[dict[str, float]] | None:
+def _frame_ratings(run: Run, frames: Any, fps: int, job_id: str) -> list[dict[str, float]] | None:
     """The tagger's rating scores of the checked frames; None when one of them cannot be rated."""
     from PIL import Image
 
-    picks = checked_frames(len(frames))
+    picks = rated_frames(len(frames), fps)  # one frame per 0.5 s at most, five at least
     tags = run.tag([Image.fromarray(frames[i]) for i in picks], [job_id] * len(picks))
     if any(frame_tags is None for frame_tags in tags):
         return None
