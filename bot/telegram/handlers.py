@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Sequence
 
-from telegram import Message, ReactionType, ReactionTypeEmoji, Update
+from telegram import CallbackQuery, Message, ReactionType, ReactionTypeEmoji, Update
 from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
@@ -26,6 +26,7 @@ from bot.flow import Ask, RequestFlow, RunningRequests, user_line
 from bot.options import USAGE, UserError, button_speed, parse_options
 from bot.store import ClaybotDatabase
 from bot.telegram.buttons import parse_animate, parse_button
+from bot.telegram.flood import CHATTER, ReplyGaps, Skipped, paced
 from bot.telegram.help import (
     ANIMATE_USAGE,
     PLAIN_PHOTO_HINT,
@@ -63,6 +64,7 @@ class TelegramRequests:
         self.caption_command = caption_pattern(self.commands)
         self.animate_caption = animate_pattern()
         self.animating: set[tuple[int, int]] = set()  # (chat, message) of the pictures being animated right now
+        self.gaps = ReplyGaps(self.settings.reply_gap)  # help, usage and refusals: once per person per gap, in groups
 
     # -- the ways to ask ----------------------------------------------------------------------------------------------
 
@@ -74,7 +76,7 @@ class TelegramRequests:
 
     async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/start and /help."""
-        await message_of(update).reply_text(help_text(self.config, context.bot.username))
+        await self.say(context, update, help_text(self.config, context.bot.username))
 
     async def on_captioned_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo or file captioned ``/clay [strength]``."""
@@ -102,7 +104,7 @@ class TelegramRequests:
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""
-        await message_of(update).reply_text(PLAIN_PHOTO_HINT, do_quote=True)
+        await self.say(context, update, PLAIN_PHOTO_HINT, quote=True)
 
     async def on_reaction(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """The configured emoji added to a photo the bot has seen; anything else is ignored quietly."""
@@ -157,10 +159,10 @@ class TelegramRequests:
             await query.answer("I can't find the original photo any more; please send it again.", show_alert=True)
             return
         at_speed = f", {speed}" if speed is not None and speed != "default" else ""
-        await query.answer(f"Again, with a new seed{at_speed}." if seed is None
-                           else f"Strength {strength:g}{at_speed}.")
         self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, strength=strength,
-                           seed=seed, how="button", speed=speed)
+                           seed=seed, how="button", speed=speed, query=query,
+                           toast=f"Again, with a new seed{at_speed}." if seed is None
+                           else f"Strength {strength:g}{at_speed}.")
 
     # -- clips ---------------------------------------------------------------------------------------------------------
 
@@ -189,9 +191,8 @@ class TelegramRequests:
         if (picture.chat_id, picture.message_id) in self.animating:
             await query.answer("I'm already animating this picture; the clip is on its way.")
             return
-        await query.answer("Animating this picture…")
         self.serve_in_task(context, update, picture, user_id=query.from_user.id, style=style, strength=None,
-                           seed=seed, how="🎬 button", kind=Kind.CLIP)
+                           seed=seed, how="🎬 button", kind=Kind.CLIP, query=query, toast="Animating this picture…")
 
     async def on_animate_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/animate [seconds]`` as a reply to a picture (on its own it answers with the usage)."""
@@ -246,9 +247,11 @@ class TelegramRequests:
     def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
                       user_id: int, style: str | None, strength: float | None, how: str,
                       seed: int | None = None, speed: str | None = None, kind: Kind = Kind.PICTURE,
-                      seconds: float | None = None, clay_first: bool = False) -> None:
+                      seconds: float | None = None, clay_first: bool = False, query: CallbackQuery | None = None,
+                      toast: str = "") -> None:
         """Serve the request in its own task, so the next update is handled at once. A clip (``kind``) of
-        ``photo`` replies to it, in a file Telegram lets bots upload."""
+        ``photo`` replies to it, in a file Telegram lets bots upload. A button press (``query``) is answered with
+        ``toast`` once the request is let in, or with an alert saying why not."""
         bot = context.bot
         clip = kind is Kind.CLIP
 
@@ -261,7 +264,8 @@ class TelegramRequests:
                   origin=f"update:{update.update_id}", kind=kind, seconds=seconds, clay_first=clay_first,
                   max_bytes=CLIP_UPLOAD_LIMIT if clip else 0)
         reply = TelegramReply(bot, photo, uploading=self.uploading, on_sent=self.remember_result,
-                              speeds=self.config.speed_names(), animate=self.config.animate.enabled, clip=clip)
+                              speeds=self.config.speed_names(), animate=self.config.animate.enabled, clip=clip,
+                              asker=user_id, gaps=self.gaps, query=query, toast=toast)
         logger.info("telegram %srequest (%s) from user %s in chat %s on message %s: style %s, strength %s",
                     "clip " if clip else "", how, user_id, photo.chat_id, photo.message_id, style or "default",
                     "default" if strength is None else f"{strength:g}")
@@ -311,9 +315,9 @@ class TelegramRequests:
             await self.store.set(chat_scope(chat.id), "nsfw", args[1] == "on" or None)
             logger.info("telegram: chat %s set nsfw %s (user %s)", chat.id, args[1], person.id)
         nsfw = await self.nsfw(chat.id)
-        await message.reply_text(
-            f"NSFW: {'on: any photo is fine here' if nsfw else 'off: I only make all-ages pictures here'}.\n"
-            f"{SETTINGS_USAGE}", do_quote=True)
+        await self.say(context, update,
+                       f"NSFW: {'on: any photo is fine here' if nsfw else 'off: I only make all-ages pictures here'}."
+                       f"\n{SETTINGS_USAGE}", quote=True)
 
     @staticmethod
     async def _is_admin(context: ContextTypes.DEFAULT_TYPE, chat_id: int, chat_type: str, user_id: int) -> bool:
@@ -326,25 +330,46 @@ class TelegramRequests:
     # -- the one place errors become chat lines ----------------------------------------------------------------------
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """A UserError is answered with its own words; anything else is logged and gets a calm line."""
+        """A UserError is answered with its own words; anything else is logged and gets a calm line. A button
+        press is answered with an alert only the presser sees."""
         error = context.error
         if error is None:
             return
         text = user_line(error, "handling a Telegram update", logger)
         if not isinstance(update, Update) or update.effective_chat is None:
             return
-        message = update.effective_message
+        if update.callback_query is not None:
+            with contextlib.suppress(TelegramError):  # it may have been answered already
+                await update.callback_query.answer(text[:200], show_alert=True)
+            return
         try:
-            if update.callback_query is not None and not isinstance(error, UserError):
-                with contextlib.suppress(TelegramError):  # it may have been answered already
-                    await update.callback_query.answer()
-            await context.bot.send_message(
-                update.effective_chat.id, text,
-                reply_parameters=reply_to(message.message_id) if isinstance(message, Message) else None,
-                message_thread_id=message.message_thread_id
-                if isinstance(message, Message) and message.is_topic_message else None)
+            await self.say(context, update, text, quote=True)
         except TelegramError as err:
             logger.warning("could not tell chat %s about the error: %s", update.effective_chat.id, err)
+
+    async def say(self, context: ContextTypes.DEFAULT_TYPE, update: Update, text: str, *,
+                  quote: bool | None = None) -> None:
+        """Help, a hint, a usage line or a refusal, replying to the update's message: in a group, at most one per
+        person per ``telegram.reply_gap`` seconds, and only with the group's spare messages (bot/telegram/flood.py),
+        so that command after command from one person cannot hold up anyone's picture. ``quote``: reply to the
+        message (default: in groups, as PTB's ``reply_text`` does)."""
+        chat, message = update.effective_chat, update.effective_message
+        if chat is None:
+            return
+        who = asker(update)
+        if not self.gaps.allow(chat.id, who):
+            logger.info("telegram: not answering user %s in chat %s again so soon", who, chat.id)
+            return
+        quoted = quote if quote is not None else chat.type != ChatType.PRIVATE
+        where, thread = None, None
+        if isinstance(message, Message):
+            where = reply_to(message.message_id) if quoted else None
+            thread = message.message_thread_id if message.is_topic_message else None
+        try:
+            await paced(context.bot).send_message(chat.id, text, reply_parameters=where, message_thread_id=thread,
+                                                  rate_limit_args=CHATTER)
+        except Skipped as err:
+            logger.info("%s", err)
 
 
 def asker(update: Update) -> int:
