@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -19,7 +21,7 @@ from bot.flow import RequestFlow
 from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from bot.telegram.flood import CHATTER, STATUS, FloodLimiter, ReplyGaps, Skipped
-from tests.conftest import photo_bytes
+from tests.conftest import load_script, photo_bytes
 from tests.fake_telegram import TOO_MANY, Call, FakeTelegram, group_chat, user
 from tests.test_telegram import TOKEN, Running, with_telegram
 
@@ -200,3 +202,24 @@ async def test_a_refused_button_press_is_an_alert_only_the_presser_sees(tiny_con
         assert alert.params["callback_query_id"] == query_id and alert.params["show_alert"] == "true"
         assert "in the last minute" in alert.params["text"]
         assert not [c for c in busy.fake.calls[mark:] if c.method == "sendMessage"]  # nothing in the group
+
+
+# -- the benchmark, so it cannot rot ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busy_group():
+    """benchmarks/busy_group.py as a module."""
+    module = load_script(Path(__file__).resolve().parent.parent / "benchmarks" / "busy_group.py")
+    yield module
+    sys.modules.pop(module.__name__, None)
+
+
+async def test_the_busy_group_benchmark_answers_every_photo_against_the_real_claybot_run(busy_group,
+                                                                                          tiny_config_path, tmp_path):
+    # The real `claybot run` with the repository's budget; Telegram's minute shrunk to 6 s and stricter than that
+    # budget (12 messages), so claybot both paces the group and meets Telegram's 429s.
+    figures = await busy_group.run_busy_group(tiny_config_path, tmp_path, photos=6, spam=8, scale=0.1, limit=12,
+                                              timeout=240)
+    assert (figures["answered"], figures["lost"], figures["marked_answered_unsent"]) == (6, 0, 0)
+    assert figures["spam_replies"] <= 2  # one per 3 s gap: not one per command (on a slow machine, maybe two)
