@@ -106,6 +106,11 @@ class TelegramSettings(Settings):
     remember_photos: Annotated[int, Field(ge=0, le=1_000_000)] = 2000
     remember_hours: Annotated[float, Field(gt=0.0, le=24.0 * 365)] = 48.0
     status_edit_interval: Annotated[float, Field(ge=0.1, le=60.0)] = 3.0
+    # Telegram's flood limit in groups (bot/telegram/flood.py): 0 messages = not paced ("retry after" is honoured
+    # either way); and the gap between two help / usage / refusal replies to one person in a group.
+    group_messages: Annotated[int, Field(ge=0, le=1000)] = 20
+    group_window: Annotated[float, Field(gt=0.0, le=3600.0)] = 60.0
+    reply_gap: Annotated[float, Field(ge=0.0, le=3600.0)] = 30.0
 
     @field_validator("api_base_url", "file_base_url")
     @classmethod

@@ -317,9 +317,10 @@ class RequestFlow:
             elif isinstance(event, Done) and not answer:
                 request.done = event
             elif isinstance(event, Done):
-                request.done, request.outcome = event, "image"
+                request.done = event
                 await line.close()
-                await _safely(request.reply.result(event, caption(event)))
+                sent = await _safely(request.reply.result(event, caption(event)))
+                request.outcome = "image" if sent else UNSENT
             elif isinstance(event, Failed):
                 request.outcome = outcome_of(event.kind)
                 if self.metrics is not None:
@@ -329,8 +330,9 @@ class RequestFlow:
 
     async def _close(self, request: _Request) -> None:
         """The request is answered: the journal (and in its transaction, what the admission rules hold) and the
-        metrics hear how it ended."""
-        if self.journal is not None and request.ticket is not None:
+        metrics hear how it ended (a picture that could not be posted stays unanswered in the journal: a restarted
+        claybot delivers it)."""
+        if self.journal is not None and request.ticket is not None and request.outcome != UNSENT:
             try:
                 await self.journal.answered(request.ticket, request.outcome)
             except ClaybotError as err:
@@ -377,7 +379,8 @@ class RequestFlow:
             if handle is not None:
                 outcome = await resume(handle, {entry.platform: front_end}, entry.answer_to, photo)
             assert self.journal is not None  # entries come from the journal (``unanswered``)
-            await self.journal.answered(entry.ticket, outcome or "failed")
+            if outcome != UNSENT:  # else the next start tries again
+                await self.journal.answered(entry.ticket, outcome or "failed")
 
     async def _recover_then(self, entry: Entry, handle: JobHandle, front_end: FrontEnd
                             ) -> tuple[JobHandle | None, str | None]:
@@ -415,6 +418,7 @@ class RequestFlow:
         return handle
 
 
+UNSENT = "unsent"  # the picture was made but the platform would not take it: not answered, delivered after a restart
 QUIET_AFTER_REFUSAL = 60.0  # seconds at least before the same person is told of a limit again
 MAX_TOLD = 10_000  # people remembered as told, before those whose wait is over are forgotten
 MAX_RECOVERIES = 2  # a job that two restarts in a row interrupted is not tried a third time
@@ -448,7 +452,8 @@ async def resume(handle: JobHandle, front_ends: dict[str, FrontEnd],
     except JobFailed as err:
         await _safely(front_end.deliver(chat_id, None, str(err), answer_to or {}))
         return outcome_of(err.kind)
-    await _safely(front_end.deliver(chat_id, done, caption(done), answer_to or {}, source=photo or None))
+    if not await _safely(front_end.deliver(chat_id, done, caption(done), answer_to or {}, source=photo or None)):
+        return UNSENT
     logger.info("recovered job %s answered in %s %s", handle.id, platform, chat_id)
     return "image"
 
@@ -519,9 +524,11 @@ class _Acked:
         return self.reply.placeholder()
 
 
-async def _safely(awaitable: Awaitable) -> None:
-    """A status edit that fails (message deleted, rate limited) must not lose the job."""
+async def _safely(awaitable: Awaitable) -> bool:
+    """A status edit that fails (message deleted, rate limited) must not lose the job; whether it went out."""
     try:
         await awaitable
     except Exception as err:  # platform errors vary by library
         logger.warning("could not update the chat: %s", err)
+        return False
+    return True

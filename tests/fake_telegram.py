@@ -2,7 +2,8 @@
 
 It implements the methods claybot calls, keeps the chats' messages so replies carry their ``reply_to_message``,
 serves file downloads, long-polls updates that tests push as real update JSON, and records every call (method,
-decoded parameters, uploaded files, arrival time) for assertions.
+decoded parameters, uploaded files, arrival time) for assertions. With ``flood_limit``, it refuses a group's
+messages past that many per ``flood_window`` seconds as Telegram does: HTTP 429 with ``retry_after``, not sent.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import asyncio
 import io
 import itertools
 import json
+import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +27,12 @@ JSON_PARAMS = {"reply_parameters", "reply_markup", "allowed_updates", "commands"
                "entities", "link_preview_options"}
 INT_PARAMS = {"chat_id", "message_id", "offset", "limit", "timeout", "message_thread_id", "cache_time", "user_id"}
 DOWNLOAD_LIMIT = 20 * 2**20  # what the real Bot API refuses to hand out with getFile
+# What Telegram counts against a group's flood limit: messages sent and edited (not chat actions, deletions,
+# callback answers or file look-ups).
+FLOODED = frozenset({"sendMessage", "sendPhoto", "sendDocument", "sendAnimation", "sendVideo", "sendMediaGroup",
+                     "copyMessage", "forwardMessage", "editMessageText", "editMessageCaption", "editMessageMedia",
+                     "editMessageReplyMarkup"})
+TOO_MANY = "Too Many Requests: retry after {}"
 
 
 @dataclass
@@ -51,11 +60,16 @@ BAD_GATEWAY_PAGE = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<b
 
 
 class ApiError(Exception):
-    """An error answer, as the Bot API gives them."""
+    """An error answer, as the Bot API gives them (``parameters``: e.g. a 429's ``retry_after``)."""
 
-    def __init__(self, code: int, description: str) -> None:
+    def __init__(self, code: int, description: str, parameters: dict[str, Any] | None = None) -> None:
         super().__init__(description)
-        self.code, self.description = code, description
+        self.code, self.description, self.parameters = code, description, parameters
+
+    @classmethod
+    def too_many(cls, retry_after: int) -> ApiError:
+        """Telegram's flood-control answer."""
+        return cls(429, TOO_MANY.format(retry_after), {"retry_after": retry_after})
 
 
 def user(user_id: int, name: str) -> dict:
@@ -76,8 +90,13 @@ def group_chat(chat_id: int = -1001234567890, title: str = "Clay club") -> dict:
 class FakeTelegram:
     """The fake server; ``api_base_url`` / ``file_base_url`` go into TelegramSettings."""
 
-    def __init__(self, token: str, *, bot_username: str = "claybot_test_bot") -> None:
+    def __init__(self, token: str, *, bot_username: str = "claybot_test_bot", flood_limit: int = 0,
+                 flood_window: float = 60.0) -> None:
         self.token = token
+        # Telegram's flood limit in groups: at most flood_limit messages (FLOODED) per flood_window seconds in
+        # each group (a negative chat id); past it, 429 with retry_after. 0: no limit.
+        self.flood_limit, self.flood_window = flood_limit, flood_window
+        self._group_sent: dict[int, deque[float]] = {}
         self.bot_user = {"id": 7000000001, "is_bot": True, "first_name": "claybot", "username": bot_username,
                          "can_join_groups": True, "can_read_all_group_messages": False,
                          "supports_inline_queries": False}
@@ -224,9 +243,15 @@ class FakeTelegram:
         await self.push("callback_query", payload)
         return query_id
 
-    def fail_next(self, method: str, code: int, description: str) -> None:
-        """Answer the next call of ``method`` with this error (as Telegram does when something is off)."""
-        self._failures.setdefault(method, []).append(ApiError(code, description))
+    def fail_next(self, method: str, code: int, description: str, *, retry_after: int | None = None) -> None:
+        """Answer the next call of ``method`` with this error (as Telegram does when something is off);
+        ``retry_after``: with Telegram's flood-control parameters."""
+        parameters = None if retry_after is None else {"retry_after": retry_after}
+        self._failures.setdefault(method, []).append(ApiError(code, description, parameters))
+
+    def flooded(self) -> list[Call]:
+        """The calls refused with 429 (flood control)."""
+        return [call for call in self.calls if call.error is not None and call.error.startswith("Too Many")]
 
     def calls_to(self, *methods: str) -> list[Call]:
         """Recorded calls of these methods, in order."""
@@ -268,13 +293,29 @@ class FakeTelegram:
         try:
             if self._failures.get(method):
                 raise self._failures[method].pop(0)
+            self._flood_control(call)
             result = await handler(call)
         except ApiError as err:
             await self._answered(call, None, err.description)
-            return web.json_response({"ok": False, "error_code": err.code, "description": err.description},
-                                     status=err.code)
+            answer = {"ok": False, "error_code": err.code, "description": err.description}
+            if err.parameters:
+                answer["parameters"] = err.parameters
+            return web.json_response(answer, status=err.code)
         await self._answered(call, result)
         return web.json_response({"ok": True, "result": result})
+
+    def _flood_control(self, call: Call) -> None:
+        """A group's message past the flood limit is refused, with the seconds until the window has room."""
+        chat = call.params.get("chat_id")
+        if not self.flood_limit or call.method not in FLOODED or not isinstance(chat, int) or chat >= 0:
+            return
+        now = time.monotonic()
+        sent = self._group_sent.setdefault(chat, deque())
+        while sent and sent[0] <= now - self.flood_window:
+            sent.popleft()
+        if len(sent) >= self.flood_limit:
+            raise ApiError.too_many(max(1, math.ceil(sent[0] + self.flood_window - now)))
+        sent.append(now)
 
     async def _answered(self, call: Call, result: Any, error: str | None = None) -> None:
         async with self._changed:

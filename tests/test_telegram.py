@@ -43,9 +43,10 @@ ALICE_CHAT, GROUP = private_chat(ALICE), group_chat()
 
 
 def with_telegram(config: Config, fake: FakeTelegram, **settings) -> Config:
-    """The tiny config pointed at the fake server."""
+    """The tiny config pointed at the fake server. The groups' flood budget and the gap between help replies are
+    off: these tests use a group's /help as a barrier many times a minute (tests/test_telegram_flood.py pins them)."""
     telegram = {"api_base_url": fake.api_base_url, "file_base_url": fake.file_base_url,
-                "status_edit_interval": EDIT_INTERVAL, **settings}
+                "status_edit_interval": EDIT_INTERVAL, "group_messages": 0, "reply_gap": 0.0, **settings}
     return config.model_copy(update={"telegram": config.telegram.model_copy(update=telegram)})
 
 

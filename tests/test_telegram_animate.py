@@ -331,11 +331,13 @@ async def test_a_person_over_the_clip_limit_gets_the_journals_line(animator):
 
     query_id = await animator.fake.press(frank, picture, animate_button(picture)["callback_data"])
 
-    alert = await alert_for(animator, query_id)  # admitted before the press is answered: the refusal is its alert
-    assert alert.params["show_alert"] == "true"
-    assert alert.params["text"].startswith("You have asked for 1 clip")
-    assert "in the last hour; please ask again in" in alert.params["text"]
+    refusal = await alert_for(animator, query_id)  # a button's refusal: an alert, not a line in the chat
+    assert refusal.params["show_alert"] == "true"
+    assert refusal.params["text"].startswith("You have asked for 1 clip")
+    assert "in the last hour; please ask again in" in refusal.params["text"]
     await nothing_queued(animator, mark)
+    assert not [c for c in animator.fake.calls[mark:] if c.method == "sendMessage" and c.reply_to is not None
+                and c.reply_to == picture["message_id"]]
 
 
 # -- /animate --------------------------------------------------------------------------------------------------------

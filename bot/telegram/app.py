@@ -25,6 +25,7 @@ from bot.observability import HIDE_SECRETS, hide_secret
 from bot.outage import Outage, telegram_polling
 from bot.store import ClaybotDatabase
 from bot.telegram.buttons import ANIMATE_PATTERN, BUTTON_PATTERN
+from bot.telegram.flood import FloodLimiter
 from bot.telegram.handlers import TelegramRequests
 from bot.telegram.help import ANIMATE_COMMAND, command_menu
 from bot.telegram.hints import hint_for_plain_message
@@ -45,8 +46,8 @@ POOL_TIMEOUT = 30.0  # seconds a call may wait for a free connection (PTB's defa
 
 # A logger's filters see only the records logged on it, not its children's: name each logger that may quote a URL.
 TOKEN_QUOTING_LOGGERS = ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",
-                         "telegram.ext", *(f"bot.telegram.{name}" for name in ("app", "handlers", "photos", "render",
-                                                                              "reply", "transport")))
+                         "telegram.ext", *(f"bot.telegram.{name}" for name in ("app", "flood", "handlers", "photos",
+                                                                              "render", "reply", "transport")))
 
 
 def hide_token_in_logs(token: str) -> None:
@@ -73,6 +74,7 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         .local_mode(settings.local_mode)
         .request(AiohttpRequest(connections=CONNECTIONS, pool_timeout=POOL_TIMEOUT,  # room for the largest photo
                                 max_answer=max(MAX_ANSWER, flow.max_bytes(download_limit(settings)))))
+        .rate_limiter(FloodLimiter(group_messages=settings.group_messages, group_window=settings.group_window))
         .get_updates_request(telegram_polling(outage := Outage("the Telegram Bot API")))
         .build()
     )

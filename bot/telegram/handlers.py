@@ -30,6 +30,7 @@ from bot.journal import RateLimited
 from bot.options import USAGE, UserError, button_speed, picture_words
 from bot.store import ClaybotDatabase
 from bot.telegram.buttons import parse_animate, parse_button
+from bot.telegram.flood import CHATTER, ReplyGaps, Skipped, paced
 from bot.telegram.help import (
     ANIMATE_USAGE,
     PLAIN_PHOTO_HINT,
@@ -69,6 +70,7 @@ class TelegramRequests:
         self.caption_command = caption_pattern(self.commands)
         self.animate_caption = animate_pattern()
         self.animating: set[tuple[int, int]] = set()  # (chat, message) of the pictures being animated right now
+        self.gaps = ReplyGaps(self.settings.reply_gap)  # help, usage and refusals: once per person per gap, in groups
 
     # -- the ways to ask ----------------------------------------------------------------------------------------------
 
@@ -84,7 +86,7 @@ class TelegramRequests:
 
     async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/help: the whole text."""
-        await message_of(update).reply_text(help_text(self.config, context.bot.username))
+        await self.say(context, update, help_text(self.config, context.bot.username))
 
     async def on_captioned_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo or file captioned ``/clay [strength]``."""
@@ -111,7 +113,7 @@ class TelegramRequests:
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""
-        await message_of(update).reply_text(PLAIN_PHOTO_HINT, do_quote=True)
+        await self.say(context, update, PLAIN_PHOTO_HINT, quote=True)
 
     async def on_reaction(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """The configured emoji added to a photo the bot has seen; anything else is ignored quietly."""
@@ -158,10 +160,10 @@ class TelegramRequests:
             await query.answer("I can't find the original photo any more; please send it again.", show_alert=True)
             return
         at_speed = f", {speed}" if speed is not None and speed != "default" else ""
-        await query.answer(f"Again, with a new seed{at_speed}." if seed is None
-                           else f"Strength {strength:g}{at_speed}.")
         self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, seed=seed, how="button",
-                           options=picture(strength, speed))
+                           options=picture(strength, speed), query=query,
+                           toast=f"Again, with a new seed{at_speed}." if seed is None
+                           else f"Strength {strength:g}{at_speed}.")
 
     async def on_unknown_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A press whose data no button family claims (forged, or from a format that is gone): an answer all the
@@ -272,14 +274,16 @@ class TelegramRequests:
     def serve_in_task(self, context: ContextTypes.DEFAULT_TYPE, update: Update, photo: TelegramPhoto, *,
                       user_id: int, style: str | None, how: str, seed: int | None = None, kind: str = "picture",
                       options: dict[str, Any] | None = None, first: str | None = None,
-                      admitted: Admitted | None = None) -> None:
+                      admitted: Admitted | None = None, query: CallbackQuery | None = None, toast: str = "") -> None:
         """Serve the request in its own task, so the next update is handled at once (``admitted``: by the
-        handler already). A clip of ``photo`` replies to it, in a file Telegram lets bots upload."""
+        handler already). A clip of ``photo`` replies to it, in a file Telegram lets bots upload. A button press
+        (``query``) is answered with ``toast`` once the request is let in, or with an alert saying why not."""
         ask = self.ask(update, context, photo, user_id=user_id, style=style, seed=seed, kind=kind, options=options,
                        first=first)
         is_clip = kind == "clip"
         reply = TelegramReply(context.bot, photo, uploading=self.uploading, on_sent=self.remember_result,
-                              speeds=self.config.speed_names(), animate=self.config.animate.enabled, clip=is_clip)
+                              speeds=self.config.speed_names(), animate=self.config.animate.enabled, clip=is_clip,
+                              asker=user_id, gaps=self.gaps, query=query, toast=toast)
         logger.info("telegram %s request (%s) from user %s in chat %s on message %s: style %s, %s", kind, how,
                     user_id, photo.chat_id, photo.message_id, style or "default",
                     ", ".join(f"{k} {v}" for k, v in (options or {}).items() if v is not None) or "defaults")
@@ -330,9 +334,9 @@ class TelegramRequests:
             await TELEGRAM_CHAT.set(self.store, chat.id, "nsfw", args[1] == "on" or None)
             logger.info("telegram: chat %s set nsfw %s (user %s)", chat.id, args[1], person.id)
         nsfw = await self.nsfw(chat.id)
-        await message.reply_text(
-            f"NSFW: {'on: any photo is fine here' if nsfw else 'off: I only make all-ages pictures here'}.\n"
-            f"{SETTINGS_USAGE}", do_quote=True)
+        await self.say(context, update,
+                       f"NSFW: {'on: any photo is fine here' if nsfw else 'off: I only make all-ages pictures here'}."
+                       f"\n{SETTINGS_USAGE}", quote=True)
 
     @staticmethod
     async def _is_admin(context: ContextTypes.DEFAULT_TYPE, chat_id: int, chat_type: str, user_id: int) -> bool:
@@ -345,25 +349,46 @@ class TelegramRequests:
     # -- the one place errors become chat lines ----------------------------------------------------------------------
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """A UserError is answered with its own words; anything else is logged and gets a calm line."""
+        """A UserError is answered with its own words; anything else is logged and gets a calm line. A button
+        press is answered with an alert only the presser sees."""
         error = context.error
         if error is None:
             return
         text = user_line(error, "handling a Telegram update", logger)
         if not isinstance(update, Update) or update.effective_chat is None:
             return
-        message = update.effective_message
+        if update.callback_query is not None:
+            with contextlib.suppress(TelegramError):  # it may have been answered already
+                await update.callback_query.answer(text[:200], show_alert=True)
+            return
         try:
-            if update.callback_query is not None and not isinstance(error, UserError):
-                with contextlib.suppress(TelegramError):  # it may have been answered already
-                    await update.callback_query.answer()
-            await context.bot.send_message(
-                update.effective_chat.id, text,
-                reply_parameters=reply_to(message.message_id) if isinstance(message, Message) else None,
-                message_thread_id=message.message_thread_id
-                if isinstance(message, Message) and message.is_topic_message else None)
+            await self.say(context, update, text, quote=True)
         except TelegramError as err:
             logger.warning("could not tell chat %s about the error: %s", update.effective_chat.id, err)
+
+    async def say(self, context: ContextTypes.DEFAULT_TYPE, update: Update, text: str, *,
+                  quote: bool | None = None) -> None:
+        """Help, a hint, a usage line or a refusal, replying to the update's message: in a group, at most one per
+        person per ``telegram.reply_gap`` seconds, and only with the group's spare messages (bot/telegram/flood.py),
+        so that command after command from one person cannot hold up anyone's picture. ``quote``: reply to the
+        message (default: in groups, as PTB's ``reply_text`` does)."""
+        chat, message = update.effective_chat, update.effective_message
+        if chat is None:
+            return
+        who = asker(update)
+        if not self.gaps.allow(chat.id, who):
+            logger.info("telegram: not answering user %s in chat %s again so soon", who, chat.id)
+            return
+        quoted = quote if quote is not None else chat.type != ChatType.PRIVATE
+        where, thread = None, None
+        if isinstance(message, Message):
+            where = reply_to(message.message_id) if quoted else None
+            thread = message.message_thread_id if message.is_topic_message else None
+        try:
+            await paced(context.bot).send_message(chat.id, text, reply_parameters=where, message_thread_id=thread,
+                                                  rate_limit_args=CHATTER)
+        except Skipped as err:
+            logger.info("%s", err)
 
 
 def picture(strength: float | None = None, speed: str | None = None) -> dict[str, Any]:
