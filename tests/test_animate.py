@@ -41,7 +41,7 @@ def tiny_video(tmp_path_factory):
 
 def settings_for(folder, **animate) -> GpuSettings:
     values = {"enabled": True, "model": str(folder), "frames": FRAMES, "fps": 8, "steps": STEPS,
-              "megapixels": 0.006, **animate}
+              "megapixels": 0.006, "max_seconds": 16.0, **animate}
     return GpuSettings(pipeline=PipelineSettings(device="cpu"), animate=AnimateSettings(**values))
 
 

@@ -27,7 +27,7 @@ RED = photo_bytes((128, 128), color=(255, 0, 0), fmt="PNG")  # the tiny tagger r
 @pytest.fixture(scope="module")
 def clip_gpu(tiny_config, tmp_path_factory):
     video = write_tiny_video_models(tmp_path_factory.mktemp("tiny-video"))
-    animate = AnimateSettings(enabled=True, model=str(video.wan_folder), frames=9, fps=8, steps=2,
+    animate = AnimateSettings(enabled=True, max_seconds=16.0, model=str(video.wan_folder), frames=9, fps=8, steps=2,
                               megapixels=0.0123, timeout=300)
     return tiny_config.gpu().model_copy(update={"animate": animate})
 

@@ -23,7 +23,7 @@ STEPS = 2
 def clip_gpu(tiny_config, tmp_path_factory):
     """The tiny config with clips on, made by the tiny Wan model (9 frames at 8 fps: what `tiny-models` writes)."""
     video = write_tiny_video_models(tmp_path_factory.mktemp("tiny-video"))
-    animate = AnimateSettings(enabled=True, model=str(video.wan_folder), frames=9, fps=8, steps=STEPS,
+    animate = AnimateSettings(enabled=True, max_seconds=16.0, model=str(video.wan_folder), frames=9, fps=8, steps=STEPS,
                               megapixels=0.0123, timeout=300)
     return tiny_config.gpu().model_copy(update={"animate": animate})
 

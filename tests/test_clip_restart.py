@@ -25,7 +25,7 @@ CHAT = "7001"
 def clip_config(tiny_config, tmp_path_factory):
     """The whole tiny config with clips on (the tiny Wan: 9 frames at 8 fps)."""
     video = write_tiny_video_models(tmp_path_factory.mktemp("tiny-video"))
-    animate = AnimateSettings(enabled=True, model=str(video.wan_folder), frames=9, fps=8, steps=2,
+    animate = AnimateSettings(enabled=True, max_seconds=16.0, model=str(video.wan_folder), frames=9, fps=8, steps=2,
                               megapixels=0.0123, timeout=300)
     return tiny_config.model_copy(update={"animate": animate})
 

@@ -48,7 +48,7 @@ def config(tiny_config, fake, tmp_path_factory):
     video = write_tiny_video_models(tmp_path_factory.mktemp("tiny-video"))
     animate = tiny_config.animate.model_copy(update={
         "enabled": True, "model": str(video.wan_folder), "frames": FRAMES, "fps": FPS, "steps": 2,
-        "megapixels": 0.0123, "timeout": 300.0})
+        "megapixels": 0.0123, "timeout": 300.0, "max_seconds": 16.0})
     limits = tiny_config.limits.model_copy(update={"clip_user_per_hour": 1, "chat_per_minute": 0,
                                                    "chat_per_hour": 0, "clip_chat_per_hour": 0})
     discord_settings = tiny_config.discord.model_copy(update={

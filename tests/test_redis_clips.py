@@ -48,6 +48,7 @@ def clip_config(tiny_config_path: Path, folder: Path, url: str, video, kinds: li
     if kinds is not None:
         doc["queue"]["worker_kinds"] = kinds
     doc["animate"].update({"enabled": True, "model": str(video.wan_folder), "frames": 9, "fps": 8, "steps": 2,
+                           "max_seconds": 16.0,
                            "megapixels": 0.0123})
     path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     return path
