@@ -20,7 +20,7 @@ import pytest
 from bot.ask import Ask
 from bot.config import CreditSettings, PackSettings
 from bot.credits import Balance, Credits, CreditsRule
-from bot.flow import LOST_DOWNLOADING, RequestFlow
+from bot.flow import LOST_DOWNLOADING
 from bot.journal import Journal
 from bot.observability import Metrics
 from bot.service import make_flow

@@ -51,10 +51,10 @@ def _open(path: Path) -> sqlite3.Connection:
     return ClaybotDatabase(path)._connect()  # the real schema and pragmas, without the database thread
 
 
-def _atomic(db: sqlite3.Connection, work):  # as the journal and Credits run them: one transaction each
+def _atomic(db: sqlite3.Connection, work, *args):  # as the journal and Credits run them: one transaction each
     db.execute("BEGIN IMMEDIATE")
     try:
-        result = work()
+        result = work(db, *args)
         db.execute("COMMIT")
         return result
     except BaseException:
@@ -80,8 +80,8 @@ def test_the_ledger_matches_a_simple_model(tmp_path_factory, steps):
             elif step[0] == "buy":
                 _, n, account, pack = step
                 payment = f"pay-{n}"
-                bought = _atomic(db, lambda: buy(db, SETTINGS, payment, account, SETTINGS.packs[0] if pack == "small"
-                                                 else SETTINGS.packs[1], now))
+                chosen = next(each for each in SETTINGS.packs if each.id == pack)
+                bought = _atomic(db, buy, SETTINGS, payment, account, chosen, now)
                 assert bought.new == (payment not in model.payments)
                 if bought.new:
                     model.payments[payment] = (account, PACKS[pack])
@@ -92,7 +92,7 @@ def test_the_ledger_matches_a_simple_model(tmp_path_factory, steps):
                 ticket, next_ticket = next_ticket, next_ticket + 1
                 have = model.balance(account)
                 try:
-                    _atomic(db, lambda: reserve(db, SETTINGS, account, "chat", ticket, cost, now))
+                    _atomic(db, reserve, SETTINGS, account, "chat", ticket, cost, now)
                 except UserError:
                     assert have.total < cost
                 else:
@@ -103,7 +103,7 @@ def test_the_ledger_matches_a_simple_model(tmp_path_factory, steps):
                     model.held[ticket] = (account, model.day, free, cost - free)
             elif step[0] == "settle":
                 _, ticket, outcome = step
-                _atomic(db, lambda: settle(db, ticket, outcome, now))
+                _atomic(db, settle, ticket, outcome, now)
                 if ticket in model.held and ticket not in model.settled:
                     model.settled.add(ticket)
                     account, day, free, paid = model.held[ticket]
@@ -112,7 +112,7 @@ def test_the_ledger_matches_a_simple_model(tmp_path_factory, steps):
                         model.paid[account] += paid
             elif step[0] == "refund":
                 payment = f"pay-{step[1]}"
-                done = _atomic(db, lambda: refund(db, payment, now))
+                done = _atomic(db, refund, payment, now)
                 if payment not in model.payments:
                     assert done.account is None
                 elif payment in model.refunds:
