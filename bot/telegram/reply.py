@@ -11,6 +11,7 @@ from telegram import Bot, CallbackQuery, Message
 from telegram.constants import ChatAction
 from telegram.error import TelegramError
 
+from bot.config import PackSettings
 from bot.telegram.flood import CHATTER, STATUS, ReplyGaps, Skipped, limiter_of, paced
 from bot.telegram.photos import TelegramPhoto
 from bot.telegram.render import reply_to, send_result
@@ -130,7 +131,7 @@ class TelegramReply:
             self.on_sent(sent)
         await self._delete_status()
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
         """The reason there is no picture, in place of the status message (or as a reply to the photo). A refusal
         before the request was let in (a limit, a bad option) is a button's alert, or a spare line in the chat."""
         if not self._heard:
