@@ -11,6 +11,7 @@ from telegram import Bot, Message
 from telegram.constants import ChatAction
 from telegram.error import TelegramError
 
+from bot.telegram.payments import buy_buttons
 from bot.telegram.photos import TelegramPhoto
 from bot.telegram.render import reply_to, send_result
 from pipeline.core.jobs import Done
@@ -106,18 +107,20 @@ class TelegramReply:
             self.on_sent(sent)
         await self._delete_status()
 
-    async def error(self, text: str) -> None:
-        """The reason there is no picture, in place of the status message (or as a reply to the photo)."""
+    async def error(self, text: str, *, offer: Sequence[Any] = ()) -> None:
+        """The reason there is no picture, in place of the status message (or as a reply to the photo); ``offer``:
+        the credit packs to buy (a refusal for want of credits), one button each."""
         await self.finish()
+        markup = buy_buttons(offer)
         if self.status_message_id is not None:
             try:
                 await self.bot.edit_message_text(text, chat_id=self.photo.chat_id,
-                                                 message_id=self.status_message_id)
+                                                 message_id=self.status_message_id, reply_markup=markup)
                 return
             except TelegramError as err:
                 logger.warning("could not edit the status message into the error (%s); sending it", err)
         await self.bot.send_message(self.photo.chat_id, text, reply_parameters=reply_to(self.photo.message_id),
-                                    message_thread_id=self.photo.thread_id)
+                                    message_thread_id=self.photo.thread_id, reply_markup=markup)
 
     def placeholder(self) -> dict[str, Any]:
         """The status message, for a restarted process to remove."""
