@@ -36,12 +36,6 @@ REFUND_USAGE = "Usage: /refund CHARGE_ID (the telegram_payment_charge_id of a pa
 PAYMENTS_OFF = "Payments are off on this bot."
 
 
-class Pack(Protocol):
-    id: str
-    credits: int
-    stars: int
-
-
 class LedgerSettings(Protocol):
     enabled: bool
     owners: Sequence[str]
@@ -256,7 +250,10 @@ class TelegramPayments:
             logger.info("telegram: payment %s was refunded already; clawing back its credits", charge_id)
         refund = await ledger.refund(charge_id)
         logger.info("telegram: owner %s refunded payment %s of user %s", update.effective_user.id, charge_id, payer)
-        if getattr(refund, "repeated", False):
+        if refund.account is None:
+            text = (f"Refunded {charge_id}: the Stars go back to user {payer}; that payment was never credited here, "
+                    f"so there was nothing to claw back.")
+        elif refund.repeated:
             text = f"Payment {charge_id} was refunded already; nothing more to claw back."
         else:
             text = (f"Refunded {charge_id}: the Stars go back to user {payer}; {refund.clawed} credits clawed back"
