@@ -101,6 +101,7 @@ class FakeTelegram:
         self.refunds: list[dict] = []  # refundStarPayment's {"user_id", "telegram_payment_charge_id"}
         self.star_transactions: list[dict] = []  # StarTransaction objects getStarTransactions lists, oldest first
         self._charge_ids = itertools.count(1)
+        self._holds: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -252,6 +253,11 @@ class FakeTelegram:
         to deliver it twice, as Telegram may."""
         return await self._user_message(chat, sender, {"successful_payment": payment})
 
+    def hold(self, method: str) -> asyncio.Event:
+        """Calls of ``method`` wait (recorded, unanswered) until the returned event is set: a slow Bot API call."""
+        self._holds[method] = asyncio.Event()
+        return self._holds[method]
+
     def fail_next(self, method: str, code: int, description: str) -> None:
         """Answer the next call of ``method`` with this error (as Telegram does when something is off)."""
         self._failures.setdefault(method, []).append(ApiError(code, description))
@@ -291,6 +297,9 @@ class FakeTelegram:
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
+        held = self._holds.get(method)
+        if held is not None:
+            await held.wait()
         try:
             if self._failures.get(method):
                 raise self._failures[method].pop(0)

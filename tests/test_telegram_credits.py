@@ -18,7 +18,7 @@ import pytest
 from bot.flow import RequestFlow
 from bot.telegram import TelegramFrontEnd
 from bot.telegram.payments import parse_payload, payload
-from tests.fake_telegram import FakeTelegram, private_chat, user
+from tests.fake_telegram import FakeTelegram, group_chat, private_chat, user
 from tests.test_telegram import TOKEN, Running, with_telegram
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -197,6 +197,25 @@ async def test_forged_pre_checkouts_are_refused(tiny_config, queue):
         assert cheaper["ok"] is False
         garbage = await answer_to(running, await fake.pre_checkout(ALICE, invoice, payload="x" * 30))
         assert garbage["ok"] is False
+
+
+async def test_a_pre_checkout_is_answered_while_another_update_is_still_being_handled(tiny_config, queue):
+    ledger = Ledger(Settings())
+    async with paying_telegram(tiny_config, queue, ledger) as running:
+        fake = running.fake
+        invoice = await invoice_for(running, ALICE, ALICE_CHAT, "small")
+        slow = fake.hold("sendMessage")  # a slow answer (the Bot API under load) holds up the updates after it
+        try:
+            after = len(fake.calls)
+            await fake.send_text(group_chat(), BOB, "/help")
+            await fake.wait_for(lambda c: c.method == "sendMessage", after=after)
+            query = await fake.pre_checkout(ALICE, invoice)
+            assert (await answer_to(running, query))["ok"] is True
+            answered = next(i for i, c in enumerate(fake.calls) if c.method == "answerPreCheckoutQuery")
+            # answered while /help's answer was still on its way: no later try (after a time-out) came before it
+            assert [c.method for c in fake.calls[after:answered]].count("sendMessage") == 1
+        finally:
+            slow.set()
 
 
 async def test_a_payment_made_while_the_bot_was_down_is_credited_once_at_the_next_start(tiny_config, queue):

@@ -29,7 +29,7 @@ from bot.telegram.buttons import ANIMATE_PATTERN, BUTTON_PATTERN
 from bot.telegram.handlers import TelegramRequests
 from bot.telegram.help import ANIMATE_COMMAND, command_menu
 from bot.telegram.hints import hint_for_plain_message
-from bot.telegram.payments import BUY_PATTERN, TelegramPayments
+from bot.telegram.payments import BUY_PATTERN, PaymentsFirst, TelegramPayments
 from bot.telegram.render import CAPTION_LIMIT, reply_to, send_result
 from bot.telegram.transport import AiohttpRequest
 from pipeline.core.errors import ClaybotError
@@ -75,6 +75,7 @@ def build_application(config: Config, flow: RequestFlow, token: str,
         .local_mode(settings.local_mode)
         .request(AiohttpRequest(connections=CONNECTIONS, pool_timeout=POOL_TIMEOUT))
         .get_updates_request(telegram_polling(outage := Outage("the Telegram Bot API")))
+        .concurrent_updates(PaymentsFirst())  # in order, but a pre-checkout never waits behind another update
         .build()
     )
     application.bot_data["outage"] = outage  # start_polling's error_callback: no traceback per failed poll
@@ -88,8 +89,8 @@ def build_application(config: Config, flow: RequestFlow, token: str,
     images = filters.PHOTO | filters.Document.IMAGE
     # group -1 sees every update before the others: remember photos for reactions, whatever else happens.
     application.add_handler(MessageHandler(only_new & images, requests.remember_photo), group=-1)
-    # payments first: a pre-checkout is answered in its own task (block=False), never behind another update
-    application.add_handler(PreCheckoutQueryHandler(payments.on_pre_checkout, block=False))
+    # payments first; a pre-checkout is handled beside the other updates, never behind one (PaymentsFirst)
+    application.add_handler(PreCheckoutQueryHandler(payments.on_pre_checkout))
     application.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, payments.on_successful_payment))
     application.add_handler(CallbackQueryHandler(payments.on_buy_button, pattern=BUY_PATTERN))
     if payments.on:

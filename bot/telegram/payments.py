@@ -11,6 +11,7 @@ The ledger is ``flow.credits`` (None when [credits] is off); this module only sp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LabeledPrice, Message, Update
 from telegram.error import TelegramError
-from telegram.ext import ContextTypes
+from telegram.ext import BaseUpdateProcessor, ContextTypes
 
 from bot.options import UserError
 
@@ -62,6 +63,29 @@ class Ledger(Protocol):
     async def refund(self, payment_id: str) -> Any: ...
 
     async def known(self, payment_id: str) -> bool: ...
+
+
+class PaymentsFirst(BaseUpdateProcessor):
+    """Updates are handled one at a time, in order, as PTB does by default; except a pre_checkout_query, handled at
+    once beside them: Telegram cancels a purchase whose query is not answered within 10 s, and the update before it
+    may be waiting on a slow Bot API call (an admin check, a refusal sent under load)."""
+
+    def __init__(self, most_pending: int = 1024) -> None:
+        super().__init__(max_concurrent_updates=most_pending)
+        self._in_order = asyncio.Lock()  # FIFO: updates reach it in the order they were fetched
+
+    async def do_process_update(self, update: object, coroutine: Any) -> None:
+        if isinstance(update, Update) and update.pre_checkout_query is not None:
+            await coroutine
+            return
+        async with self._in_order:
+            await coroutine
+
+    async def initialize(self) -> None:
+        """Nothing to set up."""
+
+    async def shutdown(self) -> None:
+        """Nothing to tear down."""
 
 
 def account(user_id: int) -> str:
