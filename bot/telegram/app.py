@@ -47,8 +47,8 @@ POOL_TIMEOUT = 30.0  # seconds a call may wait for a free connection (PTB's defa
 
 # A logger's filters see only the records logged on it, not its children's: name each logger that may quote a URL.
 TOKEN_QUOTING_LOGGERS = ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",
-                         "telegram.ext", *(f"bot.telegram.{name}" for name in ("app", "handlers", "photos", "render",
-                                                                              "reply", "transport")))
+                         "telegram.ext", *(f"bot.telegram.{name}" for name in ("app", "handlers", "payments", "photos",
+                                                                              "render", "reply", "transport")))
 
 
 def hide_token_in_logs(token: str) -> None:
