@@ -4,12 +4,12 @@ status edits: bot/pacing.py; the result's look is bot/discord_render.py's)."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import discord
 
-from bot.config import Config
+from bot.config import Config, PackSettings
 from bot.discord_photos import PhotoMessage
 from bot.discord_render import Requester, render
 from pipeline.core.jobs import Done
@@ -79,7 +79,7 @@ class InteractionReply(_KeepsPhoto):
                                               files=message.files, view=message.view)
         self.bot.dispatch(RESULT_EVENT, sent, self.photo)
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
         if not self.token_alive():
             await self._channel().send(f"{self.interaction.user.mention} {text}")
             return
@@ -124,7 +124,7 @@ class ChannelReply(_KeepsPhoto):
         await self._show(self.member.mention, embed=message.embed, files=message.files, view=message.view)
         self.bot.dispatch(RESULT_EVENT, self.answer, self.photo)
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
         await self._show(f"{self.member.mention} {text}")
 
     async def _show(self, content: str, *, embed: discord.Embed | None = None, files: list[discord.File] | None = None,
