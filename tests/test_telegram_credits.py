@@ -3,8 +3,9 @@ Bot API server (which checks what Telegram checks: XTR, no provider token, one p
 queries), driven by real update JSON: pre_checkout_query and successful_payment (twice, too), and Telegram's list of
 Stars transactions for payments made while the bot was down.
 
-``Ledger`` below stands in for bot/credits.py's Credits (the contract in CREDITS.md: balance, purchase once per
-payment id, refund never below zero, known) so the Telegram side is tested on its own."""
+Most tests use ``Ledger`` below, a stand-in for bot/credits.py's Credits (the contract in CREDITS.md: balance, purchase
+once per payment id, refund never below zero, known), so the Telegram side is tested on its own; the last ones run
+`claybot run`'s own flow (bot/service.py make_flow: CreditsRule and Credits over the SQLite journal)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bot.config import CreditSettings
 from bot.flow import RequestFlow
+from bot.service import make_flow
+from bot.store import ClaybotDatabase
 from bot.telegram import TelegramFrontEnd
 from bot.telegram.payments import parse_payload, payload
 from tests.fake_telegram import FakeTelegram, group_chat, private_chat, user
-from tests.test_telegram import TOKEN, Running, with_telegram
+from tests.test_telegram import LANDSCAPE, TOKEN, Running, with_telegram
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -115,7 +119,7 @@ async def paying_telegram(tiny_config, queue, ledger: Ledger, fake: FakeTelegram
         await fake.start()
     config = with_telegram(tiny_config, fake)
     flow = RequestFlow(queue, config)
-    flow.credits = ledger  # type: ignore[attr-defined]
+    flow.credits = ledger
     front_end = TelegramFrontEnd(config, flow, TOKEN)
     try:
         await asyncio.wait_for(front_end.start(), 15)
@@ -266,3 +270,97 @@ async def test_paysupport_and_terms_answer_the_operators_text(tiny_config, queue
         for command, text in (("/paysupport", settings.paysupport), ("/terms", settings.terms)):
             asked = await running.fake.send_text(ALICE_CHAT, ALICE, command)
             assert (await running.text_for(asked)).params["text"] == text
+
+
+# -- with the real ledger (bot/credits.py) and its admission rule --------------------------------------------------
+
+
+def credits_config(config, **credits):
+    """[credits] on: one free picture a day, two packs, one owner."""
+    settings = {"enabled": True, "free_per_day": 1, "owners": [f"telegram:{OWNER['id']}"],
+                "packs": [{"id": "small", "credits": 10, "stars": 50}, {"id": "big", "credits": 60, "stars": 250}],
+                **credits}
+    return config.model_copy(update={"credits": CreditSettings(**settings)})
+
+
+@contextlib.asynccontextmanager
+async def charging_telegram(tiny_config, queue, database, fake=None) -> AsyncIterator[Running]:
+    """`claybot run`'s flow (bot/service.py make_flow: CreditsRule + Credits) over ``database``, on the fake server."""
+    fake = fake or FakeTelegram(TOKEN)
+    if not fake.port:
+        await fake.start()
+    config = credits_config(with_telegram(tiny_config, fake))
+    async with ClaybotDatabase(database) as store:
+        front_end = TelegramFrontEnd(config, make_flow(queue, config, store), TOKEN)
+        try:
+            await asyncio.wait_for(front_end.start(), 15)
+            yield Running(fake, front_end)
+        finally:
+            await asyncio.wait_for(front_end.close(), 30)
+
+
+async def test_out_of_credits_buy_pay_and_the_next_photo_is_answered(tiny_config, queue, tmp_path):
+    async with charging_telegram(tiny_config, queue, tmp_path / "claybot.sqlite3") as running:
+        fake = running.fake
+        menu = [c["command"] for c in fake.calls_to("setMyCommands")[0].params["commands"]]
+        assert {"balance", "buy", "paysupport"} <= set(menu)
+
+        first = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
+        await running.picture_for(first)
+
+        second = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
+        refusal = await running.text_for(second)
+        assert "no credits left" in refusal.params["text"]
+        buttons = [b for row in refusal.params["reply_markup"]["inline_keyboard"] for b in row]
+        assert [b["callback_data"] for b in buttons] == ["buy|small", "buy|big"]
+        assert len(fake.calls_to("download")) == 1  # nothing fetched, nothing queued for the second
+
+        await fake.press(ALICE, refusal.result, "buy|small")
+        invoice_call = await fake.wait_for(lambda c: c.method == "sendInvoice", answered=True)
+        invoice = fake.invoices[-1]
+        assert invoice_call.params["chat_id"] == ALICE["id"] and invoice["currency"] == "XTR"
+
+        query = await fake.pre_checkout(ALICE, invoice)
+        assert (await answer_to(running, query))["ok"] is True
+
+        payment = fake.payment(ALICE, invoice)
+        await running.text_for(await fake.successful_payment(ALICE_CHAT, ALICE, payment))
+        await fake.successful_payment(ALICE_CHAT, ALICE, payment)  # delivered twice
+        asked = await fake.send_text(ALICE_CHAT, ALICE, "/balance")
+        assert "0 free today, 10 bought" in (await running.text_for(asked)).params["text"]
+
+        third = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
+        await running.picture_for(third)
+        asked = await fake.send_text(ALICE_CHAT, ALICE, "/balance")
+        assert "0 free today, 9 bought" in (await running.text_for(asked)).params["text"]
+
+
+async def test_with_the_ledger_a_payment_made_while_down_is_credited_once_and_an_owner_refund_claws_back(
+        tiny_config, queue, tmp_path):
+    database, fake = tmp_path / "claybot.sqlite3", FakeTelegram(TOKEN)
+    await fake.start()
+    try:
+        async with charging_telegram(tiny_config, queue, database, fake) as running:
+            invoice = await invoice_for(running, ALICE, ALICE_CHAT, "small")
+        payment = fake.payment(ALICE, invoice)  # paid while the bot was down
+        for _ in range(2):  # two starts: credited once
+            after = len(fake.calls)
+            async with charging_telegram(tiny_config, queue, database, fake) as running:
+                await fake.wait_for(lambda c: c.method == "getStarTransactions", after=after, answered=True)
+                asked = await fake.send_text(ALICE_CHAT, ALICE, "/balance")
+                assert "1 free today, 10 bought" in (await running.text_for(asked)).params["text"]
+
+        async with charging_telegram(tiny_config, queue, database, fake) as running:
+            photo = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
+            await running.picture_for(photo)  # the free one
+            photo = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
+            await running.picture_for(photo)  # one bought credit spent
+            charge = payment["telegram_payment_charge_id"]
+            asked = await fake.send_text(OWNER_CHAT, OWNER, f"/refund {charge}")
+            answer = (await running.text_for(asked)).params["text"]
+            assert fake.refunds == [{"user_id": ALICE["id"], "telegram_payment_charge_id": charge}]
+            assert "9 credits clawed back, 1 already spent" in answer
+            asked = await fake.send_text(ALICE_CHAT, ALICE, "/balance")
+            assert "0 free today, 0 bought" in (await running.text_for(asked)).params["text"]
+    finally:
+        await fake.close()

@@ -81,7 +81,7 @@ def build_application(config: Config, flow: RequestFlow, token: str,
     application.bot_data["outage"] = outage  # start_polling's error_callback: no traceback per failed poll
     requests = TelegramRequests(config, flow, store if store is not None else flow.store)
     application.bot_data["requests"] = requests
-    payments = TelegramPayments(getattr(flow, "credits", None))
+    payments = TelegramPayments(flow.credits)
     application.bot_data["payments"] = payments
     requests.payments = payments
 

@@ -53,8 +53,7 @@ def command_menu(config: Config) -> list[BotCommand]:
 
 def credits_on(config: Config) -> bool:
     """[credits] enabled: the bot charges, and sells credits."""
-    credits = getattr(config, "credits", None)
-    return bool(credits is not None and credits.enabled)
+    return config.credits.enabled
 
 
 def help_text(config: Config, bot_username: str | None) -> str:
@@ -91,7 +90,7 @@ def help_text(config: Config, bot_username: str | None) -> str:
                  f"reactions only to admin bots). Without that, my privacy mode shows me only commands: reply "
                  f"{mention} to a photo.")
     if credits_on(config):
-        credits = config.credits  # type: ignore[attr-defined]
+        credits = config.credits
         lines.append(f"• Each picture or clip costs credits; you get {credits.free_per_day} free each day. /balance "
                      f"shows yours, /buy sells more (Telegram Stars); /paysupport for help with a payment, /terms.")
     if config.safety.limit(nsfw=False) is not None:
