@@ -304,6 +304,11 @@ async def test_out_of_credits_buy_pay_and_the_next_photo_is_answered(tiny_config
         fake = running.fake
         menu = [c["command"] for c in fake.calls_to("setMyCommands")[0].params["commands"]]
         assert {"balance", "buy", "paysupport"} <= set(menu)
+        after = len(fake.calls)
+        await fake.send_text(ALICE_CHAT, ALICE, "/help")
+        shown = await fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE["id"],
+                                    after=after)
+        assert "/balance" in shown.params["text"] and "/buy" in shown.params["text"]
 
         first = await fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay")
         await running.picture_for(first)
