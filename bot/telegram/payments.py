@@ -307,6 +307,11 @@ class TelegramPayments:
                     continue
                 if await self.credits.known(transaction.id):
                     continue
+                found = parse_payload(invoice_payload)
+                if found is None or self.credits.pack(found[0]) is None:  # a pack no longer sold: the operator's call
+                    logger.warning("telegram: payment %s by user %s is for pack %r, not sold any more: refund it or "
+                                   "credit it by hand", transaction.id, user.id, found[0] if found else None)
+                    continue
                 unknown += 1
                 text = await self.credit(transaction.id, user.id, invoice_payload or "", transaction.amount,
                                          chat_id=None)
