@@ -265,10 +265,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if config.credits.enabled:
         spent = asyncio.run(_credits_today(config))
         if spent is not None:
-            cap = f" of the daily cap of {spent['daily_cap']}" if spent["daily_cap"] else " (no daily cap)"
-            print(f"credits spent today: {spent['spent']}{cap}; payments today: {spent['payments']} "
-                  f"({spent['payments_total']} in all)")
+            print(credits_line(spent))
     return 0
+
+
+def credits_line(spent: dict[str, int]) -> str:
+    """`claybot status`'s line for today's credits (bot.credits ``Credits.today``)."""
+    cap = f" of the daily cap of {spent['daily_cap']}" if spent["daily_cap"] else " (no daily cap)"
+    return (f"credits spent today: {spent['spent']}{cap}; payments today: {spent['payments']} "
+            f"({spent['payments_total']} in all)")
 
 
 async def _credits_today(config: Config) -> dict[str, int] | None:

@@ -361,3 +361,18 @@ async def test_credits_off_changes_nothing(tiny_config, tmp_path):
     async with ClaybotDatabase(tmp_path / "claybot.sqlite3") as store:
         flow = make_flow(None, tiny_config, store)  # type: ignore[arg-type]
         assert flow.credits is None and flow.journal is not None and flow.journal.rules == []
+
+
+async def test_claybot_status_shows_todays_credits_and_payments(tiny_config, tmp_path):
+    from bot.cli import _credits_today, credits_line
+
+    config = tiny_config.model_copy(update={
+        "credits": credits_on(daily_cap=50), "bot": tiny_config.bot.model_copy(update={"data_dir": str(tmp_path)})})
+    assert await _credits_today(config) is None  # no database yet
+    async with ClaybotDatabase(tmp_path / "claybot.sqlite3") as store:
+        journal = Journal(store, tiny_config.limits, rules=[CreditsRule(config.credits)])
+        await _admit(journal, ask("1"))
+        await Credits(store, config.credits).purchase("p1", "telegram:1", "small")
+    today = await _credits_today(config)
+    assert today is not None
+    assert credits_line(today) == "credits spent today: 1 of the daily cap of 50; payments today: 1 (1 in all)"
