@@ -24,7 +24,7 @@ from PIL import Image
 
 # Parameters PTB sends JSON-encoded (form values are strings); the rest stay strings, ids become ints.
 JSON_PARAMS = {"reply_parameters", "reply_markup", "allowed_updates", "commands", "reaction", "caption_entities",
-               "entities", "link_preview_options"}
+               "entities", "link_preview_options", "prices"}
 INT_PARAMS = {"chat_id", "message_id", "offset", "limit", "timeout", "message_thread_id", "cache_time", "user_id"}
 DOWNLOAD_LIMIT = 20 * 2**20  # what the real Bot API refuses to hand out with getFile
 # What Telegram counts against a group's flood limit: messages sent and edited (not chat actions, deletions,
@@ -118,6 +118,14 @@ class FakeTelegram:
         self._closing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # payments (Telegram Stars): what the bot sent and answered, and what Telegram's ledger lists
+        self.invoices: list[dict] = []  # sendInvoice's parameters, as sent
+        self.pre_checkout_answers: dict[str, dict] = {}  # query id → {"ok", "error_message", "at"} (monotonic)
+        self.pre_checkout_asked: dict[str, float] = {}  # query id → when the update was pushed (monotonic)
+        self.refunds: list[dict] = []  # refundStarPayment's {"user_id", "telegram_payment_charge_id"}
+        self.star_transactions: list[dict] = []  # StarTransaction objects getStarTransactions lists, oldest first
+        self._charge_ids = itertools.count(1)
+        self._holds: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -243,6 +251,44 @@ class FakeTelegram:
         await self.push("callback_query", payload)
         return query_id
 
+    # -- payments (Telegram Stars) ---------------------------------------------------------------------------------
+
+    async def pre_checkout(self, sender: dict, invoice: dict, *, payload: str | None = None,
+                           total_amount: int | None = None) -> str:
+        """``sender`` presses Pay on an invoice the bot sent (``invoice``: its sendInvoice parameters, see
+        ``invoices``); ``payload``/``total_amount`` may lie, as a forged query would. Returns the query id; its
+        answer lands in ``pre_checkout_answers``."""
+        query_id = f"pcq-{next(self._update_ids)}"
+        payload_ = invoice["payload"] if payload is None else payload
+        amount = _price(invoice) if total_amount is None else total_amount
+        self.pre_checkout_asked[query_id] = time.monotonic()
+        await self.push("pre_checkout_query", {"id": query_id, "from": sender, "currency": invoice["currency"],
+                                               "total_amount": amount, "invoice_payload": payload_})
+        return query_id
+
+    def payment(self, sender: dict, invoice: dict, *, charge_id: str | None = None) -> dict:
+        """A SuccessfulPayment object for ``invoice`` paid by ``sender`` (a fresh charge id unless given); it is
+        also listed by getStarTransactions from now on, as Telegram's ledger lists every payment."""
+        charge = charge_id or f"stxCharge{next(self._charge_ids):06d}"
+        payment = {"currency": invoice["currency"], "total_amount": _price(invoice),
+                   "invoice_payload": invoice["payload"], "telegram_payment_charge_id": charge,
+                   "provider_payment_charge_id": ""}
+        if not any(t["id"] == charge and "source" in t for t in self.star_transactions):
+            self.star_transactions.append({"id": charge, "amount": payment["total_amount"], "date": int(time.time()),
+                                           "source": {"type": "user", "transaction_type": "invoice_payment",
+                                                      "user": sender, "invoice_payload": invoice["payload"]}})
+        return payment
+
+    async def successful_payment(self, chat: dict, sender: dict, payment: dict) -> dict:
+        """Telegram's service message telling the bot ``payment`` (see ``payment``) went through; push it again
+        to deliver it twice, as Telegram may."""
+        return await self._user_message(chat, sender, {"successful_payment": payment})
+
+    def hold(self, method: str) -> asyncio.Event:
+        """Calls of ``method`` wait (recorded, unanswered) until the returned event is set: a slow Bot API call."""
+        self._holds[method] = asyncio.Event()
+        return self._holds[method]
+
     def fail_next(self, method: str, code: int, description: str, *, retry_after: int | None = None) -> None:
         """Answer the next call of ``method`` with this error (as Telegram does when something is off);
         ``retry_after``: with Telegram's flood-control parameters."""
@@ -290,6 +336,9 @@ class FakeTelegram:
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
+        held = self._holds.get(method)
+        if held is not None:
+            await held.wait()
         try:
             if self._failures.get(method):
                 raise self._failures[method].pop(0)
@@ -435,6 +484,57 @@ class FakeTelegram:
         self._existing(call, "message to react not found")
         return True
 
+    async def _m_sendInvoice(self, call: Call) -> dict:
+        # Digital goods: Telegram Stars only, no payment provider, exactly one price (Bot API "Payments").
+        params = call.params
+        if params.get("currency") != "XTR":
+            raise ApiError(400, "Bad Request: currency must be XTR for payments in Telegram Stars")
+        if params.get("provider_token"):
+            raise ApiError(400, "Bad Request: provider_token must be empty for payments in Telegram Stars")
+        prices = params.get("prices")
+        if not isinstance(prices, list) or len(prices) != 1 or int(prices[0].get("amount", 0)) <= 0:
+            raise ApiError(400, "Bad Request: exactly one price is expected for payments in Telegram Stars")
+        payload = params.get("payload", "")
+        if not 1 <= len(payload.encode()) <= 128:
+            raise ApiError(400, "Bad Request: invoice payload must be 1-128 bytes")
+        self.invoices.append(dict(params))
+        invoice = {"title": params["title"], "description": params["description"],
+                   "start_parameter": params.get("start_parameter", ""), "currency": "XTR",
+                   "total_amount": int(prices[0]["amount"])}
+        return self._bot_message(call, {"invoice": invoice})
+
+    async def _m_answerPreCheckoutQuery(self, call: Call) -> bool:
+        query_id = call.params["pre_checkout_query_id"]
+        if query_id not in self.pre_checkout_asked:
+            raise ApiError(400, "Bad Request: query is too old and response timeout expired or query id is invalid")
+        if query_id in self.pre_checkout_answers:
+            raise ApiError(400, "Bad Request: query is already answered")
+        ok = str(call.params.get("ok")).lower() == "true"
+        if not ok and not call.params.get("error_message"):
+            raise ApiError(400, "Bad Request: error_message is required when ok is false")
+        self.pre_checkout_answers[query_id] = {"ok": ok, "error_message": call.params.get("error_message"),
+                                               "at": call.at}
+        return True
+
+    async def _m_refundStarPayment(self, call: Call) -> bool:
+        charge, user_id = call.params["telegram_payment_charge_id"], call.params["user_id"]
+        paid = next((t for t in self.star_transactions if t["id"] == charge and "source" in t), None)
+        if paid is None or paid["source"]["user"]["id"] != user_id:
+            raise ApiError(400, "Bad Request: CHARGE_ID_INVALID")
+        if any(t["id"] == charge and "receiver" in t for t in self.star_transactions):
+            raise ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+        self.refunds.append({"user_id": user_id, "telegram_payment_charge_id": charge})
+        self.star_transactions.append({"id": charge, "amount": paid["amount"], "date": int(time.time()),
+                                       "receiver": {"type": "user", "transaction_type": "invoice_payment",
+                                                    "user": paid["source"]["user"]}})
+        return True
+
+    async def _m_getStarTransactions(self, call: Call) -> dict:
+        # Telegram lists the newest first; offset counts from there, limit 1-100 (default 100).
+        offset, limit = int(call.params.get("offset", 0)), int(call.params.get("limit", 100))
+        newest_first = list(reversed(self.star_transactions))
+        return {"transactions": newest_first[offset:offset + max(1, min(limit, 100))]}
+
     async def _m_getChatMember(self, call: Call) -> dict:
         user_id = int(call.params["user_id"])
         if user_id != self.bot_user["id"] and user_id not in self.admins:
@@ -502,6 +602,11 @@ class FakeTelegram:
 def _without_reply(message: dict) -> dict:
     # Telegram nests one level only: a reply_to_message has no reply_to_message of its own.
     return {key: value for key, value in message.items() if key != "reply_to_message"}
+
+
+def _price(invoice: dict) -> int:
+    """An invoice's one price, in Stars."""
+    return int(invoice["prices"][0]["amount"])
 
 
 def _is_mp4(data: bytes) -> bool:

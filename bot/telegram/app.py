@@ -16,6 +16,7 @@ from telegram.ext import (
     CommandHandler,
     MessageHandler,
     MessageReactionHandler,
+    PreCheckoutQueryHandler,
     filters,
 )
 
@@ -29,6 +30,7 @@ from bot.telegram.flood import FloodLimiter
 from bot.telegram.handlers import TelegramRequests
 from bot.telegram.help import ANIMATE_COMMAND, command_menu
 from bot.telegram.hints import hint_for_plain_message
+from bot.telegram.payments import BUY_PATTERN, PaymentsFirst, TelegramPayments
 from bot.telegram.photos import download_limit
 from bot.telegram.render import CAPTION_LIMIT, reply_to, send_result
 from bot.telegram.transport import MAX_ANSWER, AiohttpRequest
@@ -37,7 +39,8 @@ from pipeline.core.jobs import Done
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
+# pre_checkout_query: a Stars purchase waits for the yes of bot/telegram/payments.py; successful_payment is a message
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION, Update.PRE_CHECKOUT_QUERY]
 POLL_TIMEOUT = 10  # seconds a getUpdates long poll waits for news
 # Connections to the Bot API for every call but getUpdates (bot/telegram/transport.py), and how long a call may wait
 # for a free one: a burst of 200 photos makes that many calls at once.
@@ -46,8 +49,8 @@ POOL_TIMEOUT = 30.0  # seconds a call may wait for a free connection (PTB's defa
 
 # A logger's filters see only the records logged on it, not its children's: name each logger that may quote a URL.
 TOKEN_QUOTING_LOGGERS = ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",
-                         "telegram.ext", *(f"bot.telegram.{name}" for name in ("app", "flood", "handlers", "photos",
-                                                                              "render", "reply", "transport")))
+                         "telegram.ext", *(f"bot.telegram.{name}" for name in (
+                             "app", "flood", "handlers", "payments", "photos", "render", "reply", "transport")))
 
 
 def hide_token_in_logs(token: str) -> None:
@@ -76,16 +79,30 @@ def build_application(config: Config, flow: RequestFlow, token: str,
                                 max_answer=max(MAX_ANSWER, flow.max_bytes(download_limit(settings)))))
         .rate_limiter(FloodLimiter(group_messages=settings.group_messages, group_window=settings.group_window))
         .get_updates_request(telegram_polling(outage := Outage("the Telegram Bot API")))
+        .concurrent_updates(PaymentsFirst())  # in order, but a pre-checkout never waits behind another update
         .build()
     )
     application.bot_data["outage"] = outage  # start_polling's error_callback: no traceback per failed poll
     requests = TelegramRequests(config, flow, store if store is not None else flow.store)
     application.bot_data["requests"] = requests
+    payments = TelegramPayments(flow.credits)
+    application.bot_data["payments"] = payments
+    requests.payments = payments
 
     only_new = filters.UpdateType.MESSAGE  # edits of old messages ask for nothing
     images = filters.PHOTO | filters.Document.IMAGE
     # group -1 sees every update before the others: remember photos for reactions, whatever else happens.
     application.add_handler(MessageHandler(only_new & images, requests.remember_photo), group=-1)
+    # payments first; a pre-checkout is handled beside the other updates, never behind one (PaymentsFirst)
+    application.add_handler(PreCheckoutQueryHandler(payments.on_pre_checkout))
+    application.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, payments.on_successful_payment))
+    application.add_handler(CallbackQueryHandler(payments.on_buy_button, pattern=BUY_PATTERN))
+    if payments.on:
+        application.add_handler(CommandHandler("paysupport", payments.on_paysupport, filters=only_new))
+        application.add_handler(CommandHandler("balance", payments.on_balance, filters=only_new))
+        application.add_handler(CommandHandler("buy", payments.on_buy, filters=only_new))
+        application.add_handler(CommandHandler("terms", payments.on_terms, filters=only_new))
+        application.add_handler(CommandHandler("refund", payments.on_refund, filters=only_new))
     application.add_handler(CommandHandler("start", requests.on_start, filters=only_new))
     application.add_handler(CommandHandler("help", requests.on_help, filters=only_new))
     application.add_handler(CommandHandler("claysettings", requests.on_settings, filters=only_new))
@@ -132,6 +149,10 @@ class TelegramFrontEnd:
         except NetworkError as err:
             raise ClaybotError(f"cannot reach the Telegram Bot API at {settings.api_base_url}: {err}") from None
         await self.application.start()
+        try:  # Stars payments made while the bot was down
+            await self.application.bot_data["payments"].reconcile(self.application.bot)
+        except TelegramError as err:
+            logger.warning("could not reconcile Stars payments from getStarTransactions: %s", err)
         try:
             await self.application.bot.set_my_commands(command_menu(self.config))
         except TelegramError as err:  # only the command menu is missing

@@ -41,6 +41,7 @@ from bot.telegram.help import (
     start_text,
     style_commands,
 )
+from bot.telegram.payments import TelegramPayments, buy_buttons
 from bot.telegram.photos import RecentPhotos, TelegramPhoto, download, download_limit, photo_in
 from bot.telegram.render import CLIP_UPLOAD_LIMIT, reply_to
 from bot.telegram.reply import TelegramReply, UploadingPhoto
@@ -71,6 +72,7 @@ class TelegramRequests:
         self.animate_caption = animate_pattern()
         self.animating: set[tuple[int, int]] = set()  # (chat, message) of the pictures being animated right now
         self.gaps = ReplyGaps(self.settings.reply_gap)  # help, usage and refusals: once per person per gap, in groups
+        self.payments: TelegramPayments | None = None  # set by build_application
 
     # -- the ways to ask ----------------------------------------------------------------------------------------------
 
@@ -210,6 +212,11 @@ class TelegramRequests:
             admitted = await self.flow.admit(ask, platform_limit=download_limit(self.settings))
         except (UserError, BadRequest, RateLimited, QueueBusy, QueueClosed) as err:
             await query.answer(str(err)[:200], show_alert=True)  # Telegram shows at most 200 characters
+            offer = getattr(err, "packs", None)  # out of credits: the packs to buy, under the line
+            if offer and isinstance(query.message, Message):
+                await context.bot.send_message(query.message.chat.id, str(err), reply_markup=buy_buttons(offer),
+                                               message_thread_id=query.message.message_thread_id
+                                               if query.message.is_topic_message else None)
             return
         await query.answer("Animating this picture…")
         self.serve_in_task(context, update, picture_, user_id=query.from_user.id, style=style, seed=seed,

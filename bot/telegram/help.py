@@ -42,6 +42,10 @@ def command_menu(config: Config) -> list[BotCommand]:
                 for name in style_commands(config)]
     if config.animate.enabled:
         commands.append(BotCommand(ANIMATE_COMMAND, "A short clip of a picture: reply to one"))
+    if credits_on(config):
+        commands.append(BotCommand("balance", "Your credits: free today and bought"))
+        commands.append(BotCommand("buy", "Buy credits with Telegram Stars"))
+        commands.append(BotCommand("paysupport", "Help with a payment"))
     commands.append(BotCommand("claysettings", "This chat's settings (admins change them)"))
     commands.append(BotCommand("help", "How to use me"))
     return commands
@@ -58,6 +62,11 @@ def start_text(config: Config) -> str:
         f"default {default:g}.",
         f"/help tells the rest: {', '.join(rest)}.",
     ])
+
+
+def credits_on(config: Config) -> bool:
+    """[credits] enabled: the bot charges, and sells credits."""
+    return config.credits.enabled
 
 
 def help_text(config: Config, bot_username: str | None) -> str:
@@ -93,6 +102,10 @@ def help_text(config: Config, bot_username: str | None) -> str:
     lines.append(f"Group admins: make me an admin so I see the group's photos and get reactions (Telegram sends "
                  f"reactions only to admin bots). Without that, my privacy mode shows me only commands: reply "
                  f"{mention} to a photo.")
+    if credits_on(config):
+        credits = config.credits
+        lines.append(f"• Each picture or clip costs credits; you get {credits.free_per_day} free each day. /balance "
+                     f"shows yours, /buy sells more (Telegram Stars); /paysupport for help with a payment, /terms.")
     if config.safety.limit(nsfw=False) is not None:
         lines.append(f"I make all-ages pictures only. {SETTINGS_USAGE}")
     return "\n".join(lines)

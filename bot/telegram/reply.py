@@ -13,6 +13,7 @@ from telegram.error import TelegramError
 
 from bot.config import PackSettings
 from bot.telegram.flood import CHATTER, STATUS, ReplyGaps, Skipped, limiter_of, paced
+from bot.telegram.payments import buy_buttons
 from bot.telegram.photos import TelegramPhoto
 from bot.telegram.render import reply_to, send_result
 from pipeline.core.jobs import Done
@@ -132,33 +133,37 @@ class TelegramReply:
         await self._delete_status()
 
     async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
-        """The reason there is no picture, in place of the status message (or as a reply to the photo). A refusal
-        before the request was let in (a limit, a bad option) is a button's alert, or a spare line in the chat."""
+        """The reason there is no picture, in place of the status message (or as a reply to the photo); ``offer``:
+        the credit packs to buy (a refusal for want of credits), one button each. A refusal before the request was
+        let in (a limit, a bad option) is a button's alert, or a spare line in the chat."""
         if not self._heard:
-            await self._refuse(text)
+            await self._refuse(text, offer)
             return
         await self.finish()
+        markup = buy_buttons(offer)
         if self.status_message_id is not None:
             try:
                 await self.bot.edit_message_text(text, chat_id=self.photo.chat_id,
-                                                 message_id=self.status_message_id)
+                                                 message_id=self.status_message_id, reply_markup=markup)
                 return
             except TelegramError as err:
                 logger.warning("could not edit the status message into the error (%s); sending it", err)
         await self.bot.send_message(self.photo.chat_id, text, reply_parameters=reply_to(self.photo.message_id),
-                                    message_thread_id=self.photo.thread_id)
+                                    message_thread_id=self.photo.thread_id, reply_markup=markup)
 
-    async def _refuse(self, text: str) -> None:
+    async def _refuse(self, text: str, offer: Sequence[PackSettings] = ()) -> None:
         if self.query is not None:
             await self._answer_query(text, alert=True)
-            return
+            if not offer:  # an alert carries no buttons: packs to buy come as a line of their own
+                return
         chat = self.photo.chat_id
         if self.gaps is not None and not self.gaps.allow(chat, self.asker):
             logger.info("telegram: not telling user %s in chat %s again so soon: %s", self.asker, chat, text[:80])
             return
         try:
             await paced(self.bot).send_message(chat, text, reply_parameters=reply_to(self.photo.message_id),
-                                               message_thread_id=self.photo.thread_id, rate_limit_args=CHATTER)
+                                               message_thread_id=self.photo.thread_id, rate_limit_args=CHATTER,
+                                               reply_markup=buy_buttons(offer))
         except Skipped as err:
             logger.info("%s: %s", err, text[:80])
 
