@@ -4,15 +4,19 @@ status edits: bot/pacing.py; the result's look is bot/discord_render.py's)."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
 from bot.config import Config
+from bot.discord_credits import premium_view
 from bot.discord_photos import PhotoMessage
 from bot.discord_render import Requester, render
 from pipeline.core.jobs import Done
+
+if TYPE_CHECKING:
+    from bot.config import PackSettings
 
 RESULT_EVENT = "clay_result"  # dispatched with (result message, PhotoMessage | None) once a result is posted
 
@@ -79,13 +83,16 @@ class InteractionReply(_KeepsPhoto):
                                               files=message.files, view=message.view)
         self.bot.dispatch(RESULT_EVENT, sent, self.photo)
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
+        """A refusal; ``offer``: packs to buy (one premium button each, for those with a SKU)."""
+        view = premium_view(offer)
+        extra: dict[str, Any] = {"view": view} if view is not None else {}
         if not self.token_alive():
-            await self._channel().send(f"{self.interaction.user.mention} {text}")
+            await self._channel().send(f"{self.interaction.user.mention} {text}", **extra)
             return
         if not self.shown:  # end the "thinking" state first, or the follow-up would become the public response
             await self.interaction.edit_original_response(content="Checking your photo…")
-        await self.interaction.followup.send(text, ephemeral=True)
+        await self.interaction.followup.send(text, ephemeral=True, **extra)
         await self.interaction.delete_original_response()
 
     def placeholder(self) -> dict[str, Any]:
@@ -124,8 +131,9 @@ class ChannelReply(_KeepsPhoto):
         await self._show(self.member.mention, embed=message.embed, files=message.files, view=message.view)
         self.bot.dispatch(RESULT_EVENT, self.answer, self.photo)
 
-    async def error(self, text: str) -> None:
-        await self._show(f"{self.member.mention} {text}")
+    async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
+        """A refusal; ``offer``: packs to buy (one premium button each, for those with a SKU)."""
+        await self._show(f"{self.member.mention} {text}", view=premium_view(offer))
 
     async def _show(self, content: str, *, embed: discord.Embed | None = None, files: list[discord.File] | None = None,
                     view: discord.ui.View | None = None) -> None:
@@ -138,4 +146,4 @@ class ChannelReply(_KeepsPhoto):
         elif files is not None:
             self.answer = await self.answer.edit(content=content, embed=embed, attachments=files, view=view)
         else:
-            self.answer = await self.answer.edit(content=content)
+            self.answer = await self.answer.edit(content=content, **({"view": view} if view is not None else {}))
