@@ -146,4 +146,5 @@ class ChannelReply(_KeepsPhoto):
         elif files is not None:
             self.answer = await self.answer.edit(content=content, embed=embed, attachments=files, view=view)
         else:
-            self.answer = await self.answer.edit(content=content, **({"view": view} if view is not None else {}))
+            kept: dict[str, Any] = {"view": view} if view is not None else {}  # a status line has no buttons to keep
+            self.answer = await self.answer.edit(content=content, **kept)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -33,8 +33,8 @@ class CreditsCog(commands.Cog, name="Credits"):
     async def balance(self, interaction: discord.Interaction) -> None:
         balance = await self.credits.balance(account_of(interaction.user.id))
         view = premium_view(self.credits.settings.packs)
-        await interaction.response.send_message(balance_line(balance), ephemeral=True,
-                                                **({"view": view} if view is not None else {}))
+        extra: dict[str, Any] = {"view": view} if view is not None else {}  # the packs' premium buttons
+        await interaction.response.send_message(balance_line(balance), ephemeral=True, **extra)
 
     @commands.Cog.listener()
     async def on_entitlement_create(self, entitlement: discord.Entitlement) -> None:

@@ -15,7 +15,7 @@ from bot.service import make_flow
 from bot.store import ClaybotDatabase, store_path
 from tests.conftest import photo_bytes, with_pipeline
 from tests.fake_discord import EPHEMERAL, Call, FakeDiscord, FakeInteraction
-from tests.test_discord import TOKEN, running_front_end
+from tests.test_discord import TOKEN, reaction_answer, replies_to, running_front_end
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -144,6 +144,24 @@ async def test_out_of_credits_offers_the_packs_and_a_purchase_pays_for_the_next_
         third, _ = await clay(fake, fake.alice)
         await fake.wait_for(result_of(third), timeout=JOB)
         assert "9 credits" in (await balance(fake, fake.alice))["content"]
+
+
+async def test_a_reaction_out_of_credits_is_answered_with_the_line_and_the_premium_buttons(
+        tiny_config, fake, queue, tmp_path, no_errors):
+    config = configured(tiny_config, fake, tmp_path)
+    async with credits_bot(config, queue):
+        first = fake.post_message(fake.bob, attachments=[fake.attachment(PHOTO)])
+        await fake.react(first, fake.owner)
+        await reaction_answer(fake, first)
+        photo = fake.attachment(PHOTO)
+        second = fake.post_message(fake.bob, attachments=[photo])
+        await fake.react(second, fake.owner)
+        await fake.wait_for(lambda call: bool(replies_to(fake, second)), timeout=10)
+        refusal = next(m for m in fake.messages.values()
+                       if str(m.get("message_reference", {}).get("message_id")) == second["id"])
+        assert refusal["content"].startswith(f"<@{fake.owner['id']}> You have no credits left")
+        assert premium_skus(refusal) == [SKU]
+        assert photo["url"].removeprefix(fake.base) not in fake.downloads
 
 
 async def test_a_purchase_made_while_the_bot_was_down_is_credited_once_at_the_next_start(
