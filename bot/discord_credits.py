@@ -89,8 +89,14 @@ class Entitlements:
         try:
             async for entitlement in self.client.entitlements(
                     limit=None, skus=[discord.Object(sku) for sku in skus], exclude_ended=True):
-                if not entitlement.consumed and await self.settle(entitlement):
-                    settled += 1
+                if entitlement.consumed:
+                    continue
+                try:
+                    if await self.settle(entitlement):
+                        settled += 1
+                except Exception:  # one entitlement the ledger cannot take must not keep the bot from starting
+                    logger.exception("discord: could not credit entitlement %s; trying again at the next start",
+                                     entitlement.id)
         except discord.HTTPException as err:
             logger.warning("discord: could not list the entitlements (%s); purchases made while the bot was down "
                            "are credited at the next start", err)
