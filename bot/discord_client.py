@@ -330,6 +330,10 @@ class DiscordFrontEnd:
             if not STYLE_NAME.fullmatch(name):
                 raise ConfigError(f"styles.{name}: on Discord a style name must be 1–32 letters, digits, '.', '-' "
                                   f"or '_' (it travels in buttons)")
+        for pack in self.config.credits.packs if self.config.credits.enabled else ():
+            if pack.discord_sku and not pack.discord_sku.isdigit():
+                raise ConfigError(f"credits.packs {pack.id}: discord_sku must be a SKU id (digits: Developer Portal "
+                                  f"→ Monetization → SKUs), not {pack.discord_sku!r}")
         if settings.reactions and not settings.message_content_intent:
             logger.warning("discord: reactions are on but discord.message_content_intent is off: Discord will hide "
                            "the images of the messages people react to. Switch on the MESSAGE CONTENT intent in the "

@@ -10,7 +10,7 @@ import logging
 import pytest
 import pytest_asyncio
 
-from bot.config import PackSettings
+from bot.config import ConfigError, PackSettings
 from bot.service import make_flow
 from bot.store import ClaybotDatabase, store_path
 from tests.conftest import photo_bytes, with_pipeline
@@ -193,3 +193,10 @@ async def test_with_no_sku_configured_the_refusal_has_no_button(tiny_config, fak
         refusal = await fake.wait_for(callback_of(second), timeout=10)
         assert refusal.json["data"]["flags"] == EPHEMERAL and "credit" in refusal.json["data"]["content"]
         assert not refusal.json["data"].get("components")  # the line alone: Discord users have the free allowance
+
+
+async def test_a_sku_that_is_not_an_id_is_refused_at_start(tiny_config, fake, queue, tmp_path):
+    config = configured(tiny_config, fake, tmp_path, packs=[PACK.model_copy(update={"discord_sku": "small-pack"})])
+    with pytest.raises(ConfigError, match="discord_sku must be a SKU id"):
+        async with credits_bot(config, queue):
+            pass
