@@ -262,7 +262,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     if usage:
         print("requests in the last 24 h: " + ", ".join(f"{n} {outcome.replace('_', ' ')}"
                                                       for outcome, n in sorted(usage.items())))
+    if config.credits.enabled:
+        spent = asyncio.run(_credits_today(config))
+        if spent is not None:
+            cap = f" of the daily cap of {spent['daily_cap']}" if spent["daily_cap"] else " (no daily cap)"
+            print(f"credits spent today: {spent['spent']}{cap}; payments today: {spent['payments']} "
+                  f"({spent['payments_total']} in all)")
     return 0
+
+
+async def _credits_today(config: Config) -> dict[str, int] | None:
+    """Today's credits spent and payments, from the ledger (None when there is no database yet)."""
+    from bot.credits import Credits
+    from bot.store import ClaybotDatabase, store_path
+
+    path = store_path(config.bot)
+    if not path.is_file():
+        return None
+    async with ClaybotDatabase(path) as store:
+        return await Credits(store, config.credits).today()
 
 
 async def _usage(config: Config) -> dict[str, int]:

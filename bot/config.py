@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
@@ -14,6 +14,9 @@ from pipeline.core import models
 from pipeline.core.errors import ClaybotError, ModelError
 from pipeline.core.guide_specs import absolutize_guides, guide_specs
 from pipeline.core.settings import GpuSettings, QueueSettings, Settings, UrlModel
+
+if TYPE_CHECKING:
+    from pipeline.core.kinds import JobKind
 
 
 class ConfigError(ClaybotError):
@@ -59,6 +62,44 @@ class LimitSettings(Settings):
         (a kind's own come from its ``limits``, pipeline/core/kinds)."""
         per = {"minute": 60.0, "hour": 3600.0}
         return [(count, seconds) for name, seconds in per.items() if (count := getattr(self, f"{scope}_per_{name}"))]
+
+
+class PackSettings(Settings):
+    """One pack of credits for sale: its price in Telegram Stars and, optionally, its Discord SKU."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")]
+    credits: Annotated[int, Field(ge=1, le=1_000_000)]
+    stars: Annotated[int, Field(ge=1, le=100_000)] = 50
+    discord_sku: str = ""
+
+
+class CreditSettings(Settings):
+    """Credits: what each kind of job costs, the free allowance, the spend caps and the packs for sale (off by
+    default: then nothing is counted)."""
+
+    enabled: bool = False
+    picture: Count = 1
+    clip: Count = 8
+    free_per_day: Count = 3
+    chat_per_day: Count = 0
+    daily_cap: Count = 0
+    owners: list[Annotated[str, Field(pattern=r"^(telegram|discord):[0-9A-Za-z_-]+$")]] = Field(default_factory=list)
+    paysupport: str = "For help with a payment, write to the operator of this bot."
+    terms: str = "Credits buy pictures and clips from this bot; they are not refundable once spent."
+    packs: list[PackSettings] = Field(default_factory=list)
+
+    @field_validator("packs")
+    @classmethod
+    def _unique_ids(cls, packs: list[PackSettings]) -> list[PackSettings]:
+        ids = [pack.id for pack in packs]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each pack needs its own id")
+        return packs
+
+    def cost(self, kind: JobKind) -> int:
+        """Credits a job of ``kind`` costs: this section's key of the kind's name, else the kind's own ``cost``."""
+        value = getattr(self, kind.name, None) if kind.name in type(self).model_fields else None
+        return int(value) if isinstance(value, int) else int(kind.cost)
 
 
 Rating = Literal["general", "sensitive", "questionable", "explicit"]
@@ -170,6 +211,7 @@ class Config(GpuSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    credits: CreditSettings = Field(default_factory=CreditSettings)
 
     def gpu(self) -> GpuSettings:
         """The part the pipeline worker needs, as pipeline's own type (the worker never imports bot/)."""

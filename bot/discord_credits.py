@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot import credits as ledger
+
 if TYPE_CHECKING:
     from bot.config import PackSettings
     from bot.credits import Balance, Credits
@@ -36,7 +38,7 @@ def premium_view(offer: Sequence[PackSettings]) -> discord.ui.View | None:
 
 def account_of(user_id: int) -> str:
     """A Discord user's credits account."""
-    return f"discord:{user_id}"
+    return ledger.account_of("discord", str(user_id))
 
 
 def balance_line(balance: Balance) -> str:

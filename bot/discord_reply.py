@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import discord
 
-from bot.config import Config
+from bot.config import Config, PackSettings
 from bot.discord_credits import premium_view
 from bot.discord_photos import PhotoMessage
 from bot.discord_render import Requester, render
 from pipeline.core.jobs import Done
-
-if TYPE_CHECKING:
-    from bot.config import PackSettings
 
 RESULT_EVENT = "clay_result"  # dispatched with (result message, PhotoMessage | None) once a result is posted
 

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from bot.admission import Admission, AdmissionRule, Admitted
 from bot.ask import Ask
 from bot.budget import PhotoBudget
-from bot.config import Config
+from bot.config import Config, PackSettings
+from bot.credits import Credits, OutOfCredits
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited, Then
 from bot.observability import Metrics, job_context
 from bot.options import UserError
@@ -69,8 +70,9 @@ class Reply(Protocol):
     async def result(self, done: Done, caption: str) -> None:
         """Post the stylized image (replacing or removing the status message)."""
 
-    async def error(self, text: str) -> None:
-        """Tell the user why there is no image (replacing the status message)."""
+    async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
+        """Tell the user why there is no image (replacing the status message); ``offer``: credit packs the person
+        could buy (they are out of credits: bot/credits.py), for buy buttons under the line."""
 
     def placeholder(self) -> dict[str, Any]:
         """Where the status message is, once shown ({} if there is none a restarted process could tidy up)."""
@@ -154,8 +156,9 @@ class RequestFlow:
 
     def __init__(self, queue: JobQueue, config: Config, *, store: ClaybotDatabase | None = None,
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
-                 rules: Sequence[AdmissionRule] = ()) -> None:
+                 rules: Sequence[AdmissionRule] = (), credits: Credits | None = None) -> None:
         self.queue = queue
+        self.credits = credits  # the ledger's API for the front ends (/balance, payments); None: credits are off
         self.config = config
         self.pacer = StatusPacer(edit_intervals(config))  # every status edit of every request, per chat
         self.store = store
@@ -204,6 +207,8 @@ class RequestFlow:
                 request.outcome = "rate_limited"
                 logger.info("%s user %s in %s is still over a limit: not told again", ask.platform, ask.user_id,
                             ask.chat_id)
+        except OutOfCredits as err:  # with the packs they could buy
+            await request.refuse("no_credits", str(err), offer=err.packs)
         except (UserError, BadRequest) as err:
             await request.refuse("bad_input", str(err))
         except JobFailed as err:  # intake could not use the photo
@@ -475,11 +480,11 @@ class _Request:
     def ticket(self) -> int | None:
         return self.admitted.ticket if self.admitted is not None else None
 
-    async def refuse(self, outcome: str, text: str) -> None:
+    async def refuse(self, outcome: str, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
         self.outcome = outcome
         if self.line is not None:  # the refusal takes the status line's place, at the chat's pace
             await self.line.last_turn()
-        await _safely(self.reply.error(text))
+        await _safely(self.reply.error(text, offer=offer))
 
 
 class _Acked:
@@ -507,9 +512,12 @@ class _Acked:
         self._ack()
         await self.reply.result(done, caption)
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
         self._ack()
-        await self.reply.error(text)
+        if offer:
+            await self.reply.error(text, offer=offer)
+        else:  # a Reply written before credits may not take ``offer``
+            await self.reply.error(text)
 
     @property
     def private(self) -> bool:

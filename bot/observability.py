@@ -151,12 +151,23 @@ class Metrics:
         self.ack_seconds = Histogram("claybot_ack_seconds", "Seconds from a chat event to its first acknowledgement.",
                                      ["platform"], buckets=ACK_BUCKETS, registry=r)
         self.failures = Counter("claybot_failures", "Failed requests by kind.", ["kind"], registry=r)
+        self.credit_events = Counter("claybot_credits", "Credits reserved, committed and released.", ["event"],
+                                     registry=r)
+        self.payments = Counter("claybot_payments", "Payments credited, by platform.", ["platform"], registry=r)
         self.queue_waiting = Gauge("claybot_queue_waiting", "Jobs waiting in the queue.", registry=r)
         self.queue_running = Gauge("claybot_queue_running", "Jobs being run by a worker.", registry=r)
         self.workers_alive = Gauge("claybot_workers_alive", "Pipeline workers that are alive.", registry=r)
         self.gpu_memory = Gauge("claybot_gpu_memory_bytes", "GPU memory in use, per worker that reports it.",
                                 ["worker"], registry=r)
         self._gpu_workers: set[str] = set()
+
+    def credits(self, event: str, amount: int) -> None:
+        """Credits reserved, committed or released (bot/credits.py)."""
+        self.credit_events.labels(event).inc(amount)
+
+    def payment(self, platform: str) -> None:
+        """A payment credited (once per payment id)."""
+        self.payments.labels(platform).inc()
 
     def request(self, platform: str, outcome: str) -> None:
         """Count one chat request ("image", "failed", "busy", "rate_limited", "refused", "bad_input", ...)."""

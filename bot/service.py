@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.budget import big_buffers_back_to_the_system
 from bot.config import Config, ConfigError
+from bot.credits import Credits, CreditsRule
 from bot.flow import FrontEnd, RequestFlow
 from bot.observability import Metrics, hide_secret, serve_metrics
 from bot.store import ClaybotDatabase, store_path
@@ -48,6 +49,17 @@ def open_queue(config: Config, *, log_level: int = logging.INFO, status: bool = 
 def status_file(config: Config) -> Path:
     """Where a running local-backend claybot keeps its status."""
     return Path(config.bot.data_dir) / "status.json"
+
+
+def make_flow(queue: JobQueue, config: Config, store: ClaybotDatabase, metrics: Metrics | None = None
+              ) -> RequestFlow:
+    """The request flow over claybot's database; with ``[credits] enabled``, every request reserves its credits
+    (``CreditsRule``) and the front ends reach the ledger as ``flow.credits``."""
+    if not config.credits.enabled:
+        return RequestFlow(queue, config, store=store, metrics=metrics)
+    return RequestFlow(queue, config, store=store, metrics=metrics,
+                       rules=[CreditsRule(config.credits, metrics)],
+                       credits=Credits(store, config.credits, metrics=metrics))
 
 
 def build_front_end(name: str, config: Config, flow: RequestFlow, token: str) -> FrontEnd:
@@ -192,7 +204,7 @@ async def run_claybot(config: Config, tokens: dict[str, str], verbose: bool) -> 
         loop.add_signal_handler(signum, stop.set)
     try:
         await queue.start()
-        flow = RequestFlow(queue, config, store=store, metrics=metrics)
+        flow = make_flow(queue, config, store, metrics)
         unanswered = await flow.unanswered()  # before any new request is taken
         if metrics is not None:
             metrics_server = await serve_metrics(metrics, config.metrics.host, config.metrics.port,

@@ -66,6 +66,30 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_by_group ON jobs (platform, group_id, accepted_at)",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state)",
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_origin ON jobs (platform, origin) WHERE origin IS NOT NULL",
+    # The credits ledger (bot.credits): append-only; balances are sums of its entries. type: grant (a day's free
+    # credits), purchase, reserve, commit, release, refund, clawback; free / paid: the change to each balance; day:
+    # the UTC day it counts for (a release keeps its reservation's). The unique indexes make each money event
+    # happen once: one purchase and one refund per payment id, one reserve/commit/release per ticket, one grant
+    # per person per day.
+    """CREATE TABLE IF NOT EXISTS credits (
+        entry   INTEGER PRIMARY KEY AUTOINCREMENT,
+        type    TEXT NOT NULL,
+        account TEXT NOT NULL,
+        day     TEXT NOT NULL,
+        free    INTEGER NOT NULL DEFAULT 0,
+        paid    INTEGER NOT NULL DEFAULT 0,
+        ticket  INTEGER,
+        payment TEXT,
+        chat    TEXT,
+        pack    TEXT,
+        data    TEXT,
+        at      REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS credits_by_account ON credits (account, day)",
+    "CREATE INDEX IF NOT EXISTS credits_by_day ON credits (day, type)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS credits_per_ticket ON credits (type, ticket) WHERE ticket IS NOT NULL",
+    "CREATE UNIQUE INDEX IF NOT EXISTS credits_per_payment ON credits (type, payment) WHERE payment IS NOT NULL",
+    "CREATE UNIQUE INDEX IF NOT EXISTS credits_grant ON credits (account, day) WHERE type = 'grant'",
 )
 
 

@@ -63,7 +63,7 @@ class Silent:
     async def result(self, done: Done, caption: str) -> None:
         raise AssertionError("the dying process answered")
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer=()) -> None:
         raise AssertionError(f"the dying process refused: {text}")
 
     def placeholder(self) -> dict[str, Any]:
@@ -138,7 +138,7 @@ class Kept:
     async def result(self, done: Done, caption: str) -> None:
         self.results.append((done, caption))
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer=()) -> None:
         self.errors.append(text)
 
     def placeholder(self) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class Answers:
     async def result(self, done: Done, caption: str) -> None:
         self.done = done
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer=()) -> None:
         self.errors.append(text)
 
     def placeholder(self) -> dict:

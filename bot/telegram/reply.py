@@ -11,6 +11,7 @@ from telegram import Bot, Message
 from telegram.constants import ChatAction
 from telegram.error import TelegramError
 
+from bot.config import PackSettings
 from bot.telegram.photos import TelegramPhoto
 from bot.telegram.render import reply_to, send_result
 from pipeline.core.jobs import Done
@@ -106,7 +107,7 @@ class TelegramReply:
             self.on_sent(sent)
         await self._delete_status()
 
-    async def error(self, text: str) -> None:
+    async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
         """The reason there is no picture, in place of the status message (or as a reply to the photo)."""
         await self.finish()
         if self.status_message_id is not None:
