@@ -6,7 +6,8 @@ Interactions are deferred at once and answered by editing their original respons
 was posted, fetching and fitting it), bot/discord_render.py (how a result looks, live and after a restart),
 bot/discord_buttons.py (the buttons' state in their custom ids, who may press), bot/discord_reply.py (one request's
 answers); the cogs: clay (/clay, "Clay it"), animate (/animate), reactions, results (the results' buttons, which it
-registers, the 🎬 Animate button and "Animate it", deleted photos), admin.
+registers, the 🎬 Animate button and "Animate it", deleted photos), admin, credits (/balance and premium purchases,
+with [credits] enabled; bot/discord_credits.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from discord.gateway import DiscordWebSocket
 
 from bot.chat_settings import ChatSettings, Setting
 from bot.config import Config, ConfigError
+from bot.credits import OutOfCredits
 from bot.discord_buttons import RESTARTING
+from bot.discord_credits import premium_view
 from bot.discord_photos import DiscordImage, PhotoMessage, find_photo
 from bot.discord_render import Requester, render
 from bot.discord_reply import RESULT_EVENT, ChannelReply, InteractionReply
@@ -43,7 +46,7 @@ from pipeline.core.jobs import Done
 
 logger = logging.getLogger(__name__)
 
-COGS = ("cogs.clay", "cogs.animate", "cogs.reactions", "cogs.results", "cogs.admin")
+COGS = ("cogs.clay", "cogs.animate", "cogs.reactions", "cogs.results", "cogs.admin", "cogs.credits")
 NO_IMAGE = "That message has no image I can use: reply to one with a photo attached or an image link."
 STYLE_NAME = re.compile(r"[\w.-]{1,32}")  # style names travel in button custom ids (100 characters at most)
 START_TIMEOUT = 60.0
@@ -263,11 +266,13 @@ class ClayBot(commands.Bot):
             text = "You can't use that here."
         else:
             text = user_line(original, f"discord: {_what(interaction)}", logger)
+        view = premium_view(original.packs) if isinstance(original, OutOfCredits) else None
+        extra: dict[str, Any] = {"view": view} if view is not None else {}  # the packs' premium buttons
         try:
             if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
+                await interaction.followup.send(text, ephemeral=True, **extra)
             else:
-                await interaction.response.send_message(text, ephemeral=True)
+                await interaction.response.send_message(text, ephemeral=True, **extra)
         except discord.HTTPException as err:
             logger.warning("discord: could not answer an interaction: %s", err)
 
@@ -325,6 +330,10 @@ class DiscordFrontEnd:
             if not STYLE_NAME.fullmatch(name):
                 raise ConfigError(f"styles.{name}: on Discord a style name must be 1–32 letters, digits, '.', '-' "
                                   f"or '_' (it travels in buttons)")
+        for pack in self.config.credits.packs if self.config.credits.enabled else ():
+            if pack.discord_sku and not pack.discord_sku.isdigit():
+                raise ConfigError(f"credits.packs {pack.id}: discord_sku must be a SKU id (digits: Developer Portal "
+                                  f"→ Monetization → SKUs), not {pack.discord_sku!r}")
         if settings.reactions and not settings.message_content_intent:
             logger.warning("discord: reactions are on but discord.message_content_intent is off: Discord will hide "
                            "the images of the messages people react to. Switch on the MESSAGE CONTENT intent in the "

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import discord
 
 from bot.config import Config, PackSettings
+from bot.discord_credits import premium_view
 from bot.discord_photos import PhotoMessage
 from bot.discord_render import Requester, render
 from pipeline.core.jobs import Done
@@ -80,12 +81,15 @@ class InteractionReply(_KeepsPhoto):
         self.bot.dispatch(RESULT_EVENT, sent, self.photo)
 
     async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
+        """A refusal; ``offer``: packs to buy (one premium button each, for those with a SKU)."""
+        view = premium_view(offer)
+        extra: dict[str, Any] = {"view": view} if view is not None else {}
         if not self.token_alive():
-            await self._channel().send(f"{self.interaction.user.mention} {text}")
+            await self._channel().send(f"{self.interaction.user.mention} {text}", **extra)
             return
         if not self.shown:  # end the "thinking" state first, or the follow-up would become the public response
             await self.interaction.edit_original_response(content="Checking your photo…")
-        await self.interaction.followup.send(text, ephemeral=True)
+        await self.interaction.followup.send(text, ephemeral=True, **extra)
         await self.interaction.delete_original_response()
 
     def placeholder(self) -> dict[str, Any]:
@@ -125,7 +129,8 @@ class ChannelReply(_KeepsPhoto):
         self.bot.dispatch(RESULT_EVENT, self.answer, self.photo)
 
     async def error(self, text: str, *, offer: Sequence[PackSettings] = ()) -> None:
-        await self._show(f"{self.member.mention} {text}")
+        """A refusal; ``offer``: packs to buy (one premium button each, for those with a SKU)."""
+        await self._show(f"{self.member.mention} {text}", view=premium_view(offer))
 
     async def _show(self, content: str, *, embed: discord.Embed | None = None, files: list[discord.File] | None = None,
                     view: discord.ui.View | None = None) -> None:
@@ -138,4 +143,5 @@ class ChannelReply(_KeepsPhoto):
         elif files is not None:
             self.answer = await self.answer.edit(content=content, embed=embed, attachments=files, view=view)
         else:
-            self.answer = await self.answer.edit(content=content)
+            kept: dict[str, Any] = {"view": view} if view is not None else {}  # a status line has no buttons to keep
+            self.answer = await self.answer.edit(content=content, **kept)

@@ -3,7 +3,7 @@
 The real discord.py client talks to it (``discord.api_base_url`` / ``discord.gateway_url`` point here). It keeps
 what Discord would keep — messages, the interactions' original responses, registered commands, uploaded files —
 and records every REST call (method, path, JSON body, uploaded files), so tests assert what a user would see.
-Tests push gateway events (INTERACTION_CREATE, MESSAGE_REACTION_ADD) with the helpers at the end.
+Tests push gateway events (INTERACTION_CREATE, MESSAGE_REACTION_ADD, ENTITLEMENT_CREATE) with the helpers at the end.
 
 Behaviours copied from Discord because the bot relies on them:
 - JSON answers carry ``Content-Type: application/json`` exactly (discord.py parses nothing else as JSON);
@@ -11,7 +11,10 @@ Behaviours copied from Discord because the bot relies on them:
 - after a deferral, the original response is a loading message; while it still loads, the first follow-up
   becomes the response itself and keeps the deferral's visibility (an "ephemeral" one is then public);
 - for a button's interaction, ``@original`` is the message the button is on;
-- ``attachment://name`` in embeds resolves to the uploaded file's URL.
+- ``attachment://name`` in embeds resolves to the uploaded file's URL;
+- premium apps: a purchase of a SKU is an entitlement (``buy``), listed by ``GET applications/<app>/entitlements``
+  (oldest first, filtered by user_id, sku_ids, guild_id, exclude_ended, exclude_deleted, after/before, limit) and
+  marked consumed by ``POST applications/<app>/entitlements/<id>/consume``; ENTITLEMENT_CREATE may come twice.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ class FakeDiscord:
         self.interactions: dict[str, FakeInteraction] = {}  # by token
         self.identify_payloads: list[dict] = []  # the IDENTIFY payloads, token removed
         self.odd_answers: list[tuple[str, str, int, Any]] = []  # see answer_oddly
+        self.entitlements: dict[int, dict] = {}  # id → the entitlement as Discord keeps it (premium purchases)
         self._files: dict[str, tuple[bytes, str]] = {}  # path → (bytes, content type)
         self._connections: list[_Connection] = []
         self._changed = asyncio.Condition()
@@ -324,6 +328,33 @@ class FakeDiscord:
             "guild_id": str(self.guild_id), "emoji": {"id": None, "name": emoji}, "member": self.member(user),
             "message_author_id": message["author"]["id"], "burst": False, "type": 0})
 
+    def entitlement(self, user: dict, sku_id: int | str, *, test: bool = True) -> dict:
+        """Someone bought a (consumable) SKU: Discord keeps the entitlement, unconsumed, whether or not the bot is
+        connected to hear of it. ``test``: a purchase in the application's test mode (type 4, no start or end)."""
+        payload: dict[str, Any] = {"id": str(snowflake()), "sku_id": str(sku_id), "application_id": str(self.app_id),
+                                   "user_id": user["id"], "type": 4 if test else 1, "deleted": False,
+                                   "consumed": False}
+        if not test:
+            payload["starts_at"] = now_iso()
+        self.entitlements[int(payload["id"])] = payload
+        return payload
+
+    async def buy(self, user: dict, sku_id: int | str, *, times: int = 1) -> dict:
+        """Someone bought a SKU while the bot is connected: the entitlement, and ENTITLEMENT_CREATE ``times`` times
+        (Discord has delivered it twice)."""
+        payload = self.entitlement(user, sku_id)
+        for _ in range(times):
+            await self.entitlement_created(payload)
+        return payload
+
+    async def entitlement_created(self, payload: dict) -> None:
+        """Send ENTITLEMENT_CREATE for a kept entitlement (again, if a test likes)."""
+        await self.dispatch("ENTITLEMENT_CREATE", dict(payload))
+
+    def consumed(self, entitlement: dict) -> bool:
+        """Whether the bot consumed this entitlement."""
+        return bool(self.entitlements[int(entitlement["id"])]["consumed"])
+
     async def delete_message(self, message: dict) -> None:
         """Someone deletes a message: it is gone, and the gateway tells the bot (MESSAGE_DELETE)."""
         self._delete(int(message["id"]))
@@ -428,7 +459,37 @@ class FakeDiscord:
                 return web.Response(status=204)
             case "PUT" | "DELETE", ["channels", _, "messages", _, "reactions", _, "@me"]:
                 return web.Response(status=204)
+            case "GET", ["applications", app_id, "entitlements"] if app_id == str(self.app_id):
+                return _json(self._list_entitlements(call.query))
+            case "POST", ["applications", app_id, "entitlements", entitlement_id, "consume"] \
+                    if app_id == str(self.app_id):
+                found = self.entitlements.get(int(entitlement_id))
+                if found is None or found["deleted"]:
+                    return _json({"message": "Unknown Entitlement", "code": 10069}, 404)
+                found["consumed"] = True
+                return web.Response(status=204)
         return _json({"message": f"the fake has no route for {call.method} {call.path}", "code": 0}, 404)
+
+    def _list_entitlements(self, query: dict[str, str]) -> list[dict]:
+        """The application's entitlements as Discord lists them: oldest first, filtered, at most ``limit``."""
+        found = sorted(self.entitlements.values(), key=lambda e: int(e["id"]))
+        if "user_id" in query:
+            found = [e for e in found if e.get("user_id") == query["user_id"]]
+        if query.get("sku_ids"):
+            skus = set(query["sku_ids"].split(","))
+            found = [e for e in found if e["sku_id"] in skus]
+        if "guild_id" in query:
+            found = [e for e in found if e.get("guild_id") == query["guild_id"]]
+        if query.get("exclude_ended") in ("1", "true"):
+            now = datetime.datetime.now(datetime.UTC)
+            found = [e for e in found if not e.get("ends_at") or datetime.datetime.fromisoformat(e["ends_at"]) > now]
+        if query.get("exclude_deleted", "1") in ("1", "true"):
+            found = [e for e in found if not e["deleted"]]
+        if "after" in query:
+            found = [e for e in found if int(e["id"]) > int(query["after"])]
+        if "before" in query:
+            found = [e for e in found if int(e["id"]) < int(query["before"])][-int(query.get("limit", 100)):]
+        return found[:int(query.get("limit", 100))]
 
     def _register(self, where: str, definitions: list[dict]) -> list[dict]:
         registered = [{**d, "id": str(snowflake()), "application_id": str(self.app_id), "version": str(snowflake()),
