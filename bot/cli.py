@@ -518,7 +518,7 @@ def tiny_config_text(template: str, tiny: Any, video: Any = None) -> str:
     if video is not None:  # clips in seconds on the CPU: 9 frames (4k+1 and 8k+1) of about 128×96, 2 steps
         doc.setdefault("animate", tomlkit.table()).update({
             "enabled": True, "model": str(video.wan_folder), "family": "auto", "frames": 9, "fps": 8,
-            "steps": 2, "megapixels": 0.0123})
+            "steps": 2, "megapixels": 0.0123, "max_seconds": 4.0})
     return tomlkit.dumps(doc)
 
 

@@ -40,6 +40,11 @@ class EchoKind(JobKind):
     cost = 0
     no_worker_reason = "No echo maker is running right now."
 
+    def enabled(self, gpu: Any) -> str | None:
+        # A plugin's kind is made only where the config names its module: the registry is per process, and other
+        # tests' configs must not start serving echoes.
+        return None if __name__ in gpu.pipeline.plugins else "Echoes are not switched on here."
+
     def settle(self, gpu: Any, style: str, options: Mapping[str, Any]) -> EchoSpec:
         unknown = sorted(set(options) - {"steps"})
         if unknown:
