@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tomlkit  # noqa: E402
-from load_telegram import CLAYBOT, TOKEN, write_config  # noqa: E402
+from load_telegram import CLAYBOT, TOKEN, stop_claybot, write_config  # noqa: E402
 
 from tests.conftest import photo_bytes  # noqa: E402
 from tests.fake_telegram import FakeTelegram, group_chat, user  # noqa: E402
@@ -79,13 +78,7 @@ async def run_busy_group(config_template: Path, folder: Path, *, photos: int = 1
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)  # let the journal write its last answers
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 90)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_claybot(process)
         log.close()
         await fake.close()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from benchmarks.load_telegram import (  # noqa: E402
     _peak_rss_mb,
     classify,
     mixed_chats,
+    stop_claybot,
     write_config,
 )
 from tests.conftest import photo_bytes  # noqa: E402
@@ -109,13 +109,7 @@ async def burst(template: Path, folder: Path, *, users: int, requests: int, step
         classify(fake, posted)
         peak = _peak_rss_mb(process.pid)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 90)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_claybot(process)
         log.close()
         await fake.close()
     answers = [fake.pre_checkout_answers.get(q) for q in queries]

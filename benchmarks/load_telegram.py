@@ -110,6 +110,17 @@ def write_config(template: Path, folder: Path, fake: FakeTelegram, steps: int | 
     return path
 
 
+async def stop_claybot(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, as an operator stops `claybot run`; killed if it has not stopped within 90 s."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 90)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 def _peak_rss_mb(pid: int) -> float:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -197,13 +208,7 @@ async def run_load(config_template: Path, folder: Path, *, users: int, requests:
         classify(fake, posted)
         peak = _peak_rss_mb(process.pid)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 90)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_claybot(process)
         log.close()
         await fake.close()
 
