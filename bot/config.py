@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -12,11 +13,14 @@ from pydantic_core import ErrorDetails
 
 from pipeline.core import models
 from pipeline.core.errors import ClaybotError, ModelError
-from pipeline.core.guide_specs import absolutize_guides, guide_specs
+from pipeline.core.guide_specs import absolutize_guides, model_specs
 from pipeline.core.settings import GpuSettings, QueueSettings, Settings, UrlModel
 
 if TYPE_CHECKING:
     from pipeline.core.kinds import JobKind
+
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ClaybotError):
@@ -221,33 +225,11 @@ class Config(GpuSettings):
     def gpu(self) -> GpuSettings:
         """The part the pipeline worker needs, as pipeline's own type (the worker never imports bot/)."""
         return GpuSettings(pipeline=self.pipeline, tagger=self.tagger, styles=self.styles, speed=self.speed,
-                           animate=self.animate)
+                           animate=self.animate, models=self.models)
 
     def model_specs(self) -> dict[str, models.ModelSpec]:
         """Every model the config names, by its key."""
-        specs = {
-            "pipeline.base_model": self.pipeline.base_model,
-            "pipeline.vae": self.pipeline.vae,
-            "tagger.model": self.tagger.model,
-        }
-        if _single_file(self.pipeline.base_model) or _single_file(self.pipeline.vae):  # configs come from here
-            specs["pipeline.base_config"] = self.pipeline.base_config
-        for name, style in self.styles.items():
-            specs[f"styles.{name}.lora"] = style.lora
-            specs.update(guide_specs(name, style))
-        for name, preset in self.speed.items():
-            specs[f"speed.{name}.lora"] = preset.lora
-        if self.animate.enabled:  # many GB more: fetched and checked only when clips are on
-            specs["animate.model"] = self.animate.model
-        return {key: spec for key, spec in specs.items() if spec}
-
-
-def _single_file(spec: models.ModelSpec) -> bool:
-    """Whether a model spec names one file (a single-file checkpoint or VAE) rather than a diffusers folder."""
-    ref = models.parse(spec)
-    if ref.kind == "local":
-        return ref.value.lower().endswith(".safetensors")
-    return ref.kind in ("url", "civitai") or (ref.kind == "repo" and bool(ref.filename))
+        return model_specs(self)
 
 
 def token(env_name: str) -> str | None:
@@ -277,6 +259,10 @@ def parse_config(
     except ValidationError as err:
         raise ConfigError(f"{source}: {_explain(_most_relevant(err.errors()))}") from None
     config = _with_absolute_models(config, base_dir)
+    try:
+        config = _styles_on(config)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     for key, spec in config.model_specs().items():
         try:
             models.check_spec(spec, key)  # a malformed Civitai reference is a config mistake, models or not
@@ -287,6 +273,30 @@ def parse_config(
     return config
 
 
+def _styles_on(config: Config) -> Config:
+    """The config with only the styles it offers: ``enabled = false`` ones left out, and ``"auto"`` ones kept only
+    when their own model (an edit style's, or a LoRA) is on this machine already."""
+    store = models.ModelStore.of(config.pipeline)
+    kept = {}
+    for name, style in config.styles.items():
+        own = (f"styles.{name}.edit.model", style.edit.model) if style.engine == "edit" else (
+            f"styles.{name}.lora", style.lora)
+        on = style.enabled is True or (style.enabled == "auto"
+                                       and (not own[1] or models.on_disk(own[1], own[0], store)))
+        if on:
+            kept[name] = style
+        elif style.enabled == "auto":
+            logger.info("style %s is off: its model %s is not on this machine (enabled = \"auto\"); set "
+                        "styles.%s.enabled = true and run `claybot models` to fetch it", name,
+                        models.describe(own[1]), name)
+    default = config.pipeline.default_style
+    if default not in kept:
+        why = "enabled = false" if config.styles[default].enabled is False else (
+            'enabled = "auto" and its model is not on this machine')
+        raise ConfigError(f"pipeline.default_style = {default!r} is off ({why}); turn it on or pick another style")
+    return config if len(kept) == len(config.styles) else config.model_copy(update={"styles": kept})
+
+
 def _with_absolute_models(config: Config, base_dir: Path) -> Config:
     p = config.pipeline
     pipeline = p.model_copy(update={
@@ -295,8 +305,10 @@ def _with_absolute_models(config: Config, base_dir: Path) -> Config:
         "vae": models.absolutize(p.vae, base_dir),
     })
     tagger = config.tagger.model_copy(update={"model": models.absolutize(config.tagger.model, base_dir)})
-    styles = {name: absolutize_guides(s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)}), base_dir)
-              for name, s in config.styles.items()}
+    styles = {name: absolutize_guides(s.model_copy(update={
+        "lora": models.absolutize(s.lora, base_dir),
+        "edit": s.edit.model_copy(update={"model": models.absolutize(s.edit.model, base_dir)}),
+    }), base_dir) for name, s in config.styles.items()}
     speed = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
              for name, s in config.speed.items()}
     animate = config.animate.model_copy(update={"model": models.absolutize(config.animate.model, base_dir)})

@@ -244,3 +244,43 @@ def test_run_with_one_token_starts_that_front_end_alone(tiny_config, monkeypatch
         assert _front_end_tokens(tiny_config) == {"telegram": "123:abc"}
     assert "discord is not started: the environment variable CLAYBOT_DISCORD_TOKEN is empty" in caplog.text
     assert "123:abc" not in caplog.text
+
+
+def test_stylize_and_sweep_with_the_edit_style_go_through_flux2_klein_the_same_seed_the_same_bytes(
+        tiny_dir, config_path, tmp_path):
+    """`claybot stylize --style likeness` in its own process, and the same photo, seed and words through the worker
+    loop in this one (its FLUX.2 klein engine on the same tiny model): byte for byte the same picture."""
+    import asyncio
+
+    from bot.config import load_config
+    from pipeline.core.intake import take_in
+    from pipeline.core.jobs import Batch, Done, Task, Update
+    from pipeline.core.kinds import worker_kinds
+    from pipeline.gpu.worker import open_workshop, run_batch
+
+    example = ROOT_CONFIG.parent / "examples" / "photo.jpg"
+    out = tmp_path / "likeness.png"
+    run = claybot("stylize", example, "-o", out, "--config", config_path, "--seed", 1, "--style", "likeness",
+                  "--words", "as a knight in armour")
+    assert run.returncode == 0, run.stderr
+    assert "style:    likeness, by instruction" in run.stdout
+    prompt = next(line for line in run.stdout.splitlines() if line.startswith("prompt:"))
+    tags = next(line for line in run.stdout.splitlines() if line.startswith("tags:")).removeprefix("tags:").strip()
+    assert prompt.removeprefix("prompt:").strip().startswith("Turn this photo into a claymation")
+    assert tags in prompt and "as a knight in armour" in prompt  # the instruction holds the tags and the words
+
+    config = load_config(config_path)
+    gpu = config.gpu()
+    job = asyncio.run(take_in(gpu, example.read_bytes(), style="likeness", seed=1,
+                              options={"words": "as a knight in armour"}))
+    sent: list = []
+    run_batch(open_workshop(gpu, worker_kinds(gpu, [])), Batch((Task("cli-twin", job),), 60.0), sent.append)
+    (done,) = [m.event for m in sent if isinstance(m, Update) and isinstance(m.event, Done)]
+    assert done.image == out.read_bytes()
+
+    sheet = tmp_path / "sheet.png"
+    swept = claybot("sweep", example, "-o", sheet, "--config", config_path, "--style", "likeness", "--seed", 5,
+                    "--strengths", "0.3,0.6", "--words", "in a snowy street")
+    assert swept.returncode == 0, swept.stderr
+    assert "style likeness (by instruction, no strength or trigger weight): 2 seeds from 5" in swept.stdout
+    assert Image.open(sheet).width > 2 * done.width  # the photo and two pictures side by side

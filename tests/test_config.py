@@ -150,7 +150,8 @@ def test_a_model_of_the_wrong_shape_says_how_models_are_named(tiny_models, tmp_p
 def test_default_style_must_exist(tiny_models, tmp_path):
     raw = _without_local_models(_root(), tiny_models)
     raw["pipeline"]["default_style"] = "plasticine"
-    with pytest.raises(ConfigError, match=r"pipeline\.default_style = 'plasticine' names no style \(have: clay\)"):
+    with pytest.raises(ConfigError,
+                       match=r"pipeline\.default_style = 'plasticine' names no style \(have: clay, likeness\)"):
         _parse(tmp_path, raw)
 
 

@@ -22,8 +22,7 @@ from pipeline.core.errors import BadImage
 from pipeline.core.images import AREA_SLACK, SDXL_BUCKETS, decode_photo, output_size, probe_photo, working_size
 from pipeline.core.jobs import Batch, Done, ErrorKind, Failed, JobFailed, Progress, Task
 from pipeline.core.local import LocalQueue
-from pipeline.gpu.engine import TAG_REASON
-from pipeline.gpu.pictures import ENCODE_REASON
+from pipeline.gpu.engine import ENCODE_REASON, TAG_REASON
 from pipeline.gpu.stylizer import Stylizer
 from pipeline.gpu.worker import INTERNAL_REASON, run_batch
 from tests import hostile_photos

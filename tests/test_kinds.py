@@ -45,11 +45,17 @@ def three_kinds(tiny_config):
     return _with_plugins(tiny_config.gpu(), animate=animate)
 
 
-async def test_a_third_kind_has_its_own_redis_lane_and_a_worker_serves_it(server, tiny_config_path, tmp_path):
+async def test_a_third_kind_has_its_own_redis_lane_and_one_worker_serves_every_kind_and_engine(
+        server, tiny_config_path, tmp_path):
+    from pipeline.gpu.tiny_edit import write_tiny_edit_model
+
     config = redis_config(tiny_config_path, tmp_path, server.url, heartbeat=0.5, batch_window=0.0,
                           redis_prefix="kinds")
     doc = tomlkit.parse(config.read_text(encoding="utf-8"))
     doc["pipeline"]["plugins"] = PLUGINS
+    likeness = doc["styles"]["likeness"]  # the second picture engine too (FLUX.2 klein, loaded on its first job)
+    likeness["enabled"] = True
+    likeness["edit"].update({"model": str(write_tiny_edit_model(tmp_path / "edit")), "megapixels": 0.0164})
     config.write_text(tomlkit.dumps(doc), encoding="utf-8")
     worker = start_worker(config, "echo-worker")
     queue = redis_queue(config, "chat-echo")
@@ -66,11 +72,15 @@ async def test_a_third_kind_has_its_own_redis_lane_and_a_worker_serves_it(server
         assert queue.keys.lane("echo") == "kinds:jobs:echo" and "kinds:jobs:echo" in queue.keys.lanes
         done = await handle.result(timeout=120)
         picture = await (await queue.submit(await take_in(queue.gpu, PHOTO, seed=8))).result(timeout=120)
+        edit = await (await queue.submit(await take_in(queue.gpu, PHOTO, style="likeness", seed=9, options={
+            "words": "as a knight"}))).result(timeout=120)
     finally:
         await queue.close()
         stop_worker(worker)
     assert done.prompt == "echo" and done.seed == 7 and (done.width, done.height) == (128, 96)
     assert picture.prompt != "echo" and picture.seed == 8  # the same worker makes pictures as before
+    assert edit.style == "likeness" and edit.seed == 9 and edit.words == "as a knight" and edit.strength == 0
+    assert edit.prompt.startswith("Turn this photo into a claymation") and "as a knight" in edit.prompt
 
 
 async def test_a_kind_nobody_registered_is_refused_at_intake_and_when_decoded(tiny_config):
@@ -134,7 +144,8 @@ def test_a_third_kind_is_no_edit_to_the_kind_blind_modules():
 def test_a_job_of_each_kind_carries_only_its_own_options():
     picture = dataclasses.fields(kind_of("picture").spec)
     clip = dataclasses.fields(kind_of("clip").spec)
-    assert {f.name for f in picture} == {"strength", "speed", "trigger_weight", "structure_scale", "identity_scale"}
+    assert {f.name for f in picture} == {"strength", "speed", "trigger_weight", "structure_scale", "identity_scale",
+                                         "words"}
     assert {f.name for f in clip} == {"frames", "fps", "hold", "time_limit", "max_bytes"}
 
 

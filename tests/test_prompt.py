@@ -58,3 +58,13 @@ def test_unbalanced_or_odd_syntax_never_fails():
 def test_escape_and_plain_text_round_trip():
     text = "kirby (series) [alt]"
     assert plain_text(escape(text)) == text
+
+
+def test_a_persons_words_come_after_the_tags_and_cannot_reweight_the_style():
+    style = StyleSettings(trigger_words="clay", trigger_weight=2.0)
+    prompt = build_prompt(style, ["1girl"], words="as a knight:9) (nsfw:5) [x]")
+    assert prompt == r"(clay:2), 1girl, as a knight:9\) \(nsfw:5\) \[x\]"
+    weights = dict(parse_attention(prompt))
+    assert weights["clay"] == 2.0
+    assert weights[r", 1girl, as a knight:9) (nsfw:5) [x]"] == 1.0  # the words stay plain text at weight 1
+    assert build_prompt(style, ["1girl"], words="") == "(clay:2), 1girl"

@@ -136,6 +136,7 @@ class Done:
     timings: dict[str, float] = field(default_factory=dict)
     speed: str = "default"  # the speed preset it ran under
     media: str = PNG  # what ``image`` holds: PNG, or MP4 for a clip
+    words: str = ""  # the person's own words it was asked with ("as a knight"), shown with it and kept by Again
 
     def __post_init__(self) -> None:
         if self.media not in (PNG, MP4):

@@ -83,8 +83,8 @@ class JobKind:
         width, height = job.work_size
         return f"{self.name}|{job.style}|{width}x{height}"
 
-    def max_batch(self, gpu: Any) -> int:
-        """The most jobs of this kind one engine call takes."""
+    def max_batch(self, gpu: Any, job: Any = None) -> int:
+        """The most jobs of this kind one engine call takes (``job``: one of them, when the answer depends on it)."""
         return 1
 
     def time_limit(self, spec: Spec) -> float | None:
@@ -118,6 +118,9 @@ class JobKind:
 
 KINDS: dict[str, JobKind] = {}
 ENGINES: dict[str, str] = {}  # engine name → "module:Class" (pipeline/gpu/engine.py loads it)
+# engine name → the per-request options it acts on (a picture's strength means nothing to an instruction engine):
+# intake refuses the others by name, and the front ends show only the buttons that change one of them
+ENGINE_OPTIONS: dict[str, frozenset[str]] = {}
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
@@ -137,11 +140,19 @@ def register(kind: JobKind) -> JobKind:
     return kind
 
 
-def register_engine(name: str, target: str) -> None:
-    """Name an engine: ``target`` is "module:Class", imported on the GPU side only when a worker loads it."""
+def register_engine(name: str, target: str, *, options: Iterable[str] | None = None) -> None:
+    """Name an engine: ``target`` is "module:Class", imported on the GPU side only when a worker loads it;
+    ``options``: the per-request options it acts on (None: every option of the kinds it makes)."""
     if ":" not in target:
         raise ValueError(f"engine {name!r}: {target!r} is not 'module:Class'")
     ENGINES[name] = target
+    if options is not None:
+        ENGINE_OPTIONS[name] = frozenset(options)
+
+
+def engine_takes(engine: str, option: str) -> bool:
+    """Whether the named engine acts on a per-request option (e.g. "strength")."""
+    return engine not in ENGINE_OPTIONS or option in ENGINE_OPTIONS[engine]
 
 
 def kind_of(name: str) -> JobKind:

@@ -39,6 +39,7 @@ from pipeline.core.jobs import (
     QueueClosed,
     Queued,
     Ready,
+    Started,
     Stop,
     Task,
     Update,
@@ -239,7 +240,7 @@ class LocalQueue:
         """The next job (``_in_order``) with up to max_batch compatible companions; or how long to wait for more."""
         first = self._in_order()[0]
         batch = [job for job in self._pending if job.job.batch_key == first.job.batch_key]
-        size = kind_of(first.job.kind).max_batch(self.gpu)  # a clip fills the GPU alone
+        size = kind_of(first.job.kind).max_batch(self.gpu, first.job)  # a clip fills the GPU alone
         batch = batch[:size]
         waited = time.monotonic() - first.submitted
         if len(batch) < size and waited < self.settings.batch_window:
@@ -402,6 +403,8 @@ class LocalQueue:
                 if (job := self._in_flight.pop(job_id, None)) is not None:
                     self._fail(job, event.reason, event.kind)
         else:
+            if isinstance(event, Started):  # the engine begins: a model loaded on its first job is not stuck time
+                self._batch_started = max(self._batch_started, time.monotonic())
             for job in self._jobs(update.ids):
                 job.handle.push(event)
 

@@ -30,7 +30,8 @@ MODEL_SUFFIXES = (".safetensors", ".onnx", ".ckpt", ".pt", ".pth", ".bin", ".csv
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 # What to fetch of a Hugging Face repo for each role (never the repo's pickled or duplicate single-file weights).
-DIFFUSERS_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors",
+# README.md: the model card, whose licence ``[models] commercial`` holds the model to (pipeline/core/licences.py).
+DIFFUSERS_FILES = ["model_index.json", "README.md", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors",
                    "*/model.safetensors", "*/model-*.safetensors", "*/*.safetensors.index.json"]
 CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt"]
 VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
@@ -38,6 +39,8 @@ TAGGER_FILES = ["model.onnx", "selected_tags.csv"]
 LORA_FILES = ["*.safetensors"]
 # An image-to-video pipeline: its transformers come in shards, and its T5 tokenizer may need spiece.model.
 VIDEO_FILES = [*DIFFUSERS_FILES, "*/diffusion_pytorch_model-*.safetensors", "*/*.model"]
+# An edit model (FLUX.2 klein: a sharded Qwen3 text encoder, a byte-level BPE tokenizer): the same files.
+EDIT_FILES = VIDEO_FILES
 _FILES_FOR_KEY = {"pipeline.base_model": DIFFUSERS_FILES, "pipeline.base_config": CONFIG_FILES,
                   "pipeline.vae": VAE_FILES, "tagger.model": TAGGER_FILES, "animate.model": VIDEO_FILES}
 
@@ -50,6 +53,8 @@ def allow_patterns(key: str) -> list[str] | None:
     """The files of a Hugging Face repo that the model at this config key needs."""
     if key.startswith("styles.") and key.endswith(".lora"):
         return LORA_FILES
+    if key.startswith("styles.") and key.endswith(".edit.model"):
+        return EDIT_FILES
     return _FILES_FOR_KEY.get(key)
 
 
@@ -165,6 +170,30 @@ def resolve(
     return _from_url(ref, key, cache, how_to, store.limits)
 
 
+def on_disk(spec: ModelSpec, key: str, store: ModelStore) -> bool:
+    """Whether the model is on this machine already (a local path that exists, a Hub repo in the cache, a URL's
+    checked file), without touching the network; a Civitai version counts as absent (its cache is keyed by what the
+    API says)."""
+    ref = parse(spec)
+    if ref.kind == "local":
+        return Path(os.path.expanduser(ref.value)).exists()
+    if ref.kind == "url":
+        return _url_path(ref, store.cache_dir).is_file()
+    if ref.kind != "repo":
+        return False
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if ref.filename and Path(ref.filename).suffix:
+            return Path(hf_hub_download(ref.value, ref.filename, cache_dir=store.cache_dir / "hub",
+                                        local_files_only=True)).is_file()
+        folder = Path(snapshot_download(ref.value, cache_dir=store.cache_dir / "hub", local_files_only=True,
+                                        allow_patterns=allow_patterns(key)))
+    except Exception:  # huggingface_hub's "not in the cache" errors, and unreadable caches
+        return False
+    return (folder / "model_index.json").is_file() or any(folder.glob("*.safetensors"))
+
+
 def _from_hub(ref: ModelRef, key: str, cache: Path, allow_patterns: list[str] | None, how_to: str) -> Path:
     from huggingface_hub import constants, hf_hub_download, snapshot_download
 
@@ -251,11 +280,8 @@ def _from_url(ref: ModelRef, key: str, cache: Path, how_to: str, limits: Downloa
     import requests
     from filelock import FileLock
 
-    folder = cache / "urls"
-    # The file name carries the digest so that two different files with one name never collide in the cache.
-    suffix = Path(ref.filename).suffix.lower()
-    fallback = "model" + (suffix if suffix in MODEL_SUFFIXES else "")
-    path = folder / f"{ref.sha256[:12]}-{safe_file_name(ref.filename, fallback)}"
+    path = _url_path(ref, cache)
+    folder = path.parent
     if path.is_file():  # only a file whose sha256 matched is ever moved to this name
         return path
     part = path.with_name(f"{path.name}.part")
@@ -280,6 +306,13 @@ def _from_url(ref: ModelRef, key: str, cache: Path, how_to: str, limits: Downloa
     except OSError as err:  # a read-only cache, a file in the way (write failures are worded inside)
         raise ModelError(f"{key}: cannot write {ref.value} into {folder} ({err.strerror or err}); set "
                          "pipeline.cache_dir to a writable folder.") from None
+
+
+def _url_path(ref: ModelRef, cache: Path) -> Path:
+    """Where a URL's checked file is kept: the name carries the digest, so two files of one name never collide."""
+    suffix = Path(ref.filename).suffix.lower()
+    fallback = "model" + (suffix if suffix in MODEL_SUFFIXES else "")
+    return cache / "urls" / f"{ref.sha256[:12]}-{safe_file_name(ref.filename, fallback)}"
 
 
 def describe_ref(ref: ModelRef) -> str:

@@ -7,6 +7,7 @@ so this module imports nothing heavier than pydantic.
 from __future__ import annotations
 
 import re
+import string
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -193,8 +194,45 @@ CLAY_NEGATIVE_PROMPT = ("photo, photorealistic, realistic, blurry, lowres, jpeg 
 CLAY_CLASHING_TAGS = ("realistic", "photorealistic", "photo (medium)", "photo background", "blurry", "film grain")
 
 
+# The edit engine's instruction (engine = "edit"): the style comes from these words alone (no clay LoRA exists for
+# FLUX.2 klein). {tags}: the photo's tags; {words}: what the person added (/clay likeness as a knight), or nothing.
+EDIT_INSTRUCTION = ("Turn this photo into a claymation stop-motion scene: every person, animal and object sculpted "
+                    "from smooth plasticine with visible fingerprints and soft studio lighting, like a frame of a "
+                    "clay animation film. Keep the person's face, expression, pose, hair and clothes, and the "
+                    "layout of the scene. The scene: {tags}. {words}")
+EDIT_FIELDS = frozenset({"tags", "words"})
+
+
+class EditSettings(Settings):
+    """The instruction-following edit model of a style with ``engine = "edit"`` (pipeline/gpu/edit.py): FLUX.2
+    [klein] 4B by default, given the photo as its reference and the instruction, in a few distilled steps."""
+
+    model: ModelSpec = "black-forest-labs/FLUX.2-klein-4B"
+    instruction: Annotated[str, Field(min_length=1, max_length=4000)] = EDIT_INSTRUCTION
+    steps: Annotated[int, Field(ge=1, le=50)] = 4
+    # klein 4B is step-distilled: guidance is ignored (diffusers warns above 1); an undistilled model uses it
+    guidance_scale: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0
+    megapixels: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0  # the picture's size: 1.0 ≈ 1024×1024
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
+    max_sequence_length: Annotated[int, Field(ge=16, le=512)] = 512  # instruction tokens the text encoder reads
+    enable_model_cpu_offload: bool = False  # each part on the GPU only while it runs: fits beside SDXL, slower
+
+    @field_validator("instruction")
+    @classmethod
+    def _known_fields(cls, instruction: str) -> str:
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(instruction) if name is not None}
+        except ValueError as err:
+            raise ValueError(f"is not a template claybot can fill ({err}); write {{{{ and }}}} for braces") from None
+        unknown = sorted(fields - EDIT_FIELDS)
+        if unknown:
+            raise ValueError(f"names {{{unknown[0]}}}, which claybot does not fill (it fills {{tags}} and {{words}})")
+        return instruction
+
+
 class StyleSettings(Settings):
     """One style: a LoRA, its trigger words and weight, and how it treats the photo's tags (clay's by default)."""
+
 
     lora: ModelSpec = ""
     lora_scale: Annotated[float, Field(ge=0.0, le=4.0)] = 1.0
@@ -206,6 +244,10 @@ class StyleSettings(Settings):
     before_after: bool = False
     speed: str = DEFAULT_SPEED  # a [speed.*] preset, or "default": pipeline.steps, guidance_scale and scheduler
     engine: str = "sdxl"  # the picture engine that makes its pictures (pipeline/core/kind.py register_engine)
+    edit: EditSettings = Field(default_factory=EditSettings)  # engine = "edit" only
+    # true: offered; false: not; "auto": offered once its model is on this machine (an edit style's model, fetched
+    # by `claybot models` or named as a local folder)
+    enabled: bool | Literal["auto"] = True
     structure: StructureGuide = Field(default_factory=StructureGuide)
     identity: IdentityGuide = Field(default_factory=IdentityGuide)
     animate: StyleAnimate = Field(default_factory=StyleAnimate)
@@ -298,6 +340,14 @@ class QueueSettings(Settings):
     worker_kinds: list[str] = Field(default_factory=list)
 
 
+class ModelsSettings(Settings):
+    """What the operator may use models for."""
+
+    # true: this claybot charges (credits) or is run commercially: a model whose card states a non-commercial licence
+    # stops start-up, one whose licence is unknown is warned about (pipeline/core/licences.py)
+    commercial: bool = False
+
+
 class GpuSettings(Settings):
     """Everything the pipeline worker needs, and nothing of the chat side."""
 
@@ -306,6 +356,7 @@ class GpuSettings(Settings):
     styles: dict[str, StyleSettings] = Field(default_factory=lambda: {"clay": StyleSettings()})
     speed: dict[str, SpeedSettings] = Field(default_factory=dict)
     animate: AnimateSettings = Field(default_factory=AnimateSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
 
     @model_validator(mode="after")
     def _default_style_exists(self) -> GpuSettings:
@@ -329,6 +380,13 @@ class GpuSettings(Settings):
             if style.speed not in self.speed_names():
                 raise ValueError(f"styles.{name}.speed = {style.speed!r} names no speed preset "
                                  f"(have: {', '.join(self.speed_names())})")
+            if style.engine == "edit":  # an instruction engine: no SDXL LoRA, guide or speed preset acts on it
+                sdxl_only = [key for key, on in (("lora", bool(style.lora)), ("structure", style.structure.enabled),
+                                                 ("identity", style.identity.enabled),
+                                                 ("speed", style.speed != DEFAULT_SPEED)) if on]
+                if sdxl_only:
+                    raise ValueError(f"styles.{name}.{sdxl_only[0]}: the edit engine (engine = \"edit\") makes the "
+                                     "picture from its instruction alone; take it out, or use engine = \"sdxl\"")
         adapters = {(s.identity.adapter, s.identity.image_encoder) for s in self.styles.values() if s.identity.enabled}
         if len(adapters) > 1:
             raise ValueError("styles.*.identity: every style with an identity guide must name the same adapter and "

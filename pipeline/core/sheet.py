@@ -24,9 +24,11 @@ def cell_box(cell: tuple[int, int], column: int, row: int) -> tuple[int, int, in
 
 
 def contact_sheet(original: Image.Image, results: dict[tuple, Image.Image], strengths: list[float],
-                  weights: list[float], presets: list[str] | None = None, *, row_name: str = "weight") -> Image.Image:
+                  weights: list[float], presets: list[str] | None = None, *, row_name: str = "weight",
+                  column_name: str = "strength") -> Image.Image:
     """The original top left, then each result at (strength, row value), each labelled underneath; the rows are
-    trigger weights, or a guide's scales (``row_name``).
+    trigger weights, or a guide's scales (``row_name``; "": one unlabelled row); the columns strengths, or seeds
+    (``column_name``) for an engine without a strength.
 
     With ``presets``, one row per (row value, preset) and results keyed (strength, row value, preset)."""
     rows = [(w, p) for w in weights for p in presets] if presets else [(w, None) for w in weights]
@@ -45,5 +47,6 @@ def contact_sheet(original: Image.Image, results: dict[tuple, Image.Image], stre
             left, top, _, _ = cell_box(cell, column, row)
             key = (strength, weight) if preset is None else (strength, weight, preset)
             sheet.paste(results[key], (left, top))
-            label(f"strength {strength:g} · {row_name} {weight:g}" + (f" · {preset}" if preset else ""), left, top)
+            text = f"{column_name} {strength:g}" + (f" · {row_name} {weight:g}" if row_name else "")
+            label(text + (f" · {preset}" if preset else ""), left, top)
     return sheet

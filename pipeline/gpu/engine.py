@@ -15,17 +15,27 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.core import licences, models
 from pipeline.core.errors import ModelError
-from pipeline.core.jobs import ErrorKind, Failed, Job, Message, Task, Update
+from pipeline.core.guide_specs import model_specs
+from pipeline.core.images import encode_png
+from pipeline.core.jobs import Done, ErrorKind, Failed, Job, Message, Task, Update
 from pipeline.core.kinds import ENGINES
+from pipeline.core.safety import OUTPUT_REFUSED, over_limit
 from pipeline.core.settings import GpuSettings
 
 logger = logging.getLogger(__name__)
 
 Send = Callable[[Message], None]
 TAG_REASON = "I could not look at that picture; please try another one."
+INTERNAL_REASON = "Something went wrong while making your clay picture; please try again."
+OOM_REASON = "The GPU ran out of memory on this photo; please try a smaller one."
+ENCODE_REASON = "Your clay picture was made but could not be saved; please try again."
+# A made picture's answer, given its PNG and the seconds its check and encoding took ({"check": …, "encode": …}).
+MakeDone = Callable[[bytes, dict[str, float]], Done]
 
 
 class LinkDown(Exception):
@@ -100,6 +110,98 @@ def load_engines(names: Iterable[str], settings: GpuSettings, tagger: Any) -> di
         engines[name] = engine_class(settings, tagger)
         logger.info("engine %s loaded in %.1f s", name, time.perf_counter() - started)
     return engines
+
+
+def engine_of_key(key: str) -> str | None:
+    """The engine that loads the model at a config key (None: the worker's own tagger)."""
+    if key == "tagger.model":
+        return None
+    if key == "animate.model":
+        return "animate"
+    return "edit" if key.startswith("styles.") and key.endswith(".edit.model") else "sdxl"
+
+
+def check_models(settings: GpuSettings, engines: set[str], device: Any) -> None:
+    """Before anything loads: hold the models these engines will load to ``[models] commercial`` (ModelError, one
+    line naming the key, for a non-commercial licence; a warning for an unknown one), and log their GPU memory (the
+    weights on disk), saying clearly when the card cannot hold them all."""
+    store = models.ModelStore.of(settings.pipeline)
+    memory: dict[str, float] = {}
+    unknown: set[str] = set()
+    for key, spec in model_specs(settings).items():
+        engine = engine_of_key(key)
+        if engine is not None and engine not in engines:
+            continue
+        if settings.models.commercial:
+            path = models.resolve(spec, key, store, allow_patterns=models.allow_patterns(key))
+            warning = licences.check(key, models.describe(spec), path, commercial=True)
+            if warning:
+                logger.warning("%s", warning)
+        elif not models.on_disk(spec, key, store):
+            unknown.add(engine or "tagger")
+            continue
+        else:
+            path = models.resolve(spec, key, store, allow_patterns=models.allow_patterns(key))
+        name = engine or "tagger"
+        memory[name] = memory.get(name, 0.0) + weights_gb(path)
+    line = " + ".join(f"{name} ≈ {gb:.1f} GB" for name, gb in sorted(memory.items()))
+    if unknown:
+        line += f" (not fetched yet: {', '.join(sorted(unknown))})"
+    total = sum(memory.values())
+    card = _card_gb(device)
+    if card is None:
+        logger.info("model weights: %s; on %s", line or "none on disk yet", getattr(device, "type", device))
+    elif total > 0.9 * card:
+        logger.warning("model weights: %s = %.1f GB, but the GPU holds %.1f GB: it cannot hold them all. An edit "
+                       "model loads on its first job and will run out of memory; set its enable_model_cpu_offload "
+                       "= true, or serve its style from a worker on another GPU", line, total, card)
+    else:
+        logger.info("model weights: %s = %.1f GB of the GPU's %.1f GB (activations need more on top)", line,
+                    total, card)
+
+
+def _card_gb(device: Any) -> float | None:
+    """The GPU's memory in GB (None on the CPU)."""
+    import torch
+
+    if getattr(device, "type", device) != "cuda" or not torch.cuda.is_available():
+        return None
+    return float(torch.cuda.get_device_properties(device).total_memory) / 1e9
+
+
+def weights_gb(path: Path) -> float:
+    """Gigabytes of weights at a path (a file, or a folder's .safetensors and .onnx files, read through the Hub
+    cache's links): about what they take on a GPU in the precision they were saved in."""
+    files = [path] if path.is_file() else [*path.rglob("*.safetensors"), *path.rglob("*.onnx")]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 1e9
+
+
+def deliver(run: Run, made: list[tuple[DecodedJob, Any, MakeDone]]) -> None:
+    """Answer made pictures: each held to its chat's rating limit (an engine can add what the photo did not have;
+    a picture that cannot be checked is not sent), encoded as PNG and sent. ``made``: (job, PIL image, its Done)."""
+    started = time.perf_counter()
+    checked = [job.job.max_rating is not None for job, _, _ in made]
+    to_check = [(image, job.id) for (job, image, _), check in zip(made, checked, strict=True) if check]
+    output_tags = iter(run.tag([image for image, _ in to_check], [i for _, i in to_check]) if to_check else [])
+    check_s = (time.perf_counter() - started) / max(1, len(made))
+    for (job, image, done), check in zip(made, checked, strict=True):
+        max_rating = job.job.max_rating
+        job_tags = next(output_tags) if check else None
+        if check and job_tags is None:
+            run.fail(job.id, TAG_REASON, ErrorKind.INTERNAL)
+            continue
+        if job_tags is not None and over_limit(job_tags.ratings, max_rating):  # not None: checked
+            logger.info("job %s: the result was over the chat's rating limit %s; not sent", job.id, max_rating)
+            run.fail(job.id, OUTPUT_REFUSED, ErrorKind.NOT_ALLOWED)
+            continue
+        started = time.perf_counter()
+        try:
+            png = encode_png(image)
+        except Exception:
+            logger.exception("job %s: the result could not be encoded", job.id)
+            run.fail(job.id, ENCODE_REASON, ErrorKind.INTERNAL)
+            continue
+        run.send(Update((job.id,), done(png, {"check": check_s, "encode": time.perf_counter() - started})))
 
 
 def tag_images(tagger: Any, images: list, ids: list[str]) -> list:

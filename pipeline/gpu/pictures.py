@@ -12,33 +12,34 @@ import logging
 import time
 from typing import Any
 
-from pipeline.core.images import encode_png
 from pipeline.core.jobs import Done, ErrorKind, Progress, Started, Update
 from pipeline.core.kinds import PictureSpec
-from pipeline.core.safety import OUTPUT_REFUSED, over_limit
 from pipeline.core.settings import GpuSettings
 from pipeline.gpu.engine import (
-    TAG_REASON,
+    INTERNAL_REASON,
+    OOM_REASON,
     DecodedJob,
     JobTimeout,
     LinkDown,
+    MakeDone,
     Run,
+    deliver,
     free_gpu_memory,
     is_out_of_memory,
 )
-from pipeline.gpu.stylizer import Photo, Stylizer
+from pipeline.gpu.stylizer import Photo, Stylized, Stylizer
 
 logger = logging.getLogger(__name__)
-
-INTERNAL_REASON = "Something went wrong while making your clay picture; please try again."
-OOM_REASON = "The GPU ran out of memory on this photo; please try a smaller one."
-ENCODE_REASON = "Your clay picture was made but could not be saved; please try again."
 
 
 class PictureEngine:
     """SDXL img2img with the styles' LoRAs (``engine = "sdxl"``)."""
 
     def __init__(self, settings: GpuSettings, tagger: Any, *, stylizer: Stylizer | None = None) -> None:
+        # only the styles this engine makes: another engine's style must not stop the one LoRA being fused
+        mine = {name: style for name, style in settings.styles.items() if style.engine == "sdxl"}
+        if len(mine) != len(settings.styles):
+            settings = settings.model_copy(update={"styles": mine})
         self.stylizer = stylizer if stylizer is not None else Stylizer(settings, tagger=tagger)
 
     def warm_up(self) -> None:
@@ -85,35 +86,20 @@ class PictureEngine:
                 self.run([job], run)
             return
 
-        # The result is held to the same rating limit as the photo: img2img can add what the photo did not have.
-        started = time.perf_counter()
-        checked = [job.job.max_rating is not None for job in group]
-        to_check = [(result.image, job.id) for job, result, check in zip(group, results, checked, strict=True)
-                    if check]
-        output_tags = iter(run.tag([image for image, _ in to_check], [i for _, i in to_check]) if to_check else [])
-        check_s = (time.perf_counter() - started) / len(group)
-        for job, result, check in zip(group, results, checked, strict=True):
-            max_rating = job.job.max_rating
-            job_tags = next(output_tags) if check else None
-            if check and job_tags is None:  # a result that cannot be checked is not sent: the chat asked for it
-                run.fail(job.id, TAG_REASON, ErrorKind.INTERNAL)
-                continue
-            if job_tags is not None and over_limit(job_tags.ratings, max_rating):  # not None: checked
-                logger.info("job %s: the result was over the chat's rating limit %s; not sent", job.id, max_rating)
-                run.fail(job.id, OUTPUT_REFUSED, ErrorKind.NOT_ALLOWED)
-                continue
-            started = time.perf_counter()
-            try:
-                png = encode_png(result.image)
-            except Exception:
-                logger.exception("job %s: the result could not be encoded", job.id)
-                run.fail(job.id, ENCODE_REASON, ErrorKind.INTERNAL)
-                continue
-            timings = {**job.timings, **result.timings, "check": check_s, "encode": time.perf_counter() - started}
-            run.send(Update((job.id,), Done(
+        def done(job: DecodedJob, result: Stylized) -> MakeDone:
+            return lambda png, extra: Done(
                 image=png, width=result.image.width, height=result.image.height, tags=result.tags,
                 prompt=result.prompt, seed=result.seed, style=first.style, strength=spec.strength,
-                ratings=result.ratings, timings=timings, speed=spec.speed)))
+                ratings=result.ratings, timings={**job.timings, **result.timings, **extra}, speed=spec.speed,
+                words=_words(job))
+
+        deliver(run, [(job, result.image, done(job, result)) for job, result in zip(group, results, strict=True)])
+
+
+def _words(job: DecodedJob) -> str:
+    spec = job.job.spec
+    assert isinstance(spec, PictureSpec)
+    return spec.words
 
 
 def _photo(job: DecodedJob) -> Photo:

@@ -47,10 +47,14 @@ def format_weight(weight: float) -> str:
     return f"{weight:g}"
 
 
-def build_prompt(style: StyleSettings, tags: list[str], *, trigger_weight: float | None = None) -> str:
-    """``(trigger words:weight), tag, tag, …`` in A1111 syntax (the weight omitted when it is 1)."""
+def build_prompt(style: StyleSettings, tags: list[str], *, trigger_weight: float | None = None,
+                 words: str = "") -> str:
+    """``(trigger words:weight), tag, tag, …, words`` in A1111 syntax (the weight omitted when it is 1); the
+    person's ``words`` come last, escaped: they add to the picture and can never re-weight the style."""
     weight = style.trigger_weight if trigger_weight is None else trigger_weight
     parts = [escape(tag) for tag in tags]
+    if words.strip():
+        parts.append(escape(words.strip()))
     trigger = style.trigger_words.strip()
     if trigger:
         parts.insert(0, f"({escape(trigger)}:{format_weight(weight)})" if weight != 1 else escape(trigger))

@@ -156,7 +156,7 @@ class RedisWorker:
             return []
         first, *others = sorted(jobs, key=lambda job: kind_of(job.job.kind).rank)
         jobs = [first]
-        most = kind_of(first.job.kind).max_batch(self.gpu)  # a clip fills the GPU alone
+        most = kind_of(first.job.kind).max_batch(self.gpu, first.job)  # a clip fills the GPU alone
         deadline = time.monotonic() + self.settings.batch_window
         while len(jobs) < most:
             behind = self._undelivered(first.stream, most - len(jobs))
@@ -274,7 +274,7 @@ class RedisWorker:
                 continue
             by_id[entry.id] = entry
             group = filling.get(entry.key)
-            if group is None or len(group) >= kind_of(entry.job.kind).max_batch(self.gpu):
+            if group is None or len(group) >= kind_of(entry.job.kind).max_batch(self.gpu, entry.job):
                 group = filling[entry.key] = []
                 groups.append(group)
             group.append(Task(entry.id, dataclasses.replace(entry.job, image=image)))

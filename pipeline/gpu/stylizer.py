@@ -56,6 +56,7 @@ class Photo:
     trigger_weight: float | None = None  # None: the style's; operators' sweeps vary it
     structure_scale: float | None = None  # None: the style's structure guide scale; sweeps vary it
     identity_scale: float | None = None  # None: the style's identity guide scale; sweeps vary it
+    words: str = ""  # the person's own words, after the trigger and the tags
 
 
 @dataclass
@@ -276,7 +277,7 @@ class Stylizer:
         """Throw-away runs, so the first user does not pay for lazy initialisation (or, compiled, for compiling:
         then every resolution bucket is run once, at every batch size up to max_batch)."""
         p = self.settings.pipeline
-        style = p.default_style
+        style = p.default_style if p.default_style in self.settings.styles else next(iter(self.settings.styles))
         if p.compile and p.resolution_buckets:
             shapes = [p.work_size(w, h) for w, h in SDXL_BUCKETS]
             batch_sizes = list(range(1, p.max_batch + 1))
@@ -334,7 +335,7 @@ class Stylizer:
         # 3. prompt (the plan's adapters set once: they act on the text encoders and the UNet alike)
         started = time.perf_counter()
         tag_lists = [prompt_tags(t, settings.tagger, style_settings) for t in tags]
-        prompts = [build_prompt(style_settings, tl, trigger_weight=photo.trigger_weight)
+        prompts = [build_prompt(style_settings, tl, trigger_weight=photo.trigger_weight, words=photo.words)
                    for tl, photo in zip(tag_lists, photos, strict=True)]
         conditioning: Conditioning | None = None
         if plan.steps:

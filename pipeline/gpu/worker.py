@@ -28,6 +28,7 @@ from pipeline.gpu.engine import (
     LinkDown,
     Run,
     Send,
+    check_models,
     gpu_memory_mb,
     load_engines,
     tag_images,
@@ -62,10 +63,11 @@ def open_workshop(settings: GpuSettings, kinds: Iterable[JobKind]) -> Workshop:
 
     device = pick_device(settings.pipeline.device)
     dtype = pick_dtype(settings.pipeline.dtype, device)
-    tagger = load_tagger(settings, device)
     names: set[str] = set()
     for kind in kinds:
         names |= kind.engines(settings)
+    check_models(settings, names, device)  # licences and memory, before anything loads
+    tagger = load_tagger(settings, device)
     return Workshop(settings, tagger, load_engines(names, settings, tagger), str(device),
                     str(dtype).removeprefix("torch."))
 

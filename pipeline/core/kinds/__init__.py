@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.core.errors import ClaybotError
 from pipeline.core.kind import (
+    ENGINE_OPTIONS,
     ENGINES,
     KINDS,
     JobKind,
@@ -18,6 +19,7 @@ from pipeline.core.kind import (
     Spec,
     UnknownKind,
     by_rank,
+    engine_takes,
     kind_of,
     load_plugins,
     register,
@@ -28,9 +30,9 @@ from pipeline.core.kinds.picture import PictureKind, PictureSpec
 
 DEFAULT_KIND = PictureKind.name  # what a request is when it names no kind: a picture of the photo
 
-__all__ = ["DEFAULT_KIND", "ENGINES", "KINDS", "ClipKind", "ClipSpec", "JobKind", "KindLimits", "PictureKind",
-           "PictureSpec", "Spec", "UnknownKind", "by_rank", "flat_job", "flat_job_kinds", "kind_of", "load_plugins",
-           "register", "register_engine", "worker_kinds"]
+__all__ = ["DEFAULT_KIND", "ENGINE_OPTIONS", "ENGINES", "KINDS", "ClipKind", "ClipSpec", "JobKind", "KindLimits",
+           "PictureKind", "PictureSpec", "Spec", "UnknownKind", "by_rank", "engine_takes", "flat_job",
+           "flat_job_kinds", "kind_of", "load_plugins", "register", "register_engine", "worker_kinds"]
 
 
 def flat_job(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""The picture: a photo made clay by a picture engine (SDXL img2img with the style's LoRA, by default).
+"""The picture: a photo made clay by a picture engine: SDXL img2img with the style's LoRA (``engine = "sdxl"``, the
+default) or an instruction-following edit model (``engine = "edit"``, FLUX.2 [klein]).
 
-Its options: the strength (img2img's denoise), the speed preset, the trigger weight and the two guides' scales;
-intake settles each from the style when the request leaves it out. Pictures run first, up to
-``pipeline.max_batch`` sharing one call.
+Its options: the strength (img2img's denoise), the speed preset, the trigger weight and the two guides' scales (SDXL
+only), and the person's own words (both engines); intake settles each from the style when the request leaves it
+out, and refuses one the style's engine does not act on. Pictures run first, up to the engine's batch size sharing
+one call (``pipeline.max_batch`` for SDXL; one for the edit engine, which reads its photo as a reference).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any, ClassVar
 
 from pipeline.core.errors import BadRequest
 from pipeline.core.jobs import MAX_GUIDE_SCALE, MAX_WEIGHT, check_strength
-from pipeline.core.kind import PNG, JobKind, Spec, register, register_engine
+from pipeline.core.kind import PNG, JobKind, Spec, engine_takes, register, register_engine
+from pipeline.core.words import clean_words
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,12 @@ class PictureSpec(Spec):
     trigger_weight: float  # the style's, unless an operator's sweep varies it
     structure_scale: float  # the style's structure guide scale (unused when it has none)
     identity_scale: float  # the style's identity guide scale (unused when it has none)
+    words: str = ""  # the person's own words ("as a knight"), checked by pipeline.core.words
 
     def __post_init__(self) -> None:
         check_strength(self.strength)
+        if self.words != clean_words(self.words):
+            raise BadRequest("words must be tidy, printable text of at most 200 characters.")
         if not 0.0 <= self.trigger_weight <= MAX_WEIGHT:
             raise BadRequest(f"trigger_weight must be from 0 to {MAX_WEIGHT:g}, not {self.trigger_weight:g}.")
         for name in ("structure_scale", "identity_scale"):
@@ -52,13 +58,18 @@ class PictureKind(JobKind):
     no_worker_reason = ("No picture maker is running right now, so I can't make your picture; "
                         "please send it again later.")
     flat_fields = ("strength", "speed", "trigger_weight", "structure_scale", "identity_scale")
-    OPTIONS = frozenset({"strength", "speed", "trigger_weight", "structure_scale", "identity_scale"})
+    OPTIONS = frozenset({"strength", "speed", "trigger_weight", "structure_scale", "identity_scale", "words"})
 
     def settle(self, gpu: Any, style: str, options: Mapping[str, Any]) -> PictureSpec:
         unknown = sorted(set(options) - self.OPTIONS)
         if unknown:
             raise BadRequest(f"A picture has no option {unknown[0][:40]!r}.")
         settings = gpu.styles[style]
+        ignored = sorted(name for name, value in options.items()
+                         if value is not None and not engine_takes(settings.engine, name))
+        if ignored:  # e.g. a strength for a style whose engine keeps the photo by instruction, not by denoise
+            raise BadRequest(f"The {style} style works by instruction and has no {ignored[0].replace('_', ' ')}: "
+                             f"leave it out (/clay {style} as a knight).")
 
         def given(name: str, default: Any) -> Any:
             value = options.get(name)
@@ -71,7 +82,8 @@ class PictureKind(JobKind):
         return PictureSpec(strength=round(float(given("strength", settings.default_strength)), 4), speed=speed,
                            trigger_weight=float(given("trigger_weight", settings.trigger_weight)),
                            structure_scale=float(given("structure_scale", settings.structure.scale)),
-                           identity_scale=float(given("identity_scale", settings.identity.scale)))
+                           identity_scale=float(given("identity_scale", settings.identity.scale)),
+                           words=clean_words(given("words", "")))
 
     def unrunnable(self, spec: Spec, gpu: Any) -> str | None:
         assert isinstance(spec, PictureSpec)
@@ -83,8 +95,11 @@ class PictureKind(JobKind):
         spec, (width, height) = job.spec, job.work_size
         return f"{self.name}|{job.style}|{spec.strength:g}|{width}x{height}|{spec.speed}"
 
-    def max_batch(self, gpu: Any) -> int:
-        return int(gpu.pipeline.max_batch)
+    def max_batch(self, gpu: Any, job: Any = None) -> int:
+        # SDXL img2img batches; an edit call reads its photo as a reference image, and every reference goes to every
+        # prompt of a call: one job per call there
+        style = gpu.styles.get(job.style) if job is not None else None
+        return int(gpu.pipeline.max_batch) if style is None or style.engine == "sdxl" else 1
 
     def engine_for(self, job: Any, gpu: Any) -> str:
         return str(gpu.styles[job.style].engine)
@@ -94,4 +109,6 @@ class PictureKind(JobKind):
 
 
 register(PictureKind())
-register_engine("sdxl", "pipeline.gpu.pictures:PictureEngine")
+register_engine("sdxl", "pipeline.gpu.pictures:PictureEngine", options=PictureKind.OPTIONS)
+# FLUX.2 [klein] by instruction: it keeps the photo by design, so no strength, speed preset, trigger or guide acts on it
+register_engine("edit", "pipeline.gpu.edit:EditEngine", options={"words"})

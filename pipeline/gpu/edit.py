@@ -1,0 +1,231 @@
+"""The edit engine (``engine = "edit"``): a photo made clay by instruction with FLUX.2 [klein] (Flux2KleinPipeline).
+
+An edit model is given the photo as its reference image and an instruction ("Turn this photo into a claymation
+stop-motion scene … keep the person's face, pose and clothes. The scene: {tags}. {words}") and keeps the layout and
+the identity by design: no denoise to trade the clay look against the likeness, no LoRA, no guide. klein 4B is
+step-distilled (4 steps, guidance ignored) and Apache-2.0.
+
+It lives in the worker beside the SDXL engine: its model is resolved (fetched) and its licence checked when the
+worker starts, but loaded only when its first job comes (most workers serve clay pictures all day), and the worker
+logs both engines' memory before anything loads (``memory_line``). One job per call: every reference image of a
+call goes to every prompt of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from pipeline.core import models
+from pipeline.core.errors import ModelError
+from pipeline.core.images import output_size
+from pipeline.core.jobs import Done, ErrorKind, Progress, Started, Update
+from pipeline.core.kinds import PictureSpec
+from pipeline.core.models import EDIT_FILES
+from pipeline.core.settings import EditSettings, GpuSettings
+from pipeline.gpu.engine import (
+    INTERNAL_REASON,
+    OOM_REASON,
+    DecodedJob,
+    JobTimeout,
+    LinkDown,
+    Run,
+    deliver,
+    free_gpu_memory,
+    is_out_of_memory,
+    weights_gb,
+)
+from pipeline.gpu.prompt import prompt_tags
+from pipeline.gpu.stylizer import pick_device, pick_dtype
+
+logger = logging.getLogger(__name__)
+
+LOAD_REASON = ("The {style} style's model could not be loaded on this worker's GPU; please try another style, and "
+               "tell the operator if it keeps happening.")
+MULTIPLE = 16  # the pipeline's sides are multiples of the VAE's factor × its 2×2 patches (8 × 2 for klein)
+
+
+@dataclass(frozen=True)
+class EditModel:
+    """One edit model a style names, resolved on disk (loaded later, on its first job)."""
+
+    key: str  # its config key, "styles.<name>.edit.model"
+    folder: Path
+    settings: EditSettings
+
+
+def text_layers(num_hidden_layers: int, count: int) -> tuple[int, ...]:
+    """The text encoder's hidden states the transformer reads, evenly spaced: (9, 18, 27) of Qwen3-4B's 36 layers
+    (the pipeline's default), and the same spacing for a smaller encoder."""
+    return tuple(num_hidden_layers * i // (count + 1) for i in range(1, count + 1))
+
+
+def instruction(template: str, tags: list[str], words: str) -> str:
+    """The style's instruction with the photo's tags and the person's words filled in (spaces tidied where one is
+    empty)."""
+    text = template.format(tags=", ".join(tags) or "a photo", words=words)
+    return " ".join(text.split())
+
+
+def edit_size(width: int, height: int, megapixels: float) -> tuple[int, int]:
+    """The photo's aspect ratio at about ``megapixels``, sides in multiples of 16."""
+    scale = (megapixels * 1e6 / (width * height)) ** 0.5
+    return (max(MULTIPLE, round(width * scale / MULTIPLE) * MULTIPLE),
+            max(MULTIPLE, round(height * scale / MULTIPLE) * MULTIPLE))
+
+
+class EditEngine:
+    """FLUX.2 [klein] edits for the styles that say ``engine = "edit"``; each model loaded on its first job."""
+
+    def __init__(self, settings: GpuSettings, tagger: Any, *, built: Mapping[str, Any] | None = None) -> None:
+        """Resolve (fetch) each edit style's model; load none. ``built``: style → a pipeline already in memory
+        (benchmarks' random-weight full-size models), used as loaded."""
+        self.settings = settings
+        self.tagger = tagger  # the worker's (tags and rates; the engine reads the tags the worker gives each job)
+        self.device = pick_device(settings.pipeline.device)
+        store = models.ModelStore.of(settings.pipeline)
+        self.models: dict[str, EditModel] = {}
+        self._pipes: dict[tuple[Path, str], Any] = {}  # (folder, dtype) → its loaded pipeline
+        for name, style in settings.styles.items():
+            if style.engine != "edit":
+                continue
+            key = f"styles.{name}.edit.model"
+            if built is not None and name in built:
+                folder = Path(f"<built:{name}>")
+                self.models[name] = EditModel(key, folder, style.edit)
+                self._pipes[(folder, str(self._dtype(self.models[name])))] = built[name]
+                continue
+            folder = models.resolve(style.edit.model, key, store, allow_patterns=EDIT_FILES)
+            if not (folder / "model_index.json").is_file():
+                raise ModelError(f"{key}: {models.describe(style.edit.model)} is not a diffusers folder "
+                                 "(no model_index.json): name the model's Hugging Face repo or a local copy of it")
+            self.models[name] = EditModel(key, folder, style.edit)
+
+    def _dtype(self, model: EditModel) -> torch.dtype:
+        return pick_dtype(model.settings.dtype, self.device, key=f"{model.key.removesuffix('.model')}.dtype",
+                          cuda=torch.bfloat16)
+
+    def memory_gb(self) -> float:
+        """Its models' weights, about what they take on the GPU once loaded."""
+        return sum(weights_gb(folder) for folder in {model.folder for model in self.models.values()}
+                   if folder.exists())
+
+    def warm_up(self) -> None:
+        """Nothing: the model loads on its first job (a warm-up would load it at start)."""
+
+    def run(self, group: list[DecodedJob], run: Run) -> None:
+        for job in group:  # one per call (PictureKind.max_batch); a group of more still runs, one by one
+            self._make(job, run)
+
+    def _make(self, job: DecodedJob, run: Run) -> None:
+        style = job.job.style
+        spec = job.job.spec
+        assert isinstance(spec, PictureSpec)
+        model = self.models[style]
+        try:
+            pipe = self._pipe(model)
+        except Exception as err:
+            logger.exception("%s: loading %s failed", model.key, model.folder)
+            if is_out_of_memory(err):
+                free_gpu_memory()
+                logger.error("%s: the GPU cannot hold this edit model beside the models already loaded (%s); set "
+                             "%s.enable_model_cpu_offload = true, or serve it from a worker on another GPU",
+                             model.key, memory_line({"edit": self.memory_gb()}), model.key.removesuffix(".model"))
+            run.fail(job.id, LOAD_REASON.format(style=style), ErrorKind.INTERNAL)
+            return
+        run.send(Update((job.id,), Started(1)))
+        deadline = max(run.deadline, time.monotonic() + run.timeout)  # loading the model is not the job's time
+        steps = model.settings.steps
+
+        def on_step(_pipe: Any, step: int, _timestep: Any, tensors: dict) -> dict:
+            run.send(Update((job.id,), Progress(step + 1, steps)))
+            if time.monotonic() > deadline:
+                raise JobTimeout
+            return tensors
+
+        tags = prompt_tags(job.tags, self.settings.tagger, self.settings.styles[style]) if job.tags else []
+        text = instruction(model.settings.instruction, tags, spec.words)
+        photo_width, photo_height = job.image.size
+        width, height = edit_size(photo_width, photo_height, model.settings.megapixels)
+        reference = job.image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        _warn_if_cut(pipe, text, model, job.id)
+        encoder, transformer = pipe.text_encoder.config, pipe.transformer.config
+        layers = text_layers(encoder.num_hidden_layers, transformer.joint_attention_dim // encoder.hidden_size)
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                image = pipe(image=reference, prompt=text, width=width, height=height, num_inference_steps=steps,
+                             guidance_scale=model.settings.guidance_scale,
+                             generator=torch.Generator(device="cpu").manual_seed(job.job.seed),
+                             max_sequence_length=model.settings.max_sequence_length, text_encoder_out_layers=layers,
+                             callback_on_step_end=on_step).images[0]
+        except LinkDown:  # a progress message could not be sent: the connection is gone, no photo's fault
+            raise
+        except JobTimeout:
+            run.fail(job.id, f"This took longer than the {run.limit_text()} limit and was stopped; please try again "
+                     "later.", ErrorKind.TIMEOUT)
+            return
+        except Exception as err:
+            if is_out_of_memory(err):
+                free_gpu_memory()
+                logger.warning("job %s ran out of GPU memory", job.id)
+                run.fail(job.id, OOM_REASON, ErrorKind.TOO_LARGE)
+            else:
+                logger.exception("job %s failed", job.id)
+                run.fail(job.id, INTERNAL_REASON, ErrorKind.INTERNAL)
+            return
+        timings = {**job.timings, "denoise": time.perf_counter() - started}
+        size = output_size(photo_width, photo_height, model.settings.megapixels)
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        ratings = dict(job.tags.ratings) if job.tags else {}
+        deliver(run, [(job, image, lambda png, extra: Done(
+            image=png, width=image.width, height=image.height, tags=tags, prompt=text, seed=job.job.seed,
+            style=style, strength=0.0, ratings=ratings, timings={**timings, **extra}, words=spec.words))])
+
+    def _pipe(self, model: EditModel) -> Any:
+        """The model's pipeline, loaded on first use (ModelError naming the key when it cannot load)."""
+        dtype = self._dtype(model)
+        loaded = self._pipes.get((model.folder, str(dtype)))
+        if loaded is not None:
+            return loaded
+        from diffusers import Flux2KleinPipeline
+
+        started = time.perf_counter()
+        try:
+            pipe = Flux2KleinPipeline.from_pretrained(model.folder, dtype=dtype, use_safetensors=True)
+        except Exception as err:
+            raise ModelError(f"{model.key}: cannot load {model.folder} as a FLUX.2 [klein] edit model ({err})"
+                             ) from None
+        if model.settings.enable_model_cpu_offload and self.device.type == "cuda":
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        logger.info("%s: loaded %s in %.1f s (on its first job)", model.key, model.folder,
+                    time.perf_counter() - started)
+        self._pipes[(model.folder, str(dtype))] = pipe
+        return pipe
+
+
+def _warn_if_cut(pipe: Any, text: str, model: EditModel, job_id: str) -> None:
+    """Log when the instruction is longer than the text encoder reads (its end, the person's words, would be lost)."""
+    chat = pipe.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                              add_generation_prompt=True, enable_thinking=False)
+    tokens = len(pipe.tokenizer(chat)["input_ids"])
+    if tokens > model.settings.max_sequence_length:
+        logger.warning("job %s: the instruction is %d tokens, and %s.max_sequence_length = %d: its end is cut; "
+                       "shorten the instruction or raise the bound (up to 512)", job_id, tokens,
+                       model.key.removesuffix(".model"), model.settings.max_sequence_length)
+
+
+def memory_line(engines: dict[str, float]) -> str:
+    """"sdxl ≈ 6.9 GB + edit ≈ 15.6 GB = 22.5 GB" from each engine's weights in GB."""
+    parts = " + ".join(f"{name} ≈ {gb:.1f} GB" for name, gb in engines.items())
+    return parts if len(engines) < 2 else f"{parts} = {sum(engines.values()):.1f} GB"
