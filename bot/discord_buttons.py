@@ -28,10 +28,11 @@ BUTTONS = {  # action: (label, emoji, style)
 }
 ANIMATE = ("Animate", "\N{CLAPPER BOARD}", discord.ButtonStyle.success)  # a clip of this picture ([animate])
 TOGGLE = {"Fast": "\N{HIGH VOLTAGE SIGN}", "Best": "\N{DIRECT HIT}"}  # the "speed" button: same picture, other preset
+SWITCH_EMOJI = "\N{ARTIST PALETTE}"  # the "style" button: the same photo and words in the next style
 # ``clay:action:requester:style:strength:seed``, then ``:speed``, then ``:author``. The speed part is read loosely
 # here and checked against the config when pressed, so a preset the config no longer has gets an answer that says
 # so instead of a silent "interaction failed".
-CUSTOM_ID = (r"clay:(?P<action>again|stronger|weaker|delete|speed|animate):(?P<requester>\d+):(?P<style>[\w.-]*)"
+CUSTOM_ID = (r"clay:(?P<action>again|stronger|weaker|delete|speed|animate|style):(?P<requester>\d+):(?P<style>[\w.-]*)"
              r":(?P<strength>\d*\.?\d+):(?P<seed>\d+)(?::(?P<speed>[^:]*)(?::(?P<author>\d+))?)?")
 
 
@@ -75,6 +76,8 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID
         if action == "speed":  # Fast / Best: the state holds the preset it switches to
             label = toggle_label(state.speed or "default")
             emoji, style = TOGGLE[label], discord.ButtonStyle.secondary
+        elif action == "style":  # 🎨: the state holds the style it switches to
+            label, emoji, style = (state.style or "default").capitalize(), SWITCH_EMOJI, discord.ButtonStyle.secondary
         else:
             label, emoji, style = ANIMATE if action == "animate" else BUTTONS[action]
         super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=state.custom_id(action)))
@@ -112,17 +115,22 @@ def answered_by(presses: ResultPresses) -> type[ResultButton]:
 
 
 class ResultView(discord.ui.View):
-    """Again · Stronger · Weaker · Delete, Fast / Best (``toggle``: the other preset) when the config has presets,
+    """Again · Stronger · Weaker (not for a picture without a strength) · Delete, Fast / Best (``toggle``: the
+    other preset) when the config has presets, 🎨 the next style (``switch``) when it has several,
     and 🎬 Animate when clips are on (``animate``); only Delete once the photo is gone (``reruns`` False), and on a
     clip. Persistent (no timeout)."""
 
     def __init__(self, state: ResultState, toggle: str | None = None, *, reruns: bool = True,
-                 animate: bool = False) -> None:
+                 animate: bool = False, switch: str | None = None) -> None:
         super().__init__(timeout=None)
-        for action in BUTTONS if reruns else ("delete",):
+        # a picture without a strength (the edit engine's): Stronger and Weaker would mean nothing
+        actions = [a for a in BUTTONS if state.strength or a not in ("stronger", "weaker")] if reruns else ["delete"]
+        for action in actions:
             self.add_item(ResultButton(action, state))
         if toggle is not None and reruns:
             self.add_item(ResultButton("speed", dataclasses.replace(state, speed=toggle)))
+        if switch is not None and reruns:
+            self.add_item(ResultButton("style", dataclasses.replace(state, style=switch)))
         if animate and reruns:
             self.add_item(ResultButton("animate", state))
         # Shown, never listened to: a view discord.py listens to would register its items' class for their custom

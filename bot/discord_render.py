@@ -14,7 +14,7 @@ from bot.config import Config
 from bot.discord_buttons import ResultState, ResultView
 from bot.discord_photos import SOURCE_NAME, PhotoMessage, fit_upload, source_copy
 from bot.flow import shorten
-from bot.options import UserError, speed_toggle
+from bot.options import WORDS_FIELD, UserError, speed_toggle, style_switch, words_in, words_line
 from pipeline.core.jobs import MP4, Done
 
 CLAY_COLOUR = discord.Colour(0xB86B3C)
@@ -81,10 +81,13 @@ async def build_result(config: Config, done: Done, source: bytes | None, request
     embed = discord.Embed(title="Your clay picture", colour=CLAY_COLOUR, url=photo.link if photo else None,
                           description=shorten(", ".join(done.tags), 300) if done.tags else "no tags")
     embed.add_field(name="Style", value=done.style)
-    embed.add_field(name="Strength", value=f"{done.strength:g}")
+    if done.strength:  # an edit engine's picture has none
+        embed.add_field(name="Strength", value=f"{done.strength:g}")
     embed.add_field(name="Seed", value=str(done.seed))
     if done.speed != "default":
         embed.add_field(name="Speed", value=done.speed)
+    if done.words:  # Again reads them back from here
+        embed.add_field(name=WORDS_FIELD, value=words_line(done.words), inline=False)
     embed.set_image(url=f"attachment://{name}")
     files = [discord.File(io.BytesIO(image), filename=name)]
     if copy is not None:
@@ -94,8 +97,16 @@ async def build_result(config: Config, done: Done, source: bytes | None, request
         embed.set_footer(text=f"for {requester.name}")
     author = photo.author_id if photo is not None and photo.author_id != requester.id else None
     view = ResultView(ResultState(requester.id, done.style, done.strength, done.seed, done.speed, author),
-                      toggle=speed_toggle(done.speed, config.speed_names()), animate=config.animate.enabled)
+                      toggle=speed_toggle(done.speed, config.speed_names()) if done.strength else None,
+                      animate=config.animate.enabled, switch=style_switch(done.style, list(config.styles)))
     return ResultMessage(embed, files, view)
+
+
+def words_of(result: discord.Message | None) -> str | None:
+    """The person's own words a result was made with (its embed's field), for Again; None when it has none."""
+    embed = result.embeds[0] if result is not None and result.embeds else None
+    field = next((f for f in embed.fields if f.name == WORDS_FIELD), None) if embed is not None else None
+    return words_in(f"\n{field.value}") if field is not None else None
 
 
 def photo_of(result: discord.Message, state: ResultState) -> PhotoMessage | None:

@@ -23,7 +23,7 @@ from bot.config import Config, PackSettings
 from bot.credits import Credits, OutOfCredits
 from bot.journal import NOT_COUNTED, Duplicate, Entry, Journal, RateLimited, Then
 from bot.observability import Metrics, job_context
-from bot.options import UserError
+from bot.options import UserError, words_line
 from bot.pacing import StatusLine, StatusPacer, edit_intervals
 from bot.running import CLOSE_GRACE, RunningRequests  # noqa: F401  (the front ends import them from here)
 from bot.store import ClaybotDatabase
@@ -137,13 +137,16 @@ def shorten(text: str, limit: int) -> str:
 
 
 def caption(done: Done, *, tag_chars: int = 200) -> str:
-    """What the result says about itself: style, strength, seed and the tags used (shortened); a clip: its style,
-    seed and tags (its strength is its picture's business)."""
+    """What the result says about itself: style, strength (where its engine has one), seed, the person's own words
+    (``words_line``, on a line of their own) and the tags used (shortened); a clip: its style, seed and tags (its
+    strength is its picture's business)."""
     tags = shorten(", ".join(done.tags), tag_chars) if done.tags else "no tags"
     if done.media == MP4:
         return f"🎬 {done.style} · seed {done.seed}\n{tags}"
     speed = "" if done.speed == "default" else f" · {done.speed}"
-    return f"{done.style} · strength {done.strength:g} · seed {done.seed}{speed}\n{tags}"
+    strength = f" · strength {done.strength:g}" if done.strength else ""  # an edit engine's picture has none
+    words = f"\n{words_line(done.words)}" if done.words else ""
+    return f"{done.style}{strength} · seed {done.seed}{speed}{words}\n{tags}"
 
 
 class RequestFlow:

@@ -1,18 +1,22 @@
-"""What people may ask for in a request, and its one reading: strength and speed words, and the result buttons'
-rules (again, stronger, weaker, the Fast/Best toggle). Both front ends parse with these; the flow and intake settle
-the rest."""
+"""What people may ask for in a request, and its one reading: a style, strength and speed words and their own
+words, and the result buttons' rules (again, stronger, weaker, the Fast/Best toggle). Both front ends parse with
+these; the flow and intake settle the rest."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core import jobs
 from pipeline.core.errors import ClaybotError
 from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH, BadRequest
+from pipeline.core.words import clean_words
 
 STRENGTH_STEP = 0.1
-USAGE = "Usage: /clay [strength 0.05–1], sent with a photo or as a reply to one. Example: /clay 0.6"
+USAGE = ("Usage: /clay [strength 0.05–1] [your own words], sent with a photo or as a reply to one. "
+         "Example: /clay 0.6 as a knight in armour")
 
 
 class UserError(ClaybotError):
@@ -65,6 +69,15 @@ def speed_toggle(speed: str, speeds: list[str]) -> str | None:
     return speeds[1] if speed == speeds[0] else speeds[0]
 
 
+def style_switch(style: str, styles: Sequence[str]) -> str | None:
+    """The style a result's 🎨 button remakes the photo in: the next of the config's styles after the picture's
+    (cyclic); None with a single style (no such button)."""
+    names = list(styles)
+    if len(names) < 2:
+        return None
+    return names[(names.index(style) + 1) % len(names)] if style in names else names[0]
+
+
 def toggle_label(speed: str) -> str:
     """The Fast/Best button's words for the preset it switches to."""
     return "Best" if speed == "default" else "Fast"
@@ -79,31 +92,44 @@ def button_speed(speed: str | None, speeds: list[str]) -> str | None:
     return speed
 
 
-def parse_options(text: str | None, speeds: list[str]) -> tuple[float | None, str | None]:
-    """``"0.6 fast"``, ``"fast"``, ``"0.6"`` → (strength, speed preset); a word that names no preset → UserError.
+@dataclass(frozen=True)
+class Request:
+    """What a caption or command's words ask for: ``/clay [style] [strength] [speed] [your own words…]``."""
 
-    ``speeds``: the config's presets ("default" among them; "best" is another name for it)."""
-    words = (text or "").split()
-    # Preset names start with a letter (the config checks); anything else is read, and refused, as a strength.
-    named = [word.lower() for word in words if word[:1].isalpha()]
-    speed = None
-    for word in named:
+    style: str | None  # a style named first ("/clay likeness as a knight"); None: the command's own
+    options: dict[str, Any]  # the picture's options: strength, speed, words (None or "": the style's)
+
+
+def read_request(text: str | None, speeds: list[str], styles: Sequence[str] = ()) -> Request:
+    """``"likeness as a knight"``, ``"0.6 fast in a snowy street"``, ``"0.6"`` → a Request. The options come first,
+    in any order (a style only first): a number is the strength, a [speed.*] name the preset ("best": the default);
+    whatever follows is the person's own words (bounded: ``pipeline.core.words``). A number that is not a strength
+    → UserError with the usage; so are words too long or not plain text.
+
+    The text comes from strangers (a hostile client may send a caption of a megabyte): a strength is never parsed
+    beyond ``MAX_STRENGTH_CHARS`` and words never beyond a few hundred characters."""
+    tokens = (text or "").split()
+    style = tokens.pop(0).lower() if tokens and tokens[0].lower() in styles else None
+    strength_text: str | None = None
+    speed: str | None = None
+    while tokens:
+        token = tokens[0]
+        word = token.lower()
         word = "default" if word == "best" and "best" not in speeds else word
-        if word not in speeds or speed is not None:
-            if len(speeds) == 1:  # no presets configured: the words can only have been meant as a strength
-                parse_strength(text)
-            raise UserError(f"I could not read {word[:20]!r}: give a strength and at most one speed "
-                            f"({', '.join(speeds)}). {USAGE} {speeds[-1].capitalize()}: /clay 0.6 {speeds[-1]}")
-        speed = word
-    rest = " ".join(word for word in words if not word[:1].isalpha())
-    return parse_strength(rest), speed
-
-
-def picture_words(text: str | None, speeds: list[str]) -> dict[str, Any]:
-    """A picture's options as a caption or command's words ask for them (``"0.6 fast"``): what Telegram's /clay
-    hands the flow, as the kind's options (pipeline/core/kinds/picture.py settles the rest)."""
-    strength, speed = parse_options(text, speeds)
-    return {"strength": strength, "speed": speed}
+        if speed is None and len(speeds) > 1 and word in speeds:
+            speed = word
+        elif strength_text is None and (token[:1] in "0123456789.," or token[:1] in "+-" and token[1:2].isdigit()):
+            if len(tokens) > 1 and tokens[1] == "%":  # "60 %"
+                token += tokens.pop(1)
+            strength_text = token
+        else:
+            break
+        tokens.pop(0)
+    try:
+        words = clean_words(" ".join(tokens))
+    except BadRequest as err:
+        raise UserError(f"{err} {USAGE}") from None
+    return Request(style, {"strength": parse_strength(strength_text), "speed": speed, "words": words or None})
 
 
 def check_strength(value: float) -> float:
@@ -122,3 +148,23 @@ def stronger(strength: float) -> float:
 def weaker(strength: float) -> float:
     """The "weaker" button's strength."""
     return round(max(MIN_STRENGTH, strength - STRENGTH_STEP), 2)
+
+
+WORDS_FIELD = "Your words"  # a Discord result's embed field that carries them
+
+
+def words_line(words: str) -> str:
+    """A result's line that shows the person's own words (and from which Again reads them back): “as a knight”."""
+    return f"“{words}”"
+
+
+def words_in(caption: str | None) -> str | None:
+    """The words a result's caption shows (``words_line``, its second line); None when it shows none."""
+    lines = (caption or "").split("\n")
+    line = lines[1] if len(lines) > 1 else ""
+    if len(line) >= 2 and line.startswith("“") and line.endswith("”"):
+        try:
+            return clean_words(line[1:-1]) or None
+        except BadRequest:  # not a line of ours after all
+            return None
+    return None

@@ -13,6 +13,7 @@ from discord.ext import commands
 
 from bot.discord_photos import DiscordImage, find_photo
 from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH
+from pipeline.core.words import MAX_WORDS
 
 if TYPE_CHECKING:
     from bot.discord_client import ClayBot
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 Strength = app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH]
 Seed = app_commands.Range[int, 0, MAX_SEED]
+Words = app_commands.Range[str, 1, MAX_WORDS]  # Discord's client holds people to it; intake checks again
 MAX_CHOICES = 25  # Discord's limit on an option's choices (and on autocomplete suggestions)
 
 DESCRIPTIONS = {
@@ -29,6 +31,7 @@ DESCRIPTIONS = {
     "seed": "Makes the result reproducible; default: random",
     "style": "The look to give it",
     "speed": "fast: a few-step preset, seconds instead of a minute; default: the full-quality run",
+    "words": "Your own words to add, e.g. as a knight in armour, in a snowy street",
 }
 
 
@@ -47,10 +50,10 @@ class Clay(commands.Cog):
         self.bot.tree.remove_command(self.clay_it_menu.name, type=self.clay_it_menu.type)
 
     async def clay(self, interaction: discord.Interaction, image: discord.Attachment, *, strength: float | None,
-                   seed: int | None, style: str | None, speed: str | None = None) -> None:
-        """/clay image:<attachment> [strength] [seed] [style] [speed]."""
+                   seed: int | None, style: str | None, speed: str | None = None, words: str | None = None) -> None:
+        """/clay image:<attachment> [strength] [seed] [style] [speed] [words]."""
         await self.bot.serve(interaction, DiscordImage.from_attachment(image), seed=seed, style=style,
-                             options={"strength": strength, "speed": speed})
+                             options={"strength": strength, "speed": speed, "words": words or None})
 
     async def clay_it(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The context menu on a message: its first image, at the server's default strength."""
@@ -67,8 +70,9 @@ def clay_command(cog: Clay, styles: list[str], speeds: Sequence[str] = ("default
     offered = [name for name in names if name not in hidden]
 
     async def clay(interaction: discord.Interaction, image: discord.Attachment, strength: Strength | None = None,
-                   seed: Seed | None = None, style: str | None = None, speed: str | None = None) -> None:
-        await cog.clay(interaction, image, strength=strength, seed=seed, style=style, speed=speed)
+                   seed: Seed | None = None, style: str | None = None, speed: str | None = None,
+                   words: Words | None = None) -> None:
+        await cog.clay(interaction, image, strength=strength, seed=seed, style=style, speed=speed, words=words)
 
     # discord.py reads the options from the callback's signature: the one callback shows only the offered ones
     signature = inspect.signature(clay)

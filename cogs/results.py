@@ -20,7 +20,7 @@ from discord.ext import commands
 
 from bot.discord_buttons import UNKNOWN_BUTTON, ResultState, UnknownButton, answered_by, state_of
 from bot.discord_photos import SOURCE_NAME, DiscordImage, PhotoMessage, find_photo, picture_of
-from bot.discord_render import PHOTO_GONE, photo_of, without_reruns
+from bot.discord_render import PHOTO_GONE, photo_of, without_reruns, words_of
 from bot.discord_reply import RESULT_EVENT
 from bot.options import UserError, button_speed, variant
 from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH
@@ -78,7 +78,8 @@ class Results(commands.Cog):
                     message: discord.Message | None = None) -> None:
         """Delete the result, make a new picture from the same photo, or a clip of the picture (``message``: the
         result, when it is not the interaction's own, as for a context menu)."""
-        if not (MIN_STRENGTH <= state.strength <= MAX_STRENGTH and state.seed <= MAX_SEED):
+        strength_ok = state.strength == 0 or MIN_STRENGTH <= state.strength <= MAX_STRENGTH  # 0: an edit picture
+        if not (strength_ok and state.seed <= MAX_SEED):
             raise UserError(UNKNOWN_BUTTON)  # a custom id of the right shape that no result of ours carries
         if action == "delete":  # who may: ResultButton.interaction_check
             await interaction.response.defer()  # for a button, the original response is the button's message
@@ -106,9 +107,17 @@ class Results(commands.Cog):
             await self.bot.serve(interaction, DiscordImage.from_attachment(source, photo), seed=state.seed,
                                  style=state.style or None, kind="clip")
             return
-        strength, seed = variant(action, state.strength, state.seed)
+        if action == "style":  # the same photo and words in the style the button names, at its own defaults
+            strength, seed, speed = None, None, None
+        elif state.strength:
+            strength, seed = variant(action, state.strength, state.seed)
+        elif action == "again":  # a picture its engine made without a strength or presets: only a new seed
+            strength, seed, speed = None, None, None
+        else:
+            raise UserError(UNKNOWN_BUTTON)
         await self.bot.serve(interaction, DiscordImage.from_attachment(source, photo), seed=seed,
-                             style=state.style or None, options={"strength": strength, "speed": speed})
+                             style=state.style or None,
+                             options={"strength": strength, "speed": speed, "words": words_of(message)})
 
     async def _deleted(self, photo: PhotoMessage) -> bool:
         """Whether the photo's message is gone: known from its deletion, else asked of Discord (the deletion may

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import logging
+from pathlib import Path
 
 import discord
 import pytest
@@ -55,13 +56,19 @@ async def fake():
     await fake.close()
 
 
-@pytest.fixture(scope="module")
-def config(tiny_config, fake, tmp_path_factory):
-    discord_settings = tiny_config.discord.model_copy(update={
+def on_fake(config, fake: FakeDiscord, data_dir: Path, **changes):
+    """``config`` pointed at the fake Discord (reactions on, quick start and status edits), its data in
+    ``data_dir``; ``changes``: other sections replaced whole."""
+    discord_settings = config.discord.model_copy(update={
         "api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "guild_ready_timeout": 0.05,
         "message_content_intent": True, "status_edit_interval": 0.1})
-    bot_settings = tiny_config.bot.model_copy(update={"data_dir": str(tmp_path_factory.mktemp("discord-data"))})
-    return tiny_config.model_copy(update={"discord": discord_settings, "bot": bot_settings})
+    bot_settings = config.bot.model_copy(update={"data_dir": str(data_dir)})
+    return config.model_copy(update={"discord": discord_settings, "bot": bot_settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def config(tiny_config, fake, tmp_path_factory):
+    return on_fake(tiny_config, fake, tmp_path_factory.mktemp("discord-data"))
 
 
 @contextlib.asynccontextmanager
@@ -751,8 +758,8 @@ async def test_clay_offers_a_style_choice_only_when_there_are_several_styles():
     tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
     one = clay_command(None, ["clay"]).to_dict(tree)
     several = clay_command(None, ["clay", "plasticine"]).to_dict(tree)
-    assert [o["name"] for o in one["options"]] == ["image", "strength", "seed"]
-    style = several["options"][-1]
+    assert [o["name"] for o in one["options"]] == ["image", "strength", "seed", "words"]
+    style = several["options"][-2]
     assert style["name"] == "style" and [c["value"] for c in style["choices"]] == ["clay", "plasticine"]
     strength = one["options"][1]
     assert (strength["min_value"], strength["max_value"]) == (0.05, 1.0)  # Discord refuses the rest itself
@@ -763,7 +770,7 @@ async def test_clay_suggests_style_names_as_typed_when_there_are_more_than_disco
     tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
     styles = [f"clay-{n:02}" for n in range(30)] + ["plasticine"]  # Discord lists 25 choices at most
     many = clay_command(None, styles, ["default", "fast"]).to_dict(tree)
-    style, speed = many["options"][-2:]
+    style, speed = many["options"][-3:-1]
     assert style["name"] == "style" and style["autocomplete"] and "choices" not in style
     assert [c["value"] for c in speed["choices"]] == ["default", "fast"]  # few: still a choice Discord checks
     assert [c.value for c in await suggest(styles)(None, "PLAST")] == ["plasticine"]

@@ -24,7 +24,18 @@ from pipeline.gpu.tiny_video import write_tiny_video_models
 from tests import test_discord
 from tests.conftest import with_pipeline
 from tests.fake_discord import EPHEMERAL, Call, FakeDiscord, FakeInteraction
-from tests.test_discord import BUTTONS, JOB, PHOTO, clay, fields, labels, result_of, rewrite_button, running_front_end
+from tests.test_discord import (
+    BUTTONS,
+    JOB,
+    PHOTO,
+    clay,
+    fields,
+    labels,
+    on_fake,
+    result_of,
+    rewrite_button,
+    running_front_end,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -51,12 +62,7 @@ def config(tiny_config, fake, tmp_path_factory):
         "megapixels": 0.0123, "timeout": 300.0, "max_seconds": 16.0})
     limits = tiny_config.limits.model_copy(update={"clip_user_per_hour": 1, "chat_per_minute": 0,
                                                    "chat_per_hour": 0, "clip_chat_per_hour": 0})
-    discord_settings = tiny_config.discord.model_copy(update={
-        "api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "guild_ready_timeout": 0.05,
-        "message_content_intent": True, "status_edit_interval": 0.1})
-    bot_settings = tiny_config.bot.model_copy(update={"data_dir": str(tmp_path_factory.mktemp("animate-data"))})
-    return tiny_config.model_copy(update={"discord": discord_settings, "bot": bot_settings, "animate": animate,
-                                          "limits": limits})
+    return on_fake(tiny_config, fake, tmp_path_factory.mktemp("animate-data"), animate=animate, limits=limits)
 
 
 @pytest.fixture(scope="module")

@@ -99,12 +99,13 @@ def test_any_strength_text_is_a_valid_strength_or_a_usage_message(text):
 @example("c2|clay|inf||")
 @example("c2|clay|-0.5|-3|")
 @example("c2|clay|0.5|7|fast")  # a valid one, so the checks below run
+@example("c2|likeness|||")  # an edit picture's Again: no strength, a new seed
 def test_button_data_is_a_valid_request_or_refused(data):
     try:
         style, strength, seed, speed = parse_button(data)
     except ValueError:
         return
-    assert MIN_STRENGTH <= strength <= MAX_STRENGTH
+    assert strength is None or MIN_STRENGTH <= strength <= MAX_STRENGTH  # None: an edit picture's (no strength)
     assert seed is None or 0 <= seed <= MAX_SEED
     assert style is None or style == style.strip() and "|" not in style
     assert speed is None or speed.isascii() and "|" not in speed and len(speed) <= 32

@@ -392,40 +392,53 @@ def test_discord_clay_offers_a_speed_choice_only_when_there_are_presets():
     plain = clay_command(None, ["clay"]).to_dict(tree)
     fast = clay_command(None, ["clay"], ["default", "fast"]).to_dict(tree)
     both = clay_command(None, ["clay", "plasticine"], ["default", "fast"]).to_dict(tree)
-    assert [o["name"] for o in plain["options"]] == ["image", "strength", "seed"]
-    assert [o["name"] for o in fast["options"]] == ["image", "strength", "seed", "speed"]
-    assert [o["name"] for o in both["options"]] == ["image", "strength", "seed", "style", "speed"]
-    assert [c["value"] for c in fast["options"][-1]["choices"]] == ["default", "fast"]
+    assert [o["name"] for o in plain["options"]] == ["image", "strength", "seed", "words"]
+    assert [o["name"] for o in fast["options"]] == ["image", "strength", "seed", "speed", "words"]
+    assert [o["name"] for o in both["options"]] == ["image", "strength", "seed", "style", "speed", "words"]
+    assert [c["value"] for c in fast["options"][-2]["choices"]] == ["default", "fast"]
+    assert fast["options"][-1]["max_length"] == 200  # Discord holds people to the words' bound
     assert all(option["description"] for option in both["options"])
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("", (None, None)), ("0.6", (0.6, None)), ("fast", (None, "fast")), ("0.6 fast", (0.6, "fast")),
-    ("FAST 60%", (0.6, "fast")), ("best", (None, "default")), ("default 0.3", (0.3, "default")),
+    ("", (None, None, None)), ("0.6", (0.6, None, None)), ("fast", (None, "fast", None)),
+    ("0.6 fast", (0.6, "fast", None)), ("FAST 60%", (0.6, "fast", None)), ("60 % fast", (0.6, "fast", None)),
+    ("best", (None, "default", None)), ("default 0.3", (0.3, "default", None)),
+    ("turbo", (None, None, "turbo")), ("fast fast", (None, "fast", "fast")),
+    ("0.6 fast as a knight", (0.6, "fast", "as a knight")), ("fast abc", (None, "fast", "abc")),
+    ("0.6 2 knights,\n  in   armour", (0.6, None, "2 knights, in armour")),
 ])
-def test_telegram_options_read_a_strength_and_a_preset_in_any_order(text, expected):
-    from bot.options import parse_options
+def test_telegram_options_read_a_strength_a_preset_then_the_persons_own_words(text, expected):
+    from bot.options import read_request
 
-    assert parse_options(text, ["default", "fast"]) == expected
+    request = read_request(text, ["default", "fast"])
+    assert (request.options["strength"], request.options["speed"], request.options["words"]) == expected
+    assert request.style is None
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("turbo", r"I could not read 'turbo': give a strength and at most one speed \(default, fast\)\. Usage: "),
-    ("fast fast", "at most one speed"), ("0.6 fast lcm", "at most one speed"),
-    ("fast 7", "Strength must be between"), ("fast abc", "could not read 'abc'"),
+    ("fast 7", "Strength must be between"), ("7 as a knight", "Strength must be between"),
+    ("0.6x as a knight", "could not read '0.6x' as a strength"),
+    ("as a " + "knight " * 40, r"Your words are too long \(284 characters\): at most 200"),
+    ("as a knight\x07", "invisible or control character"), ("as a \u202eknight", "U\\+202E"),
+    ("x" * 100_000, "too long"),
 ])
 def test_telegram_options_refuse_what_they_cannot_read(text, message):
-    from bot.options import UserError, parse_options
+    from bot.options import USAGE, UserError, read_request
 
-    with pytest.raises(UserError, match=message):
-        parse_options(text, ["default", "fast"])
+    with pytest.raises(UserError, match=message) as refused:
+        read_request(text, ["default", "fast"])
+    assert str(refused.value).endswith(USAGE)
 
 
-def test_without_presets_a_word_is_still_read_as_a_bad_strength():
-    from bot.options import UserError, parse_options
+def test_a_style_is_read_only_first_and_without_presets_a_word_is_the_persons_own():
+    from bot.options import read_request
 
-    with pytest.raises(UserError, match="as a strength"):
-        parse_options("fast", ["default"])
+    request = read_request("likeness as a knight", ["default"], ["clay", "likeness"])
+    assert (request.style, request.options["words"]) == ("likeness", "as a knight")
+    request = read_request("as a likeness", ["default"], ["clay", "likeness"])
+    assert (request.style, request.options["words"]) == (None, "as a likeness")
+    assert read_request("fast", ["default"]).options == {"strength": None, "speed": None, "words": "fast"}
 
 
 # -- the benchmarks (figures printed, never timed assertions) ------------------------------------------------------

@@ -369,8 +369,8 @@ async def test_a_file_too_big_for_getfile_gets_a_clear_message_when_its_size_was
     assert not telegram.fake.calls_to("download", "sendPhoto")
 
 
-@pytest.mark.parametrize(("how", "strength"), [("reply", "7"), ("reply", "abc"), ("reply", "-1"),
-                                               ("caption", "abc"), ("caption", "0")])
+@pytest.mark.parametrize(("how", "strength"), [("reply", "7"), ("reply", "1.5.2"), ("reply", "-1"),
+                                               ("caption", "0,6.1 as a knight"), ("caption", "0")])
 async def test_a_bad_strength_gets_the_usage(telegram, how, strength):
     if how == "reply":
         photo = await telegram.fake.send_photo(GROUP, ALICE, LANDSCAPE)
@@ -616,9 +616,10 @@ async def test_a_caption_naming_a_speed_preset_gets_a_picture_made_with_it(teleg
     check_picture(answer, (128, 96), strength=0.6, toggle="🎯 Best")
     assert " · fast\n" in answer.params["caption"]
 
+    # a word that names no preset is the person's own (added to the prompt, shown under the picture)
     asked = await telegram.fake.send_photo(ALICE_CHAT, ALICE, LANDSCAPE, caption="/clay turbo")
-    refused = await telegram.text_for(asked)
-    assert "'turbo'" in refused.params["text"] and "default, fast" in refused.params["text"]
+    answer = await telegram.picture_for(asked)
+    assert answer.params["caption"].split("\n")[1] == "“turbo”" and " · fast" not in answer.params["caption"]
 
 
 # -- speed presets on the buttons -------------------------------------------------------------------------------------

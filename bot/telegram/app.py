@@ -177,7 +177,7 @@ class TelegramFrontEnd:
         else:
             sent = await send_result(bot, int(chat_id), done, text[:CAPTION_LIMIT], speeds=self.config.speed_names(),
                                      reply_to_id=message_id, thread_id=thread_id,
-                                     animate=self.config.animate.enabled)
+                                     animate=self.config.animate.enabled, styles=list(self.config.styles))
             self.requests.remember_result(sent)
         if answer_to.get("status_message_id"):  # the old process's "Queued, #3" line
             with contextlib.suppress(TelegramError):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.options import speed_toggle, toggle_label, variant
+from bot.options import speed_toggle, style_switch, toggle_label, variant
 from pipeline.core.jobs import MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, MP4, Done
 
 BUTTON_PREFIX = "c2"
@@ -30,17 +30,18 @@ MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
 LABELS = {"again": "🎲 Again", "stronger": "💪 Stronger", "weaker": "🪶 Weaker", "Fast": "⚡ Fast", "Best": "🎯 Best"}
 
 
-def button_data(style: str, strength: float, seed: int | None, speed: str | None = None) -> str:
+def button_data(style: str, strength: float | None, seed: int | None, speed: str | None = None) -> str:
     """Callback data that carries the whole request (max 64 bytes): ``c2|style|strength|seed|speed`` (an empty
-    seed: a new one; an empty speed: the style's own preset; an empty style: the default, when the name is too long)."""
-    tail = f"{strength:g}|{'' if seed is None else seed}|{speed or ''}"
+    strength: a style whose engine has none; an empty seed: a new one; an empty speed: the style's own preset; an
+    empty style: the default, when the name is too long). The person's own words are the result's caption's."""
+    tail = f"{'' if strength is None else f'{strength:g}'}|{'' if seed is None else seed}|{speed or ''}"
     data = f"{BUTTON_PREFIX}|{style}|{tail}"
     if len(data.encode()) > MAX_CALLBACK_DATA:  # a very long style name: fall back to the default style
         data = f"{BUTTON_PREFIX}||{tail}"
     return data
 
 
-def parse_button(data: str) -> tuple[str | None, float, int | None, str | None]:
+def parse_button(data: str) -> tuple[str | None, float | None, int | None, str | None]:
     """``button_data``'s (style, strength, seed, speed); ValueError for anything else."""
     if len(data.encode()) > MAX_CALLBACK_DATA:  # Telegram's own limit: anything longer is not ours, and is not parsed
         raise ValueError("callback data too long")
@@ -49,8 +50,8 @@ def parse_button(data: str) -> tuple[str | None, float, int | None, str | None]:
     if prefix != BUTTON_PREFIX or len(fields) != 4:
         raise ValueError(f"unknown button format {prefix[:8]!r}")
     style, strength, seed, speed = fields
-    value = float(strength)
-    if not MIN_STRENGTH <= value <= MAX_STRENGTH:  # NaN fails this too
+    value = float(strength) if strength else None
+    if value is not None and not MIN_STRENGTH <= value <= MAX_STRENGTH:  # NaN fails this too
         raise ValueError(f"strength {strength!r} out of range")
     if seed and not (seed.isascii() and seed.isdigit() and int(seed) <= MAX_SEED):
         raise ValueError(f"seed {seed!r} out of range")
@@ -86,10 +87,13 @@ def parse_animate(data: str) -> tuple[str | None, int] | None:
     return style or None, int(seed)
 
 
-def result_buttons(done: Done, speeds: Sequence[str] = (), *, animate: bool = False) -> InlineKeyboardMarkup | None:
+def result_buttons(done: Done, speeds: Sequence[str] = (), *, animate: bool = False,
+                   styles: Sequence[str] = ()) -> InlineKeyboardMarkup | None:
     """🎲 Again, 💪 Stronger and 🪶 Weaker (the flow's ``variant`` rule), each with the picture's speed preset; and
     ⚡ Fast / 🎯 Best (same seed and strength, the other preset) when the config has presets (``speeds``: the
-    config's speed names, "default" first); with ``animate`` ([animate] enabled), 🎬 Animate on a row of its own.
+    config's speed names, "default" first); only 🎲 Again for a picture without a strength (the edit engine's);
+    🎨 and the next style (``styles``: the config's) when there are several: the same photo and words in it; with
+    ``animate`` ([animate] enabled), 🎬 Animate on a row of its own.
     A clip has no buttons (None)."""
     if done.media == MP4:
         return None
@@ -97,11 +101,17 @@ def result_buttons(done: Done, speeds: Sequence[str] = (), *, animate: bool = Fa
         data = button_data(done.style, *variant(action, done.strength, done.seed), speed)
         return InlineKeyboardButton(LABELS[label], callback_data=data)
 
-    row = [button(action, done.speed, action) for action in ("again", "stronger", "weaker")]
-    other = speed_toggle(done.speed, list(speeds))
-    if other is not None:
-        row.append(button("speed", other, toggle_label(other)))
-    rows = [row]
+    if not done.strength:  # an engine without strength or speed presets (the edit engine): only 🎲 means something
+        rows = [[InlineKeyboardButton(LABELS["again"], callback_data=button_data(done.style, None, None))]]
+    else:
+        row = [button(action, done.speed, action) for action in ("again", "stronger", "weaker")]
+        other = speed_toggle(done.speed, list(speeds))
+        if other is not None:
+            row.append(button("speed", other, toggle_label(other)))
+        rows = [row]
+    switch = style_switch(done.style, styles)
+    if switch is not None:  # a new seed in the other style, at its own strength and speed; the words stay
+        rows[0].append(InlineKeyboardButton(f"🎨 {switch.capitalize()}", callback_data=button_data(switch, None, None)))
     if animate:
         rows.append([InlineKeyboardButton(ANIMATE_LABEL, callback_data=animate_data(done.style, done.seed))])
     return InlineKeyboardMarkup(rows)

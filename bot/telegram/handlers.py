@@ -27,7 +27,7 @@ from bot.chat_settings import ChatSettings, Setting
 from bot.config import Config
 from bot.flow import Ask, RequestFlow, RunningRequests, user_line
 from bot.journal import RateLimited
-from bot.options import USAGE, UserError, button_speed, picture_words
+from bot.options import USAGE, UserError, button_speed, read_request, words_in
 from bot.store import ClaybotDatabase
 from bot.telegram.buttons import parse_animate, parse_button
 from bot.telegram.flood import CHATTER, ReplyGaps, Skipped, paced
@@ -96,22 +96,23 @@ class TelegramRequests:
         match = self.caption_command.match(message.caption or "")
         if match is None or not _for_this_bot(match.group(2), context):
             return
-        options = picture_words(match.group(3), self.config.speed_names())
+        request = read_request(match.group(3), self.config.speed_names(), list(self.config.styles))
         photo = photo_in(message)
         if photo is None:  # a caption on something else (a video, an audio file)
             raise UserError(f"There is no photo here to work on. {USAGE}")
-        self.serve_in_task(context, update, photo, user_id=asker(update), style=match.group(1), how="caption",
-                           options=options)
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=request.style or match.group(1),
+                           how="caption", options=request.options)
 
     async def on_clay_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/clay [strength]`` as a reply to a photo (on its own it answers with the usage)."""
         message = message_of(update)
-        options = picture_words(" ".join(context.args or []), self.config.speed_names())
+        request = read_request(" ".join(context.args or []), self.config.speed_names(), list(self.config.styles))
         photo = photo_in(message.reply_to_message)
         if photo is None:
             raise UserError(USAGE)
-        style = (message.text or "/").split()[0].lstrip("/").split("@")[0].lower()
-        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, how="reply", options=options)
+        style = request.style or (message.text or "/").split()[0].lstrip("/").split("@")[0].lower()
+        self.serve_in_task(context, update, photo, user_id=asker(update), style=style, how="reply",
+                           options=request.options)
 
     async def on_plain_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo without the command, in a private chat: say how to ask."""
@@ -162,9 +163,10 @@ class TelegramRequests:
             await query.answer("I can't find the original photo any more; please send it again.", show_alert=True)
             return
         at_speed = f", {speed}" if speed is not None and speed != "default" else ""
+        words = words_in(query.message.caption if isinstance(query.message, Message) else None)
         self.serve_in_task(context, update, photo, user_id=query.from_user.id, style=style, seed=seed, how="button",
-                           options=picture(strength, speed), query=query,
-                           toast=f"Again, with a new seed{at_speed}." if seed is None
+                           options=picture(strength, speed, words), query=query,
+                           toast=f"Again, with a new seed{at_speed}." if seed is None or strength is None
                            else f"Strength {strength:g}{at_speed}.")
 
     async def on_unknown_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -289,7 +291,8 @@ class TelegramRequests:
                        first=first)
         is_clip = kind == "clip"
         reply = TelegramReply(context.bot, photo, uploading=self.uploading, on_sent=self.remember_result,
-                              speeds=self.config.speed_names(), animate=self.config.animate.enabled, clip=is_clip,
+                              speeds=self.config.speed_names(), styles=list(self.config.styles),
+                              animate=self.config.animate.enabled, clip=is_clip,
                               asker=user_id, gaps=self.gaps, query=query, toast=toast)
         logger.info("telegram %s request (%s) from user %s in chat %s on message %s: style %s, %s", kind, how,
                     user_id, photo.chat_id, photo.message_id, style or "default",
@@ -398,9 +401,9 @@ class TelegramRequests:
             logger.info("%s", err)
 
 
-def picture(strength: float | None = None, speed: str | None = None) -> dict[str, Any]:
-    """A picture's options as the words asked for them (None: the style's)."""
-    return {"strength": strength, "speed": speed}
+def picture(strength: float | None = None, speed: str | None = None, words: str | None = None) -> dict[str, Any]:
+    """A picture's options as a button asks for them (None: the style's)."""
+    return {"strength": strength, "speed": speed, "words": words}
 
 
 def clip(seconds: float | None = None) -> dict[str, Any]:

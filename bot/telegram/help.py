@@ -9,6 +9,8 @@ from telegram import BotCommand
 from bot.config import Config
 from bot.telegram.photos import download_limit
 from pipeline.core.jobs import MAX_STRENGTH, MIN_STRENGTH
+from pipeline.core.kinds import engine_takes
+from pipeline.core.words import MAX_WORDS
 
 COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")  # what Telegram accepts as a command
 SETTINGS_USAGE = "Group admins: /claysettings nsfw on (or off) lets me work on any photo in this chat."
@@ -85,6 +87,11 @@ def help_text(config: Config, bot_username: str | None) -> str:
     if config.speed:
         lines.append(f"• Add a speed: /clay {next(iter(config.speed))} or /clay 0.6 {next(iter(config.speed))} is "
                      f"quicker, /clay best the full-quality run (speeds: {', '.join(config.speed_names())}).")
+    lines.append(f"• Add your own words last: /clay 0.6 as a knight in armour (up to {MAX_WORDS} characters).")
+    edits = [name for name, style in config.styles.items() if not engine_takes(style.engine, "strength")]
+    if edits:
+        lines.append(f"• /clay {edits[0]} as a knight: clay by instruction, keeping the person's face and pose "
+                     f"(no strength to give; 🎲 Again for another take).")
     if settings.reaction_emoji:
         lines.append(f"• In a group, react to a photo with {settings.reaction_emoji} and I answer with its clay "
                      f"version.")

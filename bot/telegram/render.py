@@ -27,14 +27,15 @@ def reply_to(message_id: int | None) -> ReplyParameters | None:
 
 
 async def send_result(bot: Bot, chat_id: int, done: Done, caption: str, *, speeds: Sequence[str],
-                      reply_to_id: int | None, thread_id: int | None, animate: bool = False) -> Message:
+                      reply_to_id: int | None, thread_id: int | None, animate: bool = False,
+                      styles: Sequence[str] = ()) -> Message:
     """The picture, captioned, with its buttons (🎬 Animate too with ``animate``), as a reply to the photo it was made
     from (the buttons find the photo there); sent as a PNG file when Telegram will not take it as a photo. A clip
     goes to ``send_clip``."""
     if done.media == MP4:
         return await send_clip(bot, chat_id, done, caption, reply_to_id=reply_to_id, thread_id=thread_id)
     text, where = caption[:CAPTION_LIMIT], reply_to(reply_to_id)
-    buttons = result_buttons(done, speeds, animate=animate)
+    buttons = result_buttons(done, speeds, animate=animate, styles=styles)
     name = f"clay-{done.seed}.png"
     try:
         return await bot.send_photo(chat_id, done.image, filename=name, caption=text, reply_markup=buttons,

@@ -77,10 +77,12 @@ class TelegramReply:
 
     def __init__(self, bot: Bot, photo: TelegramPhoto, *, uploading: UploadingPhoto,
                  on_sent: Callable[[Message], None] | None = None, speeds: Sequence[str] = (),
-                 animate: bool = False, clip: bool = False, asker: int = 0, gaps: ReplyGaps | None = None,
+                 styles: Sequence[str] = (), animate: bool = False, clip: bool = False, asker: int = 0,
+                 gaps: ReplyGaps | None = None,
                  query: CallbackQuery | None = None, toast: str = "") -> None:
         self.bot, self.photo, self.uploading, self.on_sent = bot, photo, uploading, on_sent
         self.speeds = list(speeds)  # the config's speed presets, for the Fast/Best button
+        self.styles = list(styles)  # the config's styles, for the 🎨 button
         self.animate = animate  # [animate] enabled: a picture gets the 🎬 button
         self.action = ChatAction.UPLOAD_VIDEO if clip else ChatAction.UPLOAD_PHOTO
         self.asker, self.gaps = asker, gaps  # who asked; refusals in a group at most once per person per gap
@@ -127,7 +129,7 @@ class TelegramReply:
         await self.finish()
         sent = await send_result(self.bot, self.photo.chat_id, done, caption, speeds=self.speeds,
                                  reply_to_id=self.photo.message_id, thread_id=self.photo.thread_id,
-                                 animate=self.animate)
+                                 animate=self.animate, styles=self.styles)
         if self.on_sent:
             self.on_sent(sent)
         await self._delete_status()
