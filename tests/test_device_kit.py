@@ -65,23 +65,40 @@ def rehearsal(tmp_path_factory):
 def test_rehearsal_runs_every_step_and_brings_back_what_the_device_tool_can(rehearsal):
     proc, out = rehearsal
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    steps = ["build", "speed", "switches", "compile", "guides"] + (["animate"] if ANIMATE.is_file() else [])
+    steps = ["build", "speed", "switches", "compile", "guides"] + (["animate"] if ANIMATE.is_file() else []) + [
+        "edit"]
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["run.log", "run.json", *(f"{s}.json" for s in steps)])
+    # build's figures go into run.json: a file per other step, run.json and run.log
+    assert files == sorted(["run.log", "run.json", *(f"{s}.json" for s in steps if s != "build")])
     assert len(files) <= 8 and all(p.is_file() for p in out.iterdir())  # the device tool brings back 8 files
     record = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert record["mode"] == "smoke"
     assert {name: s["status"] for name, s in record["steps"].items()} == {s: "ok" for s in steps} | (
         {} if ANIMATE.is_file() else {"animate": "skipped: no benchmarks/animate_speed.py"})
+    assert any(_positive(n) for n in _numbers(record["steps"]["build"]["figures"]))
     host = record["host"]
     assert host["torch"] and host["diffusers"] and host["python"]
     assert "gpu" in host  # None here: no nvidia-smi
     assert 0 < record["estimate_s"] <= 480
     log = (out / "run.log").read_text(encoding="utf-8")
     assert log.index("estimate: at most") < log.index("== build")  # printed before anything runs
-    for step in steps:
+    for step in steps[1:]:
         report = json.loads((out / f"{step}.json").read_text(encoding="utf-8"))
         assert any(_positive(n) for n in _numbers(report)), step
+
+
+def test_rehearsal_edit_step_reports_the_edit_engines_picture_time(rehearsal):
+    # The edit engine's benchmark (benchmarks/edit_speed.py --smoke): claybot's EditEngine on the tiny klein.
+    proc, out = rehearsal
+    report = json.loads((out / "edit.json").read_text(encoding="utf-8"))
+    assert report["mode"] == "smoke" and report["complete"] is True and report["device"]["type"] == "cpu"
+    run = report["runs"]["edit"]
+    assert run["pipeline"] == "Flux2KleinPipeline" and run["steps"] == 4 and run["size"] == [128, 128]
+    for key in ("seconds_per_picture", "s_per_step", "denoise_s", "first_call_s", "build_s"):
+        assert _positive(run[key]), key
+    assert run["peak_gpu_bytes"] is None  # no GPU: said so, not made up
+    assert all(_positive(count) for count in run["params"].values())
+    assert "edit_speed (smoke)" in (out / "run.log").read_text(encoding="utf-8")
 
 
 def test_rehearsal_animate_step_reports_every_figure_of_both_families(rehearsal):
@@ -182,9 +199,10 @@ def test_rehearsal_guides_step_reports_the_cost_per_step_of_each_guide(rehearsal
 
 def test_every_budget_together_fits_eight_minutes(kit, tmp_path):
     plan = kit.steps(tmp_path)
-    assert [s.name for s in plan] == ["build", "speed", "switches", "compile", "guides", "animate"]
+    assert [s.name for s in plan] == ["build", "speed", "switches", "compile", "guides", "animate", "edit"]
     assert kit.INSTALL_BUDGET_S + sum(s.budget_s for s in plan) <= 8 * 60  # animate counted, present or not
-    assert len(plan) + 2 <= 8  # a file per step, run.json and run.log: what the device tool brings back
+    # a file per step not folded into run.json, run.json and run.log: what the device tool brings back
+    assert len([s for s in plan if not s.folded]) + 2 <= 8
     proc = subprocess.run([sys.executable, str(KIT / "kit.py"), "--plan", "--budget", "compile=400"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0

@@ -49,6 +49,7 @@ class Step:
     full: list[str]
     smoke: list[str]
     script: str = ""  # a script that may not exist yet: the step is skipped without it
+    folded: bool = False  # its figures go into run.json, not a file of its own (the device tool brings back 8 files)
 
     @property
     def out(self) -> str:
@@ -62,25 +63,27 @@ def steps(models: Path) -> list[Step]:
     speed = "benchmarks/gpu_speed.py"
     switches = ["--switch", "fuse_qkv", "--switch", "channels_last", "--switch", "resolution_buckets"]
     return [
-        Step("build", 70, "random-weight models: SDXL base, WD14, LoRAs, guides (reused when already built)",
+        Step("build", 60, "random-weight models: SDXL base, WD14, LoRAs, guides (reused when already built)",
              ["benchmarks/device/build_models.py", "--models-dir", str(models)],
-             ["benchmarks/device/build_models.py", "--smoke", "--models-dir", str(models)]),
-        Step("speed", 100, "claybot's baseline and [speed.fast] preset beside a bare diffusers call, batch 1 and 4",
+             ["benchmarks/device/build_models.py", "--smoke", "--models-dir", str(models)], folded=True),
+        Step("speed", 90, "claybot's baseline and [speed.fast] preset beside a bare diffusers call, batch 1 and 4",
              [speed, *full, "--switch", "fast", "--batches", "1,4"],
              [speed, "--smoke", *tiny, "--switch", "fast", "--batches", "1,2", "--repeats", "1"]),
-        Step("switches", 70, "each cheap speed switch alone (fuse_qkv, channels_last, resolution_buckets), batch 1",
+        Step("switches", 60, "each cheap speed switch alone (fuse_qkv, channels_last, resolution_buckets), batch 1",
              [speed, *full, "--no-baseline", "--no-bare", *switches, "--batches", "1"],
              [speed, "--smoke", *tiny, "--no-baseline", "--no-bare", *switches, "--batches", "1", "--repeats", "1"]),
-        Step("compile", 80, "torch.compile (max-autotune), batch 1; its first call holds the compiling",
+        Step("compile", 70, "torch.compile (max-autotune), batch 1; its first call holds the compiling",
              [speed, *full, "--no-baseline", "--no-bare", "--switch", "compile", "--batches", "1"],
              # the CPU rehearsal traces the whole graphs as claybot asks, without inductor's minutes of compiling
              [speed, "--smoke", *tiny, "--no-baseline", "--no-bare", "--switch", "compile", "--compile",
               "--compile-backend", "eager", "--batches", "1", "--repeats", "1"]),
-        Step("guides", 70, "each guide's cost per denoising step and per call, full size",
+        Step("guides", 60, "each guide's cost per denoising step and per call, full size",
              ["benchmarks/guides_cost.py", *full, "--steps", "4,12", "--repeats", "2"],
              ["benchmarks/guides_cost.py", "--smoke", *tiny, "--steps", "2,4", "--repeats", "1"]),
         Step("animate", 50, "the clay animation benchmark", ["benchmarks/animate_speed.py"],
              ["benchmarks/animate_speed.py", "--smoke"], script="benchmarks/animate_speed.py"),
+        Step("edit", 50, "the edit engine: FLUX.2 [klein] 4B at 1024², 4 steps, beside speed.json's SDXL figures",
+             ["benchmarks/edit_speed.py", "--full"], ["benchmarks/edit_speed.py", "--smoke"]),
     ]
 
 
@@ -215,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                 partial.unlink(missing_ok=True)
             status = "ok" if rc == 0 else "timed out" if rc is None else f"failed (exit {rc})"
             entry.update(status=status, seconds=round(seconds, 1), wrote=(out / step.out).is_file())
+            if step.folded and (out / step.out).is_file():
+                entry["figures"] = json.loads((out / step.out).read_text(encoding="utf-8"))
+                entry["json"] = "run.json"
+                (out / step.out).unlink()
             failed += status != "ok"
             print(f"== {step.name}: {status} in {seconds:.1f} s", flush=True)
             _save(out / "run.json", record)
