@@ -469,7 +469,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     fetch_or_fail(config)  # before torch: a model that cannot be fetched is reported in seconds
     from pipeline.gpu.stylizer import Stylizer
 
-    Stylizer(config.gpu())
+    gpu = config.gpu()
+    Stylizer(gpu)
+    if any(style.engine == "edit" for style in gpu.styles.values()):  # a worker loads these on their first job
+        from pipeline.gpu.edit import EditEngine
+
+        EditEngine(gpu, None).load_all()
     print("every model loads")
     return 0
 

@@ -274,3 +274,21 @@ def test_help_tells_of_the_words_and_the_edit_style(config):
     assert "/clay 0.6 as a knight in armour" in text and f"up to {MAX_WORDS} characters" in text
     assert "/clay likeness as a knight: clay by instruction" in text
     assert "styles.likeness.edit.model" in config.model_specs()  # `claybot models` fetches it once it is on
+
+
+def test_an_edit_model_that_cannot_load_is_named_by_its_key_when_checked_and_fails_only_its_job(config, engine,
+                                                                                              tmp_path):
+    import shutil
+
+    from pipeline.core.jobs import ErrorKind, Failed
+    from pipeline.gpu.edit import LOAD_REASON, EditEngine
+
+    broken = tmp_path / "broken"
+    shutil.copytree(config.styles["likeness"].edit.model, broken)
+    (broken / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    gpu = with_edit_model(config, broken, commercial=False)
+    failing = EditEngine(gpu, None)  # the worker starts: nothing is loaded yet
+    with pytest.raises(ModelError, match=r"styles\.likeness\.edit\.model: cannot load .* as a FLUX\.2 \[klein\]"):
+        failing.load_all()  # `claybot check`
+    events = run_one(failing, decoded_job(config, engine), tagger=engine.tagger)
+    assert events == [Failed(LOAD_REASON.format(style="likeness"), ErrorKind.INTERNAL)]  # that job, not the worker

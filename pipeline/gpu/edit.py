@@ -120,6 +120,11 @@ class EditEngine:
     def warm_up(self) -> None:
         """Nothing: the model loads on its first job (a warm-up would load it at start)."""
 
+    def load_all(self) -> None:
+        """Load every edit model now (`claybot check`: a model that cannot load is found before a person's job)."""
+        for model in self.models.values():
+            self._pipe(model)
+
     def run(self, group: list[DecodedJob], run: Run) -> None:
         for job in group:  # one per call (PictureKind.max_batch); a group of more still runs, one by one
             self._make(job, run)

@@ -137,8 +137,9 @@ def check_models(settings: GpuSettings, engines: set[str], device: Any) -> None:
             warning = licences.check(key, models.describe(spec), path, commercial=True)
             if warning:
                 logger.warning("%s", warning)
-        elif not models.on_disk(spec, key, store):
-            unknown.add(engine or "tagger")
+        elif not models.on_disk(spec, key, store):  # not fetched yet (or a Civitai file: its size is not known here)
+            if models.parse(spec).kind != "civitai":
+                unknown.add(engine or "tagger")
             continue
         else:
             path = models.resolve(spec, key, store, allow_patterns=models.allow_patterns(key))
