@@ -1,8 +1,8 @@
 """The second engine and a person's own words, end to end on both platforms: the unmodified bot (the real
 python-telegram-bot and discord.py clients against the fake servers, the real queue and worker) answers a likeness
-request made by the tiny FLUX.2 [klein] model, with Again and Animate and without Stronger/Weaker; Again keeps the
-words; words too long or not plain text get a clear line and nothing reaches the queue. One worker for the module:
-the tiny SDXL, the tiny klein (loaded on its first job) and the tiny Wan."""
+request made by the tiny FLUX.2 [klein] model, with Again, 🎨 and Animate and without Stronger/Weaker; Again and 🎨
+keep the words; words too long or not plain text get a clear line and nothing reaches the queue. One worker for the
+module: the tiny SDXL and the tiny klein (loaded on its first job)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,10 @@ def config(base_config, fake, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def queue_gpu(config):
-    return config.gpu()
+    """The worker makes pictures only: the front ends offer 🎬 (clips are on in their config), no test here asks
+    for a clip, and loading the tiny Wan would only cost the suite time."""
+    gpu = config.gpu()
+    return gpu.model_copy(update={"animate": gpu.animate.model_copy(update={"enabled": False})})
 
 
 @pytest_asyncio.fixture(loop_scope="module")
