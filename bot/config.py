@@ -282,7 +282,7 @@ def _styles_on(config: Config) -> Config:
         own = (f"styles.{name}.edit.model", style.edit.model) if style.engine == "edit" else (
             f"styles.{name}.lora", style.lora)
         on = style.enabled is True or (style.enabled == "auto"
-                                       and (not own[1] or models.on_disk(own[1], own[0], store)))
+                                       and (not own[1] or models.on_disk(own[1], own[0], store) is not None))
         if on:
             kept[name] = style
         elif style.enabled == "auto":

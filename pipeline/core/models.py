@@ -170,28 +170,33 @@ def resolve(
     return _from_url(ref, key, cache, how_to, store.limits)
 
 
-def on_disk(spec: ModelSpec, key: str, store: ModelStore) -> bool:
-    """Whether the model is on this machine already (a local path that exists, a Hub repo in the cache, a URL's
-    checked file), without touching the network; a Civitai version counts as absent (its cache is keyed by what the
-    API says)."""
+def on_disk(spec: ModelSpec, key: str, store: ModelStore) -> Path | None:
+    """Where the model is on this machine already (a local path that exists, a Hub repo in the cache, a URL's
+    checked file), found without touching the network; None when it is not there. A Civitai version counts as
+    absent (its cache is keyed by what the API says)."""
     ref = parse(spec)
     if ref.kind == "local":
-        return Path(os.path.expanduser(ref.value)).exists()
+        path = Path(os.path.expanduser(ref.value))
+        return path if path.exists() else None
     if ref.kind == "url":
-        return _url_path(ref, store.cache_dir).is_file()
+        path = _url_path(ref, store.cache_dir)
+        return path if path.is_file() else None
     if ref.kind != "repo":
-        return False
+        return None
     from huggingface_hub import hf_hub_download, snapshot_download
 
     try:
         if ref.filename and Path(ref.filename).suffix:
             return Path(hf_hub_download(ref.value, ref.filename, cache_dir=store.cache_dir / "hub",
-                                        local_files_only=True)).is_file()
+                                        local_files_only=True))
         folder = Path(snapshot_download(ref.value, cache_dir=store.cache_dir / "hub", local_files_only=True,
                                         allow_patterns=allow_patterns(key)))
     except Exception:  # huggingface_hub's "not in the cache" errors, and unreadable caches
-        return False
-    return (folder / "model_index.json").is_file() or any(folder.glob("*.safetensors"))
+        return None
+    if ref.filename:  # "owner/name:sub/folder"
+        folder = folder / ref.filename.strip("/")
+    has_weights = (folder / "model_index.json").is_file() or any(folder.glob("*.safetensors"))
+    return folder if has_weights else None
 
 
 def _from_hub(ref: ModelRef, key: str, cache: Path, allow_patterns: list[str] | None, how_to: str) -> Path:

@@ -132,19 +132,18 @@ def check_models(settings: GpuSettings, engines: set[str], device: Any) -> None:
         engine = engine_of_key(key)
         if engine is not None and engine not in engines:
             continue
-        if settings.models.commercial:
-            path = models.resolve(spec, key, store, allow_patterns=models.allow_patterns(key))
-            warning = licences.check(key, models.describe(spec), path, commercial=True)
+        found = models.on_disk(spec, key, store)  # no network: the engines fetch what is missing
+        if settings.models.commercial:  # the card must be read: fetched now if it is not here
+            found = found or models.resolve(spec, key, store, allow_patterns=models.allow_patterns(key))
+            warning = licences.check(key, models.describe(spec), found, commercial=True)
             if warning:
                 logger.warning("%s", warning)
-        elif not models.on_disk(spec, key, store):  # not fetched yet (or a Civitai file: its size is not known here)
+        if found is None:  # not fetched yet (or a Civitai file: its size is not known here)
             if models.parse(spec).kind != "civitai":
                 unknown.add(engine or "tagger")
             continue
-        else:
-            path = models.resolve(spec, key, store, allow_patterns=models.allow_patterns(key))
         name = engine or "tagger"
-        memory[name] = memory.get(name, 0.0) + weights_gb(path)
+        memory[name] = memory.get(name, 0.0) + weights_gb(found)
     line = " + ".join(f"{name} ≈ {gb:.1f} GB" for name, gb in sorted(memory.items()))
     if unknown:
         line += f" (not fetched yet: {', '.join(sorted(unknown))})"
