@@ -307,7 +307,8 @@ def _with_absolute_models(config: Config, base_dir: Path) -> Config:
     tagger = config.tagger.model_copy(update={"model": models.absolutize(config.tagger.model, base_dir)})
     styles = {name: absolutize_guides(s.model_copy(update={
         "lora": models.absolutize(s.lora, base_dir),
-        "edit": s.edit.model_copy(update={"model": models.absolutize(s.edit.model, base_dir)}),
+        "edit": s.edit.model_copy(update={"model": models.absolutize(s.edit.model, base_dir),
+                                          "config": models.absolutize(s.edit.config, base_dir)}),
     }), base_dir) for name, s in config.styles.items()}
     speed = {name: s.model_copy(update={"lora": models.absolutize(s.lora, base_dir)})
              for name, s in config.speed.items()}

@@ -16,6 +16,7 @@ from PIL import Image
 from bot.cli import ROOT_CONFIG, tiny_config_text
 from bot.config import ConfigError, load_config
 from pipeline.core.errors import BadRequest, ModelError
+from pipeline.core.guide_specs import model_specs
 from pipeline.core.intake import take_in
 from pipeline.core.jobs import Done, ErrorKind, Failed, Progress, Started, Task, Update
 from pipeline.core.kinds import PictureSpec, kind_of
@@ -292,3 +293,70 @@ def test_an_edit_model_that_cannot_load_is_named_by_its_key_when_checked_and_fai
         failing.load_all()  # `claybot check`
     events = run_one(failing, decoded_job(config, engine), tagger=engine.tagger)
     assert events == [Failed(LOAD_REASON.format(style="likeness"), ErrorKind.INTERNAL)]  # that job, not the worker
+
+
+@pytest.fixture(scope="module")
+def single_file(edit_folder, tmp_path_factory) -> Path:
+    from pipeline.gpu.tiny_edit import write_tiny_edit_single_file
+
+    return write_tiny_edit_single_file(edit_folder, tmp_path_factory.mktemp("bfl") / "flux-2-klein-tiny.safetensors")
+
+
+def picture_with(config, gpu, engine) -> np.ndarray:
+    """One likeness picture of the example photo (seed 3, words) by a fresh EditEngine on ``gpu``, as pixels."""
+    from pipeline.gpu.edit import EditEngine
+
+    fresh = EditEngine(gpu, engine.tagger)
+    (done,) = [e for e in run_one(fresh, decoded_job(config, engine, seed=3, words="as a knight")) if
+               isinstance(e, Done)]
+    return np.asarray(Image.open(io.BytesIO(done.image)), dtype=np.int16)
+
+
+def same_picture(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same weights loaded two ways: diffusers splits BFL's fused QKV into views, whose matmuls round the last
+    float bit differently (seen: 1e-6), so a pixel may differ by one level, never more."""
+    return a.shape == b.shape and int(np.abs(a - b).max()) <= 1
+
+
+def test_a_single_file_edit_model_in_bfls_layout_loads_beside_its_config_and_makes_the_same_picture(
+        config, engine, edit_folder, single_file):
+    gpu = config.gpu()
+    likeness = gpu.styles["likeness"]
+    single = gpu.model_copy(update={"styles": {**gpu.styles, "likeness": likeness.model_copy(update={
+        "edit": likeness.edit.model_copy(update={"model": str(single_file), "config": str(edit_folder)})})}})
+    assert "styles.likeness.edit.config" in model_specs(single)  # `claybot models` fetches the rest too
+    assert same_picture(picture_with(config, single, engine), picture_with(config, gpu, engine))
+
+
+def test_a_single_file_edit_model_by_url_and_sha256_is_fetched_checked_and_loads(config, engine, edit_folder,
+                                                                                 single_file, tmp_path):
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(single_file.parent))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from pipeline.core.settings import UrlModel
+
+        digest = hashlib.sha256(single_file.read_bytes()).hexdigest()
+        url = UrlModel(url=f"http://127.0.0.1:{server.server_port}/{single_file.name}", sha256=digest)
+        gpu = config.gpu()
+        likeness = gpu.styles["likeness"]
+        pipeline = gpu.pipeline.model_copy(update={"cache_dir": str(tmp_path / "cache")})
+        by_url = gpu.model_copy(update={"pipeline": pipeline, "styles": {**gpu.styles, "likeness": likeness.model_copy(
+            update={"edit": likeness.edit.model_copy(update={"model": url, "config": str(edit_folder)})})}})
+        assert same_picture(picture_with(config, by_url, engine), picture_with(config, gpu, engine))
+        assert list((tmp_path / "cache" / "urls").glob("*flux-2-klein-tiny.safetensors"))  # kept, checked
+        wrong = by_url.model_copy(update={"styles": {**by_url.styles, "likeness": by_url.styles["likeness"].model_copy(
+            update={"edit": by_url.styles["likeness"].edit.model_copy(update={"model": UrlModel(
+                url=url.url.replace(".safetensors", "-2.safetensors"), sha256="0" * 64)})})}})
+        from pipeline.gpu.edit import EditEngine
+
+        with pytest.raises(ModelError, match=r"styles\.likeness\.edit\.model"):
+            EditEngine(wrong, None)  # a file that is not there: named by its key at start
+    finally:
+        server.shutdown()

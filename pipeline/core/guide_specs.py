@@ -52,6 +52,8 @@ def model_specs(settings: GpuSettings) -> dict[str, ModelSpec]:
         specs.update(guide_specs(name, style))
         if style.engine == "edit":
             specs[f"styles.{name}.edit.model"] = style.edit.model
+            if single_file(style.edit.model):  # the rest of its pipeline
+                specs[f"styles.{name}.edit.config"] = style.edit.config
     for name, preset in settings.speed.items():
         specs[f"speed.{name}.lora"] = preset.lora
     if settings.animate.enabled:  # many GB more: fetched and checked only when clips are on

@@ -39,8 +39,11 @@ TAGGER_FILES = ["model.onnx", "selected_tags.csv"]
 LORA_FILES = ["*.safetensors"]
 # An image-to-video pipeline: its transformers come in shards, and its T5 tokenizer may need spiece.model.
 VIDEO_FILES = [*DIFFUSERS_FILES, "*/diffusion_pytorch_model-*.safetensors", "*/*.model"]
-# An edit model (FLUX.2 klein: a sharded Qwen3 text encoder, a byte-level BPE tokenizer): the same files.
+# An edit model (FLUX.2 klein: a sharded Qwen3 text encoder, a byte-level BPE tokenizer): the same files; beside a
+# single-file transformer, the rest of its pipeline (no transformer weights: the file replaces them).
 EDIT_FILES = VIDEO_FILES
+EDIT_BASE_FILES = ["model_index.json", "README.md", "*/*.json", "*/*.txt", "*/*.model", "text_encoder/*.safetensors",
+                   "vae/*.safetensors"]
 _FILES_FOR_KEY = {"pipeline.base_model": DIFFUSERS_FILES, "pipeline.base_config": CONFIG_FILES,
                   "pipeline.vae": VAE_FILES, "tagger.model": TAGGER_FILES, "animate.model": VIDEO_FILES}
 
@@ -55,6 +58,8 @@ def allow_patterns(key: str) -> list[str] | None:
         return LORA_FILES
     if key.startswith("styles.") and key.endswith(".edit.model"):
         return EDIT_FILES
+    if key.startswith("styles.") and key.endswith(".edit.config"):
+        return EDIT_BASE_FILES
     return _FILES_FOR_KEY.get(key)
 
 

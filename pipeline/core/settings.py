@@ -207,7 +207,10 @@ class EditSettings(Settings):
     """The instruction-following edit model of a style with ``engine = "edit"`` (pipeline/gpu/edit.py): FLUX.2
     [klein] 4B by default, given the photo as its reference and the instruction, in a few distilled steps."""
 
+    # a diffusers folder (Hub repo id or local); or one .safetensors file of the transformer in BFL's release layout
+    # (local, URL + sha256, "owner/name:file", Civitai), the rest of the pipeline then from ``config``
     model: ModelSpec = "black-forest-labs/FLUX.2-klein-4B"
+    config: ModelSpec = "black-forest-labs/FLUX.2-klein-4B"  # only for a single-file model: text encoder, VAE, …
     instruction: Annotated[str, Field(min_length=1, max_length=4000)] = EDIT_INSTRUCTION
     steps: Annotated[int, Field(ge=1, le=50)] = 4
     # klein 4B is step-distilled: guidance is ignored (diffusers warns above 1); an undistilled model uses it

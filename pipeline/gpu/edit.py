@@ -28,7 +28,7 @@ from pipeline.core.errors import ModelError
 from pipeline.core.images import output_size
 from pipeline.core.jobs import Done, ErrorKind, Progress, Started, Update
 from pipeline.core.kinds import PictureSpec
-from pipeline.core.models import EDIT_FILES
+from pipeline.core.models import EDIT_BASE_FILES, EDIT_FILES
 from pipeline.core.settings import EditSettings, GpuSettings
 from pipeline.gpu.engine import (
     INTERNAL_REASON,
@@ -57,8 +57,9 @@ class EditModel:
     """One edit model a style names, resolved on disk (loaded later, on its first job)."""
 
     key: str  # its config key, "styles.<name>.edit.model"
-    folder: Path
+    folder: Path  # the diffusers folder (for a single-file model: the rest of its pipeline, edit.config)
     settings: EditSettings
+    transformer: Path | None = None  # a single-file model: its transformer, in BFL's release layout
 
 
 def text_layers(num_hidden_layers: int, count: int) -> tuple[int, ...]:
@@ -102,11 +103,18 @@ class EditEngine:
                 self.models[name] = EditModel(key, folder, style.edit)
                 self._pipes[(folder, str(self._dtype(self.models[name])))] = built[name]
                 continue
-            folder = models.resolve(style.edit.model, key, store, allow_patterns=EDIT_FILES)
-            if not (folder / "model_index.json").is_file():
-                raise ModelError(f"{key}: {models.describe(style.edit.model)} is not a diffusers folder "
-                                 "(no model_index.json): name the model's Hugging Face repo or a local copy of it")
-            self.models[name] = EditModel(key, folder, style.edit)
+            path = models.resolve(style.edit.model, key, store, allow_patterns=EDIT_FILES)
+            transformer = None
+            if path.is_file():  # one transformer file; the rest of the pipeline from edit.config
+                if path.suffix.lower() != ".safetensors":
+                    raise ModelError(f"{key}: {path.name} is not a .safetensors file")
+                transformer, config_key = path, f"styles.{name}.edit.config"
+                path = models.resolve(style.edit.config, config_key, store, allow_patterns=EDIT_BASE_FILES)
+                key = config_key if not (path / "model_index.json").is_file() else key
+            if not (path / "model_index.json").is_file():
+                raise ModelError(f"{key}: {path} is not a diffusers folder (no model_index.json): name the model's "
+                                 "Hugging Face repo or a local copy of it")
+            self.models[name] = EditModel(f"styles.{name}.edit.model", path, style.edit, transformer)
 
     def _dtype(self, model: EditModel) -> torch.dtype:
         return pick_dtype(model.settings.dtype, self.device, key=f"{model.key.removesuffix('.model')}.dtype",
@@ -114,8 +122,8 @@ class EditEngine:
 
     def memory_gb(self) -> float:
         """Its models' weights, about what they take on the GPU once loaded."""
-        return sum(weights_gb(folder) for folder in {model.folder for model in self.models.values()}
-                   if folder.exists())
+        paths = {path for model in self.models.values() for path in (model.folder, model.transformer) if path}
+        return sum(weights_gb(path) for path in paths if path.exists())
 
     def warm_up(self) -> None:
         """Nothing: the model loads on its first job (a warm-up would load it at start)."""
@@ -197,17 +205,22 @@ class EditEngine:
     def _pipe(self, model: EditModel) -> Any:
         """The model's pipeline, loaded on first use (ModelError naming the key when it cannot load)."""
         dtype = self._dtype(model)
-        loaded = self._pipes.get((model.folder, str(dtype)))
+        loaded = self._pipes.get((model.transformer or model.folder, str(dtype)))
         if loaded is not None:
             return loaded
-        from diffusers import Flux2KleinPipeline
+        from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
 
         started = time.perf_counter()
         try:
-            pipe = Flux2KleinPipeline.from_pretrained(model.folder, dtype=dtype, use_safetensors=True)
+            parts: dict[str, Any] = {}
+            if model.transformer is not None:  # BFL's single file, converted by diffusers; its config the folder's
+                parts["transformer"] = Flux2Transformer2DModel.from_single_file(
+                    str(model.transformer), config=str(model.folder), subfolder="transformer", local_files_only=True,
+                    dtype=dtype)
+            pipe = Flux2KleinPipeline.from_pretrained(model.folder, dtype=dtype, use_safetensors=True, **parts)
         except Exception as err:
-            raise ModelError(f"{model.key}: cannot load {model.folder} as a FLUX.2 [klein] edit model ({err})"
-                             ) from None
+            what = model.transformer or model.folder
+            raise ModelError(f"{model.key}: cannot load {what} as a FLUX.2 [klein] edit model ({err})") from None
         if model.settings.enable_model_cpu_offload and self.device.type == "cuda":
             pipe.enable_model_cpu_offload()
         else:
@@ -215,7 +228,7 @@ class EditEngine:
         pipe.set_progress_bar_config(disable=True)
         logger.info("%s: loaded %s in %.1f s (on its first job)", model.key, model.folder,
                     time.perf_counter() - started)
-        self._pipes[(model.folder, str(dtype))] = pipe
+        self._pipes[(model.transformer or model.folder, str(dtype))] = pipe
         return pipe
 
 

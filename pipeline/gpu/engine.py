@@ -118,7 +118,7 @@ def engine_of_key(key: str) -> str | None:
         return None
     if key == "animate.model":
         return "animate"
-    return "edit" if key.startswith("styles.") and key.endswith(".edit.model") else "sdxl"
+    return "edit" if key.startswith("styles.") and key.endswith((".edit.model", ".edit.config")) else "sdxl"
 
 
 def check_models(settings: GpuSettings, engines: set[str], device: Any) -> None:

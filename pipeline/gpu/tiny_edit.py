@@ -26,6 +26,7 @@ The weights are random: the model exercises the code paths and file formats, not
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -191,3 +192,63 @@ def write_tiny_edit_model(folder: Path, *, seed: int = 0, licence: str = "apache
     (folder / "README.md").write_text(model_card(licence, licence_name), encoding="utf-8")
     logger.info("wrote tiny FLUX.2 [klein] model to %s", folder)
     return folder
+
+
+# diffusers' Flux2Transformer2DModel names → BFL's release layout (flux-2-klein-4b.safetensors), the inverse of
+# diffusers' convert_flux2_transformer_checkpoint_to_diffusers: what a single-file edit model holds.
+_BFL_TOP = {
+    "x_embedder.weight": "img_in.weight", "context_embedder.weight": "txt_in.weight",
+    "time_guidance_embed.timestep_embedder.linear_1.weight": "time_in.in_layer.weight",
+    "time_guidance_embed.timestep_embedder.linear_2.weight": "time_in.out_layer.weight",
+    "double_stream_modulation_img.linear.weight": "double_stream_modulation_img.lin.weight",
+    "double_stream_modulation_txt.linear.weight": "double_stream_modulation_txt.lin.weight",
+    "single_stream_modulation.linear.weight": "single_stream_modulation.lin.weight",
+    "proj_out.weight": "final_layer.linear.weight",
+}
+_BFL_DOUBLE = {
+    "attn.norm_q.weight": "img_attn.norm.query_norm.scale", "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+    "attn.to_out.0.weight": "img_attn.proj.weight", "ff.linear_in.weight": "img_mlp.0.weight",
+    "ff.linear_out.weight": "img_mlp.2.weight", "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+    "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale", "attn.to_add_out.weight": "txt_attn.proj.weight",
+    "ff_context.linear_in.weight": "txt_mlp.0.weight", "ff_context.linear_out.weight": "txt_mlp.2.weight",
+}
+_BFL_QKV = {"img": ("to_q", "to_k", "to_v"), "txt": ("add_q_proj", "add_k_proj", "add_v_proj")}
+_BFL_SINGLE = {"attn.to_qkv_mlp_proj.weight": "linear1.weight", "attn.to_out.weight": "linear2.weight",
+               "attn.norm_q.weight": "norm.query_norm.scale", "attn.norm_k.weight": "norm.key_norm.scale"}
+
+
+def bfl_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers Flux2Transformer2DModel state dict in BFL's single-file layout (fused QKV, shift-then-scale)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in _BFL_TOP:
+            out[_BFL_TOP[key]] = value
+        elif key == "norm_out.linear.weight":  # diffusers keeps (scale, shift), BFL (shift, scale)
+            scale, shift = value.chunk(2, dim=0)
+            out["final_layer.adaLN_modulation.1.weight"] = torch.cat([shift, scale])
+        elif match := re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", key):
+            block, rest = match.groups()
+            if rest in _BFL_DOUBLE:
+                out[f"double_blocks.{block}.{_BFL_DOUBLE[rest]}"] = value
+            for side, names in _BFL_QKV.items():
+                if rest == f"attn.{names[0]}.weight":
+                    out[f"double_blocks.{block}.{side}_attn.qkv.weight"] = torch.cat(
+                        [state[f"transformer_blocks.{block}.attn.{name}.weight"] for name in names])
+        elif match := re.fullmatch(r"single_transformer_blocks\.(\d+)\.(.+)", key):
+            block, rest = match.groups()
+            out[f"single_blocks.{block}.{_BFL_SINGLE[rest]}"] = value
+        else:
+            raise KeyError(f"no BFL name for {key}")
+    return out
+
+
+def write_tiny_edit_single_file(folder: Path, path: Path) -> Path:
+    """The tiny model's transformer (``folder``, written by ``write_tiny_edit_model``) as one BFL-layout
+    .safetensors file at ``path``, as black-forest-labs release klein's (the rest of the pipeline: ``folder``)."""
+    from diffusers import Flux2Transformer2DModel
+    from safetensors.torch import save_file
+
+    transformer = Flux2Transformer2DModel.from_pretrained(str(Path(folder) / "transformer"))
+    state = {name: tensor.contiguous() for name, tensor in bfl_state_dict(transformer.state_dict()).items()}
+    save_file(state, str(path))
+    return Path(path)
