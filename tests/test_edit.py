@@ -292,7 +292,7 @@ def test_an_edit_model_that_cannot_load_is_named_by_its_key_when_checked_and_fai
     with pytest.raises(ModelError, match=r"styles\.likeness\.edit\.model: cannot load .* as a FLUX\.2 \[klein\]"):
         failing.load_all()  # `claybot check`
     events = run_one(failing, decoded_job(config, engine), tagger=engine.tagger)
-    assert events == [Failed(LOAD_REASON.format(style="likeness"), ErrorKind.INTERNAL)]  # that job, not the worker
+    assert events == [Started(1), Failed(LOAD_REASON.format(style="likeness"), ErrorKind.INTERNAL)]  # that job alone
 
 
 @pytest.fixture(scope="module")
@@ -360,3 +360,26 @@ def test_a_single_file_edit_model_by_url_and_sha256_is_fetched_checked_and_loads
             EditEngine(wrong, None)  # a file that is not there: named by its key at start
     finally:
         server.shutdown()
+
+
+def test_while_its_model_loads_a_job_keeps_saying_it_has_started(config, engine, monkeypatch):
+    import time as _time
+
+    from pipeline.gpu import edit
+    from pipeline.gpu.edit import EditEngine
+
+    fresh = EditEngine(config.gpu(), engine.tagger)
+    slow_load = fresh._pipe
+
+    def slow(model):
+        _time.sleep(0.35)  # a 15 GB model from a slow disk, in miniature
+        return slow_load(model)
+
+    monkeypatch.setattr(fresh, "_pipe", slow)
+    monkeypatch.setattr(edit, "BEAT_S", 0.1)
+    events = run_one(fresh, decoded_job(config, engine))
+    before = events[:next(i for i, e in enumerate(events) if isinstance(e, Progress))]
+    assert len(before) >= 3 and all(isinstance(e, Started) for e in before)  # at once, then every beat, then begun
+    assert isinstance(events[-1], Done)
+    events = run_one(fresh, decoded_job(config, engine, seed=2))  # loaded now: one Started, no waiting
+    assert [type(e) for e in events[:2]] == [Started, Progress]

@@ -14,8 +14,9 @@ call goes to every prompt of it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 LOAD_REASON = ("The {style} style's model could not be loaded on this worker's GPU; please try another style, and "
                "tell the operator if it keeps happening.")
 MULTIPLE = 16  # the pipeline's sides are multiples of the VAE's factor × its 2×2 patches (8 × 2 for klein)
+BEAT_S = 10.0  # seconds between the Started a job gets while its model loads (the watchdog allows kill_after, 30)
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,11 @@ class EditEngine:
         spec = job.job.spec
         assert isinstance(spec, PictureSpec)
         model = self.models[style]
+        begun = Update((job.id,), Started(1))
         try:
-            pipe = self._pipe(model)
+            pipe = self._loaded(model, lambda: run.send(begun))
+        except LinkDown:
+            raise
         except Exception as err:
             logger.exception("%s: loading %s failed", model.key, model.folder)
             if is_out_of_memory(err):
@@ -153,7 +158,7 @@ class EditEngine:
                              model.key, memory_line({"edit": self.memory_gb()}), model.key.removesuffix(".model"))
             run.fail(job.id, LOAD_REASON.format(style=style), ErrorKind.INTERNAL)
             return
-        run.send(Update((job.id,), Started(1)))
+        run.send(begun)  # (again, after a load: the watchdog's clock restarts here)
         deadline = max(run.deadline, time.monotonic() + run.timeout)  # loading the model is not the job's time
         steps = model.settings.steps
 
@@ -201,6 +206,31 @@ class EditEngine:
         deliver(run, [(job, image, lambda png, extra: Done(
             image=png, width=image.width, height=image.height, tags=tags, prompt=text, seed=job.job.seed,
             style=style, strength=0.0, ratings=ratings, timings={**timings, **extra}, words=spec.words))])
+
+    def _loaded(self, model: EditModel, beat: Callable[[], None]) -> Any:
+        """The model's pipeline; on its first job loaded in a thread while this one calls ``beat`` at once and every
+        ``BEAT_S`` seconds (the job's Started: the person sees their picture begun, and the local queue's watchdog,
+        which restarts its clock on each, does not take a long load for a stuck worker)."""
+        if (model.transformer or model.folder, str(self._dtype(model))) in self._pipes:
+            return self._pipe(model)
+        outcome: dict[str, Any] = {}
+
+        def load() -> None:
+            try:
+                outcome["pipe"] = self._pipe(model)
+            except BaseException as err:  # handed to the job's thread, which reports it
+                outcome["error"] = err
+
+        loader = threading.Thread(target=load, name="claybot-edit-load", daemon=True)
+        loader.start()
+        beat()
+        while loader.is_alive():
+            loader.join(BEAT_S)
+            if loader.is_alive():
+                beat()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["pipe"]
 
     def _pipe(self, model: EditModel) -> Any:
         """The model's pipeline, loaded on first use (ModelError naming the key when it cannot load)."""
