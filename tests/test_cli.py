@@ -247,7 +247,7 @@ def test_run_with_one_token_starts_that_front_end_alone(tiny_config, monkeypatch
 
 
 def test_stylize_and_sweep_with_the_edit_style_go_through_flux2_klein_the_same_seed_the_same_bytes(
-        tiny_dir, config_path, tmp_path):
+        tiny_dir, config_path, tmp_path, capsys):
     """`claybot stylize --style likeness` in its own process, and the same photo, seed and words through the worker
     loop in this one (its FLUX.2 klein engine on the same tiny model): byte for byte the same picture."""
     import asyncio
@@ -278,9 +278,13 @@ def test_stylize_and_sweep_with_the_edit_style_go_through_flux2_klein_the_same_s
     (done,) = [m.event for m in sent if isinstance(m, Update) and isinstance(m.event, Done)]
     assert done.image == out.read_bytes()
 
+    # the sweep's own code in this process (its worker a child, as in the command): a row of seeds
+    from bot.cli import build_parser, cmd_sweep
+
     sheet = tmp_path / "sheet.png"
-    swept = claybot("sweep", example, "-o", sheet, "--config", config_path, "--style", "likeness", "--seed", 5,
-                    "--strengths", "0.3,0.6", "--words", "in a snowy street")
-    assert swept.returncode == 0, swept.stderr
-    assert "style likeness (by instruction, no strength or trigger weight): 2 seeds from 5" in swept.stdout
+    args = build_parser().parse_args(["sweep", str(example), "-o", str(sheet), "--config", str(config_path),
+                                      "--style", "likeness", "--seed", "5", "--strengths", "0.3,0.6",
+                                      "--words", "in a snowy street"])
+    assert cmd_sweep(args) == 0
+    assert "style likeness (by instruction, no strength or trigger weight): 2 seeds from 5" in capsys.readouterr().out
     assert Image.open(sheet).width > 2 * done.width  # the photo and two pictures side by side
