@@ -499,10 +499,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_tiny_models(args: argparse.Namespace) -> int:
     """Write tiny models and DIR/config.toml: the template config with its models pointed at them."""
-    from pipeline.gpu.tiny import write_tiny_models
-    from pipeline.gpu.tiny_edit import write_tiny_edit_model
-    from pipeline.gpu.tiny_video import write_tiny_video_models
-
     if not args.template.is_file():
         raise ConfigError(f"{args.template}: no config to copy; pass --from path/to/config.toml")
     load_config(args.template, check_models=False)  # refuse to copy a broken template; its models are replaced
@@ -510,6 +506,11 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     directory = args.directory.expanduser().resolve()
     path = directory / "config.toml"
     try:
+        directory.mkdir(parents=True, exist_ok=True)  # a file in the way fails here, in a second, before torch loads
+        from pipeline.gpu.tiny import write_tiny_models
+        from pipeline.gpu.tiny_edit import write_tiny_edit_model
+        from pipeline.gpu.tiny_video import write_tiny_video_models
+
         tiny = write_tiny_models(directory)
         video = write_tiny_video_models(directory / "video")
         edit = write_tiny_edit_model(directory / "edit")

@@ -247,7 +247,7 @@ def test_run_with_one_token_starts_that_front_end_alone(tiny_config, monkeypatch
 
 
 def test_stylize_and_sweep_with_the_edit_style_go_through_flux2_klein_the_same_seed_the_same_bytes(
-        tiny_dir, config_path, tmp_path, capsys):
+        tiny_dir, config_path, tmp_path):
     """`claybot stylize --style likeness` in its own process, and the same photo, seed and words through the worker
     loop in this one (its FLUX.2 klein engine on the same tiny model): byte for byte the same picture."""
     import asyncio
@@ -274,17 +274,16 @@ def test_stylize_and_sweep_with_the_edit_style_go_through_flux2_klein_the_same_s
     job = asyncio.run(take_in(gpu, example.read_bytes(), style="likeness", seed=1,
                               options={"words": "as a knight in armour"}))
     sent: list = []
-    run_batch(open_workshop(gpu, worker_kinds(gpu, [])), Batch((Task("cli-twin", job),), 60.0), sent.append)
+    # a worker of the likeness style alone (the tagger and the edit engine; no SDXL to load for this job)
+    likeness = gpu.model_copy(update={"styles": {"likeness": gpu.styles["likeness"]}})
+    run_batch(open_workshop(likeness, worker_kinds(likeness, [])), Batch((Task("cli-twin", job),), 60.0),
+              sent.append)
     (done,) = [m.event for m in sent if isinstance(m, Update) and isinstance(m.event, Done)]
     assert done.image == out.read_bytes()
 
-    # the sweep's own code in this process (its worker a child, as in the command): a row of seeds
-    from bot.cli import build_parser, cmd_sweep
-
     sheet = tmp_path / "sheet.png"
-    args = build_parser().parse_args(["sweep", str(example), "-o", str(sheet), "--config", str(config_path),
-                                      "--style", "likeness", "--seed", "5", "--strengths", "0.3,0.6",
-                                      "--words", "in a snowy street"])
-    assert cmd_sweep(args) == 0
-    assert "style likeness (by instruction, no strength or trigger weight): 2 seeds from 5" in capsys.readouterr().out
+    swept = claybot("sweep", example, "-o", sheet, "--config", config_path, "--style", "likeness", "--seed", 5,
+                    "--strengths", "0.3,0.6", "--words", "in a snowy street")
+    assert swept.returncode == 0, swept.stderr
+    assert "style likeness (by instruction, no strength or trigger weight): 2 seeds from 5" in swept.stdout
     assert Image.open(sheet).width > 2 * done.width  # the photo and two pictures side by side
