@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sqlite3
 import sys
 import tempfile
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tomlkit  # noqa: E402
-from load_telegram import CLAYBOT, TOKEN, stop_claybot, write_config  # noqa: E402
+from load_telegram import TOKEN, claybot_running, write_config  # noqa: E402
 
 from tests.conftest import photo_bytes  # noqa: E402
 from tests.fake_telegram import FakeTelegram, group_chat, user  # noqa: E402
@@ -51,13 +50,7 @@ async def run_busy_group(config_template: Path, folder: Path, *, photos: int = 1
     known = tomlkit.parse(config_template.read_text(encoding="utf-8"))["telegram"]
     telegram = {key: value for key, value in telegram.items() if key in known}  # an older claybot: before / after
     config = write_config(config_template, folder, fake, steps, {"telegram": telegram})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAYBOT_TELEGRAM_TOKEN": TOKEN}
-    env.pop("CLAYBOT_DISCORD_TOKEN", None)
-    log = (folder / "claybot.log").open("w")
-    process = await asyncio.create_subprocess_exec(CLAYBOT, "run", "--config", str(config), env=env, stdout=log,
-                                                   stderr=log)
-    try:
-        await fake.wait_for(lambda call: call.method == "getUpdates", timeout=180)
+    async with claybot_running(config, folder, fake):
         spammer = user(6000, "Spammer")
         commands = [await fake.send_text(BUSY_GROUP, spammer, SPAM[i % len(SPAM)]) for i in range(spam)]
         picture = photo_bytes((128, 96))
@@ -77,10 +70,6 @@ async def run_busy_group(config_template: Path, folder: Path, *, photos: int = 1
         while len(answered()) < photos and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)  # let the journal write its last answers
-    finally:
-        await stop_claybot(process)
-        log.close()
-        await fake.close()
 
     got = answered()
     asked = {message["message_id"] for message in commands}

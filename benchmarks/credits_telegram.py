@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -28,13 +27,12 @@ sys.path.insert(0, str(ROOT))
 import tomlkit  # noqa: E402
 
 from benchmarks.load_telegram import (  # noqa: E402
-    CLAYBOT,
     REFUSALS,
     Request,
     _peak_rss_mb,
     classify,
+    claybot_running,
     mixed_chats,
-    stop_claybot,
     write_config,
 )
 from tests.conftest import photo_bytes  # noqa: E402
@@ -74,14 +72,8 @@ async def burst(template: Path, folder: Path, *, users: int, requests: int, step
     config = write_config(template, folder, fake, steps)
     if credits:
         with_credits(config, per_person=requests)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAYBOT_TELEGRAM_TOKEN": TOKEN}
-    env.pop("CLAYBOT_DISCORD_TOKEN", None)
-    log = (folder / "claybot.log").open("w")
-    process = await asyncio.create_subprocess_exec(CLAYBOT, "run", "--config", str(config), env=env, stdout=log,
-                                                   stderr=log)
     queries: list[str] = []
-    try:
-        await fake.wait_for(lambda call: call.method == "getUpdates", timeout=180)
+    async with claybot_running(config, folder, fake) as process:
         people = [user(5000 + i, f"Person {i}") for i in range(users)]
         photo = photo_bytes((128, 96))
         started = time.monotonic()
@@ -108,10 +100,6 @@ async def burst(template: Path, folder: Path, *, users: int, requests: int, step
         await asyncio.sleep(2.0)  # the last pre-checkouts' answers
         classify(fake, posted)
         peak = _peak_rss_mb(process.pid)
-    finally:
-        await stop_claybot(process)
-        log.close()
-        await fake.close()
     answers = [fake.pre_checkout_answers.get(q) for q in queries]
     latencies = [a["at"] - fake.pre_checkout_asked[q] for q, a in zip(queries, answers, strict=True) if a]
     return {

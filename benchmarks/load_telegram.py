@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,23 @@ async def stop_claybot(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
+@contextlib.asynccontextmanager
+async def claybot_running(config: Path, folder: Path, fake: FakeTelegram) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`claybot run` on ``config`` (Telegram only, with the fake's token; its log in ``folder``/claybot.log), polling
+    ``fake``; on the way out stopped as an operator stops it (``stop_claybot``), and the fake server closed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAYBOT_TELEGRAM_TOKEN": fake.token}
+    env.pop("CLAYBOT_DISCORD_TOKEN", None)
+    with (folder / "claybot.log").open("w") as log:
+        process = await asyncio.create_subprocess_exec(CLAYBOT, "run", "--config", str(config), env=env, stdout=log,
+                                                       stderr=log)
+        try:
+            await fake.wait_for(lambda call: call.method == "getUpdates", timeout=180)
+            yield process
+        finally:
+            await stop_claybot(process)
+            await fake.close()
+
+
 def _peak_rss_mb(pid: int) -> float:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -180,13 +198,7 @@ async def run_load(config_template: Path, folder: Path, *, users: int, requests:
     fake = FakeTelegram(TOKEN)
     await fake.start()
     config = write_config(config_template, folder, fake, steps, changes)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAYBOT_TELEGRAM_TOKEN": TOKEN}
-    env.pop("CLAYBOT_DISCORD_TOKEN", None)
-    log = (folder / "claybot.log").open("w")
-    process = await asyncio.create_subprocess_exec(CLAYBOT, "run", "--config", str(config), env=env, stdout=log,
-                                                   stderr=log)
-    try:
-        await fake.wait_for(lambda call: call.method == "getUpdates", timeout=180)
+    async with claybot_running(config, folder, fake) as process:
         people = [user(5000 + i, f"Person {i}") for i in range(users)]
         photo = photo if photo is not None else photo_bytes((128, 96))
         started = time.monotonic()
@@ -207,10 +219,6 @@ async def run_load(config_template: Path, folder: Path, *, users: int, requests:
         await asyncio.sleep(3.0)  # anything answered twice would come now
         classify(fake, posted)
         peak = _peak_rss_mb(process.pid)
-    finally:
-        await stop_claybot(process)
-        log.close()
-        await fake.close()
 
     outcomes = Counter(r.outcome or "lost" for r in posted)
     problems = [f"message {r.message['message_id']}: {r.outcome or 'no answer'}" for r in posted

@@ -87,13 +87,16 @@ async def front_end(config, queue, fake):
         yield front_end
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
+class LoggedErrors(logging.Handler):
+    """The errors logged by the packages ``roots`` names (a test fails on any: a task nobody awaits dies silently)."""
+
+    def __init__(self, roots: tuple[str, ...] = ("discord", "bot", "cogs", "tests")) -> None:
         super().__init__(logging.ERROR)
+        self.roots = roots
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.split(".")[0] in ("discord", "bot", "cogs", "tests"):
+        if record.name.split(".")[0] in self.roots:
             self.records.append(record)
 
 
@@ -102,7 +105,7 @@ async def bot(front_end, fake) -> ClayBot:
     """The running bot, with its server's settings back to the defaults; fails the test on any logged error."""
     await front_end.store.clear(guild_scope(fake.guild_id))
     front_end.bot.token_margin = 60.0
-    errors = _Errors()
+    errors = LoggedErrors()
     logging.getLogger().addHandler(errors)
     try:
         yield front_end.bot

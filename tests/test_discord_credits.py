@@ -8,14 +8,21 @@ import contextlib
 import logging
 
 import pytest
-import pytest_asyncio
 
 from bot.config import ConfigError, PackSettings
 from bot.service import make_flow
 from bot.store import ClaybotDatabase, store_path
+from tests import test_discord
 from tests.conftest import photo_bytes, with_pipeline
 from tests.fake_discord import EPHEMERAL, Call, FakeDiscord, FakeInteraction
-from tests.test_discord import TOKEN, reaction_answer, replies_to, running_front_end
+from tests.test_discord import (
+    LoggedErrors,
+    on_fake,
+    reaction_answer,
+    replies_to,
+    result_of,
+    running_front_end,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -30,22 +37,14 @@ def queue_gpu(tiny_config):
     return with_pipeline(tiny_config.gpu(), steps=4)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def fake():
-    fake = FakeDiscord(TOKEN)
-    await fake.start()
-    yield fake
-    await fake.close()
+# test_discord's fake Discord (pytest finds the fixture by name)
+fake = test_discord.fake
 
 
 def configured(tiny_config, fake, data_dir, packs=(PACK,)):
     """The tiny config on the fake Discord with credits on: one free credit a day, and ``packs`` for sale."""
-    discord_settings = tiny_config.discord.model_copy(update={
-        "api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "guild_ready_timeout": 0.05,
-        "message_content_intent": True, "status_edit_interval": 0.1})
-    bot_settings = tiny_config.bot.model_copy(update={"data_dir": str(data_dir)})
     credits = tiny_config.credits.model_copy(update={"enabled": True, "free_per_day": 1, "packs": list(packs)})
-    return tiny_config.model_copy(update={"discord": discord_settings, "bot": bot_settings, "credits": credits})
+    return on_fake(tiny_config, fake, data_dir, credits=credits)
 
 
 @contextlib.asynccontextmanager
@@ -56,19 +55,9 @@ async def credits_bot(config, queue):
             yield front_end
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.split(".")[0] in ("discord", "bot", "cogs"):
-            self.records.append(record)
-
-
 @pytest.fixture
 def no_errors():
-    errors = _Errors()
+    errors = LoggedErrors(("discord", "bot", "cogs"))
     logging.getLogger().addHandler(errors)
     yield
     logging.getLogger().removeHandler(errors)
@@ -80,11 +69,6 @@ def no_errors():
 
 def callback_of(interaction: FakeInteraction):
     return lambda call: call.path.endswith(f"/{interaction.token}/callback")
-
-
-def result_of(interaction: FakeInteraction):
-    return lambda call: (call.method == "PATCH" and call.path.endswith(f"/{interaction.token}/messages/@original")
-                         and bool(call.files))
 
 
 def premium_skus(data: dict) -> list[str]:
