@@ -121,6 +121,7 @@ ENGINES: dict[str, str] = {}  # engine name → "module:Class" (pipeline/gpu/eng
 # engine name → the per-request options it acts on (a picture's strength means nothing to an instruction engine):
 # intake refuses the others by name, and the front ends show only the buttons that change one of them
 ENGINE_OPTIONS: dict[str, frozenset[str]] = {}
+ONE_JOB_ENGINES: set[str] = set()  # engines that take one job per call (an edit model's references go to every prompt)
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
@@ -140,14 +141,17 @@ def register(kind: JobKind) -> JobKind:
     return kind
 
 
-def register_engine(name: str, target: str, *, options: Iterable[str] | None = None) -> None:
+def register_engine(name: str, target: str, *, options: Iterable[str] | None = None, batches: bool = True) -> None:
     """Name an engine: ``target`` is "module:Class", imported on the GPU side only when a worker loads it;
-    ``options``: the per-request options it acts on (None: every option of the kinds it makes)."""
+    ``options``: the per-request options it acts on (None: every option of the kinds it makes); ``batches``: False
+    for an engine that makes one job per call."""
     if ":" not in target:
         raise ValueError(f"engine {name!r}: {target!r} is not 'module:Class'")
     ENGINES[name] = target
     if options is not None:
         ENGINE_OPTIONS[name] = frozenset(options)
+    if not batches:
+        ONE_JOB_ENGINES.add(name)
 
 
 def engine_takes(engine: str, option: str) -> bool:

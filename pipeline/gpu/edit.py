@@ -7,7 +7,7 @@ step-distilled (4 steps, guidance ignored) and Apache-2.0.
 
 It lives in the worker beside the SDXL engine: its model is resolved (fetched) and its licence checked when the
 worker starts, but loaded only when its first job comes (most workers serve clay pictures all day), and the worker
-logs both engines' memory before anything loads (``memory_line``). One job per call: every reference image of a
+logs both engines' memory before anything loads (``engine.check_models``). One job per call: every reference image of a
 call goes to every prompt of it.
 """
 
@@ -41,6 +41,7 @@ from pipeline.gpu.engine import (
     deliver,
     free_gpu_memory,
     is_out_of_memory,
+    memory_line,
     weights_gb,
 )
 from pipeline.gpu.prompt import prompt_tags
@@ -271,9 +272,3 @@ def _warn_if_cut(pipe: Any, text: str, model: EditModel, job_id: str) -> None:
         logger.warning("job %s: the instruction is %d tokens, and %s.max_sequence_length = %d: its end is cut; "
                        "shorten the instruction or raise the bound (up to 512)", job_id, tokens,
                        model.key.removesuffix(".model"), model.settings.max_sequence_length)
-
-
-def memory_line(engines: dict[str, float]) -> str:
-    """"sdxl ≈ 6.9 GB + edit ≈ 15.6 GB = 22.5 GB" from each engine's weights in GB."""
-    parts = " + ".join(f"{name} ≈ {gb:.1f} GB" for name, gb in engines.items())
-    return parts if len(engines) < 2 else f"{parts} = {sum(engines.values()):.1f} GB"

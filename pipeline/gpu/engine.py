@@ -144,7 +144,7 @@ def check_models(settings: GpuSettings, engines: set[str], device: Any) -> None:
             continue
         name = engine or "tagger"
         memory[name] = memory.get(name, 0.0) + weights_gb(found)
-    line = " + ".join(f"{name} ≈ {gb:.1f} GB" for name, gb in sorted(memory.items()))
+    line = memory_line(dict(sorted(memory.items())), total=False)
     if unknown:
         line += f" (not fetched yet: {', '.join(sorted(unknown))})"
     total = sum(memory.values())
@@ -158,6 +158,12 @@ def check_models(settings: GpuSettings, engines: set[str], device: Any) -> None:
     else:
         logger.info("model weights: %s = %.1f GB of the GPU's %.1f GB (activations need more on top)", line,
                     total, card)
+
+
+def memory_line(engines: dict[str, float], *, total: bool = True) -> str:
+    """"sdxl ≈ 6.9 GB + edit ≈ 15.6 GB" from each engine's weights in GB (with ``total``, " = 22.5 GB" after two)."""
+    parts = " + ".join(f"{name} ≈ {gb:.1f} GB" for name, gb in engines.items())
+    return f"{parts} = {sum(engines.values()):.1f} GB" if total and len(engines) > 1 else parts
 
 
 def _card_gb(device: Any) -> float | None:

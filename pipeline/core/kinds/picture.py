@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pipeline.core.errors import BadRequest
 from pipeline.core.jobs import MAX_GUIDE_SCALE, MAX_WEIGHT, check_strength
-from pipeline.core.kind import PNG, JobKind, Spec, engine_takes, register, register_engine
+from pipeline.core.kind import ONE_JOB_ENGINES, PNG, JobKind, Spec, engine_takes, register, register_engine
 from pipeline.core.words import clean_words
 
 
@@ -96,10 +96,8 @@ class PictureKind(JobKind):
         return f"{self.name}|{job.style}|{spec.strength:g}|{width}x{height}|{spec.speed}"
 
     def max_batch(self, gpu: Any, job: Any = None) -> int:
-        # SDXL img2img batches; an edit call reads its photo as a reference image, and every reference goes to every
-        # prompt of a call: one job per call there
         style = gpu.styles.get(job.style) if job is not None else None
-        return int(gpu.pipeline.max_batch) if style is None or style.engine == "sdxl" else 1
+        return 1 if style is not None and style.engine in ONE_JOB_ENGINES else int(gpu.pipeline.max_batch)
 
     def engine_for(self, job: Any, gpu: Any) -> str:
         return str(gpu.styles[job.style].engine)
@@ -110,5 +108,6 @@ class PictureKind(JobKind):
 
 register(PictureKind())
 register_engine("sdxl", "pipeline.gpu.pictures:PictureEngine", options=PictureKind.OPTIONS)
-# FLUX.2 [klein] by instruction: it keeps the photo by design, so no strength, speed preset, trigger or guide acts on it
-register_engine("edit", "pipeline.gpu.edit:EditEngine", options={"words"})
+# FLUX.2 [klein] by instruction: it keeps the photo by design, so no strength, speed preset, trigger or guide acts on
+# it; one job per call (a call's reference images go to every prompt of it)
+register_engine("edit", "pipeline.gpu.edit:EditEngine", options={"words"}, batches=False)
