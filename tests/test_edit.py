@@ -383,3 +383,14 @@ def test_while_its_model_loads_a_job_keeps_saying_it_has_started(config, engine,
     assert isinstance(events[-1], Done)
     events = run_one(fresh, decoded_job(config, engine, seed=2))  # loaded now: one Started, no waiting
     assert [type(e) for e in events[:2]] == [Started, Progress]
+
+
+@pytest.mark.parametrize("size", [(800, 100), (100, 800), (24, 24)])
+def test_a_thin_or_tiny_photo_gets_its_picture_in_its_own_shape(config, engine, size):
+    # the tiny config's small pictures make the reference's short side 16–48 px, under what the pipeline accepts
+    from tests.conftest import photo_bytes
+
+    events = run_one(engine, decoded_job(config, engine, data=photo_bytes(size)))
+    done = events[-1]
+    assert isinstance(done, Done), events
+    assert done.width / done.height == pytest.approx(size[0] / size[1], rel=0.1)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from pipeline.core import models
+from pipeline.core.clip import clip_size
 from pipeline.core.errors import ModelError
 from pipeline.core.images import output_size
 from pipeline.core.jobs import Done, ErrorKind, Progress, Started, Update
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 LOAD_REASON = ("The {style} style's model could not be loaded on this worker's GPU; please try another style, and "
                "tell the operator if it keeps happening.")
 MULTIPLE = 16  # the pipeline's sides are multiples of the VAE's factor × its 2×2 patches (8 × 2 for klein)
+MIN_REFERENCE = 64  # Flux2KleinPipeline refuses a reference image with a side below this
 BEAT_S = 10.0  # seconds between the Started a job gets while its model loads (the watchdog allows kill_after, 30)
 
 
@@ -78,11 +80,11 @@ def instruction(template: str, tags: list[str], words: str) -> str:
     return " ".join(text.split())
 
 
-def edit_size(width: int, height: int, megapixels: float) -> tuple[int, int]:
-    """The photo's aspect ratio at about ``megapixels``, sides in multiples of 16."""
-    scale = (megapixels * 1e6 / (width * height)) ** 0.5
-    return (max(MULTIPLE, round(width * scale / MULTIPLE) * MULTIPLE),
-            max(MULTIPLE, round(height * scale / MULTIPLE) * MULTIPLE))
+def reference_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The reference image's size for a picture of ``size``: the same, or scaled up until its short side is the
+    pipeline's least (a thin photo at a small size would be refused as a reference)."""
+    scale = max(1.0, MIN_REFERENCE / min(size))
+    return round(size[0] * scale), round(size[1] * scale)
 
 
 class EditEngine:
@@ -172,8 +174,8 @@ class EditEngine:
         tags = prompt_tags(job.tags, self.settings.tagger, self.settings.styles[style]) if job.tags else []
         text = instruction(model.settings.instruction, tags, spec.words)
         photo_width, photo_height = job.image.size
-        width, height = edit_size(photo_width, photo_height, model.settings.megapixels)
-        reference = job.image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        width, height = clip_size(photo_width, photo_height, model.settings.megapixels, MULTIPLE)
+        reference = job.image.convert("RGB").resize(reference_size((width, height)), Image.Resampling.LANCZOS)
         _warn_if_cut(pipe, text, model, job.id)
         encoder, transformer = pipe.text_encoder.config, pipe.transformer.config
         layers = text_layers(encoder.num_hidden_layers, transformer.joint_attention_dim // encoder.hidden_size)
