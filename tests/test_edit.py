@@ -394,3 +394,9 @@ def test_a_thin_or_tiny_photo_gets_its_picture_in_its_own_shape(config, engine, 
     done = events[-1]
     assert isinstance(done, Done), events
     assert done.width / done.height == pytest.approx(size[0] / size[1], rel=0.1)
+
+
+@pytest.mark.parametrize("words", ["as a 👩\u200d🚀 astronaut", "می\u200cخواهم", "in a ✈️ over Zürich"])
+def test_words_in_emoji_and_scripts_that_need_joiners_are_taken_as_written(config, words):
+    job = asyncio.run(take_in(config.gpu(), EXAMPLE.read_bytes(), style="likeness", options={"words": words}))
+    assert job.spec.words == words

@@ -12,6 +12,9 @@ import unicodedata
 from pipeline.core.errors import BadRequest
 
 MAX_WORDS = 200  # characters, after spaces are tidied
+# Format characters that ordinary text needs: the zero-width joiner (emoji such as 👩‍🚀) and non-joiner (Persian,
+# Indic scripts). Every other one (bidirectional overrides that reorder a caption, invisible spaces) is refused.
+JOINERS = frozenset({"\u200c", "\u200d"})
 
 
 def clean_words(text: str | None) -> str:
@@ -25,7 +28,7 @@ def clean_words(text: str | None) -> str:
     if len(tidy) > MAX_WORDS:
         raise BadRequest(f"Your words are too long ({len(tidy)} characters): at most {MAX_WORDS}, please.")
     for char in tidy:
-        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") and char not in JOINERS:
             raise BadRequest(f"Your words hold an invisible or control character (U+{ord(char):04X}); "
                              "please send plain text.")
     return tidy
