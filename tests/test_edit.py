@@ -400,3 +400,10 @@ def test_a_thin_or_tiny_photo_gets_its_picture_in_its_own_shape(config, engine, 
 def test_words_in_emoji_and_scripts_that_need_joiners_are_taken_as_written(config, words):
     job = asyncio.run(take_in(config.gpu(), EXAMPLE.read_bytes(), style="likeness", options={"words": words}))
     assert job.spec.words == words
+
+
+def test_words_that_look_like_the_instructions_fields_stay_literal_text():
+    from pipeline.gpu.edit import instruction
+
+    text = instruction("Clay it. The scene: {tags}. {words}", ["1girl"], "{tags} {0} {words.__class__}")
+    assert text == "Clay it. The scene: 1girl. {tags} {0} {words.__class__}"
